@@ -1,0 +1,17 @@
+//! weft's kernel layer: everything that changes or reads kernel network state
+//! lives here, behind small typed wrappers — network namespaces ([`netns`]),
+//! rtnetlink ([`netlink`]), `/proc/sys` knobs ([`sysctl`]) and nftables rule
+//! sets ([`nft`]).
+//!
+//! This crate decides nothing: callers compute the desired state with pure
+//! code elsewhere and hand it here to be applied. It never shells out to
+//! `ip`, `bridge`, `iptables` or `sysctl`; the only external program it runs
+//! is `nft`, the standard interface to nftables.
+
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod sysctl;
+
+pub use netlink::{Netlink, NetlinkError};
+pub use netns::{NetNs, NetNsError};
