@@ -310,15 +310,17 @@ impl Netlink {
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
-    /// Returns the bridge `name`, creating it (up, with `mtu`) when missing.
-    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>) -> Result<Link> {
+    /// Returns the bridge `name`, creating it (up, with `mtu` and `mac`) when
+    /// missing. A bridge given a MAC keeps it; without one, Linux makes it
+    /// follow the lowest port MAC, which changes as pods come and go.
+    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>, mac: Vec<u8>) -> Result<Link> {
         if let Some(link) = self.link(name).await? {
             if !link.up {
                 self.set_up(link.index).await?;
             }
             return Ok(link);
         }
-        let mut msg = LinkBridge::new(name).up();
+        let mut msg = LinkBridge::new(name).up().address(mac);
         if let Some(mtu) = mtu {
             msg = msg.mtu(mtu);
         }

@@ -1,0 +1,221 @@
+//! ADD: reserve addresses, wire bridge + veth + addresses + routes, add
+//! masquerade/hostPort rules, and answer with the result. Any failure after
+//! the reservation runs the same teardown as DEL, so a failed ADD leaves
+//! nothing behind.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+use weft_datapath::netlink::{format_mac, Route, VethSpec};
+use weft_datapath::nft::{self, Family};
+use weft_datapath::{sysctl, NetNs, Netlink};
+use weft_ipam::{Allocation, Owner, Store};
+
+use super::{del, masquerade_chain, open_store, runtime, Invocation};
+use crate::firewall;
+use crate::plan::{self, Network, Ranges};
+use crate::spec::{CniError, CniResult, Interface, IpConfig, PortMapping};
+
+pub fn add(inv: &Invocation) -> Result<Value, CniError> {
+    let net = Network::plan(&inv.conf, Ranges::Required)?;
+    let netns_path = inv.env.netns.as_ref().expect("ADD requires CNI_NETNS");
+    let netns = NetNs::open(netns_path)?;
+    let mac = inv.conf.requested_mac()?;
+    let port_mappings = inv.conf.port_mappings()?;
+    let mut requested = inv.env.args.ips.clone();
+    requested.extend(inv.conf.requested_ips()?);
+
+    let owner = inv.owner();
+    let store = open_store(&net)?;
+    let allocations = reserve(&store, &net, &owner, &requested)?;
+    let wired = wire(inv, &net, &netns, &allocations, mac, port_mappings);
+    match wired {
+        Ok(result) => Ok(result.to_json(inv.version)),
+        Err(err) => {
+            // Leave nothing behind; the original error is what the user needs.
+            let _ = del::teardown(&net, &owner, !port_mappings.is_empty());
+            Err(err)
+        }
+    }
+}
+
+fn reserve(store: &Store, net: &Network, owner: &Owner, requested: &[IpAddr]) -> Result<Vec<Allocation>, CniError> {
+    let mut locked = store.lock()?;
+    if let Some(held) = locked.addresses_of(owner)? {
+        // ADD repeated without DEL: give the attachment what it already has.
+        let reused: Option<Vec<Allocation>> = held.iter().map(|ip| allocation_of(net, *ip)).collect();
+        match reused {
+            Some(a) if a.len() == net.sets.len() => return Ok(a),
+            _ => {
+                locked.release(owner)?;
+            }
+        }
+    }
+    let last: Vec<Option<IpAddr>> = (0..net.sets.len()).map(|i| locked.last_reserved(i)).collect();
+    let allocations = weft_ipam::allocate(&net.sets, requested, &last, |ip| locked.is_reserved(ip))?;
+    let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
+    let sets: Vec<usize> = (0..allocations.len()).collect();
+    locked.reserve(owner, &ips, &sets)?;
+    Ok(allocations)
+}
+
+fn allocation_of(net: &Network, ip: IpAddr) -> Option<Allocation> {
+    let range = net.sets.iter().find_map(|s| s.range_of(ip))?;
+    Some(Allocation {
+        address: ipnet::IpNet::new(ip, range.subnet.prefix_len()).ok()?,
+        gateway: range.gateway,
+    })
+}
+
+fn wire(
+    inv: &Invocation,
+    net: &Network,
+    netns: &NetNs,
+    allocations: &[Allocation],
+    mac: Option<Vec<u8>>,
+    port_mappings: &[PortMapping],
+) -> Result<CniResult, CniError> {
+    let ifname = inv.env.ifname.as_str();
+    let host_name = plan::host_veth_name(&inv.env.container_id, ifname);
+    let has_v4 = allocations.iter().any(|a| a.address.addr().is_ipv4());
+    let has_v6 = allocations.iter().any(|a| a.address.addr().is_ipv6());
+    let routes = net.pod_routes(allocations);
+
+    let (bridge, host_veth, pod_if) = runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        let pod = Netlink::connect_in(netns)?;
+        let bridge = host.ensure_bridge(&net.bridge, net.mtu, plan::bridge_mac(&net.bridge)).await?;
+        if has_v6 {
+            // The gateway must answer at once; IPAM already guarantees uniqueness.
+            sysctl::ensure(&format!("net/ipv6/conf/{}/accept_dad", net.bridge), "0").map_err(io_error)?;
+        }
+        for gw in net.gateway_addresses(allocations) {
+            host.add_address(bridge.index, gw).await?;
+        }
+        host.add_veth(&VethSpec {
+            host_name: &host_name,
+            controller: bridge.index,
+            mtu: net.mtu,
+            peer_name: ifname,
+            peer_netns: netns,
+            peer_mac: mac,
+        })
+        .await
+        .map_err(|e| match e.errno() {
+            Some(libc::EEXIST) => CniError::netlink(format!(
+                "interface {ifname} or host veth {host_name} already exists: was ADD called twice without DEL?"
+            )),
+            _ => e.into(),
+        })?;
+        let host_veth = host.link(&host_name).await?.ok_or_else(|| gone(&host_name))?;
+        if net.hairpin {
+            host.set_hairpin(host_veth.index, true).await?;
+        }
+        netns
+            .run_in(|| configure_pod_sysctls(ifname, has_v6))?
+            .map_err(io_error)?;
+        if let Some(lo) = pod.link("lo").await? {
+            pod.set_up(lo.index).await?;
+        }
+        let pod_if = pod.link(ifname).await?.ok_or_else(|| gone(ifname))?;
+        pod.set_up(pod_if.index).await?;
+        for a in allocations {
+            pod.add_address(pod_if.index, a.address).await?;
+        }
+        for r in &routes {
+            pod.add_route(&Route {
+                dst: Some(r.dst),
+                gateway: r.gw,
+                oif: Some(pod_if.index),
+                mtu: r.mtu,
+                advmss: r.advmss,
+                priority: r.priority,
+                table: r.table,
+                scope: r.scope,
+            })
+            .await?;
+        }
+        Ok::<_, CniError>((bridge, host_veth, pod_if))
+    })?;
+    if has_v4 {
+        sysctl::ensure("net/ipv4/ip_forward", "1").map_err(io_error)?;
+    }
+    if has_v6 {
+        sysctl::ensure("net/ipv6/conf/all/forwarding", "1").map_err(io_error)?;
+    }
+    if net.ip_masq {
+        ensure_masquerade(net)?;
+    }
+    if !port_mappings.is_empty() {
+        let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
+        add_hostports(net, inv, port_mappings, &ips)?;
+    }
+
+    let iface = |link: &weft_datapath::netlink::Link, sandbox: Option<String>| Interface {
+        name: link.name.clone(),
+        mac: link.mac.as_deref().map(format_mac).unwrap_or_default(),
+        mtu: link.mtu,
+        sandbox,
+    };
+    Ok(CniResult {
+        interfaces: vec![
+            iface(&bridge, None),
+            iface(&host_veth, None),
+            iface(&pod_if, Some(netns.path().display().to_string())),
+        ],
+        ips: allocations
+            .iter()
+            .map(|a| IpConfig {
+                address: a.address,
+                gateway: a.gateway,
+                interface: Some(2),
+            })
+            .collect(),
+        routes,
+        dns: net.dns.clone(),
+    })
+}
+
+fn gone(name: &str) -> CniError {
+    CniError::netlink(format!("interface {name} disappeared right after it was created; is another program deleting it?"))
+}
+
+fn io_error(e: impl std::fmt::Display) -> CniError {
+    CniError::io("cannot set a kernel parameter").with_details(e)
+}
+
+/// Inside the pod: announce the new address at once (arp_notify) and skip
+/// IPv6 duplicate-address detection, which would delay usability by ~1 s
+/// for an address IPAM already made unique.
+fn configure_pod_sysctls(ifname: &str, has_v6: bool) -> Result<(), sysctl::SysctlError> {
+    sysctl::ensure(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
+    if has_v6 {
+        sysctl::ensure(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+    }
+    Ok(())
+}
+
+/// Applies the network's masquerade chain unless it is already in place
+/// (one netlink query; `nft` runs only the first time or after a flush).
+fn ensure_masquerade(net: &Network) -> Result<(), CniError> {
+    let chain = masquerade_chain(net);
+    if nft::chain_exists(Family::Inet, firewall::TABLE, &chain)? {
+        return Ok(());
+    }
+    let script = firewall::masquerade_script(&chain, &net.pod_subnets(), &net.cluster_networks);
+    Ok(nft::apply(&script, None)?)
+}
+
+fn add_hostports(net: &Network, inv: &Invocation, mappings: &[PortMapping], ips: &[IpAddr]) -> Result<(), CniError> {
+    let chain = plan::hostport_chain(&net.name, &inv.env.container_id, &inv.env.ifname);
+    let subnets = net.pod_subnets();
+    let snat = plan::network_chain("snat", &net.name, &subnets);
+    let script = |stale: &[(String, String)]| firewall::hostports_add_script(&chain, mappings, ips, &snat, &subnets, stale);
+    if nft::apply(&script(&[]), None).is_ok() {
+        return Ok(());
+    }
+    // Usually a hostPort still mapped to a pod that vanished without DEL:
+    // take the keys over and try once more.
+    let stale = firewall::list().stale_keys(&firewall::hostport_keys(mappings), &chain);
+    Ok(nft::apply(&script(&stale), None)?)
+}

@@ -1,0 +1,14 @@
+//! weft-cni: the CNI 1.1 plugin that wires each pod — a veth pair from the
+//! pod's namespace to the node bridge, addresses from built-in host-local
+//! IPAM, routes, hairpin, masquerade and hostPorts.
+//!
+//! - [`spec`]: the CNI specification as types (pure).
+//! - [`plan`]: configuration → the network to wire (pure).
+//! - [`firewall`]: the nftables rule sets (pure generation).
+//! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION — where the plan
+//!   meets the kernel through `weft-datapath`.
+
+pub mod commands;
+pub mod firewall;
+pub mod plan;
+pub mod spec;

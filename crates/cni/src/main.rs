@@ -1,0 +1,39 @@
+//! The `weft-cni` executable: reads the CNI environment and the network
+//! configuration on stdin, runs the verb, prints the result (or the spec's
+//! error object) on stdout.
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+
+use weft_cni::commands;
+use weft_cni::spec::{CniError, Env, Version};
+
+fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let input = std::io::stdin();
+    if !input.is_terminal() {
+        if let Err(e) = input.lock().read_to_end(&mut stdin) {
+            return fail(CniError::io("cannot read the network configuration from stdin").with_details(e), &stdin);
+        }
+    }
+    let result = Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| commands::run(env, &stdin));
+    match result {
+        Ok(Some(out)) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => fail(e, &stdin),
+    }
+}
+
+/// Prints the error object in the configuration's version when it is one
+/// weft-cni speaks, else in the latest.
+fn fail(err: CniError, stdin: &[u8]) -> ExitCode {
+    let version = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().and_then(|s| Version::parse(s).ok()))
+        .unwrap_or(Version::LATEST);
+    println!("{}", err.to_json(version.as_str()));
+    ExitCode::from(1)
+}
