@@ -85,7 +85,7 @@ fn hostport_scaffolding() -> String {
          add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}\n\
          flush chain inet {TABLE} prerouting\n\
          add rule inet {TABLE} prerouting fib daddr type local jump hostports\n\
-         add chain inet {TABLE} output {{ type nat hook output priority dstnat ; policy accept ; }}\n\
+         add chain inet {TABLE} output {{ type nat hook output priority -100 ; policy accept ; }}\n\
          flush chain inet {TABLE} output\n\
          add rule inet {TABLE} output fib daddr type local jump hostports\n"
     )

@@ -1,0 +1,182 @@
+//! Test harness: a "node" network namespace in which weft-cni runs (so the
+//! bridge, veths and nftables rules never touch the host), pod namespaces,
+//! and a private IPAM directory — all uniquely named and all removed on
+//! drop, also when the test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{json, Value};
+use weft_cni::invoke::{Call, Reply};
+use weft_datapath::{netns, NetNs};
+
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_weft-cni");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("wt{}-{n}-{tag}", std::process::id())
+}
+
+pub struct Node {
+    pub name: String,
+    pub ns: NetNs,
+    pub data_dir: PathBuf,
+    pods: Vec<String>,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Self {
+        assert!(unsafe { libc::geteuid() } == 0, "these tests create network namespaces: run them as root");
+        let name = unique(tag);
+        let ns = netns::create_named(&name).unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        let data_dir = std::env::temp_dir().join(format!("{name}-ipam"));
+        Node {
+            name,
+            ns,
+            data_dir,
+            pods: Vec::new(),
+        }
+    }
+
+    /// A new pod namespace; returns its path (CNI_NETNS).
+    pub fn pod(&mut self, tag: &str) -> PathBuf {
+        let name = format!("{}-{tag}", self.name);
+        netns::create_named(&name).unwrap_or_else(|e| panic!("creating pod namespace {name}: {e}"));
+        self.pods.push(name.clone());
+        netns::named_path(&name)
+    }
+
+    pub fn remove_pod(&mut self, path: &Path) {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        netns::delete_named(&name).unwrap();
+        self.pods.retain(|p| p != &name);
+    }
+
+    /// A network configuration with this node's data dir; `extra` overrides.
+    pub fn conf(&self, extra: Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.1.0",
+            "name": "testnet",
+            "type": "weft-cni",
+            "bridge": "wtbr0",
+            "ipam": {"ranges": [[{"subnet": "10.88.0.0/24"}]], "dataDir": self.data_dir},
+        });
+        merge(&mut c, extra);
+        c
+    }
+
+    pub fn call<'a>(&'a self, command: &'a str, id: &'a str, netns: Option<&'a Path>) -> Call<'a> {
+        Call {
+            container_id: id,
+            netns,
+            host: Some(&self.ns),
+            ..Call::new(Path::new(PLUGIN), command)
+        }
+    }
+
+    pub fn run(&self, command: &str, id: &str, netns: Option<&Path>, conf: &Value) -> Reply {
+        self.call(command, id, netns).run(conf).expect("running weft-cni")
+    }
+
+    pub fn add(&self, id: &str, netns: &Path, conf: &Value) -> Reply {
+        let r = self.run("ADD", id, Some(netns), conf);
+        assert!(r.ok(), "ADD {id} failed: {} {}", r.stdout, r.stderr);
+        r
+    }
+
+    /// `ip -n <ns> ARGS` output (an independent view of the kernel state).
+    pub fn ip(ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip").arg("-n").arg(ns).args(args).output().expect("running ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn node_ip(&self, args: &[&str]) -> String {
+        Self::ip(&self.name, args)
+    }
+
+    /// Names of this node's links.
+    pub fn links(&self) -> Vec<String> {
+        let v: Value = serde_json::from_str(&self.node_ip(&["-j", "link"])).unwrap_or(Value::Null);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(String::from))
+            .collect()
+    }
+
+    pub fn nft_ruleset(&self) -> String {
+        let out = self.ns.command("nft").args(["list", "ruleset"]).output().expect("running nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Reserved addresses in the IPAM state.
+    pub fn reserved(&self, network: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.data_dir.join(network).join("ips"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn ping(netns: &Path, target: &str) -> bool {
+        let ns = NetNs::open(netns).unwrap();
+        ns.command("ping")
+            .args(["-c", "1", "-W", "2", target])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for p in &self.pods {
+            let _ = netns::delete_named(p);
+        }
+        let _ = netns::delete_named(&self.name);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// The first IPv4 address of a result.
+pub fn ipv4_of(result: &Value) -> String {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+        .find(|a| a.contains('.'))
+        .unwrap()
+}
+
+/// Runs a call with raw (possibly broken) stdin bytes.
+pub fn run_raw(_node: &Node, call: Call, stdin: &[u8]) -> Reply {
+    weft_cni::invoke::run_command(call.command(), stdin).unwrap()
+}
+
+/// Runs a call with a PATH on which `nft` cannot be found.
+pub fn run_without_nft(call: Call, conf: &Value) -> Reply {
+    let mut cmd = call.command();
+    cmd.env("PATH", "/nonexistent");
+    weft_cni::invoke::run_command(cmd, conf.to_string().as_bytes()).unwrap()
+}
