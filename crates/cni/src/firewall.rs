@@ -43,7 +43,10 @@ fn postrouting_chain(chain: &str, rules: &[String]) -> String {
 pub fn masquerade_script(chain: &str, pod_subnets: &[IpNet], cluster: &[IpNet]) -> String {
     let mut rules = Vec::new();
     for (v6, word, mcast) in [(false, "ip", "224.0.0.0/4"), (true, "ip6", "ff00::/8")] {
-        let mine: Vec<&IpNet> = pod_subnets.iter().filter(|n| n.addr().is_ipv6() == v6).collect();
+        let mine: Vec<&IpNet> = pod_subnets
+            .iter()
+            .filter(|n| n.addr().is_ipv6() == v6)
+            .collect();
         if mine.is_empty() {
             continue;
         }
@@ -65,9 +68,18 @@ pub fn masquerade_script(chain: &str, pod_subnets: &[IpNet], cluster: &[IpNet]) 
 /// The verdict-map key and map of one mapping, in nft syntax.
 fn map_key(pm: &PortMapping) -> (&'static str, String) {
     match pm.host_ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) {
-        Some(ip) if ip.is_ipv4() => ("hostports-v4", format!("{ip} . {} . {}", pm.protocol, pm.host_port)),
-        Some(ip) => ("hostports-v6", format!("{ip} . {} . {}", pm.protocol, pm.host_port)),
-        None => ("hostports-any", format!("{} . {}", pm.protocol, pm.host_port)),
+        Some(ip) if ip.is_ipv4() => (
+            "hostports-v4",
+            format!("{ip} . {} . {}", pm.protocol, pm.host_port),
+        ),
+        Some(ip) => (
+            "hostports-v6",
+            format!("{ip} . {} . {}", pm.protocol, pm.host_port),
+        ),
+        None => (
+            "hostports-any",
+            format!("{} . {}", pm.protocol, pm.host_port),
+        ),
     }
 }
 
@@ -106,7 +118,10 @@ pub fn hostports_add_script(
     let snat_rules: Vec<String> = [(false, "ip"), (true, "ip6")]
         .iter()
         .filter_map(|(v6, word)| {
-            let nets: Vec<&IpNet> = pod_subnets.iter().filter(|n| n.addr().is_ipv6() == *v6).collect();
+            let nets: Vec<&IpNet> = pod_subnets
+                .iter()
+                .filter(|n| n.addr().is_ipv6() == *v6)
+                .collect();
             (!nets.is_empty()).then(|| {
                 let set = set_of(nets.into_iter());
                 format!("ct status dnat {word} saddr {set} {word} daddr {set} masquerade")
@@ -171,15 +186,20 @@ impl Listing {
                 out.chains.push(name.to_string());
             }
             let map = &item["map"];
-            let Some(map_name) = map["name"].as_str() else { continue };
+            let Some(map_name) = map["name"].as_str() else {
+                continue;
+            };
             for elem in map["elem"].as_array().into_iter().flatten() {
                 let key = match &elem[0]["concat"] {
                     Value::Array(parts) => parts.iter().map(scalar).collect::<Vec<_>>().join(" . "),
                     other => scalar(other),
                 };
-                let target = elem[1]["jump"]["target"].as_str().or(elem[1]["goto"]["target"].as_str());
+                let target = elem[1]["jump"]["target"]
+                    .as_str()
+                    .or(elem[1]["goto"]["target"].as_str());
                 if let Some(target) = target {
-                    out.elements.push((map_name.to_string(), key, target.to_string()));
+                    out.elements
+                        .push((map_name.to_string(), key, target.to_string()));
                 }
             }
         }
@@ -247,24 +267,62 @@ mod tests {
     fn masquerade_excludes_pod_cluster_and_multicast() {
         let s = masquerade_script(
             "masq-x",
-            &["10.244.1.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()],
+            &[
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ],
             &["10.244.0.0/16".parse().unwrap()],
         );
         assert!(s.contains("ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.1.0/24, 10.244.0.0/16, 224.0.0.0/4 } masquerade"), "{s}");
-        assert!(s.contains("ip6 saddr { fd00::/64 } ip6 daddr != { fd00::/64, ff00::/8 } masquerade"), "{s}");
-        assert!(s.contains("flush chain inet weft-cni masq-x"), "re-applying must not duplicate rules");
+        assert!(
+            s.contains("ip6 saddr { fd00::/64 } ip6 daddr != { fd00::/64, ff00::/8 } masquerade"),
+            "{s}"
+        );
+        assert!(
+            s.contains("flush chain inet weft-cni masq-x"),
+            "re-applying must not duplicate rules"
+        );
     }
 
     #[test]
     fn hostports_dnat_per_family_and_host_ip() {
-        let maps = [pm(8080, 80, "tcp", None), pm(5353, 53, "udp", Some("10.9.9.9"))];
+        let maps = [
+            pm(8080, 80, "tcp", None),
+            pm(5353, 53, "udp", Some("10.9.9.9")),
+        ];
         let ips: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
-        let s = hostports_add_script("hp-a", &maps, &ips, "snat-a", &["10.0.0.0/24".parse().unwrap()], &[]);
-        assert!(s.contains("meta nfproto ipv4 meta l4proto tcp th dport 8080 dnat ip to 10.0.0.5:80"), "{s}");
-        assert!(s.contains("meta nfproto ipv6 meta l4proto tcp th dport 8080 dnat ip6 to [fd00::5]:80"), "{s}");
-        assert!(!s.contains("dnat ip6 to [fd00::5]:53"), "an IPv4 hostIP must not map to the IPv6 address");
-        assert!(s.contains("add element inet weft-cni hostports-v4 { 10.9.9.9 . udp . 5353 : jump hp-a }"), "{s}");
-        assert!(s.contains("ct status dnat ip saddr { 10.0.0.0/24 } ip daddr { 10.0.0.0/24 } masquerade"), "{s}");
+        let s = hostports_add_script(
+            "hp-a",
+            &maps,
+            &ips,
+            "snat-a",
+            &["10.0.0.0/24".parse().unwrap()],
+            &[],
+        );
+        assert!(
+            s.contains("meta nfproto ipv4 meta l4proto tcp th dport 8080 dnat ip to 10.0.0.5:80"),
+            "{s}"
+        );
+        assert!(
+            s.contains("meta nfproto ipv6 meta l4proto tcp th dport 8080 dnat ip6 to [fd00::5]:80"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("dnat ip6 to [fd00::5]:53"),
+            "an IPv4 hostIP must not map to the IPv6 address"
+        );
+        assert!(
+            s.contains(
+                "add element inet weft-cni hostports-v4 { 10.9.9.9 . udp . 5353 : jump hp-a }"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "ct status dnat ip saddr { 10.0.0.0/24 } ip daddr { 10.0.0.0/24 } masquerade"
+            ),
+            "{s}"
+        );
     }
 
     #[test]
@@ -277,12 +335,18 @@ mod tests {
         let l = Listing::parse(json);
         assert_eq!(l.chains, ["hp-a", "hp-b"]);
         let s = l.removal_script(&["hp-a".into(), "hp-zzz".into()]).unwrap();
-        assert!(s.contains("delete element inet weft-cni hostports-any { tcp . 8080 }"), "{s}");
+        assert!(
+            s.contains("delete element inet weft-cni hostports-any { tcp . 8080 }"),
+            "{s}"
+        );
         assert!(s.contains("delete chain inet weft-cni hp-a"));
         assert!(!s.contains("hp-b"));
         assert_eq!(l.removal_script(&["hp-zzz".into()]), None);
         let keys = hostport_keys(&[pm(8080, 80, "tcp", None)]);
-        assert_eq!(l.stale_keys(&keys, "hp-new"), vec![("hostports-any".into(), "tcp . 8080".into())]);
+        assert_eq!(
+            l.stale_keys(&keys, "hp-new"),
+            vec![("hostports-any".into(), "tcp . 8080".into())]
+        );
         assert!(l.stale_keys(&keys, "hp-a").is_empty());
         assert_eq!(Listing::parse("garbage"), Listing::default());
     }

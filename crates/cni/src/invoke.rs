@@ -64,9 +64,16 @@ impl<'a> Call<'a> {
             Some(ns) => ns.command(self.plugin),
             None => Command::new(self.plugin),
         };
-        let dir: PathBuf = self.plugin.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir: PathBuf = self
+            .plugin
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         cmd.env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("CNI_COMMAND", self.command)
             .env("CNI_PATH", dir)
             .env("CNI_IFNAME", self.ifname)

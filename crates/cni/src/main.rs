@@ -13,10 +13,14 @@ fn main() -> ExitCode {
     let input = std::io::stdin();
     if !input.is_terminal() {
         if let Err(e) = input.lock().read_to_end(&mut stdin) {
-            return fail(CniError::io("cannot read the network configuration from stdin").with_details(e), &stdin);
+            return fail(
+                CniError::io("cannot read the network configuration from stdin").with_details(e),
+                &stdin,
+            );
         }
     }
-    let result = Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| commands::run(env, &stdin));
+    let result =
+        Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| commands::run(env, &stdin));
     match result {
         Ok(Some(out)) => {
             println!("{out}");
@@ -32,7 +36,11 @@ fn main() -> ExitCode {
 fn fail(err: CniError, stdin: &[u8]) -> ExitCode {
     let version = serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
-        .and_then(|v| v["cniVersion"].as_str().and_then(|s| Version::parse(s).ok()))
+        .and_then(|v| {
+            v["cniVersion"]
+                .as_str()
+                .and_then(|s| Version::parse(s).ok())
+        })
         .unwrap_or(Version::LATEST);
     println!("{}", err.to_json(version.as_str()));
     ExitCode::from(1)

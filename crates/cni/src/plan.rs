@@ -58,13 +58,17 @@ impl Network {
         crate::spec::env::validate_ifname(&bridge)
             .map_err(|e| CniError::invalid_config(e.msg.replace("CNI_IFNAME", "bridge")))?;
         let subnet_env = match (&ipam.subnet_file, ranges) {
-            (Some(path), Ranges::Required) => Some(SubnetEnv::read(path).map_err(subnet_env_error)?),
+            (Some(path), Ranges::Required) => {
+                Some(SubnetEnv::read(path).map_err(subnet_env_error)?)
+            }
             (Some(path), Ranges::Optional) => SubnetEnv::read(path).ok(),
             (None, _) => None,
         };
         let mtu = conf.mtu.or(subnet_env.as_ref().and_then(|e| e.mtu));
         if let Some(m) = mtu.filter(|m| !(68..=65535).contains(m)) {
-            return Err(CniError::invalid_config(format!("mtu {m} is out of range: use 68-65535")));
+            return Err(CniError::invalid_config(format!(
+                "mtu {m} is out of range: use 68-65535"
+            )));
         }
         let sets = match (ranges, &subnet_env) {
             (_, Some(env)) => sets_from_subnet_env(env)?,
@@ -83,9 +87,12 @@ impl Network {
         }
         // flannel's convention: when the agent masquerades (FLANNEL_IPMASQ=true)
         // the plugin must not do it a second time.
-        let ip_masq = conf
-            .ip_masq
-            .unwrap_or_else(|| subnet_env.as_ref().and_then(|e| e.ipmasq).is_some_and(|agent| !agent));
+        let ip_masq = conf.ip_masq.unwrap_or_else(|| {
+            subnet_env
+                .as_ref()
+                .and_then(|e| e.ipmasq)
+                .is_some_and(|agent| !agent)
+        });
         let is_default_gateway = conf.is_default_gateway.unwrap_or(true);
         Ok(Network {
             name: name.to_string(),
@@ -97,7 +104,10 @@ impl Network {
             hairpin: conf.hairpin_mode.unwrap_or(true),
             sets,
             routes,
-            data_dir: ipam.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            data_dir: ipam
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             dns: conf.dns.clone(),
             cluster_networks,
         })
@@ -143,7 +153,10 @@ impl Network {
             }
             let mut r = r.clone();
             r.gw = r.gw.or(gateway_of(v6));
-            if !routes.iter().any(|have| have.dst == r.dst && have.table == r.table) {
+            if !routes
+                .iter()
+                .any(|have| have.dst == r.dst && have.table == r.table)
+            {
                 routes.push(r);
             }
         }
@@ -157,7 +170,10 @@ impl Network {
         }
         allocations
             .iter()
-            .filter_map(|a| a.gateway.and_then(|gw| IpNet::new(gw, a.address.prefix_len()).ok()))
+            .filter_map(|a| {
+                a.gateway
+                    .and_then(|gw| IpNet::new(gw, a.address.prefix_len()).ok())
+            })
             .collect()
     }
 }
@@ -208,11 +224,15 @@ fn sets_from_ipam(ipam: &IpamConf) -> Result<Vec<RangeSet>, CniError> {
 
 fn sets_from_subnet_env(env: &SubnetEnv) -> Result<Vec<RangeSet>, CniError> {
     let mut sets = Vec::new();
-    for (key, subnet) in [("FLANNEL_SUBNET", env.subnet), ("FLANNEL_IPV6_SUBNET", env.ipv6_subnet)] {
+    for (key, subnet) in [
+        ("FLANNEL_SUBNET", env.subnet),
+        ("FLANNEL_IPV6_SUBNET", env.ipv6_subnet),
+    ] {
         let Some(subnet) = subnet else { continue };
         // flannel writes the gateway with the prefix, e.g. 10.244.1.1/24.
         let gateway: Option<IpAddr> = (subnet.addr() != subnet.network()).then_some(subnet.addr());
-        let range = Range::new(subnet.trunc(), None, None, gateway).map_err(range_error(format!("subnet file {key}")))?;
+        let range = Range::new(subnet.trunc(), None, None, gateway)
+            .map_err(range_error(format!("subnet file {key}")))?;
         sets.push(RangeSet::new(vec![range]).map_err(range_error(format!("subnet file {key}")))?);
     }
     Ok(sets)
@@ -224,7 +244,11 @@ fn short_hash(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()[..13].to_string()
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..13]
+        .to_string()
 }
 
 /// Host-side veth name: stable per (container, interface), 15 bytes.
@@ -235,7 +259,9 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 /// The bridge's MAC: stable per bridge name, locally administered, unicast.
 pub fn bridge_mac(bridge: &str) -> Vec<u8> {
     let h = short_hash(&["bridge", bridge]);
-    let mut mac: Vec<u8> = (0..6).map(|i| u8::from_str_radix(&h[i * 2..i * 2 + 2], 16).unwrap_or(0)).collect();
+    let mut mac: Vec<u8> = (0..6)
+        .map(|i| u8::from_str_radix(&h[i * 2..i * 2 + 2], 16).unwrap_or(0))
+        .collect();
     mac[0] = (mac[0] & 0xfc) | 0x02;
     mac
 }
@@ -253,7 +279,11 @@ pub fn hostport_chain_prefix(network: &str) -> String {
 
 /// The nftables chain holding one attachment's hostPort DNAT rules.
 pub fn hostport_chain(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{}{}", hostport_chain_prefix(network), short_hash(&[container_id, ifname]))
+    format!(
+        "{}{}",
+        hostport_chain_prefix(network),
+        short_hash(&[container_id, ifname])
+    )
 }
 
 /// A per-network chain name (masquerade, hairpin SNAT), changing with `what`
@@ -277,9 +307,11 @@ mod tests {
     #[test]
     fn defaults_and_dual_stack() {
         let n = Network::plan(
-            &conf(r#"{"cniVersion":"1.1.0","name":"pods","type":"weft-cni",
+            &conf(
+                r#"{"cniVersion":"1.1.0","name":"pods","type":"weft-cni",
               "ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}]],
-                      "routes":[{"dst":"192.168.0.0/16"}]}}"#),
+                      "routes":[{"dst":"192.168.0.0/16"}]}}"#,
+            ),
             Ranges::Required,
         )
         .unwrap();
@@ -288,7 +320,10 @@ mod tests {
         assert_eq!(n.sets.len(), 2);
         let allocs = weft_ipam::allocate(&n.sets, &[], &[None, None], |_| false).unwrap();
         let routes = n.pod_routes(&allocs);
-        let shown: Vec<String> = routes.iter().map(|r| format!("{} {:?}", r.dst, r.gw.map(|g| g.to_string()))).collect();
+        let shown: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{} {:?}", r.dst, r.gw.map(|g| g.to_string())))
+            .collect();
         assert_eq!(
             shown,
             [
@@ -314,26 +349,58 @@ mod tests {
         assert_eq!(n.mtu, Some(1450));
         assert!(!n.ip_masq, "agent masquerades, plugin must not");
         assert_eq!(n.sets[0].ranges()[0].subnet.to_string(), "10.244.3.0/24");
-        assert_eq!(n.sets[0].ranges()[0].gateway, Some("10.244.3.1".parse().unwrap()));
+        assert_eq!(
+            n.sets[0].ranges()[0].gateway,
+            Some("10.244.3.1".parse().unwrap())
+        );
         assert_eq!(n.cluster_networks.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
         // Gone: ADD must be told to try again later, DEL must still work.
-        assert_eq!(Network::plan(&c, Ranges::Required).unwrap_err().code, ErrorCode::TryAgainLater);
+        assert_eq!(
+            Network::plan(&c, Ranges::Required).unwrap_err().code,
+            ErrorCode::TryAgainLater
+        );
         assert!(Network::plan(&c, Ranges::Optional).is_ok());
     }
 
     #[test]
     fn invalid_configs_name_the_problem() {
         let cases = [
-            (r#""ipam":{"type":"dhcp"}"#, ErrorCode::UnsupportedField, "ipam.type"),
-            (r#""ipam":{}"#, ErrorCode::InvalidConfig, "ipam has no addresses"),
-            (r#""mtu":20,"ipam":{"subnet":"10.0.0.0/24"}"#, ErrorCode::InvalidConfig, "mtu 20"),
-            (r#""bridge":"a very bad name","ipam":{"subnet":"10.0.0.0/24"}"#, ErrorCode::InvalidConfig, "bridge"),
-            (r#""ipam":{"ranges":[[{"subnet":"10.0.0.1/24"}]]}"#, ErrorCode::InvalidConfig, "ipam.ranges[0][0]"),
-            (r#""ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"10.0.0.0/25"}]]}"#, ErrorCode::InvalidConfig, "overlap"),
+            (
+                r#""ipam":{"type":"dhcp"}"#,
+                ErrorCode::UnsupportedField,
+                "ipam.type",
+            ),
+            (
+                r#""ipam":{}"#,
+                ErrorCode::InvalidConfig,
+                "ipam has no addresses",
+            ),
+            (
+                r#""mtu":20,"ipam":{"subnet":"10.0.0.0/24"}"#,
+                ErrorCode::InvalidConfig,
+                "mtu 20",
+            ),
+            (
+                r#""bridge":"a very bad name","ipam":{"subnet":"10.0.0.0/24"}"#,
+                ErrorCode::InvalidConfig,
+                "bridge",
+            ),
+            (
+                r#""ipam":{"ranges":[[{"subnet":"10.0.0.1/24"}]]}"#,
+                ErrorCode::InvalidConfig,
+                "ipam.ranges[0][0]",
+            ),
+            (
+                r#""ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"10.0.0.0/25"}]]}"#,
+                ErrorCode::InvalidConfig,
+                "overlap",
+            ),
         ];
         for (extra, code, needle) in cases {
-            let c = conf(&format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"weft-cni",{extra}}}"#));
+            let c = conf(&format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"weft-cni",{extra}}}"#
+            ));
             let err = Network::plan(&c, Ranges::Required).unwrap_err();
             assert_eq!(err.code, code, "{extra}");
             assert!(err.msg.contains(needle), "{extra}: {}", err.msg);

@@ -18,7 +18,11 @@ fn add_wires_the_pod_and_reports_every_version_correctly() {
         let r = node.add(&format!("c{}", version.replace('.', "")), &pod, &conf);
         assert_eq!(r.json["cniVersion"], version);
         let ip0 = &r.json["ips"][0];
-        assert_eq!(ip0.get("version").is_some(), version.starts_with("0."), "{version}: {ip0}");
+        assert_eq!(
+            ip0.get("version").is_some(),
+            version.starts_with("0."),
+            "{version}: {ip0}"
+        );
         assert_eq!(ip0["gateway"], "10.88.0.1");
         assert_eq!(ip0["interface"], 2);
         let ifaces = r.json["interfaces"].as_array().unwrap();
@@ -35,9 +39,14 @@ fn add_wires_the_pod_and_reports_every_version_correctly() {
         assert!(Node::ip(ns, &["link", "show", "lo"]).contains("UP"));
         let host = ifaces[1]["name"].as_str().unwrap();
         let detail = node.node_ip(&["-d", "link", "show", host]);
-        assert!(detail.contains("master wtbr0") && detail.contains("hairpin on"), "{detail}");
+        assert!(
+            detail.contains("master wtbr0") && detail.contains("hairpin on"),
+            "{detail}"
+        );
     }
-    assert!(node.node_ip(&["addr", "show", "wtbr0"]).contains("10.88.0.1/24"));
+    assert!(node
+        .node_ip(&["addr", "show", "wtbr0"])
+        .contains("10.88.0.1/24"));
 }
 
 #[test]
@@ -54,12 +63,25 @@ fn dual_stack_and_requested_addresses_and_mac() {
         .run(&conf)
         .unwrap();
     assert!(r.ok(), "{}", r.stdout);
-    let addrs: Vec<&str> = r.json["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+    let addrs: Vec<&str> = r.json["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap())
+        .collect();
     assert_eq!(addrs, ["10.88.0.99/24", "fd88::99/64"]);
     assert_eq!(r.json["interfaces"][2]["mac"], "0a:58:0a:58:00:63");
-    let routes: Vec<&str> = r.json["routes"].as_array().unwrap().iter().map(|r| r["dst"].as_str().unwrap()).collect();
+    let routes: Vec<&str> = r.json["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap())
+        .collect();
     assert_eq!(routes, ["0.0.0.0/0", "::/0"]);
-    assert!(Node::ping(&pod, "fd88::1"), "pod cannot reach its IPv6 gateway");
+    assert!(
+        Node::ping(&pod, "fd88::1"),
+        "pod cannot reach its IPv6 gateway"
+    );
 }
 
 trait WithArgs<'a> {
@@ -88,7 +110,11 @@ fn check_passes_then_detects_a_removed_address_and_route() {
     Node::ip(ns, &["addr", "del", &addr, "dev", "eth0"]);
     let bad = node.run("CHECK", "chk", Some(&pod), &with_prev);
     assert_eq!(bad.code(), Some(104), "{}", bad.stdout);
-    assert!(bad.json["msg"].as_str().unwrap().contains(&addr), "{}", bad.stdout);
+    assert!(
+        bad.json["msg"].as_str().unwrap().contains(&addr),
+        "{}",
+        bad.stdout
+    );
 
     // CHECK needs prevResult and a version that has CHECK.
     assert_eq!(node.run("CHECK", "chk", Some(&pod), &conf).code(), Some(7));
@@ -97,7 +123,10 @@ fn check_passes_then_detects_a_removed_address_and_route() {
     assert_eq!(node.run("CHECK", "chk", Some(&pod), &old).code(), Some(1));
     // A vanished pod namespace is "unknown container".
     node.remove_pod(&pod);
-    assert_eq!(node.run("CHECK", "chk", Some(&pod), &with_prev).code(), Some(3));
+    assert_eq!(
+        node.run("CHECK", "chk", Some(&pod), &with_prev).code(),
+        Some(3)
+    );
 }
 
 #[test]
@@ -106,11 +135,19 @@ fn del_is_idempotent_twice_without_netns_and_for_unknown_containers() {
     let pod = node.pod("p");
     let conf = node.conf(json!({}));
     let r = node.add("d1", &pod, &conf);
-    let host_veth = r.json["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let host_veth = r.json["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(node.links().contains(&host_veth));
     for _ in 0..2 {
         let d = node.run("DEL", "d1", Some(&pod), &conf);
-        assert!(d.ok() && d.stdout.trim().is_empty(), "DEL: {} {}", d.stdout, d.stderr);
+        assert!(
+            d.ok() && d.stdout.trim().is_empty(),
+            "DEL: {} {}",
+            d.stdout,
+            d.stderr
+        );
     }
     assert!(!node.links().contains(&host_veth), "host veth left behind");
     assert!(node.reserved("testnet").is_empty(), "address left reserved");
@@ -129,7 +166,8 @@ fn del_is_idempotent_twice_without_netns_and_for_unknown_containers() {
 #[test]
 fn status_reports_ready_unavailable_and_limited() {
     let mut node = Node::new("status");
-    let conf = node.conf(json!({"ipMasq": true, "ipam": {"ranges": [[{"subnet": "10.88.0.0/30"}]]}}));
+    let conf =
+        node.conf(json!({"ipMasq": true, "ipam": {"ranges": [[{"subnet": "10.88.0.0/30"}]]}}));
     assert!(node.run("STATUS", "", None, &conf).ok());
     let pod = node.pod("p");
     node.add("s1", &pod, &conf);
@@ -138,11 +176,17 @@ fn status_reports_ready_unavailable_and_limited() {
     assert_eq!(full.code(), Some(50), "{}", full.stdout);
     assert!(full.json["msg"].as_str().unwrap().contains("exhausted"));
     // The ruleset was flushed under a running pod: limited connectivity.
-    let flushed = node.ns.command("nft").args(["flush", "ruleset"]).status().unwrap();
+    let flushed = node
+        .ns
+        .command("nft")
+        .args(["flush", "ruleset"])
+        .status()
+        .unwrap();
     assert!(flushed.success());
     assert_eq!(node.run("STATUS", "", None, &conf).code(), Some(51));
     // A subnet file that does not exist yet: not available.
-    let missing = node.conf(json!({"ipam": {"subnetFile": "/nonexistent/weft/subnet.env", "ranges": []}}));
+    let missing =
+        node.conf(json!({"ipam": {"subnetFile": "/nonexistent/weft/subnet.env", "ranges": []}}));
     let r = node.run("STATUS", "", None, &missing);
     assert_eq!(r.code(), Some(50), "{}", r.stdout);
     // STATUS is a 1.1.0 verb.
@@ -158,8 +202,14 @@ fn gc_releases_everything_not_in_valid_attachments() {
     let (pa, pb) = (node.pod("a"), node.pod("b"));
     let ra = node.add("keep", &pa, &conf);
     let rb = node.add("drop", &pb, &node.conf(json!({})));
-    let keep_veth = ra.json["interfaces"][1]["name"].as_str().unwrap().to_string();
-    let drop_veth = rb.json["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let keep_veth = ra.json["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let drop_veth = rb.json["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Also a record left by a crashed plugin.
     std::fs::write(node.data_dir.join("testnet/ips/10.88.0.200"), "").unwrap();
     let mut gc = node.conf(json!({}));
@@ -168,14 +218,23 @@ fn gc_releases_everything_not_in_valid_attachments() {
     assert!(r.ok(), "GC: {}", r.stdout);
     assert_eq!(node.reserved("testnet"), vec![ipv4_of(&ra.json)]);
     let links = node.links();
-    assert!(links.contains(&keep_veth) && !links.contains(&drop_veth), "{links:?}");
-    assert!(node.nft_ruleset().contains("tcp . 18080"), "the valid pod's hostPort must stay");
+    assert!(
+        links.contains(&keep_veth) && !links.contains(&drop_veth),
+        "{links:?}"
+    );
+    assert!(
+        node.nft_ruleset().contains("tcp . 18080"),
+        "the valid pod's hostPort must stay"
+    );
     // Now nothing is valid: everything goes, hostPort chains included.
     gc["cni.dev/valid-attachments"] = json!([]);
     assert!(node.run("GC", "", None, &gc).ok());
     assert!(node.reserved("testnet").is_empty());
     let rules = node.nft_ruleset();
-    assert!(!rules.contains("18080") && !rules.contains("chain hp-"), "{rules}");
+    assert!(
+        !rules.contains("18080") && !rules.contains("chain hp-"),
+        "{rules}"
+    );
     // The older key is honoured too.
     let mut legacy = node.conf(json!({}));
     legacy["cni.dev/attachments"] = json!([]);
@@ -184,18 +243,32 @@ fn gc_releases_everything_not_in_valid_attachments() {
 
 #[test]
 fn version_answers_with_the_supported_list() {
-    let r = Call::new(Path::new(common::PLUGIN), "VERSION").run(&json!({"cniVersion": "1.0.0"})).unwrap();
+    let r = Call::new(Path::new(common::PLUGIN), "VERSION")
+        .run(&json!({"cniVersion": "1.0.0"}))
+        .unwrap();
     assert!(r.ok());
     assert_eq!(r.json["cniVersion"], "1.0.0");
-    assert_eq!(r.json["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        r.json["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
 }
 
 fn expect_code(node: &Node, call: Call, conf: &Value, code: u64, needle: &str) {
     let r = call.run(conf).unwrap();
-    assert_eq!(r.exit, Some(1), "exit code for expected error {code}: {} {}", r.stdout, r.stderr);
+    assert_eq!(
+        r.exit,
+        Some(1),
+        "exit code for expected error {code}: {} {}",
+        r.stdout,
+        r.stderr
+    );
     assert_eq!(r.code(), Some(code), "{}", r.stdout);
     let msg = format!("{} {}", r.json["msg"], r.json["details"]);
-    assert!(msg.contains(needle), "error {code} should mention {needle:?}: {msg}");
+    assert!(
+        msg.contains(needle),
+        "error {code} should mention {needle:?}: {msg}"
+    );
     assert!(r.json["cniVersion"].is_string());
     let _ = node;
 }
@@ -208,10 +281,28 @@ fn every_error_code_with_a_useful_message() {
     let conf = node.conf(json!({}));
     let add = |id: &'static str| node.call("ADD", id, Some(&pod));
 
-    expect_code(&node, add("e1"), &node.conf(json!({"cniVersion": "0.2.0"})), 1, "0.2.0");
-    expect_code(&node, add("e2"), &node.conf(json!({"ipam": {"type": "dhcp"}})), 2, "dhcp");
+    expect_code(
+        &node,
+        add("e1"),
+        &node.conf(json!({"cniVersion": "0.2.0"})),
+        1,
+        "0.2.0",
+    );
+    expect_code(
+        &node,
+        add("e2"),
+        &node.conf(json!({"ipam": {"type": "dhcp"}})),
+        2,
+        "dhcp",
+    );
     let gone = Path::new("/run/netns/weft-test-does-not-exist");
-    expect_code(&node, node.call("ADD", "e3", Some(gone)), &conf, 3, "CNI_NETNS");
+    expect_code(
+        &node,
+        node.call("ADD", "e3", Some(gone)),
+        &conf,
+        3,
+        "CNI_NETNS",
+    );
     let mut no_netns = node.call("ADD", "e4", None);
     no_netns.netns = None;
     expect_code(&node, no_netns, &conf, 4, "CNI_NETNS");
@@ -219,23 +310,58 @@ fn every_error_code_with_a_useful_message() {
     bad_if.ifname = "eth0:bad";
     expect_code(&node, bad_if, &conf, 4, "CNI_IFNAME");
     expect_code(&node, add("e4c").with_args("FOO=bar"), &conf, 4, "FOO");
-    assert!(add("e4d").with_args("FOO=bar;IgnoreUnknown=1").run(&conf).unwrap().ok());
+    assert!(add("e4d")
+        .with_args("FOO=bar;IgnoreUnknown=1")
+        .run(&conf)
+        .unwrap()
+        .ok());
     let file_not_dir = node.data_dir.with_extension("file");
     std::fs::write(&file_not_dir, "").unwrap();
-    expect_code(&node, add("e5"), &node.conf(json!({"ipam": {"dataDir": file_not_dir}})), 5, "IPAM");
+    expect_code(
+        &node,
+        add("e5"),
+        &node.conf(json!({"ipam": {"dataDir": file_not_dir}})),
+        5,
+        "IPAM",
+    );
     std::fs::remove_file(&file_not_dir).unwrap();
     let r = common::run_raw(&node, add("e6"), b"{\"cniVersion\": ");
     assert_eq!(r.code(), Some(6), "{}", r.stdout);
-    expect_code(&node, add("e7"), &node.conf(json!({"ipam": {"ranges": [[{"subnet": "10.88.0.5/24"}]]}})), 7, "host bits");
-    expect_code(&node, add("e11"), &node.conf(json!({"ipam": {"ranges": [], "subnetFile": "/nonexistent/subnet.env"}})), 11, "agent");
-    let tiny = node.conf(json!({"ipam": {"ranges": [[{"subnet": "10.89.0.0/30"}]]}, "bridge": "wtbr1"}));
+    expect_code(
+        &node,
+        add("e7"),
+        &node.conf(json!({"ipam": {"ranges": [[{"subnet": "10.88.0.5/24"}]]}})),
+        7,
+        "host bits",
+    );
+    expect_code(
+        &node,
+        add("e11"),
+        &node.conf(json!({"ipam": {"ranges": [], "subnetFile": "/nonexistent/subnet.env"}})),
+        11,
+        "agent",
+    );
+    let tiny =
+        node.conf(json!({"ipam": {"ranges": [[{"subnet": "10.89.0.0/30"}]]}, "bridge": "wtbr1"}));
     assert!(node.run("ADD", "tiny1", Some(&other), &tiny).ok());
     expect_code(&node, add("e100"), &tiny, 100, "exhausted");
     let mut first = node.call("ADD", "e101a", Some(&other));
     first.ifname = "net5";
     assert!(first.with_args("IP=10.88.0.5").run(&conf).unwrap().ok());
-    expect_code(&node, add("e101").with_args("IP=10.88.0.5"), &conf, 101, "10.88.0.5");
-    expect_code(&node, add("e101b").with_args("IP=10.77.0.5"), &conf, 101, "not inside");
+    expect_code(
+        &node,
+        add("e101").with_args("IP=10.88.0.5"),
+        &conf,
+        101,
+        "10.88.0.5",
+    );
+    expect_code(
+        &node,
+        add("e101b").with_args("IP=10.77.0.5"),
+        &conf,
+        101,
+        "not inside",
+    );
     // The pod already has an eth0 (from e4d): the kernel refuses a second one.
     expect_code(&node, add("e102"), &conf, 102, "already exists");
     let mut no_nft = node.call("ADD", "e103", Some(&other));

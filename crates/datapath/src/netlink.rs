@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, InfoData, InfoVeth,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
@@ -42,7 +42,10 @@ impl NetlinkError {
         let (message, errno) = match &err {
             rtnetlink::Error::NetlinkError(msg) => {
                 let errno = -msg.raw_code();
-                (std::io::Error::from_raw_os_error(errno).to_string(), Some(errno))
+                (
+                    std::io::Error::from_raw_os_error(errno).to_string(),
+                    Some(errno),
+                )
             }
             other => (other.to_string(), None),
         };
@@ -284,7 +287,12 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match stream.try_next().await {
             Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
             Err(e) => {
@@ -325,7 +333,9 @@ impl Netlink {
             msg = msg.mtu(mtu);
         }
         let created = self.handle.link().add(msg.build()).execute().await;
-        ignore_exists(created.map_err(|e| NetlinkError::request(format!("create bridge {name}"), e)))?;
+        ignore_exists(
+            created.map_err(|e| NetlinkError::request(format!("create bridge {name}"), e)),
+        )?;
         self.link(name).await?.ok_or_else(|| NetlinkError::Request {
             op: format!("create bridge {name}"),
             message: "bridge vanished right after creation".into(),
@@ -351,17 +361,12 @@ impl Netlink {
         }
         let mut msg = host.build();
         replace_veth_peer(&mut msg, peer.build());
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| {
-                NetlinkError::request(
-                    format!("create veth {} <-> {}", spec.host_name, spec.peer_name),
-                    e,
-                )
-            })
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            NetlinkError::request(
+                format!("create veth {} <-> {}", spec.host_name, spec.peer_name),
+                e,
+            )
+        })
     }
 
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
@@ -467,7 +472,10 @@ impl Netlink {
 }
 
 fn describe_route(r: &Route) -> String {
-    let dst = r.dst.map(|d| d.to_string()).unwrap_or_else(|| "default".into());
+    let dst = r
+        .dst
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "default".into());
     match r.gateway {
         Some(gw) => format!("{dst} via {gw}"),
         None => dst,

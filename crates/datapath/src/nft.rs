@@ -35,7 +35,9 @@ pub fn apply(script: &str, netns: Option<&NetNs>) -> Result<(), NftError> {
         .spawn()
         .map_err(NftError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(NftError::Spawn)?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftError::Spawn)?;
     }
     let out = child.wait_with_output().map_err(NftError::Spawn)?;
     if out.status.success() {
@@ -106,10 +108,21 @@ fn push_str_attr(buf: &mut Vec<u8>, kind: u16, value: &str) {
 
 /// Sends one request and returns the errno of the kernel's answer (0 when it
 /// answered with data or a plain ACK).
-fn netlink_roundtrip(protocol: i32, msg_type: u16, flags: u16, payload: &[u8]) -> std::io::Result<i32> {
-    use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+fn netlink_roundtrip(
+    protocol: i32,
+    msg_type: u16,
+    flags: u16,
+    payload: &[u8],
+) -> std::io::Result<i32> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: creating a socket has no memory effects; the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -138,10 +151,12 @@ fn netlink_roundtrip(protocol: i32, msg_type: u16, flags: u16, payload: &[u8]) -
         let mut off = 0usize;
         let n = n as usize;
         while off + 16 <= n {
-            let mlen = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+            let mlen =
+                u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
             let mtype = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or_default());
             if mtype == libc::NLMSG_ERROR as u16 && off + 20 <= n {
-                let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
+                let code =
+                    i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
                 return Ok(-code);
             }
             if mtype == libc::NLMSG_DONE as u16 {

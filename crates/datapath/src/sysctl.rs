@@ -26,7 +26,10 @@ pub fn ensure(key: &str, value: &str) -> Result<(), SysctlError> {
         value: value.to_string(),
         source,
     };
-    let mut file = fs::OpenOptions::new().write(true).open(&path).map_err(err)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
     file.write_all(value.as_bytes()).map_err(err)
 }
 

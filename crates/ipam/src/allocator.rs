@@ -42,7 +42,11 @@ pub fn allocate(
             .position(|s| s.range_of(ip).is_some())
             .ok_or_else(|| AllocError::RequestedOutOfRange {
                 ip,
-                ranges: sets.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "),
+                ranges: sets
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             })?;
         if wanted[set].is_some() {
             let same: Vec<String> = requested
@@ -81,18 +85,35 @@ pub fn allocate(
 /// Walks the set starting right after `last`, wrapping around once: the rest
 /// of `last`'s range, the ranges after it, the ranges before it, and finally
 /// the beginning of `last`'s own range.
-fn next_free(set: &RangeSet, last: Option<IpAddr>, taken: &mut impl FnMut(IpAddr) -> bool) -> Option<Allocation> {
+fn next_free(
+    set: &RangeSet,
+    last: Option<IpAddr>,
+    taken: &mut impl FnMut(IpAddr) -> bool,
+) -> Option<Allocation> {
     let ranges = set.ranges();
     let (home, resume) = last
-        .and_then(|l| ranges.iter().position(|r| r.contains(l)).map(|i| (i, to_u128(l).saturating_add(1))))
+        .and_then(|l| {
+            ranges
+                .iter()
+                .position(|r| r.contains(l))
+                .map(|i| (i, to_u128(l).saturating_add(1)))
+        })
         .unwrap_or((0, to_u128(ranges[0].start)));
     let whole = |r: &Range| (to_u128(r.start), to_u128(r.end));
     let home_range = &ranges[home];
     let (home_lo, home_hi) = whole(home_range);
     let order = std::iter::once((home_range, resume, home_hi))
-        .chain(ranges[home + 1..].iter().map(|r| (r, whole(r).0, whole(r).1)))
+        .chain(
+            ranges[home + 1..]
+                .iter()
+                .map(|r| (r, whole(r).0, whole(r).1)),
+        )
         .chain(ranges[..home].iter().map(|r| (r, whole(r).0, whole(r).1)))
-        .chain(std::iter::once((home_range, home_lo, resume.saturating_sub(1))));
+        .chain(std::iter::once((
+            home_range,
+            home_lo,
+            resume.saturating_sub(1),
+        )));
     for (range, from, to) in order {
         let free = (from..=to)
             .map(|v| from_u128(v, set.is_ipv6()))
@@ -113,7 +134,15 @@ mod tests {
         RangeSet::new(
             specs
                 .iter()
-                .map(|(n, s, e)| Range::new(n.parse().unwrap(), s.map(|s| s.parse().unwrap()), e.map(|e| e.parse().unwrap()), None).unwrap())
+                .map(|(n, s, e)| {
+                    Range::new(
+                        n.parse().unwrap(),
+                        s.map(|s| s.parse().unwrap()),
+                        e.map(|e| e.parse().unwrap()),
+                        None,
+                    )
+                    .unwrap()
+                })
                 .collect(),
         )
         .unwrap()
@@ -126,7 +155,11 @@ mod tests {
     fn round_robin_continues_after_last_reserved_and_skips_gateway() {
         let s = [set(&[("10.0.0.0/29", None, None)])];
         let a = allocate(&s, &[], &[None], |_| false).unwrap();
-        assert_eq!(a[0].address.to_string(), "10.0.0.2/29", "first after the gateway");
+        assert_eq!(
+            a[0].address.to_string(),
+            "10.0.0.2/29",
+            "first after the gateway"
+        );
         let a = allocate(&s, &[], &[Some(ip("10.0.0.4"))], |_| false).unwrap();
         assert_eq!(a[0].address.addr(), ip("10.0.0.5"));
         // After the end it wraps to the start, skipping the gateway .1.
@@ -136,7 +169,10 @@ mod tests {
 
     #[test]
     fn full_cycle_hands_out_every_address_once_then_exhausts() {
-        let s = [set(&[("10.0.0.0/28", Some("10.0.0.3"), Some("10.0.0.9")), ("10.0.1.0/29", None, None)])];
+        let s = [set(&[
+            ("10.0.0.0/28", Some("10.0.0.3"), Some("10.0.0.9")),
+            ("10.0.1.0/29", None, None),
+        ])];
         let mut used = HashSet::new();
         let mut last = None;
         for _ in 0..(7 + 5) {
@@ -159,7 +195,10 @@ mod tests {
 
     #[test]
     fn dual_stack_gets_one_address_per_set() {
-        let s = [set(&[("10.0.0.0/24", None, None)]), set(&[("fd00::/120", None, None)])];
+        let s = [
+            set(&[("10.0.0.0/24", None, None)]),
+            set(&[("fd00::/120", None, None)]),
+        ];
         let a = allocate(&s, &[], &[None, None], |_| false).unwrap();
         assert_eq!(a.len(), 2);
         assert!(a[0].address.addr().is_ipv4() && a[1].address.addr().is_ipv6());
@@ -173,7 +212,9 @@ mod tests {
         assert_eq!(a[0].address.addr(), ip("10.0.0.77"));
         assert_eq!(
             allocate(&s, &[ip("10.0.0.77")], &[None], |_| true).unwrap_err(),
-            AllocError::RequestedTaken { ip: ip("10.0.0.77") }
+            AllocError::RequestedTaken {
+                ip: ip("10.0.0.77")
+            }
         );
         assert!(matches!(
             allocate(&s, &[ip("10.9.0.1")], &[None], |_| false).unwrap_err(),

@@ -25,7 +25,10 @@ pub enum AllocError {
     #[error("requested address {ip} is already in use by another pod")]
     RequestedTaken { ip: std::net::IpAddr },
     #[error("requested address {ip} is not inside any configured range ({ranges})")]
-    RequestedOutOfRange { ip: std::net::IpAddr, ranges: String },
+    RequestedOutOfRange {
+        ip: std::net::IpAddr,
+        ranges: String,
+    },
     #[error("requested address {ip} is the gateway of its range")]
     RequestedGateway { ip: std::net::IpAddr },
     #[error("{count} addresses of the same family were requested ({ips}) but only one range set of that family is configured")]

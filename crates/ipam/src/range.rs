@@ -107,7 +107,8 @@ impl Range {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv6() == self.is_ipv6() && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
+        ip.is_ipv6() == self.is_ipv6()
+            && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
     }
 
     /// How many addresses this range can hand out (the gateway excluded).
@@ -223,19 +224,33 @@ mod tests {
         ));
         assert!(matches!(
             Range::new(net("10.1.2.0/24"), Some(ip("10.1.3.1")), None, None),
-            Err(RangeError::Outside { field: "rangeStart", .. })
+            Err(RangeError::Outside {
+                field: "rangeStart",
+                ..
+            })
         ));
         assert!(matches!(
             Range::new(net("10.1.2.0/24"), None, Some(ip("10.1.2.255")), None),
-            Err(RangeError::Outside { field: "rangeEnd", .. })
+            Err(RangeError::Outside {
+                field: "rangeEnd",
+                ..
+            })
         ));
         assert!(matches!(
-            Range::new(net("10.1.2.0/24"), Some(ip("10.1.2.9")), Some(ip("10.1.2.3")), None),
+            Range::new(
+                net("10.1.2.0/24"),
+                Some(ip("10.1.2.9")),
+                Some(ip("10.1.2.3")),
+                None
+            ),
             Err(RangeError::Reversed { .. })
         ));
         assert!(matches!(
             Range::new(net("10.1.2.0/24"), None, None, Some(ip("fd00::1"))),
-            Err(RangeError::Outside { field: "gateway", .. })
+            Err(RangeError::Outside {
+                field: "gateway",
+                ..
+            })
         ));
     }
 
@@ -244,8 +259,14 @@ mod tests {
         let a = Range::new(net("10.1.2.0/24"), None, None, None).unwrap();
         let b = Range::new(net("10.1.2.0/25"), None, None, None).unwrap();
         let c = Range::new(net("fd00::/120"), None, None, None).unwrap();
-        assert!(matches!(RangeSet::new(vec![a.clone(), b.clone()]), Err(RangeError::Overlap(..))));
-        assert!(matches!(RangeSet::new(vec![a.clone(), c.clone()]), Err(RangeError::MixedFamilies(..))));
+        assert!(matches!(
+            RangeSet::new(vec![a.clone(), b.clone()]),
+            Err(RangeError::Overlap(..))
+        ));
+        assert!(matches!(
+            RangeSet::new(vec![a.clone(), c.clone()]),
+            Err(RangeError::MixedFamilies(..))
+        ));
         assert!(matches!(RangeSet::new(vec![]), Err(RangeError::Empty)));
         let s1 = RangeSet::new(vec![a]).unwrap();
         let s2 = RangeSet::new(vec![b]).unwrap();

@@ -107,14 +107,21 @@ impl Store {
         let file = io(
             "opening",
             &path,
-            OpenOptions::new().create(true).truncate(false).write(true).open(&path),
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path),
         )?;
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StoreError {
             op: "locking",
             path: path.clone(),
             source: errno.into(),
         })?;
-        Ok(Locked { store: self, _lock: lock })
+        Ok(Locked {
+            store: self,
+            _lock: lock,
+        })
     }
 }
 
@@ -163,9 +170,16 @@ impl Locked<'_> {
             let mut file = io(
                 "creating",
                 &ip_path,
-                OpenOptions::new().write(true).create_new(true).open(&ip_path),
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&ip_path),
             )?;
-            io("writing", &ip_path, file.write_all(owner.record().as_bytes()))?;
+            io(
+                "writing",
+                &ip_path,
+                file.write_all(owner.record().as_bytes()),
+            )?;
         }
         for (&ip, &set) in ips.iter().zip(sets) {
             let cursor = self.store.dir.join(format!("last_reserved.{set}"));
@@ -185,7 +199,9 @@ impl Locked<'_> {
             let ip_path = self.ip_path(ip);
             // An unreadable or empty record is one a crashed ADD of this very
             // owner was writing (the lock rules out anyone else); free it too.
-            let holder = fs::read_to_string(&ip_path).ok().map(|t| Owner::from_record(&t));
+            let holder = fs::read_to_string(&ip_path)
+                .ok()
+                .map(|t| Owner::from_record(&t));
             match holder {
                 Some(Some(h)) if &h != owner => continue,
                 Some(_) => {
@@ -215,7 +231,9 @@ impl Locked<'_> {
         let dir = self.store.dir.join("ips");
         let mut out = Vec::new();
         for name in list_names(&dir)? {
-            let Ok(ip) = name.parse::<IpAddr>() else { continue };
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
             let holder = fs::read_to_string(dir.join(&name))
                 .ok()
                 .and_then(|t| Owner::from_record(&t));
@@ -286,7 +304,8 @@ mod tests {
         let store = Store::open(dir.path(), "net").unwrap();
         let mut l = store.lock().unwrap();
         let a = Owner::new("c1", "eth0");
-        l.reserve(&a, &[ip("10.0.0.2"), ip("fd00::2")], &[0, 1]).unwrap();
+        l.reserve(&a, &[ip("10.0.0.2"), ip("fd00::2")], &[0, 1])
+            .unwrap();
         assert!(l.is_reserved(ip("10.0.0.2")));
         assert_eq!(l.last_reserved(1), Some(ip("fd00::2")));
         assert_eq!(l.addresses_of(&a).unwrap().unwrap().len(), 2);
@@ -302,8 +321,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "net").unwrap();
         let mut l = store.lock().unwrap();
-        l.reserve(&Owner::new("c1", "eth0"), &[ip("10.0.0.2")], &[0]).unwrap();
-        assert!(l.reserve(&Owner::new("c2", "eth0"), &[ip("10.0.0.2")], &[0]).is_err());
+        l.reserve(&Owner::new("c1", "eth0"), &[ip("10.0.0.2")], &[0])
+            .unwrap();
+        assert!(l
+            .reserve(&Owner::new("c2", "eth0"), &[ip("10.0.0.2")], &[0])
+            .is_err());
         // c2's failed attempt must not free c1's address.
         l.release(&Owner::new("c2", "eth0")).unwrap();
         assert!(l.is_reserved(ip("10.0.0.2")));
@@ -316,7 +338,8 @@ mod tests {
         let mut l = store.lock().unwrap();
         let keep = Owner::new("keep", "eth0");
         l.reserve(&keep, &[ip("10.0.0.2")], &[0]).unwrap();
-        l.reserve(&Owner::new("gone", "eth0"), &[ip("10.0.0.3")], &[0]).unwrap();
+        l.reserve(&Owner::new("gone", "eth0"), &[ip("10.0.0.3")], &[0])
+            .unwrap();
         // A crash right after creating the address file, before writing it.
         File::create(store.dir().join("ips/10.0.0.4")).unwrap();
         let freed = l.garbage_collect(|o| o == &keep).unwrap();

@@ -64,7 +64,9 @@ impl SubnetEnv {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((key, value)) = line.split_once('=') else { continue };
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
             let value = value.trim().trim_matches('"');
             let invalid = |why: String| SubnetEnvError::Invalid {
                 path: path.into(),
@@ -79,10 +81,18 @@ impl SubnetEnv {
                 "FLANNEL_IPV6_NETWORK" => env.ipv6_network = Some(net()?),
                 "FLANNEL_IPV6_SUBNET" => env.ipv6_subnet = Some(net()?),
                 "FLANNEL_MTU" => {
-                    env.mtu = Some(value.parse().map_err(|e: std::num::ParseIntError| invalid(e.to_string()))?)
+                    env.mtu = Some(
+                        value
+                            .parse()
+                            .map_err(|e: std::num::ParseIntError| invalid(e.to_string()))?,
+                    )
                 }
                 "FLANNEL_IPMASQ" => {
-                    env.ipmasq = Some(value.parse().map_err(|e: std::str::ParseBoolError| invalid(e.to_string()))?)
+                    env.ipmasq = Some(
+                        value
+                            .parse()
+                            .map_err(|e: std::str::ParseBoolError| invalid(e.to_string()))?,
+                    )
                 }
                 _ => {}
             }

@@ -39,11 +39,17 @@ pub fn add(inv: &Invocation) -> Result<Value, CniError> {
     }
 }
 
-fn reserve(store: &Store, net: &Network, owner: &Owner, requested: &[IpAddr]) -> Result<Vec<Allocation>, CniError> {
+fn reserve(
+    store: &Store,
+    net: &Network,
+    owner: &Owner,
+    requested: &[IpAddr],
+) -> Result<Vec<Allocation>, CniError> {
     let mut locked = store.lock()?;
     if let Some(held) = locked.addresses_of(owner)? {
         // ADD repeated without DEL: give the attachment what it already has.
-        let reused: Option<Vec<Allocation>> = held.iter().map(|ip| allocation_of(net, *ip)).collect();
+        let reused: Option<Vec<Allocation>> =
+            held.iter().map(|ip| allocation_of(net, *ip)).collect();
         match reused {
             Some(a) if a.len() == net.sets.len() => return Ok(a),
             _ => {
@@ -51,8 +57,11 @@ fn reserve(store: &Store, net: &Network, owner: &Owner, requested: &[IpAddr]) ->
             }
         }
     }
-    let last: Vec<Option<IpAddr>> = (0..net.sets.len()).map(|i| locked.last_reserved(i)).collect();
-    let allocations = weft_ipam::allocate(&net.sets, requested, &last, |ip| locked.is_reserved(ip))?;
+    let last: Vec<Option<IpAddr>> = (0..net.sets.len())
+        .map(|i| locked.last_reserved(i))
+        .collect();
+    let allocations =
+        weft_ipam::allocate(&net.sets, requested, &last, |ip| locked.is_reserved(ip))?;
     let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
     let sets: Vec<usize> = (0..allocations.len()).collect();
     locked.reserve(owner, &ips, &sets)?;
@@ -177,7 +186,9 @@ fn wire(
 }
 
 fn gone(name: &str) -> CniError {
-    CniError::netlink(format!("interface {name} disappeared right after it was created; is another program deleting it?"))
+    CniError::netlink(format!(
+        "interface {name} disappeared right after it was created; is another program deleting it?"
+    ))
 }
 
 fn io_error(e: impl std::fmt::Display) -> CniError {
@@ -206,11 +217,18 @@ fn ensure_masquerade(net: &Network) -> Result<(), CniError> {
     Ok(nft::apply(&script, None)?)
 }
 
-fn add_hostports(net: &Network, inv: &Invocation, mappings: &[PortMapping], ips: &[IpAddr]) -> Result<(), CniError> {
+fn add_hostports(
+    net: &Network,
+    inv: &Invocation,
+    mappings: &[PortMapping],
+    ips: &[IpAddr],
+) -> Result<(), CniError> {
     let chain = plan::hostport_chain(&net.name, &inv.env.container_id, &inv.env.ifname);
     let subnets = net.pod_subnets();
     let snat = plan::network_chain("snat", &net.name, &subnets);
-    let script = |stale: &[(String, String)]| firewall::hostports_add_script(&chain, mappings, ips, &snat, &subnets, stale);
+    let script = |stale: &[(String, String)]| {
+        firewall::hostports_add_script(&chain, mappings, ips, &snat, &subnets, stale)
+    };
     if nft::apply(&script(&[]), None).is_ok() {
         return Ok(());
     }

@@ -14,11 +14,9 @@ use crate::spec::{CniError, CniResult, Version};
 
 pub fn check(inv: &Invocation) -> Result<(), CniError> {
     inv.require(Version::V0_4_0, "CHECK")?;
-    let prev = inv
-        .conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult (the result of ADD) in the configuration"))?;
+    let prev = inv.conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::invalid_config("CHECK needs prevResult (the result of ADD) in the configuration")
+    })?;
     let prev = CniResult::from_prev(prev)?;
     let net = Network::plan(&inv.conf, Ranges::Required)?;
     let netns = NetNs::open(inv.env.netns.as_ref().expect("CHECK requires CNI_NETNS"))?;
@@ -27,7 +25,11 @@ pub fn check(inv: &Invocation) -> Result<(), CniError> {
         .interfaces
         .iter()
         .position(|i| &i.name == ifname && i.sandbox.is_some())
-        .ok_or_else(|| CniError::check_failed(format!("prevResult has no interface {ifname} inside a sandbox")))?;
+        .ok_or_else(|| {
+            CniError::check_failed(format!(
+                "prevResult has no interface {ifname} inside a sandbox"
+            ))
+        })?;
     let expected = &prev.interfaces[index];
     let want_ips: Vec<_> = prev
         .ips
@@ -38,10 +40,9 @@ pub fn check(inv: &Invocation) -> Result<(), CniError> {
 
     runtime()?.block_on(async {
         let pod = Netlink::connect_in(&netns)?;
-        let link = pod
-            .link(ifname)
-            .await?
-            .ok_or_else(|| CniError::check_failed(format!("interface {ifname} is missing from the pod")))?;
+        let link = pod.link(ifname).await?.ok_or_else(|| {
+            CniError::check_failed(format!("interface {ifname} is missing from the pod"))
+        })?;
         let mac = link.mac_string().unwrap_or_default();
         if !expected.mac.is_empty() && !expected.mac.eq_ignore_ascii_case(&mac) {
             return Err(CniError::check_failed(format!(
@@ -51,15 +52,22 @@ pub fn check(inv: &Invocation) -> Result<(), CniError> {
         }
         let have = pod.addresses(link.index).await?;
         if let Some(missing) = want_ips.iter().find(|a| !have.contains(a)) {
-            return Err(CniError::check_failed(format!("address {missing} is missing from {ifname}")));
+            return Err(CniError::check_failed(format!(
+                "address {missing} is missing from {ifname}"
+            )));
         }
         let mut routes = pod.routes(false).await?;
         routes.extend(pod.routes(true).await?);
         for r in &prev.routes {
-            let found = routes.iter().any(|have| have.dst == Some(r.dst) && (r.gw.is_none() || have.gateway == r.gw));
+            let found = routes
+                .iter()
+                .any(|have| have.dst == Some(r.dst) && (r.gw.is_none() || have.gateway == r.gw));
             if !found {
                 let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(CniError::check_failed(format!("route {}{via} is missing from the pod", r.dst)));
+                return Err(CniError::check_failed(format!(
+                    "route {}{via} is missing from the pod",
+                    r.dst
+                )));
             }
         }
         let host = Netlink::connect()?;
@@ -68,17 +76,30 @@ pub fn check(inv: &Invocation) -> Result<(), CniError> {
         let veth = host.link(&host_name).await?;
         match (bridge, veth) {
             (Some(b), Some(v)) if v.controller == Some(b.index) => Ok(()),
-            (None, _) => Err(CniError::check_failed(format!("bridge {} is missing", net.bridge))),
-            (_, None) => Err(CniError::check_failed(format!("host veth {host_name} is missing"))),
-            _ => Err(CniError::check_failed(format!("host veth {host_name} is not attached to bridge {}", net.bridge))),
+            (None, _) => Err(CniError::check_failed(format!(
+                "bridge {} is missing",
+                net.bridge
+            ))),
+            (_, None) => Err(CniError::check_failed(format!(
+                "host veth {host_name} is missing"
+            ))),
+            _ => Err(CniError::check_failed(format!(
+                "host veth {host_name} is not attached to bridge {}",
+                net.bridge
+            ))),
         }
     })?;
 
     let store = open_store(&net)?;
-    let held = store.lock()?.addresses_of(&inv.owner())?.unwrap_or_default();
+    let held = store
+        .lock()?
+        .addresses_of(&inv.owner())?
+        .unwrap_or_default();
     let want: Vec<IpAddr> = want_ips.iter().map(|a| a.addr()).collect();
     if let Some(ip) = want.iter().find(|ip| !held.contains(ip)) {
-        return Err(CniError::check_failed(format!("address {ip} is not reserved for this container in IPAM")));
+        return Err(CniError::check_failed(format!(
+            "address {ip} is not reserved for this container in IPAM"
+        )));
     }
     if net.ip_masq {
         let chain = masquerade_chain(&net);

@@ -22,7 +22,10 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
         .map(|a| Owner::new(a.container_id, a.ifname))
         .collect();
 
-    let veths: HashSet<String> = keep.iter().map(|o| plan::host_veth_name(&o.container_id, &o.ifname)).collect();
+    let veths: HashSet<String> = keep
+        .iter()
+        .map(|o| plan::host_veth_name(&o.container_id, &o.ifname))
+        .collect();
     runtime()?.block_on(async {
         let host = Netlink::connect()?;
         let Some(bridge) = host.link(&net.bridge).await? else {

@@ -25,7 +25,10 @@ pub fn status(inv: &Invocation) -> Result<(), CniError> {
         check_existing_pods(&net)?;
     }
     for set in &net.sets {
-        let used = reserved.iter().filter(|(ip, _)| set.range_of(*ip).is_some()).count() as u128;
+        let used = reserved
+            .iter()
+            .filter(|(ip, _)| set.range_of(*ip).is_some())
+            .count() as u128;
         if used >= set.capacity() {
             return Err(CniError::not_available(format!(
                 "address pool {set} is exhausted ({used} addresses in use); delete pods or enlarge the range"

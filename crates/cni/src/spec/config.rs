@@ -130,9 +130,9 @@ impl NetConf {
             let path = e.path().to_string();
             let inner = e.into_inner();
             match inner.classify() {
-                serde_json::error::Category::Data => CniError::invalid_config(format!(
-                    "network configuration field {path}: {inner}"
-                )),
+                serde_json::error::Category::Data => {
+                    CniError::invalid_config(format!("network configuration field {path}: {inner}"))
+                }
                 _ => CniError::decode(format!(
                     "the network configuration on stdin is not valid JSON: {inner}"
                 )),
@@ -151,15 +151,22 @@ impl NetConf {
             .name
             .as_deref()
             .ok_or_else(|| CniError::invalid_config("network configuration has no name"))?;
-        let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !ok {
             return Err(CniError::invalid_config(format!(
                 "network name {name:?} is invalid: use letters, digits, '_', '.' and '-', starting with a letter or digit"
             )));
         }
         if self.plugin_type.is_none() {
-            return Err(CniError::invalid_config("network configuration has no type"));
+            return Err(CniError::invalid_config(
+                "network configuration has no type",
+            ));
         }
         Ok((version, name))
     }
@@ -180,7 +187,9 @@ impl NetConf {
             .map(|text| {
                 let addr = text.split('/').next().unwrap_or(text);
                 addr.parse().map_err(|_| {
-                    CniError::invalid_config(format!("runtimeConfig.ips: {text:?} is not an IP address"))
+                    CniError::invalid_config(format!(
+                        "runtimeConfig.ips: {text:?} is not an IP address"
+                    ))
                 })
             })
             .collect()
@@ -191,7 +200,10 @@ impl NetConf {
         let Some(text) = &self.runtime_config.mac else {
             return Ok(None);
         };
-        let bytes: Option<Vec<u8>> = text.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect();
+        let bytes: Option<Vec<u8>> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).ok())
+            .collect();
         match bytes {
             Some(b) if b.len() == 6 && b[0] & 1 == 0 => Ok(Some(b)),
             _ => Err(CniError::invalid_config(format!(
@@ -216,7 +228,9 @@ impl NetConf {
             }
             if let Some(ip) = pm.host_ip.as_deref().filter(|s| !s.is_empty()) {
                 ip.parse::<IpAddr>().map_err(|_| {
-                    CniError::invalid_config(format!("runtimeConfig.portMappings: hostIP {ip:?} is not an IP address"))
+                    CniError::invalid_config(format!(
+                        "runtimeConfig.portMappings: hostIP {ip:?} is not an IP address"
+                    ))
                 })?;
             }
         }
@@ -231,8 +245,12 @@ mod tests {
 
     #[test]
     fn decode_errors_are_classified_and_name_the_field() {
-        assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, ErrorCode::Decode);
-        let err = NetConf::parse(br#"{"ipam":{"ranges":[[{"subnet":"10.0.0.0/33"}]]}}"#).unwrap_err();
+        assert_eq!(
+            NetConf::parse(b"{not json").unwrap_err().code,
+            ErrorCode::Decode
+        );
+        let err =
+            NetConf::parse(br#"{"ipam":{"ranges":[[{"subnet":"10.0.0.0/33"}]]}}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidConfig);
         assert!(err.msg.contains("ipam.ranges[0][0].subnet"), "{}", err.msg);
         let err = NetConf::parse(br#"{"mtu":"big"}"#).unwrap_err();
@@ -250,7 +268,11 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"../etc","type":"x"}"#,
         ] {
             let c = NetConf::parse(bad.as_bytes()).unwrap();
-            assert_eq!(c.require_identity().unwrap_err().code, ErrorCode::InvalidConfig, "{bad}");
+            assert_eq!(
+                c.require_identity().unwrap_err().code,
+                ErrorCode::InvalidConfig,
+                "{bad}"
+            );
         }
     }
 
@@ -272,9 +294,13 @@ mod tests {
 
     #[test]
     fn gc_list_accepts_both_keys() {
-        let c = NetConf::parse(br#"{"cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#).unwrap();
+        let c = NetConf::parse(br#"{"cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#)
+            .unwrap();
         assert_eq!(c.gc_keep_list().len(), 1);
-        let c = NetConf::parse(br#"{"cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]}"#).unwrap();
+        let c = NetConf::parse(
+            br#"{"cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
         assert_eq!(c.gc_keep_list()[0].container_id, "b");
     }
 }

@@ -99,7 +99,9 @@ pub struct Env {
 impl Env {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
         let raw = get("CNI_COMMAND").ok_or_else(|| {
-            CniError::invalid_env("CNI_COMMAND is not set; set it to ADD, DEL, CHECK, STATUS, GC or VERSION")
+            CniError::invalid_env(
+                "CNI_COMMAND is not set; set it to ADD, DEL, CHECK, STATUS, GC or VERSION",
+            )
         })?;
         let command = Command::parse(&raw).ok_or_else(|| {
             CniError::invalid_env(format!(
@@ -131,7 +133,9 @@ impl Env {
         validate_ifname(&env.ifname)?;
         env.netns = match command {
             Command::Add | Command::Check => Some(require("CNI_NETNS")?.into()),
-            _ => get("CNI_NETNS").filter(|v| !v.is_empty()).map(PathBuf::from),
+            _ => get("CNI_NETNS")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         };
         env.args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?;
         Ok(env)
@@ -141,7 +145,9 @@ impl Env {
 /// Container IDs: letters, digits, `_`, `.`, `-`, starting with a letter or digit.
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -159,13 +165,18 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         Some("it is longer than 15 bytes")
     } else if name == "." || name == ".." {
         Some("'.' and '..' are not allowed")
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         Some("it contains '/', ':' or whitespace")
     } else {
         None
     };
     match why {
-        Some(why) => Err(CniError::invalid_env(format!("CNI_IFNAME {name:?} is invalid: {why}"))),
+        Some(why) => Err(CniError::invalid_env(format!(
+            "CNI_IFNAME {name:?} is invalid: {why}"
+        ))),
         None => Ok(()),
     }
 }
@@ -177,7 +188,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Result<Env, CniError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -206,12 +220,21 @@ mod tests {
             .iter()
             .copied()
             .filter(|(k, _)| *k != "CNI_NETNS")
-            .map(|(k, v)| if k == "CNI_COMMAND" { (k, "DEL") } else { (k, v) })
+            .map(|(k, v)| {
+                if k == "CNI_COMMAND" {
+                    (k, "DEL")
+                } else {
+                    (k, v)
+                }
+            })
             .collect();
         assert_eq!(env(&vars).unwrap().netns, None);
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
         assert!(env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")]).is_ok());
-        assert_eq!(env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code, ErrorCode::InvalidEnvironment);
+        assert_eq!(
+            env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code,
+            ErrorCode::InvalidEnvironment
+        );
         assert_eq!(env(&[]).unwrap_err().code, ErrorCode::InvalidEnvironment);
     }
 
@@ -220,7 +243,16 @@ mod tests {
         for ok in ["eth0", "a", "net1.100", "x-y_z", "123456789012345"] {
             assert!(validate_ifname(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "1234567890123456"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "1234567890123456",
+        ] {
             assert!(validate_ifname(bad).is_err(), "{bad:?}");
         }
     }
@@ -235,7 +267,9 @@ mod tests {
 
     #[test]
     fn cni_args_known_unknown_and_ignore_unknown() {
-        let a = CniArgs::parse("IP=10.1.2.3,fd00::5;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u").unwrap();
+        let a =
+            CniArgs::parse("IP=10.1.2.3,fd00::5;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u")
+                .unwrap();
         assert_eq!(a.ips.len(), 2);
         assert_eq!(a.pod_name.as_deref(), Some("p"));
         assert!(CniArgs::parse("FOO=1").is_err());

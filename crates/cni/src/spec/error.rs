@@ -98,7 +98,8 @@ impl CniError {
 
 impl From<weft_ipam::StoreError> for CniError {
     fn from(e: weft_ipam::StoreError) -> Self {
-        CniError::io("IPAM state is not usable; check that the data directory is writable").with_details(e)
+        CniError::io("IPAM state is not usable; check that the data directory is writable")
+            .with_details(e)
     }
 }
 
@@ -128,9 +129,10 @@ impl From<weft_datapath::netns::NetNsError> for CniError {
     fn from(e: weft_datapath::netns::NetNsError) -> Self {
         use weft_datapath::netns::NetNsError::*;
         match e {
-            NotFound { .. } | NotNetNs { .. } => {
-                CniError::unknown_container("the container's network namespace (CNI_NETNS) does not exist").with_details(e)
-            }
+            NotFound { .. } | NotNetNs { .. } => CniError::unknown_container(
+                "the container's network namespace (CNI_NETNS) does not exist",
+            )
+            .with_details(e),
             _ => CniError::io("cannot use the container's network namespace").with_details(e),
         }
     }

@@ -110,7 +110,11 @@ impl CniResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if version.ips_carry_version() {
-                    let v = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                    let v = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     o.insert("version".into(), json!(v));
                 }
                 o.insert("address".into(), json!(ip.address.to_string()));
@@ -167,7 +171,10 @@ mod tests {
             }],
             routes: vec![RouteEntry {
                 mtu: Some(1400),
-                ..RouteEntry::to("0.0.0.0/0".parse().unwrap(), Some("10.0.0.1".parse().unwrap()))
+                ..RouteEntry::to(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.0.0.1".parse().unwrap()),
+                )
             }],
             dns: None,
         }

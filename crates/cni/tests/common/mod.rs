@@ -30,9 +30,13 @@ pub struct Node {
 
 impl Node {
     pub fn new(tag: &str) -> Self {
-        assert!(unsafe { libc::geteuid() } == 0, "these tests create network namespaces: run them as root");
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "these tests create network namespaces: run them as root"
+        );
         let name = unique(tag);
-        let ns = netns::create_named(&name).unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        let ns =
+            netns::create_named(&name).unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
         let data_dir = std::env::temp_dir().join(format!("{name}-ipam"));
         Node {
             name,
@@ -79,7 +83,9 @@ impl Node {
     }
 
     pub fn run(&self, command: &str, id: &str, netns: Option<&Path>, conf: &Value) -> Reply {
-        self.call(command, id, netns).run(conf).expect("running weft-cni")
+        self.call(command, id, netns)
+            .run(conf)
+            .expect("running weft-cni")
     }
 
     pub fn add(&self, id: &str, netns: &Path, conf: &Value) -> Reply {
@@ -90,7 +96,12 @@ impl Node {
 
     /// `ip -n <ns> ARGS` output (an independent view of the kernel state).
     pub fn ip(ns: &str, args: &[&str]) -> String {
-        let out = Command::new("ip").arg("-n").arg(ns).args(args).output().expect("running ip");
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .output()
+            .expect("running ip");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -109,14 +120,23 @@ impl Node {
     }
 
     pub fn nft_ruleset(&self) -> String {
-        let out = self.ns.command("nft").args(["list", "ruleset"]).output().expect("running nft");
+        let out = self
+            .ns
+            .command("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .expect("running nft");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Reserved addresses in the IPAM state.
     pub fn reserved(&self, network: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.data_dir.join(network).join("ips"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -164,7 +184,15 @@ pub fn ipv4_of(result: &Value) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .map(|ip| ip["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .find(|a| a.contains('.'))
         .unwrap()
 }
