@@ -1,1 +1,30 @@
-fn main() {}
+//! `weft-bench`: weft against the reference implementations, measured side
+//! by side in one run on one machine, reported as ratios (absolute times on
+//! shared machines mislead; ratios from one run do not).
+
+mod cni;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-bench",
+    about = "weft benchmarks against the reference tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// weft-cni against the reference bridge + host-local plugins.
+    Cni(cni::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Cni(args) => cni::run(args),
+    }
+}

@@ -5,11 +5,13 @@
 //! - [`spec`]: the CNI specification as types (pure).
 //! - [`plan`]: configuration → the network to wire (pure).
 //! - [`firewall`]: the nftables rule sets (pure generation).
+//! - [`conflist`]: conflist files as a runtime reads them.
 //! - [`invoke`]: the runtime side — running a CNI plugin as a runtime does.
 //! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION — where the plan
 //!   meets the kernel through `weft-datapath`.
 
 pub mod commands;
+pub mod conflist;
 pub mod firewall;
 pub mod invoke;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! The `weft-cni` executable: reads the CNI environment and the network
 //! configuration on stdin, runs the verb, prints the result (or the spec's
-//! error object) on stdout.
+//! error object) on stdout. `weft-cni --reap-link NAME` is the detached
+//! helper DEL starts to unregister a retired veth (see `commands::del`).
 
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
@@ -9,6 +10,16 @@ use weft_cni::commands;
 use weft_cni::spec::{CniError, Env, Version};
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(commands::REAP_FLAG) {
+        // The detached helper DEL starts; nobody reads its output.
+        let ok = argv.get(2).is_some_and(|link| commands::reap(link).is_ok());
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let mut stdin = Vec::new();
     let input = std::io::stdin();
     if !input.is_terminal() {

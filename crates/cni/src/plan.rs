@@ -271,6 +271,17 @@ pub fn is_host_veth_name(name: &str) -> bool {
     name.len() == 15 && name.starts_with("wv") && name[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
+/// The name a host veth (and its pod end) takes when DEL retires it while
+/// the kernel unregisters it in the background; `nonce` keeps it unique.
+pub fn retired_link_name(container_id: &str, ifname: &str, nonce: &str) -> String {
+    format!("wr{}", short_hash(&[container_id, ifname, nonce]))
+}
+
+/// Whether a link name has the shape of a retired weft-cni veth.
+pub fn is_retired_link_name(name: &str) -> bool {
+    name.len() == 15 && name.starts_with("wr") && name[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// The prefix of every hostPort chain of one network, so that GC of one
 /// network never touches another's.
 pub fn hostport_chain_prefix(network: &str) -> String {
@@ -415,6 +426,9 @@ mod tests {
         assert_eq!(a.len(), 15);
         assert!(is_host_veth_name(&a));
         assert!(!is_host_veth_name("veth1234"));
+        let retired = retired_link_name("abc", "eth0", "1");
+        assert!(is_retired_link_name(&retired) && !is_host_veth_name(&retired));
+        assert_ne!(retired, retired_link_name("abc", "eth0", "2"));
         let mac = bridge_mac("cni0");
         assert_eq!(mac, bridge_mac("cni0"));
         assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");

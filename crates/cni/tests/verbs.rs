@@ -149,8 +149,27 @@ fn del_is_idempotent_twice_without_netns_and_for_unknown_containers() {
             d.stderr
         );
     }
-    assert!(!node.links().contains(&host_veth), "host veth left behind");
+    assert!(
+        !node.links().contains(&host_veth),
+        "host veth still in service after DEL"
+    );
     assert!(node.reserved("testnet").is_empty(), "address left reserved");
+    assert!(
+        node.settled_veths().is_empty(),
+        "the retired veth was never unregistered"
+    );
+    let pod_links = Node::ip(pod.file_name().unwrap().to_str().unwrap(), &["-br", "link"]);
+    assert!(!pod_links.contains("eth0"), "{pod_links}");
+
+    // ADD right after DEL into the same namespace and name works (nothing collides).
+    node.add("d1", &pod, &conf);
+    assert!(node.run("DEL", "d1", Some(&pod), &conf).ok());
+    node.add("d1", &pod, &conf);
+    assert!(
+        Node::ping(&pod, "10.88.0.1"),
+        "re-added pod cannot reach its gateway"
+    );
+    assert!(node.run("DEL", "d1", Some(&pod), &conf).ok());
 
     // Pod namespace gone before DEL (the runtime lost it): DEL still cleans up.
     let pod2 = node.pod("p2");
@@ -234,6 +253,20 @@ fn gc_releases_everything_not_in_valid_attachments() {
     assert!(
         !rules.contains("18080") && !rules.contains("chain hp-"),
         "{rules}"
+    );
+    // A retired veth whose reaper never ran is removed by GC.
+    let orphan = "wr0123456789abc";
+    Node::ip(
+        &node.name,
+        &[
+            "link", "add", orphan, "type", "veth", "peer", "name", "wtorphan",
+        ],
+    );
+    assert!(node.links().contains(&orphan.to_string()));
+    assert!(node.run("GC", "", None, &gc).ok());
+    assert!(
+        !node.links().contains(&orphan.to_string()),
+        "GC left a retired link"
     );
     // The older key is honoured too.
     let mut legacy = node.conf(json!({}));

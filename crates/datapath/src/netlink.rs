@@ -389,6 +389,23 @@ impl Netlink {
             .map_err(|e| NetlinkError::request(format!("set link {index} up"), e))
     }
 
+    /// Takes link `index` out of service at once — down, off its bridge and
+    /// renamed to `new_name` — without paying for its unregistration, which
+    /// costs the kernel an RCU barrier (tens of milliseconds).
+    pub async fn retire_link(&self, index: u32, new_name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .down()
+            .nocontroller()
+            .name(new_name.to_string())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("retire link {index} as {new_name}"), e))
+    }
+
     /// Deletes the link `name`; returns false when it did not exist.
     pub async fn delete_link(&self, name: &str) -> Result<bool> {
         let Some(link) = self.link(name).await? else {

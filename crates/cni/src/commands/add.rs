@@ -33,7 +33,13 @@ pub fn add(inv: &Invocation) -> Result<Value, CniError> {
         Ok(result) => Ok(result.to_json(inv.version)),
         Err(err) => {
             // Leave nothing behind; the original error is what the user needs.
-            let _ = del::teardown(&net, &owner, !port_mappings.is_empty());
+            let _ = del::teardown(
+                &net,
+                &owner,
+                None,
+                !port_mappings.is_empty(),
+                del::Removal::Now,
+            );
             Err(err)
         }
     }

@@ -1,6 +1,7 @@
 //! GC: release everything of this network that no valid attachment owns —
 //! IPAM reservations (including those of plugins killed mid-ADD), host veths
-//! left on the bridge, and hostPort chains.
+//! left on the bridge, retired veths whose reaper never ran, and hostPort
+//! chains.
 
 use std::collections::HashSet;
 
@@ -32,8 +33,9 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
             return Ok::<_, CniError>(());
         };
         for link in host.links().await? {
-            let ours = link.controller == Some(bridge.index) && plan::is_host_veth_name(&link.name);
-            if ours && !veths.contains(&link.name) {
+            let attached =
+                link.controller == Some(bridge.index) && plan::is_host_veth_name(&link.name);
+            if (attached && !veths.contains(&link.name)) || plan::is_retired_link_name(&link.name) {
                 host.delete_link(&link.name).await?;
             }
         }

@@ -4,6 +4,7 @@
 mod add;
 mod check;
 mod del;
+pub use del::{reap, REAP_FLAG};
 mod gc;
 mod status;
 

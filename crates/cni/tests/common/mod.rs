@@ -119,6 +119,23 @@ impl Node {
             .collect()
     }
 
+    /// weft-cni's veths (live `wv…` and retired `wr…`) on this node, after
+    /// giving DEL's background reapers up to 10 s to finish.
+    pub fn settled_veths(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left: Vec<String> = self
+                .links()
+                .into_iter()
+                .filter(|l| l.starts_with("wv") || l.starts_with("wr"))
+                .collect();
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn nft_ruleset(&self) -> String {
         let out = self
             .ns
