@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what weft needs on a Debian machine, idempotently: only packages
+# that are missing are installed, and apt's lists are refreshed only then.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "weft creates network namespaces, bridges and nftables rules: run this as root." >&2
+  exit 1
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install the Rust toolchain (https://rustup.rs) first." >&2
+  exit 1
+fi
+
+# iproute2: the tests' independent view of the kernel (ip -j); nftables: nft,
+# which weft-cni drives; iputils-ping: the demo and tests; containernetworking-
+# plugins: the reference bridge + host-local plugins the benchmark compares to.
+packages=(iproute2 nftables iputils-ping containernetworking-plugins)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
