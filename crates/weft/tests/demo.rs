@@ -8,7 +8,11 @@ use std::process::{Command, Stdio};
 fn demo_pods_ping_each_other_and_everything_is_removed() {
     let weft = Path::new(env!("CARGO_BIN_EXE_weft"));
     let plugin = weft.with_file_name("weft-cni");
-    assert!(plugin.is_file(), "build the workspace first: {} is missing", plugin.display());
+    assert!(
+        plugin.is_file(),
+        "build the workspace first: {} is missing",
+        plugin.display()
+    );
     let conflist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/10-weft.conflist");
     let child = Command::new(weft)
         .args(["demo", "--plugin"])
@@ -33,5 +37,10 @@ fn demo_pods_ping_each_other_and_everything_is_removed() {
         .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(left.is_empty(), "demo namespaces left behind: {left:?}");
-    assert!(!std::env::temp_dir().join(prefix.trim_end_matches('-')).exists(), "demo IPAM state left behind");
+    assert!(
+        !std::env::temp_dir()
+            .join(prefix.trim_end_matches('-'))
+            .exists(),
+        "demo IPAM state left behind"
+    );
 }
