@@ -406,3 +406,54 @@ fn every_error_code_with_a_useful_message() {
     assert!(node.reserved("testnet-nft").is_empty());
     assert!(!Node::ip(other.file_name().unwrap().to_str().unwrap(), &["link"]).contains("net9"));
 }
+
+#[test]
+fn a_repeated_add_fails_without_breaking_the_live_pod() {
+    let mut node = Node::new("again");
+    let pod = node.pod("p");
+    let conf = node.conf(json!({}));
+    let first = node.add("twice", &pod, &conf);
+    let again = node.run("ADD", "twice", Some(&pod), &conf);
+    assert_eq!(again.code(), Some(102), "{}", again.stdout);
+    assert!(
+        again.json["msg"].as_str().unwrap().contains("call DEL"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        node.reserved("testnet"),
+        vec![ipv4_of(&first.json)],
+        "the live pod lost its address"
+    );
+    assert!(
+        Node::ping(&pod, "10.88.0.1"),
+        "the live pod was disturbed by the repeated ADD"
+    );
+}
+
+#[test]
+fn a_bridge_name_taken_by_another_device_is_reported() {
+    let mut node = Node::new("notbr");
+    let pod = node.pod("p");
+    node.node_ip(&[
+        "link",
+        "add",
+        "wtbr0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wtbr0peer",
+    ]);
+    let r = node.run("ADD", "nb", Some(&pod), &node.conf(json!({})));
+    assert_eq!(r.code(), Some(102), "{}", r.stdout);
+    assert!(
+        r.json["details"].as_str().unwrap().contains("not a bridge"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        node.reserved("testnet").is_empty(),
+        "a failed ADD kept its address"
+    );
+}

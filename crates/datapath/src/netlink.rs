@@ -323,6 +323,16 @@ impl Netlink {
     /// follow the lowest port MAC, which changes as pods come and go.
     pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>, mac: Vec<u8>) -> Result<Link> {
         if let Some(link) = self.link(name).await? {
+            if link.kind.as_deref() != Some("bridge") {
+                return Err(NetlinkError::Request {
+                    op: format!("use bridge {name}"),
+                    message: format!(
+                        "{name} exists but is a {} device, not a bridge; configure another bridge name",
+                        link.kind.as_deref().unwrap_or("plain")
+                    ),
+                    errno: None,
+                });
+            }
             if !link.up {
                 self.set_up(link.index).await?;
             }

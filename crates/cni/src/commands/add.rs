@@ -27,7 +27,10 @@ pub fn add(inv: &Invocation) -> Result<Value, CniError> {
 
     let owner = inv.owner();
     let store = open_store(&net)?;
-    let allocations = reserve(&store, &net, &owner, &requested)?;
+    let (allocations, fresh) = reserve(&store, &net, &owner, &requested)?;
+    if !fresh {
+        refuse_if_attached(&inv.env.container_id, &inv.env.ifname)?;
+    }
     let wired = wire(inv, &net, &netns, &allocations, mac, port_mappings);
     match wired {
         Ok(result) => Ok(result.to_json(inv.version)),
@@ -45,19 +48,21 @@ pub fn add(inv: &Invocation) -> Result<Value, CniError> {
     }
 }
 
+/// Reserves the attachment's addresses; `false` in the answer means it
+/// already held them (an ADD repeated without DEL, or retried after a
+/// crash) and they were reused.
 fn reserve(
     store: &Store,
     net: &Network,
     owner: &Owner,
     requested: &[IpAddr],
-) -> Result<Vec<Allocation>, CniError> {
+) -> Result<(Vec<Allocation>, bool), CniError> {
     let mut locked = store.lock()?;
     if let Some(held) = locked.addresses_of(owner)? {
-        // ADD repeated without DEL: give the attachment what it already has.
         let reused: Option<Vec<Allocation>> =
             held.iter().map(|ip| allocation_of(net, *ip)).collect();
         match reused {
-            Some(a) if a.len() == net.sets.len() => return Ok(a),
+            Some(a) if a.len() == net.sets.len() => return Ok((a, false)),
             _ => {
                 locked.release(owner)?;
             }
@@ -71,7 +76,21 @@ fn reserve(
     let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
     let sets: Vec<usize> = (0..allocations.len()).collect();
     locked.reserve(owner, &ips, &sets)?;
-    Ok(allocations)
+    Ok((allocations, true))
+}
+
+/// A second ADD of a live attachment must fail without touching it (its
+/// rollback would tear down the working pod); a half-done one is completed.
+fn refuse_if_attached(container_id: &str, ifname: &str) -> Result<(), CniError> {
+    let host_name = plan::host_veth_name(container_id, ifname);
+    let exists = runtime()?.block_on(async { Netlink::connect()?.link(&host_name).await })?;
+    match exists {
+        Some(_) => Err(CniError::netlink(format!(
+            "container {container_id} already has {ifname} attached (host veth {host_name}); \
+             call DEL before adding it again"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn allocation_of(net: &Network, ip: IpAddr) -> Option<Allocation> {

@@ -92,24 +92,25 @@ pub(super) fn teardown(
     let store = open_store(net)?;
     store.lock()?.release(owner)?;
     if let Some(name) = retired {
-        spawn_reaper(&name)?;
+        if !spawn_reaper(&name) {
+            // E.g. the binary was replaced by an upgrade: unregister here instead.
+            reap(&name)?;
+        }
     }
     Ok(())
 }
 
-fn spawn_reaper(link: &str) -> Result<(), CniError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CniError::io("cannot find the weft-cni executable").with_details(e))?;
+fn spawn_reaper(link: &str) -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
     Command::new(exe)
         .args([REAP_FLAG, link])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| {
-            CniError::io(format!("cannot start the reaper for retired link {link}")).with_details(e)
-        })?;
-    Ok(())
+        .is_ok()
 }
 
 /// The reaper's whole job: unregister one retired link.

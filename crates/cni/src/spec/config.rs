@@ -151,14 +151,7 @@ impl NetConf {
             .name
             .as_deref()
             .ok_or_else(|| CniError::invalid_config("network configuration has no name"))?;
-        let ok = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !ok {
+        if !super::env::is_identifier(name) {
             return Err(CniError::invalid_config(format!(
                 "network name {name:?} is invalid: use letters, digits, '_', '.' and '-', starting with a letter or digit"
             )));

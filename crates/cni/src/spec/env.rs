@@ -142,13 +142,19 @@ impl Env {
     }
 }
 
-/// Container IDs: letters, digits, `_`, `.`, `-`, starting with a letter or digit.
-pub fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
+/// The spec's rule for container IDs and network names: letters, digits,
+/// `_`, `.`, `-`, starting with a letter or digit.
+pub fn is_identifier(text: &str) -> bool {
+    text.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && text
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+pub fn validate_container_id(id: &str) -> Result<(), CniError> {
+    if is_identifier(id) {
         Ok(())
     } else {
         Err(CniError::invalid_env(format!(
