@@ -1,5 +1,6 @@
 //! Network configuration lists (`*.conflist`) as a runtime reads them: the
-//! list's `cniVersion` and `name` are copied into each plugin entry, and
+//! list's version (the highest of `cniVersions` that weft-cni speaks, else
+//! `cniVersion`) and `name` are copied into each plugin entry, and
 //! `runtimeConfig` is filled only with the capabilities the entry declares.
 
 use serde_json::{Map, Value};
@@ -27,8 +28,19 @@ impl Conflist {
                 .map(String::from)
                 .ok_or(ConflistError::Missing(k))
         };
+        // CNI 1.1 version negotiation: the newest version both sides speak.
+        let negotiated = v["cniVersions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().and_then(|s| crate::spec::Version::parse(s).ok()))
+            .max();
+        let cni_version = match negotiated {
+            Some(version) => version.as_str().to_string(),
+            None => field("cniVersion")?,
+        };
         Ok(Conflist {
-            cni_version: field("cniVersion")?,
+            cni_version,
             name: field("name")?,
             plugins: v["plugins"]
                 .as_array()
@@ -82,5 +94,16 @@ mod tests {
         // And weft-cni accepts it.
         let parsed = crate::spec::NetConf::parse(conf.to_string().as_bytes()).unwrap();
         assert!(crate::plan::Network::plan(&parsed, crate::plan::Ranges::Required).is_ok());
+    }
+
+    #[test]
+    fn cni_versions_negotiates_the_newest_known() {
+        let list = Conflist::parse(
+            r#"{"cniVersion":"1.0.0","cniVersions":["1.0.0","1.1.0","9.0.0"],"name":"n","plugins":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(list.cni_version, "1.1.0");
+        let list = Conflist::parse(r#"{"cniVersion":"0.4.0","name":"n","plugins":[]}"#).unwrap();
+        assert_eq!(list.cni_version, "0.4.0");
     }
 }
