@@ -1,0 +1,1 @@
+//! The weft node agent: subnet leases, backends (vxlan, host-gw), masquerade, reconciliation.

@@ -1,0 +1,1 @@
+//! Embedded cluster store: Kubernetes objects with revisions, list + watch, and subnet leases, in one SQLite file safe for several processes.
