@@ -1,1 +1,22 @@
-//! The weft node agent: subnet leases, backends (vxlan, host-gw), masquerade, reconciliation.
+//! The weft node agent (flanneld's role): it leases this node a subnet of
+//! the cluster network, publishes its address and VTEP, and connects the
+//! node to every other node through a backend, converging the kernel to
+//! the desired state and repairing drift.
+//!
+//! - [`config`]: flannel's `net-conf.json`, validated (pure).
+//! - [`subnets`]: which subnet a node gets, `subnet.env` text (pure).
+//! - [`backend`]: VXLAN and host-gw: peers → routes, neighbours, FDB (pure).
+//! - [`reconcile`]: desired vs actual → minimal changes, applied.
+//! - [`masq`]: masquerade for traffic leaving the cluster network.
+//! - [`files`]: subnet.env and the CNI conflist for weft-cni.
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`run`]: the agent's loop.
+
+pub mod backend;
+pub mod config;
+pub mod files;
+pub mod health;
+pub mod masq;
+pub mod reconcile;
+pub mod run;
+pub mod subnets;

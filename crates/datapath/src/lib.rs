@@ -8,6 +8,7 @@
 //! `ip`, `bridge`, `iptables` or `sysctl`; the only external program it runs
 //! is `nft`, the standard interface to nftables.
 
+pub mod neighbours;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -12,14 +12,16 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
     RouteScope, RouteType,
 };
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+};
 
 use crate::netns::{NetNs, NetNsError};
 
@@ -38,7 +40,7 @@ pub enum NetlinkError {
 }
 
 impl NetlinkError {
-    fn request(op: impl Into<String>, err: rtnetlink::Error) -> Self {
+    pub(crate) fn request(op: impl Into<String>, err: rtnetlink::Error) -> Self {
         let (message, errno) = match &err {
             rtnetlink::Error::NetlinkError(msg) => {
                 let errno = -msg.raw_code();
@@ -67,7 +69,7 @@ impl NetlinkError {
 
 type Result<T> = std::result::Result<T, NetlinkError>;
 
-fn ignore_exists(res: Result<()>) -> Result<()> {
+pub(crate) fn ignore_exists(res: Result<()>) -> Result<()> {
     match res {
         Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
         other => other,
@@ -84,6 +86,19 @@ pub struct Link {
     pub up: bool,
     pub controller: Option<u32>,
     pub kind: Option<String>,
+    /// VXLAN parameters, for a VXLAN device.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// What identifies a VXLAN device's tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    pub underlay: Option<u32>,
+    pub learning: bool,
+    pub gbp: bool,
 }
 
 impl Link {
@@ -96,6 +111,7 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             controller: None,
             kind: None,
+            vxlan: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -105,8 +121,10 @@ impl Link {
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(k) = info {
-                            link.kind = Some(k.to_string());
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(vxlan_info(v)),
+                            _ => {}
                         }
                     }
                 }
@@ -120,6 +138,23 @@ impl Link {
     pub fn mac_string(&self) -> Option<String> {
         self.mac.as_ref().map(|m| format_mac(m))
     }
+}
+
+fn vxlan_info(attrs: &[InfoVxlan]) -> VxlanInfo {
+    let mut info = VxlanInfo::default();
+    for a in attrs {
+        match a {
+            InfoVxlan::Id(v) => info.vni = *v,
+            InfoVxlan::Port(p) => info.port = *p,
+            InfoVxlan::Local(ip) => info.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => info.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Link(i) => info.underlay = Some(*i),
+            InfoVxlan::Learning(l) => info.learning = *l,
+            InfoVxlan::Gbp => info.gbp = true,
+            _ => {}
+        }
+    }
+    info
 }
 
 pub fn format_mac(bytes: &[u8]) -> String {
@@ -141,7 +176,15 @@ pub struct Route {
     pub priority: Option<u32>,
     pub table: Option<u32>,
     pub scope: Option<u8>,
+    /// Who owns the route (RTPROT_*); weft's agent tags its routes with
+    /// [`WEFT_ROUTE_PROTOCOL`] so it can find and prune exactly its own.
+    pub protocol: Option<u8>,
+    /// The gateway is reachable on `oif` even without a covering route.
+    pub onlink: bool,
 }
+
+/// The route protocol number weft's agent puts on the routes it owns.
+pub const WEFT_ROUTE_PROTOCOL: u8 = 152;
 
 impl Route {
     fn family_of(&self) -> AddressFamily {
@@ -160,7 +203,10 @@ impl Route {
     fn to_message(&self) -> RouteMessage {
         let mut msg = RouteMessage::default();
         msg.header.address_family = self.family_of();
-        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.protocol = RouteProtocol::from(self.protocol.unwrap_or(3 /* RTPROT_BOOT */));
+        if self.onlink {
+            msg.header.flags |= netlink_packet_route::route::RouteFlags::Onlink;
+        }
         msg.header.kind = RouteType::Unicast;
         let table = self.table.unwrap_or(RouteHeader::RT_TABLE_MAIN as u32);
         if table < 256 {
@@ -205,6 +251,11 @@ impl Route {
         let mut route = Route {
             table: Some(msg.header.table as u32),
             scope: Some(u8::from(msg.header.scope)),
+            protocol: Some(u8::from(msg.header.protocol)),
+            onlink: msg
+                .header
+                .flags
+                .contains(netlink_packet_route::route::RouteFlags::Onlink),
             ..Default::default()
         };
         let mut dst_addr = None;
@@ -266,11 +317,37 @@ pub struct VethSpec<'a> {
     pub peer_mac: Option<Vec<u8>>,
 }
 
+/// A VXLAN device as the agent wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: IpAddr,
+    pub underlay: Option<u32>,
+    pub gbp: bool,
+    pub mtu: Option<u32>,
+    pub mac: Vec<u8>,
+}
+
+impl VxlanSpec {
+    fn info(&self) -> VxlanInfo {
+        VxlanInfo {
+            vni: self.vni,
+            port: self.port,
+            local: Some(self.local),
+            underlay: self.underlay,
+            learning: false,
+            gbp: self.gbp,
+        }
+    }
+}
+
 /// An rtnetlink connection bound to one network namespace. Must be created
 /// inside a tokio runtime (it spawns its connection task there).
 #[derive(Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 impl Netlink {
@@ -379,6 +456,60 @@ impl Netlink {
         })
     }
 
+    /// Creates a VXLAN device (learning off, up). An existing device of the
+    /// same name with other tunnel parameters is replaced.
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
+        if let Some(link) = self.link(&spec.name).await? {
+            let want = spec.info();
+            if link.vxlan.as_ref() == Some(&want) && spec.mtu.is_none_or(|m| link.mtu == Some(m)) {
+                if !link.up {
+                    self.set_up(link.index).await?;
+                }
+                return Ok(link);
+            }
+            self.delete_link(&spec.name).await?;
+        }
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .port(spec.port)
+            .learning(false)
+            .address(spec.mac.clone())
+            .up();
+        if let Some(dev) = spec.underlay {
+            b = b.dev(dev);
+        }
+        b = match spec.local {
+            IpAddr::V4(v4) => b.local(v4),
+            IpAddr::V6(v6) => b.local6(v6),
+        };
+        if spec.gbp {
+            b = b.gbp();
+        }
+        if let Some(mtu) = spec.mtu {
+            b = b.mtu(mtu);
+        }
+        let res = self.handle.link().add(b.build()).execute().await;
+        ignore_exists(
+            res.map_err(|e| NetlinkError::request(format!("create vxlan device {}", spec.name), e)),
+        )?;
+        self.link(&spec.name)
+            .await?
+            .ok_or_else(|| NetlinkError::Request {
+                op: format!("create vxlan device {}", spec.name),
+                message: "device vanished right after creation".into(),
+                errno: None,
+            })
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("set MTU {mtu} on link {index}"), e))
+    }
+
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
         let msg = LinkBridgePort::new(index).hairpin(on).build();
         self.handle
@@ -476,6 +607,36 @@ impl Netlink {
             .await
             .map_err(|e| NetlinkError::request(format!("add route {}", describe_route(route)), e));
         ignore_exists(res)
+    }
+
+    /// Adds `route` or replaces the route to the same destination.
+    pub async fn replace_route(&self, route: &Route) -> Result<()> {
+        self.handle
+            .route()
+            .add(route.to_message())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                NetlinkError::request(format!("replace route {}", describe_route(route)), e)
+            })
+    }
+
+    /// Deletes `route`; a route already gone is not an error.
+    pub async fn delete_route(&self, route: &Route) -> Result<()> {
+        let res = self
+            .handle
+            .route()
+            .del(route.to_message())
+            .execute()
+            .await
+            .map_err(|e| {
+                NetlinkError::request(format!("delete route {}", describe_route(route)), e)
+            });
+        match res {
+            Err(e) if e.errno() == Some(libc::ESRCH) || e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
     }
 
     /// Routes of every table in one family.

@@ -1,1 +1,193 @@
-//! Embedded cluster store: Kubernetes objects with revisions, list + watch, and subnet leases, in one SQLite file safe for several processes.
+//! Embedded cluster store: Kubernetes objects with revisions, list + watch, and
+//! subnet leases, in one SQLite file safe for several processes.
+//!
+//! This file owns opening the file (WAL journal, busy timeout, schema) and the
+//! transaction discipline every other module goes through: reads run in one
+//! snapshot, writes in `BEGIN IMMEDIATE` so concurrent writers queue on the
+//! busy timeout instead of failing halfway through a read-modify-write. It
+//! must not hold table-specific SQL; each module owns its tables.
+//!
+//! - [`objects`]: Kubernetes-style objects as JSON, untyped and typed.
+//! - [`events`]: the global revision, the append-only change log, compaction
+//!   and [`Watcher`].
+//! - [`leases`]: flannel-style subnet leases.
+//!
+//! Every change — object or lease — bumps one global revision and appends
+//! exactly one event, so a watcher resuming from any revision misses nothing.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rusqlite::types::Type;
+use rusqlite::{Connection, Row, Transaction, TransactionBehavior};
+
+mod error;
+pub mod events;
+pub mod leases;
+pub mod objects;
+mod time;
+
+pub use error::StoreError;
+pub use events::{Event, EventKind, Watcher};
+pub use leases::{Lease, LEASE_KIND};
+pub use objects::Object;
+
+use error::SqlContext;
+
+/// How long a writer waits for another process's transaction before giving
+/// up with "database is locked"; lease transactions take milliseconds, so
+/// this only runs out if a process hangs mid-transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to back off before trying again to switch a new file to WAL.
+const WAL_RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// Bumped whenever the tables change shape; a store written by a newer weft
+/// is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Room for every statement the modules prepare, so none is re-parsed on the
+/// hot paths (agents list and poll often).
+const STATEMENT_CACHE_CAPACITY: usize = 32;
+
+/// A handle on the store file. Clones share one connection; open the file
+/// again for an independent connection (as another process would have).
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connection: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file and its tables if missing.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut connection = Connection::open(path).map_err(open_error)?;
+        configure(&connection).map_err(open_error)?;
+        let found = create_schema(&mut connection).map_err(open_error)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::UnsupportedSchema {
+                path: path.to_owned(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Store {
+            shared: Arc::new(Shared {
+                connection: Mutex::new(connection),
+                path: path.to_owned(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `work` in a `BEGIN IMMEDIATE` transaction: the write lock is taken
+    /// up front, so the data `work` reads cannot change before it writes.
+    pub(crate) fn write<T>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(TransactionBehavior::Immediate, operation, work)
+    }
+
+    /// Runs `work` in one read snapshot, so e.g. a list and its revision agree.
+    pub(crate) fn read<T>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(TransactionBehavior::Deferred, operation, work)
+    }
+
+    fn transaction<T>(
+        &self,
+        behavior: TransactionBehavior,
+        operation: &'static str,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection
+            .transaction_with_behavior(behavior)
+            .during(operation)?;
+        let outcome = work(&transaction)?;
+        transaction.commit().during(operation)?;
+        Ok(outcome)
+    }
+
+    fn connection(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held (say, in a caller's subnet chooser)
+        // leaves the connection sound: the transaction rolled back on drop.
+        self.shared
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    enable_wal(connection)
+}
+
+/// WAL lets agents read while another process writes. The mode is stored in
+/// the file, so only the first open of a new file changes anything; but that
+/// change needs an exclusive lock, and SQLite reports a conflict with another
+/// process opening the new file at once instead of calling the busy handler
+/// (waiting could deadlock). So this waits itself, within the same budget.
+fn enable_wal(connection: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match connection.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())) {
+            Err(error) if is_busy(&error) && Instant::now() < deadline => {
+                std::thread::sleep(WAL_RETRY_PAUSE);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+}
+
+/// Creates the tables of a new store; returns the schema version found.
+fn create_schema(connection: &mut Connection) -> rusqlite::Result<i64> {
+    // Immediate, so two processes opening a new file do not both create it.
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found == 0 {
+        transaction.execute_batch(events::SCHEMA)?;
+        transaction.execute_batch(objects::SCHEMA)?;
+        transaction.execute_batch(leases::SCHEMA)?;
+        transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    transaction.commit()?;
+    Ok(if found == 0 { SCHEMA_VERSION } else { found })
+}
+
+/// Reads a text column through `FromStr` (subnets, addresses, JSON), so a
+/// malformed row surfaces as a SQLite conversion error naming the column.
+pub(crate) fn parsed_column<T>(row: &Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(index)?;
+    text.parse().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(error))
+    })
+}

@@ -166,6 +166,7 @@ fn wire(
                 priority: r.priority,
                 table: r.table,
                 scope: r.scope,
+                ..Default::default()
             })
             .await?;
         }

@@ -1,0 +1,63 @@
+//! The files the agent hands to the CNI plugin: flannel's `subnet.env` and
+//! the node's CNI conflist (weft-cni reading that subnet.env), both written
+//! atomically so the plugin never reads half a file.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+/// The node's conflist: weft-cni on bridge `cni0` with its subnet from
+/// `subnet_file`. Masquerade stays with the agent (FLANNEL_IPMASQ=true).
+pub fn conflist(network: &str, subnet_file: &Path, ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": network,
+        "plugins": [{
+            "type": "weft-cni",
+            "bridge": "cni0",
+            "hairpinMode": true,
+            "isDefaultGateway": true,
+            "ipam": {"subnetFile": subnet_file, "dataDir": ipam_dir},
+            "capabilities": {"portMappings": true, "ips": true, "mac": true}
+        }]
+    })
+}
+
+/// Writes `data` to `path` through a temporary file and a rename.
+pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflist_points_weft_cni_at_the_subnet_file() {
+        let c = conflist(
+            "weft",
+            Path::new("/run/weft/subnet.env"),
+            Path::new("/var/lib/cni/weft"),
+        );
+        assert_eq!(c["plugins"][0]["type"], "weft-cni");
+        assert_eq!(
+            c["plugins"][0]["ipam"]["subnetFile"],
+            "/run/weft/subnet.env"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_files() {
+        let dir = std::env::temp_dir().join(format!("weft-files-{}", std::process::id()));
+        let p = dir.join("a/b.env");
+        write_atomically(&p, b"one").unwrap();
+        write_atomically(&p, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

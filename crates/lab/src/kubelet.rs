@@ -1,0 +1,350 @@
+//! The lab's kubelet: runs a Pod on a node. Its network namespace is wired
+//! by invoking weft-cni exactly as a container runtime does (the node's
+//! conflist, the CNI environment, the result cached for DEL); each
+//! container is a process inside that namespace — its command if it has
+//! one, otherwise weft's built-in netexec server on its declared ports.
+//! Pod status is written back the way Kubernetes fills it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP,
+    PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::{Map, Value};
+use weft_cni::conflist::Conflist;
+use weft_cni::invoke::Call;
+use weft_datapath::{netns, NetNs};
+use weft_store::Store;
+
+use crate::layout::{LabState, Layout};
+use crate::procs;
+
+/// What the kubelet needs to run pods.
+pub struct Kubelet<'a> {
+    pub layout: &'a Layout,
+    pub store: &'a Store,
+    /// The `weft` binary (for netexec) and the CNI plugin.
+    pub weft: PathBuf,
+    pub plugin: PathBuf,
+}
+
+const NETNS_ANNOTATION: &str = "weft.dev/netns";
+
+fn random_uid() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn key(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn owner(layout: &Layout, namespace: &str, pod: &str, container: &str) -> String {
+    format!("{}/pod/{namespace}/{pod}/{container}", layout.lab)
+}
+
+impl Kubelet<'_> {
+    /// Starts `pod` on a node (its `nodeName`, else the least loaded) and
+    /// stores it with its status.
+    pub fn run(&self, state: &LabState, mut pod: Pod) -> Result<Pod> {
+        let (namespace, name) = key(&pod);
+        let uid = random_uid();
+        let spec = pod.spec.clone().context("the pod has no spec")?;
+        let node = match &spec.node_name {
+            Some(n) => state
+                .node(n)
+                .with_context(|| format!("nodeName {n} is not a node of this lab"))?
+                .clone(),
+            None => self.least_loaded(state)?,
+        };
+        let node_ns = NetNs::open(netns::named_path(&self.layout.node_ns(&node.name)))?;
+        let host_network = spec.host_network.unwrap_or(false);
+        let pod_dir = self.layout.pod_dir(&namespace, &name);
+        std::fs::create_dir_all(&pod_dir)?;
+        let (netns_path, ips) = if host_network {
+            (
+                netns::named_path(&self.layout.node_ns(&node.name)),
+                vec![IpAddr::V4(node.ip)],
+            )
+        } else {
+            let ns_name = self.layout.pod_ns(&uid);
+            netns::create_named(&ns_name)?;
+            let path = netns::named_path(&ns_name);
+            match self.cni(&node.name, &node_ns, "ADD", &uid, &path, &namespace, &name) {
+                Ok(result) => {
+                    std::fs::write(pod_dir.join("cni-result.json"), result.to_string())?;
+                    (path, result_ips(&result))
+                }
+                Err(e) => {
+                    let _ = netns::delete_named(&ns_name);
+                    return Err(e);
+                }
+            }
+        };
+        let pod_ns = NetNs::open(&netns_path)?;
+        let mut statuses = Vec::new();
+        for c in &spec.containers {
+            let (program, args) = self.command_of(c, &name);
+            let log = pod_dir.join(format!("{}.log", c.name));
+            let pid = procs::spawn(
+                Some(&pod_ns),
+                &program,
+                &args,
+                &owner(self.layout, &namespace, &name, &c.name),
+                &log,
+            )
+            .with_context(|| format!("starting container {} ({})", c.name, program.display()))?;
+            statuses.push(running_status(c, pid));
+        }
+        wait_for_ports(&pod_ns, &spec.containers);
+
+        let meta = &mut pod.metadata;
+        meta.namespace = Some(namespace.clone());
+        meta.uid = Some(uid.clone());
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(NETNS_ANNOTATION.into(), netns_path.display().to_string());
+        if let Some(s) = pod.spec.as_mut() {
+            s.node_name = Some(node.name.clone());
+        }
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            host_ip: Some(node.ip.to_string()),
+            pod_ip: ips.first().map(|ip| ip.to_string()),
+            pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
+            start_time: Some(now()),
+            container_statuses: Some(statuses),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        self.store.put_typed(&pod)?;
+        Ok(pod)
+    }
+
+    /// Stops the pod's containers, runs CNI DEL, removes its namespace and
+    /// files, and deletes the object.
+    pub fn delete(&self, state: &LabState, pod: &Pod) -> Result<()> {
+        let (namespace, name) = key(pod);
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        for cs in &statuses {
+            if let Some(pid) = cs
+                .container_id
+                .as_deref()
+                .and_then(|id| id.strip_prefix("weft://"))
+                .and_then(|p| p.parse().ok())
+            {
+                procs::stop(
+                    pid,
+                    &owner(self.layout, &namespace, &name, &cs.name),
+                    Duration::from_secs(2),
+                );
+            }
+        }
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let (false, Some(node)) = (host_network, node.filter(|n| state.node(n).is_some())) {
+            let ns_name = self.layout.pod_ns(&uid);
+            let path = netns::named_path(&ns_name);
+            if let Ok(node_ns) = NetNs::open(netns::named_path(&self.layout.node_ns(&node))) {
+                self.cni(&node, &node_ns, "DEL", &uid, &path, &namespace, &name)?;
+            }
+            netns::delete_named(&ns_name)?;
+        }
+        let _ = std::fs::remove_dir_all(self.layout.pod_dir(&namespace, &name));
+        self.store.delete("Pod", &namespace, &name)?;
+        Ok(())
+    }
+
+    fn least_loaded(&self, state: &LabState) -> Result<crate::layout::NodeRecord> {
+        let (pods, _) = self.store.list_typed::<Pod>()?;
+        state
+            .nodes
+            .iter()
+            .min_by_key(|n| {
+                pods.iter()
+                    .filter(|p| {
+                        p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                            == Some(n.name.as_str())
+                    })
+                    .count()
+            })
+            .cloned()
+            .context("the lab has no nodes")
+    }
+
+    /// Runs one CNI verb for a pod, as a runtime would.
+    #[allow(clippy::too_many_arguments)]
+    fn cni(
+        &self,
+        node: &str,
+        node_ns: &NetNs,
+        verb: &str,
+        uid: &str,
+        netns: &Path,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value> {
+        let conflist_path = self.layout.node_dir(node).join("net.d/10-weft.conflist");
+        let text = std::fs::read_to_string(&conflist_path).with_context(|| {
+            format!(
+                "reading {} (is the agent of {node} running?)",
+                conflist_path.display()
+            )
+        })?;
+        let conf = Conflist::parse(&text)?
+            .plugin_config(0, &Map::new())
+            .context("empty conflist")?;
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"
+        );
+        let reply = Call {
+            container_id: uid,
+            netns: Some(netns),
+            args: &args,
+            host: Some(node_ns),
+            ..Call::new(&self.plugin, verb)
+        }
+        .run(&conf)?;
+        if !reply.ok() {
+            bail!(
+                "weft-cni {verb} for pod {namespace}/{name} on {node} failed: {}",
+                reply.stdout.trim()
+            );
+        }
+        Ok(reply.json)
+    }
+
+    /// The process for a container: its command, or netexec.
+    fn command_of(&self, c: &Container, pod: &str) -> (PathBuf, Vec<String>) {
+        let args = c.args.clone().unwrap_or_default();
+        let agnhost = c.image.as_deref().is_some_and(|i| i.contains("agnhost"));
+        if agnhost && c.command.is_none() {
+            if let Some(cfg) = crate::netexec::parse_agnhost_args(&args) {
+                return (
+                    self.weft.clone(),
+                    netexec_args(pod, &cfg.http_ports, &cfg.udp_ports),
+                );
+            }
+        }
+        if let Some(cmd) = c.command.clone().filter(|c| !c.is_empty()) {
+            let mut rest = cmd[1..].to_vec();
+            rest.extend(args);
+            return (PathBuf::from(&cmd[0]), rest);
+        }
+        let ports = c.ports.clone().unwrap_or_default();
+        let by = |proto: &str| -> Vec<u16> {
+            ports
+                .iter()
+                .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == proto)
+                .filter_map(|p| u16::try_from(p.container_port).ok())
+                .collect()
+        };
+        (self.weft.clone(), netexec_args(pod, &by("TCP"), &by("UDP")))
+    }
+}
+
+fn now() -> Time {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Time(k8s_openapi::jiff::Timestamp::from_millisecond(ms).unwrap_or_default())
+}
+
+fn netexec_args(pod: &str, http: &[u16], udp: &[u16]) -> Vec<String> {
+    let mut v = vec!["netexec".to_string(), "--hostname".into(), pod.into()];
+    for p in http {
+        v.extend(["--http-port".into(), p.to_string()]);
+    }
+    for p in udp {
+        v.extend(["--udp-port".into(), p.to_string()]);
+    }
+    v
+}
+
+fn running_status(c: &Container, pid: u32) -> ContainerStatus {
+    ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: String::new(),
+        container_id: Some(format!("weft://{pid}")),
+        ready: true,
+        started: Some(true),
+        restart_count: 0,
+        state: Some(ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(now()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn result_ips(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// A container counts as started once its first TCP port accepts (at most
+/// 2 s), so a probe right after `apply` finds it serving.
+fn wait_for_ports(ns: &NetNs, containers: &[Container]) {
+    let port = containers
+        .iter()
+        .flat_map(|c| c.ports.clone().unwrap_or_default())
+        .find(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .or_else(|| {
+            containers
+                .iter()
+                .filter_map(|c| {
+                    crate::netexec::parse_agnhost_args(&c.args.clone().unwrap_or_default())
+                })
+                .find_map(|cfg| cfg.http_ports.first().copied())
+        });
+    let Some(port) = port else { return };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        let up = ns
+            .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok())
+            .unwrap_or(false);
+        if up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,175 @@
+//! Kubernetes manifests as the lab accepts them: multi-document YAML (or
+//! JSON) with Namespaces, Pods, Deployments and Lists of those, decoded
+//! into Kubernetes' own types. Deployments are expanded into their Pods
+//! here, the way the ReplicaSet controller would.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {doc}: not valid YAML: {message}")]
+    Yaml { doc: usize, message: String },
+    #[error("document {doc}: {kind} {name:?} is not a valid {kind}: {message}")]
+    Invalid {
+        doc: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error("document {doc}: kind {kind:?} is not supported by the lab yet (supported: Namespace, Pod, Deployment, List)")]
+    Unsupported { doc: usize, kind: String },
+    #[error("document {doc}: a {kind} needs metadata.name")]
+    NoName { doc: usize, kind: String },
+}
+
+/// One object from a manifest.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    Namespace(Namespace),
+    Pod(Pod),
+    Deployment(Deployment),
+}
+
+impl Resource {
+    pub fn describe(&self) -> String {
+        match self {
+            Resource::Namespace(n) => {
+                format!("namespace/{}", n.metadata.name.as_deref().unwrap_or(""))
+            }
+            Resource::Pod(p) => format!("pod/{}", p.metadata.name.as_deref().unwrap_or("")),
+            Resource::Deployment(d) => format!(
+                "deployment.apps/{}",
+                d.metadata.name.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// Parses every document of `text`.
+pub fn parse(text: &str) -> Result<Vec<Resource>, ManifestError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).map_err(|e| ManifestError::Yaml {
+            doc: i + 1,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        collect(i + 1, value, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn collect(doc: usize, value: Value, out: &mut Vec<Resource>) -> Result<(), ManifestError> {
+    let kind = value["kind"].as_str().unwrap_or("").to_string();
+    let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
+    if kind == "List" || kind.ends_with("List") {
+        for item in value["items"].as_array().cloned().unwrap_or_default() {
+            collect(doc, item, out)?;
+        }
+        return Ok(());
+    }
+    if name.is_empty() {
+        return Err(ManifestError::NoName { doc, kind });
+    }
+    let invalid = |e: serde_json::Error| ManifestError::Invalid {
+        doc,
+        kind: kind.clone(),
+        name: name.clone(),
+        message: e.to_string(),
+    };
+    let resource = match kind.as_str() {
+        "Namespace" => Resource::Namespace(serde_json::from_value(value).map_err(invalid)?),
+        "Pod" => Resource::Pod(serde_json::from_value(value).map_err(invalid)?),
+        "Deployment" => Resource::Deployment(serde_json::from_value(value).map_err(invalid)?),
+        _ => return Err(ManifestError::Unsupported { doc, kind }),
+    };
+    out.push(resource);
+    Ok(())
+}
+
+/// The Pods a Deployment stands for: `replicas` copies of its template,
+/// named `<deployment>-<index>` (stable, so re-applying is idempotent).
+pub fn expand_deployment(d: &Deployment) -> Vec<Pod> {
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let namespace = d.metadata.namespace.clone();
+    let spec = &d.spec;
+    let replicas = spec.replicas.unwrap_or(1).max(0);
+    (0..replicas)
+        .map(|i| {
+            let template = &spec.template;
+            let mut labels = template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            labels.insert("weft.dev/deployment".into(), name.clone());
+            Pod {
+                metadata: ObjectMeta {
+                    name: Some(format!("{name}-{i}")),
+                    namespace: namespace.clone(),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                spec: template.spec.clone(),
+                status: None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_yaml_with_lists_and_deployments() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: agnhost, args: [netexec, --http-port=8080]}]
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: solo}, spec: {containers: [{name: c, image: x}]}}
+"#;
+        let r = parse(text).unwrap();
+        assert_eq!(r.len(), 3);
+        let Resource::Deployment(d) = &r[1] else {
+            panic!("{:?}", r[1])
+        };
+        let pods = expand_deployment(d);
+        assert_eq!(pods.len(), 3);
+        assert_eq!(pods[2].metadata.name.as_deref(), Some("web-2"));
+        assert_eq!(pods[0].metadata.labels.as_ref().unwrap()["app"], "web");
+        assert!(matches!(r[2], Resource::Pod(_)));
+    }
+
+    #[test]
+    fn errors_name_the_document() {
+        assert!(matches!(
+            parse("kind: Pod\nmetadata: {}\n"),
+            Err(ManifestError::NoName { doc: 1, .. })
+        ));
+        let e = parse("---\nkind: Service\nmetadata: {name: s}\n").unwrap_err();
+        assert!(e.to_string().contains("Service"), "{e}");
+        assert!(matches!(parse("a: [b"), Err(ManifestError::Yaml { .. })));
+    }
+}

@@ -1,0 +1,165 @@
+//! Typed round trips with k8s-openapi resources.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::temp_store;
+use k8s_openapi::api::core::v1::{Container, Node, NodeSpec, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use weft_store::StoreError;
+
+fn node(name: &str, pod_cidr: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/os".to_owned(),
+                "linux".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: Some(pod_cidr.to_owned()),
+            ..NodeSpec::default()
+        }),
+        ..Node::default()
+    }
+}
+
+fn pod(namespace: &str, name: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".to_owned(),
+                image: Some("nginx:1.27".to_owned()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+#[test]
+fn node_round_trips_with_its_resource_version() {
+    let (_dir, store) = temp_store();
+    let original = node("node-a", "10.244.1.0/24");
+    let revision = store.put_typed(&original).expect("put node");
+
+    let stored: Node = store
+        .get_typed("", "node-a")
+        .expect("get node")
+        .expect("node exists");
+    assert_eq!(
+        stored.metadata.resource_version.as_deref(),
+        Some(revision.to_string().as_str())
+    );
+    let mut expected = original.clone();
+    expected.metadata.resource_version = Some(revision.to_string());
+    assert_eq!(stored, expected);
+
+    // The stored JSON is the Kubernetes wire form, resourceVersion included.
+    let raw = store
+        .get("Node", "", "node-a")
+        .expect("get raw")
+        .expect("exists");
+    assert_eq!(raw.value["apiVersion"], "v1");
+    assert_eq!(raw.value["kind"], "Node");
+    assert_eq!(raw.value["spec"]["podCIDR"], "10.244.1.0/24");
+    assert_eq!(
+        raw.value["metadata"]["resourceVersion"],
+        revision.to_string()
+    );
+    assert_eq!(raw.revision, revision);
+
+    let again = store.put_typed(&original).expect("replace node");
+    assert!(again > revision);
+    let (nodes, at) = store.list_typed::<Node>().expect("list nodes");
+    assert_eq!(at, again);
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        nodes[0].metadata.resource_version.as_deref(),
+        Some(again.to_string().as_str())
+    );
+}
+
+#[test]
+fn pods_round_trip_per_namespace_sorted() {
+    let (_dir, store) = temp_store();
+    for (namespace, name) in [("prod", "api"), ("default", "web"), ("default", "db")] {
+        store.put_typed(&pod(namespace, name)).expect("put pod");
+    }
+    store
+        .put_typed(&node("node-a", "10.244.1.0/24"))
+        .expect("put node");
+
+    let (pods, at) = store.list_typed::<Pod>().expect("list pods");
+    let keys: Vec<(String, String, String)> = pods
+        .iter()
+        .map(|pod| {
+            (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+                pod.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("default".to_owned(), "db".to_owned(), "3".to_owned()),
+            ("default".to_owned(), "web".to_owned(), "2".to_owned()),
+            ("prod".to_owned(), "api".to_owned(), "1".to_owned()),
+        ]
+    );
+    assert_eq!(at, 4);
+
+    let web: Pod = store
+        .get_typed("default", "web")
+        .expect("get pod")
+        .expect("exists");
+    let containers = &web.spec.expect("spec").containers;
+    assert_eq!(containers[0].image.as_deref(), Some("nginx:1.27"));
+    assert!(store
+        .get_typed::<Pod>("prod", "web")
+        .expect("get")
+        .is_none());
+}
+
+#[test]
+fn a_resource_without_a_name_is_refused() {
+    let (_dir, store) = temp_store();
+    let nameless = Pod {
+        metadata: ObjectMeta {
+            namespace: Some("default".to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..Pod::default()
+    };
+    let error = store.put_typed(&nameless).expect_err("no name");
+    assert!(matches!(error, StoreError::InvalidKey { .. }), "{error}");
+}
+
+#[test]
+fn a_stored_value_of_the_wrong_shape_is_a_json_error() {
+    let (_dir, store) = temp_store();
+    store
+        .put(
+            "Pod",
+            "default",
+            "odd",
+            &serde_json::json!({"spec": "not a PodSpec"}),
+        )
+        .expect("untyped put");
+    let error = store
+        .get_typed::<Pod>("default", "odd")
+        .expect_err("does not decode");
+    assert!(matches!(error, StoreError::Json { .. }), "{error}");
+    assert!(error.to_string().contains("Pod default/odd"), "{error}");
+}

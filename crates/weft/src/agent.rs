@@ -1,0 +1,81 @@
+//! `weft agent`: the node agent's command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::signal::unix::{signal, SignalKind};
+use weft_agent::run::Options;
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// This node's name.
+    #[arg(long)]
+    node: String,
+    /// The embedded cluster store (SQLite file shared by the cluster's agents).
+    #[arg(long, default_value = "/var/lib/weft/store.db")]
+    store: PathBuf,
+    /// flannel-style net-conf.json.
+    #[arg(long, default_value = "/etc/weft/net-conf.json")]
+    net_conf: PathBuf,
+    /// The underlay interface (its first IPv4 address is the node's public IP).
+    #[arg(long, default_value = "eth0")]
+    iface: String,
+    #[arg(long, default_value = "weft")]
+    network: String,
+    #[arg(long, default_value = "/run/weft/subnet.env")]
+    subnet_file: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "/var/lib/cni/weft")]
+    ipam_dir: PathBuf,
+    /// Where /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:10254")]
+    health: SocketAddr,
+    /// Lease lifetime in seconds (renewed at half-life).
+    #[arg(long, default_value_t = 86400)]
+    lease_ttl: u64,
+    /// Full resync (drift repair) period in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    resync_ms: u64,
+    /// How often the store is polled for lease changes, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    watch_ms: u64,
+}
+
+pub fn run(a: AgentArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let opts = Options {
+        node: a.node,
+        store: a.store,
+        net_conf: a.net_conf,
+        iface: a.iface,
+        network: a.network,
+        subnet_file: a.subnet_file,
+        cni_conf_dir: a.cni_conf_dir,
+        ipam_dir: a.ipam_dir,
+        health: a.health,
+        lease_ttl: Duration::from_secs(a.lease_ttl),
+        resync: Duration::from_millis(a.resync_ms),
+        watch_poll: Duration::from_millis(a.watch_ms),
+    };
+    // One thread: netlink sockets and namespaces are per thread anyway.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        weft_agent::run::run(opts, shutdown).await
+    })
+}
