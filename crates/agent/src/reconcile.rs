@@ -118,6 +118,9 @@ impl Reconciler<'_> {
     /// Converges; returns what it changed.
     pub async fn sync(&self, desired: &Desired) -> Result<Changes, NetlinkError> {
         let changes = diff(desired, &self.actual().await?);
+        if !changes.is_empty() {
+            tracing::debug!(?changes, "applying");
+        }
         // Removals first so a route can move to another gateway or device.
         for r in &changes.del_routes {
             self.netlink.delete_route(r).await?;

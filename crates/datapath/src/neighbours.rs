@@ -44,6 +44,15 @@ fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
     match a {
         NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // In AF_BRIDGE (FDB) dumps the parser cannot tell the family of
+        // NDA_DST and leaves raw bytes; their length tells.
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes.as_slice())
+                .ok()
+                .map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     }
 }

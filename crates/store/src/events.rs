@@ -1,9 +1,9 @@
 //! The global revision, the append-only change log, compaction and watching.
 //!
-//! Owns the `meta` counters and the `events` table. [`record`] is the only
+//! Owns the `meta` counters and the `events` table. `record` is the only
 //! place the revision moves, and it always appends the matching event, so the
 //! log and the revision cannot drift apart. This module must not know about
-//! the object or lease tables: their modules call [`record`] inside their own
+//! the object or lease tables: their modules call `record` inside their own
 //! write transactions.
 
 use std::time::Duration;
@@ -35,8 +35,7 @@ const COMPACTED: &str = "compacted";
 
 const READ_COUNTER: &str = "SELECT value FROM meta WHERE key = ?1";
 const SET_COUNTER: &str = "UPDATE meta SET value = ?2 WHERE key = ?1";
-const BUMP_REVISION: &str =
-    "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value";
+const BUMP_COUNTER: &str = "UPDATE meta SET value = value + 1 WHERE key = ?1 RETURNING value";
 const APPEND: &str = "INSERT INTO events (revision, kind, namespace, name, change, value)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const SINCE: &str = "SELECT revision, namespace, name, change, value FROM events
@@ -96,8 +95,8 @@ pub(crate) fn record(
 ) -> Result<(u64, String), StoreError> {
     const OPERATION: &str = "append to the event log";
     let revision: u64 = connection
-        .prepare_cached(BUMP_REVISION)
-        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+        .prepare_cached(BUMP_COUNTER)
+        .and_then(|mut statement| statement.query_row([REVISION], |row| row.get(0)))
         .during(OPERATION)?;
     let value = value_at(revision)?;
     connection
@@ -124,7 +123,7 @@ fn read_counter(connection: &Connection, counter: &str) -> Result<u64, StoreErro
     connection
         .prepare_cached(READ_COUNTER)
         .and_then(|mut statement| statement.query_row([counter], |row| row.get(0)))
-        .during("read the store revision")
+        .during("read the store's revision counters")
 }
 
 /// The changes of `kind` after `since`, and the revision they are complete
@@ -224,6 +223,7 @@ impl Store {
 }
 
 /// A watch on one kind; see [`Store::watch`].
+#[derive(Debug)]
 pub struct Watcher {
     store: Store,
     kind: String,

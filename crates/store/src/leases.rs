@@ -5,7 +5,7 @@
 //! Owns the `leases` table, its SQL and the lease JSON carried by events. It
 //! must not decide which subnet a new node gets — the caller's `choose` does,
 //! because the pool and how it is split belong to IPAM — and it changes the
-//! table only inside the transaction that calls [`events::record`], so agents
+//! table only inside the transaction that calls `events::record`, so agents
 //! can follow leases with `watch(LEASE_KIND, ..)`.
 //!
 //! A subnet is one row (the primary key), so while a node's row exists no

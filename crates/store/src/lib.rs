@@ -7,10 +7,10 @@
 //! busy timeout instead of failing halfway through a read-modify-write. It
 //! must not hold table-specific SQL; each module owns its tables.
 //!
-//! - [`objects`]: Kubernetes-style objects as JSON, untyped and typed.
-//! - [`events`]: the global revision, the append-only change log, compaction
+//! - `objects`: Kubernetes-style objects as JSON, untyped and typed.
+//! - `events`: the global revision, the append-only change log, compaction
 //!   and [`Watcher`].
-//! - [`leases`]: flannel-style subnet leases.
+//! - `leases`: flannel-style subnet leases.
 //!
 //! Every change — object or lease — bumps one global revision and appends
 //! exactly one event, so a watcher resuming from any revision misses nothing.
@@ -24,9 +24,9 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, Row, Transaction, TransactionBehavior};
 
 mod error;
-pub mod events;
-pub mod leases;
-pub mod objects;
+mod events;
+mod leases;
+mod objects;
 mod time;
 
 pub use error::StoreError;
@@ -54,11 +54,12 @@ const STATEMENT_CACHE_CAPACITY: usize = 32;
 
 /// A handle on the store file. Clones share one connection; open the file
 /// again for an independent connection (as another process would have).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Store {
     shared: Arc<Shared>,
 }
 
+#[derive(Debug)]
 struct Shared {
     connection: Mutex<Connection>,
     path: PathBuf,

@@ -3,7 +3,7 @@
 //!
 //! Owns the `objects` table and its SQL. It must not touch leases, and it
 //! changes the table only inside the transaction that calls
-//! [`events::record`], so every change is in the log under its revision.
+//! `events::record`, so every change is in the log under its revision.
 //!
 //! Typed objects are keyed by [`Resource::KIND`] alone, without the API
 //! group, so two resources of the same kind in different groups share a key

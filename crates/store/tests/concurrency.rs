@@ -82,6 +82,30 @@ fn sixteen_handles_acquire_sixteen_distinct_subnets() {
 }
 
 #[test]
+fn handles_racing_to_create_a_new_store_all_open_it() {
+    const HANDLES: usize = 32;
+    const ROUNDS: usize = 20;
+    for _ in 0..ROUNDS {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = store_path(&dir);
+        let start = Arc::new(Barrier::new(HANDLES));
+        let openers: Vec<_> = (0..HANDLES)
+            .map(|_| {
+                let (path, start) = (path.clone(), Arc::clone(&start));
+                thread::spawn(move || {
+                    start.wait();
+                    Store::open(&path).map(|store| store.revision())
+                })
+            })
+            .collect();
+        for opener in openers {
+            let revision = opener.join().expect("opener thread");
+            assert!(matches!(revision, Ok(Ok(0))), "{revision:?}");
+        }
+    }
+}
+
+#[test]
 fn processes_acquire_distinct_subnets() {
     const PROCESSES: usize = 6;
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -136,7 +136,7 @@ fn objects_outlive_the_handle_that_wrote_them() {
 fn open_errors_name_the_path_and_what_to_check() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let missing = dir.path().join("no-such-dir").join("cluster.db");
-    let error = Store::open(&missing).err().expect("directory is missing");
+    let error = Store::open(&missing).expect_err("directory is missing");
     assert!(matches!(error, StoreError::Open { .. }), "{error}");
     let message = error.to_string();
     assert!(
@@ -154,6 +154,6 @@ fn open_errors_name_the_path_and_what_to_check() {
         "this is not SQLite, just some text that is long enough",
     )
     .expect("write file");
-    let error = Store::open(&not_a_database).err().expect("not a database");
+    let error = Store::open(&not_a_database).expect_err("not a database");
     assert!(matches!(error, StoreError::Open { .. }), "{error}");
 }

@@ -1,0 +1,472 @@
+//! `weft lab` end to end, through the `weft` binary as a user runs it. Every
+//! test uses its own lab name, so they run side by side; a guard removes
+//! the lab even when the test fails.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_datapath::{netns, NetNs};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pods.yaml");
+
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    fn up(tag: &str, nodes: u32, backend: &str) -> Lab {
+        assert!(tag.len() <= 6);
+        let name = format!("{tag}{}", std::process::id() % 100_000);
+        let lab = Lab { name };
+        let out = lab.weft(&["up", "--nodes", &nodes.to_string(), "--backend", backend]);
+        assert!(
+            out.status.success(),
+            "lab up failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        lab
+    }
+
+    fn weft(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(WEFT);
+        cmd.arg("lab")
+            .arg(args[0])
+            .args(["--name", &self.name])
+            .args(&args[1..]);
+        cmd.env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("running weft")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.weft(args);
+        assert!(
+            out.status.success(),
+            "weft lab {args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON output")
+    }
+
+    fn pods(&self) -> Vec<Value> {
+        self.json(&["get", "pods", "-A", "-o", "json"])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn pod_netns(&self, pod: &str) -> NetNs {
+        let p = self
+            .pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == pod)
+            .expect("pod exists");
+        NetNs::open(
+            p["metadata"]["annotations"]["weft.dev/netns"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn pod_ip(&self, pod: &str) -> String {
+        let p = self
+            .pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == pod)
+            .expect("pod exists");
+        p["status"]["podIP"].as_str().unwrap().to_string()
+    }
+
+    fn node_ns(&self, node: &str) -> String {
+        format!("wl-{}-{node}", self.name)
+    }
+
+    fn node_ip_cmd(&self, node: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(self.node_ns(node))
+            .args(args)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+
+    fn full_mesh(&self) -> Value {
+        let out = self.weft(&["probe", "-o", "json"]);
+        let v: Value = serde_json::from_str(&text(&out.stdout)).expect("probe JSON");
+        assert!(
+            v["allOk"].as_bool().unwrap(),
+            "not all pods reach each other: {v:#}"
+        );
+        v
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(WEFT)
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn mesh_test(tag: &str, backend: &str) {
+    let lab = Lab::up(tag, 3, backend);
+    let nodes = lab.json(&["get", "nodes", "-o", "json"]);
+    assert_eq!(nodes["kind"], "NodeList");
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for n in items {
+        assert!(
+            n["spec"]["podCIDR"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.244."),
+            "{n}"
+        );
+        assert_eq!(n["status"]["addresses"][0]["type"], "InternalIP");
+    }
+    lab.ok(&["apply", "-f", MANIFEST]);
+    let pods = lab.json(&["get", "pods", "-n", "demo", "-o", "json"]);
+    assert_eq!(pods["kind"], "PodList");
+    let nodes_used: std::collections::HashSet<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(nodes_used.len(), 3, "pods must be spread over all nodes");
+    for p in pods["items"].as_array().unwrap() {
+        assert_eq!(p["status"]["phase"], "Running");
+        assert_eq!(p["status"]["podIPs"][0]["ip"], p["status"]["podIP"]);
+    }
+    let v = lab.full_mesh();
+    assert_eq!(v["results"].as_array().unwrap().len(), 16);
+    // UDP too (agnhost netexec's --udp-port), between the Deployment's pods.
+    let out = lab.weft(&[
+        "probe",
+        "--protocol",
+        "udp",
+        "--from",
+        "web-0",
+        "--to",
+        "web-1",
+        "--to",
+        "web-2",
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert!(v["allOk"].as_bool().unwrap(), "UDP across nodes: {v:#}");
+}
+
+#[test]
+fn three_node_vxlan_lab_full_mesh() {
+    mesh_test("vx", "vxlan");
+}
+
+#[test]
+fn three_node_host_gw_lab_full_mesh() {
+    mesh_test("hg", "host-gw");
+}
+
+#[test]
+fn containers_share_localhost_and_host_network_pods_use_the_node() {
+    let lab = Lab::up("loc", 2, "vxlan");
+    lab.ok(&["apply", "-f", MANIFEST]);
+    let out = lab.ok(&[
+        "exec", "-n", "demo", "sidecar", "--", "bash", "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/8080; printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' >&3; tail -1 <&3",
+    ]);
+    assert_eq!(
+        out.trim(),
+        "sidecar",
+        "the second container reaches the first over localhost"
+    );
+    let host_pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: hostnet}\nspec:\n  hostNetwork: true\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 9090}]}]\n";
+    let mut child = Command::new(WEFT)
+        .args(["lab", "apply", "--name", &lab.name, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(host_pod.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let ip = lab.pod_ip("hostnet");
+    let node2 = lab.json(&["get", "nodes", "-o", "json"])["items"][1]["status"]["addresses"][0]
+        ["address"]
+        .clone();
+    assert_eq!(
+        Value::String(ip),
+        node2,
+        "a hostNetwork pod has its node's IP"
+    );
+    let out = lab.weft(&["probe", "--from", "web-0", "--to", "hostnet", "-o", "json"]);
+    let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert!(
+        v["allOk"].as_bool().unwrap(),
+        "pod -> hostNetwork pod on another node: {v:#}"
+    );
+    lab.ok(&["delete", "pod", "hostnet"]);
+    assert!(lab
+        .pods()
+        .iter()
+        .all(|p| p["metadata"]["name"] != "hostnet"));
+}
+
+#[test]
+fn agent_restart_keeps_an_established_tcp_stream() {
+    let lab = Lab::up("rst", 2, "vxlan");
+    lab.ok(&["apply", "-f", MANIFEST]);
+    let (client_ns, server_ns) = (lab.pod_netns("web-0"), lab.pod_netns("web-1"));
+    let server_ip = lab.pod_ip("web-1");
+    let listener = server_ns
+        .run_in(|| TcpListener::bind("0.0.0.0:7000"))
+        .unwrap()
+        .unwrap();
+    let target: SocketAddr = format!("{server_ip}:7000").parse().unwrap();
+    let mut client = client_ns
+        .run_in(|| TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, received) = (stop.clone(), received.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::SeqCst) {
+                match server.read(&mut buf) {
+                    Ok(0) => return Err("stream closed".into()),
+                    Ok(n) => {
+                        received.fetch_add(n, Ordering::SeqCst);
+                    }
+                    // The writer has finished: silence is expected now.
+                    Err(_) if stop.load(Ordering::SeqCst) => return Ok(()),
+                    Err(e) => {
+                        return Err(format!(
+                            "no data for 500 ms after {} bytes: {e}",
+                            received.load(Ordering::SeqCst)
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(4) {
+            client.write_all(b"x").unwrap();
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (sent, client) // still open: closing it would end the stream early
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for node in ["node-1", "node-2"] {
+        lab.ok(&["node", "stop", node]);
+        lab.ok(&["node", "start", node]);
+    }
+    let (sent, _client) = writer.join().unwrap();
+    wait_until(Duration::from_secs(2), || {
+        received.load(Ordering::SeqCst) == sent
+    });
+    stop.store(true, Ordering::SeqCst);
+    reader
+        .join()
+        .unwrap()
+        .expect("the stream must not stall while agents restart");
+    assert_eq!(received.load(Ordering::SeqCst), sent, "bytes lost");
+    lab.full_mesh();
+}
+
+#[test]
+fn drift_is_repaired_and_leases_survive_restarts() {
+    let lab = Lab::up("dri", 3, "vxlan");
+    lab.ok(&["apply", "-f", MANIFEST]);
+    let cidr_before =
+        lab.json(&["get", "nodes", "-o", "json"])["items"][0]["spec"]["podCIDR"].clone();
+    let peer = lab.json(&["get", "nodes", "-o", "json"])["items"][1]["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Delete a route, the FDB and neighbour entries, then the whole device.
+    lab.node_ip_cmd("node-1", &["route", "del", &peer]);
+    let fdb = Command::new("bridge")
+        .args(["-n", &lab.node_ns("node-1"), "fdb", "show", "dev", "weft.1"])
+        .output();
+    let _ = fdb;
+    lab.node_ip_cmd(
+        "node-1",
+        &["neigh", "flush", "dev", "weft.1", "nud", "permanent"],
+    );
+    let repaired = wait_until(Duration::from_secs(10), || {
+        lab.node_ip_cmd("node-1", &["route"]).contains(&peer)
+    });
+    assert!(repaired.is_some(), "deleted route not restored within 10 s");
+    lab.node_ip_cmd("node-1", &["link", "del", "weft.1"]);
+    let repaired = wait_until(Duration::from_secs(10), || {
+        lab.node_ip_cmd("node-1", &["route"]).contains(&peer)
+            && lab
+                .node_ip_cmd("node-1", &["neigh", "show", "dev", "weft.1"])
+                .contains("PERMANENT")
+    });
+    assert!(
+        repaired.is_some(),
+        "deleted device not restored within 10 s"
+    );
+    lab.full_mesh();
+    // A restarted agent keeps its subnet.
+    lab.ok(&["node", "stop", "node-1"]);
+    lab.ok(&["node", "start", "node-1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lab.json(&["get", "nodes", "-o", "json"])["items"][0]["spec"]["podCIDR"],
+        cidr_before
+    );
+}
+
+#[test]
+fn a_removed_node_disappears_from_every_route_within_two_seconds() {
+    let lab = Lab::up("rm", 3, "vxlan");
+    let node3 = lab.json(&["get", "nodes", "-o", "json"])["items"][2]["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(lab.node_ip_cmd("node-1", &["route"]).contains(&node3));
+    let start = Instant::now();
+    lab.ok(&["node", "remove", "node-3"]);
+    let gone = wait_until(Duration::from_secs(2), || {
+        ["node-1", "node-2"].iter().all(|n| {
+            !lab.node_ip_cmd(n, &["route"]).contains(&node3)
+                && !lab
+                    .node_ip_cmd(n, &["neigh", "show", "dev", "weft.1"])
+                    .contains(node3.trim_end_matches("/24"))
+        })
+    });
+    assert!(
+        gone.is_some(),
+        "node-3's subnet still routed 2 s after removal ({:?})",
+        start.elapsed()
+    );
+    assert_eq!(
+        lab.json(&["get", "nodes", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Its subnet went back to the pool: a new node gets a lease.
+    lab.ok(&["node", "add", "node-4"]);
+    assert_eq!(
+        lab.json(&["get", "nodes", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn lab_down_leaves_nothing_and_overlapping_ranges_are_refused() {
+    let lab = Lab::up("dn", 2, "host-gw");
+    lab.ok(&["apply", "-f", MANIFEST]);
+    let prefix = format!("wl-{}-", lab.name);
+    assert!(netns::list_named().iter().any(|n| n.starts_with(&prefix)));
+    lab.ok(&["down"]);
+    assert!(
+        !netns::list_named().iter().any(|n| n.starts_with(&prefix)),
+        "namespaces left"
+    );
+    assert!(
+        !std::path::Path::new("/run/weft/labs")
+            .join(&lab.name)
+            .exists(),
+        "files left"
+    );
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("WEFT_LAB_OWNER={}", lab.name)])
+        .output()
+        .unwrap();
+    assert!(text(&procs.stdout).trim().is_empty());
+    let agents = Command::new("pgrep")
+        .args(["-f", &format!("/run/weft/labs/{}/", lab.name)])
+        .output()
+        .unwrap();
+    assert!(
+        text(&agents.stdout).trim().is_empty(),
+        "agent processes left: {}",
+        text(&agents.stdout)
+    );
+
+    // A range the host itself routes is refused before anything is created.
+    let routes: Value = serde_json::from_slice(
+        &Command::new("ip")
+            .args(["-j", "-4", "route"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let host_net = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .find(|d| *d != "default" && d.contains('/') && !d.starts_with("127."))
+        .map(String::from);
+    if let Some(net) = host_net {
+        let bad = Lab {
+            name: format!("ov{}", std::process::id() % 100_000),
+        };
+        let out = bad.weft(&["up", "--nodes", "1", "--underlay-cidr", &net]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("overlaps the host's route"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(!netns::list_named()
+            .iter()
+            .any(|n| n.starts_with(&format!("wl-{}-", bad.name))));
+    }
+}
