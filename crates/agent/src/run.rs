@@ -143,7 +143,14 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
             last_renew = Instant::now();
         }
         tokio::select! {
-            events = watcher.next() => { events?; }
+            events = watcher.next() => {
+                if let Err(e) = events {
+                    // The log was compacted past us: re-list, like a watch after 410 Gone.
+                    let weft_store::StoreError::Compacted { .. } = e else { return Err(e.into()) };
+                    let (_, revision) = store.leases(&opts.network)?;
+                    watcher = store.watch("Lease", revision, opts.watch_poll);
+                }
+            }
             _ = resync.tick() => {}
             _ = &mut shutdown => break,
         }

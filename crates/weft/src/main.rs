@@ -1,7 +1,6 @@
 //! `weft`: the command-line tool of the weft pod network.
 
 mod agent;
-mod demo;
 mod lab;
 
 use anyhow::Result;
@@ -21,9 +20,6 @@ enum Cmd {
     /// A whole cluster network on this machine: nodes, pods, probes.
     #[command(subcommand)]
     Lab(lab::LabCmd),
-    /// Wire two pods with weft-cni in throwaway network namespaces and show
-    /// them pinging each other; everything is removed afterwards.
-    Demo(demo::DemoArgs),
     /// The lab's built-in test server (HTTP /hostname, /clientip, /echo; UDP echo).
     #[command(hide = true)]
     Netexec(lab::NetexecArgs),
@@ -33,7 +29,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Agent(args) => agent::run(args),
         Cmd::Lab(cmd) => lab::run(cmd),
-        Cmd::Demo(args) => demo::run(args),
         Cmd::Netexec(args) => lab::netexec(args),
     }
 }

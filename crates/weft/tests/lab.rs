@@ -331,10 +331,6 @@ fn drift_is_repaired_and_leases_survive_restarts() {
         .to_string();
     // Delete a route, the FDB and neighbour entries, then the whole device.
     lab.node_ip_cmd("node-1", &["route", "del", &peer]);
-    let fdb = Command::new("bridge")
-        .args(["-n", &lab.node_ns("node-1"), "fdb", "show", "dev", "weft.1"])
-        .output();
-    let _ = fdb;
     lab.node_ip_cmd(
         "node-1",
         &["neigh", "flush", "dev", "weft.1", "nud", "permanent"],
