@@ -162,7 +162,8 @@ fn add_node_to(
     Ok(())
 }
 
-/// Waits until every node's agent holds a lease and wrote its conflist.
+/// Waits until every node's agent holds a lease, wrote its conflist and
+/// routes to every other node.
 fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> {
     let store = Store::open(&layout.store())?;
     let deadline = Instant::now() + limit;
@@ -180,7 +181,7 @@ fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> 
             })
             .map(|n| n.name.as_str())
             .collect();
-        if missing.is_empty() {
+        if missing.is_empty() && meshed(layout, state, leases.len())? {
             return Ok(());
         }
         for n in &state.nodes {
@@ -198,6 +199,28 @@ fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether every node of `state` whose agent runs routes to all
+/// `total - 1` other nodes (a stopped agent converges when it starts).
+fn meshed(layout: &Layout, state: &LabState, total: usize) -> Result<bool> {
+    let rt = runtime()?;
+    for node in state
+        .nodes
+        .iter()
+        .filter(|n| agents::is_running(layout, &n.name, n.agent_pid))
+    {
+        let ns = NetNs::open(netns::named_path(&layout.node_ns(&node.name)))?;
+        let routes = rt.block_on(async { Netlink::connect_in(&ns)?.routes(false).await })?;
+        let ours = routes
+            .iter()
+            .filter(|r| r.protocol == Some(weft_datapath::netlink::WEFT_ROUTE_PROTOCOL))
+            .count();
+        if ours + 1 < total {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -720,11 +743,7 @@ pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Resu
         NodeAction::Add => {
             let rt = runtime()?;
             add_node_to(&lab.layout, &mut lab.state, node, bins, &rt)?;
-            let only = LabState {
-                nodes: vec![lab.state.node(node).cloned().expect("just added")],
-                ..lab.state.clone()
-            };
-            wait_ready(&lab.layout, &only, Duration::from_secs(30))?;
+            wait_ready(&lab.layout, &lab.state, Duration::from_secs(30))?;
             println!("node {node} added");
         }
         NodeAction::Remove => {
