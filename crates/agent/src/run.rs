@@ -56,6 +56,9 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     let Some(v4) = conf.ipv4.clone() else {
         bail!("net-conf.json: this agent needs an IPv4 Network (IPv6-only clusters are not supported yet)");
     };
+    if conf.ipv6.is_some() {
+        bail!("net-conf.json: EnableIPv6 is not supported by the agent yet; remove IPv6Network/EnableIPv6 (weft-cni itself is dual-stack)");
+    }
     let store = Store::open(&opts.store)
         .with_context(|| format!("opening the cluster store {}", opts.store.display()))?;
     let netlink = Netlink::connect()?;

@@ -170,6 +170,26 @@ fn mesh_test(tag: &str, backend: &str) {
     }
     let v = lab.full_mesh();
     assert_eq!(v["results"].as_array().unwrap().len(), 16);
+    // Every agent answers its health endpoints inside its node.
+    for node in ["node-1", "node-2", "node-3"] {
+        let ns = NetNs::open(netns::named_path(&lab.node_ns(node))).unwrap();
+        for path in ["/healthz", "/readyz"] {
+            let got = ns
+                .run_in(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(weft_lab::probe::http_get(
+                        "127.0.0.1:10254".parse().unwrap(),
+                        path,
+                        Duration::from_secs(1),
+                    ))
+                })
+                .unwrap();
+            assert!(matches!(&got, Ok((200, _))), "{node} {path}: {got:?}");
+        }
+    }
     // UDP too (agnhost netexec's --udp-port), between the Deployment's pods.
     let out = lab.weft(&[
         "probe",
