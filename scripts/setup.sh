@@ -14,8 +14,9 @@ fi
 
 # iproute2: the tests' independent view of the kernel (ip -j); nftables: nft,
 # which weft-cni drives; iputils-ping: the demo and tests; containernetworking-
-# plugins: the reference bridge + host-local plugins the benchmark compares to.
-packages=(iproute2 nftables iputils-ping containernetworking-plugins)
+# plugins: the reference bridge + host-local plugins the benchmark compares to;
+# iperf3: the lab throughput benchmark.
+packages=(iproute2 nftables iputils-ping containernetworking-plugins iperf3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,6 +3,7 @@
 //! shared machines mislead; ratios from one run do not).
 
 mod cni;
+mod lab;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,10 +22,13 @@ struct Cli {
 enum Bench {
     /// weft-cni against the reference bridge + host-local plugins.
     Cni(cni::Args),
+    /// The node agent and its backends, in weft lab.
+    Lab(lab::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Cni(args) => cni::run(args),
+        Bench::Lab(args) => lab::run(args),
     }
 }

@@ -1,0 +1,283 @@
+//! The lab benchmarks of the node agent and its backends, all in one run:
+//! `lab up` time for 3 and 10 nodes; a 10-node lab with 100 pods, from
+//! nothing to every pod reachable; the time from a pod's creation (its CNI
+//! ADD returned) to its reachability from every other node; and iperf3
+//! throughput pod-to-pod across nodes against node-to-node on the same
+//! underlay, for vxlan and host-gw, interleaved.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use weft_datapath::{netns, NetNs};
+use weft_lab::probe::{self, Outcome, Protocol};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "target/release/weft")]
+    weft: PathBuf,
+    /// Repetitions of each timing.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+}
+
+struct Lab<'a> {
+    weft: &'a PathBuf,
+    name: String,
+}
+
+impl Lab<'_> {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut cmd = Command::new(self.weft);
+        cmd.arg("lab")
+            .arg(args[0])
+            .args(["--name", &self.name])
+            .args(&args[1..]);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            pipe.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "weft lab {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn pods(&self) -> Result<Vec<Value>> {
+        let v: Value =
+            serde_json::from_str(&self.run(&["get", "pods", "-A", "-o", "json"], None)?)?;
+        Ok(v["items"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Lab<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.weft)
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn up<'a>(weft: &'a PathBuf, name: &str, nodes: u32, backend: &str) -> Result<(Lab<'a>, f64)> {
+    let lab = Lab {
+        weft,
+        name: name.into(),
+    };
+    let t = Instant::now();
+    lab.run(
+        &["up", "--nodes", &nodes.to_string(), "--backend", backend],
+        None,
+    )?;
+    Ok((lab, t.elapsed().as_secs_f64()))
+}
+
+fn deployment(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers: [{{name: c, image: agnhost, args: [netexec, --http-port=8080]}}]\n"
+    )
+}
+
+/// Waits until a pod in each of `sources` (pod namespaces) reaches `target`.
+fn reachable_from_all(sources: &[PathBuf], target: SocketAddr, limit: Duration) -> Result<f64> {
+    let start = Instant::now();
+    let times: Vec<Result<f64>> = std::thread::scope(|s| {
+        sources
+            .iter()
+            .map(|ns| {
+                s.spawn(move || -> Result<f64> {
+                    let ns = NetNs::open(ns)?;
+                    ns.run_in(|| loop {
+                        if matches!(
+                            probe::probe_blocking(
+                                target,
+                                Protocol::Tcp,
+                                Duration::from_millis(200)
+                            ),
+                            Outcome::Ok { .. }
+                        ) {
+                            return Ok(start.elapsed().as_secs_f64());
+                        }
+                        if start.elapsed() > limit {
+                            bail!("{target} not reachable within {limit:?}");
+                        }
+                    })?
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect()
+    });
+    times.into_iter().try_fold(0.0f64, |m, t| Ok(m.max(t?)))
+}
+
+fn netns_of(pod: &Value) -> PathBuf {
+    PathBuf::from(
+        pod["metadata"]["annotations"]["weft.dev/netns"]
+            .as_str()
+            .unwrap_or_default(),
+    )
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let weft = &args.weft;
+    if !weft.is_file() {
+        bail!(
+            "{} not found; run `cargo build --release` first",
+            weft.display()
+        );
+    }
+    let id = std::process::id() % 10_000;
+    println!("## lab up (median of {})", args.reps);
+    for nodes in [3u32, 10] {
+        let mut t = Vec::new();
+        for r in 0..args.reps {
+            let (_lab, secs) = up(weft, &format!("bu{nodes}x{r}{id}"), nodes, "vxlan")?;
+            t.push(secs);
+        }
+        println!("lab up, {nodes:>2} nodes (vxlan): {:.3} s", median(t));
+    }
+
+    println!("\n## 10 nodes + 100 pods, from nothing to every pod reachable from every node");
+    let mut totals = Vec::new();
+    let mut adds = Vec::new();
+    for r in 0..args.reps {
+        let start = Instant::now();
+        let (lab, _) = up(weft, &format!("bp{r}{id}"), 10, "vxlan")?;
+        lab.run(&["apply", "-f", "-"], Some(&deployment(100)))?;
+        let pods = lab.pods()?;
+        // One probing pod on each node.
+        let mut per_node: std::collections::BTreeMap<String, PathBuf> = Default::default();
+        for p in &pods {
+            let node = p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            per_node.entry(node).or_insert_with(|| netns_of(p));
+        }
+        if per_node.len() != 10 {
+            bail!("expected pods on all 10 nodes, got {}", per_node.len());
+        }
+        let sources: Vec<PathBuf> = per_node.into_values().collect();
+        for p in &pods {
+            let target: SocketAddr =
+                format!("{}:8080", p["status"]["podIP"].as_str().context("pod IP")?).parse()?;
+            reachable_from_all(&sources, target, Duration::from_secs(10))?;
+        }
+        totals.push(start.elapsed().as_secs_f64());
+        // A new pod on node-1: from ADD returned to reachable from all 10 nodes.
+        for k in 0..5 {
+            let manifest = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: late{k}}}\nspec:\n  nodeName: node-1\n  containers: [{{name: c, image: x, ports: [{{containerPort: 8080}}]}}]\n"
+            );
+            lab.run(&["apply", "-f", "-"], Some(&manifest))?;
+            let returned = Instant::now();
+            let pod = lab
+                .pods()?
+                .into_iter()
+                .find(|p| p["metadata"]["name"] == format!("late{k}"))
+                .context("late pod")?;
+            let target: SocketAddr = format!(
+                "{}:8080",
+                pod["status"]["podIP"].as_str().unwrap_or_default()
+            )
+            .parse()?;
+            let lookup = returned.elapsed().as_secs_f64();
+            let reach = reachable_from_all(&sources, target, Duration::from_secs(5))?;
+            adds.push((lookup + reach) * 1e3);
+        }
+    }
+    println!(
+        "10 nodes + 100 pods up and fully reachable: {:.2} s (median of {})",
+        median(totals),
+        args.reps
+    );
+    println!(
+        "new pod reachable from all 10 nodes after `apply` returned: median {:.1} ms, max {:.1} ms ({} pods; includes one `get pods` to learn its IP)",
+        median(adds.clone()),
+        adds.iter().cloned().fold(0.0, f64::max),
+        adds.len()
+    );
+
+    println!(
+        "\n## iperf3 throughput, pod-to-pod across nodes vs node-to-node ({} s runs, interleaved)",
+        args.seconds
+    );
+    for backend in ["vxlan", "host-gw"] {
+        let (lab, _) = up(weft, &format!("bi{}{id}", &backend[..1]), 2, backend)?;
+        let server_pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: srv}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, command: [iperf3, -s]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cli}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x}]\n";
+        lab.run(&["apply", "-f", "-"], Some(server_pod))?;
+        std::thread::sleep(Duration::from_millis(300));
+        let pods = lab.pods()?;
+        let srv_ip = pods
+            .iter()
+            .find(|p| p["metadata"]["name"] == "srv")
+            .and_then(|p| p["status"]["podIP"].as_str())
+            .context("srv")?
+            .to_string();
+        let node2 = NetNs::open(netns::named_path(&format!("wl-{}-node-2", lab.name)))?;
+        let mut underlay_server: Child = node2
+            .command("iperf3")
+            .args(["-s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let (mut pod_bps, mut node_bps) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            node_bps.push(iperf(
+                &lab,
+                &["--node", "node-1"],
+                "198.18.0.12",
+                args.seconds,
+            )?);
+            pod_bps.push(iperf(&lab, &["cli"], &srv_ip, args.seconds)?);
+        }
+        let _ = underlay_server.kill();
+        let _ = underlay_server.wait();
+        let (p, n) = (median(pod_bps), median(node_bps));
+        println!(
+            "{backend:<8} pod-to-pod {:>6.2} Gbit/s, node-to-node {:>6.2} Gbit/s, ratio {:.2}x",
+            p / 1e9,
+            n / 1e9,
+            p / n
+        );
+    }
+    Ok(())
+}
+
+fn iperf(lab: &Lab, target: &[&str], server: &str, seconds: u32) -> Result<f64> {
+    let secs = seconds.to_string();
+    let mut args = vec!["exec"];
+    args.extend_from_slice(target);
+    args.extend(["--", "iperf3", "-c", server, "-t", &secs, "-J"]);
+    let out = lab.run(&args, None)?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 result")
+}
