@@ -96,14 +96,8 @@ impl Netlink {
         msg.header.ifindex = n.index;
         msg.attributes
             .push(NeighbourAttribute::Destination(addr(n.ip)));
-        ignore_missing(
-            self.handle
-                .neighbours()
-                .del(msg)
-                .execute()
-                .await
-                .map_err(|e| NetlinkError::request(format!("delete neighbour {}", n.ip), e)),
-        )
+        self.delete_entry(msg, format!("delete neighbour {}", n.ip))
+            .await
     }
 
     /// Permanent neighbours on link `index`.
@@ -157,16 +151,8 @@ impl Netlink {
             .push(NeighbourAttribute::LinkLayerAddress(e.mac.clone()));
         msg.attributes
             .push(NeighbourAttribute::Destination(addr(e.dst)));
-        ignore_missing(
-            self.handle
-                .neighbours()
-                .del(msg)
-                .execute()
-                .await
-                .map_err(|err| {
-                    NetlinkError::request(format!("delete fdb entry -> {}", e.dst), err)
-                }),
-        )
+        self.delete_entry(msg, format!("delete fdb entry -> {}", e.dst))
+            .await
     }
 
     /// FDB entries with a remote destination on link `index`.
@@ -194,9 +180,18 @@ impl Netlink {
     }
 }
 
-fn ignore_missing(res: Result<()>) -> Result<()> {
-    match res {
-        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ESRCH)) => Ok(()),
-        other => other,
+impl Netlink {
+    /// Deletes one neighbour-table entry; one already gone is not an error.
+    async fn delete_entry(&self, msg: NeighbourMessage, op: String) -> Result<()> {
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = NetlinkError::request(op, e);
+                match err.errno() {
+                    Some(libc::ENOENT) | Some(libc::ESRCH) => Ok(()),
+                    _ => Err(err),
+                }
+            }
+        }
     }
 }
