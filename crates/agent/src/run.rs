@@ -143,6 +143,10 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         health_state.beat();
         if last_renew.elapsed() >= opts.lease_ttl / 2 {
             store.renew_lease(&opts.network, &opts.node, opts.lease_ttl)?;
+            // Housekeeping only (acquire replaces expired rows itself), so it
+            // rides on the renewal cadence instead of taking the store's
+            // write lock on every pass.
+            store.expire_leases(&opts.network)?;
             last_renew = Instant::now();
         }
         tokio::select! {
@@ -196,7 +200,7 @@ async fn converge(
     node: &mut NodeState,
 ) -> Result<usize> {
     ensure_node_datapath(netlink, node).await?;
-    store.expire_leases(&opts.network)?;
+    // Only live leases: expired ones drop out of the mesh without a write.
     let (leases, _) = store.leases(&opts.network)?;
     let peers: Vec<Peer> = leases
         .iter()

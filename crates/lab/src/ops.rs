@@ -166,6 +166,7 @@ fn add_node_to(
 /// routes to every other node.
 fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> {
     let store = Store::open(&layout.store())?;
+    let rt = runtime()?;
     let deadline = Instant::now() + limit;
     loop {
         let (leases, _) = store.leases("weft")?;
@@ -181,7 +182,7 @@ fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> 
             })
             .map(|n| n.name.as_str())
             .collect();
-        if missing.is_empty() && meshed(layout, state, leases.len())? {
+        if missing.is_empty() && meshed(&rt, layout, state, leases.len())? {
             return Ok(());
         }
         for n in &state.nodes {
@@ -203,8 +204,12 @@ fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> 
 
 /// Whether every node of `state` whose agent runs routes to all
 /// `total - 1` other nodes (a stopped agent converges when it starts).
-fn meshed(layout: &Layout, state: &LabState, total: usize) -> Result<bool> {
-    let rt = runtime()?;
+fn meshed(
+    rt: &tokio::runtime::Runtime,
+    layout: &Layout,
+    state: &LabState,
+    total: usize,
+) -> Result<bool> {
     for node in state
         .nodes
         .iter()
