@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use weft_proxy::health::{read_path, respond};
 
 /// Shared between the agent loop (writer) and the server (reader).
 #[derive(Debug, Default)]
@@ -48,25 +48,18 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, stale: Duration) -> st
         let (mut conn, _) = listener.accept().await?;
         let health = health.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = conn.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let ok = match path {
+            let path = read_path(&mut conn).await;
+            let ok = match path.as_str() {
                 "/healthz" => health.is_alive(stale),
                 "/readyz" => health.is_ready(),
                 _ => false,
             };
-            let (status, body) = match (path, ok) {
+            let (status, body) = match (path.as_str(), ok) {
                 ("/healthz" | "/readyz", true) => ("200 OK", "ok\n"),
                 ("/healthz" | "/readyz", false) => ("503 Service Unavailable", "not ready\n"),
                 _ => ("404 Not Found", "not found\n"),
             };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(reply.as_bytes()).await;
+            respond(&mut conn, status, "text/plain", body).await;
         });
     }
 }

@@ -10,6 +10,9 @@
 //! - [`masq`]: masquerade for traffic leaving the cluster network.
 //! - [`files`]: subnet.env and the CNI conflist for weft-cni.
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`services`]: the Service/EndpointSlice cache the proxy plans from.
+//! - [`proxy`]: the Service proxy's loop (nftables, conntrack, health ports).
+//! - [`speaker`]: node heartbeats and LoadBalancer address announcement.
 //! - [`run`]: the agent's loop.
 
 pub mod backend;
@@ -17,6 +20,9 @@ pub mod config;
 pub mod files;
 pub mod health;
 pub mod masq;
+pub mod proxy;
 pub mod reconcile;
 pub mod run;
+pub mod services;
+pub mod speaker;
 pub mod subnets;

@@ -23,6 +23,7 @@ use weft_store::{Lease, Store};
 use crate::backend::{self, Desired, LocalNode, Peer};
 use crate::config::{Backend, NetConf};
 use crate::health::{self, Health};
+use crate::proxy::ProxyOptions;
 use crate::reconcile::Reconciler;
 use crate::{files, masq, subnets};
 
@@ -41,6 +42,10 @@ pub struct Options {
     pub lease_ttl: Duration,
     pub resync: Duration,
     pub watch_poll: Duration,
+    /// Run the Service proxy (kube-proxy's job) in this agent.
+    pub proxy: bool,
+    /// Node heartbeat period (LoadBalancer failover takes ~3 of these).
+    pub heartbeat: Duration,
 }
 
 /// The parts of the node that do not change while the agent runs.
@@ -114,6 +119,21 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     ensure_node_datapath(&netlink, &mut node).await?;
     write_cni_files(&opts, &node, &lease)?;
     publish_node_object(&store, &node)?;
+    if opts.proxy {
+        crate::proxy::spawn(ProxyOptions {
+            node: opts.node.clone(),
+            store: opts.store.clone(),
+            iface: opts.iface.clone(),
+            cluster_cidrs: match v4.network {
+                IpNet::V4(net) => vec![net],
+                IpNet::V6(_) => Vec::new(),
+            },
+            watch_poll: opts.watch_poll.min(Duration::from_millis(5)),
+            resync: opts.resync * 5,
+            heartbeat: opts.heartbeat,
+        })
+        .context("starting the Service proxy thread")?;
+    }
 
     let health_state = Arc::new(Health::default());
     health_state.beat();

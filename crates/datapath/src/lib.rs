@@ -1,13 +1,16 @@
 //! weft's kernel layer: everything that changes or reads kernel network state
 //! lives here, behind small typed wrappers — network namespaces ([`netns`]),
-//! rtnetlink ([`netlink`]), `/proc/sys` knobs ([`sysctl`]) and nftables rule
-//! sets ([`nft`]).
+//! rtnetlink ([`netlink`]), `/proc/sys` knobs ([`sysctl`]), nftables rule
+//! sets ([`nft`]), conntrack entries ([`conntrack`]) and ARP answers for
+//! addresses no interface owns ([`arp`]).
 //!
 //! This crate decides nothing: callers compute the desired state with pure
 //! code elsewhere and hand it here to be applied. It never shells out to
-//! `ip`, `bridge`, `iptables` or `sysctl`; the only external program it runs
-//! is `nft`, the standard interface to nftables.
+//! `ip`, `bridge`, `iptables`, `conntrack` or `sysctl`; the only external
+//! program it runs is `nft`, the standard interface to nftables.
 
+pub mod arp;
+pub mod conntrack;
 pub mod neighbours;
 pub mod netlink;
 pub mod netns;

@@ -1,9 +1,17 @@
 //! nftables: rule sets are generated as text by the callers and applied here
 //! atomically with `nft -f -` (one transaction: all of it or none of it).
 //!
-//! [`chain_exists`] asks the kernel directly over NETLINK_NETFILTER; it is a
-//! single round trip (tens of microseconds), where running `nft list` costs
-//! milliseconds, and lets hot paths skip re-applying rules already in place.
+//! Reads that sit on hot paths ask the kernel directly over
+//! NETLINK_NETFILTER instead: [`chain_exists`] is a single round trip (tens
+//! of microseconds, where running `nft list` costs milliseconds) and lets
+//! hot paths skip re-applying rules already in place; [`chain_names`] lists
+//! a table's chains in one dump, so pruning stale per-Service chains does
+//! not have to parse `nft` output. This module never changes the ruleset
+//! over netlink: every change goes through `nft -f`, so there is one
+//! writer format to review.
+//!
+//! It also owns the crate's NETLINK_NETFILTER socket and attribute codec
+//! (crate-private), which [`crate::conntrack`] shares.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -73,101 +81,386 @@ pub enum Family {
     Ip6 = 10,
 }
 
+/// nfnetlink subsystem of nftables (NFNL_SUBSYS_NFTABLES).
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+
+/// How often [`chain_names`] restarts a dump that a concurrent ruleset
+/// change made inconsistent before giving up.
+const DUMP_ATTEMPTS: usize = 5;
+
 /// Whether chain `chain` exists in table `table` of `family`, asked of the
 /// kernel of the calling thread's namespace.
 pub fn chain_exists(family: Family, table: &str, chain: &str) -> Result<bool, NftError> {
-    const NFNL_SUBSYS_NFTABLES: u16 = 10;
-    const NFT_MSG_GETCHAIN: u16 = 4;
-    const NFTA_CHAIN_TABLE: u16 = 1;
-    const NFTA_CHAIN_NAME: u16 = 3;
-
-    let mut payload = vec![family as u8, 0 /* NFNETLINK_V0 */, 0, 0];
+    let mut payload = nfgenmsg(family as u8);
     push_str_attr(&mut payload, NFTA_CHAIN_TABLE, table);
     push_str_attr(&mut payload, NFTA_CHAIN_NAME, chain);
     let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN;
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    let reply = netlink_roundtrip(libc::NETLINK_NETFILTER, msg_type, flags, &payload)
+    let mut sock = NfnlSocket::open().map_err(NftError::Query)?;
+    // The chain's description (if any) comes before the ACK; its presence
+    // is all we need, so the content is ignored.
+    let answer = sock
+        .request(msg_type, flags, &payload, |_, _| {})
         .map_err(NftError::Query)?;
-    match reply {
+    match answer.errno {
         0 => Ok(true),
         e if e == libc::ENOENT => Ok(false),
         e => Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
     }
 }
 
-fn push_str_attr(buf: &mut Vec<u8>, kind: u16, value: &str) {
-    let len = 4 + value.len() + 1;
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(value.as_bytes());
-    buf.push(0);
-    while buf.len() % 4 != 0 {
-        buf.push(0);
+/// Names of all chains of table `table` in `family`, in the kernel's order,
+/// asked of the kernel of the calling thread's namespace in one dump. A
+/// table that does not exist has no chains (an empty list, not an error).
+pub fn chain_names(family: Family, table: &str) -> Result<Vec<String>, NftError> {
+    let mut payload = nfgenmsg(family as u8);
+    // The kernel's chain dump ignores this attribute (it walks every table
+    // of the family; only rule, set, object and flowtable dumps filter by
+    // table), so the answer is filtered here as well. Sent anyway so that a
+    // kernel which learns to filter does less work.
+    push_str_attr(&mut payload, NFTA_CHAIN_TABLE, table);
+    let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN;
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    let mut sock = NfnlSocket::open().map_err(NftError::Query)?;
+    for _ in 0..DUMP_ATTEMPTS {
+        let mut names = Vec::new();
+        let mut malformed = None;
+        let answer = sock
+            .request(msg_type, flags, &payload, |kind, msg| {
+                if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN || malformed.is_some() {
+                    return;
+                }
+                match chain_of(msg) {
+                    Ok((t, name)) if t == table.as_bytes() => names.push(name),
+                    Ok(_) => {}
+                    Err(e) => malformed = Some(e),
+                }
+            })
+            .map_err(NftError::Query)?;
+        if let Some(e) = malformed {
+            return Err(NftError::Query(e));
+        }
+        match answer.errno {
+            // The ruleset changed while the dump ran: the list may have
+            // missed or repeated chains, so ask again.
+            0 if answer.interrupted => continue,
+            0 => return Ok(names),
+            e if e == libc::ENOENT => return Ok(Vec::new()),
+            e => return Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
+        }
+    }
+    Err(NftError::Query(std::io::Error::new(
+        std::io::ErrorKind::Interrupted,
+        format!("the ruleset kept changing during {DUMP_ATTEMPTS} dumps of table {table}'s chains"),
+    )))
+}
+
+/// The table and chain name of one NFT_MSG_NEWCHAIN message.
+fn chain_of(msg: &[u8]) -> std::io::Result<(&[u8], String)> {
+    let attrs = msg
+        .get(NFGENMSG_LEN..)
+        .ok_or_else(|| malformed("short nfgenmsg"))?;
+    let (mut table, mut name) = (None, None);
+    for attr in Attrs::new(attrs) {
+        let (kind, value) = attr?;
+        match kind {
+            NFTA_CHAIN_TABLE => table = Some(c_string(value)),
+            NFTA_CHAIN_NAME => name = Some(c_string(value)),
+            _ => {}
+        }
+    }
+    match (table, name) {
+        (Some(t), Some(n)) => Ok((t, String::from_utf8_lossy(n).into_owned())),
+        _ => Err(malformed("chain without a table or a name")),
     }
 }
 
-/// Sends one request and returns the errno of the kernel's answer (0 when it
-/// answered with data or a plain ACK).
-fn netlink_roundtrip(
-    protocol: i32,
-    msg_type: u16,
-    flags: u16,
-    payload: &[u8],
-) -> std::io::Result<i32> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: creating a socket has no memory effects; the fd is owned below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
+/// A NUL-terminated netlink string without its terminator.
+fn c_string(value: &[u8]) -> &[u8] {
+    value.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+fn push_str_attr(buf: &mut Vec<u8>, kind: u16, value: &str) {
+    push_attr(buf, kind, &[value.as_bytes(), &[0]].concat());
+}
+
+/// The 4-byte nfnetlink header: family, version NFNETLINK_V0, resource id 0.
+pub(crate) fn nfgenmsg(family: u8) -> Vec<u8> {
+    vec![family, 0, 0, 0]
+}
+
+pub(crate) const NFGENMSG_LEN: usize = 4;
+const NLMSG_HDRLEN: usize = 16;
+const NLA_HDRLEN: usize = 4;
+
+pub(crate) fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Appends one netlink attribute (header, value, padding to 4 bytes).
+pub(crate) fn push_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = NLA_HDRLEN + value.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(value);
+    buf.resize(align4(buf.len()), 0);
+}
+
+/// Appends a nested attribute whose content `fill` writes; its length is
+/// patched in afterwards. Only tests build nested attributes from scratch:
+/// requests echo the kernel's own nested tuples.
+#[cfg(test)]
+pub(crate) fn push_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    buf.extend_from_slice(&(kind | libc::NLA_F_NESTED as u16).to_ne_bytes());
+    fill(buf);
+    let len = (buf.len() - start) as u16;
+    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    buf.resize(align4(buf.len()), 0);
+}
+
+pub(crate) fn malformed(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("malformed netlink message: {what}"),
+    )
+}
+
+/// Iterates over the attributes of a buffer: `(type without the
+/// NESTED/BYTEORDER flags, value)`. A length that runs past the buffer is an
+/// error (and ends the iteration), never a panic.
+pub(crate) struct Attrs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Attrs<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { rest: buf }
     }
-    // SAFETY: raw is a fresh, valid fd that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let len = 16 + payload.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&msg_type.to_ne_bytes());
-    req.extend_from_slice(&flags.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: kernel assigns
-    req.extend_from_slice(payload);
-    // SAFETY: req is a valid buffer of req.len() bytes.
-    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = std::io::Result<(u16, &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Fewer bytes than a header can only be trailing padding.
+        if self.rest.len() < NLA_HDRLEN {
+            return None;
+        }
+        let len = u16::from_ne_bytes([self.rest[0], self.rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([self.rest[2], self.rest[3]]) & libc::NLA_TYPE_MASK as u16;
+        if len < NLA_HDRLEN || len > self.rest.len() {
+            self.rest = &[];
+            return Some(Err(malformed("attribute length out of bounds")));
+        }
+        let value = &self.rest[NLA_HDRLEN..len];
+        self.rest = self.rest.get(align4(len)..).unwrap_or_default();
+        Some(Ok((kind, value)))
     }
-    let mut buf = vec![0u8; 8192];
-    loop {
-        // SAFETY: buf is a valid writable buffer of buf.len() bytes.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
+}
+
+/// How the kernel ended its answer to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// The errno of the ACK, error or end-of-dump message (0: success).
+    pub errno: i32,
+    /// A dump message carried NLM_F_DUMP_INTR: the kernel's state changed
+    /// while it was being dumped, so the dump may be inconsistent.
+    pub interrupted: bool,
+}
+
+/// A NETLINK_NETFILTER socket in the namespace of the thread that opened
+/// it. Serves the nftables queries of this module and
+/// [`crate::conntrack`]; one socket can carry many requests in turn.
+pub(crate) struct NfnlSocket {
+    fd: std::os::fd::OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// The receive buffer. The kernel sizes each dump datagram after the
+/// largest buffer a socket has offered, up to 32 KiB; offering 64 KiB keeps
+/// large dumps at the fewest system calls, and MSG_TRUNC still catches a
+/// bigger datagram instead of parsing half of it.
+const RECV_BUF: usize = 64 * 1024;
+
+impl NfnlSocket {
+    pub(crate) fn open() -> std::io::Result<Self> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: creating a socket has no memory effects; the fd is owned below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if raw < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut off = 0usize;
-        let n = n as usize;
-        while off + 16 <= n {
-            let mlen =
-                u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
-            let mtype = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or_default());
-            if mtype == libc::NLMSG_ERROR as u16 && off + 20 <= n {
-                let code =
-                    i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
-                return Ok(-code);
-            }
-            if mtype == libc::NLMSG_DONE as u16 {
-                return Ok(0);
-            }
-            if mlen < 16 {
-                break;
-            }
-            // A data message means the object exists; the ACK that follows
-            // carries 0, so keep reading for it.
-            off += (mlen + 3) & !3;
+        Ok(Self {
+            // SAFETY: raw is a fresh, valid fd that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// Sends one request and hands every data message of the answer to
+    /// `on_message` as `(nlmsg_type, payload after the netlink header)`,
+    /// until the kernel's ACK or error (requests) or NLMSG_DONE (dumps).
+    pub(crate) fn request(
+        &mut self,
+        msg_type: u16,
+        flags: u16,
+        payload: &[u8],
+        mut on_message: impl FnMut(u16, &[u8]),
+    ) -> std::io::Result<Answer> {
+        use std::os::fd::AsRawFd;
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&(len as u32).to_ne_bytes());
+        req.extend_from_slice(&msg_type.to_ne_bytes());
+        req.extend_from_slice(&flags.to_ne_bytes());
+        req.extend_from_slice(&seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes()); // port id: kernel assigns
+        req.extend_from_slice(payload);
+        // SAFETY: req is a valid buffer of req.len() bytes.
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        let mut interrupted = false;
+        loop {
+            // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let n = n as usize;
+            if n > self.buf.len() {
+                return Err(malformed("datagram larger than the receive buffer"));
+            }
+            let mut rest = &self.buf[..n];
+            while !rest.is_empty() {
+                let header = rest
+                    .get(..NLMSG_HDRLEN)
+                    .ok_or_else(|| malformed("short header"))?;
+                let field =
+                    |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
+                let mlen = u32::from_ne_bytes(field(0)) as usize;
+                let mtype = u16::from_ne_bytes([header[4], header[5]]);
+                let mflags = u16::from_ne_bytes([header[6], header[7]]);
+                let mseq = u32::from_ne_bytes(field(8));
+                if mlen < NLMSG_HDRLEN || mlen > rest.len() {
+                    return Err(malformed("message length out of bounds"));
+                }
+                let body = &rest[NLMSG_HDRLEN..mlen];
+                rest = rest.get(align4(mlen)..).unwrap_or_default();
+                // Leftovers of an earlier request on this socket.
+                if mseq != seq {
+                    continue;
+                }
+                if mflags & libc::NLM_F_DUMP_INTR as u16 != 0 {
+                    interrupted = true;
+                }
+                match mtype as i32 {
+                    // Both carry the (negated) errno first; an ACK is 0.
+                    libc::NLMSG_ERROR | libc::NLMSG_DONE => {
+                        let code = match body.get(..4) {
+                            Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                            // An NLMSG_DONE without a body is a plain end of dump.
+                            None if mtype as i32 == libc::NLMSG_DONE => 0,
+                            None => return Err(malformed("short error message")),
+                        };
+                        return Ok(Answer {
+                            errno: -code,
+                            interrupted,
+                        });
+                    }
+                    libc::NLMSG_NOOP => {}
+                    _ => on_message(mtype, body),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain_msg(table: &str, name: &str) -> Vec<u8> {
+        let mut m = nfgenmsg(Family::Inet as u8);
+        push_str_attr(&mut m, NFTA_CHAIN_TABLE, table);
+        push_attr(&mut m, 2 /* NFTA_CHAIN_HANDLE */, &7u64.to_be_bytes());
+        push_str_attr(&mut m, NFTA_CHAIN_NAME, name);
+        m
+    }
+
+    #[test]
+    fn chain_messages_are_parsed() {
+        let m = chain_msg("weft", "svc-abc");
+        let (table, name) = chain_of(&m).unwrap();
+        assert_eq!(table, b"weft");
+        assert_eq!(name, "svc-abc");
+    }
+
+    #[test]
+    fn truncated_chain_messages_are_errors_not_panics() {
+        let m = chain_msg("weft", "a-longer-chain-name");
+        for cut in 0..m.len() {
+            // Every prefix either parses (cut on an attribute boundary after
+            // both names, impossible here) or is reported as malformed.
+            assert!(
+                chain_of(&m[..cut]).is_err(),
+                "prefix of {cut} bytes accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn attributes_are_padded_and_nested_lengths_patched() {
+        let mut buf = Vec::new();
+        push_nested(&mut buf, 1, |b| push_attr(b, 2, &[9, 9, 9]));
+        // nested header 4 + inner header 4 + 3 value bytes + 1 padding: the
+        // inner attribute's padding counts in the nest, as the kernel does it.
+        assert_eq!(buf.len(), 12);
+        assert_eq!(u16::from_ne_bytes([buf[0], buf[1]]), 12);
+        assert_eq!(
+            u16::from_ne_bytes([buf[2], buf[3]]),
+            1 | libc::NLA_F_NESTED as u16
+        );
+        let outer: Vec<_> = Attrs::new(&buf).collect::<Result<_, _>>().unwrap();
+        assert_eq!(outer.len(), 1);
+        assert_eq!(outer[0].0, 1, "the NESTED flag is masked off");
+        let inner: Vec<_> = Attrs::new(outer[0].1).collect::<Result<_, _>>().unwrap();
+        assert_eq!(inner, vec![(2, &[9u8, 9, 9][..])]);
+    }
+
+    #[test]
+    fn an_attribute_running_past_the_buffer_is_an_error() {
+        let buf = [200u8, 0, 1, 0, 0, 0, 0, 0];
+        let mut it = Attrs::new(&buf);
+        assert!(it.next().unwrap().is_err());
+        assert!(it.next().is_none());
     }
 }

@@ -42,6 +42,13 @@ pub struct AgentArgs {
     /// How often the store is polled for lease changes, in milliseconds.
     #[arg(long, default_value_t = 20)]
     watch_ms: u64,
+    /// Do not run the Service proxy (leave Services to kube-proxy).
+    #[arg(long)]
+    no_proxy: bool,
+    /// Node heartbeat period in milliseconds (LoadBalancer address failover
+    /// happens after three missed beats).
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
 }
 
 pub fn run(a: AgentArgs) -> Result<()> {
@@ -63,6 +70,8 @@ pub fn run(a: AgentArgs) -> Result<()> {
         lease_ttl: Duration::from_secs(a.lease_ttl),
         resync: Duration::from_millis(a.resync_ms),
         watch_poll: Duration::from_millis(a.watch_ms),
+        proxy: !a.no_proxy,
+        heartbeat: Duration::from_millis(a.heartbeat_ms),
     };
     // One thread: netlink sockets and namespaces are per thread anyway.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,224 @@
+//! The Service proxy's loop inside the agent: list Services and
+//! EndpointSlices, full sync, then follow both watches and apply only the
+//! Services that changed. Also renews the node heartbeat, announces the
+//! LoadBalancer addresses this node owns (ARP) and serves the
+//! healthCheckNodePorts.
+//!
+//! It runs on its own thread so `nft` runs never delay the lease loop.
+//! Any failure to apply incrementally, a compacted watch or drift found by
+//! the periodic check leads to a fresh list and full sync.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use weft_datapath::arp::ArpResponder;
+use weft_proxy::health::HealthServers;
+use weft_proxy::{NodeContext, Proxier, ServiceKey, SyncReport};
+use weft_store::{Store, StoreError};
+
+use crate::services::{ServiceState, SERVICE_KIND, SLICE_KIND};
+use crate::speaker;
+
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub node: String,
+    pub store: PathBuf,
+    /// Where LoadBalancer addresses are announced (the node's underlay).
+    pub iface: String,
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    pub watch_poll: Duration,
+    /// How often the table is checked for drift.
+    pub resync: Duration,
+    pub heartbeat: Duration,
+}
+
+/// Starts the proxy on its own thread; it retries after errors and never
+/// returns while the agent runs.
+pub fn spawn(opts: ProxyOptions) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || loop {
+            if let Err(e) = run(&opts) {
+                tracing::error!(error = %format!("{e:#}"), "Service proxy failed; starting over in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+}
+
+fn run(opts: &ProxyOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(opts))
+}
+
+/// Everything the loop carries from one event to the next.
+struct Proxy<'a> {
+    opts: &'a ProxyOptions,
+    store: Store,
+    ctx: NodeContext,
+    proxier: Proxier,
+    state: ServiceState,
+    health: HealthServers,
+    arp: Option<ArpResponder>,
+}
+
+async fn run_async(opts: &ProxyOptions) -> Result<()> {
+    let store = Store::open(&opts.store)
+        .with_context(|| format!("opening the cluster store {}", opts.store.display()))?;
+    let ctx = NodeContext {
+        node: opts.node.clone(),
+        cluster_cidrs: opts.cluster_cidrs.clone(),
+    };
+    let arp = match ArpResponder::start(&opts.iface) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(iface = %opts.iface, error = %e, "cannot answer ARP for LoadBalancer addresses on this node");
+            None
+        }
+    };
+    let mut proxy = Proxy {
+        opts,
+        store,
+        proxier: Proxier::new(ctx.clone()),
+        ctx,
+        state: ServiceState::default(),
+        health: HealthServers::default(),
+        arp,
+    };
+    speaker::beat(&proxy.store, &opts.node, opts.heartbeat * 3)?;
+    loop {
+        proxy.follow().await?;
+    }
+}
+
+impl Proxy<'_> {
+    /// List, full sync, then apply watch events until something calls for a
+    /// fresh start (returns Ok) or fails hard (returns Err).
+    async fn follow(&mut self) -> Result<()> {
+        let revision = self.load()?;
+        let report = self.proxier.full_sync(self.state.plan_all(&self.ctx))?;
+        log_report(&report);
+        self.after_sync()?;
+        let poll = self.opts.watch_poll;
+        let mut services = self.store.watch(SERVICE_KIND, revision, poll);
+        let mut slices = self.store.watch(SLICE_KIND, revision, poll);
+        let mut check = tokio::time::interval(self.opts.resync);
+        let mut beat = tokio::time::interval(self.opts.heartbeat);
+        check.tick().await;
+        loop {
+            let dirty: BTreeSet<ServiceKey> = tokio::select! {
+                events = services.next() => match events {
+                    Ok(events) => self.state.events(&events),
+                    Err(StoreError::Compacted { .. }) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                },
+                events = slices.next() => match events {
+                    Ok(events) => self.state.events(&events),
+                    Err(StoreError::Compacted { .. }) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                },
+                _ = check.tick() => {
+                    if !self.proxier.is_synced() || self.proxier.drifted()? {
+                        tracing::warn!("the Service table differs from what was applied; full sync");
+                        return Ok(());
+                    }
+                    BTreeSet::new()
+                }
+                _ = beat.tick() => {
+                    speaker::beat(&self.store, &self.opts.node, self.opts.heartbeat * 3)?;
+                    self.announce()?;
+                    continue;
+                }
+            };
+            if dirty.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.apply(dirty) {
+                tracing::warn!(error = %format!("{e:#}"), "incremental Service sync failed; full sync");
+                return Ok(());
+            }
+            self.after_sync()?;
+        }
+    }
+
+    /// Lists both kinds into a fresh cache; returns the revision to watch
+    /// from (the first list's: replaying a few events is harmless).
+    fn load(&mut self) -> Result<u64> {
+        let (services, revision) = self.store.list(SERVICE_KIND)?;
+        let (slices, _) = self.store.list(SLICE_KIND)?;
+        let mut state = ServiceState::default();
+        let events: Vec<weft_store::Event> = services
+            .into_iter()
+            .chain(slices)
+            .map(|object| weft_store::Event {
+                kind: weft_store::EventKind::Added,
+                revision: object.revision,
+                object,
+            })
+            .collect();
+        state.events(&events);
+        self.state = state;
+        Ok(revision)
+    }
+
+    fn apply(&mut self, mut dirty: BTreeSet<ServiceKey>) -> Result<()> {
+        loop {
+            let changes = dirty
+                .iter()
+                .map(|k| (k.clone(), self.state.plan(k, &self.ctx)))
+                .collect();
+            let report = self.proxier.apply(changes)?;
+            log_report(&report);
+            // Services refused an address another held may take it now.
+            dirty = self.proxier.take_refused();
+            if dirty.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn after_sync(&mut self) -> Result<()> {
+        self.health
+            .update(&self.state.health_ports(&self.opts.node));
+        self.announce()
+    }
+
+    fn announce(&mut self) -> Result<()> {
+        let Some(arp) = &self.arp else {
+            return Ok(());
+        };
+        let live = speaker::live_nodes(&self.store, speaker::now())?;
+        let mine = speaker::announced_by(&self.opts.node, &self.state.load_balancer_ips(), &live);
+        if mine != arp.announced() {
+            tracing::info!(addresses = ?mine, "announcing LoadBalancer addresses");
+            arp.announce(&mine);
+        }
+        Ok(())
+    }
+}
+
+fn log_report(report: &SyncReport) {
+    if report.full {
+        tracing::info!(
+            services = report.services,
+            chains = report.chains_written,
+            elements = report.elements_changed,
+            stale_chains = report.stale_chains,
+            ms = report.elapsed.as_secs_f64() * 1e3,
+            "Service table fully synced"
+        );
+    } else if report.chains_written + report.elements_changed > 0 {
+        tracing::info!(
+            services = report.services,
+            chains = report.chains_written,
+            elements = report.elements_changed,
+            flows_deleted = report.flows_deleted,
+            ms = report.elapsed.as_secs_f64() * 1e3,
+            "Services synced"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The agent's view of Services and EndpointSlices: a compact cache fed by
+//! list + watch events, answering "what does Service X need now" (pure, no
+//! kernel, no store).
+//!
+//! Only the reduced model is kept (ports, addresses, endpoints) — never the
+//! API objects — so 10,000 Services fit in a few tens of megabytes. A Service
+//! is re-planned when it or any of its slices changes, whichever arrives
+//! first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use weft_proxy::model::{
+    self, endpoints_by_port, PortEndpoints, ServiceInfo, ServiceKey, Skipped, SERVICE_NAME_LABEL,
+};
+use weft_proxy::plan::{plan_service, NodeContext, ServiceRules};
+use weft_store::{Event, EventKind};
+
+/// Store kinds the proxy follows.
+pub const SERVICE_KIND: &str = "Service";
+pub const SLICE_KIND: &str = "EndpointSlice";
+
+#[derive(Default)]
+pub struct ServiceState {
+    services: HashMap<ServiceKey, Result<ServiceInfo, Skipped>>,
+    /// (namespace, slice name) → its Service and endpoints.
+    slices: HashMap<(String, String), (ServiceKey, PortEndpoints)>,
+    slices_of: HashMap<ServiceKey, BTreeSet<String>>,
+}
+
+impl ServiceState {
+    /// Takes in a Service (or its deletion); returns the Service to re-plan.
+    pub fn service(&mut self, svc: &Service, deleted: bool) -> ServiceKey {
+        let key = ServiceKey {
+            namespace: svc
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+        };
+        if deleted {
+            self.services.remove(&key);
+            return key;
+        }
+        let info = model::service_info(svc);
+        if let Err(why) = &info {
+            let before = self.services.get(&key).and_then(|i| i.as_ref().err());
+            if before != Some(why) {
+                tracing::info!(service = %key, reason = %why, "Service not proxied");
+            }
+        }
+        self.services.insert(key.clone(), info);
+        key
+    }
+
+    /// Takes in an EndpointSlice (or its deletion); returns the Services to
+    /// re-plan (two when a slice moved between Services).
+    pub fn slice(&mut self, slice: &EndpointSlice, deleted: bool) -> Vec<ServiceKey> {
+        let namespace = slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        let mut touched = Vec::new();
+        if let Some((old, _)) = self.slices.remove(&(namespace.clone(), name.clone())) {
+            if let Some(names) = self.slices_of.get_mut(&old) {
+                names.remove(&name);
+                if names.is_empty() {
+                    self.slices_of.remove(&old);
+                }
+            }
+            touched.push(old);
+        }
+        let owner = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned();
+        if let (false, Some(service)) = (deleted, owner) {
+            let key = ServiceKey {
+                namespace: namespace.clone(),
+                name: service,
+            };
+            self.slices_of
+                .entry(key.clone())
+                .or_default()
+                .insert(name.clone());
+            self.slices.insert(
+                (namespace, name),
+                (key.clone(), endpoints_by_port(&[slice])),
+            );
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        touched
+    }
+
+    /// Takes in watch events of either kind; returns the Services to re-plan.
+    pub fn events(&mut self, events: &[Event]) -> BTreeSet<ServiceKey> {
+        let mut dirty = BTreeSet::new();
+        for event in events {
+            let deleted = event.kind == EventKind::Deleted;
+            let value = event.object.value.clone();
+            match event.object.kind.as_str() {
+                SERVICE_KIND => match serde_json::from_value::<Service>(value) {
+                    Ok(svc) => {
+                        dirty.insert(self.service(&svc, deleted));
+                    }
+                    Err(e) => {
+                        tracing::warn!(name = %event.object.name, error = %e, "unreadable Service skipped")
+                    }
+                },
+                SLICE_KIND => match serde_json::from_value::<EndpointSlice>(value) {
+                    Ok(slice) => dirty.extend(self.slice(&slice, deleted)),
+                    Err(e) => {
+                        tracing::warn!(name = %event.object.name, error = %e, "unreadable EndpointSlice skipped")
+                    }
+                },
+                _ => {}
+            }
+        }
+        dirty
+    }
+
+    pub fn info(&self, key: &ServiceKey) -> Option<&ServiceInfo> {
+        self.services.get(key).and_then(|r| r.as_ref().ok())
+    }
+
+    /// All endpoints of a Service, merged from its slices.
+    pub fn endpoints(&self, key: &ServiceKey) -> PortEndpoints {
+        let parts = self
+            .slices_of
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.slices.get(&(key.namespace.clone(), name.clone())))
+            .map(|(_, eps)| eps);
+        model::merge(parts)
+    }
+
+    /// What Service `key` needs in the table now; `None` when it is not
+    /// programmed (gone, headless, another proxy's, …).
+    pub fn plan(&self, key: &ServiceKey, ctx: &NodeContext) -> Option<ServiceRules> {
+        let info = self.info(key)?;
+        Some(plan_service(info, &self.endpoints(key), ctx))
+    }
+
+    /// Every programmed Service, planned (for a full sync).
+    pub fn plan_all(&self, ctx: &NodeContext) -> Vec<(ServiceKey, ServiceRules)> {
+        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .filter_map(|k| Some((k.clone(), self.plan(k, ctx)?)))
+            .collect()
+    }
+
+    /// healthCheckNodePort → (Service, its usable endpoints on `node`).
+    pub fn health_ports(&self, node: &str) -> BTreeMap<u16, (ServiceKey, usize)> {
+        let mut out = BTreeMap::new();
+        for (key, info) in self
+            .services
+            .iter()
+            .filter_map(|(k, i)| Some((k, i.as_ref().ok()?)))
+        {
+            let Some(port) = info.health_check_node_port else {
+                continue;
+            };
+            let eps = self.endpoints(key);
+            let local: BTreeSet<_> = eps
+                .values()
+                .flat_map(|list| model::usable(list.iter().filter(|e| e.is_local(node))))
+                .map(|e| e.ip)
+                .collect();
+            out.insert(port, (key.clone(), local.len()));
+        }
+        out
+    }
+
+    /// LoadBalancer addresses and the nodes allowed to announce each: every
+    /// node, or with `externalTrafficPolicy: Local` only nodes with a usable
+    /// local endpoint (`Some(set)`).
+    pub fn load_balancer_ips(&self) -> BTreeMap<std::net::Ipv4Addr, Option<BTreeSet<String>>> {
+        let mut out = BTreeMap::new();
+        for (key, info) in self
+            .services
+            .iter()
+            .filter_map(|(k, i)| Some((k, i.as_ref().ok()?)))
+        {
+            for port in &info.ports {
+                if port.load_balancer_ips.is_empty() {
+                    continue;
+                }
+                let allowed = port.external_local.then(|| {
+                    let eps = self.endpoints(key);
+                    let list = eps
+                        .get(&(port.name.clone(), port.protocol))
+                        .cloned()
+                        .unwrap_or_default();
+                    model::usable(&list)
+                        .into_iter()
+                        .filter_map(|e| e.node.clone())
+                        .collect::<BTreeSet<String>>()
+                });
+                for ip in &port.load_balancer_ips {
+                    out.insert(*ip, allowed.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> NodeContext {
+        NodeContext {
+            node: "node-1".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        }
+    }
+
+    fn svc(extra: serde_json::Value) -> Service {
+        let mut v = json!({"metadata": {"namespace": "demo", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}});
+        for (k, val) in extra.as_object().cloned().unwrap_or_default() {
+            v["spec"][k] = val;
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
+        let endpoints: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "nodeName": "node-1", "conditions": {"ready": true}}))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "demo", "name": name, "labels": {SERVICE_NAME_LABEL: service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints
+        }))
+        .unwrap()
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: "demo".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn either_arrival_order_gives_the_same_plan() {
+        let mut a = ServiceState::default();
+        a.service(&svc(json!({})), false);
+        assert!(
+            a.plan(&key("web"), &ctx()).unwrap().chains.is_empty(),
+            "no endpoints yet"
+        );
+        a.slice(&slice("web-1", "web", &["10.244.1.2"]), false);
+        let mut b = ServiceState::default();
+        assert_eq!(
+            b.slice(&slice("web-1", "web", &["10.244.1.2"]), false),
+            vec![key("web")]
+        );
+        assert!(b.plan(&key("web"), &ctx()).is_none(), "no Service yet");
+        b.service(&svc(json!({})), false);
+        let plan = a.plan(&key("web"), &ctx()).unwrap();
+        assert_eq!(plan.chains.len(), 1);
+        assert_eq!(Some(plan), b.plan(&key("web"), &ctx()));
+    }
+
+    #[test]
+    fn slices_merge_and_deletions_and_moves_re_plan_the_right_services() {
+        let mut s = ServiceState::default();
+        s.service(&svc(json!({})), false);
+        s.slice(&slice("web-1", "web", &["10.244.1.2"]), false);
+        s.slice(&slice("web-2", "web", &["10.244.1.3", "10.244.1.2"]), false);
+        assert_eq!(s.endpoints(&key("web")).values().next().unwrap().len(), 2);
+        let moved = s.slice(&slice("web-2", "other", &["10.244.1.3"]), false);
+        assert_eq!(moved, vec![key("web"), key("other")]);
+        assert_eq!(s.endpoints(&key("web")).values().next().unwrap().len(), 1);
+        assert_eq!(s.slice(&slice("web-1", "web", &[]), true), vec![key("web")]);
+        assert!(s.endpoints(&key("web")).is_empty());
+    }
+
+    #[test]
+    fn headless_services_are_not_planned() {
+        let mut s = ServiceState::default();
+        s.service(&svc(json!({"clusterIP": "None"})), false);
+        assert!(s.plan(&key("web"), &ctx()).is_none());
+        assert!(s.plan_all(&ctx()).is_empty());
+    }
+
+    #[test]
+    fn health_ports_count_local_usable_endpoints() {
+        let mut s = ServiceState::default();
+        s.service(
+            &svc(json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100})),
+            false,
+        );
+        s.slice(&slice("web-1", "web", &["10.244.1.2", "10.244.1.3"]), false);
+        assert_eq!(s.health_ports("node-1")[&32100], (key("web"), 2));
+        assert_eq!(s.health_ports("node-2")[&32100], (key("web"), 0));
+    }
+}

@@ -1,0 +1,189 @@
+//! LoadBalancer addresses on the node network, like MetalLB's layer-2 mode:
+//! for each address exactly one live node answers ARP, and when that node
+//! stops another takes over (with gratuitous ARP, so clients switch at once).
+//!
+//! Liveness is a node heartbeat: every agent renews a
+//! `coordination.k8s.io/v1` Lease named after its node in
+//! `kube-node-lease`, as kubelets do. The owner of an address is chosen by
+//! rendezvous hashing over the live nodes allowed to serve it, so every
+//! agent computes the same owner without talking to the others, and a
+//! failure moves only the addresses the failed node held.
+//!
+//! The election is pure; [`beat`] and [`live_nodes`] are the store calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use weft_store::{Store, StoreError};
+
+/// Stored under this kind (the store reserves "Lease" for subnet leases).
+pub const HEARTBEAT_KIND: &str = "NodeLease";
+pub const HEARTBEAT_NAMESPACE: &str = "kube-node-lease";
+
+/// Renews this node's heartbeat, valid for `valid_for`.
+pub fn beat(store: &Store, node: &str, valid_for: Duration) -> Result<(), StoreError> {
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(node.into()),
+            namespace: Some(HEARTBEAT_NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(node.into()),
+            lease_duration_seconds: Some(valid_for.as_secs().max(1) as i32),
+            renew_time: Some(MicroTime(now())),
+            ..LeaseSpec::default()
+        }),
+    };
+    let value = serde_json::to_value(&lease).unwrap_or_default();
+    store.put(HEARTBEAT_KIND, HEARTBEAT_NAMESPACE, node, &value)?;
+    Ok(())
+}
+
+/// The wall clock as a Kubernetes timestamp.
+pub fn now() -> Timestamp {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::new(
+        since_epoch.as_secs() as i64,
+        since_epoch.subsec_nanos() as i32,
+    )
+    .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Nodes whose heartbeat has not expired at `now`.
+pub fn live_nodes(store: &Store, now: Timestamp) -> Result<BTreeSet<String>, StoreError> {
+    let (objects, _) = store.list(HEARTBEAT_KIND)?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|o| serde_json::from_value::<Lease>(o.value).ok())
+        .filter(|lease| is_live(lease, now))
+        .filter_map(|lease| lease.spec?.holder_identity)
+        .collect())
+}
+
+fn is_live(lease: &Lease, now: Timestamp) -> bool {
+    let Some(spec) = &lease.spec else {
+        return false;
+    };
+    let (Some(MicroTime(renewed)), Some(seconds)) =
+        (spec.renew_time.as_ref(), spec.lease_duration_seconds)
+    else {
+        return false;
+    };
+    renewed
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+            seconds,
+        )))
+        .is_ok_and(|until| until > now)
+}
+
+/// The node that announces `ip` among `candidates` (highest rendezvous
+/// hash), if any.
+pub fn owner<'a>(
+    ip: Ipv4Addr,
+    candidates: impl IntoIterator<Item = &'a String>,
+) -> Option<&'a String> {
+    candidates.into_iter().max_by_key(|node| {
+        let digest = Sha256::digest(format!("{ip}/{node}").as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        (u64::from_be_bytes(first), node.as_str())
+    })
+}
+
+/// The addresses `me` must announce: `addresses` maps each to the nodes
+/// allowed to serve it (`None`: any node).
+pub fn announced_by(
+    me: &str,
+    addresses: &BTreeMap<Ipv4Addr, Option<BTreeSet<String>>>,
+    live: &BTreeSet<String>,
+) -> BTreeSet<Ipv4Addr> {
+    addresses
+        .iter()
+        .filter(|(ip, allowed)| {
+            let candidates = live
+                .iter()
+                .filter(|n| allowed.as_ref().is_none_or(|a| a.contains(*n)));
+            owner(**ip, candidates).is_some_and(|o| o == me)
+        })
+        .map(|(ip, _)| *ip)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn exactly_one_live_node_announces_each_address() {
+        let live = nodes(&["node-1", "node-2", "node-3"]);
+        let addrs: BTreeMap<Ipv4Addr, Option<BTreeSet<String>>> = (240..250)
+            .map(|i| (Ipv4Addr::new(198, 18, 0, i), None))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for me in &live {
+            for ip in announced_by(me, &addrs, &live) {
+                assert!(seen.insert(ip), "{ip} announced twice");
+            }
+        }
+        assert_eq!(seen.len(), addrs.len());
+    }
+
+    #[test]
+    fn a_failed_node_moves_only_its_own_addresses() {
+        let live = nodes(&["node-1", "node-2", "node-3"]);
+        let addrs: BTreeMap<Ipv4Addr, Option<BTreeSet<String>>> = (1..=50)
+            .map(|i| (Ipv4Addr::new(198, 18, 0, i), None))
+            .collect();
+        let before: BTreeMap<Ipv4Addr, String> = addrs
+            .keys()
+            .map(|ip| (*ip, owner(*ip, &live).unwrap().clone()))
+            .collect();
+        let after_live = nodes(&["node-1", "node-3"]);
+        for (ip, was) in &before {
+            let now = owner(*ip, &after_live).unwrap();
+            if was != "node-2" {
+                assert_eq!(now, was, "{ip} moved although its node is alive");
+            }
+        }
+        assert!(
+            before.values().any(|n| n == "node-2"),
+            "test needs node-2 to own something"
+        );
+    }
+
+    #[test]
+    fn local_policy_limits_candidates_and_nobody_announces_without_one() {
+        let live = nodes(&["node-1", "node-2"]);
+        let ip = Ipv4Addr::new(198, 18, 0, 240);
+        let only_2: BTreeMap<_, _> = [(ip, Some(nodes(&["node-2", "node-9"])))].into();
+        assert!(announced_by("node-1", &only_2, &live).is_empty());
+        assert_eq!(announced_by("node-2", &only_2, &live), [ip].into());
+        let none: BTreeMap<_, _> = [(ip, Some(nodes(&[])))].into();
+        assert!(announced_by("node-2", &none, &live).is_empty());
+    }
+
+    #[test]
+    fn heartbeats_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        beat(&store, "node-1", Duration::from_secs(3)).unwrap();
+        let now = now();
+        assert_eq!(live_nodes(&store, now).unwrap(), nodes(&["node-1"]));
+        let later = now
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(4))
+            .unwrap();
+        assert!(live_nodes(&store, later).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! `nft::chain_names` against a real kernel, in a namespace the test
+//! creates: a table with thousands of chains (a multi-part dump), next to
+//! other tables of the same and of another family that must not leak in.
+
+mod common;
+
+use std::fmt::Write;
+use std::time::Instant;
+
+use common::Namespaces;
+use weft_datapath::nft::{self, Family};
+
+#[test]
+fn lists_exactly_the_chains_of_one_table() {
+    let mut nss = Namespaces::new("nft");
+    let (_, ns) = nss.add("x");
+    let mut want: Vec<String> = (0..3000).map(|i| format!("svc-{i:05}-udp")).collect();
+    let mut script = String::from("table inet wdt {\n");
+    for name in &want {
+        writeln!(script, "  chain {name} {{}}").unwrap();
+    }
+    script.push_str("  chain input { type filter hook input priority 0; }\n}\n");
+    // Same family, other table; same table name, other family.
+    script.push_str("table inet wdtother { chain not-me { }; }\n");
+    script.push_str("table ip wdt { chain ip-only { }; }\n");
+    nft::apply(&script, Some(&ns)).unwrap();
+    want.push("input".into());
+    want.sort();
+
+    let started = Instant::now();
+    let mut got = ns
+        .run_in(|| nft::chain_names(Family::Inet, "wdt"))
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    got.sort();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+    eprintln!("chain_names: {} chains in {took:?}", got.len());
+
+    let ip_only = ns.run_in(|| nft::chain_names(Family::Ip, "wdt")).unwrap();
+    assert_eq!(ip_only.unwrap(), vec!["ip-only".to_string()]);
+    let other = ns.run_in(|| nft::chain_names(Family::Inet, "wdtother"));
+    assert_eq!(other.unwrap().unwrap(), vec!["not-me".to_string()]);
+    // The existing single-chain query still works on the shared socket code.
+    assert!(ns
+        .run_in(|| nft::chain_exists(Family::Inet, "wdt", "svc-02999-udp"))
+        .unwrap()
+        .unwrap());
+    assert!(!ns
+        .run_in(|| nft::chain_exists(Family::Inet, "wdt", "svc-03000-udp"))
+        .unwrap()
+        .unwrap());
+}
+
+#[test]
+fn an_absent_table_has_no_chains() {
+    let mut nss = Namespaces::new("nft0");
+    let (_, ns) = nss.add("x");
+    let none = ns.run_in(|| nft::chain_names(Family::Inet, "wdt")).unwrap();
+    assert_eq!(none.unwrap(), Vec::<String>::new());
+    nft::apply("table ip6 other { chain c { }; }", Some(&ns)).unwrap();
+    let none = ns.run_in(|| nft::chain_names(Family::Ip6, "wdt")).unwrap();
+    assert_eq!(none.unwrap(), Vec::<String>::new());
+    assert!(!ns
+        .run_in(|| nft::chain_exists(Family::Inet, "wdt", "c"))
+        .unwrap()
+        .unwrap());
+}

@@ -1,0 +1,107 @@
+//! Which conntrack flows a Service change leaves stale (pure).
+//!
+//! TCP flows to a removed endpoint end by themselves (the endpoint resets
+//! or times out and the client reconnects through the Service). A UDP
+//! "flow" lives as long as the client keeps sending, so conntrack would keep
+//! NATing it to an endpoint that is gone; kube-proxy deletes those entries,
+//! and so does this proxy. When a UDP Service gets its first endpoint, flows
+//! created while it had none are deleted too, so they are NATed afresh.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use weft_datapath::conntrack::FlowFilter;
+
+use crate::model::Protocol;
+use crate::plan::UdpPort;
+
+/// The UDP ports of one Service, by port id.
+pub type UdpPorts = BTreeMap<String, UdpPort>;
+
+pub fn stale(old: &UdpPorts, new: &UdpPorts) -> Vec<FlowFilter> {
+    let none = UdpPort::default();
+    let mut out = Vec::new();
+    let filter = |dst: Option<IpAddr>, port: u16, reply_src: Option<IpAddr>| FlowFilter {
+        protocol: Protocol::Udp.number(),
+        original_dst: dst,
+        original_dst_port: Some(port),
+        reply_src,
+    };
+    for (id, before) in old {
+        let after = new.get(id).unwrap_or(&none);
+        for gone in before.endpoints.difference(&after.endpoints) {
+            let gone = Some(IpAddr::V4(*gone));
+            for dst in &before.destinations {
+                out.push(filter(Some(IpAddr::V4(*dst)), before.port, gone));
+            }
+            if let Some(np) = before.node_port {
+                out.push(filter(None, np, gone));
+            }
+        }
+    }
+    for (id, after) in new {
+        let had_none = old.get(id).is_none_or(|b| b.endpoints.is_empty());
+        if had_none && !after.endpoints.is_empty() {
+            for dst in &after.destinations {
+                out.push(filter(Some(IpAddr::V4(*dst)), after.port, None));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn port(endpoints: &[[u8; 4]]) -> UdpPorts {
+        [(
+            "demo/dns/udp/dns".to_string(),
+            UdpPort {
+                destinations: vec![Ipv4Addr::new(10, 96, 0, 10)],
+                port: 53,
+                node_port: Some(30053),
+                endpoints: endpoints.iter().map(|o| Ipv4Addr::from(*o)).collect(),
+            },
+        )]
+        .into()
+    }
+
+    #[test]
+    fn removed_endpoint_flows_are_stale_on_every_address() {
+        let filters = stale(
+            &port(&[[10, 244, 1, 2], [10, 244, 2, 2]]),
+            &port(&[[10, 244, 2, 2]]),
+        );
+        let gone = Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2)));
+        assert_eq!(filters.len(), 2);
+        assert_eq!(
+            filters[0].original_dst,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)))
+        );
+        assert_eq!(
+            (filters[0].original_dst_port, filters[0].reply_src),
+            (Some(53), gone)
+        );
+        assert_eq!(
+            (filters[1].original_dst, filters[1].original_dst_port),
+            (None, Some(30053))
+        );
+        assert_eq!(filters[1].protocol, 17);
+    }
+
+    #[test]
+    fn first_endpoint_clears_flows_to_the_service_address() {
+        let filters = stale(&port(&[]), &port(&[[10, 244, 1, 2]]));
+        assert_eq!(filters.len(), 1);
+        assert_eq!(filters[0].reply_src, None);
+        assert!(stale(&BTreeMap::new(), &port(&[[10, 244, 1, 2]])).len() == 1);
+    }
+
+    #[test]
+    fn deleted_service_flows_are_stale_and_unchanged_ones_are_not() {
+        assert_eq!(stale(&port(&[[10, 244, 1, 2]]), &BTreeMap::new()).len(), 2);
+        assert!(stale(&port(&[[10, 244, 1, 2]]), &port(&[[10, 244, 1, 2]])).is_empty());
+    }
+}

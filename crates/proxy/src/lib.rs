@@ -1,0 +1,25 @@
+//! weft's Service proxy, a kube-proxy replacement on nftables.
+//!
+//! - [`model`]: Services and EndpointSlices → ports and usable endpoints (pure).
+//! - [`plan`]: one Service → its chains, sets and map elements (pure).
+//! - [`table`]: the fixed hooks, maps and chains of `ip weft-proxy` (pure).
+//! - [`transaction`]: applied vs planned → the minimal nft commands (pure).
+//! - [`flows`]: which UDP conntrack flows a change leaves stale (pure).
+//! - [`proxier`]: runs the transactions (`nft -f`) and the conntrack cleanup.
+//! - [`health`]: the `healthCheckNodePort` servers of
+//!   `externalTrafficPolicy: Local` Services.
+//!
+//! It reads Services and EndpointSlices only — never Pods — so the same code
+//! serves the lab, an etcd-backed cluster and a real Kubernetes cluster.
+
+pub mod flows;
+pub mod health;
+pub mod model;
+pub mod plan;
+pub mod proxier;
+pub mod table;
+pub mod transaction;
+
+pub use model::{ServiceInfo, ServiceKey};
+pub use plan::{NodeContext, ServiceRules};
+pub use proxier::{Proxier, ProxyError, SyncReport};

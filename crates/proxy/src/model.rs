@@ -1,0 +1,515 @@
+//! Services and EndpointSlices, reduced to what the datapath needs (pure).
+//!
+//! Owns the Kubernetes semantics of reading the API objects: which Services
+//! are programmed at all (not headless, not claimed by another proxy), the
+//! defaults the API server would have filled in, and which endpoints serve a
+//! port (ready ones; serving-and-terminating ones only when no ready endpoint
+//! is left). It must not know about nftables: [`crate::plan`] turns this
+//! model into rules.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// Services carrying this label belong to another proxy and are skipped.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Kubernetes' default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
+/// A Service's identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Kubernetes' spelling ("TCP"); absent means TCP.
+    pub fn parse(text: Option<&str>) -> Option<Protocol> {
+        match text.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// nftables' spelling.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+}
+
+/// One port of a Service with everything that decides how it is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    /// The port's name ("" for a single unnamed port); EndpointSlice ports
+    /// are matched on it.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// `externalIPs` and LoadBalancer ingress addresses.
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// ClientIP affinity timeout in seconds, when affinity is on.
+    pub affinity_seconds: Option<u32>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub source_ranges: Vec<Ipv4Net>,
+}
+
+impl ServicePortInfo {
+    pub fn has_external(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+}
+
+/// A Service as the proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub key: ServiceKey,
+    pub ports: Vec<ServicePortInfo>,
+    pub health_check_node_port: Option<u16>,
+}
+
+/// Why a Service is not programmed (logged once, so nothing is dropped
+/// silently).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skipped {
+    #[error("headless (clusterIP: None): DNS only, nothing to proxy")]
+    Headless,
+    #[error("labelled {SERVICE_PROXY_NAME_LABEL}: handled by another proxy")]
+    OtherProxy,
+    #[error("type ExternalName: DNS only, nothing to proxy")]
+    ExternalName,
+    #[error("clusterIP {0:?} is not an IPv4 address (this proxy is IPv4-only for now)")]
+    NotIpv4(String),
+    #[error("port {0:?}: protocol {1:?} is not TCP, UDP or SCTP")]
+    Protocol(String, String),
+    #[error("port {0:?}: {1} is not a valid port number")]
+    PortNumber(String, i32),
+}
+
+/// Reads a Service; `Err` says why it is not programmed.
+pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
+    let meta = &svc.metadata;
+    let key = ServiceKey {
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: meta.name.clone().unwrap_or_default(),
+    };
+    if meta
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
+    {
+        return Err(Skipped::OtherProxy);
+    }
+    let spec = svc.spec.clone().unwrap_or_default();
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        return Err(Skipped::ExternalName);
+    }
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        Some("None") => return Err(Skipped::Headless),
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<Ipv4Addr>()
+                .map_err(|_| Skipped::NotIpv4(text.to_string()))?,
+        ),
+    };
+    let external_ips = ipv4_list(spec.external_ips.iter().flatten().map(String::as_str));
+    let load_balancer_ips = if kind == "LoadBalancer" {
+        ipv4_list(
+            svc.status
+                .iter()
+                .flat_map(|s| s.load_balancer.iter())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.as_deref()),
+        )
+    } else {
+        Vec::new()
+    };
+    let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let source_ranges: Vec<Ipv4Net> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let exposes_node_ports = matches!(kind, "NodePort" | "LoadBalancer");
+    let mut ports = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        ports.push(ServicePortInfo {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol_of(p)?,
+            port: port_number(p, p.port)?,
+            node_port: match p.node_port {
+                Some(n) if exposes_node_ports && n != 0 => Some(port_number(p, n)?),
+                _ => None,
+            },
+            cluster_ip,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            affinity_seconds,
+            external_local,
+            internal_local,
+            source_ranges: source_ranges.clone(),
+        });
+    }
+    let health_check_node_port = spec
+        .health_check_node_port
+        .filter(|_| external_local && kind == "LoadBalancer")
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0);
+    Ok(ServiceInfo {
+        key,
+        ports,
+        health_check_node_port,
+    })
+}
+
+fn ipv4_list<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = texts.filter_map(|t| t.parse().ok()).collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+fn protocol_of(p: &ServicePort) -> Result<Protocol, Skipped> {
+    Protocol::parse(p.protocol.as_deref()).ok_or_else(|| {
+        Skipped::Protocol(
+            p.name.clone().unwrap_or_default(),
+            p.protocol.clone().unwrap_or_default(),
+        )
+    })
+}
+
+fn port_number(p: &ServicePort, n: i32) -> Result<u16, Skipped> {
+    u16::try_from(n)
+        .ok()
+        .filter(|n| *n != 0)
+        .ok_or_else(|| Skipped::PortNumber(p.name.clone().unwrap_or_default(), n))
+}
+
+/// One endpoint of one Service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub node: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    pub fn is_local(&self, node: &str) -> bool {
+        self.node.as_deref() == Some(node)
+    }
+}
+
+/// The endpoints of each port (name, protocol) of one Service.
+pub type PortEndpoints = BTreeMap<(String, Protocol), Vec<Endpoint>>;
+
+/// The endpoints of each port of the given slices (usually one slice, or
+/// all slices of one Service).
+pub fn endpoints_by_port(slices: &[&EndpointSlice]) -> PortEndpoints {
+    let mut out = PortEndpoints::new();
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        for port in slice.ports.iter().flatten() {
+            let (Some(number), Some(protocol)) = (
+                port.port.and_then(|p| u16::try_from(p).ok()),
+                Protocol::parse(port.protocol.as_deref()),
+            ) else {
+                continue;
+            };
+            let list = out
+                .entry((port.name.clone().unwrap_or_default(), protocol))
+                .or_default();
+            for ep in slice.endpoints.iter().flatten() {
+                let conditions = ep.conditions.clone().unwrap_or_default();
+                // Kubernetes: a nil `ready` means ready; nil `serving` means
+                // whatever `ready` says; nil `terminating` means not.
+                let ready = conditions.ready.unwrap_or(true);
+                let serving = conditions.serving.unwrap_or(ready);
+                let terminating = conditions.terminating.unwrap_or(false);
+                for ip in ep.addresses.iter().filter_map(|a| a.parse().ok()) {
+                    list.push(Endpoint {
+                        ip,
+                        port: number,
+                        node: ep.node_name.clone(),
+                        ready,
+                        serving,
+                        terminating,
+                    });
+                }
+            }
+        }
+    }
+    dedup(&mut out);
+    out
+}
+
+/// One Service's endpoints from its slices' parts; the same address in two
+/// slices (as happens mid-update) counts once.
+pub fn merge<'a>(parts: impl IntoIterator<Item = &'a PortEndpoints>) -> PortEndpoints {
+    let mut out = PortEndpoints::new();
+    for part in parts {
+        for (port, list) in part {
+            out.entry(port.clone())
+                .or_default()
+                .extend(list.iter().cloned());
+        }
+    }
+    dedup(&mut out);
+    out
+}
+
+fn dedup(ports: &mut PortEndpoints) {
+    for list in ports.values_mut() {
+        list.sort();
+        list.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+    }
+}
+
+/// The endpoints traffic may go to: the ready ones, or — only when none is
+/// ready — the ones still serving while terminating (so connections drain
+/// instead of failing during a rollout).
+pub fn usable<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint>) -> Vec<&'a Endpoint> {
+    let all: Vec<&Endpoint> = endpoints.into_iter().collect();
+    let ready: Vec<&Endpoint> = all.iter().copied().filter(|e| e.ready).collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    all.into_iter()
+        .filter(|e| e.serving && e.terminating)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(value: serde_json::Value) -> Service {
+        serde_json::from_value(value).expect("valid Service")
+    }
+
+    fn slice(value: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(value).expect("valid EndpointSlice")
+    }
+
+    fn basic(extra_spec: serde_json::Value) -> Service {
+        let mut spec = json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+        for (k, v) in extra_spec.as_object().cloned().unwrap_or_default() {
+            spec[k] = v;
+        }
+        service(json!({"metadata": {"namespace": "demo", "name": "web"}, "spec": spec}))
+    }
+
+    #[test]
+    fn cluster_ip_service_reads_with_defaults() {
+        let info = service_info(&basic(json!({}))).unwrap();
+        assert_eq!(info.key.to_string(), "demo/web");
+        let p = &info.ports[0];
+        assert_eq!((p.protocol, p.port, p.node_port), (Protocol::Tcp, 80, None));
+        assert_eq!(p.cluster_ip, Some(Ipv4Addr::new(10, 96, 0, 10)));
+        assert!(!p.external_local && !p.internal_local && p.affinity_seconds.is_none());
+        assert!(!p.has_external());
+    }
+
+    #[test]
+    fn skipped_services_say_why() {
+        assert_eq!(
+            service_info(&basic(json!({"clusterIP": "None"}))),
+            Err(Skipped::Headless)
+        );
+        let mut svc = basic(json!({}));
+        svc.metadata.labels =
+            Some([(SERVICE_PROXY_NAME_LABEL.to_string(), "other".to_string())].into());
+        assert_eq!(service_info(&svc), Err(Skipped::OtherProxy));
+        assert_eq!(
+            service_info(&basic(json!({"clusterIP": "fd00::1"}))),
+            Err(Skipped::NotIpv4("fd00::1".into()))
+        );
+        let bad = basic(json!({"ports": [{"port": 80, "protocol": "ICMP"}]}));
+        assert!(matches!(service_info(&bad), Err(Skipped::Protocol(..))));
+        let bad = basic(json!({"ports": [{"port": 70000}]}));
+        assert!(matches!(
+            service_info(&bad),
+            Err(Skipped::PortNumber(_, 70000))
+        ));
+    }
+
+    #[test]
+    fn load_balancer_reads_status_policies_and_ranges() {
+        let mut svc = basic(json!({
+            "type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+            "externalIPs": ["198.18.0.99"], "loadBalancerSourceRanges": ["198.18.0.0/30", "junk"],
+            "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}]
+        }));
+        svc.status =
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.18.0.240"}]}}))
+                .unwrap();
+        let info = service_info(&svc).unwrap();
+        let p = &info.ports[0];
+        assert_eq!(p.node_port, Some(30080));
+        assert_eq!(p.load_balancer_ips, vec![Ipv4Addr::new(198, 18, 0, 240)]);
+        assert_eq!(p.external_ips, vec![Ipv4Addr::new(198, 18, 0, 99)]);
+        assert_eq!(p.affinity_seconds, Some(30));
+        assert_eq!(
+            p.source_ranges,
+            vec!["198.18.0.0/30".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(p.external_local);
+        assert_eq!(info.health_check_node_port, Some(32000));
+    }
+
+    #[test]
+    fn node_ports_only_count_for_node_port_types() {
+        let svc = basic(json!({"ports": [{"port": 80, "nodePort": 30080}]}));
+        assert_eq!(service_info(&svc).unwrap().ports[0].node_port, None);
+        let svc = basic(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}));
+        assert_eq!(service_info(&svc).unwrap().ports[0].node_port, Some(30080));
+    }
+
+    #[test]
+    fn affinity_defaults_to_three_hours() {
+        let svc = basic(json!({"sessionAffinity": "ClientIP"}));
+        assert_eq!(
+            service_info(&svc).unwrap().ports[0].affinity_seconds,
+            Some(DEFAULT_AFFINITY_SECONDS)
+        );
+    }
+
+    fn two_slices() -> (EndpointSlice, EndpointSlice) {
+        let a = slice(json!({
+            "metadata": {"name": "web-a", "namespace": "demo"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.1.2"], "nodeName": "node-1", "conditions": {"ready": true}},
+                {"addresses": ["10.244.2.2"], "nodeName": "node-2", "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.2.3"], "nodeName": "node-2"}
+            ]
+        }));
+        let b = slice(json!({
+            "metadata": {"name": "web-b", "namespace": "demo"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 9090}],
+            "endpoints": [
+                {"addresses": ["10.244.3.2"], "nodeName": "node-3", "conditions": {"ready": true}},
+                {"addresses": ["10.244.1.2"], "nodeName": "node-1", "conditions": {"ready": true}}
+            ]
+        }));
+        (a, b)
+    }
+
+    #[test]
+    fn endpoints_merge_slices_with_their_own_target_ports() {
+        let (a, b) = two_slices();
+        let by_port = endpoints_by_port(&[&a, &b]);
+        let eps = &by_port[&("http".to_string(), Protocol::Tcp)];
+        let got: Vec<(String, u16)> = eps.iter().map(|e| (e.ip.to_string(), e.port)).collect();
+        assert_eq!(
+            got,
+            [
+                ("10.244.1.2", 8080),
+                ("10.244.1.2", 9090),
+                ("10.244.2.2", 8080),
+                ("10.244.2.3", 8080),
+                ("10.244.3.2", 9090)
+            ]
+            .map(|(a, p)| (a.to_string(), p))
+        );
+        // A nil ready condition means ready.
+        assert!(
+            eps.iter()
+                .find(|e| e.ip == Ipv4Addr::new(10, 244, 2, 3))
+                .unwrap()
+                .ready
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_only_when_nothing_is_ready() {
+        let (a, _) = two_slices();
+        let by_port = endpoints_by_port(&[&a]);
+        let eps = &by_port[&("http".to_string(), Protocol::Tcp)];
+        assert_eq!(usable(eps).len(), 2);
+        let only_terminating: Vec<Endpoint> =
+            eps.iter().filter(|e| e.terminating).cloned().collect();
+        let picked = usable(&only_terminating);
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].ip, Ipv4Addr::new(10, 244, 2, 2));
+        let not_serving = Endpoint {
+            serving: false,
+            ..only_terminating[0].clone()
+        };
+        assert!(usable(&[not_serving]).is_empty());
+    }
+
+    #[test]
+    fn merging_slice_parts_equals_reading_them_together() {
+        let (a, b) = two_slices();
+        let together = endpoints_by_port(&[&a, &b]);
+        let parts = [endpoints_by_port(&[&a]), endpoints_by_port(&[&b])];
+        assert_eq!(merge(&parts), together);
+    }
+
+    #[test]
+    fn ipv6_slices_are_ignored() {
+        let s = slice(json!({
+            "metadata": {"name": "v6"}, "addressType": "IPv6",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["fd00::2"]}]
+        }));
+        assert!(endpoints_by_port(&[&s]).is_empty());
+    }
+}

@@ -1,0 +1,322 @@
+//! The proxy's engine: keeps what it applied per Service and turns planned
+//! Services into nft transactions — a full sync at start (and whenever an
+//! incremental one fails or drift is found), then only the Services that
+//! changed. It never lists the table's rules; the one thing it reads back
+//! from the kernel is the list of chain names, on a full sync and on the
+//! drift check.
+//!
+//! After a transaction, UDP flows that still point at endpoints which went
+//! away are deleted from conntrack so clients move on at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use weft_datapath::conntrack::{self, FlowFilter};
+use weft_datapath::nft::{self, Family};
+
+use crate::flows;
+use crate::model::ServiceKey;
+use crate::plan::{NodeContext, ServiceRules};
+use crate::table::{self, COLLECTIONS};
+use crate::transaction::{Applied, Transaction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("applying the Service rules failed: {0}")]
+    Nft(#[from] nft::NftError),
+    #[error("removing stale UDP flows failed: {0}")]
+    Conntrack(#[from] conntrack::ConntrackError),
+}
+
+/// What one sync did (logged, and read by the benchmark).
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    pub full: bool,
+    pub services: usize,
+    pub chains_written: usize,
+    pub elements_changed: usize,
+    pub stale_chains: usize,
+    pub flows_deleted: usize,
+    pub elapsed: Duration,
+}
+
+/// A Service as planned now; `None` when it is gone (or not programmed).
+pub type Change = (ServiceKey, Option<ServiceRules>);
+
+pub struct Proxier {
+    ctx: NodeContext,
+    applied: HashMap<ServiceKey, Applied>,
+    udp: HashMap<ServiceKey, flows::UdpPorts>,
+    /// How many Services have each endpoint as a local hairpin target.
+    hairpin: HashMap<std::net::Ipv4Addr, usize>,
+    /// Who holds each shared map key, so a second Service claiming the same
+    /// address and port is refused instead of failing every transaction.
+    owners: HashMap<(&'static str, String), ServiceKey>,
+    /// Services that lost a key to another and must be re-planned when it
+    /// is released.
+    refused: BTreeSet<ServiceKey>,
+    released: bool,
+    /// Parallel `nft` processes for a full sync (userspace parsing is the
+    /// bottleneck, and the kernel takes the batches one at a time anyway).
+    shards: usize,
+    synced: bool,
+}
+
+impl Proxier {
+    pub fn new(ctx: NodeContext) -> Self {
+        let shards = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4);
+        Proxier {
+            ctx,
+            applied: HashMap::new(),
+            udp: HashMap::new(),
+            hairpin: HashMap::new(),
+            owners: HashMap::new(),
+            refused: BTreeSet::new(),
+            released: false,
+            shards,
+            synced: false,
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Services refused a key earlier, once some key was released: the
+    /// caller re-plans them (they may take it now).
+    pub fn take_refused(&mut self) -> BTreeSet<ServiceKey> {
+        if !std::mem::take(&mut self.released) {
+            return BTreeSet::new();
+        }
+        std::mem::take(&mut self.refused)
+    }
+
+    /// Drops elements already owned by another Service (first one wins).
+    fn claim(&mut self, key: &ServiceKey, rules: &mut ServiceRules) {
+        let owners = &self.owners;
+        let mut lost = false;
+        rules.elements.retain(|e| {
+            if e.map == table::CLUSTER_IPS {
+                return true;
+            }
+            match owners.get(&(e.map, e.key.clone())) {
+                Some(owner) if owner != key => {
+                    tracing::warn!(service = %key, owner = %owner, map = e.map, element = %e.key, "address and port already taken by another Service; not programmed for this one");
+                    lost = true;
+                    false
+                }
+                _ => true,
+            }
+        });
+        if lost {
+            self.refused.insert(key.clone());
+        }
+    }
+
+    fn record(&mut self, key: &ServiceKey, rules: Option<&ServiceRules>) {
+        let mut dropped = Vec::new();
+        if let Some(old) = self.applied.remove(key) {
+            for (k, _) in old.elements {
+                if self.owners.get(&k) == Some(key) {
+                    self.owners.remove(&k);
+                    dropped.push(k);
+                }
+            }
+        }
+        if let Some(rules) = rules {
+            for e in &rules.elements {
+                if e.map != table::CLUSTER_IPS {
+                    self.owners.insert((e.map, e.key.clone()), key.clone());
+                }
+            }
+            self.applied.insert(key.clone(), Applied::of(rules));
+        }
+        self.released |= dropped.iter().any(|k| !self.owners.contains_key(k));
+    }
+
+    /// Rewrites the whole table from `services` (every programmed Service),
+    /// converging from any state without a moment where existing Services
+    /// stop working: chains are refilled in place, the shared maps are
+    /// flushed and refilled in one transaction, leftovers deleted last.
+    pub fn full_sync(
+        &mut self,
+        services: Vec<(ServiceKey, ServiceRules)>,
+    ) -> Result<SyncReport, ProxyError> {
+        let started = Instant::now();
+        nft::apply(&table::base_script(&self.ctx), None)?;
+        let existing = nft::chain_names(Family::Ip, table::TABLE)?;
+
+        self.applied.clear();
+        self.owners.clear();
+        self.hairpin.clear();
+        self.udp.clear();
+        let mut report = SyncReport {
+            full: true,
+            services: services.len(),
+            ..SyncReport::default()
+        };
+        let mut planned = Vec::with_capacity(services.len());
+        for (key, mut rules) in services {
+            self.claim(&key, &mut rules);
+            self.record(&key, Some(&rules));
+            planned.push((key, rules));
+        }
+
+        // Chains (and affinity sets) in parallel shards: each is its own
+        // atomic transaction that only touches its Services' chains.
+        let mut shards: Vec<Transaction> =
+            (0..self.shards).map(|_| Transaction::default()).collect();
+        let empty = Applied::default();
+        for (i, (_, rules)) in planned.iter().enumerate() {
+            let shard = &mut shards[i % self.shards];
+            let chains_only = ServiceRules {
+                elements: Default::default(),
+                hairpin: Default::default(),
+                ..rules.clone()
+            };
+            shard.service(&empty, &chains_only);
+        }
+        let scripts: Vec<String> = shards
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(Transaction::render)
+            .collect();
+        report.chains_written = shards.iter().map(|s| s.chains_written).sum();
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = scripts
+                .iter()
+                .map(|script| scope.spawn(move || nft::apply(script, None)))
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    r.join().unwrap_or_else(|_| {
+                        Err(nft::NftError::Spawn(std::io::Error::other(
+                            "the thread running nft panicked",
+                        )))
+                    })
+                })
+                .collect::<Result<Vec<()>, _>>()
+        })?;
+
+        // Maps and sets in one transaction, then whatever is left over.
+        let mut last = Transaction::default();
+        for (name, kind, _) in COLLECTIONS {
+            last.flush_collection(kind, name);
+        }
+        let mut wanted_chains: BTreeSet<&str> =
+            table::base_chain_names(&self.ctx).into_iter().collect();
+        for (key, rules) in &planned {
+            for e in &rules.elements {
+                last.add_element(e.map, e.add_text());
+            }
+            for ip in &rules.hairpin {
+                *self.hairpin.entry(*ip).or_default() += 1;
+            }
+            wanted_chains.extend(rules.chains.keys().map(String::as_str));
+            self.udp.insert(key.clone(), rules.udp.clone());
+        }
+        for ip in self.hairpin.keys() {
+            last.hairpin_add(*ip);
+        }
+        for name in existing
+            .iter()
+            .filter(|n| !wanted_chains.contains(n.as_str()))
+        {
+            last.delete_chain(name);
+            report.stale_chains += 1;
+        }
+        report.elements_changed = last.elements_changed;
+        nft::apply(&last.render(), None)?;
+        self.synced = true;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Applies the Services that changed, in one transaction. On failure
+    /// (the kernel differs from what we applied) the caller runs a full
+    /// sync.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<SyncReport, ProxyError> {
+        let started = Instant::now();
+        let mut tx = Transaction::default();
+        let mut filters: Vec<FlowFilter> = Vec::new();
+        let mut hairpin_before: HashMap<std::net::Ipv4Addr, usize> = HashMap::new();
+        let services = changes.len();
+        for (key, rules) in changes {
+            let rules = rules.map(|mut r| {
+                self.claim(&key, &mut r);
+                r
+            });
+            let old = self.applied.get(&key).cloned().unwrap_or_default();
+            let new = rules.clone().unwrap_or_default();
+            tx.service(&old, &new);
+            for ip in &old.hairpin {
+                let count = self.hairpin.entry(*ip).or_default();
+                hairpin_before.entry(*ip).or_insert(*count);
+                *count = count.saturating_sub(1);
+            }
+            for ip in &new.hairpin {
+                let count = self.hairpin.entry(*ip).or_default();
+                hairpin_before.entry(*ip).or_insert(*count);
+                *count += 1;
+            }
+            filters.extend(flows::stale(
+                self.udp.get(&key).unwrap_or(&flows::UdpPorts::default()),
+                &new.udp,
+            ));
+            if rules.is_some() {
+                self.udp.insert(key.clone(), new.udp.clone());
+            } else {
+                self.udp.remove(&key);
+            }
+            self.record(&key, rules.as_ref());
+        }
+        for (ip, before) in hairpin_before {
+            let now = self.hairpin.get(&ip).copied().unwrap_or(0);
+            match (before, now) {
+                (0, n) if n > 0 => tx.hairpin_add(ip),
+                (b, 0) if b > 0 => tx.hairpin_delete(ip),
+                _ => {}
+            }
+            if now == 0 {
+                self.hairpin.remove(&ip);
+            }
+        }
+        let mut report = SyncReport {
+            services,
+            chains_written: tx.chains_written,
+            elements_changed: tx.elements_changed,
+            ..SyncReport::default()
+        };
+        if !tx.is_empty() {
+            if let Err(e) = nft::apply(&tx.render(), None) {
+                self.synced = false;
+                return Err(e.into());
+            }
+        }
+        if !filters.is_empty() {
+            report.flows_deleted = conntrack::delete_flows(&filters)?;
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Whether the kernel's chains still match what was applied (cheap: one
+    /// netlink dump of chain names). A mismatch means someone changed the
+    /// table; the caller answers with a full sync.
+    pub fn drifted(&self) -> Result<bool, ProxyError> {
+        let existing: BTreeSet<String> = nft::chain_names(Family::Ip, table::TABLE)?
+            .into_iter()
+            .collect();
+        let mut wanted: BTreeSet<String> = table::base_chain_names(&self.ctx)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        for applied in self.applied.values() {
+            wanted.extend(applied.chains.keys().cloned());
+        }
+        Ok(existing != wanted)
+    }
+}

@@ -1,0 +1,241 @@
+//! The fixed part of the proxy's nftables table `ip weft-proxy`: hooks,
+//! shared maps and sets, and the chains every Service jumps to (pure).
+//!
+//! Packet path, for a new connection:
+//! - filter prerouting/output (priority −110, before NAT): LoadBalancer
+//!   source ranges (`firewall-ips`), then Services without endpoints are
+//!   rejected (`no-endpoint-*` → `reject-chain`: TCP reset or ICMP port
+//!   unreachable) instead of timing out.
+//! - nat prerouting/output: `services` looks the destination up in
+//!   `service-ips` (ClusterIPs, externalIPs, LoadBalancer IPs) and, for any
+//!   local address but 127.0.0.0/8, in `service-nodeports`; both jump to the
+//!   Service's own chain (see [`crate::plan`]).
+//! - filter forward / output after DNAT: anything still addressed to a
+//!   ClusterIP is a port no Service has: rejected.
+//! - nat postrouting: masquerade what a Service chain marked, and hairpin
+//!   connections (a pod reaching itself through its Service).
+//!
+//! Established connections never reach these chains: conntrack remembers the
+//! NAT, which is why the table can be rewritten without disturbing them.
+
+use std::fmt::Write as _;
+
+use crate::plan::NodeContext;
+
+pub const FAMILY: &str = "ip";
+pub const TABLE: &str = "weft-proxy";
+
+pub const SERVICE_IPS: &str = "service-ips";
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+pub const FIREWALL_IPS: &str = "firewall-ips";
+pub const CLUSTER_IPS: &str = "cluster-ips";
+pub const HAIRPIN: &str = "hairpin";
+
+pub const REJECT_CHAIN: &str = "reject-chain";
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+pub const MARK_IF_OFF_CLUSTER: &str = "mark-if-off-cluster";
+
+/// The packet mark bit that asks postrouting to masquerade (kube-proxy's).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// Every shared map and set: name, `map`/`set`, type.
+pub const COLLECTIONS: &[(&str, &str, &str)] = &[
+    (
+        SERVICE_IPS,
+        "map",
+        "type ipv4_addr . inet_proto . inet_service : verdict;",
+    ),
+    (
+        SERVICE_NODEPORTS,
+        "map",
+        "type inet_proto . inet_service : verdict;",
+    ),
+    (
+        NO_ENDPOINT_SERVICES,
+        "map",
+        "type ipv4_addr . inet_proto . inet_service : verdict;",
+    ),
+    (
+        NO_ENDPOINT_NODEPORTS,
+        "map",
+        "type inet_proto . inet_service : verdict;",
+    ),
+    (
+        FIREWALL_IPS,
+        "map",
+        "type ipv4_addr . inet_proto . inet_service : verdict;",
+    ),
+    (CLUSTER_IPS, "set", "type ipv4_addr;"),
+    (HAIRPIN, "set", "type ipv4_addr . ipv4_addr;"),
+];
+
+/// The chains of the fixed part, with their hook (if any) and rules.
+fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<&'static str>, Vec<String>)> {
+    let s = |r: &str| r.to_string();
+    let off_cluster = ctx
+        .cluster_cidrs
+        .iter()
+        .map(|c| format!("ip saddr {c} return"))
+        .chain((!ctx.cluster_cidrs.is_empty()).then(|| format!("jump {MARK_FOR_MASQUERADE}")))
+        .collect();
+    vec![
+        (
+            "nat-prerouting",
+            Some("type nat hook prerouting priority dstnat; policy accept;"),
+            vec![s("jump services")],
+        ),
+        (
+            "nat-output",
+            Some("type nat hook output priority -100; policy accept;"),
+            vec![s("jump services")],
+        ),
+        (
+            "nat-postrouting",
+            Some("type nat hook postrouting priority srcnat; policy accept;"),
+            vec![s("jump masquerading")],
+        ),
+        (
+            "filter-prerouting",
+            Some("type filter hook prerouting priority -110; policy accept;"),
+            vec![
+                s("ct state new jump firewall-check"),
+                s("ct state new jump endpoints-check"),
+            ],
+        ),
+        (
+            "filter-output",
+            Some("type filter hook output priority -110; policy accept;"),
+            vec![
+                s("ct state new jump firewall-check"),
+                s("ct state new jump endpoints-check"),
+            ],
+        ),
+        (
+            "filter-forward",
+            Some("type filter hook forward priority -110; policy accept;"),
+            vec![s("ct state new jump cluster-ips-check")],
+        ),
+        (
+            "filter-output-post-dnat",
+            Some("type filter hook output priority -90; policy accept;"),
+            vec![s("ct state new jump cluster-ips-check")],
+        ),
+        (
+            "services",
+            None,
+            vec![
+                format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
+                format!("ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"),
+            ],
+        ),
+        (
+            "endpoints-check",
+            None,
+            vec![
+                format!("ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
+                format!("ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"),
+            ],
+        ),
+        (
+            "firewall-check",
+            None,
+            vec![format!("ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}")],
+        ),
+        (
+            "cluster-ips-check",
+            None,
+            vec![format!("ip daddr @{CLUSTER_IPS} goto {REJECT_CHAIN}")],
+        ),
+        (
+            REJECT_CHAIN,
+            None,
+            vec![s("meta l4proto tcp reject with tcp reset"), s("reject")],
+        ),
+        (
+            MARK_FOR_MASQUERADE,
+            None,
+            vec![format!("meta mark set meta mark or {MASQUERADE_MARK:#x}")],
+        ),
+        (MARK_IF_OFF_CLUSTER, None, off_cluster),
+        (
+            "masquerading",
+            None,
+            vec![
+                format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} masquerade"),
+                format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"),
+                format!("meta mark set meta mark xor {MASQUERADE_MARK:#x}"),
+                s("masquerade fully-random"),
+            ],
+        ),
+    ]
+}
+
+/// Names of the fixed chains (a full sync never deletes these).
+pub fn base_chain_names(ctx: &NodeContext) -> Vec<&'static str> {
+    base_chains(ctx).into_iter().map(|(n, _, _)| n).collect()
+}
+
+/// Creates or repairs the fixed part. Idempotent; leaves the shared maps'
+/// elements alone (a full sync refills them in its last transaction so
+/// Services never disappear in between).
+pub fn base_script(ctx: &NodeContext) -> String {
+    let mut out = String::new();
+    let t = format!("{FAMILY} {TABLE}");
+    let _ = writeln!(out, "add table {t}");
+    for (name, kind, ty) in COLLECTIONS {
+        let _ = writeln!(out, "add {kind} {t} {name} {{ {ty} }}");
+    }
+    let chains = base_chains(ctx);
+    // Create every chain first: rules may jump forward.
+    for (name, hook, _) in &chains {
+        match hook {
+            Some(h) => {
+                let _ = writeln!(out, "add chain {t} {name} {{ {h} }}");
+            }
+            None => {
+                let _ = writeln!(out, "add chain {t} {name}");
+            }
+        }
+    }
+    for (name, _, rules) in &chains {
+        let _ = writeln!(out, "flush chain {t} {name}");
+        for rule in rules {
+            let _ = writeln!(out, "add rule {t} {name} {rule}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_script_creates_every_collection_and_chain() {
+        let ctx = NodeContext {
+            node: "n".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        };
+        let script = base_script(&ctx);
+        for (name, _, _) in COLLECTIONS {
+            assert!(script.contains(&format!(" {name} {{")), "{name}");
+        }
+        for name in base_chain_names(&ctx) {
+            assert!(script.contains(&format!("flush chain ip weft-proxy {name}\n")));
+        }
+        assert!(script.contains(
+            "add rule ip weft-proxy mark-if-off-cluster ip saddr 10.244.0.0/16 return\nadd rule ip weft-proxy mark-if-off-cluster jump mark-for-masquerade\n"
+        ));
+    }
+
+    #[test]
+    fn without_a_cluster_cidr_nothing_is_marked_for_cluster_ips() {
+        let ctx = NodeContext {
+            node: "n".into(),
+            cluster_cidrs: vec![],
+        };
+        assert!(!base_script(&ctx).contains("mark-if-off-cluster jump"));
+    }
+}

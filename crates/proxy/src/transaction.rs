@@ -1,0 +1,305 @@
+//! Minimal nft transactions: what was applied for a Service (kept compact,
+//! as hashes) versus what it needs now → the commands that change only the
+//! difference, ordered so references always resolve (pure).
+//!
+//! Order inside one transaction: new sets and chains are created; elements
+//! that go away are deleted; changed chains are flushed and refilled; new
+//! elements are added; chains and sets no longer wanted are flushed, then
+//! deleted. nft applies the whole text atomically, so no packet sees a
+//! half-updated Service.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+
+use crate::plan::{Element, ServiceRules};
+use crate::table::{FAMILY, HAIRPIN, TABLE};
+
+/// What is in the kernel for one Service, without keeping the rule text
+/// (10,000 Services' rules would cost tens of megabytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub sets: BTreeMap<String, u64>,
+    pub chains: BTreeMap<String, u64>,
+    /// (map, key) → hash of the value.
+    pub elements: BTreeMap<(&'static str, String), u64>,
+    pub hairpin: BTreeSet<Ipv4Addr>,
+}
+
+impl Applied {
+    pub fn of(rules: &ServiceRules) -> Applied {
+        Applied {
+            sets: rules
+                .sets
+                .iter()
+                .map(|(k, v)| (k.clone(), hash(v)))
+                .collect(),
+            chains: rules
+                .chains
+                .iter()
+                .map(|(k, v)| (k.clone(), hash(v)))
+                .collect(),
+            elements: rules
+                .elements
+                .iter()
+                .map(|e| ((e.map, e.key.clone()), hash(&e.value)))
+                .collect(),
+            hairpin: rules.hairpin.clone(),
+        }
+    }
+}
+
+fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// Commands collected per phase; several Services' changes merge into one
+/// transaction.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    create: Vec<String>,
+    delete_elements: BTreeMap<&'static str, Vec<String>>,
+    fill: Vec<String>,
+    add_elements: BTreeMap<&'static str, Vec<String>>,
+    flush_dead: Vec<String>,
+    delete_dead: Vec<String>,
+    /// Counted for reports: chains written (created or refilled).
+    pub chains_written: usize,
+    pub elements_changed: usize,
+}
+
+impl Transaction {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty()
+            && self.delete_elements.is_empty()
+            && self.fill.is_empty()
+            && self.add_elements.is_empty()
+            && self.flush_dead.is_empty()
+            && self.delete_dead.is_empty()
+    }
+
+    fn table() -> String {
+        format!("{FAMILY} {TABLE}")
+    }
+
+    pub fn create_set(&mut self, name: &str, decl: &str) {
+        self.create
+            .push(format!("add set {} {name} {{ {decl} }}", Self::table()));
+    }
+
+    /// Creates the chain if needed and (re)writes its rules.
+    pub fn write_chain(&mut self, name: &str, rules: &[String]) {
+        let t = Self::table();
+        self.create.push(format!("add chain {t} {name}"));
+        self.fill.push(format!("flush chain {t} {name}"));
+        for rule in rules {
+            self.fill.push(format!("add rule {t} {name} {rule}"));
+        }
+        self.chains_written += 1;
+    }
+
+    pub fn delete_chain(&mut self, name: &str) {
+        let t = Self::table();
+        self.flush_dead.push(format!("flush chain {t} {name}"));
+        self.delete_dead.push(format!("delete chain {t} {name}"));
+    }
+
+    pub fn delete_set(&mut self, name: &str) {
+        self.delete_dead
+            .push(format!("delete set {} {name}", Self::table()));
+    }
+
+    pub fn add_element(&mut self, map: &'static str, text: String) {
+        self.add_elements.entry(map).or_default().push(text);
+        self.elements_changed += 1;
+    }
+
+    pub fn delete_element(&mut self, map: &'static str, key: String) {
+        self.delete_elements.entry(map).or_default().push(key);
+        self.elements_changed += 1;
+    }
+
+    /// Empties a shared map or set (full sync; must be followed by adding
+    /// all its elements in the same transaction).
+    pub fn flush_collection(&mut self, kind: &str, name: &str) {
+        self.fill
+            .insert(0, format!("flush {kind} {} {name}", Self::table()));
+    }
+
+    /// The commands that turn `old` into `new` for one Service.
+    pub fn service(&mut self, old: &Applied, new: &ServiceRules) {
+        for (name, decl) in &new.sets {
+            if !old.sets.contains_key(name) {
+                self.create_set(name, decl);
+            }
+        }
+        for (name, rules) in &new.chains {
+            if old.chains.get(name) != Some(&hash(rules)) {
+                self.write_chain(name, rules);
+            }
+        }
+        let wanted: BTreeMap<(&'static str, &str), &Element> = new
+            .elements
+            .iter()
+            .map(|e| ((e.map, e.key.as_str()), e))
+            .collect();
+        for ((map, key), value) in &old.elements {
+            match wanted.get(&(*map, key.as_str())) {
+                Some(e) if hash(&e.value) == *value => {}
+                _ => self.delete_element(map, key.clone()),
+            }
+        }
+        for e in &new.elements {
+            if old.elements.get(&(e.map, e.key.clone())) != Some(&hash(&e.value)) {
+                self.add_element(e.map, e.add_text());
+            }
+        }
+        for name in old.chains.keys() {
+            if !new.chains.contains_key(name) {
+                self.delete_chain(name);
+            }
+        }
+        for name in old.sets.keys() {
+            if !new.sets.contains_key(name) {
+                self.delete_set(name);
+            }
+        }
+    }
+
+    pub fn hairpin_add(&mut self, ip: Ipv4Addr) {
+        self.add_element(HAIRPIN, format!("{ip} . {ip}"));
+    }
+
+    pub fn hairpin_delete(&mut self, ip: Ipv4Addr) {
+        self.delete_element(HAIRPIN, format!("{ip} . {ip}"));
+    }
+
+    /// The nft script, phases in order.
+    pub fn render(&self) -> String {
+        let t = Self::table();
+        let mut out = String::new();
+        for line in &self.create {
+            let _ = writeln!(out, "{line}");
+        }
+        for (map, keys) in &self.delete_elements {
+            let _ = writeln!(out, "delete element {t} {map} {{ {} }}", keys.join(", "));
+        }
+        for line in &self.fill {
+            let _ = writeln!(out, "{line}");
+        }
+        for (map, items) in &self.add_elements {
+            // Large element lists in moderate statements keep nft's parser fast.
+            for chunk in items.chunks(2000) {
+                let _ = writeln!(out, "add element {t} {map} {{ {} }}", chunk.join(", "));
+            }
+        }
+        for line in self.flush_dead.iter().chain(&self.delete_dead) {
+            let _ = writeln!(out, "{line}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{SERVICE_IPS, SERVICE_NODEPORTS};
+
+    fn rules(chain_rules: &[&str], elements: &[(&'static str, &str, &str)]) -> ServiceRules {
+        ServiceRules {
+            sets: BTreeMap::new(),
+            chains: [(
+                "svc-1-a".to_string(),
+                chain_rules.iter().map(|r| r.to_string()).collect(),
+            )]
+            .into(),
+            elements: elements
+                .iter()
+                .map(|(m, k, v)| Element {
+                    map: m,
+                    key: k.to_string(),
+                    value: Some(v.to_string()),
+                })
+                .collect(),
+            hairpin: BTreeSet::new(),
+            udp: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn new_service_creates_chain_before_its_map_element() {
+        let new = rules(
+            &["dnat to 1.2.3.4:80"],
+            &[(SERVICE_IPS, "10.96.0.1 . tcp . 80", "goto svc-1-a")],
+        );
+        let mut tx = Transaction::default();
+        tx.service(&Applied::default(), &new);
+        assert_eq!(
+            tx.render(),
+            "add chain ip weft-proxy svc-1-a\n\
+             flush chain ip weft-proxy svc-1-a\n\
+             add rule ip weft-proxy svc-1-a dnat to 1.2.3.4:80\n\
+             add element ip weft-proxy service-ips { 10.96.0.1 . tcp . 80 : goto svc-1-a }\n"
+        );
+    }
+
+    #[test]
+    fn unchanged_service_is_a_no_op() {
+        let r = rules(&["x"], &[(SERVICE_IPS, "k", "goto svc-1-a")]);
+        let mut tx = Transaction::default();
+        tx.service(&Applied::of(&r), &r);
+        assert!(tx.is_empty());
+    }
+
+    #[test]
+    fn endpoint_change_rewrites_only_the_chain() {
+        let old = rules(&["a"], &[(SERVICE_IPS, "k", "goto svc-1-a")]);
+        let new = rules(&["b"], &[(SERVICE_IPS, "k", "goto svc-1-a")]);
+        let mut tx = Transaction::default();
+        tx.service(&Applied::of(&old), &new);
+        assert_eq!(
+            tx.render(),
+            "add chain ip weft-proxy svc-1-a\nflush chain ip weft-proxy svc-1-a\nadd rule ip weft-proxy svc-1-a b\n"
+        );
+    }
+
+    #[test]
+    fn changed_value_is_deleted_then_added_and_removed_service_goes_last() {
+        let old = rules(
+            &["a"],
+            &[
+                (SERVICE_IPS, "k", "goto svc-1-a"),
+                (SERVICE_NODEPORTS, "tcp . 30080", "goto svc-1-a"),
+            ],
+        );
+        let mut new = rules(&["a"], &[(SERVICE_IPS, "k", "goto reject-chain")]);
+        new.chains.clear();
+        let mut tx = Transaction::default();
+        tx.service(&Applied::of(&old), &new);
+        assert_eq!(
+            tx.render(),
+            "delete element ip weft-proxy service-ips { k }\n\
+             delete element ip weft-proxy service-nodeports { tcp . 30080 }\n\
+             add element ip weft-proxy service-ips { k : goto reject-chain }\n\
+             flush chain ip weft-proxy svc-1-a\n\
+             delete chain ip weft-proxy svc-1-a\n"
+        );
+    }
+
+    #[test]
+    fn sets_are_created_first_and_deleted_after_their_chains() {
+        let mut old = rules(&["a"], &[]);
+        old.sets.insert("aff-1".into(), "type ipv4_addr;".into());
+        let mut new = rules(&["b"], &[]);
+        new.sets.insert("aff-2".into(), "type ipv4_addr;".into());
+        let mut tx = Transaction::default();
+        tx.service(&Applied::of(&old), &new);
+        let text = tx.render();
+        assert!(text.starts_with("add set ip weft-proxy aff-2 { type ipv4_addr; }\n"));
+        assert!(text.ends_with("delete set ip weft-proxy aff-1\n"));
+    }
+}

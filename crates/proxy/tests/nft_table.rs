@@ -1,0 +1,194 @@
+//! The proxy's generated nftables against the real `nft` and kernel, in a
+//! scratch network namespace: every kind of Service is accepted, changes
+//! are incremental, drift is noticed and a full sync converges from it.
+
+use serde_json::json;
+use weft_datapath::{netns, nft, NetNs};
+use weft_proxy::model::{endpoints_by_port, service_info};
+use weft_proxy::plan::plan_service;
+use weft_proxy::{NodeContext, Proxier, ServiceKey, ServiceRules};
+
+struct Scratch(String);
+
+impl Scratch {
+    fn new(tag: &str) -> (Scratch, NetNs) {
+        let name = format!("wpt-{tag}-{}", std::process::id());
+        let _ = netns::delete_named(&name);
+        let ns = netns::create_named(&name).expect("create namespace");
+        (Scratch(name), ns)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = netns::delete_named(&self.0);
+    }
+}
+
+fn ctx() -> NodeContext {
+    NodeContext {
+        node: "node-1".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+    }
+}
+
+fn planned(
+    name: &str,
+    spec: serde_json::Value,
+    endpoints: &[(&str, &str)],
+) -> (ServiceKey, ServiceRules) {
+    let mut svc = json!({"metadata": {"namespace": "demo", "name": name}, "spec": spec});
+    if spec_type(&svc) == "LoadBalancer" {
+        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.18.0.240"}]}});
+    }
+    let svc = serde_json::from_value(svc).unwrap();
+    let info = service_info(&svc).unwrap();
+    let protocol = info.ports[0].protocol.nft().to_uppercase();
+    let eps: Vec<_> = endpoints
+        .iter()
+        .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}))
+        .collect();
+    let slice = serde_json::from_value(json!({
+        "metadata": {"namespace": "demo", "name": format!("{name}-1")},
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": 8080, "protocol": protocol}],
+        "endpoints": eps
+    }))
+    .unwrap();
+    let rules = plan_service(&info, &endpoints_by_port(&[&slice]), &ctx());
+    (info.key, rules)
+}
+
+fn spec_type(svc: &serde_json::Value) -> String {
+    svc["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string()
+}
+
+fn all_kinds() -> Vec<(ServiceKey, ServiceRules)> {
+    let two = [("10.244.1.2", "node-1"), ("10.244.2.2", "node-2")];
+    vec![
+        planned(
+            "plain",
+            json!({"clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80}]}),
+            &two,
+        ),
+        planned(
+            "udp",
+            json!({"clusterIP": "10.96.0.2", "ports": [{"name": "p", "port": 53, "protocol": "UDP"}]}),
+            &two,
+        ),
+        planned(
+            "sctp",
+            json!({"clusterIP": "10.96.0.3", "ports": [{"name": "p", "port": 9, "protocol": "SCTP"}]}),
+            &two,
+        ),
+        planned(
+            "empty",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.4", "ports": [{"name": "p", "port": 80, "nodePort": 30004}]}),
+            &[],
+        ),
+        planned(
+            "sticky",
+            json!({"clusterIP": "10.96.0.5", "sessionAffinity": "ClientIP", "ports": [{"name": "p", "port": 80}]}),
+            &two,
+        ),
+        planned(
+            "lb",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.6", "externalTrafficPolicy": "Local",
+            "externalIPs": ["198.18.0.99"], "loadBalancerSourceRanges": ["198.18.0.0/28"],
+            "ports": [{"name": "p", "port": 80, "nodePort": 30006}]}),
+            &two,
+        ),
+        planned(
+            "local",
+            json!({"clusterIP": "10.96.0.7", "internalTrafficPolicy": "Local", "ports": [{"name": "p", "port": 80}]}),
+            &[("10.244.2.2", "node-2")],
+        ),
+    ]
+}
+
+fn list(ns: &NetNs) -> String {
+    nft::run(&["list", "table", "ip", "weft-proxy"], Some(ns)).expect("list table")
+}
+
+#[test]
+fn every_kind_of_service_applies_and_converges() {
+    let (_guard, ns) = Scratch::new("all");
+    ns.run_in(|| {
+        let mut proxier = Proxier::new(ctx());
+        let report = proxier.full_sync(all_kinds()).expect("full sync");
+        assert_eq!(report.services, 7);
+        assert!(!proxier.drifted().unwrap());
+        let text = list(&ns);
+        assert!(text.contains("numgen random mod 2"), "{text}");
+        assert!(text.contains("dnat to 10.244.2.2:8080"), "{text}");
+        assert!(text.contains("update @aff-"), "{text}");
+        assert!(text.contains("tcp . 30004 : goto reject-chain"), "{text}");
+        assert!(
+            text.contains("198.18.0.240 . tcp . 80 : goto fw-"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.244.1.2 . 10.244.1.2"),
+            "hairpin pair: {text}"
+        );
+
+        // One endpoint leaves one Service: only that chain is rewritten.
+        let (key, rules) = planned(
+            "plain",
+            json!({"clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80}]}),
+            &[("10.244.2.2", "node-2")],
+        );
+        let report = proxier.apply(vec![(key, Some(rules))]).expect("apply");
+        assert_eq!(report.chains_written, 1);
+        assert!(!proxier.drifted().unwrap());
+        // Deleting a Service removes its chain and elements.
+        let key = ServiceKey {
+            namespace: "demo".into(),
+            name: "sticky".into(),
+        };
+        proxier.apply(vec![(key, None)]).expect("delete");
+        let text = list(&ns);
+        assert!(!text.contains("aff-"), "{text}");
+        assert!(!text.contains("10.96.0.5"), "{text}");
+        assert!(!proxier.drifted().unwrap());
+
+        // Someone deletes a chain: drift; a new Proxier (an agent restart)
+        // converges without flushing and removes what is no longer wanted.
+        nft::apply("add chain ip weft-proxy svc-left-over\n", None).unwrap();
+        assert!(proxier.drifted().unwrap());
+        let mut restarted = Proxier::new(ctx());
+        let report = restarted
+            .full_sync(all_kinds()[..3].to_vec())
+            .expect("resync");
+        assert_eq!(report.stale_chains, 4 + 1, "{report:?}");
+        assert!(!restarted.drifted().unwrap());
+        assert!(!list(&ns).contains("svc-left-over"));
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_second_service_cannot_steal_an_address_and_gets_it_once_free() {
+    let (_guard, ns) = Scratch::new("own");
+    ns.run_in(|| {
+        let mut proxier = Proxier::new(ctx());
+        proxier.full_sync(vec![]).unwrap();
+        let spec = json!({"clusterIP": "10.96.0.1", "externalIPs": ["198.18.0.50"], "ports": [{"name": "p", "port": 80}]});
+        let first = planned("first", spec.clone(), &[("10.244.1.2", "node-1")]);
+        let mut spec2 = spec;
+        spec2["clusterIP"] = json!("10.96.0.2");
+        let second = planned("second", spec2, &[("10.244.1.3", "node-1")]);
+        proxier.apply(vec![first.clone()].into_iter().map(|(k, r)| (k, Some(r))).collect()).unwrap();
+        proxier.apply(vec![(second.0.clone(), Some(second.1.clone()))]).unwrap();
+        assert!(proxier.take_refused().is_empty(), "nothing released yet");
+        proxier.apply(vec![(first.0.clone(), None)]).unwrap();
+        let again = proxier.take_refused();
+        assert_eq!(again.into_iter().collect::<Vec<_>>(), vec![second.0.clone()]);
+        proxier.apply(vec![(second.0, Some(second.1))]).unwrap();
+        assert!(list(&ns).contains("198.18.0.50 . tcp . 80 : goto ext-"));
+    })
+    .unwrap();
+}
