@@ -6,7 +6,6 @@
 //! Pod status is written back the way Kubernetes fills it.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,7 +15,6 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP,
     PodStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Map, Value};
 use weft_cni::conflist::Conflist;
 use weft_cni::invoke::Call;
@@ -24,6 +22,7 @@ use weft_datapath::{netns, NetNs};
 use weft_store::Store;
 
 use crate::layout::{LabState, Layout};
+use crate::objects::{key, now, random_uid};
 use crate::procs;
 
 /// What the kubelet needs to run pods.
@@ -36,24 +35,6 @@ pub struct Kubelet<'a> {
 }
 
 const NETNS_ANNOTATION: &str = "weft.dev/netns";
-
-fn random_uid() -> String {
-    let mut bytes = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn key(pod: &Pod) -> (String, String) {
-    (
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        pod.metadata.name.clone().unwrap_or_default(),
-    )
-}
 
 fn owner(layout: &Layout, namespace: &str, pod: &str, container: &str) -> String {
     format!("{}/pod/{namespace}/{pod}/{container}", layout.lab)
@@ -270,14 +251,6 @@ impl Kubelet<'_> {
         };
         (self.weft.clone(), netexec_args(pod, &by("TCP"), &by("UDP")))
     }
-}
-
-fn now() -> Time {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    Time(k8s_openapi::jiff::Timestamp::from_millisecond(ms).unwrap_or_default())
 }
 
 fn netexec_args(pod: &str, http: &[u16], udp: &[u16]) -> Vec<String> {

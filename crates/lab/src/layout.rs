@@ -1,7 +1,8 @@
 //! Where a lab lives: its namespaces' names and its files under
 //! `/run/weft/labs/<lab>/`, plus the small state file that records the lab's
-//! shape. Names are derived from the lab's name, so several labs run side
-//! by side without touching each other.
+//! shape and which underlay addresses go to whom (nodes, the external client,
+//! the LoadBalancer pool). Names are derived from the lab's name, so several
+//! labs run side by side without touching each other.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,14 @@ pub const LABS_DIR: &str = "/run/weft/labs";
 /// The network every node's `eth0` sits on (RFC 2544 benchmarking space).
 pub const DEFAULT_UNDERLAY: &str = "198.18.0.0/24";
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+/// Where Services' clusterIPs come from (Kubernetes' kubeadm default).
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Node addresses start this far above the underlay's network address.
+const FIRST_NODE_OFFSET: u32 = 10;
+/// The external client's address, this far above the underlay's network address.
+const EXTERNAL_OFFSET: u32 = 2;
+/// The size of the default LoadBalancer pool: the underlay's last 16 addresses.
+const DEFAULT_LB_POOL_PREFIX: u8 = 28;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -30,6 +39,11 @@ pub enum LayoutError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "the underlay {underlay} has no free address for another node (the external client and the \
+         LoadBalancer pool {pool} are reserved); recreate the lab with a larger --underlay-cidr"
+    )]
+    UnderlayFull { underlay: Ipv4Net, pool: Ipv4Net },
 }
 
 /// One node of a lab as recorded in its state file.
@@ -42,7 +56,8 @@ pub struct NodeRecord {
     pub agent_pid: Option<u32>,
 }
 
-/// The lab's shape, persisted across `weft lab` invocations.
+/// The lab's shape, persisted across `weft lab` invocations. Fields added
+/// after the first release have serde defaults, so older labs still load.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
     pub name: String,
@@ -50,11 +65,37 @@ pub struct LabState {
     pub pod_cidr: String,
     pub underlay: Ipv4Net,
     pub nodes: Vec<NodeRecord>,
+    /// Services' clusterIPs.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Ipv4Net,
+    /// LoadBalancer addresses, inside the underlay; absent in labs created
+    /// before Services, which get [`default_lb_pool`].
+    #[serde(default)]
+    pub lb_pool: Option<Ipv4Net>,
+}
+
+fn default_service_cidr() -> Ipv4Net {
+    DEFAULT_SERVICE_CIDR
+        .parse()
+        .expect("DEFAULT_SERVICE_CIDR is a valid network")
+}
+
+/// The LoadBalancer pool a lab gets without `--lb-cidr`: the underlay's last
+/// 16 addresses (198.18.0.240/28 for the default underlay), or the whole
+/// underlay if it is smaller than that.
+pub fn default_lb_pool(underlay: Ipv4Net) -> Ipv4Net {
+    let prefix = underlay.prefix_len().max(DEFAULT_LB_POOL_PREFIX);
+    Ipv4Net::new(underlay.broadcast(), prefix)
+        .map(|net| net.trunc())
+        .unwrap_or(underlay)
 }
 
 impl LabState {
-    /// The next free underlay address and bridge-port index.
-    pub fn next_slot(&self) -> (u32, Ipv4Addr) {
+    /// The next free underlay address and bridge-port index. A node's
+    /// address is `.10 + index` (so a removed node's address is not reused
+    /// at once), or the next one up that is free: never the external
+    /// client, the LoadBalancer pool or the underlay's broadcast address.
+    pub fn next_slot(&self) -> Result<(u32, Ipv4Addr), LayoutError> {
         let index = self
             .nodes
             .iter()
@@ -62,12 +103,57 @@ impl LabState {
             .max()
             .map_or(1, |i| i + 1);
         let base = u32::from(self.underlay.network());
-        (index, Ipv4Addr::from(base + 10 + index))
+        let pool = self.lb_pool();
+        let taken: Vec<Ipv4Addr> = self.nodes.iter().map(|n| n.ip).collect();
+        (base.saturating_add(FIRST_NODE_OFFSET + index)..u32::from(self.underlay.broadcast()))
+            .map(Ipv4Addr::from)
+            .find(|ip| !pool.contains(ip) && *ip != self.external_ip() && !taken.contains(ip))
+            .map(|ip| (index, ip))
+            .ok_or(LayoutError::UnderlayFull {
+                underlay: self.underlay,
+                pool,
+            })
+    }
+
+    /// Where node addresses start (`.11`); the LoadBalancer pool must stay
+    /// clear of it.
+    pub fn first_node_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.underlay.network()).saturating_add(FIRST_NODE_OFFSET + 1))
+    }
+
+    /// The external client's address on the underlay (`.2`).
+    pub fn external_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.underlay.network()).saturating_add(EXTERNAL_OFFSET))
+    }
+
+    pub fn lb_pool(&self) -> Ipv4Net {
+        self.lb_pool
+            .unwrap_or_else(|| default_lb_pool(self.underlay))
+    }
+
+    /// Underlay addresses the LoadBalancer allocator must never hand out:
+    /// the network and broadcast addresses, the external client, the nodes.
+    pub fn lb_reserved(&self) -> Vec<Ipv4Addr> {
+        let mut reserved = vec![
+            self.underlay.network(),
+            self.underlay.broadcast(),
+            self.external_ip(),
+        ];
+        reserved.extend(self.nodes.iter().map(|n| n.ip));
+        reserved
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.name == name)
     }
+}
+
+/// The external client's namespace suffix; no node may be called this.
+pub const EXTERNAL: &str = "external";
+
+/// Whether `node` would name a namespace the lab uses for something else.
+pub fn is_reserved_node_name(node: &str) -> bool {
+    node == EXTERNAL || node == "underlay" || node.starts_with("pod-")
 }
 
 /// Names and paths of one lab.
@@ -99,6 +185,10 @@ impl Layout {
     pub fn node_ns(&self, node: &str) -> String {
         format!("wl-{}-{node}", self.lab)
     }
+    /// The client outside the cluster: on the underlay, not a node.
+    pub fn external_ns(&self) -> String {
+        format!("wl-{}-{EXTERNAL}", self.lab)
+    }
     pub fn pod_ns(&self, uid: &str) -> String {
         format!("wl-{}-pod-{}", self.lab, &uid[..uid.len().min(12)])
     }
@@ -117,6 +207,11 @@ impl Layout {
     }
     pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
         self.root.join("pods").join(format!("{namespace}_{pod}"))
+    }
+    /// Held while Services are admitted and EndpointSlices synced, so two
+    /// `weft lab` commands never allocate or write slices at once.
+    pub fn controller_lock(&self) -> PathBuf {
+        self.root.join("controller.lock")
     }
     fn state_file(&self) -> PathBuf {
         self.root.join("lab.json")
@@ -177,22 +272,76 @@ mod tests {
         assert!(l.pod_ns("0123456789abcdef").starts_with(&l.ns_prefix()));
     }
 
-    #[test]
-    fn slots_follow_the_underlay() {
-        let mut s = LabState {
+    fn state(underlay: &str) -> LabState {
+        LabState {
             name: "x".into(),
             backend: "vxlan".into(),
             pod_cidr: DEFAULT_POD_CIDR.into(),
-            underlay: DEFAULT_UNDERLAY.parse().unwrap(),
+            underlay: underlay.parse().unwrap(),
             nodes: vec![],
-        };
-        assert_eq!(s.next_slot(), (1, "198.18.0.11".parse().unwrap()));
+            service_cidr: DEFAULT_SERVICE_CIDR.parse().unwrap(),
+            lb_pool: None,
+        }
+    }
+
+    fn push_node(s: &mut LabState) {
+        let (index, ip) = s.next_slot().unwrap();
         s.nodes.push(NodeRecord {
-            name: "a".into(),
-            ip: "198.18.0.11".parse().unwrap(),
-            index: 1,
+            name: format!("n{index}"),
+            ip,
+            index,
             agent_pid: None,
         });
-        assert_eq!(s.next_slot(), (2, "198.18.0.12".parse().unwrap()));
+    }
+
+    #[test]
+    fn slots_follow_the_underlay() {
+        let mut s = state(DEFAULT_UNDERLAY);
+        assert_eq!(s.next_slot().unwrap(), (1, "198.18.0.11".parse().unwrap()));
+        push_node(&mut s);
+        assert_eq!(s.next_slot().unwrap(), (2, "198.18.0.12".parse().unwrap()));
+        assert_eq!(s.external_ip(), "198.18.0.2".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn slots_never_reach_the_external_client_the_pool_or_broadcast() {
+        // 198.18.0.0/27: nodes from .11, pool .16/28 ... .31 (default: the last 16).
+        let mut s = state("198.18.0.0/27");
+        assert_eq!(s.lb_pool(), "198.18.0.16/28".parse().unwrap());
+        for _ in 0..5 {
+            push_node(&mut s);
+        }
+        assert_eq!(s.nodes[4].ip, "198.18.0.15".parse::<Ipv4Addr>().unwrap());
+        assert!(matches!(
+            s.next_slot(),
+            Err(LayoutError::UnderlayFull { .. })
+        ));
+        let mut s = state(DEFAULT_UNDERLAY);
+        s.lb_pool = Some("198.18.0.12/30".parse().unwrap());
+        push_node(&mut s);
+        push_node(&mut s);
+        assert_eq!(s.nodes[1].ip, "198.18.0.16".parse::<Ipv4Addr>().unwrap());
+        assert!(s.nodes.iter().all(|n| n.ip != s.external_ip()));
+    }
+
+    #[test]
+    fn labs_from_before_services_still_load() {
+        let old = r#"{"name":"x","backend":"vxlan","pod_cidr":"10.244.0.0/16","underlay":"198.18.0.0/24","nodes":[]}"#;
+        let s: LabState = serde_json::from_str(old).unwrap();
+        assert_eq!(s.service_cidr, DEFAULT_SERVICE_CIDR.parse().unwrap());
+        assert_eq!(s.lb_pool(), "198.18.0.240/28".parse().unwrap());
+        assert!(s.lb_reserved().contains(&"198.18.0.255".parse().unwrap()));
+    }
+
+    #[test]
+    fn node_names_cannot_take_the_lab_s_own_namespaces() {
+        for name in ["external", "underlay", "pod-1"] {
+            assert!(is_reserved_node_name(name), "{name}");
+        }
+        assert!(!is_reserved_node_name("node-1"));
+        assert_eq!(
+            Layout::new("demo").unwrap().external_ns(),
+            "wl-demo-external"
+        );
     }
 }

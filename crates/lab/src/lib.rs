@@ -1,23 +1,34 @@
 //! weft lab: a whole cluster network on one machine, built from the real
 //! agent and the real CNI plugin — an underlay namespace with a bridge,
 //! one namespace per node running `weft agent`, one per pod wired by
-//! `weft-cni` — with the real kernel datapath in between.
+//! `weft-cni`, one for a client outside the cluster — with the real kernel
+//! datapath in between. The `weft lab` process itself plays the API server,
+//! the controllers and the kubelets, synchronously, in each command.
 //!
 //! - [`layout`]: names, paths and the lab's state file.
-//! - [`underlay`]: the lab's L2 network, and the guard against overlaps with the host.
+//! - [`underlay`]: the lab's L2 network, and the guard against overlapping ranges.
 //! - [`procs`]: detached processes, signalled only after checking they are ours.
 //! - [`agents`]: one `weft agent` per node.
 //! - [`manifest`]: Kubernetes manifests → Kubernetes types.
+//! - [`objects`]: keys, UIDs and timestamps of stored objects.
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
+//! - [`services`]: the API server's Service defaults and allocators
+//!   (clusterIPs, nodePorts, LoadBalancer addresses).
+//! - [`endpointslices`]: the EndpointSlice controller.
+//! - [`targets`]: what `probe --from/--to` and `exec` name, resolved.
 //! - [`netexec`], [`probe`]: the built-in test server and client.
 //! - [`ops`]: the `weft lab` operations.
 
 pub mod agents;
+pub mod endpointslices;
 pub mod kubelet;
 pub mod layout;
 pub mod manifest;
 pub mod netexec;
+pub mod objects;
 pub mod ops;
 pub mod probe;
 pub mod procs;
+pub mod services;
+pub mod targets;
 pub mod underlay;

@@ -1,10 +1,11 @@
 //! Kubernetes manifests as the lab accepts them: multi-document YAML (or
-//! JSON) with Namespaces, Pods, Deployments and Lists of those, decoded
-//! into Kubernetes' own types. Deployments are expanded into their Pods
-//! here, the way the ReplicaSet controller would.
+//! JSON) with Namespaces, Pods, Deployments, Services and Lists of those,
+//! decoded into Kubernetes' own types. Deployments are expanded into their
+//! Pods here, the way the ReplicaSet controller would; Services are checked
+//! and completed by [`crate::services`] when they are applied.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
@@ -20,7 +21,7 @@ pub enum ManifestError {
         name: String,
         message: String,
     },
-    #[error("document {doc}: kind {kind:?} is not supported by the lab yet (supported: Namespace, Pod, Deployment, List)")]
+    #[error("document {doc}: kind {kind:?} is not supported by the lab yet (supported: Namespace, Pod, Deployment, Service, List)")]
     Unsupported { doc: usize, kind: String },
     #[error("document {doc}: a {kind} needs metadata.name")]
     NoName { doc: usize, kind: String },
@@ -32,6 +33,7 @@ pub enum Resource {
     Namespace(Namespace),
     Pod(Pod),
     Deployment(Deployment),
+    Service(Service),
 }
 
 impl Resource {
@@ -45,6 +47,9 @@ impl Resource {
                 "deployment.apps/{}",
                 d.metadata.name.as_deref().unwrap_or("")
             ),
+            Resource::Service(s) => {
+                format!("service/{}", s.metadata.name.as_deref().unwrap_or(""))
+            }
         }
     }
 }
@@ -87,6 +92,7 @@ fn collect(doc: usize, value: Value, out: &mut Vec<Resource>) -> Result<(), Mani
         "Namespace" => Resource::Namespace(serde_json::from_value(value).map_err(invalid)?),
         "Pod" => Resource::Pod(serde_json::from_value(value).map_err(invalid)?),
         "Deployment" => Resource::Deployment(serde_json::from_value(value).map_err(invalid)?),
+        "Service" => Resource::Service(serde_json::from_value(value).map_err(invalid)?),
         _ => return Err(ManifestError::Unsupported { doc, kind }),
     };
     out.push(resource);
@@ -163,13 +169,33 @@ items:
     }
 
     #[test]
+    fn services_with_named_target_ports() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\n\
+                    spec:\n  type: NodePort\n  selector: {app: web}\n  \
+                    ports: [{name: http, port: 80, targetPort: http}]\n";
+        let r = parse(text).unwrap();
+        let Resource::Service(s) = &r[0] else {
+            panic!("{:?}", r[0])
+        };
+        assert_eq!(r[0].describe(), "service/web");
+        let port = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(
+            port.target_port,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http".into()))
+        );
+    }
+
+    #[test]
     fn errors_name_the_document() {
         assert!(matches!(
             parse("kind: Pod\nmetadata: {}\n"),
             Err(ManifestError::NoName { doc: 1, .. })
         ));
-        let e = parse("---\nkind: Service\nmetadata: {name: s}\n").unwrap_err();
-        assert!(e.to_string().contains("Service"), "{e}");
+        let e = parse("---\nkind: ConfigMap\nmetadata: {name: s}\n").unwrap_err();
+        assert!(e.to_string().contains("ConfigMap"), "{e}");
+        let e = parse("kind: Service\nmetadata: {name: s}\nspec: {ports: [{port: web}]}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("Service \"s\""), "{e}");
         assert!(matches!(parse("a: [b"), Err(ManifestError::Yaml { .. })));
     }
 }

@@ -1,24 +1,39 @@
 //! `weft lab` operations. Each one loads the lab's state, does its work
-//! through the underlay, agents and kubelet modules, and prints what a user
-//! needs to see. Failures say what went wrong and what to run next.
+//! through the underlay, agents, kubelet and controller modules, and prints
+//! what a user needs to see. Failures say what went wrong and what to run
+//! next. Every operation that changes Services or Pods ends by syncing the
+//! EndpointSlices, as the cluster's controllers would.
+//!
+//! - `matrix`: `weft lab probe`.
+//! - `tables`: `weft lab get services|endpointslices`.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+mod matrix;
+mod tables;
+
+use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::Resource as _;
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::json;
 use weft_datapath::{netns, NetNs, Netlink};
 use weft_store::Store;
 
-use crate::kubelet::{self, Kubelet};
+use crate::kubelet::Kubelet;
 use crate::layout::{self, LabState, Layout, NodeRecord};
 use crate::manifest::{self, Resource};
-use crate::probe::{self, Outcome, Protocol};
-use crate::{agents, procs, underlay};
+use crate::services::{self, Pools};
+use crate::{agents, endpointslices, objects, procs, underlay};
+
+pub use matrix::{matrix_json, print_matrix, probe_matrix, ProbeOptions, ProbeResult};
+pub use tables::{get_endpointslices, get_services};
+
+/// The external client's port on the underlay bridge.
+const EXTERNAL_PORT: &str = "ext";
 
 /// The binaries a lab runs: `weft` (agents, netexec) and `weft-cni`.
 #[derive(Debug, Clone)]
@@ -54,10 +69,21 @@ pub struct UpOptions {
     pub backend: String,
     pub pod_cidr: String,
     pub underlay: String,
+    pub service_cidr: String,
+    /// `None`: the underlay's last 16 addresses.
+    pub lb_cidr: Option<String>,
 }
 
-/// `weft lab up`: underlay, nodes, one agent each; waits until every node
-/// holds a lease and has its CNI configuration.
+fn parse_net<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    text.parse()
+        .with_context(|| format!("--{flag} {text:?} is not a network (write it like 10.96.0.0/16)"))
+}
+
+/// `weft lab up`: underlay, external client, nodes, one agent each; waits
+/// until every node holds a lease and has its CNI configuration.
 pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
     let started = Instant::now();
     let layout = Layout::new(&opts.name)?;
@@ -74,14 +100,30 @@ pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
             opts.backend
         );
     }
-    let underlay_net: Ipv4Net = opts
-        .underlay
-        .parse()
-        .with_context(|| format!("--underlay-cidr {:?}", opts.underlay))?;
-    let pod_cidr: IpNet = opts
-        .pod_cidr
-        .parse()
-        .with_context(|| format!("--pod-cidr {:?}", opts.pod_cidr))?;
+    let underlay_net: Ipv4Net = parse_net("underlay-cidr", &opts.underlay)?;
+    let pod_cidr: IpNet = parse_net("pod-cidr", &opts.pod_cidr)?;
+    let service_cidr: Ipv4Net = parse_net("service-cidr", &opts.service_cidr)?;
+    let lb_pool = match &opts.lb_cidr {
+        Some(text) => parse_net("lb-cidr", text)?,
+        None => layout::default_lb_pool(underlay_net),
+    };
+    let mut state = LabState {
+        name: opts.name.clone(),
+        backend: opts.backend.clone(),
+        pod_cidr: opts.pod_cidr.clone(),
+        underlay: underlay_net,
+        nodes: Vec::new(),
+        service_cidr,
+        lb_pool: Some(lb_pool),
+    };
+    let ranges = underlay::Ranges {
+        underlay: underlay_net,
+        pod_cidr,
+        service_cidr,
+        lb_pool,
+        external: state.external_ip(),
+    };
+    underlay::check_ranges(&ranges, state.first_node_ip())?;
     let rt = runtime()?;
     rt.block_on(async {
         let host = Netlink::connect()?;
@@ -93,6 +135,13 @@ pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
         )
         .await?;
         underlay::check_host_routes(&host, "pod CIDR", "pod-cidr", pod_cidr).await?;
+        underlay::check_host_routes(
+            &host,
+            "service CIDR",
+            "service-cidr",
+            IpNet::V4(service_cidr),
+        )
+        .await?;
         Ok::<_, anyhow::Error>(())
     })?;
     let net_conf =
@@ -100,13 +149,6 @@ pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
     weft_agent::config::NetConf::parse(&net_conf.to_string())?;
     std::fs::create_dir_all(&layout.root)?;
     std::fs::write(layout.net_conf(), serde_json::to_string_pretty(&net_conf)?)?;
-    let mut state = LabState {
-        name: opts.name.clone(),
-        backend: opts.backend.clone(),
-        pod_cidr: opts.pod_cidr.clone(),
-        underlay: underlay_net,
-        nodes: Vec::new(),
-    };
     layout.save(&state)?;
     let result = (|| -> Result<()> {
         Store::open(&layout.store())?;
@@ -115,6 +157,12 @@ pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
             "underlay {} on {} (no route to the host)",
             layout.underlay_ns(),
             underlay_net
+        );
+        create_external(&layout, &state, &rt)?;
+        println!(
+            "external client {} at {} (reaches nodes and LoadBalancer addresses on-link)",
+            layout.external_ns(),
+            state.external_ip()
         );
         for i in 1..=opts.nodes {
             add_node_to(&layout, &mut state, &format!("node-{i}"), bins, &rt)?;
@@ -126,13 +174,39 @@ pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
         return Err(e.context(format!("lab {} could not start and was removed", opts.name)));
     }
     println!(
-        "lab {} up: {} nodes, backend {}, pods from {} ({:.2} s)",
+        "lab {} up: {} nodes, backend {}, pods from {}, services from {}, LoadBalancers from {} ({:.2} s)",
         opts.name,
         opts.nodes,
         opts.backend,
         opts.pod_cidr,
+        service_cidr,
+        lb_pool,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The external client: a namespace on the underlay at `.2`, no default
+/// route — a machine outside the cluster on the nodes' network.
+fn create_external(layout: &Layout, state: &LabState, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let name = layout.external_ns();
+    let ns = netns::create_named(&name)?;
+    let attached = NetNs::open(netns::named_path(&layout.underlay_ns()))
+        .map_err(anyhow::Error::from)
+        .and_then(|under| {
+            rt.block_on(underlay::attach(
+                &under,
+                &ns,
+                EXTERNAL_PORT,
+                state.external_ip(),
+                state.underlay,
+            ))
+            .map_err(anyhow::Error::from)
+        });
+    if let Err(e) = attached {
+        let _ = netns::delete_named(&name);
+        return Err(e.context("attaching the external client to the underlay"));
+    }
     Ok(())
 }
 
@@ -146,10 +220,16 @@ fn add_node_to(
     if state.node(name).is_some() {
         bail!("node {name} already exists in lab {}", state.name);
     }
-    let (index, ip) = state.next_slot();
+    if layout::is_reserved_node_name(name) {
+        bail!("{name:?} names one of the lab's own namespaces; call the node something else");
+    }
+    let (index, ip) = state.next_slot()?;
     let ns = netns::create_named(&layout.node_ns(name))?;
     let under = NetNs::open(netns::named_path(&layout.underlay_ns()))?;
-    rt.block_on(underlay::attach(&under, &ns, index, ip, state.underlay))?;
+    rt.block_on(async {
+        underlay::attach(&under, &ns, &format!("n{index}"), ip, state.underlay).await?;
+        underlay::route_services(&ns, state.service_cidr).await
+    })?;
     let pid = agents::start(layout, &bins.weft, name, &ns)?;
     state.nodes.push(NodeRecord {
         name: name.into(),
@@ -276,7 +356,7 @@ pub fn down_all() -> Result<()> {
 }
 
 fn stop_containers(layout: &Layout, pod: &Pod) {
-    let (namespace, name) = kubelet::key(pod);
+    let (namespace, name) = objects::key(pod);
     for cs in pod
         .status
         .iter()
@@ -335,15 +415,96 @@ impl Lab {
                 format!("pod {namespace}/{name} not found (see `weft lab get pods -A`)")
             })
     }
+
+    fn node_netns(&self, node: &str) -> Result<PathBuf> {
+        self.state.node(node).with_context(|| {
+            format!(
+                "node {node} is not part of lab {} (see `weft lab get nodes`)",
+                self.state.name
+            )
+        })?;
+        Ok(netns::named_path(&self.layout.node_ns(node)))
+    }
+
+    fn services(&self) -> Result<Vec<Service>> {
+        Ok(self.store.list_typed::<Service>()?.0)
+    }
+
+    fn pools(&self) -> Pools {
+        Pools {
+            service_cidr: self.state.service_cidr,
+            lb_pool: self.state.lb_pool(),
+            lb_reserved: self.state.lb_reserved(),
+        }
+    }
+
+    /// The lab's controller lock (see [`Layout::controller_lock`]); released
+    /// when dropped. Never take it twice in one thread: flock would wait
+    /// for itself.
+    fn lock(&self) -> Result<Flock<File>> {
+        let path = self.layout.controller_lock();
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| anyhow::anyhow!("locking {}: {errno}", path.display()))
+    }
+
+    /// Runs the EndpointSlice controller once.
+    fn sync_slices(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        endpointslices::sync(&self.store).context("updating EndpointSlices")?;
+        Ok(())
+    }
+
+    /// Syncs the EndpointSlices after `work`, whether it succeeded or not
+    /// (what it did before failing must show in the slices too); the
+    /// first error wins.
+    fn then_sync<T>(&self, work: Result<T>) -> Result<T> {
+        let synced = self.sync_slices();
+        let value = work?;
+        synced?;
+        Ok(value)
+    }
+
+    /// The external client's namespace, created on first use in labs made
+    /// before it existed.
+    fn external_netns(&self) -> Result<PathBuf> {
+        let name = self.layout.external_ns();
+        let path = netns::named_path(&name);
+        let _lock = self.lock()?;
+        if !path.exists() {
+            create_external(&self.layout, &self.state, &runtime()?)?;
+            eprintln!(
+                "lab {} predates the external client: created {} at {}",
+                self.state.name,
+                name,
+                self.state.external_ip()
+            );
+        }
+        Ok(path)
+    }
 }
 
-/// `weft lab apply -f`: creates what the manifest describes; objects that
-/// already exist are left as they are.
+/// `weft lab apply -f`: creates what the manifest describes; Services that
+/// exist are updated, other objects that exist are left as they are.
 pub fn apply(name: &str, text: &str, bins: &Binaries) -> Result<()> {
     let lab = Lab::open(name)?;
+    let resources = manifest::parse(text)?;
+    lab.then_sync(apply_resources(&lab, resources, bins))
+}
+
+fn apply_resources(lab: &Lab, resources: Vec<Resource>, bins: &Binaries) -> Result<()> {
     let kubelet = lab.kubelet(bins);
-    for resource in manifest::parse(text)? {
+    for resource in resources {
         let pods = match &resource {
+            Resource::Service(svc) => {
+                apply_service(lab, svc)?;
+                continue;
+            }
             Resource::Namespace(ns) => {
                 let ns_name = ns.metadata.name.clone().unwrap_or_default();
                 if lab.store.get_typed::<Namespace>("", &ns_name)?.is_none() {
@@ -361,7 +522,7 @@ pub fn apply(name: &str, text: &str, bins: &Binaries) -> Result<()> {
             }
         };
         for pod in pods {
-            let (namespace, pod_name) = kubelet::key(&pod);
+            let (namespace, pod_name) = objects::key(&pod);
             if lab.store.get_typed::<Pod>(&namespace, &pod_name)?.is_some() {
                 println!("pod/{pod_name} unchanged");
                 continue;
@@ -383,37 +544,135 @@ pub fn apply(name: &str, text: &str, bins: &Binaries) -> Result<()> {
     Ok(())
 }
 
-/// `weft lab delete -f`: deletes the Pods (and Deployments' Pods) a
-/// manifest describes.
-pub fn delete_manifest(name: &str, text: &str, bins: &Binaries) -> Result<()> {
-    let lab = Lab::open(name)?;
-    for resource in manifest::parse(text)? {
-        let pods = match &resource {
-            Resource::Namespace(_) => continue,
-            Resource::Pod(p) => vec![p.clone()],
-            Resource::Deployment(d) => manifest::expand_deployment(d),
-        };
-        for pod in pods {
-            let (namespace, pod_name) = kubelet::key(&pod);
-            delete_pod_in(&lab, bins, &namespace, &pod_name)?;
+/// Creates `applied`, or updates the stored Service of that name: the
+/// allocators run under the controller lock, so two commands never hand
+/// out the same address or port.
+fn apply_service(lab: &Lab, applied: &Service) -> Result<()> {
+    let mut applied = applied.clone();
+    let id = objects::key(&applied);
+    applied.metadata.namespace = Some(id.0.clone());
+    let _lock = lab.lock()?;
+    let (mine, others): (Vec<Service>, Vec<Service>) = lab
+        .services()?
+        .into_iter()
+        .partition(|s| objects::key(s) == id);
+    let current = mine.first();
+    let mut admitted = services::admit(&applied, current, &others, &lab.pools())
+        .with_context(|| format!("service/{} was not applied", id.1))?;
+    let meta = &mut admitted.metadata;
+    match current {
+        Some(c) => {
+            meta.uid = c.metadata.uid.clone();
+            meta.creation_timestamp = c.metadata.creation_timestamp.clone();
         }
+        None => {
+            meta.uid = Some(objects::random_uid());
+            meta.creation_timestamp = Some(objects::now());
+        }
+    }
+    let verb = match current {
+        None => "created",
+        Some(c) => {
+            let mut before = c.clone();
+            before.metadata.resource_version = None;
+            if before == admitted {
+                "unchanged"
+            } else {
+                "configured"
+            }
+        }
+    };
+    if verb != "unchanged" {
+        lab.store.put_typed(&admitted)?;
+    }
+    println!("service/{} {verb}", id.1);
+    Ok(())
+}
+
+/// `weft lab delete -f`: deletes the Services, Pods (and Deployments'
+/// Pods) a manifest describes.
+pub fn delete_manifest(name: &str, text: &str, grace: Duration, bins: &Binaries) -> Result<()> {
+    let lab = Lab::open(name)?;
+    let mut services = Vec::new();
+    let mut pods = Vec::new();
+    for resource in manifest::parse(text)? {
+        match &resource {
+            Resource::Namespace(_) => {}
+            Resource::Service(s) => services.push(objects::key(s)),
+            Resource::Pod(p) => pods.push(objects::key(p)),
+            Resource::Deployment(d) => {
+                pods.extend(manifest::expand_deployment(d).iter().map(objects::key))
+            }
+        }
+    }
+    let work = services
+        .iter()
+        .try_for_each(|(namespace, svc)| delete_service_in(&lab, namespace, svc))
+        .and_then(|()| delete_pods(&lab, bins, &pods, grace));
+    lab.then_sync(work)
+}
+
+/// `weft lab delete pod NAME`: with a grace period, the pod is first marked
+/// as being deleted (its endpoints turn terminating) and its containers
+/// keep running that long; then they are stopped, its network torn down
+/// and the object removed.
+pub fn delete_pod(
+    name: &str,
+    namespace: &str,
+    pod: &str,
+    grace: Duration,
+    bins: &Binaries,
+) -> Result<()> {
+    let lab = Lab::open(name)?;
+    let work = delete_pods(&lab, bins, &[(namespace.into(), pod.into())], grace);
+    lab.then_sync(work)
+}
+
+/// `weft lab delete service NAME`; its EndpointSlices go with it.
+pub fn delete_service(name: &str, namespace: &str, svc: &str) -> Result<()> {
+    let lab = Lab::open(name)?;
+    let work = delete_service_in(&lab, namespace, svc);
+    lab.then_sync(work)
+}
+
+fn delete_service_in(lab: &Lab, namespace: &str, svc: &str) -> Result<()> {
+    match lab.store.delete(Service::KIND, namespace, svc)? {
+        Some(_) => println!("service/{svc} deleted"),
+        None => println!("service/{svc} not found"),
     }
     Ok(())
 }
 
-/// `weft lab delete pod NAME`.
-pub fn delete_pod(name: &str, namespace: &str, pod: &str, bins: &Binaries) -> Result<()> {
-    let lab = Lab::open(name)?;
-    delete_pod_in(&lab, bins, namespace, pod)
-}
-
-fn delete_pod_in(lab: &Lab, bins: &Binaries, namespace: &str, pod: &str) -> Result<()> {
-    match lab.store.get_typed::<Pod>(namespace, pod)? {
-        Some(p) => {
-            lab.kubelet(bins).delete(&lab.state, &p)?;
-            println!("pod/{pod} deleted");
+/// Deletes pods (namespace, name) together: one grace period for all.
+fn delete_pods(
+    lab: &Lab,
+    bins: &Binaries,
+    keys: &[(String, String)],
+    grace: Duration,
+) -> Result<()> {
+    let mut found = Vec::new();
+    for (namespace, pod) in keys {
+        match lab.store.get_typed::<Pod>(namespace, pod)? {
+            Some(p) => found.push(p),
+            None => println!("pod/{pod} not found"),
         }
-        None => println!("pod/{pod} not found"),
+    }
+    if !grace.is_zero() && !found.is_empty() {
+        for pod in &mut found {
+            objects::mark_deleted(&mut pod.metadata, grace);
+            lab.store.put_typed(pod)?;
+            println!(
+                "pod/{} terminating ({} s grace period)",
+                objects::key(pod).1,
+                grace.as_secs()
+            );
+        }
+        lab.sync_slices()?;
+        std::thread::sleep(grace);
+    }
+    for pod in &found {
+        lab.kubelet(bins).delete(&lab.state, pod)?;
+        println!("pod/{} deleted", objects::key(pod).1);
     }
     Ok(())
 }
@@ -468,7 +727,7 @@ pub fn get_pods(name: &str, namespace: Option<&str>, output: Output) -> Result<(
     let pods: Vec<Pod> = lab
         .pods()?
         .into_iter()
-        .filter(|p| namespace.is_none_or(|ns| kubelet::key(p).0 == ns))
+        .filter(|p| namespace.is_none_or(|ns| objects::key(p).0 == ns))
         .collect();
     if output == Output::Json {
         println!(
@@ -489,7 +748,7 @@ pub fn get_pods(name: &str, namespace: Option<&str>, output: Output) -> Result<(
         println!();
     }
     for pod in &pods {
-        let (ns, pod_name) = kubelet::key(pod);
+        let (ns, pod_name) = objects::key(pod);
         let status = pod.status.clone().unwrap_or_default();
         let containers = status.container_statuses.clone().unwrap_or_default();
         let ready = containers.iter().filter(|c| c.ready).count();
@@ -516,25 +775,27 @@ pub fn get_pods(name: &str, namespace: Option<&str>, output: Output) -> Result<(
 
 /// Where `weft lab exec` runs its command.
 pub enum ExecTarget {
-    Pod { namespace: String, name: String },
+    Pod {
+        namespace: String,
+        name: String,
+    },
     Node(String),
+    /// The client outside the cluster.
+    External,
 }
 
-/// `weft lab exec`: runs `cmd` in the pod's (or node's) network namespace
-/// with the caller's terminal; returns its exit code.
+/// `weft lab exec`: runs `cmd` in the pod's (or node's, or the external
+/// client's) network namespace with the caller's terminal; returns its
+/// exit code.
 pub fn exec(name: &str, target: &ExecTarget, cmd: &[String]) -> Result<i32> {
     let lab = Lab::open(name)?;
     let path = match target {
-        ExecTarget::Node(node) => {
-            lab.state
-                .node(node)
-                .with_context(|| format!("node {node} is not part of lab {name}"))?;
-            netns::named_path(&lab.layout.node_ns(node))
-        }
+        ExecTarget::Node(node) => lab.node_netns(node)?,
         ExecTarget::Pod {
             namespace,
             name: pod,
         } => pod_netns(&lab.pod(namespace, pod)?)?,
+        ExecTarget::External => lab.external_netns()?,
     };
     let (program, args) = cmd.split_first().context("give a command after --")?;
     let status = NetNs::open(&path)?
@@ -573,167 +834,6 @@ pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> 
         .with_context(|| format!("no logs for container {container} of {namespace}/{pod}"))
 }
 
-/// One cell of a probe matrix.
-#[derive(Debug, Clone)]
-pub struct ProbeResult {
-    pub from: String,
-    pub to: String,
-    pub target: SocketAddr,
-    pub outcome: Outcome,
-}
-
-pub struct ProbeOptions {
-    pub from: Vec<String>,
-    pub to: Vec<String>,
-    pub port: Option<u16>,
-    pub protocol: Protocol,
-    pub timeout: Duration,
-}
-
-/// `weft lab probe`: every selected pod tries every target; returns the
-/// cells (the caller prints them).
-pub fn probe_matrix(name: &str, opts: &ProbeOptions) -> Result<Vec<ProbeResult>> {
-    let lab = Lab::open(name)?;
-    let pods = lab.pods()?;
-    let pick = |names: &[String]| -> Vec<Pod> {
-        pods.iter()
-            .filter(|p| {
-                names.is_empty()
-                    || names.iter().any(|n| {
-                        *n == kubelet::key(p).1
-                            || *n == format!("{}/{}", kubelet::key(p).0, kubelet::key(p).1)
-                    })
-            })
-            .cloned()
-            .collect()
-    };
-    let (sources, targets) = (pick(&opts.from), pick(&opts.to));
-    if sources.is_empty() || targets.is_empty() {
-        bail!("no pods to probe (apply some with `weft lab apply -f`)");
-    }
-    let target_addrs: Vec<(String, SocketAddr)> = targets
-        .iter()
-        .filter_map(|p| {
-            let ip: IpAddr = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-            let port = opts.port.or_else(|| default_port(p, opts.protocol))?;
-            Some((kubelet::key(p).1, SocketAddr::new(ip, port)))
-        })
-        .collect();
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = sources
-            .iter()
-            .map(|src| {
-                let targets = &target_addrs;
-                s.spawn(move || -> Result<Vec<ProbeResult>> {
-                    let ns = NetNs::open(pod_netns(src)?)?;
-                    let from = kubelet::key(src).1;
-                    let cells = ns.run_in(|| {
-                        targets
-                            .iter()
-                            .map(|(to, addr)| ProbeResult {
-                                from: from.clone(),
-                                to: to.clone(),
-                                target: *addr,
-                                outcome: probe::probe_blocking(*addr, opts.protocol, opts.timeout),
-                            })
-                            .collect::<Vec<_>>()
-                    })?;
-                    Ok(cells)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect::<Result<Vec<_>>>()
-    })?;
-    Ok(results.into_iter().flatten().collect())
-}
-
-/// The port a pod serves by default: its first declared port of the
-/// protocol, or agnhost netexec's.
-fn default_port(pod: &Pod, protocol: Protocol) -> Option<u16> {
-    let want = if protocol == Protocol::Tcp {
-        "TCP"
-    } else {
-        "UDP"
-    };
-    let containers = &pod.spec.as_ref()?.containers;
-    let declared = containers
-        .iter()
-        .flat_map(|c| c.ports.clone().unwrap_or_default())
-        .find(|p| p.protocol.as_deref().unwrap_or("TCP") == want)
-        .and_then(|p| u16::try_from(p.container_port).ok());
-    declared.or_else(|| {
-        containers.iter().find_map(|c| {
-            let cfg = crate::netexec::parse_agnhost_args(&c.args.clone().unwrap_or_default())?;
-            if protocol == Protocol::Tcp {
-                cfg.http_ports.first().copied()
-            } else {
-                cfg.udp_ports.first().copied()
-            }
-        })
-    })
-}
-
-/// Prints a probe matrix as a table; returns whether every cell is ok.
-pub fn print_matrix(results: &[ProbeResult]) -> bool {
-    let mut froms: Vec<&str> = Vec::new();
-    let mut tos: Vec<&str> = Vec::new();
-    for r in results {
-        if !froms.contains(&r.from.as_str()) {
-            froms.push(&r.from);
-        }
-        if !tos.contains(&r.to.as_str()) {
-            tos.push(&r.to);
-        }
-    }
-    let width = tos.iter().map(|t| t.len()).max().unwrap_or(4).max(8) + 2;
-    let first = froms.iter().map(|f| f.len()).max().unwrap_or(4).max(9) + 2;
-    print!("{:<first$}", "FROM\\TO");
-    for t in &tos {
-        print!("{t:<width$}");
-    }
-    println!();
-    let cells: BTreeMap<(&str, &str), &Outcome> = results
-        .iter()
-        .map(|r| ((r.from.as_str(), r.to.as_str()), &r.outcome))
-        .collect();
-    let mut all_ok = true;
-    for f in &froms {
-        print!("{f:<first$}");
-        for t in &tos {
-            let cell = match cells.get(&(*f, *t)) {
-                Some(Outcome::Ok { .. }) => "ok",
-                Some(Outcome::Refused) => "refused",
-                Some(Outcome::Timeout) => "timeout",
-                Some(Outcome::Error(_)) => "error",
-                None => "-",
-            };
-            all_ok &= cell == "ok";
-            print!("{cell:<width$}");
-        }
-        println!();
-    }
-    all_ok
-}
-
-pub fn matrix_json(results: &[ProbeResult]) -> Value {
-    let cells: Vec<Value> = results
-        .iter()
-        .map(|r| {
-            let (outcome, answer, millis) = match &r.outcome {
-                Outcome::Ok { answer, millis } => ("ok", answer.clone(), Some(*millis)),
-                Outcome::Refused => ("refused", String::new(), None),
-                Outcome::Timeout => ("timeout", String::new(), None),
-                Outcome::Error(e) => ("error", e.clone(), None),
-            };
-            json!({"from": r.from, "to": r.to, "target": r.target.to_string(), "outcome": outcome, "answer": answer, "millis": millis})
-        })
-        .collect();
-    json!({"results": cells, "allOk": results.iter().all(|r| matches!(r.outcome, Outcome::Ok { .. }))})
-}
-
 /// `weft lab node add|remove|stop|start`.
 pub enum NodeAction {
     Add,
@@ -752,28 +852,8 @@ pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Resu
             println!("node {node} added");
         }
         NodeAction::Remove => {
-            let record = lab
-                .state
-                .node(node)
-                .cloned()
-                .with_context(|| format!("node {node} is not part of lab {name}"))?;
-            for pod in lab
-                .pods()?
-                .iter()
-                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
-            {
-                lab.kubelet(bins).delete(&lab.state, pod)?;
-            }
-            if let Some(pid) = record.agent_pid {
-                agents::stop(&lab.layout, node, pid);
-            }
-            lab.store.release_lease("weft", node)?;
-            lab.store.delete("Node", "", node)?;
-            netns::delete_named(&lab.layout.node_ns(node))?;
-            lab.state.nodes.retain(|n| n.name != node);
-            lab.layout.save(&lab.state)?;
-            let _ = std::fs::remove_dir_all(lab.layout.node_dir(node));
-            println!("node {node} removed; its lease is released");
+            let work = remove_node(&mut lab, node, bins);
+            lab.then_sync(work)?;
         }
         NodeAction::Stop => {
             let record = lab
@@ -809,6 +889,35 @@ pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Resu
     Ok(())
 }
 
+/// Deletes the node's pods, stops its agent, releases its lease and
+/// removes its namespace.
+fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries) -> Result<()> {
+    let record = lab.state.node(node).cloned().with_context(|| {
+        format!(
+            "node {node} is not part of lab {} (see `weft lab get nodes`)",
+            lab.state.name
+        )
+    })?;
+    for pod in lab
+        .pods()?
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+    {
+        lab.kubelet(bins).delete(&lab.state, pod)?;
+    }
+    if let Some(pid) = record.agent_pid {
+        agents::stop(&lab.layout, node, pid);
+    }
+    lab.store.release_lease("weft", node)?;
+    lab.store.delete("Node", "", node)?;
+    netns::delete_named(&lab.layout.node_ns(node))?;
+    lab.state.nodes.retain(|n| n.name != node);
+    lab.layout.save(&lab.state)?;
+    let _ = std::fs::remove_dir_all(lab.layout.node_dir(node));
+    println!("node {node} removed; its lease is released");
+    Ok(())
+}
+
 /// `weft lab status`: every lab, its nodes and pods.
 pub fn status() -> Result<()> {
     let labs = layout::labs();
@@ -821,6 +930,7 @@ pub fn status() -> Result<()> {
             continue;
         };
         let pods = lab.pods().map(|p| p.len()).unwrap_or(0);
+        let services = lab.services().map(|s| s.len()).unwrap_or(0);
         let running = lab
             .state
             .nodes
@@ -828,9 +938,10 @@ pub fn status() -> Result<()> {
             .filter(|n| agents::is_running(&lab.layout, &n.name, n.agent_pid))
             .count();
         println!(
-            "lab {name}: backend {}, pods from {}, {}/{} agents running, {pods} pods",
+            "lab {name}: backend {}, pods from {}, services from {}, {}/{} agents running, {pods} pods, {services} services",
             lab.state.backend,
             lab.state.pod_cidr,
+            lab.state.service_cidr,
             running,
             lab.state.nodes.len()
         );

@@ -1,6 +1,7 @@
 //! The client side of lab reachability matrices (`weft lab probe`): one
-//! exchange with a netexec server — HTTP `GET /hostname` over TCP, or a
-//! `hostname` datagram over UDP — classified as answered, refused or timed out.
+//! exchange with a netexec server — HTTP `GET /hostname` (or another path)
+//! over TCP, or the `hostname` (or `clientip`) command over UDP — classified
+//! as answered, refused or timed out.
 //!
 //! It owns only the short-lived sockets of one exchange. It must not spawn
 //! threads or use a multi-thread runtime: the caller chooses the network
@@ -20,6 +21,8 @@ use tokio::net::{TcpStream, UdpSocket};
 const MAX_RESPONSE: usize = 1024 * 1024;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// What a probe asks by default: who answers.
+pub const HOSTNAME_PATH: &str = "/hostname";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -53,6 +56,8 @@ pub enum ProbeError {
     },
     #[error("cannot request {path:?}: an HTTP path starts with '/' and has no spaces or control characters")]
     InvalidPath { path: String },
+    #[error("{path:?} has no UDP equivalent: over UDP netexec answers /hostname and /clientip")]
+    NoUdpCommand { path: String },
     #[error("{target} answered HTTP {status}")]
     Status { target: SocketAddr, status: u16 },
     #[error("bad HTTP response from {target}: {reason}")]
@@ -60,11 +65,15 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
-    /// Connection refused is a verdict (nothing listens, or a policy rejects),
-    /// not a failure of the probe, so it gets its own variant.
+    /// A refusal is a verdict (nothing listens, or a rule rejects), not a
+    /// failure of the probe, so it gets its own variant: a TCP reset, or an
+    /// ICMP port, host or administratively-prohibited unreachable (what
+    /// reject rules send), which the kernel reports at once.
     fn io(action: &'static str, target: SocketAddr) -> impl Fn(io::Error) -> ProbeError {
         move |source| match source.kind() {
-            io::ErrorKind::ConnectionRefused => ProbeError::Refused { target },
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable => {
+                ProbeError::Refused { target }
+            }
             _ => ProbeError::Io {
                 action,
                 target,
@@ -77,10 +86,25 @@ impl ProbeError {
 /// TCP: `GET /hostname` and the body of a 200 answer. UDP: `hostname` and the
 /// one datagram that comes back. All within `timeout` (the lab uses 1 s).
 pub async fn probe(target: SocketAddr, protocol: Protocol, timeout: Duration) -> Outcome {
+    attempt(target, protocol, HOSTNAME_PATH, timeout).await
+}
+
+/// One attempt on a new connection (or UDP socket): over TCP `GET path` and
+/// the body of a 200 answer; over UDP the netexec command of the same name
+/// (see [`check_request`]) and the datagram that comes back.
+pub async fn attempt(
+    target: SocketAddr,
+    protocol: Protocol,
+    path: &str,
+    timeout: Duration,
+) -> Outcome {
     let started = Instant::now();
     let answer = match protocol {
-        Protocol::Tcp => http_hostname(target, timeout).await,
-        Protocol::Udp => within(target, timeout, udp_exchange(target, b"hostname")).await,
+        Protocol::Tcp => http_answer(target, path, timeout).await,
+        Protocol::Udp => match udp_command(path) {
+            Ok(command) => within(target, timeout, udp_exchange(target, command.as_bytes())).await,
+            Err(e) => Err(e),
+        },
     };
     match answer {
         Ok(answer) => Outcome::Ok {
@@ -122,8 +146,30 @@ pub async fn http_get(
     within(target, timeout, http_exchange(target, path)).await
 }
 
-async fn http_hostname(target: SocketAddr, timeout: Duration) -> Result<String, ProbeError> {
-    match http_get(target, "/hostname", timeout).await? {
+/// Whether [`attempt`] can ask `path` over `protocol`.
+pub fn check_request(protocol: Protocol, path: &str) -> Result<(), ProbeError> {
+    match protocol {
+        Protocol::Tcp if valid_path(path) => Ok(()),
+        Protocol::Tcp => Err(ProbeError::InvalidPath { path: path.into() }),
+        Protocol::Udp => udp_command(path).map(|_| ()),
+    }
+}
+
+/// The UDP netexec command that asks what `path` asks over HTTP.
+fn udp_command(path: &str) -> Result<&'static str, ProbeError> {
+    match path {
+        "/hostname" => Ok("hostname"),
+        "/clientip" => Ok("clientip"),
+        _ => Err(ProbeError::NoUdpCommand { path: path.into() }),
+    }
+}
+
+async fn http_answer(
+    target: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
+    match http_get(target, path, timeout).await? {
         (200, body) => Ok(body),
         (status, _) => Err(ProbeError::Status { target, status }),
     }
@@ -331,6 +377,52 @@ mod tests {
         assert_eq!(answer, (200, "hi!".to_string()));
         let (status, _) = http_get(v4(http), "/shell", TIMEOUT).await.unwrap();
         assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn attempts_ask_other_paths_over_both_protocols() {
+        let (http, udp) = spawn_test_server("pod-p").await;
+        for (port, protocol) in [(http, Protocol::Tcp), (udp, Protocol::Udp)] {
+            match attempt(v4(port), protocol, "/clientip", TIMEOUT).await {
+                Outcome::Ok { answer, .. } => assert!(answer.starts_with("127.0.0.1:"), "{answer}"),
+                other => panic!("{protocol:?}: {other:?}"),
+            }
+        }
+        assert_answer(
+            attempt(v4(http), Protocol::Tcp, "/healthz", TIMEOUT).await,
+            "ok",
+        );
+        assert!(matches!(
+            attempt(v4(http), Protocol::Tcp, "/nothing", TIMEOUT).await,
+            Outcome::Error(e) if e.contains("HTTP 404")
+        ));
+        assert!(matches!(
+            attempt(v4(udp), Protocol::Udp, "/healthz", TIMEOUT).await,
+            Outcome::Error(e) if e.contains("no UDP equivalent")
+        ));
+        assert!(check_request(Protocol::Tcp, "/healthz").is_ok());
+        assert!(check_request(Protocol::Tcp, "healthz").is_err());
+        assert!(check_request(Protocol::Udp, "/clientip").is_ok());
+        assert!(check_request(Protocol::Udp, "/echo?msg=x").is_err());
+    }
+
+    #[test]
+    fn unreachable_hosts_count_as_refused() {
+        let target = v4(80);
+        let refused = ProbeError::io("connect to", target);
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::HostUnreachable,
+        ] {
+            assert!(
+                matches!(refused(kind.into()), ProbeError::Refused { .. }),
+                "{kind:?}"
+            );
+        }
+        assert!(matches!(
+            refused(io::ErrorKind::NetworkUnreachable.into()),
+            ProbeError::Io { .. }
+        ));
     }
 
     #[tokio::test]

@@ -123,6 +123,10 @@ impl PortNames {
     fn cluster(&self) -> String {
         format!("svc-{}-{}", self.hash, self.id)
     }
+    /// Every endpoint, when the internal chain is limited to local ones.
+    fn all_endpoints(&self) -> String {
+        format!("all-{}-{}", self.hash, self.id)
+    }
     fn external(&self) -> String {
         format!("ext-{}-{}", self.hash, self.id)
     }
@@ -210,40 +214,51 @@ fn plan_port(
         return;
     }
 
-    let cluster_eps = if port.internal_local { &local } else { &all };
-    let cluster = names.cluster();
+    // Internal traffic (to the ClusterIP) follows internalTrafficPolicy;
+    // external traffic with externalTrafficPolicy: Cluster, and pods or the
+    // node itself reaching an external address, use every endpoint.
+    let internal = names.cluster();
     let mut chain = vec![format!("jump {}", table::MARK_IF_OFF_CLUSTER)];
+    let internal_eps = if port.internal_local { &local } else { &all };
     chain.extend(dispatch(
         rules,
         &names,
         port,
-        cluster_eps,
+        internal_eps,
         "no local endpoints (internalTrafficPolicy: Local)",
     ));
-    rules.chains.insert(cluster.clone(), chain);
+    rules.chains.insert(internal.clone(), chain);
     if let Some(ip) = port.cluster_ip {
         rules.elements.insert(Element::new(
             table::SERVICE_IPS,
             service_key(ip, proto, port.port),
-            Some(format!("goto {cluster}")),
+            Some(format!("goto {internal}")),
         ));
     }
 
     if !port.has_external() {
         return;
     }
+    let every_endpoint = if port.internal_local {
+        let name = names.all_endpoints();
+        let chain = dispatch(rules, &names, port, &all, "no endpoints");
+        rules.chains.insert(name.clone(), chain);
+        name
+    } else {
+        internal
+    };
     let external = names.external();
     let chain = if port.external_local {
         let mut chain: Vec<String> = ctx
             .cluster_cidrs
             .iter()
-            .map(|cidr| format!("ip saddr {cidr} goto {cluster}"))
+            .map(|cidr| format!("ip saddr {cidr} goto {every_endpoint}"))
             .collect();
         chain.push(format!(
             "fib saddr type local jump {}",
             table::MARK_FOR_MASQUERADE
         ));
-        chain.push(format!("fib saddr type local goto {cluster}"));
+        chain.push(format!("fib saddr type local goto {every_endpoint}"));
         chain.extend(dispatch(
             rules,
             &names,
@@ -255,7 +270,7 @@ fn plan_port(
     } else {
         vec![
             format!("jump {}", table::MARK_FOR_MASQUERADE),
-            format!("goto {cluster}"),
+            format!("goto {every_endpoint}"),
         ]
     };
     rules.chains.insert(external.clone(), chain);
@@ -585,6 +600,24 @@ mod tests {
         assert_eq!(
             chain(&rules, "svc-").last().unwrap(),
             "meta l4proto tcp dnat to 10.244.1.3:8080"
+        );
+    }
+
+    #[test]
+    fn external_traffic_ignores_internal_traffic_policy() {
+        let mut p = port();
+        p.internal_local = true;
+        p.external_ips = vec![Ipv4Addr::new(198, 19, 0, 80)];
+        let rules = plan_service(
+            &svc(p),
+            &eps(vec![ep("10.244.2.2", "node-2", true)]),
+            &ctx(),
+        );
+        assert!(chain(&rules, "svc-").last().unwrap().starts_with("drop"));
+        assert!(chain(&rules, "ext-")[1].starts_with("goto all-"));
+        assert_eq!(
+            chain(&rules, "all-"),
+            &vec!["meta l4proto tcp dnat to 10.244.2.2:8080".to_string()]
         );
     }
 

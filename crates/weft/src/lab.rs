@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use weft_lab::layout::{DEFAULT_POD_CIDR, DEFAULT_UNDERLAY};
+use weft_lab::layout::{DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, DEFAULT_UNDERLAY};
 use weft_lab::ops::{self, Binaries, ExecTarget, NodeAction, Output, ProbeOptions, UpOptions};
 use weft_lab::probe::Protocol;
 
@@ -27,6 +27,12 @@ pub enum LabCmd {
         /// The nodes' network (must not overlap the host's routes).
         #[arg(long, default_value = DEFAULT_UNDERLAY)]
         underlay_cidr: String,
+        /// Services' clusterIPs (must not overlap the host's routes, the pods or the underlay).
+        #[arg(long, default_value = DEFAULT_SERVICE_CIDR)]
+        service_cidr: String,
+        /// LoadBalancer addresses, inside the underlay [default: its last 16 addresses, 198.18.0.240/28].
+        #[arg(long)]
+        lb_cidr: Option<String>,
     },
     /// Remove a lab (or all) with every namespace, process and file.
     Down {
@@ -35,7 +41,7 @@ pub enum LabCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Create the objects of a manifest (Namespace, Pod, Deployment).
+    /// Create the objects of a manifest (Namespace, Pod, Deployment, Service); Services are updated.
     Apply {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
@@ -43,7 +49,7 @@ pub enum LabCmd {
         #[arg(short = 'f', long)]
         file: String,
     },
-    /// Delete the pods of a manifest (`-f FILE`) or one pod (`pod NAME`).
+    /// Delete the Services and pods of a manifest (`-f FILE`), one pod (`pod NAME`) or one Service (`service NAME`).
     Delete {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
@@ -51,14 +57,17 @@ pub enum LabCmd {
         file: Option<String>,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-        /// `pod NAME`
+        /// Seconds a deleted pod keeps running, its endpoints terminating (the command waits).
+        #[arg(long, default_value_t = 0)]
+        grace_period: u64,
+        /// `pod NAME` | `service NAME`
         what: Vec<String>,
     },
-    /// List nodes or pods.
+    /// List nodes, pods, services or endpointslices.
     Get {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
-        /// nodes | pods
+        /// nodes | pods | services (svc) | endpointslices
         resource: String,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
@@ -67,7 +76,7 @@ pub enum LabCmd {
         #[arg(short = 'o', long, value_enum)]
         output: Option<OutputArg>,
     },
-    /// Run a command in a pod's (or node's) network namespace.
+    /// Run a command in a pod's (or node's, or the external client's) network namespace.
     Exec {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
@@ -76,6 +85,9 @@ pub enum LabCmd {
         /// Run in this node's namespace instead of a pod's.
         #[arg(long)]
         node: Option<String>,
+        /// Run in the external client's namespace (on the underlay, outside the cluster).
+        #[arg(long)]
+        external: bool,
         /// The container (all containers of a pod share its network).
         #[arg(short = 'c', long)]
         container: Option<String>,
@@ -93,18 +105,28 @@ pub enum LabCmd {
         #[arg(short = 'c', long)]
         container: Option<String>,
     },
-    /// Reachability matrix: every --from pod tries every --to pod (1 s timeout).
+    /// Reachability matrix: every --from tries every --to (1 s timeout per attempt).
     Probe {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
+        /// POD, NAMESPACE/POD, node/NODE or external [default: every pod]
         #[arg(long)]
         from: Vec<String>,
+        /// POD, svc/[NAMESPACE/]NAME[:PORT], node/NODE:PORT or IP:PORT [default: every pod]
         #[arg(long)]
         to: Vec<String>,
+        /// The port of targets that name none.
         #[arg(long)]
         port: Option<u16>,
-        #[arg(long, value_enum, default_value = "tcp")]
-        protocol: ProtocolArg,
+        /// [default: tcp, or a Service port's own protocol]
+        #[arg(long, value_enum)]
+        protocol: Option<ProtocolArg>,
+        /// Attempts per pair, each on a new connection (or UDP socket).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// What each attempt asks: the HTTP path over TCP; over UDP /hostname or /clientip.
+        #[arg(long, default_value = weft_lab::probe::HOSTNAME_PATH)]
+        http_path: String,
         #[arg(short = 'o', long, value_enum)]
         output: Option<OutputArg>,
     },
@@ -165,6 +187,8 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             backend,
             pod_cidr,
             underlay_cidr,
+            service_cidr,
+            lb_cidr,
         } => ops::up(
             &UpOptions {
                 name,
@@ -172,6 +196,8 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 backend,
                 pod_cidr,
                 underlay: underlay_cidr,
+                service_cidr,
+                lb_cidr,
             },
             &Binaries::beside_current_exe()?,
         ),
@@ -191,15 +217,22 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             name,
             file,
             namespace,
+            grace_period,
             what,
         } => {
             let bins = Binaries::beside_current_exe()?;
+            let grace = Duration::from_secs(grace_period);
             match (file, what.as_slice()) {
-                (Some(f), []) => ops::delete_manifest(&name, &read_manifest(&f)?, &bins),
-                (None, [kind, pod]) if kind == "pod" || kind == "pods" => {
-                    ops::delete_pod(&name, &namespace, pod, &bins)
+                (Some(f), []) => ops::delete_manifest(&name, &read_manifest(&f)?, grace, &bins),
+                (None, [kind, pod]) if matches!(kind.as_str(), "pod" | "pods" | "po") => {
+                    ops::delete_pod(&name, &namespace, pod, grace, &bins)
                 }
-                _ => bail!("use `weft lab delete -f FILE` or `weft lab delete pod NAME`"),
+                (None, [kind, svc]) if matches!(kind.as_str(), "service" | "services" | "svc") => {
+                    ops::delete_service(&name, &namespace, svc)
+                }
+                _ => bail!(
+                    "use `weft lab delete -f FILE`, `weft lab delete pod NAME` or `weft lab delete service NAME`"
+                ),
             }
         }
         LabCmd::Get {
@@ -208,30 +241,36 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             namespace,
             all_namespaces,
             output: o,
-        } => match resource.as_str() {
-            "nodes" | "node" | "no" => ops::get_nodes(&name, output(o)),
-            "pods" | "pod" | "po" => {
-                let ns = if all_namespaces {
-                    None
-                } else {
-                    Some(namespace.as_deref().unwrap_or("default"))
-                };
-                ops::get_pods(&name, ns, output(o))
+        } => {
+            let ns = if all_namespaces {
+                None
+            } else {
+                Some(namespace.as_deref().unwrap_or("default"))
+            };
+            match resource.as_str() {
+                "nodes" | "node" | "no" => ops::get_nodes(&name, output(o)),
+                "pods" | "pod" | "po" => ops::get_pods(&name, ns, output(o)),
+                "services" | "service" | "svc" => ops::get_services(&name, ns, output(o)),
+                "endpointslices" | "endpointslice" => ops::get_endpointslices(&name, ns, output(o)),
+                other => {
+                    bail!("cannot get {other:?}: use nodes, pods, services (svc) or endpointslices")
+                }
             }
-            other => bail!("cannot get {other:?}: use nodes or pods"),
-        },
+        }
         LabCmd::Exec {
             name,
             namespace,
             node,
+            external,
             container: _,
             pod,
             command,
         } => {
-            let target = match (node, pod) {
-                (Some(n), None) => ExecTarget::Node(n),
-                (None, Some(p)) => ExecTarget::Pod { namespace, name: p },
-                _ => bail!("give either a pod or --node NODE"),
+            let target = match (node, pod, external) {
+                (Some(n), None, false) => ExecTarget::Node(n),
+                (None, Some(p), false) => ExecTarget::Pod { namespace, name: p },
+                (None, None, true) => ExecTarget::External,
+                _ => bail!("give one of: a pod, --node NODE or --external"),
             };
             let code = ops::exec(&name, &target, &command)?;
             std::process::exit(code);
@@ -254,17 +293,21 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             to,
             port,
             protocol,
+            count,
+            http_path,
             output: o,
         } => {
             let opts = ProbeOptions {
                 from,
                 to,
                 port,
-                protocol: match protocol {
+                protocol: protocol.map(|p| match p {
                     ProtocolArg::Tcp => Protocol::Tcp,
                     ProtocolArg::Udp => Protocol::Udp,
-                },
+                }),
                 timeout: Duration::from_secs(1),
+                count,
+                http_path,
             };
             let results = ops::probe_matrix(&name, &opts)?;
             let all_ok = if matches!(o, Some(OutputArg::Json)) {

@@ -2,141 +2,18 @@
 //! test uses its own lab name, so they run side by side; a guard removes
 //! the lab even when the test fails.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{text, wait_until, Lab, MANIFEST, WEFT};
 use serde_json::Value;
 use weft_datapath::{netns, NetNs};
-
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pods.yaml");
-
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    fn up(tag: &str, nodes: u32, backend: &str) -> Lab {
-        assert!(tag.len() <= 6);
-        let name = format!("{tag}{}", std::process::id() % 100_000);
-        let lab = Lab { name };
-        let out = lab.weft(&["up", "--nodes", &nodes.to_string(), "--backend", backend]);
-        assert!(
-            out.status.success(),
-            "lab up failed:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        lab
-    }
-
-    fn weft(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(WEFT);
-        cmd.arg("lab")
-            .arg(args[0])
-            .args(["--name", &self.name])
-            .args(&args[1..]);
-        cmd.env("RUST_BACKTRACE", "0")
-            .output()
-            .expect("running weft")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.weft(args);
-        assert!(
-            out.status.success(),
-            "weft lab {args:?} failed:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).expect("JSON output")
-    }
-
-    fn pods(&self) -> Vec<Value> {
-        self.json(&["get", "pods", "-A", "-o", "json"])["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn pod_netns(&self, pod: &str) -> NetNs {
-        let p = self
-            .pods()
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == pod)
-            .expect("pod exists");
-        NetNs::open(
-            p["metadata"]["annotations"]["weft.dev/netns"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap()
-    }
-
-    fn pod_ip(&self, pod: &str) -> String {
-        let p = self
-            .pods()
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == pod)
-            .expect("pod exists");
-        p["status"]["podIP"].as_str().unwrap().to_string()
-    }
-
-    fn node_ns(&self, node: &str) -> String {
-        format!("wl-{}-{node}", self.name)
-    }
-
-    fn node_ip_cmd(&self, node: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(self.node_ns(node))
-            .args(args)
-            .output()
-            .unwrap();
-        text(&out.stdout)
-    }
-
-    fn full_mesh(&self) -> Value {
-        let out = self.weft(&["probe", "-o", "json"]);
-        let v: Value = serde_json::from_str(&text(&out.stdout)).expect("probe JSON");
-        assert!(
-            v["allOk"].as_bool().unwrap(),
-            "not all pods reach each other: {v:#}"
-        );
-        v
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(WEFT)
-            .args(["lab", "down", "--name", &self.name])
-            .output();
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 fn mesh_test(tag: &str, backend: &str) {
     let lab = Lab::up(tag, 3, backend);

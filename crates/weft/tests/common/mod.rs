@@ -1,0 +1,217 @@
+//! The harness of the `weft lab` end-to-end tests: a lab driven through
+//! the `weft` binary as a user runs it, under a name unique to the test
+//! (`<tag><pid>`), removed by `Drop` even when the test fails. Each test
+//! file uses part of it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_datapath::NetNs;
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+pub const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pods.yaml");
+
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    pub fn up(tag: &str, nodes: u32, backend: &str) -> Lab {
+        Lab::up_with(tag, &["--nodes", &nodes.to_string(), "--backend", backend])
+    }
+
+    /// `weft lab up ARGS` under the name `<tag><pid>`.
+    pub fn up_with(tag: &str, args: &[&str]) -> Lab {
+        let lab = Lab::named(tag);
+        let mut all = vec!["up"];
+        all.extend_from_slice(args);
+        let out = lab.weft(&all);
+        assert!(
+            out.status.success(),
+            "lab up failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        lab
+    }
+
+    /// A handle on the lab `<tag><pid>` without creating it.
+    pub fn named(tag: &str) -> Lab {
+        assert!(tag.len() <= 6);
+        Lab {
+            name: format!("{tag}{}", std::process::id() % 100_000),
+        }
+    }
+
+    pub fn weft(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(WEFT);
+        cmd.arg("lab")
+            .arg(args[0])
+            .args(["--name", &self.name])
+            .args(&args[1..]);
+        cmd.env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("running weft")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.weft(args);
+        assert!(
+            out.status.success(),
+            "weft lab {args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON output")
+    }
+
+    pub fn pods(&self) -> Vec<Value> {
+        self.json(&["get", "pods", "-A", "-o", "json"])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn pod_netns(&self, pod: &str) -> NetNs {
+        let p = self
+            .pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == pod)
+            .expect("pod exists");
+        NetNs::open(
+            p["metadata"]["annotations"]["weft.dev/netns"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let p = self
+            .pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == pod)
+            .expect("pod exists");
+        p["status"]["podIP"].as_str().unwrap().to_string()
+    }
+
+    pub fn node_ns(&self, node: &str) -> String {
+        format!("wl-{}-{node}", self.name)
+    }
+
+    pub fn node_ip_cmd(&self, node: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(self.node_ns(node))
+            .args(args)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+
+    /// The Service proxy's table in a node, as `nft list table` prints it.
+    pub fn node_nft(&self, node: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns(node)])
+            .args(["nft", "list", "table", "ip", "weft-proxy"])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+
+    /// The names of the chains in a node's proxy table.
+    pub fn node_nft_chains(&self, node: &str) -> Vec<String> {
+        self.node_nft(node)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("chain "))
+            .map(|l| l.trim_end_matches(" {").to_string())
+            .collect()
+    }
+
+    /// Runs a command in the external client's namespace; its stdout.
+    pub fn external_cmd(&self, args: &[&str]) -> String {
+        text(
+            &self
+                .ok(&[&["exec", "--external", "--"], args].concat())
+                .into_bytes(),
+        )
+    }
+
+    /// The MAC address the external client resolved `ip` to, if any.
+    pub fn external_neighbour(&self, ip: &str) -> Option<String> {
+        let line = self.external_cmd(&["ip", "neigh", "show", ip]);
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == "lladdr")?;
+        words.next().map(String::from)
+    }
+
+    /// `weft lab ARGS` that must fail; its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.weft(args);
+        assert!(
+            !out.status.success(),
+            "weft lab {args:?} should have failed:\n{}",
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
+    /// `weft lab apply -f -` with `manifest` on stdin; its output.
+    pub fn apply(&self, manifest: &str) -> Output {
+        let mut child = Command::new(WEFT)
+            .args(["lab", "apply", "--name", &self.name, "-f", "-"])
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running weft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.as_bytes())
+            .expect("writing the manifest");
+        child.wait_with_output().expect("running weft")
+    }
+
+    pub fn full_mesh(&self) -> Value {
+        let out = self.weft(&["probe", "-o", "json"]);
+        let v: Value = serde_json::from_str(&text(&out.stdout)).expect("probe JSON");
+        assert!(
+            v["allOk"].as_bool().unwrap(),
+            "not all pods reach each other: {v:#}"
+        );
+        v
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(WEFT)
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}

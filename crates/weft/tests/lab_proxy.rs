@@ -1,0 +1,471 @@
+//! The Service proxy end to end: Services applied to a lab, traffic sent
+//! from pods, nodes and the external client through the real agents'
+//! nftables, answers checked (who answered, which client address they saw,
+//! refused versus timed out).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{text, wait_until, Lab, MANIFEST};
+use serde_json::Value;
+use weft_datapath::NetNs;
+
+const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/services.yaml");
+
+/// One probe attempt: (outcome, answer).
+type Attempt = (String, String);
+
+fn probe(lab: &Lab, from: &str, to: &str, count: u32, path: &str) -> Vec<Attempt> {
+    let out = lab.weft(&[
+        "probe",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--count",
+        &count.to_string(),
+        "--http-path",
+        path,
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&text(&out.stdout))
+        .unwrap_or_else(|_| panic!("probe JSON: {}{}", text(&out.stdout), text(&out.stderr)));
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap_or_default().to_string(),
+                r["answer"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn answers(lab: &Lab, from: &str, to: &str, count: u32) -> Vec<String> {
+    let attempts = probe(lab, from, to, count, "/hostname");
+    assert!(
+        attempts.iter().all(|(o, _)| o == "ok"),
+        "{from} → {to}: {attempts:?}"
+    );
+    attempts.into_iter().map(|(_, a)| a).collect()
+}
+
+/// Waits until `from` reaches `to` (the agents apply changes within
+/// milliseconds, but a test must not race them).
+fn reachable(lab: &Lab, from: &str, to: &str) {
+    let ok = wait_until(Duration::from_secs(5), || {
+        probe(lab, from, to, 1, "/hostname")[0].0 == "ok"
+    });
+    assert!(ok.is_some(), "{from} never reached {to}");
+}
+
+fn apply(lab: &Lab, manifest: &str) {
+    let out = lab.apply(manifest);
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn demo(lab: &Lab) {
+    lab.ok(&["apply", "-f", MANIFEST]);
+    lab.ok(&["apply", "-f", SERVICES]);
+}
+
+fn service(lab: &Lab, name: &str) -> Value {
+    lab.json(&["get", "services", "-n", "demo", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
+fn load_balancer_ip(lab: &Lab, name: &str) -> String {
+    service(lab, name)["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .expect("an ingress address")
+        .to_string()
+}
+
+fn node_ip(lab: &Lab, node: &str) -> String {
+    lab.json(&["get", "nodes", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["metadata"]["name"] == node)
+        .and_then(|n| {
+            n["status"]["addresses"][0]["address"]
+                .as_str()
+                .map(String::from)
+        })
+        .expect("node address")
+}
+
+#[test]
+fn cluster_ip_spreads_keeps_the_source_and_hairpins() {
+    let lab = Lab::up("pxcl", 3, "vxlan");
+    demo(&lab);
+    reachable(&lab, "demo/sidecar", "svc/demo/web");
+
+    let seen: BTreeSet<String> = answers(&lab, "demo/sidecar", "svc/demo/web", 30)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        seen,
+        ["web-0", "web-1", "web-2"].map(String::from).into(),
+        "not spread over every endpoint"
+    );
+
+    let sidecar_ip = lab.pod_ip("sidecar");
+    for (outcome, client) in probe(&lab, "demo/sidecar", "svc/demo/web", 5, "/clientip") {
+        assert_eq!(outcome, "ok");
+        assert!(
+            client.starts_with(&format!("{sidecar_ip}:")),
+            "pod-to-ClusterIP was NATed: {client}"
+        );
+    }
+
+    // The second port: UDP, named target port.
+    let udp: BTreeSet<String> = answers(&lab, "demo/sidecar", "svc/demo/web:dns", 20)
+        .into_iter()
+        .collect();
+    assert!(udp.len() >= 2, "UDP not spread: {udp:?}");
+
+    // Hairpin: every pod reaches the Service, including when it picks itself.
+    for pod in ["web-0", "web-1", "web-2"] {
+        let got = answers(&lab, &format!("demo/{pod}"), "svc/demo/web", 15);
+        assert!(
+            got.iter().any(|a| a == pod),
+            "{pod} never answered itself: {got:?}"
+        );
+    }
+
+    // From a node (the nat output hook) and from a hostNetwork-like client.
+    answers(&lab, "node/node-1", "svc/demo/web", 3);
+}
+
+#[test]
+fn affinity_sticks_and_services_without_endpoints_refuse() {
+    let lab = Lab::up("pxaf", 2, "host-gw");
+    demo(&lab);
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: demo}\nspec:\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nothing, namespace: demo}\nspec:\n  selector: {app: nothing}\n  ports: [{name: t, port: 80, targetPort: 8080}, {name: u, port: 81, protocol: UDP, targetPort: 8081}]\n",
+    );
+    reachable(&lab, "demo/sidecar", "svc/demo/sticky");
+    let got = answers(&lab, "demo/sidecar", "svc/demo/sticky", 15);
+    assert!(got.iter().all(|a| *a == got[0]), "affinity broken: {got:?}");
+
+    for port in ["t", "u"] {
+        let started = Instant::now();
+        let attempts = probe(
+            &lab,
+            "demo/sidecar",
+            &format!("svc/demo/nothing:{port}"),
+            3,
+            "/hostname",
+        );
+        assert!(
+            attempts.iter().all(|(o, _)| o == "refused"),
+            "{port}: {attempts:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "refusal took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // The Service existed first; its first endpoint arrives now.
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: demo, labels: {app: nothing}}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}, {containerPort: 8081, protocol: UDP}]}]\n",
+    );
+    reachable(&lab, "demo/sidecar", "svc/demo/nothing:t");
+    assert_eq!(
+        answers(&lab, "demo/sidecar", "svc/demo/nothing:u", 2),
+        ["late", "late"]
+    );
+}
+
+#[test]
+fn node_ports_load_balancers_and_external_traffic_policy_local() {
+    let lab = Lab::up("pxnp", 2, "vxlan");
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: only, namespace: demo, labels: {app: only}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cluster, namespace: demo}\nspec:\n  type: NodePort\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30100}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30101}]\n",
+    );
+    let (n1, n2) = (node_ip(&lab, "node-1"), node_ip(&lab, "node-2"));
+    let external = "198.18.0.2";
+
+    // externalTrafficPolicy: Cluster: every node forwards, the source is
+    // masqueraded (replies must come back through that node).
+    reachable(&lab, "external", &format!("{n1}:30100"));
+    for (outcome, client) in probe(&lab, "external", &format!("{n1}:30100"), 3, "/clientip") {
+        assert_eq!(outcome, "ok");
+        assert!(
+            !client.starts_with(external),
+            "ETP Cluster kept the client address: {client}"
+        );
+    }
+
+    // Local: the node with the endpoint keeps the client's address; the
+    // other drops (no reject: a load balancer's health check steers away).
+    reachable(&lab, "external", &format!("{n2}:30101"));
+    for (outcome, client) in probe(&lab, "external", &format!("{n2}:30101"), 3, "/clientip") {
+        assert_eq!(outcome, "ok");
+        assert!(
+            client.starts_with(&format!("{external}:")),
+            "client address lost: {client}"
+        );
+    }
+    let dropped = probe(&lab, "external", &format!("{n1}:30101"), 1, "/hostname");
+    assert_eq!(dropped[0].0, "timeout", "{dropped:?}");
+
+    // healthCheckNodePort: 200 where the endpoint is, 503 elsewhere.
+    let hc = service(&lab, "local")["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("allocated") as u16;
+    let health = |ip: &str| probe(&lab, "external", &format!("{ip}:{hc}"), 1, "/").remove(0);
+    let (outcome, body) = health(&n2);
+    assert_eq!(outcome, "ok");
+    assert!(body.contains("\"localEndpoints\":1"), "{body}");
+    let (outcome, body) = health(&n1);
+    assert!(outcome == "ok" || outcome == "error", "{outcome}");
+    assert!(
+        body.contains("\"localEndpoints\":0") || body.contains("503"),
+        "{body}"
+    );
+
+    // The LoadBalancer address is announced by the node with the endpoint.
+    let lb = load_balancer_ip(&lab, "local");
+    reachable(&lab, "external", &format!("{lb}:80"));
+    let (_, client) = probe(&lab, "external", &format!("{lb}:80"), 1, "/clientip").remove(0);
+    assert!(client.starts_with(&format!("{external}:")), "{client}");
+
+    // loadBalancerSourceRanges: the external client is outside → dropped;
+    // inside → served.
+    let ranged = |range: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: local, namespace: demo}}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  loadBalancerSourceRanges: [{range}]\n  selector: {{app: only}}\n  ports: [{{port: 80, targetPort: http, nodePort: 30101}}]\n")
+    };
+    apply(&lab, &ranged("198.18.0.100/32"));
+    let blocked = wait_until(Duration::from_secs(5), || {
+        probe(&lab, "external", &format!("{lb}:80"), 1, "/hostname")[0].0 == "timeout"
+    });
+    assert!(blocked.is_some(), "source ranges not enforced");
+    apply(&lab, &ranged("198.18.0.0/29"));
+    reachable(&lab, "external", &format!("{lb}:80"));
+}
+
+#[test]
+fn external_ips_and_internal_traffic_policy_local() {
+    let lab = Lab::up("pxit", 2, "host-gw");
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: near, namespace: demo}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: far, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  internalTrafficPolicy: Local\n  externalIPs: [198.19.0.80]\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    reachable(&lab, "demo/near", "svc/demo/local");
+    let far = probe(&lab, "demo/far", "svc/demo/local", 1, "/hostname");
+    assert_eq!(
+        far[0].0, "timeout",
+        "internalTrafficPolicy Local let a remote node's pod through: {far:?}"
+    );
+    // externalIPs are external traffic: internalTrafficPolicy does not apply.
+    reachable(&lab, "demo/far", "198.19.0.80:80");
+    assert_eq!(
+        answers(&lab, "demo/far", "198.19.0.80:80", 2),
+        ["server", "server"]
+    );
+}
+
+#[test]
+fn headless_and_foreign_services_are_not_programmed() {
+    let lab = Lab::up("pxhl", 1, "host-gw");
+    demo(&lab);
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: headless, namespace: demo}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: foreign\n  namespace: demo\n  labels: {service.kubernetes.io/service-proxy-name: other}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n",
+    );
+    reachable(&lab, "demo/sidecar", "svc/demo/web");
+    let table = lab.node_nft("node-1");
+    assert!(table.contains("demo/web/tcp/http"), "{table}");
+    assert!(
+        !table.contains("demo/headless/"),
+        "headless Service programmed"
+    );
+    assert!(
+        !table.contains("demo/foreign/"),
+        "another proxy's Service programmed"
+    );
+    let foreign_ip = service(&lab, "foreign")["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!table.contains(&foreign_ip));
+}
+
+#[test]
+fn load_balancer_address_moves_when_its_node_stops() {
+    let lab = Lab::up("pxlb", 3, "vxlan");
+    demo(&lab);
+    let lb = load_balancer_ip(&lab, "web-lb");
+    reachable(&lab, "external", &format!("{lb}:80"));
+    let owner_mac = lab
+        .external_neighbour(&lb)
+        .expect("the address was resolved");
+    let owner = ["node-1", "node-2", "node-3"]
+        .into_iter()
+        .find(|n| {
+            lab.node_ip_cmd(n, &["link", "show", "eth0"])
+                .contains(&owner_mac)
+        })
+        .expect("a node owns the address");
+    lab.ok(&["node", "stop", owner]);
+    let moved = wait_until(Duration::from_secs(10), || {
+        lab.external_neighbour(&lb)
+            .is_some_and(|mac| mac != owner_mac)
+    });
+    assert!(moved.is_some(), "no other node took over {lb} from {owner}");
+    // A client that forgets the old address resolves the new owner.
+    lab.external_cmd(&["ip", "neigh", "flush", "dev", "eth0"]);
+    reachable(&lab, "external", &format!("{lb}:80"));
+    assert_ne!(lab.external_neighbour(&lb), Some(owner_mac));
+}
+
+#[test]
+fn udp_clients_move_on_when_their_endpoint_is_replaced() {
+    let lab = Lab::up("pxud", 2, "vxlan");
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: dns-a, namespace: demo, labels: {app: dns}}\nspec:\n  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 5353, protocol: UDP}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: demo}\nspec:\n  selector: {app: dns}\n  ports: [{name: dns, port: 53, protocol: UDP, targetPort: dns}]\n",
+    );
+    reachable(&lab, "demo/client", "svc/demo/dns");
+    let vip = service(&lab, "dns")["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target: SocketAddr = format!("{vip}:53").parse().unwrap();
+    // One socket for the whole test: one conntrack flow, as a real
+    // resolver's long-lived socket.
+    let ns: NetNs = lab.pod_netns("client");
+    let socket = ns
+        .run_in(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .expect("socket in the client pod");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let ask = || -> Option<String> {
+        socket.send_to(b"hostname", target).ok()?;
+        let mut buf = [0u8; 256];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    assert_eq!(ask().as_deref(), Some("dns-a"));
+    // The replacement comes up, then the old endpoint goes away.
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: dns-b, namespace: demo, labels: {app: dns}}\nspec:\n  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 5353, protocol: UDP}]}]\n",
+    );
+    lab.ok(&["delete", "-n", "demo", "pod", "dns-a"]);
+    let moved = wait_until(Duration::from_secs(3), || ask().as_deref() == Some("dns-b"));
+    assert!(
+        moved.is_some(),
+        "the UDP flow stayed on the deleted endpoint"
+    );
+    for _ in 0..5 {
+        assert_eq!(ask().as_deref(), Some("dns-b"));
+    }
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
+    let lab = Lab::up("pxte", 2, "host-gw");
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: demo}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n    spec:\n      containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app, namespace: demo}\nspec:\n  selector: {app: app}\n  ports: [{port: 80, targetPort: http}]\n",
+    );
+    reachable(&lab, "demo/client", "svc/demo/app");
+    let slow_delete = |pod: &'static str| {
+        let name = lab.name.clone();
+        std::thread::spawn(move || {
+            let out = std::process::Command::new(common::WEFT)
+                .args([
+                    "lab",
+                    "delete",
+                    "--name",
+                    &name,
+                    "-n",
+                    "demo",
+                    "pod",
+                    pod,
+                    "--grace-period",
+                    "4",
+                ])
+                .output()
+                .expect("running weft");
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        })
+    };
+    // app-0 terminates while app-1 is ready: nobody reaches app-0.
+    let first = slow_delete("app-0");
+    std::thread::sleep(Duration::from_millis(1000));
+    let got = answers(&lab, "demo/client", "svc/demo/app", 12);
+    assert!(
+        got.iter().all(|a| a == "app-1"),
+        "a terminating endpoint got traffic: {got:?}"
+    );
+    first.join().unwrap();
+    // app-1 terminates with no ready endpoint left: it keeps serving.
+    let second = slow_delete("app-1");
+    std::thread::sleep(Duration::from_millis(1000));
+    let got = answers(&lab, "demo/client", "svc/demo/app", 5);
+    assert!(got.iter().all(|a| a == "app-1"), "{got:?}");
+    second.join().unwrap();
+    let gone = probe(&lab, "demo/client", "svc/demo/app", 1, "/hostname");
+    assert_eq!(gone[0].0, "refused", "{gone:?}");
+}
+
+#[test]
+fn agent_restart_keeps_service_traffic_and_converges() {
+    let lab = Lab::up("pxrs", 2, "vxlan");
+    demo(&lab);
+    reachable(&lab, "demo/sidecar", "svc/demo/web");
+    let chains_before = lab.node_nft_chains("node-1");
+    for node in ["node-1", "node-2"] {
+        lab.ok(&["node", "stop", node]);
+    }
+    // Forwarding survives the agents being gone ...
+    answers(&lab, "demo/sidecar", "svc/demo/web", 5);
+    // ... and a Service deleted meanwhile disappears once they are back.
+    lab.ok(&["delete", "-n", "demo", "service", "web-nodeport"]);
+    for node in ["node-1", "node-2"] {
+        lab.ok(&["node", "start", node]);
+    }
+    let converged = wait_until(Duration::from_secs(10), || {
+        !lab.node_nft_chains("node-1")
+            .iter()
+            .any(|c| c.contains("demo/web-nodeport/"))
+    });
+    assert!(
+        converged.is_some(),
+        "deleted Service's chains stayed after restart"
+    );
+    let after = lab.node_nft_chains("node-1");
+    let expected: Vec<String> = chains_before
+        .into_iter()
+        .filter(|c| !c.contains("demo/web-nodeport/"))
+        .collect();
+    assert_eq!(after, expected, "only web-nodeport's chains should be gone");
+    answers(&lab, "demo/sidecar", "svc/demo/web", 5);
+}
