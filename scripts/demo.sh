@@ -13,15 +13,30 @@ echo
 $weft lab get pods --name weft -A -o wide
 echo
 $weft lab probe --name weft
+echo
+$weft lab apply --name weft -f examples/services.yaml
+$weft lab get services --name weft -n demo
+echo
+echo "A pod's new connections to the web ClusterIP, spread over the Deployment's pods:"
+$weft lab probe --name weft --from demo/sidecar --to svc/demo/web --count 6
+echo
+echo "The external client (outside the cluster) through the NodePort of node-1:"
+$weft lab probe --name weft --from external --to node/node-1:30080 --count 3
+echo
+echo "... and through the LoadBalancer address, which sees the client's own address:"
+$weft lab probe --name weft --from external --to svc/demo/web-lb --http-path /clientip --count 3
 cat <<MSG
 
-Every pod reaches every other pod across nodes, without NAT. Go on with:
+Every pod reaches every other pod across nodes, without NAT, and Services
+balance over them. Go on with:
   export PATH=\$PWD/target/release:\$PATH
   weft lab get nodes -o wide                  # nodes, their subnets and addresses
   weft lab exec -n demo web-0 -- ip route     # run anything inside a pod's network
   weft lab exec --node node-1 -- ip route     # ... or a node's
   weft lab logs -n demo web-1                 # what a container printed
   weft lab probe --protocol udp               # the UDP matrix
+  weft lab get endpointslices -n demo         # what the proxy reads
+  weft lab exec --node node-1 -- nft list table ip weft-proxy   # what it programmed
   weft lab node stop node-2                   # kill an agent: traffic keeps flowing
 Tear it all down with:
   weft lab down

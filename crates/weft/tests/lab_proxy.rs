@@ -319,7 +319,8 @@ fn load_balancer_address_moves_when_its_node_stops() {
     let lab = Lab::up("pxlb", 3, "vxlan");
     demo(&lab);
     let lb = load_balancer_ip(&lab, "web-lb");
-    reachable(&lab, "external", &format!("{lb}:80"));
+    // From outside, svc/NAME means the Service's LoadBalancer address.
+    reachable(&lab, "external", "svc/demo/web-lb");
     let owner_mac = lab
         .external_neighbour(&lb)
         .expect("the address was resolved");

@@ -209,8 +209,15 @@ fn destinations(lab: &Lab, pods: &[Pod], opts: &ProbeOptions) -> Result<Vec<Dest
                 let services = lab.services()?;
                 let svc = targets::find_service(&services, namespace.as_deref(), &name)?;
                 let port = port.or_else(|| opts.port.map(|p| p.to_string()));
-                let (addr, protocol) =
+                let (mut addr, protocol) =
                     targets::service_address(svc, port.as_deref(), opts.protocol)?;
+                // A ClusterIP means nothing outside the cluster: the external
+                // client goes to the LoadBalancer address (or an externalIP).
+                if from_outside(opts) {
+                    if let Some(ip) = outside_address(svc) {
+                        addr.set_ip(ip);
+                    }
+                }
                 out.push(Destination {
                     label: text.clone(),
                     addr,
@@ -230,6 +237,23 @@ fn destinations(lab: &Lab, pods: &[Pod], opts: &ProbeOptions) -> Result<Vec<Dest
         }
     }
     Ok(out)
+}
+
+fn from_outside(opts: &ProbeOptions) -> bool {
+    !opts.from.is_empty()
+        && opts
+            .from
+            .iter()
+            .all(|f| matches!(targets::parse_source(f), Ok(targets::Source::External)))
+}
+
+fn outside_address(svc: &k8s_openapi::api::core::v1::Service) -> Option<IpAddr> {
+    let external_ips = svc.spec.as_ref()?.external_ips.clone().unwrap_or_default();
+    crate::services::ingress_ips(svc)
+        .into_iter()
+        .map(IpAddr::V4)
+        .chain(external_ips.iter().filter_map(|ip| ip.parse().ok()))
+        .next()
 }
 
 /// Pods with an address and a port to probe (others are skipped).
