@@ -102,6 +102,7 @@ impl Proxy<'_> {
         let revision = self.load()?;
         let report = self.proxier.full_sync(self.state.plan_all(&self.ctx))?;
         log_report(&report);
+        release_freed_memory();
         self.after_sync()?;
         let poll = self.opts.watch_poll;
         let mut services = self.store.watch(SERVICE_KIND, revision, poll);
@@ -148,19 +149,12 @@ impl Proxy<'_> {
     /// Lists both kinds into a fresh cache; returns the revision to watch
     /// from (the first list's: replaying a few events is harmless).
     fn load(&mut self) -> Result<u64> {
-        let (services, revision) = self.store.list(SERVICE_KIND)?;
-        let (slices, _) = self.store.list(SLICE_KIND)?;
         let mut state = ServiceState::default();
-        let events: Vec<weft_store::Event> = services
-            .into_iter()
-            .chain(slices)
-            .map(|object| weft_store::Event {
-                kind: weft_store::EventKind::Added,
-                revision: object.revision,
-                object,
-            })
-            .collect();
-        state.events(&events);
+        let revision = self
+            .store
+            .list_each(SERVICE_KIND, |_, _, json| state.load(SERVICE_KIND, json))?;
+        self.store
+            .list_each(SLICE_KIND, |_, _, json| state.load(SLICE_KIND, json))?;
         self.state = state;
         Ok(revision)
     }
@@ -198,6 +192,16 @@ impl Proxy<'_> {
             arp.announce(&mine);
         }
         Ok(())
+    }
+}
+
+/// A full sync builds tens of megabytes of rule text and frees it; glibc
+/// keeps freed memory in the process unless asked to hand it back.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

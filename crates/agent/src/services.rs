@@ -100,6 +100,26 @@ impl ServiceState {
         touched
     }
 
+    /// Takes in one stored object of either kind, as JSON text (the initial
+    /// list is streamed through here, never held whole).
+    pub fn load(&mut self, kind: &str, json: &str) {
+        match kind {
+            SERVICE_KIND => match serde_json::from_str::<Service>(json) {
+                Ok(svc) => {
+                    self.service(&svc, false);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable Service skipped"),
+            },
+            SLICE_KIND => match serde_json::from_str::<EndpointSlice>(json) {
+                Ok(slice) => {
+                    self.slice(&slice, false);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable EndpointSlice skipped"),
+            },
+            _ => {}
+        }
+    }
+
     /// Takes in watch events of either kind; returns the Services to re-plan.
     pub fn events(&mut self, events: &[Event]) -> BTreeSet<ServiceKey> {
         let mut dirty = BTreeSet::new();
@@ -150,13 +170,14 @@ impl ServiceState {
         Some(plan_service(info, &self.endpoints(key), ctx))
     }
 
-    /// Every programmed Service, planned (for a full sync).
-    pub fn plan_all(&self, ctx: &NodeContext) -> Vec<(ServiceKey, ServiceRules)> {
-        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
-        keys.sort();
-        keys.into_iter()
-            .filter_map(|k| Some((k.clone(), self.plan(k, ctx)?)))
-            .collect()
+    /// Every programmed Service, planned one at a time (for a full sync).
+    pub fn plan_all<'a>(
+        &'a self,
+        ctx: &'a NodeContext,
+    ) -> impl Iterator<Item = (ServiceKey, ServiceRules)> + 'a {
+        self.services
+            .keys()
+            .filter_map(move |k| Some((k.clone(), self.plan(k, ctx)?)))
     }
 
     /// healthCheckNodePort → (Service, its usable endpoints on `node`).
@@ -297,7 +318,7 @@ mod tests {
         let mut s = ServiceState::default();
         s.service(&svc(json!({"clusterIP": "None"})), false);
         assert!(s.plan(&key("web"), &ctx()).is_none());
-        assert!(s.plan_all(&ctx()).is_empty());
+        assert_eq!(s.plan_all(&ctx()).count(), 0);
     }
 
     #[test]

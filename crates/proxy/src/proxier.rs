@@ -143,7 +143,7 @@ impl Proxier {
     /// flushed and refilled in one transaction, leftovers deleted last.
     pub fn full_sync(
         &mut self,
-        services: Vec<(ServiceKey, ServiceRules)>,
+        services: impl IntoIterator<Item = (ServiceKey, ServiceRules)>,
     ) -> Result<SyncReport, ProxyError> {
         let started = Instant::now();
         nft::apply(&table::base_script(&self.ctx), None)?;
@@ -155,29 +155,36 @@ impl Proxier {
         self.udp.clear();
         let mut report = SyncReport {
             full: true,
-            services: services.len(),
             ..SyncReport::default()
         };
-        let mut planned = Vec::with_capacity(services.len());
-        for (key, mut rules) in services {
-            self.claim(&key, &mut rules);
-            self.record(&key, Some(&rules));
-            planned.push((key, rules));
-        }
-
-        // Chains (and affinity sets) in parallel shards: each is its own
-        // atomic transaction that only touches its Services' chains.
+        // Chains (and affinity sets) go to parallel shards, each its own
+        // atomic transaction touching only its Services' chains; the shared
+        // maps and sets to one last transaction. Each Service's plan is
+        // dropped as soon as it is written out, so memory stays flat.
         let mut shards: Vec<Transaction> =
             (0..self.shards).map(|_| Transaction::default()).collect();
+        let mut last = Transaction::default();
+        for (name, kind, _) in COLLECTIONS {
+            last.flush_collection(kind, name);
+        }
+        let mut wanted_chains: BTreeSet<String> = table::base_chain_names(&self.ctx)
+            .into_iter()
+            .map(String::from)
+            .collect();
         let empty = Applied::default();
-        for (i, (_, rules)) in planned.iter().enumerate() {
-            let shard = &mut shards[i % self.shards];
-            let chains_only = ServiceRules {
-                elements: Default::default(),
-                hairpin: Default::default(),
-                ..rules.clone()
-            };
-            shard.service(&empty, &chains_only);
+        for (i, (key, mut rules)) in services.into_iter().enumerate() {
+            self.claim(&key, &mut rules);
+            self.record(&key, Some(&rules));
+            shards[i % self.shards].chains(&empty, &rules);
+            for e in &rules.elements {
+                last.add_element(e.map, e.add_text());
+            }
+            for ip in &rules.hairpin {
+                *self.hairpin.entry(*ip).or_default() += 1;
+            }
+            wanted_chains.extend(rules.chains.into_keys());
+            self.udp.insert(key, rules.udp);
+            report.services += 1;
         }
         let scripts: Vec<String> = shards
             .iter()
@@ -185,6 +192,7 @@ impl Proxier {
             .map(Transaction::render)
             .collect();
         report.chains_written = shards.iter().map(|s| s.chains_written).sum();
+        drop(shards);
         std::thread::scope(|scope| {
             let runs: Vec<_> = scripts
                 .iter()
@@ -200,24 +208,8 @@ impl Proxier {
                 })
                 .collect::<Result<Vec<()>, _>>()
         })?;
+        drop(scripts);
 
-        // Maps and sets in one transaction, then whatever is left over.
-        let mut last = Transaction::default();
-        for (name, kind, _) in COLLECTIONS {
-            last.flush_collection(kind, name);
-        }
-        let mut wanted_chains: BTreeSet<&str> =
-            table::base_chain_names(&self.ctx).into_iter().collect();
-        for (key, rules) in &planned {
-            for e in &rules.elements {
-                last.add_element(e.map, e.add_text());
-            }
-            for ip in &rules.hairpin {
-                *self.hairpin.entry(*ip).or_default() += 1;
-            }
-            wanted_chains.extend(rules.chains.keys().map(String::as_str));
-            self.udp.insert(key.clone(), rules.udp.clone());
-        }
         for ip in self.hairpin.keys() {
             last.hairpin_add(*ip);
         }

@@ -132,6 +132,22 @@ impl Transaction {
 
     /// The commands that turn `old` into `new` for one Service.
     pub fn service(&mut self, old: &Applied, new: &ServiceRules) {
+        self.chains(old, new);
+        self.elements(old, new);
+        for name in old.chains.keys() {
+            if !new.chains.contains_key(name) {
+                self.delete_chain(name);
+            }
+        }
+        for name in old.sets.keys() {
+            if !new.sets.contains_key(name) {
+                self.delete_set(name);
+            }
+        }
+    }
+
+    /// New sets, and chains that are new or changed.
+    pub fn chains(&mut self, old: &Applied, new: &ServiceRules) {
         for (name, decl) in &new.sets {
             if !old.sets.contains_key(name) {
                 self.create_set(name, decl);
@@ -142,6 +158,9 @@ impl Transaction {
                 self.write_chain(name, rules);
             }
         }
+    }
+
+    fn elements(&mut self, old: &Applied, new: &ServiceRules) {
         let wanted: BTreeMap<(&'static str, &str), &Element> = new
             .elements
             .iter()
@@ -156,16 +175,6 @@ impl Transaction {
         for e in &new.elements {
             if old.elements.get(&(e.map, e.key.clone())) != Some(&hash(&e.value)) {
                 self.add_element(e.map, e.add_text());
-            }
-        }
-        for name in old.chains.keys() {
-            if !new.chains.contains_key(name) {
-                self.delete_chain(name);
-            }
-        }
-        for name in old.sets.keys() {
-            if !new.sets.contains_key(name) {
-                self.delete_set(name);
             }
         }
     }

@@ -187,6 +187,29 @@ impl Store {
         })
     }
 
+    /// Like [`Store::list`], but hands each object's JSON text to `each` as
+    /// it is read, so a caller decoding thousands of objects into its own
+    /// types never holds them all as JSON values at once. Returns the
+    /// revision the list is consistent at.
+    pub fn list_each(
+        &self,
+        kind: &str,
+        mut each: impl FnMut(&str, &str, &str),
+    ) -> Result<u64, StoreError> {
+        const OPERATION: &str = "list objects";
+        self.read(OPERATION, |transaction| {
+            let mut statement = transaction.prepare_cached(OF_KIND).during(OPERATION)?;
+            let mut rows = statement.query([kind]).during(OPERATION)?;
+            while let Some(row) = rows.next().during(OPERATION)? {
+                let namespace: String = row.get(0).during(OPERATION)?;
+                let name: String = row.get(1).during(OPERATION)?;
+                let value: String = row.get(3).during(OPERATION)?;
+                each(&namespace, &name, &value);
+            }
+            events::current_revision(transaction)
+        })
+    }
+
     /// Stores a Kubernetes resource under its kind, namespace and name, with
     /// `metadata.resourceVersion` set to the new revision, as an API server
     /// would; returns that revision.

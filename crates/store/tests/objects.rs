@@ -97,6 +97,21 @@ fn list_is_one_kind_sorted_by_namespace_then_name() {
     assert_eq!(at, 5);
     assert!(services.iter().all(|object| object.kind == "Service"));
     assert!(store.list("Pod").expect("list").0.is_empty());
+
+    // Streaming gives the same objects, in the same order, at the same revision.
+    let mut streamed = Vec::new();
+    let at_streamed = store
+        .list_each("Service", |namespace, name, json| {
+            let value: serde_json::Value = serde_json::from_str(json).expect("JSON");
+            streamed.push((namespace.to_string(), name.to_string(), value));
+        })
+        .expect("list_each");
+    assert_eq!(at_streamed, at);
+    let listed: Vec<_> = services
+        .iter()
+        .map(|o| (o.namespace.clone(), o.name.clone(), o.value.clone()))
+        .collect();
+    assert_eq!(streamed, listed);
 }
 
 #[test]
