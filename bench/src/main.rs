@@ -4,6 +4,7 @@
 
 mod cni;
 mod lab;
+mod services;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,11 +25,14 @@ enum Bench {
     Cni(cni::Args),
     /// The node agent and its backends, in weft lab.
     Lab(lab::Args),
+    /// The Service proxy with 10,000 Services × 10 endpoints (kube-proxy's reference numbers).
+    Services(services::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Cni(args) => cni::run(args),
         Bench::Lab(args) => lab::run(args),
+        Bench::Services(args) => services::run(args),
     }
 }
