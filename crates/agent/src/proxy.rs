@@ -138,6 +138,19 @@ impl Proxy<'_> {
             if dirty.is_empty() {
                 continue;
             }
+            // A Service and its EndpointSlice are usually written together:
+            // take what the other watch already holds, so both changes go
+            // into one transaction (polling a watcher once is a store read,
+            // it never waits).
+            let mut dirty = dirty;
+            for watcher in [&mut services, &mut slices] {
+                match tokio::time::timeout(Duration::ZERO, watcher.next()).await {
+                    Ok(Ok(events)) => dirty.extend(self.state.events(&events)),
+                    Ok(Err(StoreError::Compacted { .. })) => return Ok(()),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {}
+                }
+            }
             if let Err(e) = self.apply(dirty) {
                 tracing::warn!(error = %format!("{e:#}"), "incremental Service sync failed; full sync");
                 return Ok(());

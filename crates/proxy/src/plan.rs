@@ -24,7 +24,7 @@ use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 use crate::model::{usable, Endpoint, PortEndpoints, Protocol, ServiceInfo, ServicePortInfo};
-use crate::table;
+use crate::table::{self, Collection, Pick};
 
 /// What a node needs to know to plan Services.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,15 +38,23 @@ pub struct NodeContext {
 /// One element of one of the table's shared maps or sets.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
-    pub map: &'static str,
+    pub map: Collection,
     pub key: String,
     /// `None` for set elements.
     pub value: Option<String>,
+    /// For an endpoint-map element: the `service-ips` or
+    /// `service-nodeports` key it serves (it goes wherever that one goes).
+    pub frontend: Option<String>,
 }
 
 impl Element {
-    fn new(map: &'static str, key: String, value: Option<String>) -> Self {
-        Element { map, key, value }
+    fn new(map: Collection, key: String, value: Option<String>) -> Self {
+        Element {
+            map,
+            key,
+            value,
+            frontend: None,
+        }
     }
 
     /// The element as written inside `{ }` of an `add element`.
@@ -71,6 +79,8 @@ pub struct ServiceRules {
     pub hairpin: BTreeSet<Ipv4Addr>,
     /// UDP ports and where they lead, to find stale conntrack flows.
     pub udp: BTreeMap<String, UdpPort>,
+    /// The shared endpoint choices this Service uses.
+    pub picks: BTreeSet<Pick>,
 }
 
 /// A UDP Service port: the addresses clients send to and the endpoints
@@ -217,8 +227,13 @@ fn plan_port(
     // Internal traffic (to the ClusterIP) follows internalTrafficPolicy;
     // external traffic with externalTrafficPolicy: Cluster, and pods or the
     // node itself reaching an external address, use every endpoint.
+    if port.affinity_seconds.is_none() && !port.internal_local && !port.external_local {
+        plan_plain_port(rules, port, &all, &external_dsts);
+        plan_firewall(rules, &names, port);
+        return;
+    }
     let internal = names.cluster();
-    let mut chain = vec![format!("jump {}", table::MARK_IF_OFF_CLUSTER)];
+    let mut chain = Vec::new();
     let internal_eps = if port.internal_local { &local } else { &all };
     chain.extend(dispatch(
         rules,
@@ -288,6 +303,13 @@ fn plan_port(
             Some(format!("goto {external}")),
         ));
     }
+    plan_firewall(rules, &names, port);
+}
+
+/// `loadBalancerSourceRanges`: LoadBalancer addresses accept only those
+/// sources (checked before NAT, in `firewall-check`).
+fn plan_firewall(rules: &mut ServiceRules, names: &PortNames, port: &ServicePortInfo) {
+    let proto = port.protocol.nft();
     if !port.source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
         let firewall = names.firewall();
         let mut chain: Vec<String> = port
@@ -304,6 +326,59 @@ fn plan_port(
                 Some(format!("goto {firewall}")),
             ));
         }
+    }
+}
+
+/// A port without affinity or traffic policies: no chain of its own, only
+/// elements in the shared maps of its [`Pick`].
+fn plan_plain_port(
+    rules: &mut ServiceRules,
+    port: &ServicePortInfo,
+    eps: &[&Endpoint],
+    external_dsts: &[Ipv4Addr],
+) {
+    let pick = Pick {
+        protocol: port.protocol,
+        n: eps.len(),
+    };
+    rules.picks.insert(pick);
+    let proto = port.protocol.nft();
+    let frontends = port
+        .cluster_ip
+        .iter()
+        .map(|ip| (ip, pick.chain()))
+        .chain(external_dsts.iter().map(|ip| (ip, pick.external_chain())));
+    for (ip, chain) in frontends {
+        let frontend = service_key(*ip, proto, port.port);
+        for (i, e) in eps.iter().enumerate() {
+            rules.elements.insert(Element {
+                map: Collection::Endpoints(pick),
+                key: format!("{ip} . {} . {i}", port.port),
+                value: Some(format!("{} . {}", e.ip, e.port)),
+                frontend: Some(frontend.clone()),
+            });
+        }
+        rules.elements.insert(Element::new(
+            table::SERVICE_IPS,
+            frontend,
+            Some(format!("goto {chain}")),
+        ));
+    }
+    if let Some(np) = port.node_port {
+        let frontend = format!("{proto} . {np}");
+        for (i, e) in eps.iter().enumerate() {
+            rules.elements.insert(Element {
+                map: Collection::NodePortEndpoints(pick),
+                key: format!("{np} . {i}"),
+                value: Some(format!("{} . {}", e.ip, e.port)),
+                frontend: Some(frontend.clone()),
+            });
+        }
+        rules.elements.insert(Element::new(
+            table::SERVICE_NODEPORTS,
+            frontend,
+            Some(format!("goto {}", pick.node_port_chain())),
+        ));
     }
 }
 
@@ -448,7 +523,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no chain {prefix}* in {:?}", rules.chains.keys()))
     }
 
-    fn values(rules: &ServiceRules, map: &str) -> Vec<String> {
+    fn values(rules: &ServiceRules, map: Collection) -> Vec<String> {
         rules
             .elements
             .iter()
@@ -457,8 +532,15 @@ mod tests {
             .collect()
     }
 
+    fn pick(n: usize) -> Pick {
+        Pick {
+            protocol: Protocol::Tcp,
+            n,
+        }
+    }
+
     #[test]
-    fn cluster_ip_spreads_uniformly_over_ready_endpoints() {
+    fn a_plain_cluster_ip_is_only_map_elements_over_its_ready_endpoints() {
         let list = vec![
             ep("10.244.1.2", "node-1", true),
             ep("10.244.2.2", "node-2", true),
@@ -466,13 +548,47 @@ mod tests {
             ep("10.244.3.3", "node-3", false),
         ];
         let rules = plan_service(&svc(port()), &eps(list), &ctx());
+        assert!(
+            rules.chains.is_empty(),
+            "no chain of its own: {:?}",
+            rules.chains
+        );
+        assert_eq!(rules.picks, [pick(3)].into());
+        assert_eq!(
+            values(&rules, Collection::Endpoints(pick(3))),
+            vec![
+                "10.96.0.10 . 80 . 0 : 10.244.1.2 . 8080".to_string(),
+                "10.96.0.10 . 80 . 1 : 10.244.2.2 . 8080".into(),
+                "10.96.0.10 . 80 . 2 : 10.244.3.2 . 8080".into(),
+            ]
+        );
+        assert_eq!(
+            values(&rules, table::SERVICE_IPS),
+            vec!["10.96.0.10 . tcp . 80 : goto pick-tcp-3".to_string()]
+        );
+        assert_eq!(values(&rules, table::CLUSTER_IPS), vec!["10.96.0.10"]);
+        assert_eq!(rules.hairpin, [Ipv4Addr::new(10, 244, 1, 2)].into());
+        let (create, fill) = pick(3).script();
+        assert!(create[0].contains("eps-tcp-3 { typeof ip daddr . tcp dport . numgen random mod 3 : ip daddr . tcp dport; }"));
+        assert!(fill.iter().any(|r| r.ends_with("pick-tcp-3 meta l4proto tcp dnat ip addr . port to ip daddr . tcp dport . numgen random mod 3 map @eps-tcp-3")));
+    }
+
+    #[test]
+    fn special_ports_get_numgen_rules_that_pick_uniformly() {
+        let mut p = port();
+        p.internal_local = true;
+        let list = vec![
+            ep("10.244.1.2", "node-1", true),
+            ep("10.244.1.3", "node-1", true),
+            ep("10.244.1.4", "node-1", true),
+        ];
+        let rules = plan_service(&svc(p), &eps(list), &ctx());
         assert_eq!(
             chain(&rules, "svc-"),
             &vec![
-                "jump mark-if-off-cluster".to_string(),
-                "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.1.2:8080".into(),
-                "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.2.2:8080".into(),
-                "meta l4proto tcp dnat to 10.244.3.2:8080".into(),
+                "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.1.2:8080".to_string(),
+                "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.3:8080".into(),
+                "meta l4proto tcp dnat to 10.244.1.4:8080".into(),
             ]
         );
         let svc_chain = rules.chains.keys().next().unwrap();
@@ -481,9 +597,6 @@ mod tests {
             values(&rules, table::SERVICE_IPS),
             vec![format!("10.96.0.10 . tcp . 80 : goto {svc_chain}")]
         );
-        assert_eq!(values(&rules, table::CLUSTER_IPS), vec!["10.96.0.10"]);
-        assert_eq!(rules.hairpin, [Ipv4Addr::new(10, 244, 1, 2)].into());
-        assert_eq!(rules.chains.len(), 1, "no endpoint chains without affinity");
     }
 
     #[test]
@@ -517,16 +630,20 @@ mod tests {
         term.serving = true;
         term.terminating = true;
         let rules = plan_service(&svc(port()), &eps(vec![term.clone()]), &ctx());
-        assert!(chain(&rules, "svc-").last().unwrap().contains("10.244.2.2"));
+        assert_eq!(
+            values(&rules, Collection::Endpoints(pick(1))),
+            vec!["10.96.0.10 . 80 . 0 : 10.244.2.2 . 8080".to_string()]
+        );
         let both = vec![term, ep("10.244.1.2", "node-1", true)];
         let rules = plan_service(&svc(port()), &eps(both), &ctx());
-        assert!(!chain(&rules, "svc-")
-            .iter()
-            .any(|r| r.contains("10.244.2.2")));
+        assert_eq!(
+            values(&rules, Collection::Endpoints(pick(1))),
+            vec!["10.96.0.10 . 80 . 0 : 10.244.1.2 . 8080".to_string()]
+        );
     }
 
     #[test]
-    fn node_port_cluster_policy_masquerades_and_joins_the_cluster_chain() {
+    fn node_ports_and_load_balancers_of_cluster_policy_are_masqueraded() {
         let mut p = port();
         p.node_port = Some(30080);
         p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
@@ -535,17 +652,26 @@ mod tests {
             &eps(vec![ep("10.244.2.2", "node-2", true)]),
             &ctx(),
         );
-        let ext = chain(&rules, "ext-");
-        assert_eq!(ext[0], "jump mark-for-masquerade");
-        assert!(ext[1].starts_with("goto svc-"));
-        let nodeports = values(&rules, table::SERVICE_NODEPORTS);
-        assert!(
-            nodeports[0].starts_with("tcp . 30080 : goto ext-"),
-            "{nodeports:?}"
+        assert!(rules.chains.is_empty());
+        assert_eq!(
+            values(&rules, table::SERVICE_NODEPORTS),
+            vec!["tcp . 30080 : goto picknp-tcp-1".to_string()]
+        );
+        assert_eq!(
+            values(&rules, Collection::NodePortEndpoints(pick(1))),
+            vec!["30080 . 0 : 10.244.2.2 . 8080".to_string()]
         );
         assert!(values(&rules, table::SERVICE_IPS)
+            .contains(&"198.18.0.240 . tcp . 80 : goto pickx-tcp-1".to_string()));
+        assert!(values(&rules, Collection::Endpoints(pick(1)))
+            .contains(&"198.18.0.240 . 80 . 0 : 10.244.2.2 . 8080".to_string()));
+        let (_, fill) = pick(1).script();
+        assert!(fill
             .iter()
-            .any(|v| v.starts_with("198.18.0.240 . tcp . 80 : goto ext-")));
+            .any(|r| r.ends_with("pickx-tcp-1 jump mark-for-masquerade")));
+        assert!(fill
+            .iter()
+            .any(|r| r.ends_with("picknp-tcp-1 jump mark-for-masquerade")));
         assert!(rules.hairpin.is_empty(), "the endpoint is not on this node");
     }
 
@@ -636,8 +762,8 @@ mod tests {
             .values()
             .all(|d| d == "type ipv4_addr; flags dynamic,timeout; timeout 30s;"));
         let svc_rules = chain(&rules, "svc-");
-        assert!(svc_rules[1].starts_with("ip saddr @aff-") && svc_rules[1].contains(" goto sep-"));
-        assert!(svc_rules[3].starts_with("numgen random mod 2 == 0 goto sep-"));
+        assert!(svc_rules[0].starts_with("ip saddr @aff-") && svc_rules[0].contains(" goto sep-"));
+        assert!(svc_rules[2].starts_with("numgen random mod 2 == 0 goto sep-"));
         let sep = chain(&rules, "sep-");
         assert!(sep[0].starts_with("update @aff-") && sep[0].ends_with("{ ip saddr }"));
         assert_eq!(rules.chains.len(), 3);
@@ -668,7 +794,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_and_sctp_use_their_protocol() {
+    fn udp_uses_its_own_protocol_maps() {
         let mut p = port();
         p.protocol = Protocol::Udp;
         let rules = plan_service(
@@ -680,25 +806,36 @@ mod tests {
             .into(),
             &ctx(),
         );
-        assert_eq!(
-            chain(&rules, "svc-")[1],
-            "meta l4proto udp dnat to 10.244.2.2:8080"
-        );
-        assert!(values(&rules, table::SERVICE_IPS)[0].starts_with("10.96.0.10 . udp . 80"));
+        let udp = Pick {
+            protocol: Protocol::Udp,
+            n: 1,
+        };
+        assert_eq!(rules.picks, [udp].into());
+        assert!(values(&rules, table::SERVICE_IPS)[0]
+            .starts_with("10.96.0.10 . udp . 80 : goto pick-udp-1"));
+        assert!(udp.script().0[0].contains("eps-udp-1 { typeof ip daddr . udp dport"));
+        assert_eq!(rules.udp.len(), 1);
     }
 
     #[test]
     fn chain_names_are_valid_and_distinct_per_port() {
-        let mut s = svc(port());
+        let mut first = port();
+        first.affinity_seconds = Some(10);
+        let mut s = svc(first);
         let mut second = port();
         second.name = "metrics".into();
         second.port = 9090;
+        second.affinity_seconds = Some(10);
         s.ports.push(second);
         let list = vec![ep("10.244.2.2", "node-2", true)];
         let mut by_port = eps(list.clone());
         by_port.insert(("metrics".into(), Protocol::Tcp), list);
         let rules = plan_service(&s, &by_port, &ctx());
-        assert_eq!(rules.chains.len(), 2);
+        assert_eq!(
+            rules.chains.len(),
+            4,
+            "a Service chain and an endpoint chain per port"
+        );
         for name in rules.chains.keys() {
             assert!(name.len() < 256);
             assert!(

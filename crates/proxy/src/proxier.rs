@@ -16,8 +16,8 @@ use weft_datapath::nft::{self, Family};
 
 use crate::flows;
 use crate::model::ServiceKey;
-use crate::plan::{NodeContext, ServiceRules};
-use crate::table::{self, COLLECTIONS};
+use crate::plan::{Element, NodeContext, ServiceRules};
+use crate::table::{self, Collection, Pick, COLLECTIONS};
 use crate::transaction::{Applied, Transaction};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,9 @@ pub struct Proxier {
     hairpin: HashMap<std::net::Ipv4Addr, usize>,
     /// Who holds each shared map key, so a second Service claiming the same
     /// address and port is refused instead of failing every transaction.
-    owners: HashMap<(&'static str, String), ServiceKey>,
+    owners: HashMap<(Collection, Box<str>), ServiceKey>,
+    /// Shared endpoint choices created in the table.
+    picks: BTreeSet<Pick>,
     /// Services that lost a key to another and must be re-planned when it
     /// is released.
     refused: BTreeSet<ServiceKey>,
@@ -74,6 +76,7 @@ impl Proxier {
             udp: HashMap::new(),
             hairpin: HashMap::new(),
             owners: HashMap::new(),
+            picks: BTreeSet::new(),
             refused: BTreeSet::new(),
             released: false,
             shards,
@@ -94,26 +97,35 @@ impl Proxier {
         std::mem::take(&mut self.refused)
     }
 
-    /// Drops elements already owned by another Service (first one wins).
+    /// Whether an element is claimed by one Service: the frontends
+    /// (address and port, NodePort); endpoint-map elements follow theirs and
+    /// ClusterIP set entries are shared by all ports of a Service.
+    fn exclusive(e: &Element) -> bool {
+        e.frontend.is_none() && e.map != table::CLUSTER_IPS
+    }
+
+    /// Drops frontends already owned by another Service (first one wins),
+    /// with their endpoint-map elements.
     fn claim(&mut self, key: &ServiceKey, rules: &mut ServiceRules) {
-        let owners = &self.owners;
-        let mut lost = false;
-        rules.elements.retain(|e| {
-            if e.map == table::CLUSTER_IPS {
-                return true;
-            }
-            match owners.get(&(e.map, e.key.clone())) {
-                Some(owner) if owner != key => {
-                    tracing::warn!(service = %key, owner = %owner, map = e.map, element = %e.key, "address and port already taken by another Service; not programmed for this one");
-                    lost = true;
-                    false
-                }
-                _ => true,
-            }
-        });
-        if lost {
-            self.refused.insert(key.clone());
+        let taken: BTreeSet<String> = rules
+            .elements
+            .iter()
+            .filter(|e| Self::exclusive(e))
+            .filter_map(|e| {
+                let owner = self.owners.get(&(e.map, e.key.as_str().into()))?;
+                (owner != key).then(|| {
+                    tracing::warn!(service = %key, owner = %owner, map = %e.map, element = %e.key, "address and port already taken by another Service; not programmed for this one");
+                    e.key.clone()
+                })
+            })
+            .collect();
+        if taken.is_empty() {
+            return;
         }
+        rules
+            .elements
+            .retain(|e| !taken.contains(e.frontend.as_ref().unwrap_or(&e.key)));
+        self.refused.insert(key.clone());
     }
 
     fn record(&mut self, key: &ServiceKey, rules: Option<&ServiceRules>) {
@@ -127,14 +139,23 @@ impl Proxier {
             }
         }
         if let Some(rules) = rules {
-            for e in &rules.elements {
-                if e.map != table::CLUSTER_IPS {
-                    self.owners.insert((e.map, e.key.clone()), key.clone());
-                }
+            for e in rules.elements.iter().filter(|e| Self::exclusive(e)) {
+                self.owners
+                    .insert((e.map, e.key.as_str().into()), key.clone());
             }
             self.applied.insert(key.clone(), Applied::of(rules));
         }
         self.released |= dropped.iter().any(|k| !self.owners.contains_key(k));
+    }
+
+    /// Creates the shared endpoint choices `rules` needs that the table
+    /// does not have yet.
+    fn ensure_picks(&mut self, rules: &ServiceRules, tx: &mut Transaction) {
+        for pick in &rules.picks {
+            if self.picks.insert(*pick) {
+                tx.create_pick(*pick);
+            }
+        }
     }
 
     /// Rewrites the whole table from `services` (every programmed Service),
@@ -153,6 +174,8 @@ impl Proxier {
         self.owners.clear();
         self.hairpin.clear();
         self.udp.clear();
+        self.picks.clear();
+        let mut picks = Transaction::default();
         let mut report = SyncReport {
             full: true,
             ..SyncReport::default()
@@ -165,7 +188,7 @@ impl Proxier {
             (0..self.shards).map(|_| Transaction::default()).collect();
         let mut last = Transaction::default();
         for (name, kind, _) in COLLECTIONS {
-            last.flush_collection(kind, name);
+            last.flush_collection(kind, *name);
         }
         let mut wanted_chains: BTreeSet<String> = table::base_chain_names(&self.ctx)
             .into_iter()
@@ -175,6 +198,7 @@ impl Proxier {
         for (i, (key, mut rules)) in services.into_iter().enumerate() {
             self.claim(&key, &mut rules);
             self.record(&key, Some(&rules));
+            self.ensure_picks(&rules, &mut picks);
             shards[i % self.shards].chains(&empty, &rules);
             for e in &rules.elements {
                 last.add_element(e.map, e.add_text());
@@ -191,8 +215,12 @@ impl Proxier {
             .filter(|s| !s.is_empty())
             .map(Transaction::render)
             .collect();
-        report.chains_written = shards.iter().map(|s| s.chains_written).sum();
+        report.chains_written =
+            shards.iter().map(|s| s.chains_written).sum::<usize>() + picks.chains_written;
         drop(shards);
+        if !picks.is_empty() {
+            nft::apply(&picks.render(), None)?;
+        }
         std::thread::scope(|scope| {
             let runs: Vec<_> = scripts
                 .iter()
@@ -212,6 +240,11 @@ impl Proxier {
 
         for ip in self.hairpin.keys() {
             last.hairpin_add(*ip);
+        }
+        for pick in &self.picks {
+            last.flush_collection("map", Collection::Endpoints(*pick));
+            last.flush_collection("map", Collection::NodePortEndpoints(*pick));
+            wanted_chains.extend(pick.chains());
         }
         for name in existing
             .iter()
@@ -243,6 +276,7 @@ impl Proxier {
             });
             let old = self.applied.get(&key).cloned().unwrap_or_default();
             let new = rules.clone().unwrap_or_default();
+            self.ensure_picks(&new, &mut tx);
             tx.service(&old, &new);
             for ip in &old.hairpin {
                 let count = self.hairpin.entry(*ip).or_default();
@@ -285,6 +319,7 @@ impl Proxier {
         if !tx.is_empty() {
             if let Err(e) = nft::apply(&tx.render(), None) {
                 self.synced = false;
+                self.picks.clear();
                 return Err(e.into());
             }
         }
@@ -308,6 +343,9 @@ impl Proxier {
             .collect();
         for applied in self.applied.values() {
             wanted.extend(applied.chains.keys().cloned());
+        }
+        for pick in &self.picks {
+            wanted.extend(pick.chains());
         }
         Ok(existing != wanted)
     }

@@ -18,20 +18,106 @@
 //! Established connections never reach these chains: conntrack remembers the
 //! NAT, which is why the table can be rewritten without disturbing them.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
+use crate::model::Protocol;
 use crate::plan::NodeContext;
 
 pub const FAMILY: &str = "ip";
 pub const TABLE: &str = "weft-proxy";
 
-pub const SERVICE_IPS: &str = "service-ips";
-pub const SERVICE_NODEPORTS: &str = "service-nodeports";
-pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
-pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-pub const FIREWALL_IPS: &str = "firewall-ips";
-pub const CLUSTER_IPS: &str = "cluster-ips";
-pub const HAIRPIN: &str = "hairpin";
+/// A map or set of the table: one of the fixed ones, or the endpoint maps
+/// shared by every Service port with the same protocol and number of
+/// endpoints (see [`Pick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Collection {
+    Fixed(&'static str),
+    /// `frontend address . port . index` → endpoint.
+    Endpoints(Pick),
+    /// `nodePort . index` → endpoint.
+    NodePortEndpoints(Pick),
+}
+
+impl fmt::Display for Collection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Collection::Fixed(name) => f.write_str(name),
+            Collection::Endpoints(p) => write!(f, "eps-{}-{}", p.protocol.nft(), p.n),
+            Collection::NodePortEndpoints(p) => write!(f, "npeps-{}-{}", p.protocol.nft(), p.n),
+        }
+    }
+}
+
+pub const SERVICE_IPS: Collection = Collection::Fixed("service-ips");
+pub const SERVICE_NODEPORTS: Collection = Collection::Fixed("service-nodeports");
+pub const NO_ENDPOINT_SERVICES: Collection = Collection::Fixed("no-endpoint-services");
+pub const NO_ENDPOINT_NODEPORTS: Collection = Collection::Fixed("no-endpoint-nodeports");
+pub const FIREWALL_IPS: Collection = Collection::Fixed("firewall-ips");
+pub const CLUSTER_IPS: Collection = Collection::Fixed("cluster-ips");
+pub const HAIRPIN: Collection = Collection::Fixed("hairpin");
+
+/// The endpoint choice shared by every plain Service port (no affinity, no
+/// traffic policy) of one protocol with `n` endpoints: one rule DNATs
+/// through `numgen random mod n` into a map keyed by the address and port
+/// the client used plus that number. Such a Service needs no chain of its
+/// own — only map elements — so changing it is a few element updates, and
+/// `nft`, which reads every chain of the table on each run, stays fast at
+/// 10,000 Services. (One map per `n`, because a map bound by many rules
+/// costs the kernel a walk of all its elements per binding.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pick {
+    pub protocol: Protocol,
+    pub n: usize,
+}
+
+impl Pick {
+    /// Picks among the endpoints of the address the client used.
+    pub fn chain(&self) -> String {
+        format!("pick-{}-{}", self.protocol.nft(), self.n)
+    }
+    /// The same, for external addresses: masqueraded first.
+    pub fn external_chain(&self) -> String {
+        format!("pickx-{}-{}", self.protocol.nft(), self.n)
+    }
+    /// Picks among a NodePort's endpoints (masqueraded).
+    pub fn node_port_chain(&self) -> String {
+        format!("picknp-{}-{}", self.protocol.nft(), self.n)
+    }
+    pub fn chains(&self) -> [String; 3] {
+        [self.chain(), self.external_chain(), self.node_port_chain()]
+    }
+
+    /// Commands creating (or repairing) the maps, then the chains' rules.
+    pub fn script(&self) -> (Vec<String>, Vec<String>) {
+        let t = format!("{FAMILY} {TABLE}");
+        let (proto, n) = (self.protocol.nft(), self.n);
+        let endpoints = Collection::Endpoints(*self);
+        let node_ports = Collection::NodePortEndpoints(*self);
+        let mut create = vec![
+            format!("add map {t} {endpoints} {{ typeof ip daddr . {proto} dport . numgen random mod {n} : ip daddr . {proto} dport; }}"),
+            format!("add map {t} {node_ports} {{ typeof {proto} dport . numgen random mod {n} : ip daddr . {proto} dport; }}"),
+        ];
+        let mut fill = Vec::new();
+        let chains = [
+            (self.chain(), vec![format!("meta l4proto {proto} dnat ip addr . port to ip daddr . {proto} dport . numgen random mod {n} map @{endpoints}")]),
+            (self.external_chain(), vec![format!("jump {MARK_FOR_MASQUERADE}"), format!("goto {}", self.chain())]),
+            (self.node_port_chain(), vec![
+                format!("jump {MARK_FOR_MASQUERADE}"),
+                format!("meta l4proto {proto} dnat ip addr . port to {proto} dport . numgen random mod {n} map @{node_ports}"),
+            ]),
+        ];
+        for (name, rules) in chains {
+            create.push(format!("add chain {t} {name}"));
+            fill.push(format!("flush chain {t} {name}"));
+            fill.extend(
+                rules
+                    .into_iter()
+                    .map(|r| format!("add rule {t} {name} {r}")),
+            );
+        }
+        (create, fill)
+    }
+}
 
 pub const REJECT_CHAIN: &str = "reject-chain";
 pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
@@ -40,8 +126,8 @@ pub const MARK_IF_OFF_CLUSTER: &str = "mark-if-off-cluster";
 /// The packet mark bit that asks postrouting to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
-/// Every shared map and set: name, `map`/`set`, type.
-pub const COLLECTIONS: &[(&str, &str, &str)] = &[
+/// Every fixed map and set: name, `map`/`set`, type.
+pub const COLLECTIONS: &[(Collection, &str, &str)] = &[
     (
         SERVICE_IPS,
         "map",
@@ -126,6 +212,7 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<&'static str>, Ve
             "services",
             None,
             vec![
+                format!("ip daddr @{CLUSTER_IPS} jump {MARK_IF_OFF_CLUSTER}"),
                 format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
                 format!("ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"),
             ],

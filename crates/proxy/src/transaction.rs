@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 
 use crate::plan::{Element, ServiceRules};
-use crate::table::{FAMILY, HAIRPIN, TABLE};
+use crate::table::{Collection, Pick, FAMILY, HAIRPIN, TABLE};
 
 /// What is in the kernel for one Service, without keeping the rule text
 /// (10,000 Services' rules would cost tens of megabytes).
@@ -24,7 +24,7 @@ pub struct Applied {
     pub sets: BTreeMap<String, u64>,
     pub chains: BTreeMap<String, u64>,
     /// (map, key) → hash of the value.
-    pub elements: BTreeMap<(&'static str, String), u64>,
+    pub elements: BTreeMap<(Collection, Box<str>), u64>,
     pub hairpin: BTreeSet<Ipv4Addr>,
 }
 
@@ -44,7 +44,7 @@ impl Applied {
             elements: rules
                 .elements
                 .iter()
-                .map(|e| ((e.map, e.key.clone()), hash(&e.value)))
+                .map(|e| ((e.map, e.key.as_str().into()), hash(&e.value)))
                 .collect(),
             hairpin: rules.hairpin.clone(),
         }
@@ -62,9 +62,9 @@ fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
 #[derive(Debug, Default)]
 pub struct Transaction {
     create: Vec<String>,
-    delete_elements: BTreeMap<&'static str, Vec<String>>,
+    delete_elements: BTreeMap<Collection, Vec<String>>,
     fill: Vec<String>,
-    add_elements: BTreeMap<&'static str, Vec<String>>,
+    add_elements: BTreeMap<Collection, Vec<String>>,
     flush_dead: Vec<String>,
     delete_dead: Vec<String>,
     /// Counted for reports: chains written (created or refilled).
@@ -113,21 +113,29 @@ impl Transaction {
             .push(format!("delete set {} {name}", Self::table()));
     }
 
-    pub fn add_element(&mut self, map: &'static str, text: String) {
+    pub fn add_element(&mut self, map: Collection, text: String) {
         self.add_elements.entry(map).or_default().push(text);
         self.elements_changed += 1;
     }
 
-    pub fn delete_element(&mut self, map: &'static str, key: String) {
+    pub fn delete_element(&mut self, map: Collection, key: String) {
         self.delete_elements.entry(map).or_default().push(key);
         self.elements_changed += 1;
     }
 
     /// Empties a shared map or set (full sync; must be followed by adding
     /// all its elements in the same transaction).
-    pub fn flush_collection(&mut self, kind: &str, name: &str) {
+    pub fn flush_collection(&mut self, kind: &str, name: Collection) {
         self.fill
             .insert(0, format!("flush {kind} {} {name}", Self::table()));
+    }
+
+    /// Creates (or repairs) a shared endpoint choice: its maps and chains.
+    pub fn create_pick(&mut self, pick: Pick) {
+        let (create, fill) = pick.script();
+        self.create.extend(create);
+        self.fill.extend(fill);
+        self.chains_written += 3;
     }
 
     /// The commands that turn `old` into `new` for one Service.
@@ -161,19 +169,19 @@ impl Transaction {
     }
 
     fn elements(&mut self, old: &Applied, new: &ServiceRules) {
-        let wanted: BTreeMap<(&'static str, &str), &Element> = new
+        let wanted: BTreeMap<(Collection, &str), &Element> = new
             .elements
             .iter()
             .map(|e| ((e.map, e.key.as_str()), e))
             .collect();
         for ((map, key), value) in &old.elements {
-            match wanted.get(&(*map, key.as_str())) {
+            match wanted.get(&(*map, &**key)) {
                 Some(e) if hash(&e.value) == *value => {}
-                _ => self.delete_element(map, key.clone()),
+                _ => self.delete_element(*map, key.to_string()),
             }
         }
         for e in &new.elements {
-            if old.elements.get(&(e.map, e.key.clone())) != Some(&hash(&e.value)) {
+            if old.elements.get(&(e.map, e.key.as_str().into())) != Some(&hash(&e.value)) {
                 self.add_element(e.map, e.add_text());
             }
         }
@@ -218,7 +226,7 @@ mod tests {
     use super::*;
     use crate::table::{SERVICE_IPS, SERVICE_NODEPORTS};
 
-    fn rules(chain_rules: &[&str], elements: &[(&'static str, &str, &str)]) -> ServiceRules {
+    fn rules(chain_rules: &[&str], elements: &[(Collection, &str, &str)]) -> ServiceRules {
         ServiceRules {
             sets: BTreeMap::new(),
             chains: [(
@@ -229,13 +237,15 @@ mod tests {
             elements: elements
                 .iter()
                 .map(|(m, k, v)| Element {
-                    map: m,
+                    map: *m,
                     key: k.to_string(),
                     value: Some(v.to_string()),
+                    frontend: None,
                 })
                 .collect(),
             hairpin: BTreeSet::new(),
             udp: BTreeMap::new(),
+            picks: BTreeSet::new(),
         }
     }
 

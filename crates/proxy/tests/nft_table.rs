@@ -124,6 +124,10 @@ fn every_kind_of_service_applies_and_converges() {
         let text = list(&ns);
         assert!(text.contains("numgen random mod 2"), "{text}");
         assert!(text.contains("dnat to 10.244.2.2:8080"), "{text}");
+        assert!(
+            text.contains("10.96.0.2 . udp . 53 : goto pick-udp-2"),
+            "{text}"
+        );
         assert!(text.contains("update @aff-"), "{text}");
         assert!(text.contains("tcp . 30004 : goto reject-chain"), "{text}");
         assert!(
@@ -142,7 +146,19 @@ fn every_kind_of_service_applies_and_converges() {
             &[("10.244.2.2", "node-2")],
         );
         let report = proxier.apply(vec![(key, Some(rules))]).expect("apply");
-        assert_eq!(report.chains_written, 1);
+        assert_eq!(
+            report.chains_written, 3,
+            "only the new shared pick for one endpoint"
+        );
+        let text = list(&ns);
+        assert!(
+            text.contains("10.96.0.1 . 80 . 0 : 10.244.2.2 . 8080"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.96.0.1 . tcp . 80 : goto pick-tcp-1"),
+            "{text}"
+        );
         assert!(!proxier.drifted().unwrap());
         // Deleting a Service removes its chain and elements.
         let key = ServiceKey {
@@ -163,7 +179,9 @@ fn every_kind_of_service_applies_and_converges() {
         let report = restarted
             .full_sync(all_kinds()[..3].to_vec())
             .expect("resync");
-        assert_eq!(report.stale_chains, 4 + 1, "{report:?}");
+        // lb's three chains, local's one, the left-over, and the pick
+        // chains for one TCP endpoint nothing uses any more.
+        assert_eq!(report.stale_chains, 3 + 1 + 1 + 3, "{report:?}");
         assert!(!restarted.drifted().unwrap());
         assert!(!list(&ns).contains("svc-left-over"));
     })
@@ -188,7 +206,7 @@ fn a_second_service_cannot_steal_an_address_and_gets_it_once_free() {
         let again = proxier.take_refused();
         assert_eq!(again.into_iter().collect::<Vec<_>>(), vec![second.0.clone()]);
         proxier.apply(vec![(second.0, Some(second.1))]).unwrap();
-        assert!(list(&ns).contains("198.18.0.50 . tcp . 80 : goto ext-"));
+        assert!(list(&ns).contains("198.18.0.50 . tcp . 80 : goto pickx-tcp-1"));
     })
     .unwrap();
 }
