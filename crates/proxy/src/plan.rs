@@ -2,17 +2,17 @@
 //! nftables table (pure).
 //!
 //! The shape follows kube-proxy's nftables mode — a verdict map on
-//! `daddr . proto . dport` jumps to a per-Service chain, NodePorts go through
-//! a second map matched on every local address — with one difference made
-//! for speed: an endpoint gets its own chain only when ClientIP affinity
-//! needs one. Otherwise the Service chain picks an endpoint with `numgen`
-//! rules that DNAT directly (endpoint *i* of *n* is taken with probability
-//! 1/(n−i), which is uniform). Every Service then costs one or two chains
-//! instead of eleven at ten endpoints, which is what makes a full sync of
-//! 10,000 Services and the chain cache `nft` reads on every run cheap.
-//! Hairpin traffic (a pod reaching itself through its Service) is
-//! masqueraded by a shared set of `addr . addr` pairs instead of a rule per
-//! endpoint.
+//! `daddr . proto . dport` and one on NodePorts, matched on every local
+//! address — made leaner for speed. A plain port (no affinity, no Local
+//! traffic policy) has no chain of its own: its map entry jumps to a
+//! [`Pick`] chain shared by all ports of its protocol with as many
+//! endpoints, which DNATs through `numgen` into an endpoint map keyed by the
+//! frontend; the port is only map elements. Ports that need logic of their
+//! own get a Service chain whose `numgen` rules DNAT directly (endpoint *i*
+//! of *n* is taken with probability 1/(n−i), which is uniform), and an
+//! endpoint gets a chain only when ClientIP affinity needs one. Hairpin
+//! traffic (a pod reaching itself through its Service) is masqueraded by a
+//! shared set of `addr . addr` pairs instead of a rule per endpoint.
 //!
 //! This module must not touch the kernel or keep state between calls.
 
