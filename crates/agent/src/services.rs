@@ -295,7 +295,7 @@ mod tests {
         assert!(b.plan(&key("web"), &ctx()).is_none(), "no Service yet");
         b.service(&svc(json!({})), false);
         let plan = a.plan(&key("web"), &ctx()).unwrap();
-        assert_eq!(plan.chains.len(), 1);
+        assert_eq!(plan.picks.len(), 1, "one endpoint: programmed");
         assert_eq!(Some(plan), b.plan(&key("web"), &ctx()));
     }
 

@@ -181,6 +181,9 @@ pub async fn attach(
     let bridge = under
         .ensure_bridge(BRIDGE, None, vec![0x02, 0x77, 0x65, 0x66, 0x74, 0x01])
         .await?;
+    // A port left from a namespace that was deleted (the kernel removes its
+    // veth pair asynchronously) would make the new pair's name clash.
+    under.delete_link(port).await?;
     under
         .add_veth(&VethSpec {
             host_name: port,
