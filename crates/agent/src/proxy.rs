@@ -198,8 +198,13 @@ impl Proxy<'_> {
         let Some(arp) = &self.arp else {
             return Ok(());
         };
+        let addresses = self.state.load_balancer_ips();
+        if addresses.is_empty() && arp.announced().is_empty() {
+            // No LoadBalancer anywhere: spare the store read on every sync.
+            return Ok(());
+        }
         let live = speaker::live_nodes(&self.store, speaker::now())?;
-        let mine = speaker::announced_by(&self.opts.node, &self.state.load_balancer_ips(), &live);
+        let mine = speaker::announced_by(&self.opts.node, &addresses, &live);
         if mine != arp.announced() {
             tracing::info!(addresses = ?mine, "announcing LoadBalancer addresses");
             arp.announce(&mine);

@@ -65,16 +65,6 @@ fn reachable(lab: &Lab, from: &str, to: &str) {
     assert!(ok.is_some(), "{from} never reached {to}");
 }
 
-fn apply(lab: &Lab, manifest: &str) {
-    let out = lab.apply(manifest);
-    assert!(
-        out.status.success(),
-        "apply failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 fn demo(lab: &Lab) {
     lab.ok(&["apply", "-f", MANIFEST]);
     lab.ok(&["apply", "-f", SERVICES]);
@@ -158,9 +148,7 @@ fn cluster_ip_spreads_keeps_the_source_and_hairpins() {
 fn affinity_sticks_and_services_without_endpoints_refuse() {
     let lab = Lab::up("pxaf", 2, "host-gw");
     demo(&lab);
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: demo}\nspec:\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nothing, namespace: demo}\nspec:\n  selector: {app: nothing}\n  ports: [{name: t, port: 80, targetPort: 8080}, {name: u, port: 81, protocol: UDP, targetPort: 8081}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: demo}\nspec:\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nothing, namespace: demo}\nspec:\n  selector: {app: nothing}\n  ports: [{name: t, port: 80, targetPort: 8080}, {name: u, port: 81, protocol: UDP, targetPort: 8081}]\n",
     );
     reachable(&lab, "demo/sidecar", "svc/demo/sticky");
     let got = answers(&lab, "demo/sidecar", "svc/demo/sticky", 15);
@@ -187,9 +175,7 @@ fn affinity_sticks_and_services_without_endpoints_refuse() {
     }
 
     // The Service existed first; its first endpoint arrives now.
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: demo, labels: {app: nothing}}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}, {containerPort: 8081, protocol: UDP}]}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: demo, labels: {app: nothing}}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}, {containerPort: 8081, protocol: UDP}]}]\n",
     );
     reachable(&lab, "demo/sidecar", "svc/demo/nothing:t");
     assert_eq!(
@@ -201,9 +187,7 @@ fn affinity_sticks_and_services_without_endpoints_refuse() {
 #[test]
 fn node_ports_load_balancers_and_external_traffic_policy_local() {
     let lab = Lab::up("pxnp", 2, "vxlan");
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: only, namespace: demo, labels: {app: only}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cluster, namespace: demo}\nspec:\n  type: NodePort\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30100}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30101}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: only, namespace: demo, labels: {app: only}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cluster, namespace: demo}\nspec:\n  type: NodePort\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30100}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30101}]\n",
     );
     let (n1, n2) = (node_ip(&lab, "node-1"), node_ip(&lab, "node-2"));
     let external = "198.18.0.2";
@@ -258,21 +242,19 @@ fn node_ports_load_balancers_and_external_traffic_policy_local() {
     let ranged = |range: &str| {
         format!("apiVersion: v1\nkind: Service\nmetadata: {{name: local, namespace: demo}}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  loadBalancerSourceRanges: [{range}]\n  selector: {{app: only}}\n  ports: [{{port: 80, targetPort: http, nodePort: 30101}}]\n")
     };
-    apply(&lab, &ranged("198.18.0.100/32"));
+    lab.apply_ok(&ranged("198.18.0.100/32"));
     let blocked = wait_until(Duration::from_secs(5), || {
         probe(&lab, "external", &format!("{lb}:80"), 1, "/hostname")[0].0 == "timeout"
     });
     assert!(blocked.is_some(), "source ranges not enforced");
-    apply(&lab, &ranged("198.18.0.0/29"));
+    lab.apply_ok(&ranged("198.18.0.0/29"));
     reachable(&lab, "external", &format!("{lb}:80"));
 }
 
 #[test]
 fn external_ips_and_internal_traffic_policy_local() {
     let lab = Lab::up("pxit", 2, "host-gw");
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: near, namespace: demo}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: far, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  internalTrafficPolicy: Local\n  externalIPs: [198.19.0.80]\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: near, namespace: demo}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: far, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  internalTrafficPolicy: Local\n  externalIPs: [198.19.0.80]\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
     reachable(&lab, "demo/near", "svc/demo/local");
     let far = probe(&lab, "demo/far", "svc/demo/local", 1, "/hostname");
@@ -292,9 +274,7 @@ fn external_ips_and_internal_traffic_policy_local() {
 fn headless_and_foreign_services_are_not_programmed() {
     let lab = Lab::up("pxhl", 1, "host-gw");
     demo(&lab);
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: headless, namespace: demo}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: foreign\n  namespace: demo\n  labels: {service.kubernetes.io/service-proxy-name: other}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Service\nmetadata: {name: headless, namespace: demo}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: foreign\n  namespace: demo\n  labels: {service.kubernetes.io/service-proxy-name: other}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n",
     );
     reachable(&lab, "demo/sidecar", "svc/demo/web");
     let table = lab.node_nft("node-1");
@@ -353,9 +333,7 @@ fn load_balancer_address_moves_when_its_node_stops() {
 #[test]
 fn udp_clients_move_on_when_their_endpoint_is_replaced() {
     let lab = Lab::up("pxud", 2, "vxlan");
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: dns-a, namespace: demo, labels: {app: dns}}\nspec:\n  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 5353, protocol: UDP}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: demo}\nspec:\n  selector: {app: dns}\n  ports: [{name: dns, port: 53, protocol: UDP, targetPort: dns}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: dns-a, namespace: demo, labels: {app: dns}}\nspec:\n  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 5353, protocol: UDP}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: demo}\nspec:\n  selector: {app: dns}\n  ports: [{name: dns, port: 53, protocol: UDP, targetPort: dns}]\n",
     );
     reachable(&lab, "demo/client", "svc/demo/dns");
     let vip = service(&lab, "dns")["spec"]["clusterIP"]
@@ -381,9 +359,7 @@ fn udp_clients_move_on_when_their_endpoint_is_replaced() {
     };
     assert_eq!(ask().as_deref(), Some("dns-a"));
     // The replacement comes up, then the old endpoint goes away.
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: dns-b, namespace: demo, labels: {app: dns}}\nspec:\n  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 5353, protocol: UDP}]}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Pod\nmetadata: {name: dns-b, namespace: demo, labels: {app: dns}}\nspec:\n  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 5353, protocol: UDP}]}]\n",
     );
     lab.ok(&["delete", "-n", "demo", "pod", "dns-a"]);
     let moved = wait_until(Duration::from_secs(3), || ask().as_deref() == Some("dns-b"));
@@ -399,9 +375,7 @@ fn udp_clients_move_on_when_their_endpoint_is_replaced() {
 #[test]
 fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
     let lab = Lab::up("pxte", 2, "host-gw");
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: demo}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n    spec:\n      containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app, namespace: demo}\nspec:\n  selector: {app: app}\n  ports: [{port: 80, targetPort: http}]\n",
+    lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: demo}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n    spec:\n      containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app, namespace: demo}\nspec:\n  selector: {app: app}\n  ports: [{port: 80, targetPort: http}]\n",
     );
     reachable(&lab, "demo/client", "svc/demo/app");
     let slow_delete = |pod: &'static str| {

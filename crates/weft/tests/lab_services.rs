@@ -117,31 +117,10 @@ fn node_port(port: &Value) -> u16 {
     n
 }
 
-fn apply_ok(lab: &Lab, manifest: &str) -> String {
-    let out = lab.apply(manifest);
-    assert!(
-        out.status.success(),
-        "apply failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn apply_fails(lab: &Lab, manifest: &str) -> String {
-    let out = lab.apply(manifest);
-    assert!(
-        !out.status.success(),
-        "apply should have failed:\n{}",
-        text(&out.stdout)
-    );
-    text(&out.stderr)
-}
-
 #[test]
 fn services_get_addresses_and_endpoint_slices_follow_their_pods() {
     let lab = Lab::up("svc", 3, "vxlan");
-    apply_ok(&lab, MANIFEST);
+    lab.apply_ok(MANIFEST);
 
     let list = lab.json(&["get", "services", "-n", NS, "-o", "json"]);
     assert_eq!(
@@ -249,7 +228,7 @@ fn services_get_addresses_and_endpoint_slices_follow_their_pods() {
     assert!(endpoint_of(&eps, "web-2").is_some());
 
     // Applying again recreates the pods and keeps every allocation.
-    let again = apply_ok(&lab, MANIFEST);
+    let again = lab.apply_ok(MANIFEST);
     assert!(again.contains("service/web unchanged"), "{again}");
     assert_eq!(endpoints(&lab, "web").len(), 3);
     assert_eq!(
@@ -394,19 +373,16 @@ fn requested_addresses_are_checked_and_pools_run_out() {
     let svc = |name: &str, spec: &str| {
         format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n{spec}")
     };
-    let e = apply_fails(
-        &lab,
-        &svc("a", "  clusterIP: 10.97.0.1\n  ports: [{port: 80}]\n"),
-    );
+    let e = lab.apply_fails(&svc("a", "  clusterIP: 10.97.0.1\n  ports: [{port: 80}]\n"));
     assert!(e.contains("outside the lab's service CIDR"), "{e}");
-    apply_ok(
-        &lab,
-        &svc("a", "  clusterIP: 10.96.0.50\n  ports: [{port: 80}]\n"),
-    );
-    let e = apply_fails(
-        &lab,
-        &svc("b", "  clusterIP: 10.96.0.50\n  ports: [{port: 80}]\n"),
-    );
+    lab.apply_ok(&svc(
+        "a",
+        "  clusterIP: 10.96.0.50\n  ports: [{port: 80}]\n",
+    ));
+    let e = lab.apply_fails(&svc(
+        "b",
+        "  clusterIP: 10.96.0.50\n  ports: [{port: 80}]\n",
+    ));
     assert!(e.contains("already used by Service default/a"), "{e}");
 
     let node_port = |name: &str, n: u32| {
@@ -415,33 +391,30 @@ fn requested_addresses_are_checked_and_pools_run_out() {
             &format!("  type: NodePort\n  ports: [{{port: 80, nodePort: {n}}}]\n"),
         )
     };
-    apply_ok(&lab, &node_port("np", 30500));
-    let e = apply_fails(&lab, &node_port("np2", 30500));
+    lab.apply_ok(&node_port("np", 30500));
+    let e = lab.apply_fails(&node_port("np2", 30500));
     assert!(e.contains("30500/TCP is already used"), "{e}");
-    let e = apply_fails(&lab, &node_port("np2", 40000));
+    let e = lab.apply_fails(&node_port("np2", 40000));
     assert!(e.contains("outside the nodePort range"), "{e}");
 
     // 198.18.0.248/30 holds four usable addresses.
     let lb = |name: &str| svc(name, "  type: LoadBalancer\n  ports: [{port: 80}]\n");
     for name in ["lb1", "lb2", "lb3", "lb4"] {
-        apply_ok(&lab, &lb(name));
+        lab.apply_ok(&lb(name));
     }
-    let e = apply_fails(&lab, &lb("lb5"));
+    let e = lab.apply_fails(&lb("lb5"));
     assert!(e.contains("no free address left"), "{e}");
     let freed =
         service(&lab, "default", "lb2")["status"]["loadBalancer"]["ingress"][0]["ip"].clone();
     lab.ok(&["delete", "svc", "lb2"]);
-    apply_ok(&lab, &lb("lb5"));
+    lab.apply_ok(&lb("lb5"));
     assert_eq!(
         service(&lab, "default", "lb5")["status"]["loadBalancer"]["ingress"][0]["ip"],
         freed
     );
-    let e = apply_fails(
-        &lab,
-        &svc(
-            "lb6",
-            "  type: LoadBalancer\n  loadBalancerIP: 198.18.0.240\n  ports: [{port: 80}]\n",
-        ),
-    );
+    let e = lab.apply_fails(&svc(
+        "lb6",
+        "  type: LoadBalancer\n  loadBalancerIP: 198.18.0.240\n  ports: [{port: 80}]\n",
+    ));
     assert!(e.contains("198.18.0.248/30"), "{e}");
 }

@@ -182,6 +182,29 @@ impl Lab {
         child.wait_with_output().expect("running weft")
     }
 
+    /// `apply` that must succeed; its stdout.
+    pub fn apply_ok(&self, manifest: &str) -> String {
+        let out = self.apply(manifest);
+        assert!(
+            out.status.success(),
+            "apply failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `apply` that must fail; its stderr.
+    pub fn apply_fails(&self, manifest: &str) -> String {
+        let out = self.apply(manifest);
+        assert!(
+            !out.status.success(),
+            "apply should have failed:\n{}",
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
     pub fn full_mesh(&self) -> Value {
         let out = self.weft(&["probe", "-o", "json"]);
         let v: Value = serde_json::from_str(&text(&out.stdout)).expect("probe JSON");
