@@ -9,6 +9,7 @@
 //! away are deleted from conntrack so clients move on at once.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use weft_datapath::conntrack::{self, FlowFilter};
@@ -47,13 +48,14 @@ pub struct Proxier {
     ctx: NodeContext,
     applied: HashMap<ServiceKey, Applied>,
     udp: HashMap<ServiceKey, flows::UdpPorts>,
-    /// How many Services have each endpoint as a local hairpin target.
-    hairpin: HashMap<std::net::Ipv4Addr, usize>,
+    /// Local endpoints that Services hairpin to.
+    hairpin: Users<std::net::Ipv4Addr>,
     /// Who holds each shared map key, so a second Service claiming the same
     /// address and port is refused instead of failing every transaction.
     owners: HashMap<(Collection, Box<str>), ServiceKey>,
-    /// Shared endpoint choices created in the table.
-    picks: BTreeSet<Pick>,
+    /// Shared endpoint choices in the table; removed when no Service uses
+    /// them any more, so the table looks the same as after a restart.
+    picks: Users<Pick>,
     /// Services that lost a key to another and must be re-planned when it
     /// is released.
     refused: BTreeSet<ServiceKey>,
@@ -74,9 +76,9 @@ impl Proxier {
             ctx,
             applied: HashMap::new(),
             udp: HashMap::new(),
-            hairpin: HashMap::new(),
+            hairpin: Users::default(),
             owners: HashMap::new(),
-            picks: BTreeSet::new(),
+            picks: Users::default(),
             refused: BTreeSet::new(),
             released: false,
             shards,
@@ -148,16 +150,6 @@ impl Proxier {
         self.released |= dropped.iter().any(|k| !self.owners.contains_key(k));
     }
 
-    /// Creates the shared endpoint choices `rules` needs that the table
-    /// does not have yet.
-    fn ensure_picks(&mut self, rules: &ServiceRules, tx: &mut Transaction) {
-        for pick in &rules.picks {
-            if self.picks.insert(*pick) {
-                tx.create_pick(*pick);
-            }
-        }
-    }
-
     /// Rewrites the whole table from `services` (every programmed Service),
     /// converging from any state without a moment where existing Services
     /// stop working: chains are refilled in place, the shared maps are
@@ -175,7 +167,6 @@ impl Proxier {
         self.hairpin.clear();
         self.udp.clear();
         self.picks.clear();
-        let mut picks = Transaction::default();
         let mut report = SyncReport {
             full: true,
             ..SyncReport::default()
@@ -198,14 +189,12 @@ impl Proxier {
         for (i, (key, mut rules)) in services.into_iter().enumerate() {
             self.claim(&key, &mut rules);
             self.record(&key, Some(&rules));
-            self.ensure_picks(&rules, &mut picks);
             shards[i % self.shards].chains(&empty, &rules);
             for e in &rules.elements {
                 last.add_element(e.map, e.add_text());
             }
-            for ip in &rules.hairpin {
-                *self.hairpin.entry(*ip).or_default() += 1;
-            }
+            rules.picks.iter().for_each(|p| self.picks.add(*p));
+            rules.hairpin.iter().for_each(|ip| self.hairpin.add(*ip));
             wanted_chains.extend(rules.chains.into_keys());
             self.udp.insert(key, rules.udp);
             report.services += 1;
@@ -215,6 +204,14 @@ impl Proxier {
             .filter(|s| !s.is_empty())
             .map(Transaction::render)
             .collect();
+        let mut picks = Transaction::default();
+        let (wanted_picks, _) = self.picks.changes();
+        for pick in &wanted_picks {
+            picks.create_pick(*pick);
+            last.flush_collection("map", Collection::Endpoints(*pick));
+            last.flush_collection("map", Collection::NodePortEndpoints(*pick));
+            wanted_chains.extend(pick.chains());
+        }
         report.chains_written =
             shards.iter().map(|s| s.chains_written).sum::<usize>() + picks.chains_written;
         drop(shards);
@@ -238,19 +235,19 @@ impl Proxier {
         })?;
         drop(scripts);
 
-        for ip in self.hairpin.keys() {
-            last.hairpin_add(*ip);
-        }
-        for pick in &self.picks {
-            last.flush_collection("map", Collection::Endpoints(*pick));
-            last.flush_collection("map", Collection::NodePortEndpoints(*pick));
-            wanted_chains.extend(pick.chains());
+        let (hairpin, _) = self.hairpin.changes();
+        for ip in hairpin {
+            last.hairpin_add(ip);
         }
         for name in existing
             .iter()
             .filter(|n| !wanted_chains.contains(n.as_str()))
         {
             last.delete_chain(name);
+            // A previous run's pick leaves its maps too.
+            if let Some(pick) = Pick::of_chain(name) {
+                last.delete_pick_maps(pick);
+            }
             report.stale_chains += 1;
         }
         report.elements_changed = last.elements_changed;
@@ -267,7 +264,6 @@ impl Proxier {
         let started = Instant::now();
         let mut tx = Transaction::default();
         let mut filters: Vec<FlowFilter> = Vec::new();
-        let mut hairpin_before: HashMap<std::net::Ipv4Addr, usize> = HashMap::new();
         let services = changes.len();
         for (key, rules) in changes {
             let rules = rules.map(|mut r| {
@@ -276,18 +272,11 @@ impl Proxier {
             });
             let old = self.applied.get(&key).cloned().unwrap_or_default();
             let new = rules.clone().unwrap_or_default();
-            self.ensure_picks(&new, &mut tx);
             tx.service(&old, &new);
-            for ip in &old.hairpin {
-                let count = self.hairpin.entry(*ip).or_default();
-                hairpin_before.entry(*ip).or_insert(*count);
-                *count = count.saturating_sub(1);
-            }
-            for ip in &new.hairpin {
-                let count = self.hairpin.entry(*ip).or_default();
-                hairpin_before.entry(*ip).or_insert(*count);
-                *count += 1;
-            }
+            old.hairpin.iter().for_each(|ip| self.hairpin.remove(*ip));
+            new.hairpin.iter().for_each(|ip| self.hairpin.add(*ip));
+            old.picks.iter().for_each(|p| self.picks.remove(*p));
+            new.picks.iter().for_each(|p| self.picks.add(*p));
             filters.extend(flows::stale(
                 self.udp.get(&key).unwrap_or(&flows::UdpPorts::default()),
                 &new.udp,
@@ -299,17 +288,12 @@ impl Proxier {
             }
             self.record(&key, rules.as_ref());
         }
-        for (ip, before) in hairpin_before {
-            let now = self.hairpin.get(&ip).copied().unwrap_or(0);
-            match (before, now) {
-                (0, n) if n > 0 => tx.hairpin_add(ip),
-                (b, 0) if b > 0 => tx.hairpin_delete(ip),
-                _ => {}
-            }
-            if now == 0 {
-                self.hairpin.remove(&ip);
-            }
-        }
+        let (added, removed) = self.hairpin.changes();
+        added.into_iter().for_each(|ip| tx.hairpin_add(ip));
+        removed.into_iter().for_each(|ip| tx.hairpin_delete(ip));
+        let (added, removed) = self.picks.changes();
+        added.into_iter().for_each(|p| tx.create_pick(p));
+        removed.into_iter().for_each(|p| tx.delete_pick(p));
         let mut report = SyncReport {
             services,
             chains_written: tx.chains_written,
@@ -319,7 +303,6 @@ impl Proxier {
         if !tx.is_empty() {
             if let Err(e) = nft::apply(&tx.render(), None) {
                 self.synced = false;
-                self.picks.clear();
                 return Err(e.into());
             }
         }
@@ -344,9 +327,101 @@ impl Proxier {
         for applied in self.applied.values() {
             wanted.extend(applied.chains.keys().cloned());
         }
-        for pick in &self.picks {
+        for pick in self.picks.keys() {
             wanted.extend(pick.chains());
         }
         Ok(existing != wanted)
+    }
+}
+
+/// How many Services use each shared thing (a hairpin address, a pick),
+/// and which of them appeared or vanished since the last
+/// [`changes`](Users::changes).
+#[derive(Debug)]
+struct Users<K> {
+    counts: HashMap<K, usize>,
+    /// The count of each key touched since the last `changes`, before it
+    /// was first touched.
+    before: HashMap<K, usize>,
+}
+
+impl<K> Default for Users<K> {
+    fn default() -> Self {
+        Users {
+            counts: HashMap::new(),
+            before: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash + Ord> Users<K> {
+    fn add(&mut self, key: K) {
+        let count = self.counts.entry(key).or_default();
+        self.before.entry(key).or_insert(*count);
+        *count += 1;
+    }
+
+    fn remove(&mut self, key: K) {
+        let Some(count) = self.counts.get_mut(&key) else {
+            return;
+        };
+        self.before.entry(key).or_insert(*count);
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&key);
+        }
+    }
+
+    /// Keys that gained their first user and keys that lost their last one
+    /// since the previous call, each sorted.
+    fn changes(&mut self) -> (Vec<K>, Vec<K>) {
+        let (mut appeared, mut vanished) = (Vec::new(), Vec::new());
+        for (key, before) in self.before.drain() {
+            match (before, self.counts.contains_key(&key)) {
+                (0, true) => appeared.push(key),
+                (b, false) if b > 0 => vanished.push(key),
+                _ => {}
+            }
+        }
+        appeared.sort();
+        vanished.sort();
+        (appeared, vanished)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.counts.keys()
+    }
+
+    fn clear(&mut self) {
+        self.counts.clear();
+        self.before.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_report_first_and_last_users_only() {
+        let mut users = Users::default();
+        users.add('a');
+        users.add('a');
+        users.add('b');
+        assert_eq!(users.changes(), (vec!['a', 'b'], vec![]));
+        users.remove('a');
+        users.add('c');
+        users.remove('c');
+        users.remove('z');
+        assert_eq!(
+            users.changes(),
+            (vec![], vec![]),
+            "'a' keeps a user; 'c' came and went"
+        );
+        users.remove('a');
+        users.remove('b');
+        users.add('b');
+        assert_eq!(users.changes(), (vec![], vec!['a']));
+        assert_eq!(users.keys().copied().collect::<Vec<_>>(), vec!['b']);
     }
 }

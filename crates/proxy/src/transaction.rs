@@ -26,6 +26,7 @@ pub struct Applied {
     /// (map, key) → hash of the value.
     pub elements: BTreeMap<(Collection, Box<str>), u64>,
     pub hairpin: BTreeSet<Ipv4Addr>,
+    pub picks: BTreeSet<Pick>,
 }
 
 impl Applied {
@@ -47,6 +48,7 @@ impl Applied {
                 .map(|e| ((e.map, e.key.as_str().into()), hash(&e.value)))
                 .collect(),
             hairpin: rules.hairpin.clone(),
+            picks: rules.picks.clone(),
         }
     }
 }
@@ -136,6 +138,26 @@ impl Transaction {
         self.create.extend(create);
         self.fill.extend(fill);
         self.chains_written += 3;
+    }
+
+    /// Removes a shared endpoint choice nobody uses: its chains, then its
+    /// maps (which those chains' rules reference).
+    pub fn delete_pick(&mut self, pick: Pick) {
+        for chain in pick.chains() {
+            self.delete_chain(&chain);
+        }
+        self.delete_pick_maps(pick);
+    }
+
+    /// The maps of a pick whose chains are deleted in this transaction.
+    pub fn delete_pick_maps(&mut self, pick: Pick) {
+        let t = Self::table();
+        for map in [
+            Collection::Endpoints(pick),
+            Collection::NodePortEndpoints(pick),
+        ] {
+            self.delete_dead.push(format!("delete map {t} {map}"));
+        }
     }
 
     /// The commands that turn `old` into `new` for one Service.

@@ -140,12 +140,14 @@ fn every_kind_of_service_applies_and_converges() {
         );
 
         // One endpoint leaves one Service: only that chain is rewritten.
-        let (key, rules) = planned(
+        let (plain, one) = planned(
             "plain",
             json!({"clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80}]}),
             &[("10.244.2.2", "node-2")],
         );
-        let report = proxier.apply(vec![(key, Some(rules))]).expect("apply");
+        let report = proxier
+            .apply(vec![(plain.clone(), Some(one.clone()))])
+            .expect("apply");
         assert_eq!(
             report.chains_written, 3,
             "only the new shared pick for one endpoint"
@@ -171,6 +173,19 @@ fn every_kind_of_service_applies_and_converges() {
         assert!(!text.contains("10.96.0.5"), "{text}");
         assert!(!proxier.drifted().unwrap());
 
+        // The endpoint comes back: the one-endpoint pick lost its only user
+        // and goes, maps and all ...
+        let (_, two) = all_kinds().remove(0);
+        proxier
+            .apply(vec![(plain.clone(), Some(two))])
+            .expect("apply");
+        let text = list(&ns);
+        assert!(!text.contains("pick-tcp-1"), "{text}");
+        assert!(!text.contains("eps-tcp-1"), "{text}");
+        assert!(!proxier.drifted().unwrap());
+        // ... and leaves again, so the restart below has a pick to remove.
+        proxier.apply(vec![(plain, Some(one))]).expect("apply");
+
         // Someone deletes a chain: drift; a new Proxier (an agent restart)
         // converges without flushing and removes what is no longer wanted.
         nft::apply("add chain ip weft-proxy svc-left-over\n", None).unwrap();
@@ -183,7 +198,9 @@ fn every_kind_of_service_applies_and_converges() {
         // chains for one TCP endpoint nothing uses any more.
         assert_eq!(report.stale_chains, 3 + 1 + 1 + 3, "{report:?}");
         assert!(!restarted.drifted().unwrap());
-        assert!(!list(&ns).contains("svc-left-over"));
+        let text = list(&ns);
+        assert!(!text.contains("svc-left-over"), "{text}");
+        assert!(!text.contains("eps-tcp-1"), "the stale pick's maps: {text}");
     })
     .unwrap();
 }
