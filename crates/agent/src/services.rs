@@ -7,12 +7,14 @@
 //! is re-planned when it or any of its slices changes, whichever arrives
 //! first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use weft_proxy::model::{
-    self, endpoints_by_port, PortEndpoints, ServiceInfo, ServiceKey, Skipped, SERVICE_NAME_LABEL,
+    self, endpoints_by_port, PackedEndpoints, PortEndpoints, ServiceInfo, ServiceKey, Skipped,
+    SERVICE_NAME_LABEL,
 };
 use weft_proxy::plan::{plan_service, NodeContext, ServiceRules};
 use weft_store::{Event, EventKind};
@@ -25,8 +27,11 @@ pub const SLICE_KIND: &str = "EndpointSlice";
 pub struct ServiceState {
     services: HashMap<ServiceKey, Result<ServiceInfo, Skipped>>,
     /// (namespace, slice name) → its Service and endpoints.
-    slices: HashMap<(String, String), (ServiceKey, PortEndpoints)>,
-    slices_of: HashMap<ServiceKey, BTreeSet<String>>,
+    slices: HashMap<(String, String), (ServiceKey, PackedEndpoints)>,
+    /// Each Service's slice names (usually one).
+    slices_of: HashMap<ServiceKey, Vec<String>>,
+    /// Node names, one copy each, shared by the endpoints.
+    nodes: HashSet<Arc<str>>,
 }
 
 impl ServiceState {
@@ -67,7 +72,7 @@ impl ServiceState {
         let mut touched = Vec::new();
         if let Some((old, _)) = self.slices.remove(&(namespace.clone(), name.clone())) {
             if let Some(names) = self.slices_of.get_mut(&old) {
-                names.remove(&name);
+                names.retain(|n| *n != name);
                 if names.is_empty() {
                     self.slices_of.remove(&old);
                 }
@@ -88,16 +93,27 @@ impl ServiceState {
             self.slices_of
                 .entry(key.clone())
                 .or_default()
-                .insert(name.clone());
-            self.slices.insert(
-                (namespace, name),
-                (key.clone(), endpoints_by_port(&[slice])),
-            );
+                .push(name.clone());
+            let mut endpoints = endpoints_by_port(&[slice]);
+            for ep in endpoints.values_mut().flatten() {
+                ep.node = ep.node.take().map(|n| self.node_name(n));
+            }
+            self.slices
+                .insert((namespace, name), (key.clone(), model::pack(endpoints)));
             if !touched.contains(&key) {
                 touched.push(key);
             }
         }
         touched
+    }
+
+    /// The shared copy of a node's name.
+    fn node_name(&mut self, name: Arc<str>) -> Arc<str> {
+        if let Some(known) = self.nodes.get(&name) {
+            return known.clone();
+        }
+        self.nodes.insert(name.clone());
+        name
     }
 
     /// Takes in one stored object of either kind, as JSON text (the initial
@@ -224,7 +240,7 @@ impl ServiceState {
                         .unwrap_or_default();
                     model::usable(&list)
                         .into_iter()
-                        .filter_map(|e| e.node.clone())
+                        .filter_map(|e| e.node.as_deref().map(String::from))
                         .collect::<BTreeSet<String>>()
                 });
                 for ip in &port.load_balancer_ips {

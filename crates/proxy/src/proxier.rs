@@ -133,7 +133,8 @@ impl Proxier {
     fn record(&mut self, key: &ServiceKey, rules: Option<&ServiceRules>) {
         let mut dropped = Vec::new();
         if let Some(old) = self.applied.remove(key) {
-            for (k, _) in old.elements {
+            for (map, element, _) in old.elements.iter() {
+                let k = (map, Box::from(element));
                 if self.owners.get(&k) == Some(key) {
                     self.owners.remove(&k);
                     dropped.push(k);

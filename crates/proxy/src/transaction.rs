@@ -9,7 +9,7 @@
 //! half-updated Service.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
@@ -23,10 +23,9 @@ use crate::table::{Collection, Pick, FAMILY, HAIRPIN, TABLE};
 pub struct Applied {
     pub sets: BTreeMap<String, u64>,
     pub chains: BTreeMap<String, u64>,
-    /// (map, key) → hash of the value.
-    pub elements: BTreeMap<(Collection, Box<str>), u64>,
+    pub elements: AppliedElements,
     pub hairpin: BTreeSet<Ipv4Addr>,
-    pub picks: BTreeSet<Pick>,
+    pub picks: Box<[Pick]>,
 }
 
 impl Applied {
@@ -42,14 +41,43 @@ impl Applied {
                 .iter()
                 .map(|(k, v)| (k.clone(), hash(v)))
                 .collect(),
-            elements: rules
-                .elements
-                .iter()
-                .map(|e| ((e.map, e.key.as_str().into()), hash(&e.value)))
-                .collect(),
+            elements: AppliedElements::of(&rules.elements),
             hairpin: rules.hairpin.clone(),
-            picks: rules.picks.clone(),
+            picks: rules.picks.iter().copied().collect(),
         }
+    }
+}
+
+/// One Service's map elements as applied: each one's map, key and the hash
+/// of its value, packed into two allocations (the 120,000 elements of
+/// 10,000 Services as separate small allocations cost ~200 bytes each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedElements {
+    /// Each element's map and value hash, in the order of `keys`.
+    maps: Box<[(Collection, u64)]>,
+    /// The keys, each ended by a newline (nft key text has none).
+    keys: Box<str>,
+}
+
+impl AppliedElements {
+    fn of(elements: &BTreeSet<Element>) -> Self {
+        let mut keys = String::with_capacity(elements.iter().map(|e| e.key.len() + 1).sum());
+        for e in elements {
+            keys.push_str(&e.key);
+            keys.push('\n');
+        }
+        AppliedElements {
+            maps: elements.iter().map(|e| (e.map, hash(&e.value))).collect(),
+            keys: keys.into_boxed_str(),
+        }
+    }
+
+    /// (map, key, value hash) of each element.
+    pub fn iter(&self) -> impl Iterator<Item = (Collection, &str, u64)> {
+        self.maps
+            .iter()
+            .zip(self.keys.split_terminator('\n'))
+            .map(|((map, value), key)| (*map, key, *value))
     }
 }
 
@@ -196,14 +224,19 @@ impl Transaction {
             .iter()
             .map(|e| ((e.map, e.key.as_str()), e))
             .collect();
-        for ((map, key), value) in &old.elements {
-            match wanted.get(&(*map, &**key)) {
-                Some(e) if hash(&e.value) == *value => {}
-                _ => self.delete_element(*map, key.to_string()),
+        let applied: HashMap<(Collection, &str), u64> = old
+            .elements
+            .iter()
+            .map(|(map, key, value)| ((map, key), value))
+            .collect();
+        for (map, key, value) in old.elements.iter() {
+            match wanted.get(&(map, key)) {
+                Some(e) if hash(&e.value) == value => {}
+                _ => self.delete_element(map, key.to_string()),
             }
         }
         for e in &new.elements {
-            if old.elements.get(&(e.map, e.key.as_str().into())) != Some(&hash(&e.value)) {
+            if applied.get(&(e.map, e.key.as_str())) != Some(&hash(&e.value)) {
                 self.add_element(e.map, e.add_text());
             }
         }
