@@ -26,10 +26,10 @@ pub const SLICE_KIND: &str = "EndpointSlice";
 #[derive(Default)]
 pub struct ServiceState {
     services: HashMap<ServiceKey, Result<ServiceInfo, Skipped>>,
-    /// (namespace, slice name) → its Service and endpoints.
-    slices: HashMap<(String, String), (ServiceKey, PackedEndpoints)>,
+    /// A slice (its namespace and name) → its Service and endpoints.
+    slices: HashMap<ServiceKey, (ServiceKey, PackedEndpoints)>,
     /// Each Service's slice names (usually one).
-    slices_of: HashMap<ServiceKey, Vec<String>>,
+    slices_of: HashMap<ServiceKey, Vec<Arc<str>>>,
     /// Node names, one copy each, shared by the endpoints.
     nodes: HashSet<Arc<str>>,
 }
@@ -37,19 +37,15 @@ pub struct ServiceState {
 impl ServiceState {
     /// Takes in a Service (or its deletion); returns the Service to re-plan.
     pub fn service(&mut self, svc: &Service, deleted: bool) -> ServiceKey {
-        let key = ServiceKey {
-            namespace: svc
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: svc.metadata.name.clone().unwrap_or_default(),
-        };
+        let key = self.shared(ServiceKey::of(&svc.metadata));
         if deleted {
             self.services.remove(&key);
             return key;
         }
-        let info = model::service_info(svc);
+        let info = model::service_info(svc).map(|info| ServiceInfo {
+            key: key.clone(),
+            ..info
+        });
         if let Err(why) = &info {
             let before = self.services.get(&key).and_then(|i| i.as_ref().err());
             if before != Some(why) {
@@ -63,16 +59,11 @@ impl ServiceState {
     /// Takes in an EndpointSlice (or its deletion); returns the Services to
     /// re-plan (two when a slice moved between Services).
     pub fn slice(&mut self, slice: &EndpointSlice, deleted: bool) -> Vec<ServiceKey> {
-        let namespace = slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = slice.metadata.name.clone().unwrap_or_default();
+        let id = ServiceKey::of(&slice.metadata);
         let mut touched = Vec::new();
-        if let Some((old, _)) = self.slices.remove(&(namespace.clone(), name.clone())) {
+        if let Some((old, _)) = self.slices.remove(&id) {
             if let Some(names) = self.slices_of.get_mut(&old) {
-                names.retain(|n| *n != name);
+                names.retain(|n| *n != id.name);
                 if names.is_empty() {
                     self.slices_of.remove(&old);
                 }
@@ -83,28 +74,37 @@ impl ServiceState {
             .metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .cloned();
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
         if let (false, Some(service)) = (deleted, owner) {
-            let key = ServiceKey {
-                namespace: namespace.clone(),
-                name: service,
-            };
+            let key = self.shared(ServiceKey {
+                namespace: id.namespace.clone(),
+                name: service.as_str().into(),
+            });
             self.slices_of
                 .entry(key.clone())
                 .or_default()
-                .push(name.clone());
+                .push(id.name.clone());
             let mut endpoints = endpoints_by_port(&[slice]);
             for ep in endpoints.values_mut().flatten() {
                 ep.node = ep.node.take().map(|n| self.node_name(n));
             }
             self.slices
-                .insert((namespace, name), (key.clone(), model::pack(endpoints)));
+                .insert(id, (key.clone(), model::pack(endpoints)));
             if !touched.contains(&key) {
                 touched.push(key);
             }
         }
         touched
+    }
+
+    /// The copy of `key` already held (keys are kept in several indexes).
+    fn shared(&self, key: ServiceKey) -> ServiceKey {
+        self.services
+            .get_key_value(&key)
+            .map(|(k, _)| k)
+            .or_else(|| self.slices_of.get_key_value(&key).map(|(k, _)| k))
+            .cloned()
+            .unwrap_or(key)
     }
 
     /// The shared copy of a node's name.
@@ -174,7 +174,12 @@ impl ServiceState {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|name| self.slices.get(&(key.namespace.clone(), name.clone())))
+            .filter_map(|name| {
+                self.slices.get(&ServiceKey {
+                    namespace: key.namespace.clone(),
+                    name: name.clone(),
+                })
+            })
             .map(|(_, eps)| eps);
         model::merge(parts)
     }

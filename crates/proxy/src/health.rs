@@ -115,7 +115,7 @@ async fn serve(listener: TcpListener, service: ServiceKey, local: Arc<AtomicUsiz
 
 fn answer(service: &ServiceKey, local: usize) -> (String, &'static str) {
     let body = json!({
-        "service": {"namespace": service.namespace, "name": service.name},
+        "service": {"namespace": &*service.namespace, "name": &*service.name},
         "localEndpoints": local,
         "serviceProxyHealthy": true,
     });

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Services carrying this label belong to another proxy and are skipped.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -26,8 +27,19 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 /// A Service's identity.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    /// Shared: the agent keeps a key in several indexes per Service.
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl ServiceKey {
+    /// The key of the Service named by `meta` (no namespace means "default").
+    pub fn of(meta: &ObjectMeta) -> ServiceKey {
+        ServiceKey {
+            namespace: meta.namespace.as_deref().unwrap_or("default").into(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+        }
+    }
 }
 
 impl fmt::Display for ServiceKey {
@@ -129,10 +141,7 @@ pub enum Skipped {
 /// Reads a Service; `Err` says why it is not programmed.
 pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
     let meta = &svc.metadata;
-    let key = ServiceKey {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        name: meta.name.clone().unwrap_or_default(),
-    };
+    let key = ServiceKey::of(meta);
     if meta
         .labels
         .as_ref()

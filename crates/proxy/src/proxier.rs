@@ -47,6 +47,7 @@ pub type Change = (ServiceKey, Option<ServiceRules>);
 pub struct Proxier {
     ctx: NodeContext,
     applied: HashMap<ServiceKey, Applied>,
+    /// The UDP ports of Services that have any.
     udp: HashMap<ServiceKey, flows::UdpPorts>,
     /// Local endpoints that Services hairpin to.
     hairpin: Users<std::net::Ipv4Addr>,
@@ -160,8 +161,13 @@ impl Proxier {
         services: impl IntoIterator<Item = (ServiceKey, ServiceRules)>,
     ) -> Result<SyncReport, ProxyError> {
         let started = Instant::now();
-        nft::apply(&table::base_script(&self.ctx), None)?;
         let existing = nft::chain_names(Family::Ip, table::TABLE)?;
+        // No table yet (first start on this node): nothing can be
+        // disturbed, so the map elements go with the parallel shards too.
+        // Otherwise the shared maps are flushed and refilled in the one
+        // last transaction, so no Service ever misses its entry.
+        let fresh = existing.is_empty();
+        nft::apply(&table::base_script(&self.ctx), None)?;
 
         self.applied.clear();
         self.owners.clear();
@@ -174,13 +180,16 @@ impl Proxier {
         };
         // Chains (and affinity sets) go to parallel shards, each its own
         // atomic transaction touching only its Services' chains; the shared
-        // maps and sets to one last transaction. Each Service's plan is
-        // dropped as soon as it is written out, so memory stays flat.
+        // maps and sets to one last transaction (unless `fresh`). Each
+        // Service's plan is dropped as soon as it is written out, so memory
+        // stays flat.
         let mut shards: Vec<Transaction> =
             (0..self.shards).map(|_| Transaction::default()).collect();
         let mut last = Transaction::default();
-        for (name, kind, _) in COLLECTIONS {
-            last.flush_collection(kind, *name);
+        if !fresh {
+            for (name, kind, _) in COLLECTIONS {
+                last.flush_collection(kind, *name);
+            }
         }
         let mut wanted_chains: BTreeSet<String> = table::base_chain_names(&self.ctx)
             .into_iter()
@@ -190,14 +199,18 @@ impl Proxier {
         for (i, (key, mut rules)) in services.into_iter().enumerate() {
             self.claim(&key, &mut rules);
             self.record(&key, Some(&rules));
-            shards[i % self.shards].chains(&empty, &rules);
+            let shard = &mut shards[i % self.shards];
+            shard.chains(&empty, &rules);
+            let elements = if fresh { shard } else { &mut last };
             for e in &rules.elements {
-                last.add_element(e.map, e.add_text());
+                elements.add_element(e.map, e.add_text());
             }
             rules.picks.iter().for_each(|p| self.picks.add(*p));
             rules.hairpin.iter().for_each(|ip| self.hairpin.add(*ip));
             wanted_chains.extend(rules.chains.into_keys());
-            self.udp.insert(key, rules.udp);
+            if !rules.udp.is_empty() {
+                self.udp.insert(key, rules.udp);
+            }
             report.services += 1;
         }
         let scripts: Vec<String> = shards
@@ -209,12 +222,15 @@ impl Proxier {
         let (wanted_picks, _) = self.picks.changes();
         for pick in &wanted_picks {
             picks.create_pick(*pick);
-            last.flush_collection("map", Collection::Endpoints(*pick));
-            last.flush_collection("map", Collection::NodePortEndpoints(*pick));
+            if !fresh {
+                last.flush_collection("map", Collection::Endpoints(*pick));
+                last.flush_collection("map", Collection::NodePortEndpoints(*pick));
+            }
             wanted_chains.extend(pick.chains());
         }
         report.chains_written =
             shards.iter().map(|s| s.chains_written).sum::<usize>() + picks.chains_written;
+        report.elements_changed = shards.iter().map(|s| s.elements_changed).sum();
         drop(shards);
         if !picks.is_empty() {
             nft::apply(&picks.render(), None)?;
@@ -251,7 +267,7 @@ impl Proxier {
             }
             report.stale_chains += 1;
         }
-        report.elements_changed = last.elements_changed;
+        report.elements_changed += last.elements_changed;
         nft::apply(&last.render(), None)?;
         self.synced = true;
         report.elapsed = started.elapsed();
@@ -282,10 +298,10 @@ impl Proxier {
                 self.udp.get(&key).unwrap_or(&flows::UdpPorts::default()),
                 &new.udp,
             ));
-            if rules.is_some() {
-                self.udp.insert(key.clone(), new.udp.clone());
-            } else {
+            if new.udp.is_empty() {
                 self.udp.remove(&key);
+            } else {
+                self.udp.insert(key.clone(), new.udp.clone());
             }
             self.record(&key, rules.as_ref());
         }

@@ -87,14 +87,43 @@ fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
     h.finish()
 }
 
+/// Element texts for one map, joined into statements of at most
+/// [`ElementList::CHUNK`] elements as they come: a full sync's 100,000
+/// elements as a few large strings rather than 100,000 small ones, which
+/// would leave the heap fragmented around what the proxier keeps.
+#[derive(Debug, Default)]
+struct ElementList {
+    chunks: Vec<String>,
+    in_last: usize,
+}
+
+impl ElementList {
+    /// Moderate statements keep nft's parser fast.
+    const CHUNK: usize = 2000;
+
+    fn push(&mut self, text: &str) {
+        match self.chunks.last_mut() {
+            Some(chunk) if self.in_last < Self::CHUNK => {
+                chunk.push_str(", ");
+                chunk.push_str(text);
+                self.in_last += 1;
+            }
+            _ => {
+                self.chunks.push(text.to_string());
+                self.in_last = 1;
+            }
+        }
+    }
+}
+
 /// Commands collected per phase; several Services' changes merge into one
 /// transaction.
 #[derive(Debug, Default)]
 pub struct Transaction {
     create: Vec<String>,
-    delete_elements: BTreeMap<Collection, Vec<String>>,
+    delete_elements: BTreeMap<Collection, ElementList>,
     fill: Vec<String>,
-    add_elements: BTreeMap<Collection, Vec<String>>,
+    add_elements: BTreeMap<Collection, ElementList>,
     flush_dead: Vec<String>,
     delete_dead: Vec<String>,
     /// Counted for reports: chains written (created or refilled).
@@ -144,12 +173,12 @@ impl Transaction {
     }
 
     pub fn add_element(&mut self, map: Collection, text: String) {
-        self.add_elements.entry(map).or_default().push(text);
+        self.add_elements.entry(map).or_default().push(&text);
         self.elements_changed += 1;
     }
 
     pub fn delete_element(&mut self, map: Collection, key: String) {
-        self.delete_elements.entry(map).or_default().push(key);
+        self.delete_elements.entry(map).or_default().push(&key);
         self.elements_changed += 1;
     }
 
@@ -257,16 +286,17 @@ impl Transaction {
         for line in &self.create {
             let _ = writeln!(out, "{line}");
         }
-        for (map, keys) in &self.delete_elements {
-            let _ = writeln!(out, "delete element {t} {map} {{ {} }}", keys.join(", "));
+        for (map, list) in &self.delete_elements {
+            for chunk in &list.chunks {
+                let _ = writeln!(out, "delete element {t} {map} {{ {chunk} }}");
+            }
         }
         for line in &self.fill {
             let _ = writeln!(out, "{line}");
         }
-        for (map, items) in &self.add_elements {
-            // Large element lists in moderate statements keep nft's parser fast.
-            for chunk in items.chunks(2000) {
-                let _ = writeln!(out, "add element {t} {map} {{ {} }}", chunk.join(", "));
+        for (map, list) in &self.add_elements {
+            for chunk in &list.chunks {
+                let _ = writeln!(out, "add element {t} {map} {{ {chunk} }}");
             }
         }
         for line in self.flush_dead.iter().chain(&self.delete_dead) {
