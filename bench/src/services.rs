@@ -13,6 +13,8 @@
 //!   connection to the ClusterIP.
 //! - **memory**: the agent's VmRSS and VmHWM after the full sync and after
 //!   the changes (the `nft` children are not the agent).
+//! - **restart**: a new agent over the table the last one left — time to
+//!   its full sync, and connects to a Service all the while (none may fail).
 //! - **first-connection latency**: fresh TCP connects to a ClusterIP with
 //!   10 and with 10,000 Services present (two agents side by side,
 //!   interleaved batches), and straight to the endpoint as a baseline.
@@ -1139,6 +1141,56 @@ fn full_sync(bed: &mut Bed, weft: &Path, env: &[String]) -> Result<FullSync> {
     })
 }
 
+struct Restart {
+    log_s: f64,
+    agent_ms: f64,
+    connects_ok: usize,
+    connects_failed: usize,
+    memory: Memory,
+}
+
+/// Stops the bed's agent and starts a new one over the table it left,
+/// connecting to Service 0 every few milliseconds until the new agent has
+/// logged its full sync.
+fn restart(bed: &mut Bed, weft: &Path, env: &[String]) -> Result<Restart> {
+    let target = SocketAddr::from((cluster_ip(0), 80));
+    bed.agent = None;
+    let start = Instant::now();
+    bed.start_agent(weft, env)?;
+    let pid = bed.agent()?.pid();
+    let mut w = Watch::new(pid, bed.log(), start, true);
+    let (mut ok, mut failed) = (0, 0);
+    bed.node.run_in(|| -> Result<()> {
+        while w.line("Service table fully synced").is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the restarted agent did not sync within 60 s; its log:\n{}",
+                    tail_of(&bed.log(), 30)
+                );
+            }
+            match probe(target) {
+                Probe::Connected => ok += 1,
+                _ => failed += 1,
+            }
+            w.sample()?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    })??;
+    w.wait_idle(Duration::from_millis(100), Duration::from_secs(60))?;
+    let (at, line) = w
+        .line("Service table fully synced")
+        .cloned()
+        .unwrap_or_default();
+    Ok(Restart {
+        log_s: at / 1e3,
+        agent_ms: field(&line, "ms").unwrap_or(f64::NAN),
+        connects_ok: ok,
+        connects_failed: failed,
+        memory: bed.agent()?.memory()?,
+    })
+}
+
 /// One measured change: `write` runs at t0, then the ClusterIP is polled
 /// until a connection succeeds, then the agent is left to go idle.
 fn measure(
@@ -1451,6 +1503,14 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    // Last, as it replaces the agent: a restart over the full table (the
+    // maps flushed and refilled in one transaction) while a client keeps
+    // connecting.
+    let rs = restart(&mut big, &weft, &args.agent_env)?;
+    println!(
+        "\n## agent restart over the full table\nagent start → \"fully synced\" logged: {:.3} s (the proxier's own report: {:.0} ms); connects to Service 0 meanwhile: {} ok, {} failed; VmRSS after {:.1} MiB, VmHWM {:.1} MiB",
+        rs.log_s, rs.agent_ms, rs.connects_ok, rs.connects_failed, rs.memory.rss_mib(), rs.memory.hwm_mib()
+    );
     println!("load average at the end: {}", loadavg());
 
     // 4. The table.
@@ -1506,6 +1566,10 @@ pub fn run(args: Args) -> Result<()> {
         after_changes.rss_mib(),
         after_changes.hwm_mib(),
         ratio_to(after_changes.rss_mib(), REF_RSS_MIB.1)
+    );
+    println!(
+        "| agent restart over the full table → \"fully synced\" (s); connects to a Service meanwhile ok / failed | {:.2}; {} / {} | | | |",
+        rs.log_s, rs.connects_ok, rs.connects_failed
     );
     println!(
         "| first connection via ClusterIP, {} Services: median / p90 (µs) | {:.1} / {:.1} | | | |",
