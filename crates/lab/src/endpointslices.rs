@@ -33,8 +33,9 @@ pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Kubernetes' default `--max-endpoints-per-slice`.
 pub const MAX_ENDPOINTS: usize = 100;
 
-/// The slices `svc` should have, given every pod of the lab.
-pub fn desired(svc: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
+/// The slices `svc` should have, given every pod of the lab and the slices
+/// stored now (endpoints stay in the slice that holds them).
+pub fn desired(svc: &Service, pods: &[Pod], existing: &[EndpointSlice]) -> Vec<EndpointSlice> {
     let Some(spec) = svc.spec.as_ref() else {
         return Vec::new();
     };
@@ -65,9 +66,33 @@ pub fn desired(svc: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
     if groups.is_empty() {
         groups.insert(port_key(&[]), (Vec::new(), Vec::new()));
     }
+    let held = held_by(svc, existing);
     groups
         .into_iter()
-        .flat_map(|(group, (ports, endpoints))| chunked(svc, &group, &ports, endpoints))
+        .flat_map(|(group, (ports, endpoints))| chunked(svc, &group, &ports, endpoints, &held))
+        .collect()
+}
+
+/// Address → the name of the slice of `svc` (one of ours) holding it.
+fn held_by<'a>(svc: &Service, existing: &'a [EndpointSlice]) -> BTreeMap<&'a str, &'a str> {
+    let (namespace, service) = key(svc);
+    existing
+        .iter()
+        .filter(|s| managed_by_us(s) && key(*s).0 == namespace)
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                == Some(&service)
+        })
+        .flat_map(|s| {
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            s.endpoints
+                .iter()
+                .flatten()
+                .filter_map(move |e| Some((e.addresses.first()?.as_str(), name)))
+        })
         .collect()
 }
 
@@ -76,28 +101,58 @@ fn matches(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The slices of one port list: [`MAX_ENDPOINTS`] endpoints each, or one
-/// empty slice (the placeholder of a Service nothing backs).
+/// The slices of one port list, `base`, `base-1`, … with at most
+/// [`MAX_ENDPOINTS`] endpoints each, or one empty slice (the placeholder of
+/// a Service nothing backs). As in Kubernetes' controller, an endpoint
+/// stays in the slice that holds it and new ones fill the slices with room
+/// before a new slice is made, so a pod coming or going rewrites one slice
+/// rather than shifting every later one.
 fn chunked(
     svc: &Service,
     group: &str,
     ports: &[EndpointPort],
     endpoints: Vec<Endpoint>,
+    held: &BTreeMap<&str, &str>,
 ) -> Vec<EndpointSlice> {
     let base = format!("{}-{}", key(svc).1, short_hash(group));
     if endpoints.is_empty() {
         return vec![slice(svc, base, ports, Vec::new())];
     }
-    endpoints
-        .chunks(MAX_ENDPOINTS)
-        .enumerate()
-        .map(|(i, chunk)| {
-            let name = match i {
-                0 => base.clone(),
-                i => format!("{base}-{i}"),
-            };
-            slice(svc, name, ports, chunk.to_vec())
-        })
+    let name_of = |i: usize| match i {
+        0 => base.clone(),
+        i => format!("{base}-{i}"),
+    };
+    let index_of = |name: &str| -> Option<usize> {
+        match name.strip_prefix(base.as_str())? {
+            "" => Some(0),
+            rest => rest.strip_prefix('-')?.parse().ok().filter(|i| *i > 0),
+        }
+    };
+    let mut slices: BTreeMap<usize, Vec<Endpoint>> = BTreeMap::new();
+    let mut homeless = Vec::new();
+    for ep in endpoints {
+        let home = ep
+            .addresses
+            .first()
+            .and_then(|a| held.get(a.as_str()))
+            .and_then(|name| index_of(name));
+        match home {
+            Some(i) if slices.get(&i).map_or(0, Vec::len) < MAX_ENDPOINTS => {
+                slices.entry(i).or_default().push(ep)
+            }
+            _ => homeless.push(ep),
+        }
+    }
+    let mut i = 0;
+    for ep in homeless {
+        while slices.get(&i).map_or(0, Vec::len) >= MAX_ENDPOINTS {
+            i += 1;
+        }
+        slices.entry(i).or_default().push(ep);
+    }
+    slices
+        .into_iter()
+        .map(|(i, eps)| slice(svc, name_of(i), ports, eps))
         .collect()
 }
 
@@ -348,7 +403,10 @@ pub fn sync(store: &Store) -> Result<Synced, StoreError> {
     let (services, _) = store.list_typed::<Service>()?;
     let (pods, _) = store.list_typed::<Pod>()?;
     let (slices, _) = store.list_typed::<EndpointSlice>()?;
-    let wanted = services.iter().flat_map(|s| desired(s, &pods)).collect();
+    let wanted = services
+        .iter()
+        .flat_map(|s| desired(s, &pods, &slices))
+        .collect();
     let plan = plan(wanted, &slices);
     for mut slice in plan.write.iter().cloned() {
         if slice.metadata.uid.is_none() {
@@ -436,7 +494,7 @@ mod tests {
             http("web-2", "10.244.3.2", 8443),
             pod("web-3", "10.244.3.3", &[]),
         ];
-        let slices = desired(&web_svc(), &pods);
+        let slices = desired(&web_svc(), &pods, &[]);
         assert_eq!(slices.len(), 3, "{slices:#?}");
         let by_ports: BTreeMap<Vec<(String, i32)>, Vec<String>> =
             slices.iter().map(|s| (ports(s), addresses(s))).collect();
@@ -460,7 +518,7 @@ mod tests {
         );
         assert_eq!(
             slices,
-            desired(&web_svc(), &pods),
+            desired(&web_svc(), &pods, &[]),
             "names and order are deterministic"
         );
     }
@@ -475,7 +533,7 @@ mod tests {
             &[("dns", 5353, "TCP"), ("dns", 5354, "UDP")],
         );
         let tcp_only = pod("b", "10.244.1.3", &[("dns", 5353, "TCP")]);
-        let slices = desired(&s, &[both, tcp_only]);
+        let slices = desired(&s, &[both, tcp_only], &[]);
         let by_ports: BTreeMap<Vec<(String, i32)>, Vec<String>> =
             slices.iter().map(|s| (ports(s), addresses(s))).collect();
         assert_eq!(
@@ -492,7 +550,7 @@ mod tests {
 
     #[test]
     fn slices_carry_labels_owner_and_endpoint_details() {
-        let slices = desired(&web_svc(), &[http("web-0", "10.244.1.2", 8080)]);
+        let slices = desired(&web_svc(), &[http("web-0", "10.244.1.2", 8080)], &[]);
         let s = &slices[0];
         let labels = s.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[SERVICE_NAME_LABEL], "web");
@@ -565,20 +623,20 @@ mod tests {
         other_ns.metadata.namespace = Some("other".into());
         let mut other_app = http("db-0", "10.244.1.8", 8080);
         other_app.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
-        let slices = desired(&web_svc(), &[other_ns, other_app]);
+        let slices = desired(&web_svc(), &[other_ns, other_app], &[]);
         assert_eq!(slices.len(), 1, "a placeholder when nothing is selected");
         assert_eq!(slices[0].endpoints, Some(vec![]));
         assert_eq!(slices[0].ports, Some(vec![]));
         let no_selector = svc(json!({"ports": [{"port": 80}]}));
-        assert!(desired(&no_selector, &[http("web-0", "10.244.1.2", 8080)]).is_empty());
+        assert!(desired(&no_selector, &[http("web-0", "10.244.1.2", 8080)], &[]).is_empty());
         let empty_selector = svc(json!({"selector": {}, "ports": [{"port": 80}]}));
-        assert!(desired(&empty_selector, &[http("web-0", "10.244.1.2", 8080)]).is_empty());
+        assert!(desired(&empty_selector, &[http("web-0", "10.244.1.2", 8080)], &[]).is_empty());
         let external = svc(
             json!({"type": "ExternalName", "externalName": "x.example", "selector": {"app": "web"}}),
         );
-        assert!(desired(&external, &[http("web-0", "10.244.1.2", 8080)]).is_empty());
+        assert!(desired(&external, &[http("web-0", "10.244.1.2", 8080)], &[]).is_empty());
         let headless = svc(json!({"clusterIP": "None", "selector": {"app": "web"}}));
-        let slices = desired(&headless, &[http("web-0", "10.244.1.2", 8080)]);
+        let slices = desired(&headless, &[http("web-0", "10.244.1.2", 8080)], &[]);
         assert_eq!(addresses(&slices[0]), vec!["10.244.1.2"]);
         assert!(slices[0]
             .metadata
@@ -607,7 +665,7 @@ mod tests {
                 )
             })
             .collect();
-        let slices = desired(&web_svc(), &pods);
+        let slices = desired(&web_svc(), &pods, &[]);
         let sizes: Vec<usize> = slices
             .iter()
             .map(|s| s.endpoints.as_ref().unwrap().len())
@@ -620,12 +678,59 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_stay_in_their_slice_and_new_ones_fill_holes_first() {
+        let pod = |i: usize| {
+            http(
+                &format!("web-{i:03}"),
+                &format!("10.244.{}.{}", i / 200, i % 200 + 2),
+                8080,
+            )
+        };
+        let mut pods: Vec<Pod> = (0..250).map(pod).collect();
+        let stored = desired(&web_svc(), &pods, &[]);
+        assert_eq!(
+            plan(desired(&web_svc(), &pods, &stored), &stored),
+            Plan::default()
+        );
+        // web-005 (first slice) goes, web-300 comes: only the first slice
+        // changes — the newcomer takes the freed place.
+        pods.remove(5);
+        pods.push(pod(300));
+        let p = plan(desired(&web_svc(), &pods, &stored), &stored);
+        assert_eq!(
+            p.write.len(),
+            1,
+            "{:?}",
+            p.write.iter().map(|s| &s.metadata.name).collect::<Vec<_>>()
+        );
+        assert_eq!(p.write[0].metadata.name, stored[0].metadata.name);
+        assert!(addresses(&p.write[0]).contains(&"10.244.1.102".to_string()));
+        assert!(!addresses(&p.write[0]).contains(&"10.244.0.7".to_string()));
+        assert!(p.delete.is_empty());
+        // Every pod of the middle slice goes: that slice is deleted, the
+        // last one keeps its name and content.
+        let middle: Vec<String> = addresses(&stored[1]);
+        pods.retain(|p| !middle.contains(&p.status.as_ref().unwrap().pod_ip.clone().unwrap()));
+        let p = plan(desired(&web_svc(), &pods, &stored), &stored);
+        let written: Vec<_> = p
+            .write
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(written, vec![stored[0].metadata.name.clone().unwrap()]);
+        assert_eq!(
+            p.delete,
+            vec![("demo".to_string(), stored[1].metadata.name.clone().unwrap())]
+        );
+    }
+
+    #[test]
     fn plans_write_only_changes_and_delete_stale_slices() {
         let pods = vec![
             http("web-0", "10.244.1.2", 8080),
             http("web-1", "10.244.2.2", 8080),
         ];
-        let mut stored = desired(&web_svc(), &pods);
+        let mut stored = desired(&web_svc(), &pods, &[]);
         for s in &mut stored {
             s.metadata.uid = Some("slice-uid".into());
             s.metadata.resource_version = Some("42".into());
@@ -638,16 +743,19 @@ mod tests {
         };
         let mut existing = stored.clone();
         existing.push(foreign);
-        assert_eq!(plan(desired(&web_svc(), &pods), &existing), Plan::default());
+        assert_eq!(
+            plan(desired(&web_svc(), &pods, &[]), &existing),
+            Plan::default()
+        );
         // One pod gone: the slice is rewritten, keeping its UID.
-        let p = plan(desired(&web_svc(), &pods[..1]), &existing);
+        let p = plan(desired(&web_svc(), &pods[..1], &[]), &existing);
         assert_eq!(p.write.len(), 1);
         assert!(p.delete.is_empty());
         assert_eq!(p.write[0].metadata.uid.as_deref(), Some("slice-uid"));
         assert_eq!(addresses(&p.write[0]), vec!["10.244.1.2"]);
         // A different port list: a new slice, the old one deleted.
         let moved = vec![http("web-0", "10.244.1.2", 9090)];
-        let p = plan(desired(&web_svc(), &moved), &existing);
+        let p = plan(desired(&web_svc(), &moved, &[]), &existing);
         assert_eq!(p.write.len(), 1);
         assert_eq!(p.write[0].metadata.uid, None);
         assert_eq!(
