@@ -230,6 +230,7 @@ fn log_report(report: &SyncReport) {
             chains = report.chains_written,
             elements = report.elements_changed,
             stale_chains = report.stale_chains,
+            stale_sets = report.stale_sets,
             ms = report.elapsed.as_secs_f64() * 1e3,
             "Service table fully synced"
         );

@@ -23,11 +23,13 @@ use weft_store::{Event, EventKind};
 pub const SERVICE_KIND: &str = "Service";
 pub const SLICE_KIND: &str = "EndpointSlice";
 
+/// A slice's namespace and name (the same shape as a Service's key).
+type SliceId = ServiceKey;
+
 #[derive(Default)]
 pub struct ServiceState {
     services: HashMap<ServiceKey, Result<ServiceInfo, Skipped>>,
-    /// A slice (its namespace and name) → its Service and endpoints.
-    slices: HashMap<ServiceKey, (ServiceKey, PackedEndpoints)>,
+    slices: HashMap<SliceId, (ServiceKey, PackedEndpoints)>,
     /// Each Service's slice names (usually one).
     slices_of: HashMap<ServiceKey, Vec<Arc<str>>>,
     /// Node names, one copy each, shared by the endpoints.
@@ -59,7 +61,7 @@ impl ServiceState {
     /// Takes in an EndpointSlice (or its deletion); returns the Services to
     /// re-plan (two when a slice moved between Services).
     pub fn slice(&mut self, slice: &EndpointSlice, deleted: bool) -> Vec<ServiceKey> {
-        let id = ServiceKey::of(&slice.metadata);
+        let id: SliceId = ServiceKey::of(&slice.metadata);
         let mut touched = Vec::new();
         if let Some((old, _)) = self.slices.remove(&id) {
             if let Some(names) = self.slices_of.get_mut(&old) {
@@ -175,7 +177,7 @@ impl ServiceState {
             .into_iter()
             .flatten()
             .filter_map(|name| {
-                self.slices.get(&ServiceKey {
+                self.slices.get(&SliceId {
                     namespace: key.namespace.clone(),
                     name: name.clone(),
                 })

@@ -4,11 +4,11 @@
 //! Reads that sit on hot paths ask the kernel directly over
 //! NETLINK_NETFILTER instead: [`chain_exists`] is a single round trip (tens
 //! of microseconds, where running `nft list` costs milliseconds) and lets
-//! hot paths skip re-applying rules already in place; [`chain_names`] lists
-//! a table's chains in one dump, so pruning stale per-Service chains does
-//! not have to parse `nft` output. This module never changes the ruleset
-//! over netlink: every change goes through `nft -f`, so there is one
-//! writer format to review.
+//! hot paths skip re-applying rules already in place; [`chain_names`] and
+//! [`set_names`] list a table's chains and sets in one dump each, so pruning
+//! stale per-Service chains and sets does not have to parse `nft` output.
+//! This module never changes the ruleset over netlink: every change goes
+//! through `nft -f`, so there is one writer format to review.
 //!
 //! It also owns the crate's NETLINK_NETFILTER socket and attribute codec
 //! (crate-private), which [`crate::conntrack`] shares.
@@ -87,8 +87,12 @@ const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_GETSET: u16 = 10;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
 
-/// How often [`chain_names`] restarts a dump that a concurrent ruleset
+/// How often [`chain_names`] and [`set_names`] restart a dump that a concurrent ruleset
 /// change made inconsistent before giving up.
 const DUMP_ATTEMPTS: usize = 5;
 
@@ -117,24 +121,61 @@ pub fn chain_exists(family: Family, table: &str, chain: &str) -> Result<bool, Nf
 /// asked of the kernel of the calling thread's namespace in one dump. A
 /// table that does not exist has no chains (an empty list, not an error).
 pub fn chain_names(family: Family, table: &str) -> Result<Vec<String>, NftError> {
+    object_names(family, table, &CHAINS)
+}
+
+/// Names of the named sets and maps of table `table` in `family` (anonymous
+/// sets, which belong to a rule, are left out); like [`chain_names`].
+pub fn set_names(family: Family, table: &str) -> Result<Vec<String>, NftError> {
+    let mut names = object_names(family, table, &SETS)?;
+    names.retain(|n| !n.starts_with("__"));
+    Ok(names)
+}
+
+/// One kind of nftables object as its netlink dump sees it.
+struct ObjectKind {
+    get: u16,
+    new: u16,
+    table_attr: u16,
+    name_attr: u16,
+    what: &'static str,
+}
+
+const CHAINS: ObjectKind = ObjectKind {
+    get: NFT_MSG_GETCHAIN,
+    new: NFT_MSG_NEWCHAIN,
+    table_attr: NFTA_CHAIN_TABLE,
+    name_attr: NFTA_CHAIN_NAME,
+    what: "chain",
+};
+
+const SETS: ObjectKind = ObjectKind {
+    get: NFT_MSG_GETSET,
+    new: NFT_MSG_NEWSET,
+    table_attr: NFTA_SET_TABLE,
+    name_attr: NFTA_SET_NAME,
+    what: "set",
+};
+
+fn object_names(family: Family, table: &str, kind: &ObjectKind) -> Result<Vec<String>, NftError> {
     let mut payload = nfgenmsg(family as u8);
     // The kernel's chain dump ignores this attribute (it walks every table
     // of the family; only rule, set, object and flowtable dumps filter by
     // table), so the answer is filtered here as well. Sent anyway so that a
     // kernel which learns to filter does less work.
-    push_str_attr(&mut payload, NFTA_CHAIN_TABLE, table);
-    let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN;
+    push_str_attr(&mut payload, kind.table_attr, table);
+    let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | kind.get;
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     let mut sock = NfnlSocket::open().map_err(NftError::Query)?;
     for _ in 0..DUMP_ATTEMPTS {
         let mut names = Vec::new();
         let mut malformed = None;
         let answer = sock
-            .request(msg_type, flags, &payload, |kind, msg| {
-                if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN || malformed.is_some() {
+            .request(msg_type, flags, &payload, |msg_kind, msg| {
+                if msg_kind != (NFNL_SUBSYS_NFTABLES << 8) | kind.new || malformed.is_some() {
                     return;
                 }
-                match chain_of(msg) {
+                match object_of(msg, kind) {
                     Ok((t, name)) if t == table.as_bytes() => names.push(name),
                     Ok(_) => {}
                     Err(e) => malformed = Some(e),
@@ -146,7 +187,7 @@ pub fn chain_names(family: Family, table: &str) -> Result<Vec<String>, NftError>
         }
         match answer.errno {
             // The ruleset changed while the dump ran: the list may have
-            // missed or repeated chains, so ask again.
+            // missed or repeated objects, so ask again.
             0 if answer.interrupted => continue,
             0 => return Ok(names),
             e if e == libc::ENOENT => return Ok(Vec::new()),
@@ -155,27 +196,33 @@ pub fn chain_names(family: Family, table: &str) -> Result<Vec<String>, NftError>
     }
     Err(NftError::Query(std::io::Error::new(
         std::io::ErrorKind::Interrupted,
-        format!("the ruleset kept changing during {DUMP_ATTEMPTS} dumps of table {table}'s chains"),
+        format!(
+            "the ruleset kept changing during {DUMP_ATTEMPTS} dumps of table {table}'s {}s",
+            kind.what
+        ),
     )))
 }
 
-/// The table and chain name of one NFT_MSG_NEWCHAIN message.
-fn chain_of(msg: &[u8]) -> std::io::Result<(&[u8], String)> {
+/// The table and object name of one NFT_MSG_NEW* message of `kind`.
+fn object_of<'a>(msg: &'a [u8], kind: &ObjectKind) -> std::io::Result<(&'a [u8], String)> {
     let attrs = msg
         .get(NFGENMSG_LEN..)
         .ok_or_else(|| malformed("short nfgenmsg"))?;
     let (mut table, mut name) = (None, None);
     for attr in Attrs::new(attrs) {
-        let (kind, value) = attr?;
-        match kind {
-            NFTA_CHAIN_TABLE => table = Some(c_string(value)),
-            NFTA_CHAIN_NAME => name = Some(c_string(value)),
-            _ => {}
+        let (attr_kind, value) = attr?;
+        if attr_kind == kind.table_attr {
+            table = Some(c_string(value));
+        } else if attr_kind == kind.name_attr {
+            name = Some(c_string(value));
         }
     }
     match (table, name) {
         (Some(t), Some(n)) => Ok((t, String::from_utf8_lossy(n).into_owned())),
-        _ => Err(malformed("chain without a table or a name")),
+        _ => Err(malformed(&format!(
+            "{} without a table or a name",
+            kind.what
+        ))),
     }
 }
 
@@ -419,7 +466,7 @@ mod tests {
     #[test]
     fn chain_messages_are_parsed() {
         let m = chain_msg("weft", "svc-abc");
-        let (table, name) = chain_of(&m).unwrap();
+        let (table, name) = object_of(&m, &CHAINS).unwrap();
         assert_eq!(table, b"weft");
         assert_eq!(name, "svc-abc");
     }
@@ -431,7 +478,7 @@ mod tests {
             // Every prefix either parses (cut on an attribute boundary after
             // both names, impossible here) or is reported as malformed.
             assert!(
-                chain_of(&m[..cut]).is_err(),
+                object_of(&m[..cut], &CHAINS).is_err(),
                 "prefix of {cut} bytes accepted"
             );
         }

@@ -67,3 +67,29 @@ fn an_absent_table_has_no_chains() {
         .unwrap()
         .unwrap());
 }
+
+#[test]
+fn lists_the_named_sets_and_maps_of_one_table() {
+    let mut nss = Namespaces::new("nfts");
+    let (_, ns) = nss.add("x");
+    let none = ns.run_in(|| nft::set_names(Family::Ip, "wdt")).unwrap();
+    assert_eq!(none.unwrap(), Vec::<String>::new());
+    let mut want: Vec<String> = (0..500).map(|i| format!("aff-{i:04}")).collect();
+    let mut script = String::from("table ip wdt {\n  map m { type ipv4_addr : verdict; }\n");
+    for name in &want {
+        writeln!(script, "  set {name} {{ type ipv4_addr; }}").unwrap();
+    }
+    // A rule with an anonymous set: not a named set, not listed.
+    script.push_str("  chain c { ip daddr { 10.0.0.1, 10.0.0.2 } accept; }\n}\n");
+    script.push_str("table ip wdtother { set not-me { type ipv4_addr; }; }\n");
+    script.push_str("table inet wdt { set other-family { type ipv4_addr; }; }\n");
+    nft::apply(&script, Some(&ns)).unwrap();
+    want.push("m".into());
+    want.sort();
+    let mut got = ns
+        .run_in(|| nft::set_names(Family::Ip, "wdt"))
+        .unwrap()
+        .unwrap();
+    got.sort();
+    assert_eq!(got, want);
+}

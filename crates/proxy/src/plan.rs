@@ -107,7 +107,28 @@ pub fn plan_service(
             .unwrap_or_default();
         plan_port(&mut rules, svc, port, eps, ctx);
     }
+    drop_duplicate_keys(&mut rules, svc);
     rules
+}
+
+/// One Service can name the same address and port twice (a port listed
+/// twice, an externalIP that is also its LoadBalancer address); two values
+/// for one map key would make `nft` reject every transaction carrying
+/// them, so the first (in key, then value order) wins and the rest is
+/// logged.
+fn drop_duplicate_keys(rules: &mut ServiceRules, svc: &ServiceInfo) {
+    let mut last: Option<(Collection, String)> = None;
+    rules.elements.retain(|e| {
+        let duplicate = last
+            .as_ref()
+            .is_some_and(|(map, key)| *map == e.map && *key == e.key);
+        if duplicate {
+            tracing::warn!(service = %svc.key, map = %e.map, element = %e.key, "the Service names this address and port twice; the first one is programmed");
+        } else {
+            last = Some((e.map, e.key.clone()));
+        }
+        !duplicate
+    });
 }
 
 /// Names of one Service port's chains and sets.
@@ -180,11 +201,16 @@ fn plan_port(
             .elements
             .insert(Element::new(table::CLUSTER_IPS, ip.to_string(), None));
     }
+    // Each external address once, and never the ClusterIP itself (that
+    // one stays internal).
     let external_dsts: Vec<Ipv4Addr> = port
         .external_ips
         .iter()
         .chain(&port.load_balancer_ips)
         .copied()
+        .filter(|ip| Some(*ip) != port.cluster_ip)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     if port.protocol == Protocol::Udp {
         rules.udp.insert(
@@ -537,6 +563,38 @@ mod tests {
             protocol: Protocol::Tcp,
             n,
         }
+    }
+
+    #[test]
+    fn an_address_and_port_named_twice_is_programmed_once() {
+        let mut p = port();
+        p.external_ips = vec![Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(198, 18, 0, 9)];
+        p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 9)];
+        let mut twice = port();
+        twice.name = "again".into();
+        let mut info = svc(p);
+        info.ports.push(twice);
+        let mut by_port = eps(vec![ep("10.244.1.2", "node-1", true)]);
+        // The same port under another name, with other endpoints: another
+        // value for the same key.
+        let two = vec![
+            ep("10.244.1.2", "node-1", true),
+            ep("10.244.2.2", "node-2", true),
+        ];
+        by_port.insert(("again".to_string(), Protocol::Tcp), two);
+        let rules = plan_service(&info, &by_port, &ctx());
+        let ips = values(&rules, table::SERVICE_IPS);
+        assert_eq!(
+            ips,
+            vec![
+                "10.96.0.10 . tcp . 80 : goto pick-tcp-1".to_string(),
+                "198.18.0.9 . tcp . 80 : goto pickx-tcp-1".to_string(),
+            ]
+        );
+        let mut keys: Vec<_> = rules.elements.iter().map(|e| (e.map, &e.key)).collect();
+        let all = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "one value per key");
     }
 
     #[test]

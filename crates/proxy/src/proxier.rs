@@ -37,6 +37,7 @@ pub struct SyncReport {
     pub chains_written: usize,
     pub elements_changed: usize,
     pub stale_chains: usize,
+    pub stale_sets: usize,
     pub flows_deleted: usize,
     pub elapsed: Duration,
 }
@@ -155,14 +156,17 @@ impl Proxier {
     /// Rewrites the whole table from `services` (every programmed Service),
     /// converging from any state without a moment where existing Services
     /// stop working: chains are refilled in place, the shared maps are
-    /// flushed and refilled in one transaction, leftovers deleted last.
+    /// flushed and refilled in one transaction (on a node without the table
+    /// yet, filled by the parallel runs), leftover chains and sets deleted
+    /// last.
     pub fn full_sync(
         &mut self,
         services: impl IntoIterator<Item = (ServiceKey, ServiceRules)>,
     ) -> Result<SyncReport, ProxyError> {
         let started = Instant::now();
         let existing = nft::chain_names(Family::Ip, table::TABLE)?;
-        // No table yet (first start on this node): nothing can be
+        let existing_sets = nft::set_names(Family::Ip, table::TABLE)?;
+        // No table yet (it always has its base chains): nothing can be
         // disturbed, so the map elements go with the parallel shards too.
         // Otherwise the shared maps are flushed and refilled in the one
         // last transaction, so no Service ever misses its entry.
@@ -191,10 +195,6 @@ impl Proxier {
                 last.flush_collection(kind, *name);
             }
         }
-        let mut wanted_chains: BTreeSet<String> = table::base_chain_names(&self.ctx)
-            .into_iter()
-            .map(String::from)
-            .collect();
         let empty = Applied::default();
         for (i, (key, mut rules)) in services.into_iter().enumerate() {
             self.claim(&key, &mut rules);
@@ -207,7 +207,6 @@ impl Proxier {
             }
             rules.picks.iter().for_each(|p| self.picks.add(*p));
             rules.hairpin.iter().for_each(|ip| self.hairpin.add(*ip));
-            wanted_chains.extend(rules.chains.into_keys());
             if !rules.udp.is_empty() {
                 self.udp.insert(key, rules.udp);
             }
@@ -223,10 +222,10 @@ impl Proxier {
         for pick in &wanted_picks {
             picks.create_pick(*pick);
             if !fresh {
-                last.flush_collection("map", Collection::Endpoints(*pick));
-                last.flush_collection("map", Collection::NodePortEndpoints(*pick));
+                for map in pick.maps() {
+                    last.flush_collection("map", map);
+                }
             }
-            wanted_chains.extend(pick.chains());
         }
         report.chains_written =
             shards.iter().map(|s| s.chains_written).sum::<usize>() + picks.chains_written;
@@ -256,16 +255,14 @@ impl Proxier {
         for ip in hairpin {
             last.hairpin_add(ip);
         }
-        for name in existing
-            .iter()
-            .filter(|n| !wanted_chains.contains(n.as_str()))
-        {
+        let (wanted_chains, wanted_sets) = self.wanted();
+        for name in existing.iter().filter(|n| !wanted_chains.contains(*n)) {
             last.delete_chain(name);
-            // A previous run's pick leaves its maps too.
-            if let Some(pick) = Pick::of_chain(name) {
-                last.delete_pick_maps(pick);
-            }
             report.stale_chains += 1;
+        }
+        for name in existing_sets.iter().filter(|n| !wanted_sets.contains(*n)) {
+            last.delete_set(name);
+            report.stale_sets += 1;
         }
         report.elements_changed += last.elements_changed;
         nft::apply(&last.render(), None)?;
@@ -330,24 +327,39 @@ impl Proxier {
         Ok(report)
     }
 
-    /// Whether the kernel's chains still match what was applied (cheap: one
-    /// netlink dump of chain names). A mismatch means someone changed the
-    /// table; the caller answers with a full sync.
+    /// Whether the kernel's chains and sets still match what was applied
+    /// (cheap: one netlink dump of names each). A mismatch means someone
+    /// changed the table; the caller answers with a full sync.
     pub fn drifted(&self) -> Result<bool, ProxyError> {
-        let existing: BTreeSet<String> = nft::chain_names(Family::Ip, table::TABLE)?
+        let chains: BTreeSet<String> = nft::chain_names(Family::Ip, table::TABLE)?
             .into_iter()
             .collect();
-        let mut wanted: BTreeSet<String> = table::base_chain_names(&self.ctx)
+        let sets: BTreeSet<String> = nft::set_names(Family::Ip, table::TABLE)?
+            .into_iter()
+            .collect();
+        Ok((chains, sets) != self.wanted())
+    }
+
+    /// The chains and the sets (maps included) the table has when it holds
+    /// exactly what was applied.
+    fn wanted(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut chains: BTreeSet<String> = table::base_chain_names(&self.ctx)
             .into_iter()
             .map(String::from)
             .collect();
+        let mut sets: BTreeSet<String> = COLLECTIONS
+            .iter()
+            .map(|(name, _, _)| name.to_string())
+            .collect();
         for applied in self.applied.values() {
-            wanted.extend(applied.chains.keys().cloned());
+            chains.extend(applied.chains.keys().cloned());
+            sets.extend(applied.sets.keys().cloned());
         }
         for pick in self.picks.keys() {
-            wanted.extend(pick.chains());
+            chains.extend(pick.chains());
+            sets.extend(pick.maps().map(|m| m.to_string()));
         }
-        Ok(existing != wanted)
+        (chains, sets)
     }
 }
 

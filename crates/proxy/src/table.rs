@@ -87,16 +87,12 @@ impl Pick {
         [self.chain(), self.external_chain(), self.node_port_chain()]
     }
 
-    /// The pick whose [`chain`](Pick::chain) is `name`.
-    pub fn of_chain(name: &str) -> Option<Pick> {
-        let (protocol, n) = name.strip_prefix("pick-")?.split_once('-')?;
-        let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-            .into_iter()
-            .find(|p| p.nft() == protocol)?;
-        Some(Pick {
-            protocol,
-            n: n.parse().ok()?,
-        })
+    /// Its endpoint maps (what the chains look up).
+    pub fn maps(&self) -> [Collection; 2] {
+        [
+            Collection::Endpoints(*self),
+            Collection::NodePortEndpoints(*self),
+        ]
     }
 
     /// Commands creating (or repairing) the maps, then the chains' rules.
@@ -336,20 +332,5 @@ mod tests {
             cluster_cidrs: vec![],
         };
         assert!(!base_script(&ctx).contains("mark-if-off-cluster jump"));
-    }
-
-    #[test]
-    fn a_pick_is_found_from_its_main_chain_only() {
-        let pick = Pick {
-            protocol: Protocol::Udp,
-            n: 12,
-        };
-        assert_eq!(Pick::of_chain(&pick.chain()), Some(pick));
-        for other in [pick.external_chain(), pick.node_port_chain()] {
-            assert_eq!(Pick::of_chain(&other), None, "{other}");
-        }
-        for bad in ["pick-icmp-2", "pick-tcp-", "pick-tcp-x", "svc-1-a"] {
-            assert_eq!(Pick::of_chain(bad), None, "{bad}");
-        }
     }
 }

@@ -63,6 +63,7 @@ impl AppliedElements {
     fn of(elements: &BTreeSet<Element>) -> Self {
         let mut keys = String::with_capacity(elements.iter().map(|e| e.key.len() + 1).sum());
         for e in elements {
+            debug_assert!(!e.key.contains('\n'), "nft element key with a newline");
             keys.push_str(&e.key);
             keys.push('\n');
         }
@@ -203,17 +204,8 @@ impl Transaction {
         for chain in pick.chains() {
             self.delete_chain(&chain);
         }
-        self.delete_pick_maps(pick);
-    }
-
-    /// The maps of a pick whose chains are deleted in this transaction.
-    pub fn delete_pick_maps(&mut self, pick: Pick) {
-        let t = Self::table();
-        for map in [
-            Collection::Endpoints(pick),
-            Collection::NodePortEndpoints(pick),
-        ] {
-            self.delete_dead.push(format!("delete map {t} {map}"));
+        for map in pick.maps() {
+            self.delete_set(&map.to_string());
         }
     }
 
@@ -349,6 +341,29 @@ mod tests {
              add rule ip weft-proxy svc-1-a dnat to 1.2.3.4:80\n\
              add element ip weft-proxy service-ips { 10.96.0.1 . tcp . 80 : goto svc-1-a }\n"
         );
+    }
+
+    #[test]
+    fn applied_elements_give_back_each_map_key_and_value_hash() {
+        let r = rules(
+            &[],
+            &[
+                (SERVICE_IPS, "10.96.0.1 . tcp . 80", "goto pick-tcp-1"),
+                (SERVICE_NODEPORTS, "tcp . 30080", "goto picknp-tcp-1"),
+            ],
+        );
+        let got: Vec<_> = Applied::of(&r)
+            .elements
+            .iter()
+            .map(|(map, key, value)| (map, key.to_string(), value))
+            .collect();
+        let want: Vec<_> = r
+            .elements
+            .iter()
+            .map(|e| (e.map, e.key.clone(), hash(&e.value)))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(Applied::of(&rules(&[], &[])).elements.iter().count(), 0);
     }
 
     #[test]

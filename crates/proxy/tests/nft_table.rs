@@ -190,6 +190,12 @@ fn every_kind_of_service_applies_and_converges() {
         // converges without flushing and removes what is no longer wanted.
         nft::apply("add chain ip weft-proxy svc-left-over\n", None).unwrap();
         assert!(proxier.drifted().unwrap());
+        nft::apply("delete chain ip weft-proxy svc-left-over\n", None).unwrap();
+        assert!(!proxier.drifted().unwrap());
+        nft::apply("add chain ip weft-proxy svc-left-over\nadd set ip weft-proxy set-left-over { type ipv4_addr; }\n", None).unwrap();
+        nft::apply("delete chain ip weft-proxy svc-left-over\n", None).unwrap();
+        assert!(proxier.drifted().unwrap(), "a set nobody wants is drift too");
+        nft::apply("add chain ip weft-proxy svc-left-over\n", None).unwrap();
         let mut restarted = Proxier::new(ctx());
         let report = restarted
             .full_sync(all_kinds()[..3].to_vec())
@@ -197,10 +203,13 @@ fn every_kind_of_service_applies_and_converges() {
         // lb's three chains, local's one, the left-over, and the pick
         // chains for one TCP endpoint nothing uses any more.
         assert_eq!(report.stale_chains, 3 + 1 + 1 + 3, "{report:?}");
+        // The unused pick's two maps and the left-over set.
+        assert_eq!(report.stale_sets, 2 + 1, "{report:?}");
         assert!(!restarted.drifted().unwrap());
         let text = list(&ns);
         assert!(!text.contains("svc-left-over"), "{text}");
         assert!(!text.contains("eps-tcp-1"), "the stale pick's maps: {text}");
+        assert!(!text.contains("set-left-over"), "{text}");
     })
     .unwrap();
 }

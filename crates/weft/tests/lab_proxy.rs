@@ -457,7 +457,8 @@ fn agent_restart_keeps_service_traffic_and_converges() {
     );
     assert!(!lab.node_nft("node-1").contains("30080"));
     // The restarted agent rebuilt the same chains (web-nodeport had none of
-    // its own: plain Services are map elements only).
+    // its own: plain Services are map elements only, and the shared pick it
+    // used serves web too — same selector, same number of endpoints).
     assert_eq!(lab.node_nft_chains("node-1"), chains_before);
     answers(&lab, "demo/sidecar", "svc/demo/web", 5);
 }
