@@ -5,8 +5,9 @@
 //! healthCheckNodePorts.
 //!
 //! It runs on its own thread so `nft` runs never delay the lease loop.
-//! Any failure to apply incrementally, a compacted watch or drift found by
-//! the periodic check leads to a fresh list and full sync.
+//! Any failure to apply incrementally, a compacted watch, drift found by
+//! the periodic check or the (hourly by default) full-resync timer leads to
+//! a fresh list and full sync.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub struct ProxyOptions {
     /// How often the table is checked for drift.
     pub resync: Duration,
     pub heartbeat: Duration,
+    /// How often the table is rebuilt from a fresh list regardless (element
+    /// drift is invisible to the cheap check).
+    pub full_resync: Duration,
 }
 
 /// Starts the proxy on its own thread; it retries after errors and never
@@ -109,7 +113,9 @@ impl Proxy<'_> {
         let mut slices = self.store.watch(SLICE_KIND, revision, poll);
         let mut check = tokio::time::interval(self.opts.resync);
         let mut beat = tokio::time::interval(self.opts.heartbeat);
+        let mut rebuild = tokio::time::interval(self.opts.full_resync);
         check.tick().await;
+        rebuild.tick().await;
         loop {
             let dirty: BTreeSet<ServiceKey> = tokio::select! {
                 events = services.next() => match events {
@@ -128,6 +134,10 @@ impl Proxy<'_> {
                         return Ok(());
                     }
                     BTreeSet::new()
+                }
+                _ = rebuild.tick() => {
+                    tracing::info!(every_s = self.opts.full_resync.as_secs(), "periodic full sync");
+                    return Ok(());
                 }
                 _ = beat.tick() => {
                     speaker::beat(&self.store, &self.opts.node, self.opts.heartbeat * 3)?;

@@ -46,6 +46,8 @@ pub struct Options {
     pub proxy: bool,
     /// Node heartbeat period (LoadBalancer failover takes ~3 of these).
     pub heartbeat: Duration,
+    /// How often the Service proxy rebuilds its table regardless.
+    pub proxy_full_resync: Duration,
 }
 
 /// The parts of the node that do not change while the agent runs.
@@ -131,6 +133,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
             watch_poll: opts.watch_poll.min(Duration::from_millis(5)),
             resync: opts.resync * 5,
             heartbeat: opts.heartbeat,
+            full_resync: opts.proxy_full_resync,
         })
         .context("starting the Service proxy thread")?;
     }

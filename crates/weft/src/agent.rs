@@ -49,6 +49,12 @@ pub struct AgentArgs {
     /// happens after three missed beats).
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// How often the Service proxy rebuilds its whole table from the store
+    /// anyway, in seconds (repairs map elements changed by hand, which the
+    /// 10 s drift check of chain and set names cannot see; it flushes and
+    /// refills the maps in one transaction, so traffic is not disturbed).
+    #[arg(long, env = "WEFT_PROXY_FULL_RESYNC_S", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    proxy_full_resync_s: u64,
 }
 
 pub fn run(a: AgentArgs) -> Result<()> {
@@ -73,6 +79,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         watch_poll: Duration::from_millis(a.watch_ms),
         proxy: !a.no_proxy,
         heartbeat: Duration::from_millis(a.heartbeat_ms),
+        proxy_full_resync: Duration::from_secs(a.proxy_full_resync_s),
     };
     // One thread: netlink sockets and namespaces are per thread anyway.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -25,10 +25,16 @@ impl Lab {
 
     /// `weft lab up ARGS` under the name `<tag><pid>`.
     pub fn up_with(tag: &str, args: &[&str]) -> Lab {
+        Lab::up_with_env(tag, args, &[])
+    }
+
+    /// The same with extra environment for `weft lab up` (and so for the
+    /// agents it starts).
+    pub fn up_with_env(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Lab {
         let lab = Lab::named(tag);
         let mut all = vec!["up"];
         all.extend_from_slice(args);
-        let out = lab.weft(&all);
+        let out = lab.weft_env(&all, env);
         assert!(
             out.status.success(),
             "lab up failed:\n{}{}",
@@ -47,12 +53,17 @@ impl Lab {
     }
 
     pub fn weft(&self, args: &[&str]) -> Output {
+        self.weft_env(args, &[])
+    }
+
+    pub fn weft_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(WEFT);
         cmd.arg("lab")
             .arg(args[0])
             .args(["--name", &self.name])
             .args(&args[1..]);
         cmd.env("RUST_BACKTRACE", "0")
+            .envs(env.iter().copied())
             .output()
             .expect("running weft")
     }
