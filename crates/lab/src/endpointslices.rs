@@ -34,7 +34,7 @@ pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 pub const MAX_ENDPOINTS: usize = 100;
 
 /// The slices `svc` should have, given every pod of the lab and the slices
-/// stored now (endpoints stay in the slice that holds them).
+/// stored for it now (endpoints stay in the slice that holds them).
 pub fn desired(svc: &Service, pods: &[Pod], existing: &[EndpointSlice]) -> Vec<EndpointSlice> {
     let Some(spec) = svc.spec.as_ref() else {
         return Vec::new();
@@ -66,26 +66,18 @@ pub fn desired(svc: &Service, pods: &[Pod], existing: &[EndpointSlice]) -> Vec<E
     if groups.is_empty() {
         groups.insert(port_key(&[]), (Vec::new(), Vec::new()));
     }
-    let held = held_by(svc, existing);
+    let held = held_by(existing);
     groups
         .into_iter()
         .flat_map(|(group, (ports, endpoints))| chunked(svc, &group, &ports, endpoints, &held))
         .collect()
 }
 
-/// Address → the name of the slice of `svc` (one of ours) holding it.
-fn held_by<'a>(svc: &Service, existing: &'a [EndpointSlice]) -> BTreeMap<&'a str, &'a str> {
-    let (namespace, service) = key(svc);
+/// Address → the name of the slice (one of ours) holding it.
+fn held_by(existing: &[EndpointSlice]) -> BTreeMap<&str, &str> {
     existing
         .iter()
-        .filter(|s| managed_by_us(s) && key(*s).0 == namespace)
-        .filter(|s| {
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                == Some(&service)
-        })
+        .filter(|s| managed_by_us(s))
         .flat_map(|s| {
             let name = s.metadata.name.as_deref().unwrap_or_default();
             s.endpoints
@@ -403,9 +395,29 @@ pub fn sync(store: &Store) -> Result<Synced, StoreError> {
     let (services, _) = store.list_typed::<Service>()?;
     let (pods, _) = store.list_typed::<Pod>()?;
     let (slices, _) = store.list_typed::<EndpointSlice>()?;
+    let mut slices_of: BTreeMap<(String, String), Vec<EndpointSlice>> = BTreeMap::new();
+    for slice in &slices {
+        if let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            slices_of
+                .entry((key(slice).0, service.clone()))
+                .or_default()
+                .push(slice.clone());
+        }
+    }
     let wanted = services
         .iter()
-        .flat_map(|s| desired(s, &pods, &slices))
+        .flat_map(|s| {
+            desired(
+                s,
+                &pods,
+                slices_of.get(&key(s)).map_or(&[][..], Vec::as_slice),
+            )
+        })
         .collect();
     let plan = plan(wanted, &slices);
     for mut slice in plan.write.iter().cloned() {

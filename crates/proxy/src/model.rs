@@ -310,6 +310,7 @@ pub fn endpoints_by_port(slices: &[&EndpointSlice]) -> PortEndpoints {
 /// costs ~600 bytes of nodes for what is usually a single port.
 pub type PackedEndpoints = Box<[((String, Protocol), Box<[Endpoint]>)]>;
 
+/// Packs one slice's endpoints for keeping.
 pub fn pack(ports: PortEndpoints) -> PackedEndpoints {
     ports
         .into_iter()

@@ -190,11 +190,6 @@ impl Proxier {
         let mut shards: Vec<Transaction> =
             (0..self.shards).map(|_| Transaction::default()).collect();
         let mut last = Transaction::default();
-        if !fresh {
-            for (name, kind, _) in COLLECTIONS {
-                last.flush_collection(kind, *name);
-            }
-        }
         let empty = Applied::default();
         for (i, (key, mut rules)) in services.into_iter().enumerate() {
             self.claim(&key, &mut rules);
@@ -203,7 +198,7 @@ impl Proxier {
             shard.chains(&empty, &rules);
             let elements = if fresh { shard } else { &mut last };
             for e in &rules.elements {
-                elements.add_element(e.map, e.add_text());
+                elements.add_element(e.map, &e.add_text());
             }
             rules.picks.iter().for_each(|p| self.picks.add(*p));
             rules.hairpin.iter().for_each(|ip| self.hairpin.add(*ip));
@@ -221,10 +216,13 @@ impl Proxier {
         let (wanted_picks, _) = self.picks.changes();
         for pick in &wanted_picks {
             picks.create_pick(*pick);
-            if !fresh {
-                for map in pick.maps() {
-                    last.flush_collection("map", map);
-                }
+        }
+        if !fresh {
+            for (name, kind, _) in COLLECTIONS {
+                last.flush_collection(kind, *name);
+            }
+            for map in wanted_picks.iter().flat_map(Pick::maps) {
+                last.flush_collection("map", map);
             }
         }
         report.chains_written =

@@ -173,13 +173,13 @@ impl Transaction {
             .push(format!("delete set {} {name}", Self::table()));
     }
 
-    pub fn add_element(&mut self, map: Collection, text: String) {
-        self.add_elements.entry(map).or_default().push(&text);
+    pub fn add_element(&mut self, map: Collection, text: &str) {
+        self.add_elements.entry(map).or_default().push(text);
         self.elements_changed += 1;
     }
 
-    pub fn delete_element(&mut self, map: Collection, key: String) {
-        self.delete_elements.entry(map).or_default().push(&key);
+    pub fn delete_element(&mut self, map: Collection, key: &str) {
+        self.delete_elements.entry(map).or_default().push(key);
         self.elements_changed += 1;
     }
 
@@ -253,22 +253,22 @@ impl Transaction {
         for (map, key, value) in old.elements.iter() {
             match wanted.get(&(map, key)) {
                 Some(e) if hash(&e.value) == value => {}
-                _ => self.delete_element(map, key.to_string()),
+                _ => self.delete_element(map, key),
             }
         }
         for e in &new.elements {
             if applied.get(&(e.map, e.key.as_str())) != Some(&hash(&e.value)) {
-                self.add_element(e.map, e.add_text());
+                self.add_element(e.map, &e.add_text());
             }
         }
     }
 
     pub fn hairpin_add(&mut self, ip: Ipv4Addr) {
-        self.add_element(HAIRPIN, format!("{ip} . {ip}"));
+        self.add_element(HAIRPIN, &format!("{ip} . {ip}"));
     }
 
     pub fn hairpin_delete(&mut self, ip: Ipv4Addr) {
-        self.delete_element(HAIRPIN, format!("{ip} . {ip}"));
+        self.delete_element(HAIRPIN, &format!("{ip} . {ip}"));
     }
 
     /// The nft script, phases in order.
