@@ -159,10 +159,13 @@ impl Node {
         v
     }
 
+    /// Whether `target` answers within 3 s: echo requests every 200 ms until
+    /// the first reply (one lone request timed out once in a loaded full
+    /// run, right after ADD).
     pub fn ping(netns: &Path, target: &str) -> bool {
         let ns = NetNs::open(netns).unwrap();
         ns.command("ping")
-            .args(["-c", "1", "-W", "2", target])
+            .args(["-c", "1", "-w", "3", "-i", "0.2", target])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
