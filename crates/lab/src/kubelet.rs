@@ -56,7 +56,7 @@ impl Kubelet<'_> {
         };
         let node_ns = NetNs::open(netns::named_path(&self.layout.node_ns(&node.name)))?;
         let host_network = spec.host_network.unwrap_or(false);
-        let pod_dir = self.layout.pod_dir(&namespace, &name);
+        let pod_dir = self.layout.pod_dir(&namespace, &name)?;
         std::fs::create_dir_all(&pod_dir)?;
         let (netns_path, ips) = if host_network {
             (
@@ -160,7 +160,9 @@ impl Kubelet<'_> {
             }
             netns::delete_named(&ns_name)?;
         }
-        let _ = std::fs::remove_dir_all(self.layout.pod_dir(&namespace, &name));
+        if let Ok(dir) = self.layout.pod_dir(&namespace, &name) {
+            self.layout.remove(&dir)?;
+        }
         self.store.delete("Pod", &namespace, &name)?;
         Ok(())
     }
@@ -204,6 +206,14 @@ impl Kubelet<'_> {
         let conf = Conflist::parse(&text)?
             .plugin_config(0, &Map::new())
             .context("empty conflist")?;
+        // CNI_ARGS is `;`-separated `KEY=VALUE`: a value holding either
+        // would smuggle in arguments (`IP=` picks the pod's address).
+        if [namespace, name, uid]
+            .iter()
+            .any(|v| v.contains([';', '=']) || v.is_empty())
+        {
+            bail!("refusing to pass {namespace:?}/{name:?} (uid {uid:?}) to weft-cni: not a valid pod name");
+        }
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"
         );

@@ -27,6 +27,16 @@ const DEFAULT_LB_POOL_PREFIX: u8 = 28;
 pub enum LayoutError {
     #[error("lab name {0:?} is invalid: use 1-12 lowercase letters, digits and '-'")]
     BadName(String),
+    #[error("node name {name:?} is invalid: {reason}")]
+    BadNodeName { name: String, reason: String },
+    #[error("{what} {name:?} is invalid: {reason}")]
+    BadObjectName {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+    #[error("refusing to remove {0}: it is not inside the lab's directory")]
+    Outside(PathBuf),
     #[error("no lab named {0:?} is running (see `weft lab status`)")]
     NoLab(String),
     #[error("cannot read or write lab state {path}: {source}")]
@@ -151,9 +161,37 @@ impl LabState {
 /// The external client's namespace suffix; no node may be called this.
 pub const EXTERNAL: &str = "external";
 
+/// The longest node name: it becomes part of a namespace name
+/// (`wl-<lab>-<node>`), which the kernel keeps under 255 bytes.
+const NODE_NAME_MAX: usize = 63;
+
 /// Whether `node` would name a namespace the lab uses for something else.
 pub fn is_reserved_node_name(node: &str) -> bool {
     node == EXTERNAL || node == "underlay" || node.starts_with("pod-")
+}
+
+/// A node name the lab accepts: a Kubernetes node name (a DNS-1123
+/// subdomain) of at most 63 characters that names none of the lab's own
+/// namespaces. It becomes a namespace name and a directory name.
+pub fn check_node_name(node: &str) -> Result<(), LayoutError> {
+    let bad = |reason: String| LayoutError::BadNodeName {
+        name: node.into(),
+        reason,
+    };
+    weft_validation::names::dns1123_subdomain(node).map_err(bad)?;
+    if node.len() > NODE_NAME_MAX {
+        return Err(bad(format!(
+            "the lab allows at most {NODE_NAME_MAX} characters"
+        )));
+    }
+    if is_reserved_node_name(node) {
+        return Err(bad(
+            "it names one of the lab's own namespaces (external, underlay, pod-*); call the node \
+             something else"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Names and paths of one lab.
@@ -202,11 +240,43 @@ impl Layout {
     pub fn net_conf(&self) -> PathBuf {
         self.root.join("net-conf.json")
     }
+    /// A node's files. Callers pass names that passed [`check_node_name`];
+    /// [`Layout::remove`] checks again before anything is deleted.
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.root.join("nodes").join(node)
     }
-    pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
-        self.root.join("pods").join(format!("{namespace}_{pod}"))
+    /// A pod's files (logs, the CNI result), `pods/<namespace>_<name>`:
+    /// only for names that pass Kubernetes' rules, which admit neither `/`
+    /// nor `_`, so the path is one component and unique.
+    pub fn pod_dir(&self, namespace: &str, pod: &str) -> Result<PathBuf, LayoutError> {
+        let bad = |what, name: &str, reason| LayoutError::BadObjectName {
+            what,
+            name: name.into(),
+            reason,
+        };
+        weft_validation::names::dns1123_label(namespace)
+            .map_err(|r| bad("namespace", namespace, r))?;
+        weft_validation::names::dns1123_subdomain(pod).map_err(|r| bad("pod name", pod, r))?;
+        Ok(self.root.join("pods").join(format!("{namespace}_{pod}")))
+    }
+    /// Removes `path` and everything below it, only if it lies strictly
+    /// inside this lab's directory (checked on the resolved path, so no
+    /// `..` or symbolic link leads out). A path that does not exist is fine.
+    pub fn remove(&self, path: &Path) -> Result<(), LayoutError> {
+        let io = |source| LayoutError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let resolved = match path.canonicalize() {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        let root = self.root.canonicalize().map_err(io)?;
+        if resolved == root || !resolved.starts_with(&root) {
+            return Err(LayoutError::Outside(path.to_path_buf()));
+        }
+        std::fs::remove_dir_all(&resolved).map_err(io)
     }
     /// Held while Services are admitted and EndpointSlices synced, so two
     /// `weft lab` commands never allocate or write slices at once.
@@ -337,11 +407,71 @@ mod tests {
     fn node_names_cannot_take_the_lab_s_own_namespaces() {
         for name in ["external", "underlay", "pod-1"] {
             assert!(is_reserved_node_name(name), "{name}");
+            assert!(check_node_name(name).is_err(), "{name}");
         }
+        for bad in ["", ".", "..", "../x", "a/b", "Node", &"n".repeat(64)] {
+            assert!(check_node_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_node_name("node-1.zone-a").is_ok());
         assert!(!is_reserved_node_name("node-1"));
         assert_eq!(
             Layout::new("demo").unwrap().external_ns(),
             "wl-demo-external"
         );
+    }
+
+    #[test]
+    fn pod_paths_come_only_from_valid_names() {
+        let l = Layout::new("demo").unwrap();
+        assert!(l.pod_dir("default", "/../../../../../../tmp/x").is_err());
+        assert!(l.pod_dir("..", "x").is_err());
+        assert!(l.pod_dir("default", "..").is_err());
+        assert!(l.pod_dir("default", "").is_err());
+        assert_eq!(
+            l.pod_dir("default", "web-0").unwrap(),
+            Path::new(LABS_DIR).join("demo/pods/default_web-0")
+        );
+    }
+
+    #[test]
+    fn removal_stays_inside_the_lab() {
+        let base = tempfile::tempdir().unwrap();
+        let l = Layout {
+            lab: "t".into(),
+            root: base.path().join("lab"),
+        };
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(l.root.join("nodes/n1")).unwrap();
+        std::os::unix::fs::symlink(&outside, l.root.join("nodes/link")).unwrap();
+        for escape in [
+            l.root.clone(),
+            l.root.join("nodes/.."),
+            l.root.join("../outside"),
+            l.root.join("nodes/link"),
+        ] {
+            assert!(
+                matches!(l.remove(&escape), Err(LayoutError::Outside(_))),
+                "{escape:?}"
+            );
+        }
+        assert!(outside.is_dir() && l.root.is_dir());
+        l.remove(&l.root.join("nodes/n1")).unwrap();
+        assert!(!l.root.join("nodes/n1").exists());
+        l.remove(&l.root.join("nodes/gone")).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Whatever a manifest names a pod, its directory is a direct child
+        /// of `pods/`, or there is none.
+        #[test]
+        fn pod_dirs_never_leave_pods(namespace in "\\PC{0,70}", name in "[a-z0-9./_-]{0,80}") {
+            let l = Layout::new("demo").unwrap();
+            if let Ok(dir) = l.pod_dir(&namespace, &name) {
+                let pods = l.root.join("pods");
+                proptest::prop_assert_eq!(dir.parent(), Some(pods.as_path()));
+                proptest::prop_assert!(dir.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir)));
+            }
+        }
     }
 }

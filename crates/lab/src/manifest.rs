@@ -25,6 +25,15 @@ pub enum ManifestError {
     Unsupported { doc: usize, kind: String },
     #[error("document {doc}: a {kind} needs metadata.name")]
     NoName { doc: usize, kind: String },
+    #[error("document {doc}: {what} is invalid: {errors}")]
+    Rejected {
+        doc: usize,
+        what: String,
+        errors: weft_validation::Errors,
+    },
+    /// Every problem of a manifest, one per line: nothing was applied.
+    #[error("the manifest was not applied, nothing changed:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ManifestError>),
 }
 
 /// One object from a manifest.
@@ -37,6 +46,21 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// The API server's validation of the object; a Deployment's pods are
+    /// checked too (their names are the Deployment's with a suffix).
+    pub fn validate(&self) -> Result<(), weft_validation::Errors> {
+        use weft_validation::objects as v;
+        match self {
+            Resource::Namespace(n) => v::validate_namespace(n),
+            Resource::Pod(p) => v::validate_pod(p),
+            Resource::Service(s) => v::validate_service(s),
+            Resource::Deployment(d) => {
+                v::validate_deployment(d)?;
+                expand_deployment(d).iter().try_for_each(v::validate_pod)
+            }
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Resource::Namespace(n) => {
@@ -54,31 +78,65 @@ impl Resource {
     }
 }
 
-/// Parses every document of `text`.
+const KINDS: [&str; 4] = ["Namespace", "Pod", "Deployment", "Service"];
+
+/// Parses and validates every document of `text`, as the API server would
+/// each object: any problem in any document refuses the whole manifest,
+/// with every problem listed, so nothing is applied half-way.
 pub fn parse(text: &str) -> Result<Vec<Resource>, ManifestError> {
     let mut out = Vec::new();
+    let mut problems = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(doc).map_err(|e| ManifestError::Yaml {
-            doc: i + 1,
-            message: e.to_string(),
-        })?;
-        if value.is_null() {
-            continue;
+        let value = match Value::deserialize(doc) {
+            Ok(value) => value,
+            Err(e) => {
+                // A YAML syntax error ends the stream: later documents
+                // cannot be told apart.
+                problems.push(ManifestError::Yaml {
+                    doc: i + 1,
+                    message: e.to_string(),
+                });
+                break;
+            }
+        };
+        if !value.is_null() {
+            collect(i + 1, value, &mut out, &mut problems);
         }
-        collect(i + 1, value, &mut out)?;
     }
-    Ok(out)
+    match problems.len() {
+        0 => Ok(out),
+        1 => Err(problems.remove(0)),
+        _ => Err(ManifestError::Many(problems)),
+    }
 }
 
-fn collect(doc: usize, value: Value, out: &mut Vec<Resource>) -> Result<(), ManifestError> {
+fn collect(doc: usize, value: Value, out: &mut Vec<Resource>, problems: &mut Vec<ManifestError>) {
     let kind = value["kind"].as_str().unwrap_or("").to_string();
-    let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
-    if kind == "List" || kind.ends_with("List") {
+    let list_of = kind.strip_suffix("List");
+    if list_of.is_some_and(|k| k.is_empty() || KINDS.contains(&k)) {
         for item in value["items"].as_array().cloned().unwrap_or_default() {
-            collect(doc, item, out)?;
+            collect(doc, item, out, problems);
         }
-        return Ok(());
+        return;
     }
+    match decode(doc, kind, value) {
+        Ok(resource) => match resource.validate() {
+            Ok(()) => out.push(resource),
+            Err(errors) => problems.push(ManifestError::Rejected {
+                doc,
+                what: resource.describe(),
+                errors,
+            }),
+        },
+        Err(e) => problems.push(e),
+    }
+}
+
+fn decode(doc: usize, kind: String, value: Value) -> Result<Resource, ManifestError> {
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(ManifestError::Unsupported { doc, kind });
+    }
+    let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
     if name.is_empty() {
         return Err(ManifestError::NoName { doc, kind });
     }
@@ -93,10 +151,9 @@ fn collect(doc: usize, value: Value, out: &mut Vec<Resource>) -> Result<(), Mani
         "Pod" => Resource::Pod(serde_json::from_value(value).map_err(invalid)?),
         "Deployment" => Resource::Deployment(serde_json::from_value(value).map_err(invalid)?),
         "Service" => Resource::Service(serde_json::from_value(value).map_err(invalid)?),
-        _ => return Err(ManifestError::Unsupported { doc, kind }),
+        _ => unreachable!("kinds are checked above"),
     };
-    out.push(resource);
-    Ok(())
+    Ok(resource)
 }
 
 /// The Pods a Deployment stands for: `replicas` copies of its template,
@@ -197,5 +254,33 @@ items:
             .unwrap_err();
         assert!(e.to_string().contains("Service \"s\""), "{e}");
         assert!(matches!(parse("a: [b"), Err(ManifestError::Yaml { .. })));
+    }
+
+    #[test]
+    fn hostile_manifests_are_refused_whole_with_every_reason() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\n\
+                    kind: Pod\nmetadata: {name: /../../../../../../tmp/x}\nspec: {containers: [{name: c, image: x}]}\n---\n\
+                    kind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n---\n\
+                    kind: Pod\nmetadata: {name: q}\nspec: {containers: [{name: c, image: x}, {name: c, image: x}]}\n---\n\
+                    kind: Pod\nmetadata: {name: Upper}\nspec: {containers: [{name: c, image: x}]}\n---\n\
+                    kind: FooList\nitems: []\n---\n\
+                    kind: Deployment\nmetadata: {name: d}\nspec: {replicas: -1, selector: {matchLabels: {app: a}}, \
+                    template: {metadata: {labels: {app: b}}, spec: {containers: [{name: c, image: x}]}}}\n";
+        let e = parse(text).unwrap_err().to_string();
+        for want in [
+            "nothing changed",
+            "document 2: pod//../../../../../../tmp/x is invalid: metadata.name",
+            "document 3: pod/p is invalid: spec.containers: Required value",
+            "document 4: pod/q is invalid: spec.containers[1].name: Duplicate value",
+            "document 5: pod/Upper is invalid",
+            "document 6: kind \"FooList\" is not supported",
+            "document 7: deployment.apps/d is invalid: spec.replicas",
+        ] {
+            assert!(e.contains(want), "{want} not in {e}");
+        }
+        let long = format!("kind: Pod\nmetadata: {{name: {}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n", "a".repeat(300));
+        assert!(parse(&long).unwrap_err().to_string().contains("no more than 253"));
+        let list = "kind: PodList\nitems: [{kind: Pod, metadata: {name: ok}, spec: {containers: [{name: c, image: x}]}}]\n";
+        assert_eq!(parse(list).unwrap().len(), 1);
     }
 }

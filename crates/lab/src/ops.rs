@@ -217,20 +217,26 @@ fn add_node_to(
     bins: &Binaries,
     rt: &tokio::runtime::Runtime,
 ) -> Result<()> {
+    layout::check_node_name(name)?;
     if state.node(name).is_some() {
         bail!("node {name} already exists in lab {}", state.name);
     }
-    if layout::is_reserved_node_name(name) {
-        bail!("{name:?} names one of the lab's own namespaces; call the node something else");
-    }
     let (index, ip) = state.next_slot()?;
-    let ns = netns::create_named(&layout.node_ns(name))?;
-    let under = NetNs::open(netns::named_path(&layout.underlay_ns()))?;
-    rt.block_on(async {
-        underlay::attach(&under, &ns, &format!("n{index}"), ip, state.underlay).await?;
-        underlay::route_services(&ns, state.service_cidr).await
+    let ns_name = layout.node_ns(name);
+    let ns = netns::create_named(&ns_name)?;
+    let started = (|| -> Result<u32> {
+        let under = NetNs::open(netns::named_path(&layout.underlay_ns()))?;
+        rt.block_on(async {
+            underlay::attach(&under, &ns, &format!("n{index}"), ip, state.underlay).await?;
+            underlay::route_services(&ns, state.service_cidr).await
+        })?;
+        Ok(agents::start(layout, &bins.weft, name, &ns)?)
+    })();
+    // A node that could not start leaves nothing that would block the
+    // next `node add` of the same name.
+    let pid = started.inspect_err(|_| {
+        let _ = netns::delete_named(&ns_name);
     })?;
-    let pid = agents::start(layout, &bins.weft, name, &ns)?;
     state.nodes.push(NodeRecord {
         name: name.into(),
         ip,
@@ -470,6 +476,42 @@ impl Lab {
         Ok(value)
     }
 
+    /// Refuses a manifest whose objects live in a namespace that neither
+    /// exists nor is created by the manifest itself, before anything of
+    /// it is applied.
+    fn check_namespaces(&self, resources: &[Resource]) -> Result<()> {
+        let created: Vec<String> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Namespace(n) => n.metadata.name.clone(),
+                _ => None,
+            })
+            .collect();
+        let mut missing = Vec::new();
+        for r in resources {
+            let namespace = match r {
+                Resource::Namespace(_) => continue,
+                Resource::Pod(p) => objects::key(p).0,
+                Resource::Deployment(d) => objects::key(d).0,
+                Resource::Service(s) => objects::key(s).0,
+            };
+            let exists = BUILT_IN_NAMESPACES.contains(&namespace.as_str())
+                || created.contains(&namespace)
+                || self.store.get_typed::<Namespace>("", &namespace)?.is_some();
+            if !exists {
+                missing.push(format!("{} (namespace {namespace:?} not found)", r.describe()));
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "the manifest was not applied, nothing changed: create the namespace first \
+                 (or add a Namespace to the manifest):\n  {}",
+                missing.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+
     /// The external client's namespace, created on first use in labs made
     /// before it existed.
     fn external_netns(&self) -> Result<PathBuf> {
@@ -494,8 +536,13 @@ impl Lab {
 pub fn apply(name: &str, text: &str, bins: &Binaries) -> Result<()> {
     let lab = Lab::open(name)?;
     let resources = manifest::parse(text)?;
+    lab.check_namespaces(&resources)?;
     lab.then_sync(apply_resources(&lab, resources, bins))
 }
+
+/// Namespaces every cluster has from the start.
+const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
 
 fn apply_resources(lab: &Lab, resources: Vec<Resource>, bins: &Binaries) -> Result<()> {
     let kubelet = lab.kubelet(bins);
@@ -826,9 +873,13 @@ pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> 
         .map(|c| c.name.clone())
         .unwrap_or_default();
     let container = container.map(String::from).unwrap_or(first);
+    let declared = p.spec.iter().flat_map(|s| &s.containers).any(|c| c.name == container);
+    if !declared {
+        bail!("pod {namespace}/{pod} has no container {container:?}");
+    }
     let path = lab
         .layout
-        .pod_dir(namespace, pod)
+        .pod_dir(namespace, pod)?
         .join(format!("{container}.log"));
     std::fs::read_to_string(&path)
         .with_context(|| format!("no logs for container {container} of {namespace}/{pod}"))
@@ -843,6 +894,7 @@ pub enum NodeAction {
 }
 
 pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Result<()> {
+    layout::check_node_name(node)?;
     let mut lab = Lab::open(name)?;
     match action {
         NodeAction::Add => {
@@ -913,7 +965,7 @@ fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries) -> Result<()> {
     netns::delete_named(&lab.layout.node_ns(node))?;
     lab.state.nodes.retain(|n| n.name != node);
     lab.layout.save(&lab.state)?;
-    let _ = std::fs::remove_dir_all(lab.layout.node_dir(node));
+    lab.layout.remove(&lab.layout.node_dir(node))?;
     println!("node {node} removed; its lease is released");
     Ok(())
 }

@@ -22,6 +22,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use weft_validation::{names, objects::validate_service};
+
 use crate::objects::key;
 
 /// Kubernetes' default `--service-node-port-range`.
@@ -46,6 +48,9 @@ pub struct Pools {
 pub enum ServiceError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// What the API server's validation found (every field at once).
+    #[error("{0}")]
+    Rejected(weft_validation::Errors),
     #[error(
         "spec.clusterIP {ip} is outside the lab's service CIDR {cidr}; use an address of {cidr} \
          or leave clusterIP out to get one"
@@ -212,6 +217,7 @@ pub fn admit(
     others: &[Service],
     pools: &Pools,
 ) -> Result<Service, ServiceError> {
+    validate_service(applied).map_err(ServiceError::Rejected)?;
     let mut taken = Taken::of(others);
     let (namespace, name) = key(applied);
     let own = format!("{namespace}/{name}");
@@ -451,7 +457,7 @@ fn default_port(port: &mut ServicePort, field: &str, several: bool) -> Result<()
             ))
         }
         "" => {}
-        name if !is_dns_label(name) => {
+        name if names::dns1123_label(name).is_err() => {
             return Err(invalid(
                 format!("{field}.name"),
                 format!("{name:?} is not a valid name: lowercase letters, digits and '-'"),
@@ -471,7 +477,7 @@ fn target_port(port: &ServicePort, field: &str) -> Result<IntOrString, ServiceEr
             format!("{field}.targetPort"),
             format!("{n} is not 1-65535"),
         )),
-        Some(IntOrString::String(name)) if is_port_name(name) => {
+        Some(IntOrString::String(name)) if names::port_name(name).is_ok() => {
             Ok(IntOrString::String(name.clone()))
         }
         Some(IntOrString::String(name)) => Err(invalid(
@@ -482,25 +488,6 @@ fn target_port(port: &ServicePort, field: &str) -> Result<IntOrString, ServiceEr
             ),
         )),
     }
-}
-
-/// A DNS label: up to 63 lowercase letters, digits and '-', not starting or
-/// ending with '-'.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-/// An IANA service name, what a container port name must be.
-fn is_port_name(s: &str) -> bool {
-    is_dns_label(s)
-        && s.len() <= 15
-        && !s.contains("--")
-        && s.chars().any(|c| c.is_ascii_lowercase())
 }
 
 /// The traffic policies, session affinity and LoadBalancer-only fields.
