@@ -21,7 +21,7 @@ use weft_cni::invoke::Call;
 use weft_datapath::{netns, NetNs};
 use weft_store::Store;
 
-use crate::layout::{LabState, Layout};
+use crate::layout::{LabState, Layout, NodeRecord};
 use crate::objects::{key, now, random_uid};
 use crate::procs;
 
@@ -37,13 +37,30 @@ pub struct Kubelet<'a> {
 const NETNS_ANNOTATION: &str = "weft.dev/netns";
 
 fn owner(layout: &Layout, namespace: &str, pod: &str, container: &str) -> String {
-    format!("{}/pod/{namespace}/{pod}/{container}", layout.lab)
+    format!("{}{container}", pod_owner_prefix(layout, namespace, pod))
+}
+
+/// The owner tag every container of a pod starts with.
+fn pod_owner_prefix(layout: &Layout, namespace: &str, pod: &str) -> String {
+    format!("{}/pod/{namespace}/{pod}/", layout.lab)
+}
+
+/// What a pod holds on its node while it runs: its containers, its
+/// network namespace and CNI attachment (unless hostNetwork), its files.
+struct Sandbox<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    uid: &'a str,
+    /// The node whose CNI configuration wired it; `None` for hostNetwork
+    /// pods and for pods whose node is gone.
+    cni_node: Option<&'a str>,
 }
 
 impl Kubelet<'_> {
     /// Starts `pod` on a node (its `nodeName`, else the least loaded) and
-    /// stores it with its status.
-    pub fn run(&self, state: &LabState, mut pod: Pod) -> Result<Pod> {
+    /// stores it with its status. If any step fails, everything done so
+    /// far is undone (containers, CNI attachment, namespace, files).
+    pub fn run(&self, state: &LabState, pod: Pod) -> Result<Pod> {
         let (namespace, name) = key(&pod);
         let uid = random_uid();
         let spec = pod.spec.clone().context("the pod has no spec")?;
@@ -54,40 +71,50 @@ impl Kubelet<'_> {
                 .clone(),
             None => self.least_loaded(state)?,
         };
-        let node_ns = NetNs::open(netns::named_path(&self.layout.node_ns(&node.name)))?;
         let host_network = spec.host_network.unwrap_or(false);
-        let pod_dir = self.layout.pod_dir(&namespace, &name)?;
+        let sandbox = Sandbox {
+            namespace: &namespace,
+            name: &name,
+            uid: &uid,
+            cni_node: (!host_network).then_some(node.name.as_str()),
+        };
+        self.start(&sandbox, &node, pod)
+            .map_err(|e| match self.tear_down(&sandbox) {
+                Ok(()) => e,
+                Err(undo) => e.context(format!("undoing the failed start also failed: {undo:#}")),
+            })
+    }
+
+    fn start(&self, sandbox: &Sandbox, node: &NodeRecord, mut pod: Pod) -> Result<Pod> {
+        let (namespace, name, uid) = (sandbox.namespace, sandbox.name, sandbox.uid);
+        let spec = pod.spec.clone().context("the pod has no spec")?;
+        let pod_dir = self.layout.pod_dir(namespace, name)?;
         std::fs::create_dir_all(&pod_dir)?;
-        let (netns_path, ips) = if host_network {
-            (
+        let node_ns = NetNs::open(netns::named_path(&self.layout.node_ns(&node.name)))?;
+        let (netns_path, ips) = match sandbox.cni_node {
+            None => (
                 netns::named_path(&self.layout.node_ns(&node.name)),
                 vec![IpAddr::V4(node.ip)],
-            )
-        } else {
-            let ns_name = self.layout.pod_ns(&uid);
-            netns::create_named(&ns_name)?;
-            let path = netns::named_path(&ns_name);
-            match self.cni(&node.name, &node_ns, "ADD", &uid, &path, &namespace, &name) {
-                Ok(result) => {
-                    std::fs::write(pod_dir.join("cni-result.json"), result.to_string())?;
-                    (path, result_ips(&result))
-                }
-                Err(e) => {
-                    let _ = netns::delete_named(&ns_name);
-                    return Err(e);
-                }
+            ),
+            Some(_) => {
+                let ns_name = self.layout.pod_ns(uid);
+                netns::create_named(&ns_name)?;
+                let path = netns::named_path(&ns_name);
+                let result = self.cni(&node.name, &node_ns, "ADD", uid, &path, namespace, name)?;
+                std::fs::write(pod_dir.join("cni-result.json"), result.to_string())?;
+                (path, result_ips(&result))
             }
         };
         let pod_ns = NetNs::open(&netns_path)?;
         let mut statuses = Vec::new();
         for c in &spec.containers {
-            let (program, args) = self.command_of(c, &name);
+            let (program, args) = self.command_of(c, name);
             let log = pod_dir.join(format!("{}.log", c.name));
             let pid = procs::spawn(
                 Some(&pod_ns),
                 &program,
                 &args,
-                &owner(self.layout, &namespace, &name, &c.name),
+                &owner(self.layout, namespace, name, &c.name),
                 &log,
             )
             .with_context(|| format!("starting container {} ({})", c.name, program.display()))?;
@@ -96,8 +123,8 @@ impl Kubelet<'_> {
         wait_for_ports(&pod_ns, &spec.containers);
 
         let meta = &mut pod.metadata;
-        meta.namespace = Some(namespace.clone());
-        meta.uid = Some(uid.clone());
+        meta.namespace = Some(namespace.into());
+        meta.uid = Some(uid.into());
         meta.annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(NETNS_ANNOTATION.into(), netns_path.display().to_string());
@@ -126,48 +153,47 @@ impl Kubelet<'_> {
     /// files, and deletes the object.
     pub fn delete(&self, state: &LabState, pod: &Pod) -> Result<()> {
         let (namespace, name) = key(pod);
-        let statuses = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.clone())
-            .unwrap_or_default();
-        for cs in &statuses {
-            if let Some(pid) = cs
-                .container_id
-                .as_deref()
-                .and_then(|id| id.strip_prefix("weft://"))
-                .and_then(|p| p.parse().ok())
-            {
-                procs::stop(
-                    pid,
-                    &owner(self.layout, &namespace, &name, &cs.name),
-                    Duration::from_secs(2),
-                );
-            }
-        }
         let host_network = pod
             .spec
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false);
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if let (false, Some(node)) = (host_network, node.filter(|n| state.node(n).is_some())) {
-            let ns_name = self.layout.pod_ns(&uid);
-            let path = netns::named_path(&ns_name);
-            if let Ok(node_ns) = NetNs::open(netns::named_path(&self.layout.node_ns(&node))) {
-                self.cni(&node, &node_ns, "DEL", &uid, &path, &namespace, &name)?;
-            }
-            netns::delete_named(&ns_name)?;
-        }
-        if let Ok(dir) = self.layout.pod_dir(&namespace, &name) {
-            self.layout.remove(&dir)?;
-        }
+        self.tear_down(&Sandbox {
+            namespace: &namespace,
+            name: &name,
+            uid: &uid,
+            cni_node: node.filter(|n| !host_network && state.node(n).is_some()),
+        })?;
         self.store.delete("Pod", &namespace, &name)?;
         Ok(())
     }
 
-    fn least_loaded(&self, state: &LabState) -> Result<crate::layout::NodeRecord> {
+    /// Undoes whatever of `sandbox` exists: containers (found by their
+    /// owner tag, so also those no record lists), the CNI attachment, the
+    /// network namespace, the pod's files.
+    fn tear_down(&self, sandbox: &Sandbox) -> Result<()> {
+        let (namespace, name, uid) = (sandbox.namespace, sandbox.name, sandbox.uid);
+        procs::stop_owned(
+            &pod_owner_prefix(self.layout, namespace, name),
+            Duration::from_secs(2),
+        );
+        if let Some(node) = sandbox.cni_node {
+            let ns_name = self.layout.pod_ns(uid);
+            let path = netns::named_path(&ns_name);
+            if let Ok(node_ns) = NetNs::open(netns::named_path(&self.layout.node_ns(node))) {
+                self.cni(node, &node_ns, "DEL", uid, &path, namespace, name)?;
+            }
+            netns::delete_named(&ns_name)?;
+        }
+        if let Ok(dir) = self.layout.pod_dir(namespace, name) {
+            self.layout.remove(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn least_loaded(&self, state: &LabState) -> Result<NodeRecord> {
         let (pods, _) = self.store.list_typed::<Pod>()?;
         state
             .nodes

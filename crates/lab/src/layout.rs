@@ -283,6 +283,10 @@ impl Layout {
     pub fn controller_lock(&self) -> PathBuf {
         self.root.join("controller.lock")
     }
+    /// Present while `weft lab down` runs: commands that find it stop.
+    pub fn going_down(&self) -> PathBuf {
+        self.root.join("going-down")
+    }
     fn state_file(&self) -> PathBuf {
         self.root.join("lab.json")
     }

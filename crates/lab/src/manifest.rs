@@ -278,8 +278,14 @@ items:
         ] {
             assert!(e.contains(want), "{want} not in {e}");
         }
-        let long = format!("kind: Pod\nmetadata: {{name: {}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n", "a".repeat(300));
-        assert!(parse(&long).unwrap_err().to_string().contains("no more than 253"));
+        let long = format!(
+            "kind: Pod\nmetadata: {{name: {}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n",
+            "a".repeat(300)
+        );
+        assert!(parse(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("no more than 253"));
         let list = "kind: PodList\nitems: [{kind: Pod, metadata: {name: ok}, spec: {containers: [{name: c, image: x}]}}]\n";
         assert_eq!(parse(list).unwrap().len(), 1);
     }

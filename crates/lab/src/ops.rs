@@ -22,6 +22,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::json;
 use weft_datapath::{netns, NetNs, Netlink};
 use weft_store::Store;
+use weft_validation::names;
 
 use crate::kubelet::Kubelet;
 use crate::layout::{self, LabState, Layout, NodeRecord};
@@ -320,22 +321,17 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// `weft lab down`: stops every process of the lab, removes every
-/// namespace and file. Works from whatever is left, even a half-built lab.
+/// namespace and file. Works from whatever is left, even a half-built lab
+/// or one whose store is gone: processes are found by their owner tag and
+/// namespaces by their name. A command still working on the lab is told
+/// to stop (it checks under the lab lock) and waited for, briefly.
 pub fn down(name: &str) -> Result<()> {
     let layout = Layout::new(name)?;
-    let state = layout.load().ok();
-    if let Ok(store) = Store::open(&layout.store()) {
-        if let Ok((pods, _)) = store.list_typed::<Pod>() {
-            for pod in &pods {
-                stop_containers(&layout, pod);
-            }
-        }
-    }
-    for node in state.iter().flat_map(|s| s.nodes.iter()) {
-        if let Some(pid) = node.agent_pid {
-            agents::stop(&layout, &node.name, pid);
-        }
-    }
+    let waited = layout.root.exists().then(|| {
+        let _ = std::fs::write(layout.going_down(), b"");
+        lock_file(&layout.controller_lock(), Some(DOWN_WAITS_FOR_LOCK))
+    });
+    let stopped = procs::stop_owned(&format!("{name}/"), Duration::from_secs(2));
     let prefix = layout.ns_prefix();
     let mut removed = 0;
     for ns in netns::list_named()
@@ -349,9 +345,14 @@ pub fn down(name: &str) -> Result<()> {
         std::fs::remove_dir_all(&layout.root)
             .with_context(|| format!("removing {}", layout.root.display()))?;
     }
-    println!("lab {name} removed ({removed} namespaces)");
+    drop(waited);
+    println!("lab {name} removed ({removed} namespaces, {stopped} processes)");
     Ok(())
 }
+
+/// How long `down` waits for a command that holds the lab lock (one pod
+/// start takes at most a few seconds) before tearing down regardless.
+const DOWN_WAITS_FOR_LOCK: Duration = Duration::from_secs(10);
 
 /// `weft lab down --all`.
 pub fn down_all() -> Result<()> {
@@ -361,26 +362,42 @@ pub fn down_all() -> Result<()> {
     Ok(())
 }
 
-fn stop_containers(layout: &Layout, pod: &Pod) {
-    let (namespace, name) = objects::key(pod);
-    for cs in pod
-        .status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-    {
-        let pid = cs
-            .container_id
-            .as_deref()
-            .and_then(|id| id.strip_prefix("weft://"))
-            .and_then(|p| p.parse().ok());
-        if let Some(pid) = pid {
-            procs::stop(
-                pid,
-                &format!("{}/pod/{namespace}/{name}/{}", layout.lab, cs.name),
-                Duration::from_secs(2),
-            );
+/// Locks `path` exclusively; with a `limit`, gives up after it (`Err`).
+fn lock_file(path: &std::path::Path, limit: Option<Duration>) -> Result<Flock<File>> {
+    let mut file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let Some(limit) = limit else {
+        return Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| anyhow::anyhow!("locking {}: {errno}", path.display()));
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, errno)) => bail!("locking {}: {errno}", path.display()),
         }
     }
+}
+
+/// Refuses a namespace or object name given on the command line that no
+/// object can have, before it reaches the store or a path.
+fn check_name(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    rule: fn(&str) -> Result<(), String>,
+) -> Result<()> {
+    names::dns1123_label(namespace)
+        .map_err(|reason| anyhow::anyhow!("namespace {namespace:?} is invalid: {reason}"))?;
+    rule(name).map_err(|reason| anyhow::anyhow!("{kind} name {name:?} is invalid: {reason}"))
 }
 
 struct Lab {
@@ -415,6 +432,7 @@ impl Lab {
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Result<Pod> {
+        check_name("pod", namespace, name, names::dns1123_subdomain)?;
         self.store
             .get_typed::<Pod>(namespace, name)?
             .with_context(|| {
@@ -446,17 +464,17 @@ impl Lab {
 
     /// The lab's controller lock (see [`Layout::controller_lock`]); released
     /// when dropped. Never take it twice in one thread: flock would wait
-    /// for itself.
+    /// for itself. Fails once the lab is being taken down, so whatever a
+    /// command does under the lock never outlives `weft lab down`.
     fn lock(&self) -> Result<Flock<File>> {
-        let path = self.layout.controller_lock();
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| anyhow::anyhow!("locking {}: {errno}", path.display()))
+        let lock = lock_file(&self.layout.controller_lock(), None)?;
+        if self.layout.going_down().exists() || self.layout.load().is_err() {
+            bail!(
+                "lab {} is being taken down (`weft lab down`); stopped",
+                self.layout.lab
+            );
+        }
+        Ok(lock)
     }
 
     /// Runs the EndpointSlice controller once.
@@ -499,7 +517,10 @@ impl Lab {
                 || created.contains(&namespace)
                 || self.store.get_typed::<Namespace>("", &namespace)?.is_some();
             if !exists {
-                missing.push(format!("{} (namespace {namespace:?} not found)", r.describe()));
+                missing.push(format!(
+                    "{} (namespace {namespace:?} not found)",
+                    r.describe()
+                ));
             }
         }
         if !missing.is_empty() {
@@ -543,50 +564,82 @@ pub fn apply(name: &str, text: &str, bins: &Binaries) -> Result<()> {
 /// Namespaces every cluster has from the start.
 const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-
+/// Applies `resources` in order. Validation already passed, so what can
+/// still fail is the lab itself (a pool running out, a pod that cannot
+/// start, the lab going down): the error then says which objects were
+/// applied before it and which were not.
 fn apply_resources(lab: &Lab, resources: Vec<Resource>, bins: &Binaries) -> Result<()> {
-    let kubelet = lab.kubelet(bins);
-    for resource in resources {
-        let pods = match &resource {
-            Resource::Service(svc) => {
-                apply_service(lab, svc)?;
-                continue;
-            }
-            Resource::Namespace(ns) => {
-                let ns_name = ns.metadata.name.clone().unwrap_or_default();
-                if lab.store.get_typed::<Namespace>("", &ns_name)?.is_none() {
-                    lab.store.put_typed(ns)?;
-                    println!("{} created", resource.describe());
+    let total = resources.len();
+    for (done, resource) in resources.iter().enumerate() {
+        apply_resource(lab, resource, bins).with_context(|| {
+            let before: Vec<String> = resources[..done].iter().map(Resource::describe).collect();
+            let after: Vec<String> = resources[done + 1..]
+                .iter()
+                .map(Resource::describe)
+                .collect();
+            format!(
+                "{} of {total} objects applied before {} failed ({}); not applied: {}",
+                done,
+                resource.describe(),
+                if before.is_empty() {
+                    "none".into()
                 } else {
-                    println!("{} unchanged", resource.describe());
-                }
-                continue;
-            }
-            Resource::Pod(p) => vec![p.clone()],
-            Resource::Deployment(d) => {
-                println!("{} applied", resource.describe());
-                manifest::expand_deployment(d)
-            }
-        };
-        for pod in pods {
-            let (namespace, pod_name) = objects::key(&pod);
-            if lab.store.get_typed::<Pod>(&namespace, &pod_name)?.is_some() {
-                println!("pod/{pod_name} unchanged");
-                continue;
-            }
-            let started = Instant::now();
-            let pod = kubelet.run(&lab.state, pod)?;
-            let status = pod.status.as_ref();
-            println!(
-                "pod/{pod_name} created on {} with IP {} ({:.0} ms)",
-                pod.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default(),
-                status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-                started.elapsed().as_secs_f64() * 1e3
-            );
+                    before.join(", ")
+                },
+                if after.is_empty() {
+                    "none".into()
+                } else {
+                    after.join(", ")
+                },
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn apply_resource(lab: &Lab, resource: &Resource, bins: &Binaries) -> Result<()> {
+    let kubelet = lab.kubelet(bins);
+    let pods = match resource {
+        Resource::Service(svc) => {
+            return apply_service(lab, svc);
         }
+        Resource::Namespace(ns) => {
+            let ns_name = ns.metadata.name.clone().unwrap_or_default();
+            if lab.store.get_typed::<Namespace>("", &ns_name)?.is_none() {
+                lab.store.put_typed(ns)?;
+                println!("{} created", resource.describe());
+            } else {
+                println!("{} unchanged", resource.describe());
+            }
+            return Ok(());
+        }
+        Resource::Pod(p) => vec![p.clone()],
+        Resource::Deployment(d) => {
+            println!("{} applied", resource.describe());
+            manifest::expand_deployment(d)
+        }
+    };
+    for pod in pods {
+        let (namespace, pod_name) = objects::key(&pod);
+        // The existence check and the start happen under the lab lock,
+        // so two applies of one manifest start each pod once.
+        let _lock = lab.lock()?;
+        if lab.store.get_typed::<Pod>(&namespace, &pod_name)?.is_some() {
+            println!("pod/{pod_name} unchanged");
+            continue;
+        }
+        let started = Instant::now();
+        let pod = kubelet.run(&lab.state, pod)?;
+        let status = pod.status.as_ref();
+        println!(
+            "pod/{pod_name} created on {} with IP {} ({:.0} ms)",
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }
@@ -670,6 +723,7 @@ pub fn delete_pod(
     grace: Duration,
     bins: &Binaries,
 ) -> Result<()> {
+    check_name("pod", namespace, pod, names::dns1123_subdomain)?;
     let lab = Lab::open(name)?;
     let work = delete_pods(&lab, bins, &[(namespace.into(), pod.into())], grace);
     lab.then_sync(work)
@@ -677,6 +731,7 @@ pub fn delete_pod(
 
 /// `weft lab delete service NAME`; its EndpointSlices go with it.
 pub fn delete_service(name: &str, namespace: &str, svc: &str) -> Result<()> {
+    check_name("service", namespace, svc, names::dns1035_label)?;
     let lab = Lab::open(name)?;
     let work = delete_service_in(&lab, namespace, svc);
     lab.then_sync(work)
@@ -873,7 +928,11 @@ pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> 
         .map(|c| c.name.clone())
         .unwrap_or_default();
     let container = container.map(String::from).unwrap_or(first);
-    let declared = p.spec.iter().flat_map(|s| &s.containers).any(|c| c.name == container);
+    let declared = p
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .any(|c| c.name == container);
     if !declared {
         bail!("pod {namespace}/{pod} has no container {container:?}");
     }

@@ -72,6 +72,52 @@ pub fn stop(pid: u32, owner: &str, grace: Duration) -> bool {
     true
 }
 
+/// The PIDs of every live process whose owner tag starts with `prefix`
+/// (e.g. `<lab>/` for a whole lab), found in /proc rather than in the
+/// lab's records, which a crash or a deleted store can leave incomplete.
+pub fn owned_by(prefix: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let tag = format!("{OWNER_ENV}={prefix}");
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|kv| kv.starts_with(tag.as_bytes()))
+            })
+        })
+        .filter(|pid| !is_zombie(*pid))
+        .collect()
+}
+
+/// Stops every process whose owner tag starts with `prefix`: SIGTERM to
+/// all, SIGKILL to those still there after `grace`. Processes that a
+/// stopped one started meanwhile are caught by a second pass. Returns how
+/// many were signalled.
+pub fn stop_owned(prefix: &str, grace: Duration) -> usize {
+    let mut signalled = 0;
+    for _ in 0..2 {
+        let pids = owned_by(prefix);
+        if pids.is_empty() {
+            break;
+        }
+        signalled += pids.len();
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && !owned_by(prefix).is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in owned_by(prefix) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+    signalled
+}
+
 /// Kills our process `pid` at once, as a crash would.
 pub fn crash(pid: u32, owner: &str) -> bool {
     if !is_ours(pid, owner) {
@@ -88,4 +134,31 @@ fn is_zombie(pid: u32) -> bool {
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_are_found_and_stopped_by_their_owner_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let prefix = format!("procs-test-{}/", std::process::id());
+        let sleep = Path::new("/bin/sleep");
+        let args = vec!["30".to_string()];
+        let a = spawn(None, sleep, &args, &format!("{prefix}a"), &log).unwrap();
+        let b = spawn(None, sleep, &args, &format!("{prefix}pod/x/b"), &log).unwrap();
+        let other = spawn(None, sleep, &args, "procs-test-other/a", &log).unwrap();
+        let mut found = owned_by(&prefix);
+        found.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(found, want);
+        assert_eq!(owned_by(&format!("{prefix}pod/")), vec![b]);
+        assert_eq!(stop_owned(&prefix, Duration::from_secs(2)), 2);
+        assert!(owned_by(&prefix).is_empty());
+        assert!(is_ours(other, "procs-test-other/a"));
+        assert!(stop(other, "procs-test-other/a", Duration::from_secs(2)));
+    }
 }

@@ -32,10 +32,12 @@ pub fn key(s: &str) -> Result<(), String> {
         names::dns1123_subdomain(prefix).map_err(|e| format!("prefix part {e}"))?;
     }
     if !is_qualified_part(name) {
-        return Err("name part must consist of alphanumeric characters, '-', '_' or '.', \
+        return Err(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', \
                     and must start and end with an alphanumeric character (e.g. 'MyName', \
                     or 'my.name', or '123-abc'), at most 63 characters"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -45,10 +47,12 @@ pub fn value(s: &str) -> Result<(), String> {
     if s.is_empty() || is_qualified_part(s) {
         return Ok(());
     }
-    Err("a valid label must be an empty string or consist of alphanumeric characters, \
+    Err(
+        "a valid label must be an empty string or consist of alphanumeric characters, \
          '-', '_' or '.', and must start and end with an alphanumeric character, at most \
          63 characters"
-        .into())
+            .into(),
+    )
 }
 
 pub fn validate_map(labels: Option<&BTreeMap<String, String>>, field: &str, errors: &mut Errors) {

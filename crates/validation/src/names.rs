@@ -29,10 +29,12 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
         return Err(too_long(LABEL_MAX));
     }
     if !is_label_shaped(s) {
-        return Err("a lowercase RFC 1123 label must consist of lower case alphanumeric \
+        return Err(
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric \
                     characters or '-', and must start and end with an alphanumeric character \
                     (e.g. 'my-name', or '123-abc')"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -44,10 +46,12 @@ pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
         return Err(too_long(SUBDOMAIN_MAX));
     }
     if !s.split('.').all(is_label_shaped) {
-        return Err("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+        return Err(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
                     characters, '-' or '.', and must start and end with an alphanumeric \
                     character (e.g. 'example.com')"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -59,10 +63,12 @@ pub fn dns1035_label(s: &str) -> Result<(), String> {
         return Err(too_long(LABEL_MAX));
     }
     if !is_label_shaped(s) || !s.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err("a DNS-1035 label must consist of lower case alphanumeric characters or \
+        return Err(
+            "a DNS-1035 label must consist of lower case alphanumeric characters or \
                     '-', start with an alphabetic character, and end with an alphanumeric \
                     character (e.g. 'my-name', or 'abc-123')"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -74,10 +80,12 @@ pub fn port_name(s: &str) -> Result<(), String> {
         return Err(too_long(PORT_NAME_MAX));
     }
     if !is_label_shaped(s) || s.contains("--") || !s.chars().any(|c| c.is_ascii_lowercase()) {
-        return Err("a port name must contain only lower case alphanumeric characters and '-', \
+        return Err(
+            "a port name must contain only lower case alphanumeric characters and '-', \
                     at least one letter, no '--', and must start and end with an alphanumeric \
                     character (e.g. 'http')"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -92,7 +100,16 @@ mod tests {
             assert!(dns1123_label(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-a", "a-", "A", "a.b", "a_b", "a b", "a/b", "..", &"a".repeat(64),
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a.b",
+            "a_b",
+            "a b",
+            "a/b",
+            "..",
+            &"a".repeat(64),
         ] {
             assert!(dns1123_label(bad).is_err(), "{bad}");
         }
@@ -131,7 +148,15 @@ mod tests {
         for ok in ["http", "h2c", "dns-tcp", "a1"] {
             assert!(port_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "80", "a--b", "-http", "http-", "averyveryverylongname", "HTTP"] {
+        for bad in [
+            "",
+            "80",
+            "a--b",
+            "-http",
+            "http-",
+            "averyveryverylongname",
+            "HTTP",
+        ] {
             assert!(port_name(bad).is_err(), "{bad}");
         }
     }

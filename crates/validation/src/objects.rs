@@ -62,7 +62,10 @@ pub fn validate_pod(pod: &Pod) -> Result<(), Errors> {
 /// image; ports), `nodeName`, `restartPolicy`.
 pub fn pod_spec(spec: &PodSpec, field: &str, errors: &mut Errors) {
     if spec.containers.is_empty() {
-        errors.required(format!("{field}.containers"), "a pod needs at least one container");
+        errors.required(
+            format!("{field}.containers"),
+            "a pod needs at least one container",
+        );
     }
     let mut container_names = BTreeSet::new();
     let mut port_names = BTreeSet::new();
@@ -131,11 +134,7 @@ pub fn validate_deployment(d: &Deployment) -> Result<(), Errors> {
     metadata(&d.metadata, names::dns1123_subdomain, true, &mut errors);
     let spec = &d.spec;
     if let Some(n) = spec.replicas.filter(|n| *n < 0) {
-        errors.invalid(
-            "spec.replicas",
-            n,
-            "must be greater than or equal to 0",
-        );
+        errors.invalid("spec.replicas", n, "must be greater than or equal to 0");
     }
     labels::validate_selector(&spec.selector, "spec.selector", &mut errors);
     let template_labels = spec
@@ -173,10 +172,17 @@ pub fn validate_service(svc: &Service) -> Result<(), Errors> {
     let mut errors = Errors::default();
     metadata(&svc.metadata, names::dns1035_label, true, &mut errors);
     let spec = svc.spec.clone().unwrap_or_default();
-    let cluster_ips = spec.cluster_ip.iter().chain(spec.cluster_ips.iter().flatten());
+    let cluster_ips = spec
+        .cluster_ip
+        .iter()
+        .chain(spec.cluster_ips.iter().flatten());
     for ip in cluster_ips.filter(|ip| !ip.is_empty() && *ip != "None") {
         if ip.parse::<IpAddr>().is_err() {
-            errors.invalid("spec.clusterIPs", ip, "must be a valid IP address or \"None\"");
+            errors.invalid(
+                "spec.clusterIPs",
+                ip,
+                "must be a valid IP address or \"None\"",
+            );
         }
     }
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
@@ -189,7 +195,12 @@ pub fn validate_service(svc: &Service) -> Result<(), Errors> {
             errors.invalid("spec.loadBalancerIP", ip, detail);
         }
     }
-    for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+    for (i, range) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
         if range.trim().parse::<IpNet>().is_err() {
             errors.invalid(
                 format!("spec.loadBalancerSourceRanges[{i}]"),
@@ -199,7 +210,11 @@ pub fn validate_service(svc: &Service) -> Result<(), Errors> {
         }
     }
     for (i, p) in spec.ports.iter().flatten().enumerate() {
-        protocol(p.protocol.as_deref(), &format!("spec.ports[{i}].protocol"), &mut errors);
+        protocol(
+            p.protocol.as_deref(),
+            &format!("spec.ports[{i}].protocol"),
+            &mut errors,
+        );
     }
     errors.into_result()
 }
@@ -219,9 +234,7 @@ fn public_ip(text: &str) -> Result<(), String> {
             IpAddr::V6(v6) => v6.is_unicast_link_local(),
         };
     if special {
-        return Err(
-            "may not be unspecified, loopback, link-local, broadcast or multicast".into(),
-        );
+        return Err("may not be unspecified, loopback, link-local, broadcast or multicast".into());
     }
     Ok(())
 }
@@ -241,18 +254,22 @@ mod tests {
 
     #[test]
     fn a_good_pod_passes() {
-        let p = pod(json!({"metadata": {"name": "web-0", "namespace": "demo", "labels": {"app": "web"}},
+        let p = pod(
+            json!({"metadata": {"name": "web-0", "namespace": "demo", "labels": {"app": "web"}},
             "spec": {"containers": [{"name": "c", "image": "x", "ports": [{"name": "http", "containerPort": 80}]},
-                                    {"name": "d", "image": "y"}]}}));
+                                    {"name": "d", "image": "y"}]}}),
+        );
         assert_eq!(validate_pod(&p), Ok(()));
     }
 
     #[test]
     fn hostile_pods_are_refused_with_every_reason() {
-        let p = pod(json!({"metadata": {"name": "/../../../../../../tmp/x", "namespace": "Demo"},
+        let p = pod(
+            json!({"metadata": {"name": "/../../../../../../tmp/x", "namespace": "Demo"},
             "spec": {"containers": [{"name": "../c", "image": "x"}, {"name": "../c", "image": "x"},
                                     {"name": "e", "ports": [{"containerPort": 0, "protocol": "ICMP"}]}],
-                     "nodeName": ""}}));
+                     "nodeName": ""}}),
+        );
         let text = errors_of(validate_pod(&p));
         for want in [
             "metadata.name: Invalid value: \"/../../../../../../tmp/x\"",
@@ -265,14 +282,23 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} not in {text}");
         }
-        let text = errors_of(validate_pod(&pod(json!({"metadata": {"name": "inj;IP=10.244.2.200"},
-            "spec": {"containers": [{"name": "c", "image": "x"}]}}))));
+        let text = errors_of(validate_pod(&pod(
+            json!({"metadata": {"name": "inj;IP=10.244.2.200"},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        )));
         assert!(text.contains("metadata.name"), "{text}");
-        let text = errors_of(validate_pod(&pod(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))));
+        let text = errors_of(validate_pod(&pod(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": []}}),
+        )));
         assert!(text.contains("spec.containers: Required value"), "{text}");
-        let text = errors_of(validate_pod(&pod(json!({"metadata": {"name": "a".repeat(300)},
-            "spec": {"containers": [{"name": "c", "image": "x"}]}}))));
-        assert!(text.contains("must be no more than 253 characters"), "{text}");
+        let text = errors_of(validate_pod(&pod(
+            json!({"metadata": {"name": "a".repeat(300)},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        )));
+        assert!(
+            text.contains("must be no more than 253 characters"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -284,10 +310,22 @@ mod tests {
                              "spec": {"containers": [{"name": "c", "image": "x"}]}}}}))
             .unwrap()
         };
-        assert_eq!(validate_deployment(&d(2, json!({"matchLabels": {"app": "web"}}))), Ok(()));
-        let text = errors_of(validate_deployment(&d(-1, json!({"matchLabels": {"app": "db"}}))));
-        assert!(text.contains("spec.replicas: Invalid value: \"-1\""), "{text}");
-        assert!(text.contains("`selector` does not match template `labels`"), "{text}");
+        assert_eq!(
+            validate_deployment(&d(2, json!({"matchLabels": {"app": "web"}}))),
+            Ok(())
+        );
+        let text = errors_of(validate_deployment(&d(
+            -1,
+            json!({"matchLabels": {"app": "db"}}),
+        )));
+        assert!(
+            text.contains("spec.replicas: Invalid value: \"-1\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("`selector` does not match template `labels`"),
+            "{text}"
+        );
         let text = errors_of(validate_deployment(&d(1, json!({}))));
         assert!(text.contains("spec.selector: Required value"), "{text}");
     }
@@ -310,8 +348,10 @@ mod tests {
         let good = svc(json!({"clusterIP": "None", "externalIPs": ["198.19.0.80"],
             "loadBalancerSourceRanges": ["198.18.1.0/24", "198.18.1.99/32"]}));
         assert_eq!(validate_service(&good), Ok(()));
-        let bad = svc(json!({"clusterIP": "10.96.0.x", "externalIPs": ["127.0.0.1", "nope"],
-            "loadBalancerIP": "224.0.0.1", "loadBalancerSourceRanges": ["198.18.1.99"]}));
+        let bad = svc(
+            json!({"clusterIP": "10.96.0.x", "externalIPs": ["127.0.0.1", "nope"],
+            "loadBalancerIP": "224.0.0.1", "loadBalancerSourceRanges": ["198.18.1.99"]}),
+        );
         let text = errors_of(validate_service(&bad));
         for want in [
             "spec.clusterIPs: Invalid value: \"10.96.0.x\"",

@@ -1,0 +1,245 @@
+//! The lab under hostile input and faults: names that try to escape the
+//! lab's directory or smuggle CNI arguments, manifests the API server
+//! would refuse, concurrent applies, commands killed mid-way, a failing
+//! container, `down` racing an apply. Each test runs its own lab and
+//! checks that nothing is left outside it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{text, wait_until, Lab, WEFT};
+
+/// PIDs of live processes the lab tagged as its own (agents, containers).
+fn lab_processes(lab: &Lab) -> Vec<u32> {
+    let tag = format!("WEFT_LAB_OWNER={}/", lab.name);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'));
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|kv| kv.starts_with(tag.as_bytes()))
+                })
+        })
+        .collect()
+}
+
+fn pod_namespaces(lab: &Lab) -> usize {
+    let prefix = format!("wl-{}-pod-", lab.name);
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn pods_manifest(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}{i}}}\nspec:\n  containers: [{{name: c, image: x, ports: [{{containerPort: 8080}}]}}]\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn weft_apply_child(lab: &Lab, manifest: &str) -> std::process::Child {
+    use std::io::Write;
+    let mut child = Command::new(WEFT)
+        .args(["lab", "apply", "--name", &lab.name, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    child
+}
+
+/// Reservations weft-cni holds on every node (one file per address).
+fn reserved_addresses(lab: &Lab) -> usize {
+    let nodes = Path::new("/run/weft/labs").join(&lab.name).join("nodes");
+    let mut n = 0;
+    for node in std::fs::read_dir(&nodes).unwrap().flatten() {
+        let ipam = node.path().join("ipam");
+        for net in std::fs::read_dir(&ipam).into_iter().flatten().flatten() {
+            n += std::fs::read_dir(net.path().join("ips"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|f| {
+                    f.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count();
+        }
+    }
+    n
+}
+
+#[test]
+fn hostile_names_and_invalid_manifests_change_nothing() {
+    let lab = Lab::up("hn", 1, "vxlan");
+    let escape = format!("/tmp/weft-escape-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&escape);
+    std::fs::create_dir_all(&escape).unwrap();
+    std::fs::write(format!("{escape}/keep"), "x").unwrap();
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: fresh}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: ok, namespace: fresh}}\nspec: {{containers: [{{name: c, image: x}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: \"/../../../../../..{escape}\"}}\nspec: {{containers: [{{name: c, image: x}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: logs}}\nspec: {{containers: [{{name: ../../../../../..{escape}/c, image: x}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: \"inj;IP=10.244.1.200\"}}\nspec: {{containers: [{{name: c, image: x}}]}}\n"
+    );
+    let err = lab.apply_fails(&manifest);
+    assert!(err.contains("nothing changed"), "{err}");
+    assert!(err.contains("document 3"), "{err}");
+    assert!(err.contains("spec.containers[0].name"), "{err}");
+    assert!(err.contains("inj;IP=10.244.1.200"), "{err}");
+    assert!(
+        Path::new(&format!("{escape}/keep")).exists(),
+        "the escape target was touched"
+    );
+    assert!(lab.pods().is_empty(), "nothing may be applied");
+    let err = lab.apply_fails(&pods_manifest("Upper", 1));
+    assert!(err.contains("metadata.name"), "{err}");
+    let long = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n",
+        "a".repeat(300)
+    );
+    assert!(lab
+        .apply_fails(&long)
+        .contains("no more than 253 characters"));
+    let err = lab.apply_fails(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: nowhere}\nspec: {containers: [{name: c, image: x}]}\n",
+    );
+    assert!(err.contains("namespace \"nowhere\" not found"), "{err}");
+    // `delete pod` and `logs` with a hostile name never reach the file system.
+    let err = lab.fails(&["delete", "pod", &format!("/../../../../../..{escape}")]);
+    assert!(err.contains("invalid"), "{err}");
+    assert!(Path::new(&format!("{escape}/keep")).exists());
+    lab.apply_ok(&pods_manifest("fine", 1));
+    let err = lab.fails(&["logs", "fine0", "-c", "../../../../etc/passwd"]);
+    assert!(err.contains("no container"), "{err}");
+    std::fs::remove_dir_all(&escape).unwrap();
+}
+
+#[test]
+fn node_names_are_checked_and_a_failed_add_leaves_no_ghost() {
+    let lab = Lab::up("nn", 1, "vxlan");
+    let nodes = Path::new("/run/weft/labs").join(&lab.name).join("nodes");
+    for bad in ["", "..", "a/b", "Node", "external"] {
+        let err = lab.fails(&["node", "add", bad]);
+        assert!(err.contains("invalid"), "{bad:?}: {err}");
+        let err = lab.fails(&["node", "remove", bad]);
+        assert!(err.contains("invalid"), "{bad:?}: {err}");
+    }
+    assert!(
+        nodes.join("node-1/subnet.env").is_file(),
+        "node files must stay"
+    );
+    lab.ok(&["node", "add", "node-2"]);
+    assert!(nodes.join("node-2/subnet.env").is_file());
+    let nodes_json = lab.json(&["get", "nodes", "-o", "json"]);
+    assert_eq!(nodes_json["items"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn concurrent_applies_start_each_pod_once_and_delete_leaves_nothing() {
+    let lab = Lab::up("ca", 2, "vxlan");
+    let manifest = pods_manifest("p", 30);
+    let a = weft_apply_child(&lab, &manifest);
+    let b = weft_apply_child(&lab, &manifest);
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(lab.pods().len(), 30);
+    assert_eq!(pod_namespaces(&lab), 30, "one sandbox per pod");
+    // Two agents and one container per pod.
+    assert_eq!(lab_processes(&lab).len(), 2 + 30);
+    assert_eq!(reserved_addresses(&lab), 30);
+    let file = std::env::temp_dir().join(format!("weft-ca-{}.yaml", std::process::id()));
+    std::fs::write(&file, &manifest).unwrap();
+    lab.ok(&["delete", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(lab.pods().is_empty());
+    assert_eq!(pod_namespaces(&lab), 0);
+    assert_eq!(lab_processes(&lab).len(), 2);
+    assert_eq!(reserved_addresses(&lab), 0);
+}
+
+#[test]
+fn a_pod_whose_second_container_cannot_start_is_rolled_back() {
+    let lab = Lab::up("rb", 1, "vxlan");
+    let err = lab.apply_fails(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: half}\nspec:\n  containers:\n  - {name: first, image: x, ports: [{containerPort: 8080}]}\n  - {name: second, image: x, command: [/nonexistent/program]}\n",
+    );
+    assert!(err.contains("starting container second"), "{err}");
+    assert!(err.contains("0 of 1 objects applied"), "{err}");
+    assert!(lab.pods().is_empty());
+    assert_eq!(pod_namespaces(&lab), 0);
+    assert_eq!(lab_processes(&lab).len(), 1, "only the agent may run");
+    assert_eq!(reserved_addresses(&lab), 0, "the address is released");
+    assert!(!Path::new("/run/weft/labs")
+        .join(&lab.name)
+        .join("pods/default_half")
+        .exists());
+}
+
+#[test]
+fn down_stops_everything_even_after_a_killed_apply_and_a_deleted_store() {
+    let lab = Lab::up("kd", 2, "vxlan");
+    let mut child = weft_apply_child(&lab, &pods_manifest("k", 40));
+    // Kill the apply while it is starting pods.
+    wait_until(Duration::from_secs(20), || pod_namespaces(&lab) >= 3)
+        .expect("the apply starts pods");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(Path::new("/run/weft/labs").join(&lab.name).join("store.db")).unwrap();
+    assert!(lab_processes(&lab).len() > 2);
+    lab.ok(&["down"]);
+    assert_eq!(lab_processes(&lab), Vec::<u32>::new());
+    assert_eq!(pod_namespaces(&lab), 0);
+    assert!(!Path::new("/run/weft/labs").join(&lab.name).exists());
+}
+
+#[test]
+fn down_during_an_apply_stops_the_apply() {
+    let lab = Lab::up("da", 1, "vxlan");
+    let child = weft_apply_child(&lab, &pods_manifest("d", 60));
+    wait_until(Duration::from_secs(20), || pod_namespaces(&lab) >= 2)
+        .expect("the apply starts pods");
+    lab.ok(&["down"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the apply must notice the lab going down"
+    );
+    assert!(
+        text(&out.stderr).contains("taken down") || text(&out.stderr).contains("no lab"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(lab_processes(&lab), Vec::<u32>::new());
+    assert_eq!(pod_namespaces(&lab), 0);
+}
