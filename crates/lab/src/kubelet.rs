@@ -109,15 +109,20 @@ impl Kubelet<'_> {
         let mut statuses = Vec::new();
         for c in &spec.containers {
             let (program, args) = self.command_of(c, name);
+            let starting = || format!("starting container {} ({})", c.name, program.display());
+            let program = resolve(&program).with_context(starting)?;
+            let mut supervised = self.supervise_args(sandbox, &c.name);
+            supervised.push(program.display().to_string());
+            supervised.extend(args);
             let log = pod_dir.join(format!("{}.log", c.name));
             let pid = procs::spawn(
                 Some(&pod_ns),
-                &program,
-                &args,
+                &self.weft,
+                &supervised,
                 &owner(self.layout, namespace, name, &c.name),
                 &log,
             )
-            .with_context(|| format!("starting container {} ({})", c.name, program.display()))?;
+            .with_context(starting)?;
             statuses.push(running_status(c, pid));
         }
         wait_for_ports(&pod_ns, &spec.containers);
@@ -260,6 +265,28 @@ impl Kubelet<'_> {
         Ok(reply.json)
     }
 
+    /// `weft lab supervise …` up to the container's program.
+    fn supervise_args(&self, sandbox: &Sandbox, container: &str) -> Vec<String> {
+        [
+            "lab",
+            "supervise",
+            "--lab",
+            &self.layout.lab,
+            "--namespace",
+            sandbox.namespace,
+            "--pod",
+            sandbox.name,
+            "--uid",
+            sandbox.uid,
+            "--container",
+            container,
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     /// The process for a container: its command, or netexec.
     fn command_of(&self, c: &Container, pod: &str) -> (PathBuf, Vec<String>) {
         let args = c.args.clone().unwrap_or_default();
@@ -287,6 +314,29 @@ impl Kubelet<'_> {
         };
         (self.weft.clone(), netexec_args(pod, &by("TCP"), &by("UDP")))
     }
+}
+
+/// The executable `program` names: a path as it is, a bare name looked up
+/// in `PATH` as a runtime would. A container whose program does not exist
+/// cannot start, and its pod is not created.
+fn resolve(program: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 || program.is_absolute() {
+        return if executable(program) {
+            Ok(program.to_path_buf())
+        } else {
+            bail!("{} is not an executable file", program.display())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+        .with_context(|| format!("{} not found in PATH", program.display()))
 }
 
 fn netexec_args(pod: &str, http: &[u16], udp: &[u16]) -> Vec<String> {

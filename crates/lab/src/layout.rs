@@ -4,10 +4,14 @@
 //! the LoadBalancer pool). Names are derived from the lab's name, so several
 //! labs run side by side without touching each other.
 
+use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 pub const LABS_DIR: &str = "/run/weft/labs";
@@ -34,6 +38,13 @@ pub enum LayoutError {
         what: &'static str,
         name: String,
         reason: String,
+    },
+    #[error("lab {0} is being taken down (`weft lab down`); stopped")]
+    GoingDown(String),
+    #[error("locking {path}: {errno}")]
+    Lock {
+        path: PathBuf,
+        errno: nix::errno::Errno,
     },
     #[error("refusing to remove {0}: it is not inside the lab's directory")]
     Outside(PathBuf),
@@ -278,8 +289,7 @@ impl Layout {
         }
         std::fs::remove_dir_all(&resolved).map_err(io)
     }
-    /// Held while Services are admitted and EndpointSlices synced, so two
-    /// `weft lab` commands never allocate or write slices at once.
+    /// The file behind [`Layout::lock`].
     pub fn controller_lock(&self) -> PathBuf {
         self.root.join("controller.lock")
     }
@@ -287,6 +297,54 @@ impl Layout {
     pub fn going_down(&self) -> PathBuf {
         self.root.join("going-down")
     }
+    /// The lab's lock, held while Services are admitted, EndpointSlices
+    /// synced, pods started or deleted and pod status written, so two
+    /// `weft lab` processes never decide on the same state at once;
+    /// released when dropped. Never take it twice in one thread: flock
+    /// would wait for itself. Fails once the lab is being taken down, so
+    /// nothing done under it outlives `weft lab down`.
+    pub fn lock(&self) -> Result<Flock<File>, LayoutError> {
+        let lock = self.lock_file(None)?;
+        if self.going_down().exists() || !self.state_file().exists() {
+            return Err(LayoutError::GoingDown(self.lab.clone()));
+        }
+        Ok(lock)
+    }
+
+    /// The lab's lock for `weft lab down`, which must not wait forever:
+    /// `Err` after `limit`.
+    pub fn lock_within(&self, limit: Duration) -> Result<Flock<File>, LayoutError> {
+        self.lock_file(Some(limit))
+    }
+
+    fn lock_file(&self, limit: Option<Duration>) -> Result<Flock<File>, LayoutError> {
+        let path = self.controller_lock();
+        let mut file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| LayoutError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let deadline = limit.map(|l| Instant::now() + l);
+        let arg = match deadline {
+            None => FlockArg::LockExclusive,
+            Some(_) => FlockArg::LockExclusiveNonblock,
+        };
+        loop {
+            match Flock::lock(file, arg) {
+                Ok(lock) => return Ok(lock),
+                Err((f, Errno::EWOULDBLOCK)) if deadline.is_some_and(|d| Instant::now() < d) => {
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err((_, errno)) => return Err(LayoutError::Lock { path, errno }),
+            }
+        }
+    }
+
     fn state_file(&self) -> PathBuf {
         self.root.join("lab.json")
     }

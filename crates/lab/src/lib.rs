@@ -12,6 +12,7 @@
 //! - [`manifest`]: Kubernetes manifests → Kubernetes types.
 //! - [`objects`]: keys, UIDs and timestamps of stored objects.
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
+//! - [`supervisor`]: watches one container and records how it ended.
 //! - [`services`]: the API server's Service defaults and allocators
 //!   (clusterIPs, nodePorts, LoadBalancer addresses).
 //! - [`endpointslices`]: the EndpointSlice controller.
@@ -30,5 +31,6 @@ pub mod ops;
 pub mod probe;
 pub mod procs;
 pub mod services;
+pub mod supervisor;
 pub mod targets;
 pub mod underlay;

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::Resource as _;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde_json::json;
 use weft_datapath::{netns, NetNs, Netlink};
 use weft_store::Store;
@@ -329,7 +329,7 @@ pub fn down(name: &str) -> Result<()> {
     let layout = Layout::new(name)?;
     let waited = layout.root.exists().then(|| {
         let _ = std::fs::write(layout.going_down(), b"");
-        lock_file(&layout.controller_lock(), Some(DOWN_WAITS_FOR_LOCK))
+        layout.lock_within(DOWN_WAITS_FOR_LOCK)
     });
     let stopped = procs::stop_owned(&format!("{name}/"), Duration::from_secs(2));
     let prefix = layout.ns_prefix();
@@ -360,31 +360,6 @@ pub fn down_all() -> Result<()> {
         down(&lab)?;
     }
     Ok(())
-}
-
-/// Locks `path` exclusively; with a `limit`, gives up after it (`Err`).
-fn lock_file(path: &std::path::Path, limit: Option<Duration>) -> Result<Flock<File>> {
-    let mut file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let Some(limit) = limit else {
-        return Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| anyhow::anyhow!("locking {}: {errno}", path.display()));
-    };
-    let deadline = Instant::now() + limit;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(lock),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                file = f;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err((_, errno)) => bail!("locking {}: {errno}", path.display()),
-        }
-    }
 }
 
 /// Refuses a namespace or object name given on the command line that no
@@ -462,19 +437,9 @@ impl Lab {
         }
     }
 
-    /// The lab's controller lock (see [`Layout::controller_lock`]); released
-    /// when dropped. Never take it twice in one thread: flock would wait
-    /// for itself. Fails once the lab is being taken down, so whatever a
-    /// command does under the lock never outlives `weft lab down`.
+    /// The lab's lock; see [`Layout::lock`].
     fn lock(&self) -> Result<Flock<File>> {
-        let lock = lock_file(&self.layout.controller_lock(), None)?;
-        if self.layout.going_down().exists() || self.layout.load().is_err() {
-            bail!(
-                "lab {} is being taken down (`weft lab down`); stopped",
-                self.layout.lab
-            );
-        }
-        Ok(lock)
+        Ok(self.layout.lock()?)
     }
 
     /// Runs the EndpointSlice controller once.
@@ -773,6 +738,9 @@ fn delete_pods(
         std::thread::sleep(grace);
     }
     for pod in &found {
+        // Under the lock: a container's supervisor never writes the status
+        // of a pod being removed back into the store.
+        let _lock = lab.lock()?;
         lab.kubelet(bins).delete(&lab.state, pod)?;
         println!("pod/{} deleted", objects::key(pod).1);
     }
@@ -841,7 +809,7 @@ pub fn get_pods(name: &str, namespace: Option<&str>, output: Output) -> Result<(
         return Ok(());
     }
     print!(
-        "{:<12} {:<20} {:<6} {:<8} ",
+        "{:<12} {:<20} {:<6} {:<10} ",
         "NAMESPACE", "NAME", "READY", "STATUS"
     );
     if output == Output::Wide {
@@ -855,9 +823,9 @@ pub fn get_pods(name: &str, namespace: Option<&str>, output: Output) -> Result<(
         let containers = status.container_statuses.clone().unwrap_or_default();
         let ready = containers.iter().filter(|c| c.ready).count();
         print!(
-            "{ns:<12} {pod_name:<20} {:<6} {:<8} ",
+            "{ns:<12} {pod_name:<20} {:<6} {:<10} ",
             format!("{ready}/{}", containers.len()),
-            status.phase.clone().unwrap_or_default()
+            crate::supervisor::display_status(pod)
         );
         if output == Output::Wide {
             println!(
@@ -1014,6 +982,7 @@ fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries) -> Result<()> {
         .iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
     {
+        let _lock = lab.lock()?;
         lab.kubelet(bins).delete(&lab.state, pod)?;
     }
     if let Some(pid) = record.agent_pid {

@@ -1,7 +1,7 @@
 //! `weft lab …`: the command line of the lab; the work is in `weft-lab`.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +14,23 @@ const DEFAULT_LAB: &str = "weft";
 
 #[derive(Subcommand)]
 pub enum LabCmd {
+    /// Run one container's process and record in its pod's status how it
+    /// ended (used by the lab's kubelet; not for users).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        lab: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        uid: String,
+        #[arg(long)]
+        container: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Create a lab: underlay, nodes, one real agent per node.
     Up {
         #[arg(long, default_value = DEFAULT_LAB)]
@@ -332,6 +349,25 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             ops::node(&name, &node, action, &Binaries::beside_current_exe()?)
         }
         LabCmd::Status => ops::status(),
+        LabCmd::Supervise {
+            lab,
+            namespace,
+            pod,
+            uid,
+            container,
+            command,
+        } => {
+            let (program, args) = command.split_first().context("no command to supervise")?;
+            let container = weft_lab::supervisor::Container {
+                lab,
+                namespace,
+                pod,
+                uid,
+                name: container,
+            };
+            let code = weft_lab::supervisor::run(&container, Path::new(program), args)?;
+            std::process::exit(code);
+        }
     }
 }
 

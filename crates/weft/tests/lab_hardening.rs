@@ -175,8 +175,8 @@ fn concurrent_applies_start_each_pod_once_and_delete_leaves_nothing() {
     }
     assert_eq!(lab.pods().len(), 30);
     assert_eq!(pod_namespaces(&lab), 30, "one sandbox per pod");
-    // Two agents and one container per pod.
-    assert_eq!(lab_processes(&lab).len(), 2 + 30);
+    // Two agents, and per pod one container with its supervisor.
+    assert_eq!(lab_processes(&lab).len(), 2 + 2 * 30);
     assert_eq!(reserved_addresses(&lab), 30);
     let file = std::env::temp_dir().join(format!("weft-ca-{}.yaml", std::process::id()));
     std::fs::write(&file, &manifest).unwrap();
@@ -242,4 +242,64 @@ fn down_during_an_apply_stops_the_apply() {
     );
     assert_eq!(lab_processes(&lab), Vec::<u32>::new());
     assert_eq!(pod_namespaces(&lab), 0);
+}
+
+#[test]
+fn ended_containers_show_in_pod_status_and_leave_the_endpoints() {
+    let lab = Lab::up("hs", 1, "vxlan");
+    lab.apply_ok(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: clash, labels: {app: clash}}\nspec:\n  containers:\n  - {name: a, image: x, ports: [{containerPort: 8080}]}\n  - {name: b, image: x, ports: [{containerPort: 8080}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: quits}\nspec:\n  containers: [{name: c, image: x, command: [sh, -c, 'exit 3']}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  selector: {app: clash}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let pod = |name: &str| {
+        lab.pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .unwrap()
+    };
+    let terminated = |p: &serde_json::Value, container: &str| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == container)
+            .unwrap()["state"]["terminated"]
+            .clone()
+    };
+    wait_until(Duration::from_secs(10), || {
+        pod("quits")["status"]["phase"] == "Failed" && !terminated(&pod("clash"), "b").is_null()
+    })
+    .expect("ended containers are recorded");
+    let quits = pod("quits");
+    assert_eq!(terminated(&quits, "c")["exitCode"], 3);
+    assert_eq!(terminated(&quits, "c")["reason"], "Error");
+    let clash = pod("clash");
+    assert_ne!(terminated(&clash, "b")["exitCode"], 0);
+    assert!(terminated(&clash, "a").is_null(), "a still runs");
+    assert_eq!(clash["status"]["phase"], "Running");
+    let ready = clash["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()["status"]
+        .clone();
+    assert_eq!(ready, "False");
+    let table = lab.ok(&["get", "pods"]);
+    let line = table.lines().find(|l| l.contains("quits")).unwrap();
+    assert!(line.contains("0/1") && line.contains("Error"), "{table}");
+    let slices = lab.json(&["get", "endpointslices", "-o", "json"]);
+    let endpoints: Vec<&serde_json::Value> = slices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(endpoints.len(), 1, "{slices:#}");
+    assert_eq!(endpoints[0]["conditions"]["ready"], false, "{slices:#}");
+    // Deleting a pod records nothing: the supervisor is stopped with it.
+    lab.ok(&["delete", "pod", "clash"]);
+    assert!(lab.pods().iter().all(|p| p["metadata"]["name"] != "clash"));
+    assert_eq!(lab_processes(&lab).len(), 1, "only the agent is left");
 }
