@@ -289,4 +289,37 @@ items:
         let list = "kind: PodList\nitems: [{kind: Pod, metadata: {name: ok}, spec: {containers: [{name: c, image: x}]}}]\n";
         assert_eq!(parse(list).unwrap().len(), 1);
     }
+
+    proptest::proptest! {
+        /// Whatever names a manifest uses, what `parse` accepts has paths
+        /// that stay one component below the lab's `pods/` directory, and
+        /// names no CNI_ARGS separator.
+        #[test]
+        fn accepted_manifests_have_safe_names(
+            name in "[a-zA-Z0-9./;=_ -]{0,70}",
+            namespace in "[a-z0-9./-]{0,20}",
+            container in "[a-z0-9./-]{0,20}",
+        ) {
+            let text = serde_json::json!({
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"containers": [{"name": container, "image": "x"}]},
+            })
+            .to_string();
+            if let Ok(resources) = parse(&text) {
+                let layout = crate::layout::Layout::new("prop").unwrap();
+                for r in resources {
+                    let Resource::Pod(p) = r else { continue };
+                    let (ns, pod) = crate::objects::key(&p);
+                    let dir = layout.pod_dir(&ns, &pod).unwrap();
+                    let pods = layout.root.join("pods");
+                    proptest::prop_assert_eq!(dir.parent(), Some(pods.as_path()));
+                    for c in &p.spec.unwrap().containers {
+                        proptest::prop_assert!(!c.name.contains(['/', '.', ';', '=']));
+                    }
+                    proptest::prop_assert!(!pod.contains([';', '=', '/']));
+                }
+            }
+        }
+    }
 }
