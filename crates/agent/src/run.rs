@@ -6,7 +6,7 @@
 //! Stopping the agent leaves the datapath and the lease in place, so a
 //! restart neither interrupts pod traffic nor changes the node's subnet.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +76,8 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         )
     })?;
     let addrs = netlink.addresses(underlay.index).await?;
+    let node_addrs: Vec<IpAddr> = addrs.iter().map(IpNet::addr).collect();
+    conf.check_node_addresses(&opts.iface, &node_addrs)?;
     let public: IpNet = addrs
         .iter()
         .copied()

@@ -2,9 +2,200 @@
 //! root) one agent in a network namespace of the test's own with a veth
 //! pair as its underlay, removed by `Drop` even when the test fails.
 
-use std::process::{Command, Output};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use weft_datapath::{netns, NetNs};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// The node's underlay address, on a veth inside the test's namespace.
+const NODE_ADDR: &str = "192.0.2.10";
+const NET_CONF: &str = r#"{"Network": "10.250.0.0/16", "Backend": {"Type": "host-gw"}}"#;
+const HEALTH: &str = "127.0.0.1:10254";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One node for one agent: a namespace `wta-<tag>-<pid>-<n>` holding a veth
+/// pair (`d0` with [`NODE_ADDR`] is the underlay), and a directory for the
+/// store, net-conf and the files the agent writes.
+struct Node {
+    ns_name: String,
+    ns: NetNs,
+    dir: tempfile::TempDir,
+    agent: Option<Child>,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "these tests create network namespaces: run them as root"
+        );
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let ns_name = format!("wta-{tag}-{}-{n}", std::process::id());
+        let ns = netns::create_named(&ns_name).expect("creating the namespace");
+        let node = Node {
+            ns_name,
+            ns,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            agent: None,
+        };
+        node.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+        node.ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", "d0"]);
+        for link in ["lo", "d0", "d1"] {
+            node.ip(&["link", "set", link, "up"]);
+        }
+        node.write_net_conf(NET_CONF);
+        node
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns_name])
+            .args(args)
+            .output()
+            .expect("running ip");
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store.db")
+    }
+
+    fn subnet_env(&self) -> PathBuf {
+        self.path("subnet.env")
+    }
+
+    fn conflist(&self) -> PathBuf {
+        self.path("net.d/10-weft.conflist")
+    }
+
+    fn write_net_conf(&self, json: &str) {
+        std::fs::write(self.path("net-conf.json"), json).unwrap();
+    }
+
+    /// `weft agent` for this node with `extra` flags, its output in agent.log.
+    fn agent_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.ns.command(WEFT);
+        cmd.args(["agent", "--node", "node-1", "--iface", "d0", "--no-proxy"])
+            .args(["--health", HEALTH])
+            .arg("--store")
+            .arg(self.store())
+            .arg("--net-conf")
+            .arg(self.path("net-conf.json"))
+            .arg("--subnet-file")
+            .arg(self.subnet_env())
+            .arg("--cni-conf-dir")
+            .arg(self.path("net.d"))
+            .arg("--ipam-dir")
+            .arg(self.path("ipam"))
+            .args(extra)
+            .env("RUST_BACKTRACE", "0");
+        cmd
+    }
+
+    /// Runs an agent that must stop by itself within 10 s; its output.
+    fn agent_exits(&self, extra: &[&str]) -> Output {
+        let mut child = self
+            .agent_command(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting weft agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the agent ran on: {}",
+                    text(&child.wait_with_output().unwrap().stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Starts the agent and waits until it is ready.
+    fn start_agent(&mut self, extra: &[&str]) {
+        let log = std::fs::File::create(self.path("agent.log")).unwrap();
+        let child = self
+            .agent_command(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting weft agent");
+        self.agent = Some(child);
+        let ready = wait_until(Duration::from_secs(10), || self.readyz().0 == 200);
+        assert!(ready, "the agent did not become ready:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+
+    /// GET /readyz inside the namespace: status code and body (0 when the
+    /// agent does not answer).
+    fn readyz(&self) -> (u16, String) {
+        let response = self
+            .ns
+            .run_in(|| -> std::io::Result<String> {
+                let mut conn = TcpStream::connect(HEALTH)?;
+                conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+                conn.write_all(
+                    b"GET /readyz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut response = String::new();
+                conn.read_to_string(&mut response)?;
+                Ok(response)
+            })
+            .expect("entering the namespace");
+        let Ok(response) = response else {
+            return (0, String::new());
+        };
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        let _ = netns::delete_named(&self.ns_name);
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -79,5 +270,25 @@ fn a_lease_that_would_expire_between_renewals_is_refused() {
         text(&out.stderr).contains(NO_NET_CONF),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_network_holding_the_nodes_own_address_is_refused_before_leasing() {
+    let node = Node::new("own");
+    node.write_net_conf(r#"{"Network": "192.0.0.0/16", "Backend": {"Type": "host-gw"}}"#);
+    let out = node.agent_exits(&[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    for word in ["Network", "192.0.0.0/16", NODE_ADDR, "d0", "--iface"] {
+        assert!(stderr.contains(word), "{word:?} missing: {stderr}");
+    }
+    assert!(!node.subnet_env().exists(), "a subnet was handed out");
+    // A multicast network is refused by its field, not by netlink later.
+    node.write_net_conf(r#"{"Network": "224.0.0.0/4"}"#);
+    let stderr = text(&node.agent_exits(&[]).stderr);
+    assert!(
+        stderr.contains("Network: 224.0.0.0/4 overlaps") && stderr.contains("multicast"),
+        "{stderr}"
     );
 }
