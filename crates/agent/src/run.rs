@@ -121,7 +121,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         mtu,
     };
     ensure_node_datapath(&netlink, &mut node).await?;
-    write_cni_files(&opts, &node, &lease)?;
+    ensure_cni_files(&opts, &node)?;
     publish_node_object(&store, &node)?;
     if opts.proxy {
         crate::proxy::spawn(ProxyOptions {
@@ -243,7 +243,12 @@ async fn converge(
         netlink,
         device: node.device,
     };
-    Ok(reconciler.sync(&desired).await?.count())
+    let changes = reconciler.sync(&desired).await?.count();
+    let restored = ensure_cni_files(opts, node)?;
+    for path in &restored {
+        tracing::warn!(path = %path.display(), "restored a CNI file that was deleted or changed");
+    }
+    Ok(changes + restored.len())
 }
 
 fn peer_of(lease: &Lease) -> Peer {
@@ -264,15 +269,25 @@ fn parse_mac(text: &str) -> Option<Vec<u8>> {
     bytes.filter(|b| b.len() == 6)
 }
 
-fn write_cni_files(opts: &Options, node: &NodeState, lease: &Lease) -> Result<()> {
-    let env = subnets::subnet_env(&node.conf, Some(lease.subnet), None, node.mtu, true);
-    files::write_atomically(&opts.subnet_file, env.as_bytes())
-        .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
+/// subnet.env and the conflist as they must be; the paths it had to
+/// (re)write.
+fn ensure_cni_files(opts: &Options, node: &NodeState) -> Result<Vec<PathBuf>> {
+    let env = subnets::subnet_env(&node.conf, Some(node.local.subnet), None, node.mtu, true);
     let conflist = files::conflist(&opts.network, &opts.subnet_file, &opts.ipam_dir);
-    let path = opts.cni_conf_dir.join("10-weft.conflist");
-    files::write_atomically(&path, serde_json::to_string_pretty(&conflist)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let conflist = serde_json::to_string_pretty(&conflist)?;
+    let wanted = [
+        (opts.subnet_file.clone(), env),
+        (opts.cni_conf_dir.join("10-weft.conflist"), conflist),
+    ];
+    let mut written = Vec::new();
+    for (path, data) in wanted {
+        if files::ensure(&path, data.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?
+        {
+            written.push(path);
+        }
+    }
+    Ok(written)
 }
 
 /// The Node object as Kubernetes would show it: podCIDR and InternalIP.

@@ -292,3 +292,29 @@ fn a_network_holding_the_nodes_own_address_is_refused_before_leasing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn deleted_or_changed_cni_files_are_restored_within_the_resync_period() {
+    let mut node = Node::new("files");
+    node.start_agent(&["--resync-ms", "200"]);
+    let files = [node.subnet_env(), node.conflist()];
+    let written: Vec<String> = files.iter().map(|f| read(f)).collect();
+    assert!(written[0].contains("FLANNEL_SUBNET=10.250."), "{}", written[0]);
+    assert!(written[1].contains("weft-cni"), "{}", written[1]);
+    let restored = |what: &str| {
+        let back = wait_until(Duration::from_secs(2), || {
+            files.iter().zip(&written).all(|(f, w)| read(f) == *w)
+        });
+        assert!(back, "{what}: not restored within 2 s:\n{}", node.log());
+    };
+    for file in &files {
+        std::fs::remove_file(file).unwrap();
+    }
+    restored("deleted");
+    std::fs::write(&files[0], "FLANNEL_SUBNET=10.99.0.1/24\n").unwrap();
+    std::fs::write(&files[1], "{}").unwrap();
+    restored("changed");
+    std::fs::remove_dir_all(node.path("net.d")).unwrap();
+    restored("directory removed");
+    assert!(node.log().contains("restored"), "{}", node.log());
+}
