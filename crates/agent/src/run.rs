@@ -152,18 +152,25 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     let mut watcher = store.watch("Lease", revision, opts.watch_poll);
     let mut resync = tokio::time::interval(opts.resync);
     let mut last_renew = Instant::now();
+    let mut store_file = StoreFile::default();
     tokio::pin!(shutdown);
     loop {
-        match converge(&store, &netlink, &opts, &mut node).await {
+        let converged = match converge(&store, &netlink, &opts, &mut node).await {
             Ok(changes) => {
                 if changes > 0 {
                     tracing::info!(changes, "datapath converged");
                 }
-                health_state.set_ready();
+                true
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick")
+                tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick");
+                false
             }
+        };
+        match store_file.check(&store) {
+            Some(problem) => health_state.set_unready(problem),
+            None if converged => health_state.set_ready(),
+            None => {}
         }
         health_state.beat();
         if last_renew.elapsed() >= opts.lease_ttl / 2 {
@@ -190,6 +197,30 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     server.abort();
     tracing::info!("stopping; the datapath and the lease stay in place");
     Ok(())
+}
+
+/// Watches the store's file under the agent. A removed or replaced file is
+/// logged once and keeps the agent unready with the reason; the agent goes
+/// on with the file it has open (the datapath stays, pod traffic flows) but
+/// no longer shares state with processes opening the path, so it has to be
+/// restarted on the right store.
+#[derive(Default)]
+struct StoreFile {
+    reported: Option<String>,
+}
+
+impl StoreFile {
+    /// The problem with the store's file, if any.
+    fn check(&mut self, store: &Store) -> Option<String> {
+        let problem = store.check_file().err().map(|e| e.to_string());
+        if problem != self.reported {
+            if let Some(problem) = &problem {
+                tracing::error!(error = %problem, "the cluster store's file changed under the agent");
+            }
+            self.reported = problem.clone();
+        }
+        problem
+    }
 }
 
 /// The backend device and its address, forwarding and masquerade: all

@@ -299,7 +299,11 @@ fn deleted_or_changed_cni_files_are_restored_within_the_resync_period() {
     node.start_agent(&["--resync-ms", "200"]);
     let files = [node.subnet_env(), node.conflist()];
     let written: Vec<String> = files.iter().map(|f| read(f)).collect();
-    assert!(written[0].contains("FLANNEL_SUBNET=10.250."), "{}", written[0]);
+    assert!(
+        written[0].contains("FLANNEL_SUBNET=10.250."),
+        "{}",
+        written[0]
+    );
     assert!(written[1].contains("weft-cni"), "{}", written[1]);
     let restored = |what: &str| {
         let back = wait_until(Duration::from_secs(2), || {
@@ -317,4 +321,32 @@ fn deleted_or_changed_cni_files_are_restored_within_the_resync_period() {
     std::fs::remove_dir_all(node.path("net.d")).unwrap();
     restored("directory removed");
     assert!(node.log().contains("restored"), "{}", node.log());
+}
+
+#[test]
+fn a_removed_or_replaced_store_makes_the_agent_unready_and_say_why() {
+    let mut node = Node::new("store");
+    node.start_agent(&["--resync-ms", "200"]);
+    let store = node.store().display().to_string();
+    let unready_because = |what: &str| {
+        let mut last = (0, String::new());
+        let seen = wait_until(Duration::from_secs(3), || {
+            last = node.readyz();
+            last.0 == 503 && last.1.contains(what)
+        });
+        assert!(
+            seen,
+            "/readyz {last:?}, not 503 with {what:?}:\n{}",
+            node.log()
+        );
+        assert!(last.1.contains(&store), "{last:?}");
+        assert!(node.log().contains(what), "not logged:\n{}", node.log());
+    };
+    std::fs::remove_file(node.store()).unwrap();
+    unready_because("was removed");
+    // Another file at the path (a new store, a restored copy).
+    std::fs::write(node.store(), b"").unwrap();
+    unready_because("was replaced");
+    // The datapath stays: the agent keeps running.
+    assert!(node.agent.as_mut().unwrap().try_wait().unwrap().is_none());
 }
