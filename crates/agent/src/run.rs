@@ -155,21 +155,11 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     let mut store_file = StoreFile::default();
     tokio::pin!(shutdown);
     loop {
-        let converged = match converge(&store, &netlink, &opts, &mut node).await {
-            Ok(changes) => {
-                if changes > 0 {
-                    tracing::info!(changes, "datapath converged");
-                }
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick");
-                false
-            }
-        };
+        let converged = converge_logged(&store, &netlink, &opts, &mut node).await;
+        let files_written = restore_cni_files(&opts, &node);
         match store_file.check(&store) {
             Some(problem) => health_state.set_unready(problem),
-            None if converged => health_state.set_ready(),
+            None if converged && files_written => health_state.set_ready(),
             None => {}
         }
         health_state.beat();
@@ -249,6 +239,27 @@ async fn ensure_node_datapath(netlink: &Netlink, node: &mut NodeState) -> Result
     Ok(())
 }
 
+/// [`converge`], its outcome logged; whether it succeeded.
+async fn converge_logged(
+    store: &Store,
+    netlink: &Netlink,
+    opts: &Options,
+    node: &mut NodeState,
+) -> bool {
+    match converge(store, netlink, opts, node).await {
+        Ok(changes) => {
+            if changes > 0 {
+                tracing::info!(changes, "datapath converged");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick");
+            false
+        }
+    }
+}
+
 async fn converge(
     store: &Store,
     netlink: &Netlink,
@@ -274,12 +285,25 @@ async fn converge(
         netlink,
         device: node.device,
     };
-    let changes = reconciler.sync(&desired).await?.count();
-    let restored = ensure_cni_files(opts, node)?;
-    for path in &restored {
-        tracing::warn!(path = %path.display(), "restored a CNI file that was deleted or changed");
+    Ok(reconciler.sync(&desired).await?.count())
+}
+
+/// Puts back the CNI files if they were deleted or changed; whether they
+/// are as they must be. Apart from [`converge`], so that neither failing
+/// keeps the other from repairing.
+fn restore_cni_files(opts: &Options, node: &NodeState) -> bool {
+    match ensure_cni_files(opts, node) {
+        Ok(restored) => {
+            for path in &restored {
+                tracing::warn!(path = %path.display(), "restored a CNI file that was deleted or changed");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "writing the CNI files failed; retrying at the next tick");
+            false
+        }
     }
-    Ok(changes + restored.len())
 }
 
 fn peer_of(lease: &Lease) -> Peer {

@@ -350,3 +350,21 @@ fn a_removed_or_replaced_store_makes_the_agent_unready_and_say_why() {
     // The datapath stays: the agent keeps running.
     assert!(node.agent.as_mut().unwrap().try_wait().unwrap().is_none());
 }
+
+#[test]
+fn a_damaged_store_stops_the_agent_naming_the_file_and_what_to_do() {
+    let node = Node::new("dmg");
+    std::fs::write(
+        node.store(),
+        "not SQLite: a text that is long enough to have a header",
+    )
+    .unwrap();
+    let out = node.agent_exits(&[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let store = node.store().display().to_string();
+    for word in [store.as_str(), "is damaged", "backup"] {
+        assert!(stderr.contains(word), "{word:?} missing: {stderr}");
+    }
+    assert!(!stderr.contains("retry"), "{stderr}");
+}
