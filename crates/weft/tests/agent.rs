@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use weft_datapath::{netns, NetNs};
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+mod common;
+
+use common::{text, wait_until, WEFT};
 
 /// The node's underlay address, on a veth inside the test's namespace.
 const NODE_ADDR: &str = "192.0.2.10";
@@ -136,7 +138,11 @@ impl Node {
             .expect("starting weft agent");
         self.agent = Some(child);
         let ready = wait_until(Duration::from_secs(10), || self.readyz().0 == 200);
-        assert!(ready, "the agent did not become ready:\n{}", self.log());
+        assert!(
+            ready.is_some(),
+            "the agent did not become ready:\n{}",
+            self.log()
+        );
     }
 
     fn log(&self) -> String {
@@ -182,23 +188,8 @@ impl Drop for Node {
     }
 }
 
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `weft agent --node n ARGS` with a net-conf path that does not exist,
@@ -309,7 +300,11 @@ fn deleted_or_changed_cni_files_are_restored_within_the_resync_period() {
         let back = wait_until(Duration::from_secs(2), || {
             files.iter().zip(&written).all(|(f, w)| read(f) == *w)
         });
-        assert!(back, "{what}: not restored within 2 s:\n{}", node.log());
+        assert!(
+            back.is_some(),
+            "{what}: not restored within 2 s:\n{}",
+            node.log()
+        );
     };
     for file in &files {
         std::fs::remove_file(file).unwrap();
@@ -335,7 +330,7 @@ fn a_removed_or_replaced_store_makes_the_agent_unready_and_say_why() {
             last.0 == 503 && last.1.contains(what)
         });
         assert!(
-            seen,
+            seen.is_some(),
             "/readyz {last:?}, not 503 with {what:?}:\n{}",
             node.log()
         );

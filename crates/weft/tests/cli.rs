@@ -1,8 +1,10 @@
 //! The `weft` binary as a shell pipeline's first command.
 
+mod common;
+
 use std::process::Command;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+use common::WEFT;
 
 /// `weft lab status | head` where head has already quit: the reader is gone
 /// before the first line is printed.
