@@ -24,7 +24,7 @@
 //! `Network` is present (so an IPv6-only file needs no `"EnableIPv4": false`),
 //! a missing `Backend` means vxlan rather than udp, and udp is not available.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -115,6 +115,30 @@ impl NetConf {
     }
 }
 
+impl NetConf {
+    /// Refuses a pod network that holds one of the node's own addresses
+    /// (`addrs`, those of `iface`): pods would be handed addresses the node
+    /// network already uses.
+    pub fn check_node_addresses(&self, iface: &str, addrs: &[IpAddr]) -> Result<(), ConfigError> {
+        let families = [(&self.ipv4, &IPV4), (&self.ipv6, &IPV6)];
+        for (family, f) in families {
+            let Some(family) = family else { continue };
+            if let Some(addr) = addrs.iter().find(|a| family.network.contains(*a)) {
+                return Err(invalid(
+                    f.network,
+                    format!(
+                        "{} contains {addr}, an address of this node's interface {iface} \
+                         (--iface): pods would get addresses of the node network; choose a \
+                         {} that no node address is in",
+                        family.network, f.network
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 const DEFAULT_VNI: u64 = 1;
 /// The Linux kernel's vxlan port, which flannel uses too (not IANA's 4789).
 const DEFAULT_VXLAN_PORT: u64 = 8472;
@@ -193,7 +217,61 @@ struct Fields {
     /// Leaves room for at least two addresses per node (e.g. /30).
     max_subnet_len: u8,
     default_subnet_len: u8,
+    /// Blocks a pod network must not overlap.
+    reserved: &'static [Reserved],
 }
+
+/// An address block that is not unicast routable between nodes, so pods
+/// cannot be given addresses in it (the kernel refuses some outright, as
+/// multicast on a bridge, and routes others to itself, as loopback).
+struct Reserved {
+    block: IpNet,
+    purpose: &'static str,
+}
+
+const fn reserved(addr: IpAddr, prefix_len: u8, purpose: &'static str) -> Reserved {
+    Reserved {
+        block: IpNet::new_assert(addr, prefix_len),
+        purpose,
+    }
+}
+
+const fn v4(a: u8, b: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, 0, 0))
+}
+
+const fn v6(segments: [u16; 8]) -> IpAddr {
+    let [a, b, c, d, e, f, g, h] = segments;
+    IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+}
+
+const RESERVED_V4: &[Reserved] = &[
+    reserved(v4(0, 0), 8, "the \"this\" network (RFC 1122)"),
+    reserved(v4(127, 0), 8, "reserved for loopback"),
+    reserved(v4(169, 254), 16, "reserved for link-local addresses"),
+    reserved(v4(224, 0), 4, "reserved for multicast"),
+    reserved(v4(240, 0), 4, "reserved for future use (and broadcast)"),
+];
+
+const RESERVED_V6: &[Reserved] = &[
+    reserved(v6([0; 8]), 128, "the unspecified address"),
+    reserved(v6([0, 0, 0, 0, 0, 0, 0, 1]), 128, "the loopback address"),
+    reserved(
+        v6([0, 0, 0, 0, 0, 0xffff, 0, 0]),
+        96,
+        "reserved for IPv4-mapped addresses",
+    ),
+    reserved(
+        v6([0xfe80, 0, 0, 0, 0, 0, 0, 0]),
+        10,
+        "reserved for link-local addresses",
+    ),
+    reserved(
+        v6([0xff00, 0, 0, 0, 0, 0, 0, 0]),
+        8,
+        "reserved for multicast",
+    ),
+];
 
 const IPV4: Fields = Fields {
     v4: true,
@@ -208,6 +286,7 @@ const IPV4: Fields = Fields {
     example: "10.244.0.0/16",
     max_subnet_len: 30,
     default_subnet_len: 24,
+    reserved: RESERVED_V4,
 };
 
 const IPV6: Fields = Fields {
@@ -223,6 +302,7 @@ const IPV6: Fields = Fields {
     example: "fd00:10:244::/56",
     max_subnet_len: 126,
     default_subnet_len: 64,
+    reserved: RESERVED_V6,
 };
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -364,6 +444,17 @@ fn network(given: Option<IpNet>, f: &Fields) -> Result<IpNet, ConfigError> {
         return Err(invalid(
             f.network,
             format!("{network} has host bits set (use {})", network.trunc()),
+        ));
+    }
+    let overlaps = |r: &&Reserved| network.contains(&r.block) || r.block.contains(&network);
+    if let Some(r) = f.reserved.iter().find(overlaps) {
+        return Err(invalid(
+            f.network,
+            format!(
+                "{network} overlaps {}, {}: pods need unicast addresses that nodes route \
+                 to each other; use a private range such as {}",
+                r.block, r.purpose, f.example
+            ),
         ));
     }
     Ok(network)
@@ -962,15 +1053,96 @@ mod tests {
             &["too small for SubnetLen 17", "at least 18"],
         );
         rejected(
-            r#"{"Network": "0.0.0.0/0", "SubnetLen": 1}"#,
+            r#"{"Network": "10.0.0.0/8", "SubnetLen": 1}"#,
             "Network",
-            &["too small for SubnetLen 1", "at least 2"],
+            &["too small for SubnetLen 1", "at least 10"],
         );
         rejected(
             r#"{"EnableIPv6": true, "IPv6Network": "fd00::/64", "IPv6SubnetLen": 64}"#,
             "IPv6Network",
             &["too small for IPv6SubnetLen 64", "at least 66"],
         );
+    }
+
+    #[test]
+    fn rejects_networks_overlapping_reserved_ranges() {
+        for (network, words) in [
+            ("224.0.0.0/4", &["224.0.0.0/4", "multicast"][..]),
+            ("239.1.0.0/16", &["224.0.0.0/4", "multicast"]),
+            ("0.0.0.0/0", &["0.0.0.0/8"]),
+            ("0.0.0.0/8", &["\"this\" network"]),
+            ("127.0.0.0/8", &["127.0.0.0/8", "loopback"]),
+            ("127.42.0.0/16", &["loopback"]),
+            ("169.254.0.0/16", &["link-local"]),
+            ("240.0.0.0/4", &["240.0.0.0/4", "reserved"]),
+            ("255.255.255.0/24", &["reserved"]),
+            ("128.0.0.0/1", &["169.254.0.0/16"]),
+        ] {
+            let json = format!(r#"{{"Network": "{network}"}}"#);
+            let shown = rejected(&json, "Network", words);
+            assert!(shown.contains(&format!("{network} overlaps")), "{shown}");
+            assert!(shown.contains("10.244.0.0/16"), "{shown}");
+        }
+        for (network, words) in [
+            ("ff00::/8", &["ff00::/8", "multicast"][..]),
+            ("ff02::/16", &["multicast"]),
+            ("fe80::/10", &["link-local"]),
+            ("fe80::/64", &["link-local"]),
+            ("::/0", &["::/128", "unspecified"]),
+            ("::/96", &["unspecified"]),
+            ("::ffff:0:0/96", &["IPv4-mapped"]),
+        ] {
+            let json = format!(r#"{{"EnableIPv6": true, "IPv6Network": "{network}"}}"#);
+            let shown = rejected(&json, "IPv6Network", words);
+            assert!(shown.contains("fd00:10:244::/56"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn private_and_public_unicast_networks_are_accepted() {
+        for network in [
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "1.0.0.0/8",
+            "223.255.0.0/16",
+        ] {
+            parse(&format!(r#"{{"Network": "{network}"}}"#));
+        }
+        for network in ["fd00::/8", "2001:db8::/32", "::1:0:0:0/80", "fec0::/10"] {
+            parse(&format!(
+                r#"{{"EnableIPv6": true, "IPv6Network": "{network}"}}"#
+            ));
+        }
+    }
+
+    #[test]
+    fn a_network_holding_the_nodes_own_address_is_refused() {
+        let conf =
+            parse(r#"{"Network": "10.0.0.0/8", "EnableIPv6": true, "IPv6Network": "fd00::/56"}"#);
+        let addrs =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        conf.check_node_addresses("eth0", &addrs(&["192.0.2.10", "fd01::1", "fe80::1"]))
+            .unwrap();
+        conf.check_node_addresses("eth0", &[]).unwrap();
+        for (addr, field) in [("10.1.2.3", "Network"), ("fd00::9", "IPv6Network")] {
+            let err = conf
+                .check_node_addresses("eth0", &addrs(&["192.0.2.10", addr]))
+                .unwrap_err();
+            let ConfigError::Invalid { field: got, .. } = &err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(*got, field);
+            let shown = err.to_string();
+            for word in [addr, "eth0", "(--iface)"] {
+                assert!(shown.contains(word), "{shown:?} lacks {word:?}");
+            }
+        }
+        // A disabled family is not checked.
+        let conf = parse(r#"{"Network": "10.0.0.0/8", "IPv6Network": "fd00::/56"}"#);
+        conf.check_node_addresses("eth0", &addrs(&["fd00::9"]))
+            .unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The files the agent hands to the CNI plugin: flannel's `subnet.env` and
 //! the node's CNI conflist (weft-cni reading that subnet.env), both written
-//! atomically so the plugin never reads half a file.
+//! atomically so the plugin never reads half a file, and rewritten whenever
+//! they are found missing or changed.
 
 use std::path::Path;
 
@@ -21,6 +22,20 @@ pub fn conflist(network: &str, subnet_file: &Path, ipam_dir: &Path) -> Value {
             "capabilities": {"portMappings": true, "ips": true, "mac": true}
         }]
     })
+}
+
+/// Makes `path` hold exactly `data`, writing it only when it is missing or
+/// differs; whether it wrote. Called on every resync pass, so a deleted or
+/// edited file comes back.
+pub fn ensure(path: &Path, data: &[u8]) -> std::io::Result<bool> {
+    match std::fs::read(path) {
+        Ok(current) if current == data => Ok(false),
+        Ok(_) => write_atomically(path, data).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(path, data).map(|()| true)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `data` to `path` through a temporary file and a rename.
@@ -49,6 +64,20 @@ mod tests {
             c["plugins"][0]["ipam"]["subnetFile"],
             "/run/weft/subnet.env"
         );
+    }
+
+    #[test]
+    fn ensure_writes_only_missing_or_different_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("net.d/10-weft.conflist");
+        assert!(ensure(&p, b"one").unwrap());
+        assert!(!ensure(&p, b"one").unwrap());
+        std::fs::write(&p, b"edited").unwrap();
+        assert!(ensure(&p, b"one").unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+        std::fs::remove_file(&p).unwrap();
+        assert!(ensure(&p, b"one").unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
     }
 
     #[test]

@@ -1,20 +1,32 @@
 //! `/healthz` (the agent's loop is alive) and `/readyz` (the datapath has
-//! converged at least once) over plain HTTP/1.1, for kubelet probes and the
-//! lab. Deliberately tiny: two fixed answers, no framework.
+//! converged at least once, and nothing since made the agent unfit, such
+//! as its store file vanishing) over plain HTTP/1.1, for kubelet probes and
+//! the lab. Deliberately tiny: fixed answers (a failing `/readyz` gives its
+//! reason), no framework.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use weft_proxy::health::{read_path, respond};
 
 /// Shared between the agent loop (writer) and the server (reader).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
-    ready: AtomicBool,
+    /// Why the agent is not ready; `None` when it is.
+    unready: Mutex<Option<String>>,
     heartbeat_ms: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            unready: Mutex::new(Some("the datapath has not converged yet".into())),
+            heartbeat_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -29,15 +41,40 @@ impl Health {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+        *self.reason() = None;
     }
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    pub fn set_unready(&self, why: String) {
+        *self.reason() = Some(why);
+    }
+    /// Why the agent is not ready, or `None` when it is.
+    pub fn unready(&self) -> Option<String> {
+        self.reason().clone()
+    }
+    fn reason(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // A plain value: a panic elsewhere cannot leave it half-written.
+        self.unready.lock().unwrap_or_else(PoisonError::into_inner)
     }
     /// Alive when the loop beat within `stale`.
     pub fn is_alive(&self, stale: Duration) -> bool {
         now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
             <= stale.as_millis() as u64
+    }
+}
+
+/// The status line and body for `path`.
+fn answer(health: &Health, path: &str, stale: Duration) -> (&'static str, String) {
+    const FAILED: &str = "503 Service Unavailable";
+    match path {
+        "/healthz" if health.is_alive(stale) => ("200 OK", "ok\n".into()),
+        "/healthz" => (
+            FAILED,
+            "not alive: the agent's loop stopped beating\n".into(),
+        ),
+        "/readyz" => match health.unready() {
+            None => ("200 OK", "ok\n".into()),
+            Some(why) => (FAILED, format!("not ready: {why}\n")),
+        },
+        _ => ("404 Not Found", "not found\n".into()),
     }
 }
 
@@ -49,17 +86,44 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, stale: Duration) -> st
         let health = health.clone();
         tokio::spawn(async move {
             let path = read_path(&mut conn).await;
-            let ok = match path.as_str() {
-                "/healthz" => health.is_alive(stale),
-                "/readyz" => health.is_ready(),
-                _ => false,
-            };
-            let (status, body) = match (path.as_str(), ok) {
-                ("/healthz" | "/readyz", true) => ("200 OK", "ok\n"),
-                ("/healthz" | "/readyz", false) => ("503 Service Unavailable", "not ready\n"),
-                _ => ("404 Not Found", "not found\n"),
-            };
-            respond(&mut conn, status, "text/plain", body).await;
+            let (status, body) = answer(&health, &path, stale);
+            respond(&mut conn, status, "text/plain", &body).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_fails_until_ready_and_gives_the_reason() {
+        let health = Health::default();
+        let long = Duration::from_secs(60);
+        let (status, body) = answer(&health, "/readyz", long);
+        assert!(
+            status.starts_with("503") && body.contains("not converged"),
+            "{body}"
+        );
+        health.set_ready();
+        assert_eq!(answer(&health, "/readyz", long), ("200 OK", "ok\n".into()));
+        health.set_unready("the store was removed".into());
+        let (status, body) = answer(&health, "/readyz", long);
+        assert!(status.starts_with("503"), "{status}");
+        assert_eq!(body, "not ready: the store was removed\n");
+        assert_eq!(answer(&health, "/other", long).0, "404 Not Found");
+    }
+
+    #[test]
+    fn healthz_follows_the_heartbeat() {
+        let health = Health::default();
+        assert!(answer(&health, "/healthz", Duration::from_secs(1))
+            .0
+            .starts_with("503"));
+        health.beat();
+        assert_eq!(
+            answer(&health, "/healthz", Duration::from_secs(1)).0,
+            "200 OK"
+        );
     }
 }

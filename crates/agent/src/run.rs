@@ -6,7 +6,7 @@
 //! Stopping the agent leaves the datapath and the lease in place, so a
 //! restart neither interrupts pod traffic nor changes the node's subnet.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +76,8 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         )
     })?;
     let addrs = netlink.addresses(underlay.index).await?;
+    let node_addrs: Vec<IpAddr> = addrs.iter().map(IpNet::addr).collect();
+    conf.check_node_addresses(&opts.iface, &node_addrs)?;
     let public: IpNet = addrs
         .iter()
         .copied()
@@ -119,7 +121,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         mtu,
     };
     ensure_node_datapath(&netlink, &mut node).await?;
-    write_cni_files(&opts, &node, &lease)?;
+    ensure_cni_files(&opts, &node)?;
     publish_node_object(&store, &node)?;
     if opts.proxy {
         crate::proxy::spawn(ProxyOptions {
@@ -150,18 +152,15 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     let mut watcher = store.watch("Lease", revision, opts.watch_poll);
     let mut resync = tokio::time::interval(opts.resync);
     let mut last_renew = Instant::now();
+    let mut store_file = StoreFile::default();
     tokio::pin!(shutdown);
     loop {
-        match converge(&store, &netlink, &opts, &mut node).await {
-            Ok(changes) => {
-                if changes > 0 {
-                    tracing::info!(changes, "datapath converged");
-                }
-                health_state.set_ready();
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick")
-            }
+        let converged = converge_logged(&store, &netlink, &opts, &mut node).await;
+        let files_written = restore_cni_files(&opts, &node);
+        match store_file.check(&store) {
+            Some(problem) => health_state.set_unready(problem),
+            None if converged && files_written => health_state.set_ready(),
+            None => {}
         }
         health_state.beat();
         if last_renew.elapsed() >= opts.lease_ttl / 2 {
@@ -190,6 +189,30 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     Ok(())
 }
 
+/// Watches the store's file under the agent. A removed or replaced file is
+/// logged once and keeps the agent unready with the reason; the agent goes
+/// on with the file it has open (the datapath stays, pod traffic flows) but
+/// no longer shares state with processes opening the path, so it has to be
+/// restarted on the right store.
+#[derive(Default)]
+struct StoreFile {
+    reported: Option<String>,
+}
+
+impl StoreFile {
+    /// The problem with the store's file, if any.
+    fn check(&mut self, store: &Store) -> Option<String> {
+        let problem = store.check_file().err().map(|e| e.to_string());
+        if problem != self.reported {
+            if let Some(problem) = &problem {
+                tracing::error!(error = %problem, "the cluster store's file changed under the agent");
+            }
+            self.reported = problem.clone();
+        }
+        problem
+    }
+}
+
 /// The backend device and its address, forwarding and masquerade: all
 /// re-checked on every pass, so a deleted device comes back.
 async fn ensure_node_datapath(netlink: &Netlink, node: &mut NodeState) -> Result<()> {
@@ -214,6 +237,27 @@ async fn ensure_node_datapath(netlink: &Netlink, node: &mut NodeState) -> Result
     let networks: Vec<IpNet> = node.conf.ipv4.iter().map(|f| f.network).collect();
     masq::ensure(&networks)?;
     Ok(())
+}
+
+/// [`converge`], its outcome logged; whether it succeeded.
+async fn converge_logged(
+    store: &Store,
+    netlink: &Netlink,
+    opts: &Options,
+    node: &mut NodeState,
+) -> bool {
+    match converge(store, netlink, opts, node).await {
+        Ok(changes) => {
+            if changes > 0 {
+                tracing::info!(changes, "datapath converged");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick");
+            false
+        }
+    }
 }
 
 async fn converge(
@@ -244,6 +288,24 @@ async fn converge(
     Ok(reconciler.sync(&desired).await?.count())
 }
 
+/// Puts back the CNI files if they were deleted or changed; whether they
+/// are as they must be. Apart from [`converge`], so that neither failing
+/// keeps the other from repairing.
+fn restore_cni_files(opts: &Options, node: &NodeState) -> bool {
+    match ensure_cni_files(opts, node) {
+        Ok(restored) => {
+            for path in &restored {
+                tracing::warn!(path = %path.display(), "restored a CNI file that was deleted or changed");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "writing the CNI files failed; retrying at the next tick");
+            false
+        }
+    }
+}
+
 fn peer_of(lease: &Lease) -> Peer {
     let vtep_mac = lease.backend["vtepMAC"].as_str().and_then(parse_mac);
     Peer {
@@ -262,15 +324,25 @@ fn parse_mac(text: &str) -> Option<Vec<u8>> {
     bytes.filter(|b| b.len() == 6)
 }
 
-fn write_cni_files(opts: &Options, node: &NodeState, lease: &Lease) -> Result<()> {
-    let env = subnets::subnet_env(&node.conf, Some(lease.subnet), None, node.mtu, true);
-    files::write_atomically(&opts.subnet_file, env.as_bytes())
-        .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
+/// subnet.env and the conflist as they must be; the paths it had to
+/// (re)write.
+fn ensure_cni_files(opts: &Options, node: &NodeState) -> Result<Vec<PathBuf>> {
+    let env = subnets::subnet_env(&node.conf, Some(node.local.subnet), None, node.mtu, true);
     let conflist = files::conflist(&opts.network, &opts.subnet_file, &opts.ipam_dir);
-    let path = opts.cni_conf_dir.join("10-weft.conflist");
-    files::write_atomically(&path, serde_json::to_string_pretty(&conflist)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let conflist = serde_json::to_string_pretty(&conflist)?;
+    let wanted = [
+        (opts.subnet_file.clone(), env),
+        (opts.cni_conf_dir.join("10-weft.conflist"), conflist),
+    ];
+    let mut written = Vec::new();
+    for (path, data) in wanted {
+        if files::ensure(&path, data.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?
+        {
+            written.push(path);
+        }
+    }
+    Ok(written)
 }
 
 /// The Node object as Kubernetes would show it: podCIDR and InternalIP.

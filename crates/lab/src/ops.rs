@@ -252,7 +252,7 @@ fn add_node_to(
 /// Waits until every node's agent holds a lease, wrote its conflist and
 /// routes to every other node.
 fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> {
-    let store = Store::open(&layout.store())?;
+    let store = Store::open_existing(&layout.store())?;
     let rt = runtime()?;
     let deadline = Instant::now() + limit;
     loop {
@@ -385,7 +385,7 @@ impl Lab {
     fn open(name: &str) -> Result<Self> {
         let layout = Layout::new(name)?;
         let state = layout.load()?;
-        let store = Store::open(&layout.store())?;
+        let store = Store::open_existing(&layout.store())?;
         Ok(Self {
             layout,
             state,

@@ -4,9 +4,10 @@
 //! not decide policy: retrying, re-listing after `Compacted` or re-acquiring
 //! after `LeaseLost` is the caller's call.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use rusqlite::ErrorCode;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,31 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
-    #[error("the cluster store could not {operation}: {source}; if the store is locked, another weft process held it longer than the busy timeout, so retry")]
+    #[error("the cluster store {path} does not exist or was never set up (it has no tables); it is not created here, because processes still using a removed one would no longer share their state with this one: bring the cluster up afresh (a lab: `weft lab down`, then `weft lab up`)")]
+    Missing { path: PathBuf },
+    #[error("the cluster store {path} was removed while this process had it open: this process now works on a file no other process sees; restart it on the store the cluster uses (a lab: `weft lab down`, then `weft lab up`)")]
+    Removed { path: PathBuf },
+    #[error("the cluster store {path} was replaced by another file while this process had it open: this process still works on the old one, which others no longer see; restart it so that it opens the current file (a lab: `weft lab down`, then `weft lab up`)")]
+    Replaced { path: PathBuf },
+    #[error("cannot check the cluster store file {path}: {source}")]
+    Inaccessible {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the cluster store {path} is damaged ({source}): weft cannot use it; stop the weft processes using it, then restore it from a backup, or move it away and bring the cluster up afresh (a lab: `weft lab down`, then `weft lab up`)")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the cluster store could not {operation}: another weft process held it locked longer than the busy timeout; retry")]
+    Locked {
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the cluster store could not {operation}: {source}")]
     Sql {
         operation: &'static str,
         #[source]
@@ -53,6 +78,30 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Tells the SQLite failures a user acts on differently apart: a
+    /// damaged file (named, with what to do) and a lock held too long
+    /// (retry); other errors pass unchanged.
+    pub(crate) fn of_file(self, path: &Path) -> Self {
+        let code = match &self {
+            Self::Sql { source, .. } | Self::Open { source, .. } => source.sqlite_error_code(),
+            _ => None,
+        };
+        match (self, code) {
+            (Self::Sql { source, .. } | Self::Open { source, .. }, Some(code))
+                if is_damage(code) =>
+            {
+                Self::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+            (Self::Sql { operation, source }, Some(code)) if is_lock(code) => {
+                Self::Locked { operation, source }
+            }
+            (error, _) => error,
+        }
+    }
+
     /// Adapter for `map_err` naming the thing that failed to convert.
     pub(crate) fn json(what: impl std::fmt::Display) -> impl FnOnce(serde_json::Error) -> Self {
         move |source| Self::Json {
@@ -60,6 +109,14 @@ impl StoreError {
             source,
         }
     }
+}
+
+fn is_damage(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+}
+
+fn is_lock(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
 }
 
 /// Names the operation a SQLite failure interrupted, so the message says what

@@ -15,13 +15,14 @@
 //! Every change — object or lease — bumps one global revision and appends
 //! exactly one event, so a watcher resuming from any revision misses nothing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rusqlite::types::Type;
-use rusqlite::{Connection, Row, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
 
 mod error;
 mod events;
@@ -63,18 +64,57 @@ pub struct Store {
 struct Shared {
     connection: Mutex<Connection>,
     path: PathBuf,
+    /// The file opened, to notice it being removed or replaced.
+    file: FileId,
+}
+
+/// A file's identity: the same path may later name another file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    device: u64,
+    inode: u64,
+}
+
+impl FileId {
+    fn of(metadata: &std::fs::Metadata) -> FileId {
+        FileId {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        }
+    }
 }
 
 impl Store {
     /// Opens the store at `path`, creating the file and its tables if missing.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_error = |source| StoreError::Open {
+        let mut connection = connect(path, OpenFlags::default())?;
+        configure(&connection).map_err(open_error(path))?;
+        let found = create_schema(&mut connection).map_err(open_error(path))?;
+        Store::opened(path, connection, found)
+    }
+
+    /// Opens the store at `path` only if it exists with its tables: for
+    /// commands that join a running cluster, where a new empty store would
+    /// silently split them from the processes using the old one.
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        let missing = || StoreError::Missing {
             path: path.to_owned(),
-            source,
         };
-        let mut connection = Connection::open(path).map_err(open_error)?;
-        configure(&connection).map_err(open_error)?;
-        let found = create_schema(&mut connection).map_err(open_error)?;
+        // Also an empty file: SQLite would take it for a new database.
+        if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+            return Err(missing());
+        }
+        let without_create = OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE);
+        let connection = connect(path, without_create)?;
+        configure(&connection).map_err(open_error(path))?;
+        let found = schema_version(&connection).map_err(open_error(path))?;
+        if found == 0 {
+            return Err(missing());
+        }
+        Store::opened(path, connection, found)
+    }
+
+    fn opened(path: &Path, connection: Connection, found: i64) -> Result<Store, StoreError> {
         if found > SCHEMA_VERSION {
             return Err(StoreError::UnsupportedSchema {
                 path: path.to_owned(),
@@ -82,12 +122,28 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        let file = file_at(path)?.ok_or_else(|| StoreError::Removed {
+            path: path.to_owned(),
+        })?;
         Ok(Store {
             shared: Arc::new(Shared {
                 connection: Mutex::new(connection),
                 path: path.to_owned(),
+                file,
             }),
         })
+    }
+
+    /// Whether the path still names the file this handle opened; fails with
+    /// [`StoreError::Removed`] or [`StoreError::Replaced`] when not (the
+    /// handle goes on working on its file, which no new process will see).
+    pub fn check_file(&self) -> Result<(), StoreError> {
+        let path = || self.shared.path.clone();
+        match file_at(&self.shared.path)? {
+            Some(file) if file == self.shared.file => Ok(()),
+            Some(_) => Err(StoreError::Replaced { path: path() }),
+            None => Err(StoreError::Removed { path: path() }),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,12 +176,15 @@ impl Store {
         work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut connection = self.connection();
-        let transaction = connection
-            .transaction_with_behavior(behavior)
-            .during(operation)?;
-        let outcome = work(&transaction)?;
-        transaction.commit().during(operation)?;
-        Ok(outcome)
+        let run = || {
+            let transaction = connection
+                .transaction_with_behavior(behavior)
+                .during(operation)?;
+            let outcome = work(&transaction)?;
+            transaction.commit().during(operation)?;
+            Ok(outcome)
+        };
+        run().map_err(|error: StoreError| error.of_file(&self.shared.path))
     }
 
     fn connection(&self) -> MutexGuard<'_, Connection> {
@@ -135,6 +194,33 @@ impl Store {
             .connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    Connection::open_with_flags(path, flags).map_err(open_error(path))
+}
+
+/// A failure to open `path`, told apart as [`StoreError::of_file`] does.
+fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| {
+        StoreError::Open {
+            path: path.to_owned(),
+            source,
+        }
+        .of_file(path)
+    }
+}
+
+/// The identity of the file at `path`; `None` if there is none.
+fn file_at(path: &Path) -> Result<Option<FileId>, StoreError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) => Ok(Some(FileId::of(&metadata))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Inaccessible {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -169,7 +255,7 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 fn create_schema(connection: &mut Connection) -> rusqlite::Result<i64> {
     // Immediate, so two processes opening a new file do not both create it.
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let found = schema_version(&transaction)?;
     if found == 0 {
         transaction.execute_batch(events::SCHEMA)?;
         transaction.execute_batch(objects::SCHEMA)?;
@@ -178,6 +264,11 @@ fn create_schema(connection: &mut Connection) -> rusqlite::Result<i64> {
     }
     transaction.commit()?;
     Ok(if found == 0 { SCHEMA_VERSION } else { found })
+}
+
+/// The schema version in the file; 0 for a file without weft's tables.
+fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("PRAGMA user_version", [], |row| row.get(0))
 }
 
 /// Reads a text column through `FromStr` (subnets, addresses, JSON), so a

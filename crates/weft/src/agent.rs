@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use weft_agent::run::Options;
 
@@ -33,31 +33,61 @@ pub struct AgentArgs {
     /// Where /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:10254")]
     health: SocketAddr,
-    /// Lease lifetime in seconds (renewed at half-life).
-    #[arg(long, default_value_t = 86400)]
+    /// Lease lifetime in seconds (renewed at half-life; at least 4 × --resync-ms).
+    #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(u64).range(1..=ONE_YEAR_S))]
     lease_ttl: u64,
     /// Full resync (drift repair) period in milliseconds.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=ONE_HOUR_MS))]
     resync_ms: u64,
     /// How often the store is polled for lease changes, in milliseconds.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=ONE_MINUTE_MS))]
     watch_ms: u64,
     /// Do not run the Service proxy (leave Services to kube-proxy).
     #[arg(long)]
     no_proxy: bool,
     /// Node heartbeat period in milliseconds (LoadBalancer address failover
     /// happens after three missed beats).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=ONE_MINUTE_MS))]
     heartbeat_ms: u64,
     /// How often the Service proxy rebuilds its whole table from the store
     /// anyway, in seconds (repairs map elements changed by hand, which the
     /// 10 s drift check of chain and set names cannot see; it flushes and
     /// refills the maps in one transaction, so traffic is not disturbed).
-    #[arg(long, env = "WEFT_PROXY_FULL_RESYNC_S", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "WEFT_PROXY_FULL_RESYNC_S", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=ONE_WEEK_S))]
     proxy_full_resync_s: u64,
 }
 
+// Upper bounds of the periods: longer ones are typos, not settings (and
+// some would overflow the timers they feed).
+const ONE_MINUTE_MS: u64 = 60_000;
+const ONE_HOUR_MS: u64 = 3_600_000;
+const ONE_WEEK_S: u64 = 7 * 24 * 3600;
+const ONE_YEAR_S: u64 = 365 * 24 * 3600;
+
+/// The lease is renewed by a resync pass once half its TTL is gone, so a
+/// pass must come round several times within that half.
+const RESYNCS_PER_LEASE: u64 = 4;
+
+impl AgentArgs {
+    /// The checks between flags (each flag's own range is clap's).
+    fn check_periods(&self) -> Result<()> {
+        let shortest_ttl_ms = RESYNCS_PER_LEASE * self.resync_ms;
+        if self.lease_ttl * 1000 < shortest_ttl_ms {
+            bail!(
+                "--lease-ttl {} (seconds) is too short for --resync-ms {}: the lease is renewed \
+                 on a resync pass after half its lifetime, so it must last at least \
+                 {RESYNCS_PER_LEASE} × --resync-ms ({} s here); raise --lease-ttl or lower --resync-ms",
+                self.lease_ttl,
+                self.resync_ms,
+                shortest_ttl_ms.div_ceil(1000)
+            );
+        }
+        Ok(())
+    }
+}
+
 pub fn run(a: AgentArgs) -> Result<()> {
+    a.check_periods()?;
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
