@@ -247,10 +247,14 @@ fn down_during_an_apply_stops_the_apply() {
 #[test]
 fn ended_containers_show_in_pod_status_and_leave_the_endpoints() {
     let lab = Lab::up("hs", 1, "vxlan");
+    // `holder` owns port 9090 of node-1 before `clash` tries to serve it.
     lab.apply_ok(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: clash, labels: {app: clash}}\nspec:\n  containers:\n  - {name: a, image: x, ports: [{containerPort: 8080}]}\n  - {name: b, image: x, ports: [{containerPort: 8080}]}\n---\n\
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: holder}\nspec:\n  hostNetwork: true\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9090}]}]\n",
+    );
+    lab.apply_ok(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: clash, labels: {app: clash}}\nspec:\n  hostNetwork: true\n  nodeName: node-1\n  containers:\n  - {name: a, image: x, ports: [{containerPort: 9091}]}\n  - {name: b, image: x, ports: [{containerPort: 9090}]}\n---\n\
          apiVersion: v1\nkind: Pod\nmetadata: {name: quits}\nspec:\n  containers: [{name: c, image: x, command: [sh, -c, 'exit 3']}]\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  selector: {app: clash}\n  ports: [{port: 80, targetPort: 8080}]\n",
+         apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  selector: {app: clash}\n  ports: [{port: 80, targetPort: 9091}]\n",
     );
     let pod = |name: &str| {
         lab.pods()
@@ -301,5 +305,6 @@ fn ended_containers_show_in_pod_status_and_leave_the_endpoints() {
     // Deleting a pod records nothing: the supervisor is stopped with it.
     lab.ok(&["delete", "pod", "clash"]);
     assert!(lab.pods().iter().all(|p| p["metadata"]["name"] != "clash"));
+    lab.ok(&["delete", "pod", "holder"]);
     assert_eq!(lab_processes(&lab).len(), 1, "only the agent is left");
 }

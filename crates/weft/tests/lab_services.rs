@@ -260,7 +260,16 @@ fn the_external_client_reaches_nodes_and_their_agents_health_servers() {
         .as_str()
         .unwrap()
         .to_string();
-    lab.ok(&["exec", "--external", "--", "ping", "-c1", "-W1", &node1]);
+    lab.ok(&[
+        "exec",
+        "--external",
+        "--",
+        "ping",
+        "-c5",
+        "-i0.2",
+        "-W1",
+        &node1,
+    ]);
     let routes = lab.ok(&["exec", "--external", "--", "ip", "route"]);
     assert!(!routes.contains("default"), "no default route: {routes}");
     assert!(
@@ -338,7 +347,16 @@ fn the_external_client_reaches_nodes_and_their_agents_health_servers() {
     fields.remove("service_cidr");
     fields.remove("lb_pool");
     std::fs::write(&state, old.to_string()).unwrap();
-    let out = lab.weft(&["exec", "--external", "--", "ping", "-c1", "-W1", &node1]);
+    let out = lab.weft(&[
+        "exec",
+        "--external",
+        "--",
+        "ping",
+        "-c5",
+        "-i0.2",
+        "-W1",
+        &node1,
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("predates"),
