@@ -20,6 +20,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    // stdout carries the result; what the plugin has to tell besides goes to
+    // stderr, which runtimes log.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .init();
     let mut stdin = Vec::new();
     let input = std::io::stdin();
     if !input.is_terminal() {
