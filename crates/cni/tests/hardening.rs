@@ -80,3 +80,167 @@ fn del_releases_everything_despite_runtime_configuration_it_cannot_use() {
     );
     assert!(node.reserved("testnet").is_empty());
 }
+
+/// The IPv4 addresses on `ifname` inside the namespace at `netns`.
+fn addresses_in(netns: &std::path::Path, ifname: &str) -> Vec<String> {
+    let ns = netns.file_name().unwrap().to_str().unwrap();
+    let v: Value = serde_json::from_str(&Node::ip(ns, &["-j", "-4", "addr", "show", ifname]))
+        .unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn racing_add_and_del_of_one_container_never_leave_an_unreserved_live_address() {
+    let mut node = Node::new("race");
+    let conf = node.conf(json!({}));
+    let pods: Vec<_> = (0..4).map(|i| node.pod(&format!("r{i}"))).collect();
+    for round in 0..30u64 {
+        std::thread::scope(|s| {
+            for (i, pod) in pods.iter().enumerate() {
+                let (node, conf) = (&node, &conf);
+                let id = format!("race{i}");
+                let delay = std::time::Duration::from_micros((round * 7 + i as u64 * 3) % 12 * 500);
+                s.spawn({
+                    let id = id.clone();
+                    move || node.run("ADD", &id, Some(pod), conf)
+                });
+                s.spawn(move || {
+                    std::thread::sleep(delay);
+                    node.run("DEL", &id, Some(pod), conf)
+                });
+            }
+        });
+        let reserved = node.reserved("testnet");
+        for pod in &pods {
+            for addr in addresses_in(pod, "eth0") {
+                assert!(
+                    reserved.contains(&addr),
+                    "round {round}: {} carries {addr}, which IPAM no longer reserves (reserved: {reserved:?})",
+                    pod.display()
+                );
+            }
+        }
+        for (i, pod) in pods.iter().enumerate() {
+            let d = node.run("DEL", &format!("race{i}"), Some(pod), &conf);
+            assert!(d.ok(), "DEL: {}", d.stdout);
+        }
+    }
+    assert!(node.reserved("testnet").is_empty());
+    assert!(node.settled_veths().is_empty());
+}
+
+/// Addresses on the node's bridge.
+fn bridge_addresses(node: &Node) -> String {
+    node.node_ip(&["-br", "addr", "show", "wtbr0"])
+}
+
+#[test]
+fn a_failed_add_leaves_no_address_on_the_bridge() {
+    let mut node = Node::new("failadd");
+    let pod = node.pod("p");
+    // The pod already has an eth0: creating the veth fails.
+    let ns = pod.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(std::process::Command::new("ip")
+        .args(["-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"])
+        .status()
+        .unwrap()
+        .success());
+    let conf = node.conf(json!({}));
+    let r = node.run("ADD", "fa", Some(&pod), &conf);
+    assert!(!r.ok(), "ADD should have failed: {}", r.stdout);
+    assert!(
+        !bridge_addresses(&node).contains("10.88.0.1"),
+        "failed ADD left the gateway on the bridge: {}",
+        bridge_addresses(&node)
+    );
+    // A failure at the very end (hostPort rules without nft) leaves nothing either.
+    let pod2 = node.pod("p2");
+    let with_ports = node.conf(json!({"runtimeConfig": {"portMappings": [
+        {"hostPort": 38082, "containerPort": 80, "protocol": "tcp"}]}}));
+    let r = common::run_without_nft(node.call("ADD", "fb", Some(&pod2)), &with_ports);
+    assert!(!r.ok(), "ADD without nft should have failed: {}", r.stdout);
+    assert!(
+        !bridge_addresses(&node).contains("10.88.0.1"),
+        "failed ADD left the gateway on the bridge: {}",
+        bridge_addresses(&node)
+    );
+    assert!(node.reserved("testnet").is_empty());
+    assert!(node.settled_veths().is_empty());
+    assert!(addresses_in(&pod2, "eth0").is_empty());
+    // And the next ADD works.
+    node.add("fc", &pod2, &conf);
+    assert!(Node::ping(&pod2, "10.88.0.1"));
+}
+
+#[test]
+fn reserved_networks_are_refused_before_anything_is_touched() {
+    let mut node = Node::new("resv");
+    let pod = node.pod("p");
+    for subnet in [
+        "0.0.0.0/0",
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "127.1.0.0/16",
+        "224.0.0.0/4",
+        "239.1.0.0/24",
+        "240.0.0.0/4",
+        "169.254.0.0/16",
+        "::/0",
+        "::/120",
+        "ff00::/8",
+        "ff02::/120",
+        "fe80::/64",
+    ] {
+        let conf = node.conf(json!({"ipam": {"ranges": [[{"subnet": subnet}]]}}));
+        let r = node.run("ADD", "rs", Some(&pod), &conf);
+        assert_eq!(r.code(), Some(7), "{subnet}: {}", r.stdout);
+        let msg = r.json["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("ipam.ranges[0][0]") && msg.contains(subnet),
+            "{subnet}: {msg}"
+        );
+        assert!(
+            !node.links().iter().any(|l| l == "wtbr0"),
+            "{subnet}: the bridge was created before the range was refused"
+        );
+        assert!(addresses_in(&pod, "eth0").is_empty(), "{subnet}");
+    }
+    // The old single-range form is checked the same way.
+    let conf = node.conf(json!({"ipam": {"ranges": [], "subnet": "0.0.0.0/0"}}));
+    let r = node.run("ADD", "rs", Some(&pod), &conf);
+    assert_eq!(r.code(), Some(7), "{}", r.stdout);
+    assert!(r.stdout.contains("ipam (subnet"), "{}", r.stdout);
+    assert!(node.reserved("testnet").is_empty());
+}
+
+#[test]
+fn container_lock_files_go_with_their_containers() {
+    let mut node = Node::new("lockfiles");
+    let (a, b, c) = (node.pod("a"), node.pod("b"), node.pod("c"));
+    let conf = node.conf(json!({}));
+    let locks = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(node.data_dir.join("testnet/containers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    node.add("la", &a, &conf);
+    node.add("lb", &b, &conf);
+    assert_eq!(locks(), ["la", "lb"]);
+    assert!(node.run("DEL", "la", Some(&a), &conf).ok());
+    assert_eq!(locks(), ["lb"]);
+    let bad = node.conf(json!({"runtimeConfig": {"mac": "01:00:00:00:00:01"}}));
+    assert!(!node.run("ADD", "lc", Some(&c), &bad).ok());
+    assert_eq!(locks(), ["lb"], "a failed ADD left its lock file");
+    let mut gc = node.conf(json!({}));
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert!(node.run("GC", "", None, &gc).ok());
+    assert!(locks().is_empty(), "GC left lock files: {:?}", locks());
+}

@@ -123,9 +123,6 @@ fn wire(
             // The gateway must answer at once; IPAM already guarantees uniqueness.
             sysctl::ensure(&format!("net/ipv6/conf/{}/accept_dad", net.bridge), "0").map_err(io_error)?;
         }
-        for gw in net.gateway_addresses(allocations) {
-            host.add_address(bridge.index, gw).await?;
-        }
         host.add_veth(&VethSpec {
             host_name: &host_name,
             controller: bridge.index,
@@ -185,6 +182,7 @@ fn wire(
         let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
         add_hostports(net, inv, port_mappings, &ips)?;
     }
+    add_gateways(net, bridge.index, allocations)?;
 
     let iface = |link: &weft_datapath::netlink::Link, sandbox: Option<String>| Interface {
         name: link.name.clone(),
@@ -208,6 +206,19 @@ fn wire(
             .collect(),
         routes,
         dns: net.dns.clone(),
+    })
+}
+
+/// Gives the bridge each range's gateway address. Done last: the bridge is
+/// shared, so a failed ADD's teardown cannot take an address back, and ADD
+/// must not fail after adding one.
+fn add_gateways(net: &Network, bridge: u32, allocations: &[Allocation]) -> Result<(), CniError> {
+    runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        for gw in net.gateway_addresses(allocations) {
+            host.add_address(bridge, gw).await?;
+        }
+        Ok(())
     })
 }
 
