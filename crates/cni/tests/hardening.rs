@@ -244,3 +244,38 @@ fn container_lock_files_go_with_their_containers() {
     assert!(node.run("GC", "", None, &gc).ok());
     assert!(locks().is_empty(), "GC left lock files: {:?}", locks());
 }
+
+/// Runs weft-cni with `vars` and a stdout pipe whose reading end is already
+/// closed; returns its exit code and stderr.
+fn run_into_closed_pipe(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let out = std::process::Command::new(common::PLUGIN)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(write_end)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    for (vars, want) in [
+        (&[("CNI_COMMAND", "VERSION")][..], 0),
+        (&[("CNI_COMMAND", "FROB")][..], 1),
+    ] {
+        let (code, stderr) = run_into_closed_pipe(vars);
+        assert_eq!(code, Some(want), "{vars:?}: {stderr}");
+        assert!(stderr.is_empty(), "{vars:?}: {stderr}");
+    }
+}
