@@ -104,29 +104,12 @@ impl Store {
     /// Takes the network's lock; it is released when the guard drops or the
     /// process dies.
     pub fn lock(&self) -> Result<Locked<'_>> {
-        let path = self.dir.join("lock");
-        let file = io(
-            "opening",
-            &path,
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path),
-        )?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StoreError {
-            op: "locking",
-            path: path.clone(),
-            source: errno.into(),
-        })?;
         Ok(Locked {
             store: self,
-            _lock: lock,
+            _lock: lock_file(&self.dir.join("lock"))?,
         })
     }
-}
 
-impl Store {
     /// Takes the lock of one container (its ID must be a valid CNI container
     /// ID, so it is a plain file name): ADD, DEL and CHECK of a container
     /// hold it from start to end, so a DEL can never release addresses that
@@ -134,21 +117,7 @@ impl Store {
     pub fn lock_container(&self, container_id: &str) -> Result<ContainerLock> {
         let path = self.dir.join("containers").join(container_id);
         loop {
-            let file = io(
-                "opening",
-                &path,
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path),
-            )?;
-            let lock =
-                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StoreError {
-                    op: "locking",
-                    path: path.clone(),
-                    source: errno.into(),
-                })?;
+            let lock = lock_file(&path)?;
             // Whoever held it before may have removed the file: then this
             // lock is on an orphan and the next caller would not see it.
             if same_file(&lock, &path) {
@@ -156,13 +125,29 @@ impl Store {
             }
         }
     }
-}
 
-impl Store {
     /// The containers that have a lock file.
     pub fn locked_containers(&self) -> Result<Vec<String>> {
         list_names(&self.dir.join("containers"))
     }
+}
+
+/// Opens (creating) `path` and waits for its exclusive flock.
+fn lock_file(path: &Path) -> Result<Flock<File>> {
+    let file = io(
+        "opening",
+        path,
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path),
+    )?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StoreError {
+        op: "locking",
+        path: path.to_path_buf(),
+        source: errno.into(),
+    })
 }
 
 fn same_file(held: &File, path: &Path) -> bool {
