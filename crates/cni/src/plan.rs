@@ -105,7 +105,10 @@ impl Network {
             hairpin: conf.hairpin_mode.unwrap_or(true),
             sets,
             routes,
-            data_dir: data_dir(ipam),
+            data_dir: ipam
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             dns: conf.dns.clone(),
             cluster_networks,
         })
@@ -174,13 +177,6 @@ impl Network {
             })
             .collect()
     }
-}
-
-/// Where the network's IPAM state lives (`<dataDir>/<network name>`).
-pub fn data_dir(ipam: &IpamConf) -> PathBuf {
-    ipam.data_dir
-        .clone()
-        .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
 }
 
 fn subnet_env_error(e: SubnetEnvError) -> CniError {

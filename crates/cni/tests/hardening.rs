@@ -209,6 +209,10 @@ fn reserved_networks_are_refused_before_anything_is_touched() {
             "{subnet}: the bridge was created before the range was refused"
         );
         assert!(addresses_in(&pod, "eth0").is_empty(), "{subnet}");
+        assert!(
+            !node.data_dir.exists(),
+            "{subnet}: the IPAM directory was created before the range was refused"
+        );
     }
     // The old single-range form is checked the same way.
     let conf = node.conf(json!({"ipam": {"ranges": [], "subnet": "0.0.0.0/0"}}));

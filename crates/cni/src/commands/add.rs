@@ -13,11 +13,10 @@ use weft_ipam::{Allocation, Owner, Store};
 
 use super::{del, masquerade_chain, open_store, runtime, Invocation};
 use crate::firewall;
-use crate::plan::{self, Network, Ranges};
+use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Interface, IpConfig, PortMapping};
 
-pub fn add(inv: &Invocation) -> Result<Value, CniError> {
-    let net = Network::plan(&inv.conf, Ranges::Required)?;
+pub fn add(inv: &Invocation, net: &Network) -> Result<Value, CniError> {
     let netns_path = inv.env.netns.as_ref().expect("ADD requires CNI_NETNS");
     let netns = NetNs::open(netns_path)?;
     let mac = inv.conf.requested_mac()?;
@@ -26,18 +25,18 @@ pub fn add(inv: &Invocation) -> Result<Value, CniError> {
     requested.extend(inv.conf.requested_ips()?);
 
     let owner = inv.owner();
-    let store = open_store(&net)?;
-    let (allocations, fresh) = reserve(&store, &net, &owner, &requested)?;
+    let store = open_store(net)?;
+    let (allocations, fresh) = reserve(&store, net, &owner, &requested)?;
     if !fresh {
         refuse_if_attached(&inv.env.container_id, &inv.env.ifname)?;
     }
-    let wired = wire(inv, &net, &netns, &allocations, mac, port_mappings);
+    let wired = wire(inv, net, &netns, &allocations, mac, port_mappings);
     match wired {
         Ok(result) => Ok(result.to_json(inv.version)),
         Err(err) => {
             // Leave nothing behind; the original error is what the user needs.
             let _ = del::teardown(
-                &net,
+                net,
                 &owner,
                 None,
                 !port_mappings.is_empty(),

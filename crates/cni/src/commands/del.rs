@@ -19,17 +19,16 @@ use weft_ipam::Owner;
 
 use super::{open_store, runtime, Invocation};
 use crate::firewall;
-use crate::plan::{self, Network, Ranges};
+use crate::plan::{self, Network};
 use crate::spec::{CniError, NetConf};
 
 /// The hidden command line of the reaper process.
 pub const REAP_FLAG: &str = "--reap-link";
 
-pub fn del(inv: &Invocation) -> Result<(), CniError> {
-    let net = Network::plan(&inv.conf, Ranges::Optional)?;
+pub fn del(inv: &Invocation, net: &Network) -> Result<(), CniError> {
     let hostports = may_have_hostports(&inv.conf);
     teardown(
-        &net,
+        net,
         &inv.owner(),
         inv.env.netns.as_deref(),
         hostports,

@@ -11,7 +11,7 @@ mod status;
 use serde_json::Value;
 use weft_ipam::{Owner, Store};
 
-use crate::plan::{self, Network};
+use crate::plan::{Network, Ranges};
 use crate::spec::{version, CniError, Command, Env, NetConf, Version};
 
 /// Everything one invocation knows: environment, configuration, version.
@@ -61,21 +61,25 @@ pub fn run(env: Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
 /// the ADD is about to put on an interface). The lock file goes with the
 /// container: after its DEL, and after a failed ADD, which leaves nothing.
 fn run_serialized(inv: &Invocation) -> Result<Option<Value>, CniError> {
-    let (_, network) = inv.conf.require_identity()?;
-    let store = Store::open(&plan::data_dir(&inv.conf.ipam), network)?;
-    let lock = store.lock_container(&inv.env.container_id)?;
+    // Planning validates the configuration before anything is touched,
+    // the IPAM directory included.
+    let net = match inv.env.command {
+        Command::Del => Network::plan(&inv.conf, Ranges::Optional)?,
+        _ => Network::plan(&inv.conf, Ranges::Required)?,
+    };
+    let lock = open_store(&net)?.lock_container(&inv.env.container_id)?;
     let (result, gone) = match inv.env.command {
         Command::Add => {
-            let r = add::add(inv);
+            let r = add::add(inv, &net);
             let failed = r.is_err();
             (r.map(Some), failed)
         }
         Command::Del => {
-            let r = del::del(inv);
+            let r = del::del(inv, &net);
             let deleted = r.is_ok();
             (r.map(|_| None), deleted)
         }
-        _ => (check::check(inv).map(|_| None), false),
+        _ => (check::check(inv, &net).map(|_| None), false),
     };
     if gone {
         if let Err(e) = lock.remove() {
