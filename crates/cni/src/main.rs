@@ -3,7 +3,7 @@
 //! error object) on stdout. `weft-cni --reap-link NAME` is the detached
 //! helper DEL starts to unregister a retired veth (see `commands::del`).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use weft_cni::commands;
@@ -20,6 +20,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    // stdout carries the result; what the plugin has to tell besides goes to
+    // stderr, which runtimes log.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .init();
     let mut stdin = Vec::new();
     let input = std::io::stdin();
     if !input.is_terminal() {
@@ -33,10 +41,7 @@ fn main() -> ExitCode {
     let result =
         Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| commands::run(env, &stdin));
     match result {
-        Ok(Some(out)) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(Some(out)) => print(&out, ExitCode::SUCCESS),
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => fail(e, &stdin),
     }
@@ -53,6 +58,18 @@ fn fail(err: CniError, stdin: &[u8]) -> ExitCode {
                 .and_then(|s| Version::parse(s).ok())
         })
         .unwrap_or(Version::LATEST);
-    println!("{}", err.to_json(version.as_str()));
-    ExitCode::from(1)
+    print(&err.to_json(version.as_str()), ExitCode::from(1))
+}
+
+/// Prints the answer. A reader that went away (broken pipe) is not worth a
+/// panic: the verb has done its work, and nobody is left to tell.
+fn print(answer: &serde_json::Value, code: ExitCode) -> ExitCode {
+    let written = writeln!(std::io::stdout().lock(), "{answer}");
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            tracing::error!("cannot write the answer to stdout: {e}");
+            ExitCode::FAILURE
+        }
+        _ => code,
+    }
 }

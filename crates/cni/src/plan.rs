@@ -71,8 +71,9 @@ impl Network {
             )));
         }
         let sets = match (ranges, &subnet_env) {
-            (_, Some(env)) => sets_from_subnet_env(env)?,
+            (Ranges::Required, Some(env)) => sets_from_subnet_env(env)?,
             (Ranges::Required, None) => sets_from_ipam(ipam)?,
+            (Ranges::Optional, Some(env)) => sets_from_subnet_env(env).unwrap_or_default(),
             (Ranges::Optional, None) => sets_from_ipam(ipam).unwrap_or_default(),
         };
         let cluster_networks: Vec<IpNet> = subnet_env
@@ -209,14 +210,21 @@ fn sets_from_ipam(ipam: &IpamConf) -> Result<Vec<RangeSet>, CniError> {
         ));
     }
     let mut sets = Vec::with_capacity(confs.len());
+    // The single-range form, when given, is set 0; `ranges` follow it.
+    let legacy = usize::from(ipam.subnet.is_some());
+    let field = |i: usize, j: Option<usize>| match (i.checked_sub(legacy), j) {
+        (None, _) => "ipam (subnet, rangeStart, rangeEnd, gateway)".to_string(),
+        (Some(i), Some(j)) => format!("ipam.ranges[{i}][{j}]"),
+        (Some(i), None) => format!("ipam.ranges[{i}]"),
+    };
     for (i, set) in confs.iter().enumerate() {
         let mut ranges = Vec::with_capacity(set.len());
         for (j, rc) in set.iter().enumerate() {
             let range = Range::new(rc.subnet, rc.range_start, rc.range_end, rc.gateway)
-                .map_err(range_error(format!("ipam.ranges[{i}][{j}]")))?;
+                .map_err(range_error(field(i, Some(j))))?;
             ranges.push(range);
         }
-        sets.push(RangeSet::new(ranges).map_err(range_error(format!("ipam.ranges[{i}]")))?);
+        sets.push(RangeSet::new(ranges).map_err(range_error(field(i, None)))?);
     }
     RangeSet::check_disjoint(&sets).map_err(range_error("ipam.ranges".into()))?;
     Ok(sets)

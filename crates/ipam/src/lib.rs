@@ -13,8 +13,8 @@ pub mod store;
 pub mod subnet_env;
 
 pub use allocator::{allocate, Allocation};
-pub use range::{Range, RangeError, RangeSet};
-pub use store::{Owner, Store, StoreError};
+pub use range::{reserved_use, Range, RangeError, RangeSet};
+pub use store::{ContainerLock, Owner, Store, StoreError};
 pub use subnet_env::{SubnetEnv, SubnetEnvError};
 
 /// Why an allocation could not be made.

@@ -28,6 +28,33 @@ pub enum RangeError {
     MixedFamilies(String, String),
     #[error("a range set must contain at least one range")]
     Empty,
+    #[error("subnet {subnet} {why}; pods need addresses from a unicast network such as 10.244.0.0/16 or fd00:10:244::/56")]
+    Reserved { subnet: IpNet, why: String },
+}
+
+/// Blocks no pod address may come from, with what they are for.
+const RESERVED: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved and broadcast (240.0.0.0/4)"),
+    ("::/127", "the unspecified and loopback addresses (::, ::1)"),
+    ("fe80::/10", "link-local (fe80::/10)"),
+    ("ff00::/8", "multicast (ff00::/8)"),
+];
+
+/// Why `subnet` cannot be a pod network, if it cannot: it is a default
+/// route, or it overlaps a reserved block.
+pub fn reserved_use(subnet: &IpNet) -> Option<String> {
+    if subnet.prefix_len() == 0 {
+        return Some("is a default route: it covers every address".into());
+    }
+    RESERVED.iter().find_map(|(block, what)| {
+        let block: IpNet = block.parse().expect("constant network");
+        let overlaps = block.contains(&subnet.network()) || subnet.contains(&block.network());
+        overlaps.then(|| format!("overlaps {what}"))
+    })
 }
 
 /// One contiguous allocatable range inside a subnet.
@@ -66,6 +93,9 @@ impl Range {
     ) -> Result<Self, RangeError> {
         if subnet.network() != subnet.addr() {
             return Err(RangeError::HostBits(subnet, subnet.trunc()));
+        }
+        if let Some(why) = reserved_use(&subnet) {
+            return Err(RangeError::Reserved { subnet, why });
         }
         if subnet.max_prefix_len() - subnet.prefix_len() < 2 {
             return Err(RangeError::TooSmall(subnet));
@@ -252,6 +282,43 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn reserved_networks_are_refused_with_the_reason() {
+        for (subnet, needle) in [
+            ("0.0.0.0/0", "default route"),
+            ("::/0", "default route"),
+            ("0.0.0.0/8", "this network"),
+            ("127.0.0.0/8", "loopback"),
+            ("127.5.0.0/16", "loopback"),
+            ("96.0.0.0/3", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("224.0.0.0/4", "multicast"),
+            ("239.255.0.0/24", "multicast"),
+            ("240.0.0.0/4", "reserved"),
+            ("255.255.255.0/24", "reserved"),
+            ("::/120", "loopback"),
+            ("fe80::/64", "link-local"),
+            ("ff02::/120", "multicast"),
+        ] {
+            match Range::new(net(subnet), None, None, None) {
+                Err(e @ RangeError::Reserved { .. }) => {
+                    assert!(e.to_string().contains(needle), "{subnet}: {e}")
+                }
+                other => panic!("{subnet}: {other:?}"),
+            }
+        }
+        for ok in [
+            "10.244.0.0/16",
+            "1.0.0.0/24",
+            "223.255.255.0/24",
+            "fd00::/64",
+            "2001:db8::/64",
+            "::2:0/120",
+        ] {
+            assert!(Range::new(net(ok), None, None, None).is_ok(), "{ok}");
+        }
     }
 
     #[test]

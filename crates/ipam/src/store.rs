@@ -5,6 +5,7 @@
 //! <dataDir>/<network>/ips/<address>          "<containerID>\n<ifname>\n": who holds it
 //! <dataDir>/<network>/attachments/<id>:<if>  the addresses of one attachment
 //! <dataDir>/<network>/last_reserved.<set>    where round-robin resumes
+//! <dataDir>/<network>/containers/<id>        flock(2) serializing one container's verbs
 //! ```
 //!
 //! Why this is crash-safe: everything happens under one flock, which the
@@ -87,7 +88,7 @@ impl Store {
     /// Opens (creating if needed) `<data_dir>/<network>`.
     pub fn open(data_dir: &Path, network: &str) -> Result<Self> {
         let dir = data_dir.join(network);
-        for sub in ["ips", "attachments"] {
+        for sub in ["ips", "attachments", "containers"] {
             let path = dir.join(sub);
             if !path.is_dir() {
                 io("creating", &path, fs::create_dir_all(&path))?;
@@ -103,25 +104,71 @@ impl Store {
     /// Takes the network's lock; it is released when the guard drops or the
     /// process dies.
     pub fn lock(&self) -> Result<Locked<'_>> {
-        let path = self.dir.join("lock");
-        let file = io(
-            "opening",
-            &path,
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path),
-        )?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StoreError {
-            op: "locking",
-            path: path.clone(),
-            source: errno.into(),
-        })?;
         Ok(Locked {
             store: self,
-            _lock: lock,
+            _lock: lock_file(&self.dir.join("lock"))?,
         })
+    }
+
+    /// Takes the lock of one container (its ID must be a valid CNI container
+    /// ID, so it is a plain file name): ADD, DEL and CHECK of a container
+    /// hold it from start to end, so a DEL can never release addresses that
+    /// an ADD still running is about to put on an interface.
+    pub fn lock_container(&self, container_id: &str) -> Result<ContainerLock> {
+        let path = self.dir.join("containers").join(container_id);
+        loop {
+            let lock = lock_file(&path)?;
+            // Whoever held it before may have removed the file: then this
+            // lock is on an orphan and the next caller would not see it.
+            if same_file(&lock, &path) {
+                return Ok(ContainerLock { path, _lock: lock });
+            }
+        }
+    }
+
+    /// The containers that have a lock file.
+    pub fn locked_containers(&self) -> Result<Vec<String>> {
+        list_names(&self.dir.join("containers"))
+    }
+}
+
+/// Opens (creating) `path` and waits for its exclusive flock.
+fn lock_file(path: &Path) -> Result<Flock<File>> {
+    let file = io(
+        "opening",
+        path,
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path),
+    )?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StoreError {
+        op: "locking",
+        path: path.to_path_buf(),
+        source: errno.into(),
+    })
+}
+
+fn same_file(held: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (held.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// One container's lock, released on drop.
+pub struct ContainerLock {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl ContainerLock {
+    /// Removes the lock file (the container is gone) and releases the lock;
+    /// waiters notice the removal and take a fresh one.
+    pub fn remove(self) -> Result<()> {
+        remove_if_exists(&self.path)
     }
 }
 
@@ -329,6 +376,49 @@ mod tests {
         // c2's failed attempt must not free c1's address.
         l.release(&Owner::new("c2", "eth0")).unwrap();
         assert!(l.is_reserved(ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn a_container_lock_serializes_and_survives_removal_by_its_holder() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "net").unwrap();
+        let first = store.lock_container("c1").unwrap();
+        let other = store.lock_container("c2").unwrap(); // other containers do not wait
+        let (tx, rx) = mpsc::channel();
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let lock = store.lock_container("c1").unwrap();
+                tx.send(()).unwrap();
+                lock
+            })
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "lock not exclusive"
+        );
+        first.remove().unwrap();
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("waiter never got the lock");
+        let second = waiter.join().unwrap();
+        // The waiter holds a lock on the file that exists now, not on the removed one.
+        assert!(store.dir().join("containers/c1").exists());
+        let (tx, rx) = mpsc::channel();
+        let store2 = store.clone();
+        let third = std::thread::spawn(move || {
+            let _l = store2.lock_container("c1").unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "two holders at once"
+        );
+        drop(second);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        third.join().unwrap();
+        drop(other);
     }
 
     #[test]

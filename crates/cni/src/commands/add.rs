@@ -13,11 +13,10 @@ use weft_ipam::{Allocation, Owner, Store};
 
 use super::{del, masquerade_chain, open_store, runtime, Invocation};
 use crate::firewall;
-use crate::plan::{self, Network, Ranges};
+use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Interface, IpConfig, PortMapping};
 
-pub fn add(inv: &Invocation) -> Result<Value, CniError> {
-    let net = Network::plan(&inv.conf, Ranges::Required)?;
+pub fn add(inv: &Invocation, net: &Network) -> Result<Value, CniError> {
     let netns_path = inv.env.netns.as_ref().expect("ADD requires CNI_NETNS");
     let netns = NetNs::open(netns_path)?;
     let mac = inv.conf.requested_mac()?;
@@ -26,18 +25,18 @@ pub fn add(inv: &Invocation) -> Result<Value, CniError> {
     requested.extend(inv.conf.requested_ips()?);
 
     let owner = inv.owner();
-    let store = open_store(&net)?;
-    let (allocations, fresh) = reserve(&store, &net, &owner, &requested)?;
+    let store = open_store(net)?;
+    let (allocations, fresh) = reserve(&store, net, &owner, &requested)?;
     if !fresh {
         refuse_if_attached(&inv.env.container_id, &inv.env.ifname)?;
     }
-    let wired = wire(inv, &net, &netns, &allocations, mac, port_mappings);
+    let wired = wire(inv, net, &netns, &allocations, mac, port_mappings);
     match wired {
         Ok(result) => Ok(result.to_json(inv.version)),
         Err(err) => {
             // Leave nothing behind; the original error is what the user needs.
             let _ = del::teardown(
-                &net,
+                net,
                 &owner,
                 None,
                 !port_mappings.is_empty(),
@@ -123,9 +122,6 @@ fn wire(
             // The gateway must answer at once; IPAM already guarantees uniqueness.
             sysctl::ensure(&format!("net/ipv6/conf/{}/accept_dad", net.bridge), "0").map_err(io_error)?;
         }
-        for gw in net.gateway_addresses(allocations) {
-            host.add_address(bridge.index, gw).await?;
-        }
         host.add_veth(&VethSpec {
             host_name: &host_name,
             controller: bridge.index,
@@ -185,6 +181,7 @@ fn wire(
         let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
         add_hostports(net, inv, port_mappings, &ips)?;
     }
+    add_gateways(net, bridge.index, allocations)?;
 
     let iface = |link: &weft_datapath::netlink::Link, sandbox: Option<String>| Interface {
         name: link.name.clone(),
@@ -208,6 +205,19 @@ fn wire(
             .collect(),
         routes,
         dns: net.dns.clone(),
+    })
+}
+
+/// Gives the bridge each range's gateway address. Done last: the bridge is
+/// shared, so a failed ADD's teardown cannot take an address back, and ADD
+/// must not fail after adding one.
+fn add_gateways(net: &Network, bridge: u32, allocations: &[Allocation]) -> Result<(), CniError> {
+    runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        for gw in net.gateway_addresses(allocations) {
+            host.add_address(bridge, gw).await?;
+        }
+        Ok(())
     })
 }
 

@@ -9,16 +9,15 @@ use weft_datapath::{NetNs, Netlink};
 
 use super::{masquerade_chain, open_store, runtime, Invocation};
 use crate::firewall;
-use crate::plan::{self, Network, Ranges};
+use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Version};
 
-pub fn check(inv: &Invocation) -> Result<(), CniError> {
+pub fn check(inv: &Invocation, net: &Network) -> Result<(), CniError> {
     inv.require(Version::V0_4_0, "CHECK")?;
     let prev = inv.conf.prev_result.as_ref().ok_or_else(|| {
         CniError::invalid_config("CHECK needs prevResult (the result of ADD) in the configuration")
     })?;
     let prev = CniResult::from_prev(prev)?;
-    let net = Network::plan(&inv.conf, Ranges::Required)?;
     let netns = NetNs::open(inv.env.netns.as_ref().expect("CHECK requires CNI_NETNS"))?;
     let ifname = &inv.env.ifname;
     let index = prev
@@ -90,7 +89,7 @@ pub fn check(inv: &Invocation) -> Result<(), CniError> {
         }
     })?;
 
-    let store = open_store(&net)?;
+    let store = open_store(net)?;
     let held = store
         .lock()?
         .addresses_of(&inv.owner())?
@@ -102,7 +101,7 @@ pub fn check(inv: &Invocation) -> Result<(), CniError> {
         )));
     }
     if net.ip_masq {
-        let chain = masquerade_chain(&net);
+        let chain = masquerade_chain(net);
         if !nft::chain_exists(Family::Inet, firewall::TABLE, &chain)? {
             return Err(CniError::check_failed(format!(
                 "masquerade chain inet {} {chain} is missing (was the ruleset flushed?)",

@@ -19,22 +19,36 @@ use weft_ipam::Owner;
 
 use super::{open_store, runtime, Invocation};
 use crate::firewall;
-use crate::plan::{self, Network, Ranges};
-use crate::spec::CniError;
+use crate::plan::{self, Network};
+use crate::spec::{CniError, NetConf};
 
 /// The hidden command line of the reaper process.
 pub const REAP_FLAG: &str = "--reap-link";
 
-pub fn del(inv: &Invocation) -> Result<(), CniError> {
-    let net = Network::plan(&inv.conf, Ranges::Optional)?;
-    let hostports = !inv.conf.runtime_config.port_mappings.is_empty();
+pub fn del(inv: &Invocation, net: &Network) -> Result<(), CniError> {
+    let hostports = may_have_hostports(&inv.conf);
     teardown(
-        &net,
+        net,
         &inv.owner(),
         inv.env.netns.as_deref(),
         hostports,
         Removal::Deferred,
     )
+}
+
+/// Whether the attachment may own hostPort rules. Runtime configuration DEL
+/// cannot read must not block teardown: then the rules are looked for anyway.
+fn may_have_hostports(conf: &NetConf) -> bool {
+    match conf.runtime_config() {
+        Ok(rc) => !rc.port_mappings.is_empty(),
+        Err(e) => {
+            tracing::warn!(
+                "DEL goes on without the runtimeConfig it cannot use ({}); removing any hostPort rules of the container",
+                e.msg
+            );
+            true
+        }
+    }
 }
 
 /// How the veth pair goes away.

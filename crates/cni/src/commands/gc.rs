@@ -1,7 +1,7 @@
 //! GC: release everything of this network that no valid attachment owns —
 //! IPAM reservations (including those of plugins killed mid-ADD), host veths
-//! left on the bridge, retired veths whose reaper never ran, and hostPort
-//! chains.
+//! left on the bridge, retired veths whose reaper never ran, hostPort
+//! chains, and the lock files of containers that are gone.
 
 use std::collections::HashSet;
 
@@ -60,5 +60,11 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
 
     let store = open_store(&net)?;
     store.lock()?.garbage_collect(|o| keep.contains(o))?;
+    let kept: HashSet<&str> = keep.iter().map(|o| o.container_id.as_str()).collect();
+    for id in store.locked_containers()? {
+        if !kept.contains(id.as_str()) {
+            store.lock_container(&id)?.remove()?;
+        }
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ mod status;
 use serde_json::Value;
 use weft_ipam::{Owner, Store};
 
-use crate::plan::Network;
+use crate::plan::{Network, Ranges};
 use crate::spec::{version, CniError, Command, Env, NetConf, Version};
 
 /// Everything one invocation knows: environment, configuration, version.
@@ -49,13 +49,44 @@ pub fn run(env: Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let version = Version::parse(version_text)?;
     let inv = Invocation { env, conf, version };
     match inv.env.command {
-        Command::Add => add::add(&inv).map(Some),
-        Command::Del => del::del(&inv).map(|_| None),
-        Command::Check => check::check(&inv).map(|_| None),
+        Command::Add | Command::Del | Command::Check => run_serialized(&inv),
         Command::Status => status::status(&inv).map(|_| None),
         Command::Gc => gc::gc(&inv).map(|_| None),
         Command::Version => unreachable!("handled above"),
     }
+}
+
+/// Runs ADD, DEL or CHECK holding the container's lock, so the verbs of one
+/// container never interleave (a DEL racing an ADD would release addresses
+/// the ADD is about to put on an interface). The lock file goes with the
+/// container: after its DEL, and after a failed ADD, which leaves nothing.
+fn run_serialized(inv: &Invocation) -> Result<Option<Value>, CniError> {
+    // Planning validates the configuration before anything is touched,
+    // the IPAM directory included.
+    let net = match inv.env.command {
+        Command::Del => Network::plan(&inv.conf, Ranges::Optional)?,
+        _ => Network::plan(&inv.conf, Ranges::Required)?,
+    };
+    let lock = open_store(&net)?.lock_container(&inv.env.container_id)?;
+    let (result, gone) = match inv.env.command {
+        Command::Add => {
+            let r = add::add(inv, &net);
+            let failed = r.is_err();
+            (r.map(Some), failed)
+        }
+        Command::Del => {
+            let r = del::del(inv, &net);
+            let deleted = r.is_ok();
+            (r.map(|_| None), deleted)
+        }
+        _ => (check::check(inv, &net).map(|_| None), false),
+    };
+    if gone {
+        if let Err(e) = lock.remove() {
+            tracing::warn!("cannot remove the container's lock file: {e}");
+        }
+    }
+    result
 }
 
 /// A single-threaded runtime: the plugin is one short sequence of netlink

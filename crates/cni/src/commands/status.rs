@@ -35,7 +35,7 @@ pub fn status(inv: &Invocation) -> Result<(), CniError> {
             )));
         }
     }
-    let wants_nft = net.ip_masq || !inv.conf.runtime_config.port_mappings.is_empty();
+    let wants_nft = net.ip_masq || !inv.conf.port_mappings()?.is_empty();
     if wants_nft && !on_path("nft") {
         return Err(CniError::not_available(
             "ipMasq/portMappings need the nft command, which is not installed; install the nftables package",

@@ -1,14 +1,18 @@
 //! The network configuration weft-cni reads on stdin (one plugin entry of a
 //! conflist, with `cniVersion`, `name`, `runtimeConfig` and `prevResult`
-//! filled in by the runtime). Decoding reports the exact field at fault.
+//! filled in by the runtime). Keys are matched as Go runtimes write them
+//! (see [`super::fold`]); decoding reports the exact field at fault.
+//! `runtimeConfig` is decoded on its own so that DEL can go on without it.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::CniError;
+use super::fold::Folding;
 use super::result::RouteEntry;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,8 +36,12 @@ pub struct NetConf {
     #[serde(default)]
     pub ipam: IpamConf,
     pub dns: Option<Dns>,
-    #[serde(default)]
-    pub runtime_config: RuntimeConfig,
+    /// The capabilities' arguments as the runtime sent them; read through
+    /// [`NetConf::runtime_config`].
+    #[serde(rename = "runtimeConfig", default)]
+    runtime_config_json: Value,
+    #[serde(skip, default = "no_runtime_config")]
+    runtime_config: Result<RuntimeConfig, CniError>,
     pub prev_result: Option<serde_json::Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
@@ -121,23 +129,51 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+fn no_runtime_config() -> Result<RuntimeConfig, CniError> {
+    Ok(RuntimeConfig::default())
+}
+
+/// Decodes `value` with Go's key matching; an error names the field, under
+/// `context`.
+fn decode_value<T: serde::de::DeserializeOwned>(
+    value: Value,
+    context: &str,
+) -> Result<T, CniError> {
+    serde_path_to_error::deserialize(Folding(value)).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (context, path.as_str()) {
+            ("", _) => path,
+            (_, ".") => context.to_string(),
+            _ => format!("{context}.{path}"),
+        };
+        CniError::invalid_config(format!(
+            "network configuration field {field}: {}",
+            e.into_inner()
+        ))
+    })
+}
+
 impl NetConf {
     /// Decodes stdin: broken JSON is code 6, a wrong value code 7 naming
     /// the field.
     pub fn parse(bytes: &[u8]) -> Result<Self, CniError> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            match inner.classify() {
-                serde_json::error::Category::Data => {
-                    CniError::invalid_config(format!("network configuration field {path}: {inner}"))
-                }
-                _ => CniError::decode(format!(
-                    "the network configuration on stdin is not valid JSON: {inner}"
-                )),
-            }
-        })
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            CniError::decode(format!(
+                "the network configuration on stdin is not valid JSON: {e}"
+            ))
+        })?;
+        let mut conf: NetConf = decode_value(value, "")?;
+        let runtime = std::mem::take(&mut conf.runtime_config_json);
+        if !runtime.is_null() {
+            conf.runtime_config = decode_value(runtime, "runtimeConfig");
+        }
+        Ok(conf)
+    }
+
+    /// The capabilities' arguments (`portMappings`, `ips`, `mac`); an error
+    /// names the field the runtime got wrong.
+    pub fn runtime_config(&self) -> Result<&RuntimeConfig, CniError> {
+        self.runtime_config.as_ref().map_err(Clone::clone)
     }
 
     /// `cniVersion`, `name` and `type` are required; the name names a
@@ -174,7 +210,7 @@ impl NetConf {
 
     /// Addresses requested through the `ips` capability.
     pub fn requested_ips(&self) -> Result<Vec<IpAddr>, CniError> {
-        self.runtime_config
+        self.runtime_config()?
             .ips
             .iter()
             .map(|text| {
@@ -190,7 +226,7 @@ impl NetConf {
 
     /// The MAC requested through the `mac` capability.
     pub fn requested_mac(&self) -> Result<Option<Vec<u8>>, CniError> {
-        let Some(text) = &self.runtime_config.mac else {
+        let Some(text) = &self.runtime_config()?.mac else {
             return Ok(None);
         };
         let bytes: Option<Vec<u8>> = text
@@ -206,7 +242,8 @@ impl NetConf {
     }
 
     pub fn port_mappings(&self) -> Result<&[PortMapping], CniError> {
-        for pm in &self.runtime_config.port_mappings {
+        let mappings = &self.runtime_config()?.port_mappings;
+        for pm in mappings {
             if !matches!(pm.protocol.as_str(), "tcp" | "udp" | "sctp") {
                 return Err(CniError::invalid_config(format!(
                     "runtimeConfig.portMappings: protocol {:?} is not tcp, udp or sctp",
@@ -227,7 +264,7 @@ impl NetConf {
                 })?;
             }
         }
-        Ok(&self.runtime_config.port_mappings)
+        Ok(mappings)
     }
 }
 
@@ -283,6 +320,28 @@ mod tests {
         assert!(bad.requested_mac().is_err(), "multicast MAC accepted");
         let bad = NetConf::parse(br#"{"runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"protocol":"icmp"}]}}"#).unwrap();
         assert!(bad.port_mappings().is_err());
+    }
+
+    #[test]
+    fn containerd_port_mappings_and_unusable_runtime_config() {
+        let c = NetConf::parse(
+            br#"{"CNIVersion":"1.1.0","runtimeConfig":{"portMappings":[{"HostPort":38080,"ContainerPort":8080,"Protocol":"tcp","HostIP":""}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cni_version.as_deref(), Some("1.1.0"));
+        let pm = &c.port_mappings().unwrap()[0];
+        assert_eq!((pm.host_port, pm.container_port), (38080, 8080));
+        // Unusable runtime configuration still parses; using it names the field.
+        let c =
+            NetConf::parse(br#"{"name":"n","runtimeConfig":{"portMappings":[{"hostPort":"x"}]}}"#)
+                .unwrap();
+        assert_eq!(c.name.as_deref(), Some("n"));
+        let err = c.port_mappings().unwrap_err();
+        assert!(
+            err.msg.contains("runtimeConfig.portMappings[0].hostPort"),
+            "{}",
+            err.msg
+        );
     }
 
     #[test]

@@ -137,7 +137,15 @@ impl Env {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
         };
-        env.args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?;
+        env.args = match CniArgs::parse(&get("CNI_ARGS").unwrap_or_default()) {
+            Ok(args) => args,
+            // DEL needs none of them, and teardown must never be blocked.
+            Err(e) if command == Command::Del => {
+                tracing::warn!("DEL goes on without the CNI_ARGS it cannot use: {}", e.msg);
+                CniArgs::default()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(env)
     }
 }

@@ -1,10 +1,12 @@
 //! The CNI specification (1.1.0) as types: versions, the error object, the
-//! runtime's environment, the network configuration and the result. Pure:
+//! runtime's environment, the network configuration (read with Go's key
+//! matching) and the result. Pure:
 //! nothing here touches the kernel or the filesystem.
 
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod fold;
 pub mod result;
 pub mod version;
 
