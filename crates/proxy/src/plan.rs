@@ -132,56 +132,112 @@ fn drop_duplicate_keys(rules: &mut ServiceRules, svc: &ServiceInfo) {
 }
 
 /// Names of one Service port's chains and sets.
+///
+/// Service, namespace and port names come from the store unchecked (it may
+/// hold objects that never passed the API server's validation), so none is
+/// copied into a name as is: each name is a prefix, a hash of the exact
+/// fields (length-prefixed, so `a/b` + `c` and `a` + `b/c` differ) and a
+/// readable tail reduced to the characters nft takes unquoted and cut to a
+/// fixed length. The hash keeps names apart, the tail only helps a reader.
 struct PortNames {
-    id: String,
-    hash: String,
+    /// The fields that identify the port, in hash order.
+    fields: [String; 4],
+    /// The readable tail: `namespace/name/protocol/port`, made safe.
+    tail: String,
 }
+
+/// Hex digits of the hash in a name: 64 bits, so 10,000 Services × a few
+/// ports collide with a probability of about 1 in 10^10.
+const NAME_HASH_HEX: usize = 16;
+/// Characters of the readable tail kept; every name stays far below nft's
+/// 256-character limit for chain and set names.
+const NAME_TAIL_MAX: usize = 64;
 
 impl PortNames {
     fn new(svc: &ServiceInfo, port: &ServicePortInfo) -> Self {
-        let id = format!(
-            "{}/{}/{}/{}",
-            svc.key.namespace,
-            svc.key.name,
-            port.protocol.nft(),
-            port.name
-        );
+        let fields = [
+            svc.key.namespace.to_string(),
+            svc.key.name.to_string(),
+            port.protocol.nft().to_string(),
+            port.name.clone(),
+        ];
         PortNames {
-            hash: short_hash(&id),
-            id,
+            tail: readable(&fields.join("/")),
+            fields,
         }
     }
+    /// The port's identity for logs and the UDP index (not for nft).
+    fn id(&self) -> String {
+        self.fields.join("/")
+    }
+    fn port_name(&self, prefix: &str, extra: &[&str]) -> String {
+        let fields: Vec<&str> = self
+            .fields
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        format!("{prefix}-{}-{}", name_hash(&fields), self.tail)
+    }
     fn cluster(&self) -> String {
-        format!("svc-{}-{}", self.hash, self.id)
+        self.port_name("svc", &[])
     }
     /// Every endpoint, when the internal chain is limited to local ones.
     fn all_endpoints(&self) -> String {
-        format!("all-{}-{}", self.hash, self.id)
+        self.port_name("all", &[])
     }
     fn external(&self) -> String {
-        format!("ext-{}-{}", self.hash, self.id)
+        self.port_name("ext", &[])
     }
     fn firewall(&self) -> String {
-        format!("fw-{}-{}", self.hash, self.id)
+        self.port_name("fw", &[])
     }
     fn endpoint(&self, ep: &Endpoint) -> String {
-        let tail = format!("{}__{}/{}", self.id, ep.ip, ep.port);
-        format!("sep-{}-{tail}", short_hash(&tail))
+        let (ip, port) = (ep.ip.to_string(), ep.port.to_string());
+        format!("{}__{ip}/{port}", self.port_name("sep", &[&ip, &port]))
     }
     /// The timeout is part of the name, so a changed timeout is a new set
     /// rather than an in-place change nft cannot make.
     fn affinity(&self, ep: &Endpoint, seconds: u32) -> String {
-        let tail = format!("{}__{}/{}", self.id, ep.ip, ep.port);
-        format!("aff-{}-{tail}", short_hash(&format!("{tail}/{seconds}")))
+        let (ip, port) = (ep.ip.to_string(), ep.port.to_string());
+        let seconds = seconds.to_string();
+        format!(
+            "{}__{ip}/{port}",
+            self.port_name("aff", &[&ip, &port, &seconds])
+        )
     }
 }
 
-fn short_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    digest[..4].iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+/// A hash of `fields` that no other list of fields shares (each is
+/// length-prefixed before hashing).
+fn name_hash(fields: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for field in fields {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest[..NAME_HASH_HEX / 2]
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `text` with every character nft would not take in an unquoted name
+/// replaced by `_`, cut to [`NAME_TAIL_MAX`] characters.
+fn readable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_/.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(NAME_TAIL_MAX)
+        .collect()
 }
 
 fn plan_port(
@@ -214,7 +270,7 @@ fn plan_port(
         .collect();
     if port.protocol == Protocol::Udp {
         rules.udp.insert(
-            names.id.clone(),
+            names.id(),
             UdpPort {
                 destinations: port
                     .cluster_ip
@@ -902,5 +958,83 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// Every chain and set name of `rules`.
+    fn names_of(rules: &ServiceRules) -> Vec<String> {
+        rules
+            .chains
+            .keys()
+            .chain(rules.sets.keys())
+            .cloned()
+            .collect()
+    }
+
+    fn sticky(namespace: &str, name: &str, port_name: &str) -> ServiceRules {
+        let mut p = port();
+        p.name = port_name.into();
+        p.affinity_seconds = Some(10);
+        let info = ServiceInfo {
+            key: ServiceKey {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            ports: vec![p],
+            health_check_node_port: None,
+        };
+        let by_port = [(
+            (port_name.to_string(), Protocol::Tcp),
+            vec![ep("10.244.1.2", "node-1", true)],
+        )]
+        .into();
+        plan_service(&info, &by_port, &ctx())
+    }
+
+    #[test]
+    fn hostile_names_give_bounded_names_nft_takes_unquoted() {
+        let long = "x".repeat(250);
+        let hostile = [
+            ("demo", "bad name"),
+            ("demo", long.as_str()),
+            (long.as_str(), long.as_str()),
+            ("demo", "a\"; flush ruleset; \""),
+            ("demo", "new\nline\ttab"),
+            ("démo", "名前"),
+            ("demo", "@set $var {}"),
+            ("", ""),
+        ];
+        for (namespace, name) in hostile {
+            let rules = sticky(namespace, name, "p q");
+            assert_eq!(names_of(&rules).len(), 3, "{name}: svc, sep and aff");
+            for n in names_of(&rules) {
+                assert!(n.len() <= 128, "{} characters: {n}", n.len());
+                assert!(n.starts_with(|c: char| c.is_ascii_alphabetic()), "{n}");
+                assert!(
+                    n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_/.".contains(c)),
+                    "{n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_that_read_alike_get_distinct_chains() {
+        // Each pair reads the same once made safe or joined with '/'.
+        let pairs = [
+            (("a/b", "c"), ("a", "b/c")),
+            (("demo", "bad name"), ("demo", "bad_name")),
+            (("demo", &"y".repeat(200)), ("demo", &"y".repeat(201))),
+        ];
+        for ((ns1, n1), (ns2, n2)) in pairs {
+            let first = names_of(&sticky(ns1, n1, "p"));
+            let second = names_of(&sticky(ns2, n2, "p"));
+            for name in &first {
+                assert!(!second.contains(name), "{ns1}/{n1} and {ns2}/{n2}: {name}");
+            }
+        }
+        let a = names_of(&sticky("demo", "web", "a b"));
+        let b = names_of(&sticky("demo", "web", "a_b"));
+        assert!(a.iter().all(|n| !b.contains(n)), "port names too");
     }
 }

@@ -236,3 +236,59 @@ fn a_second_service_cannot_steal_an_address_and_gets_it_once_free() {
     })
     .unwrap();
 }
+
+/// A Service as the store may hold it, never validated: any name.
+fn named(namespace: &str, name: &str, cluster_ip: &str) -> (ServiceKey, ServiceRules) {
+    let svc = serde_json::from_value(json!({
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"clusterIP": cluster_ip, "sessionAffinity": "ClientIP",
+            "ports": [{"name": "p q", "port": 80}]}
+    }))
+    .unwrap();
+    let info = service_info(&svc).unwrap();
+    let slice = serde_json::from_value(json!({
+        "metadata": {"namespace": namespace, "name": "s"},
+        "addressType": "IPv4",
+        "ports": [{"name": "p q", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.244.1.2"], "nodeName": "node-1"}]
+    }))
+    .unwrap();
+    let rules = plan_service(&info, &endpoints_by_port(&[&slice]), &ctx());
+    (info.key, rules)
+}
+
+#[test]
+fn hostile_service_names_are_programmed_like_any_other() {
+    let (_guard, ns) = Scratch::new("name");
+    ns.run_in(|| {
+        let long = "a".repeat(250);
+        let hostile = [
+            named("demo", "bad name", "10.96.1.1"),
+            named("demo", &long, "10.96.1.2"),
+            named(&long, &long, "10.96.1.3"),
+            named("demo", "x\"; flush ruleset; \"", "10.96.1.4"),
+            named("demo", "tab\tnew\nline", "10.96.1.5"),
+            named("démo", "ünïcode-名前", "10.96.1.6"),
+            named("demo", "@set $var {}", "10.96.1.7"),
+        ];
+        let mut proxier = Proxier::new(ctx());
+        let report = proxier.full_sync(hostile.to_vec()).expect("full sync");
+        assert_eq!(report.services, hostile.len());
+        assert!(!proxier.drifted().unwrap());
+        let text = list(&ns);
+        for ip in 1..=7 {
+            assert!(
+                text.contains(&format!("10.96.1.{ip} . tcp . 80 : goto svc-")),
+                "10.96.1.{ip}: {text}"
+            );
+        }
+        // And incrementally, next to a plain Service created afterwards.
+        let mut proxier = Proxier::new(ctx());
+        proxier.full_sync(vec![]).expect("empty sync");
+        let mut changes: Vec<_> = hostile.into_iter().map(|(k, r)| (k, Some(r))).collect();
+        changes.extend(all_kinds().into_iter().take(1).map(|(k, r)| (k, Some(r))));
+        proxier.apply(changes).expect("incremental");
+        assert!(list(&ns).contains("10.96.0.1 . tcp . 80 : goto pick-tcp-2"));
+    })
+    .unwrap();
+}
