@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,11 +21,14 @@ use weft_proxy::health::HealthServers;
 use weft_proxy::{NodeContext, Proxier, ServiceKey, SyncReport};
 use weft_store::{Store, StoreError};
 
+use crate::health::Health;
 use crate::services::{ServiceState, SERVICE_KIND, SLICE_KIND};
 use crate::speaker;
 
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
+    /// Where the Services nft rejected are shown (`/readyz`).
+    pub health: Arc<Health>,
     pub node: String,
     pub store: PathBuf,
     /// Where LoadBalancer addresses are announced (the node's underlay).
@@ -104,7 +108,8 @@ impl Proxy<'_> {
     /// fresh start (returns Ok) or fails hard (returns Err).
     async fn follow(&mut self) -> Result<()> {
         let revision = self.load()?;
-        let report = self.proxier.full_sync(self.state.plan_all(&self.ctx))?;
+        let (state, ctx) = (&self.state, &self.ctx);
+        let report = self.proxier.sync_all(|| state.plan_all(ctx))?;
         log_report(&report);
         release_freed_memory();
         self.after_sync()?;
@@ -199,6 +204,13 @@ impl Proxy<'_> {
     }
 
     fn after_sync(&mut self) -> Result<()> {
+        let rejected = self
+            .proxier
+            .rejected()
+            .into_iter()
+            .map(|(key, reason)| format!("Service {key} not programmed: {reason}"))
+            .collect();
+        self.opts.health.set_rejected_services(rejected);
         self.health
             .update(&self.state.health_ports(&self.opts.node));
         self.announce()

@@ -121,6 +121,8 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     ensure_node_datapath(&netlink, &mut node).await?;
     write_cni_files(&opts, &node, &lease)?;
     publish_node_object(&store, &node)?;
+    let health_state = Arc::new(Health::default());
+    health_state.beat();
     if opts.proxy {
         crate::proxy::spawn(ProxyOptions {
             node: opts.node.clone(),
@@ -134,12 +136,11 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
             resync: opts.resync * 5,
             heartbeat: opts.heartbeat,
             full_resync: opts.proxy_full_resync,
+            health: health_state.clone(),
         })
         .context("starting the Service proxy thread")?;
     }
 
-    let health_state = Arc::new(Health::default());
-    health_state.beat();
     let server = tokio::spawn(health::serve(
         opts.health,
         health_state.clone(),

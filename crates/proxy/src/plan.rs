@@ -67,7 +67,7 @@ impl Element {
 }
 
 /// Everything one Service contributes to the table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ServiceRules {
     /// Dynamic sets (ClientIP affinity), name → declaration.
     pub sets: BTreeMap<String, String>,
@@ -85,7 +85,7 @@ pub struct ServiceRules {
 
 /// A UDP Service port: the addresses clients send to and the endpoints
 /// behind them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct UdpPort {
     pub destinations: Vec<Ipv4Addr>,
     pub port: u16,
