@@ -48,10 +48,20 @@ impl ServiceState {
             key: key.clone(),
             ..info
         });
-        if let Err(why) = &info {
-            let before = self.services.get(&key).and_then(|i| i.as_ref().err());
-            if before != Some(why) {
-                tracing::info!(service = %key, reason = %why, "Service not proxied");
+        let before = self.services.get(&key);
+        match &info {
+            Err(why) => {
+                if before.and_then(|i| i.as_ref().err()) != Some(why) {
+                    tracing::info!(service = %key, reason = %why, "Service not proxied");
+                }
+            }
+            Ok(now) => {
+                let said = before.and_then(|i| i.as_ref().ok()).map(|i| &i.warnings);
+                if said != Some(&now.warnings) {
+                    for warning in &now.warnings {
+                        tracing::warn!(service = %key, "{warning}");
+                    }
+                }
             }
         }
         self.services.insert(key.clone(), info);

@@ -23,7 +23,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
-use crate::model::{usable, Endpoint, PortEndpoints, Protocol, ServiceInfo, ServicePortInfo};
+use crate::model::{
+    usable, Endpoint, PortEndpoints, Protocol, ServiceInfo, ServicePortInfo, SourceRanges,
+};
 use crate::table::{self, Collection, Pick};
 
 /// What a node needs to know to plan Services.
@@ -389,25 +391,28 @@ fn plan_port(
 }
 
 /// `loadBalancerSourceRanges`: LoadBalancer addresses accept only those
-/// sources (checked before NAT, in `firewall-check`).
+/// sources (checked before NAT, in `firewall-check`); no usable range means
+/// no client at all (see [`SourceRanges`]).
 fn plan_firewall(rules: &mut ServiceRules, names: &PortNames, port: &ServicePortInfo) {
-    let proto = port.protocol.nft();
-    if !port.source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
-        let firewall = names.firewall();
-        let mut chain: Vec<String> = port
-            .source_ranges
-            .iter()
-            .map(|r| format!("ip saddr {r} return"))
-            .collect();
-        chain.push("drop comment \"not in loadBalancerSourceRanges\"".into());
-        rules.chains.insert(firewall.clone(), chain);
-        for ip in &port.load_balancer_ips {
-            rules.elements.insert(Element::new(
-                table::FIREWALL_IPS,
-                service_key(*ip, proto, port.port),
-                Some(format!("goto {firewall}")),
-            ));
-        }
+    let SourceRanges::Only(ranges) = &port.source_ranges else {
+        return;
+    };
+    if port.load_balancer_ips.is_empty() {
+        return;
+    }
+    let firewall = names.firewall();
+    let mut chain: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("ip saddr {r} return"))
+        .collect();
+    chain.push("drop comment \"not in loadBalancerSourceRanges\"".into());
+    rules.chains.insert(firewall.clone(), chain);
+    for ip in &port.load_balancer_ips {
+        rules.elements.insert(Element::new(
+            table::FIREWALL_IPS,
+            service_key(*ip, port.protocol.nft(), port.port),
+            Some(format!("goto {firewall}")),
+        ));
     }
 }
 
@@ -566,7 +571,7 @@ mod tests {
             affinity_seconds: None,
             external_local: false,
             internal_local: false,
-            source_ranges: vec![],
+            source_ranges: SourceRanges::Any,
         }
     }
 
@@ -578,6 +583,7 @@ mod tests {
             },
             ports: vec![port],
             health_check_node_port: None,
+            warnings: vec![],
         }
     }
 
@@ -890,7 +896,7 @@ mod tests {
     fn source_ranges_guard_load_balancer_addresses_only() {
         let mut p = port();
         p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
-        p.source_ranges = vec!["198.18.0.2/32".parse().unwrap()];
+        p.source_ranges = SourceRanges::Only(vec!["198.18.0.2/32".parse().unwrap()]);
         let rules = plan_service(
             &svc(p),
             &eps(vec![ep("10.244.2.2", "node-2", true)]),
@@ -981,6 +987,7 @@ mod tests {
             },
             ports: vec![p],
             health_check_node_port: None,
+            warnings: vec![],
         };
         let by_port = [(
             (port_name.to_string(), Protocol::Tcp),
@@ -1036,5 +1043,23 @@ mod tests {
         let a = names_of(&sticky("demo", "web", "a b"));
         let b = names_of(&sticky("demo", "web", "a_b"));
         assert!(a.iter().all(|n| !b.contains(n)), "port names too");
+    }
+
+    #[test]
+    fn no_usable_source_range_drops_every_client_of_the_load_balancer() {
+        let mut p = port();
+        p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
+        p.source_ranges = SourceRanges::Only(vec![]);
+        let rules = plan_service(
+            &svc(p),
+            &eps(vec![ep("10.244.2.2", "node-2", true)]),
+            &ctx(),
+        );
+        assert_eq!(
+            chain(&rules, "fw-"),
+            &vec!["drop comment \"not in loadBalancerSourceRanges\"".to_string()]
+        );
+        assert!(values(&rules, table::FIREWALL_IPS)[0]
+            .starts_with("198.18.0.240 . tcp . 80 : goto fw-"));
     }
 }
