@@ -48,6 +48,8 @@ pub struct Options {
     pub heartbeat: Duration,
     /// How often the Service proxy rebuilds its table regardless.
     pub proxy_full_resync: Duration,
+    /// Where Services' externalIPs may lie (empty: anywhere).
+    pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
 }
 
 /// The parts of the node that do not change while the agent runs.
@@ -137,6 +139,8 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
             heartbeat: opts.heartbeat,
             full_resync: opts.proxy_full_resync,
             health: health_state.clone(),
+            health_port: opts.health.port(),
+            external_ip_cidrs: opts.external_ip_cidrs.clone(),
         })
         .context("starting the Service proxy thread")?;
     }

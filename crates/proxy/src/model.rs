@@ -152,6 +152,8 @@ impl ServicePortInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub key: ServiceKey,
+    /// Also in each port; here even when the Service has no port.
+    pub cluster_ip: Option<Ipv4Addr>,
     pub ports: Vec<ServicePortInfo>,
     pub health_check_node_port: Option<u16>,
     /// What was read differently from what the Service asks, and why (for
@@ -256,6 +258,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
         .filter(|p| *p != 0);
     Ok(ServiceInfo {
         key,
+        cluster_ip,
         ports,
         health_check_node_port,
         warnings: source_ranges_warning.into_iter().collect(),

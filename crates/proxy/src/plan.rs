@@ -584,6 +584,7 @@ mod tests {
             ports: vec![port],
             health_check_node_port: None,
             warnings: vec![],
+            cluster_ip: None,
         }
     }
 
@@ -988,6 +989,7 @@ mod tests {
             ports: vec![p],
             health_check_node_port: None,
             warnings: vec![],
+            cluster_ip: None,
         };
         let by_port = [(
             (port_name.to_string(), Protocol::Tcp),
