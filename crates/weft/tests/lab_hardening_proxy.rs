@@ -1,0 +1,118 @@
+//! The Service proxy against hostile Services, end to end: a lab whose
+//! agents run with an externalIP allow-list, a Service in another namespace
+//! that lists a victim's ClusterIP, a node's address and the agents' health
+//! port among its externalIPs, and checks that the victim and the health
+//! port keep answering while the externalIP that is allowed still works.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{text, wait_until, Lab};
+use serde_json::Value;
+
+/// The outcome ("ok", "refused", "timeout", …) of one HTTP probe.
+fn outcome(lab: &Lab, from: &str, to: &str, path: &str) -> String {
+    let out = lab.weft(&[
+        "probe",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--count",
+        "1",
+        "--http-path",
+        path,
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&text(&out.stdout))
+        .unwrap_or_else(|_| panic!("probe JSON: {}{}", text(&out.stdout), text(&out.stderr)));
+    v["results"][0]["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn reachable(lab: &Lab, from: &str, to: &str, path: &str) {
+    let ok = wait_until(Duration::from_secs(5), || {
+        outcome(lab, from, to, path) == "ok"
+    });
+    assert!(ok.is_some(), "{from} never reached {to}");
+}
+
+fn cluster_ip(lab: &Lab, namespace: &str, name: &str) -> String {
+    let list = lab.json(&["get", "services", "-n", namespace, "-o", "json"]);
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == name)
+        .and_then(|s| s["spec"]["clusterIP"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no Service {namespace}/{name}"))
+}
+
+fn node_ip(lab: &Lab, node: &str) -> String {
+    lab.json(&["get", "nodes", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["metadata"]["name"] == node)
+        .and_then(|n| {
+            n["status"]["addresses"][0]["address"]
+                .as_str()
+                .map(String::from)
+        })
+        .expect("node address")
+}
+
+const VICTIM: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: victim, namespace: demo}\nspec:\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n";
+
+#[test]
+fn external_ips_cannot_take_a_cluster_ip_a_node_address_or_the_health_port() {
+    let lab = Lab::up_with_env(
+        "hpext",
+        &["--nodes", "2", "--backend", "host-gw"],
+        &[("WEFT_EXTERNAL_IP_CIDRS", "198.19.0.0/24")],
+    );
+    lab.apply_ok(VICTIM);
+    reachable(&lab, "demo/client", "svc/demo/victim", "/hostname");
+    let (victim_ip, n1) = (cluster_ip(&lab, "demo", "victim"), node_ip(&lab, "node-1"));
+    let health = format!("{n1}:10254");
+    reachable(&lab, "external", &health, "/healthz");
+
+    // No endpoints: everything it is allowed to claim rejects connections.
+    lab.apply_ok(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: thief, namespace: other}}\nspec:\n  externalIPs: [{victim_ip}, {n1}, 198.19.0.80, 198.20.0.80]\n  ports: [{{name: web, port: 80}}, {{name: health, port: 10254}}]\n"
+    ));
+    // The allowed address is programmed: the agents have seen the thief.
+    let programmed = wait_until(Duration::from_secs(5), || {
+        lab.node_nft("node-1")
+            .contains("198.19.0.80 . tcp . 80 : goto reject-chain")
+    });
+    assert!(programmed.is_some(), "{}", lab.node_nft("node-1"));
+
+    for _ in 0..3 {
+        assert_eq!(
+            outcome(&lab, "demo/client", "svc/demo/victim", "/hostname"),
+            "ok",
+            "the victim's ClusterIP was taken"
+        );
+        assert_eq!(
+            outcome(&lab, "external", &health, "/healthz"),
+            "ok",
+            "the agents' health port was taken"
+        );
+    }
+    for node in ["node-1", "node-2"] {
+        let table = lab.node_nft(node);
+        for refused in [
+            format!("{victim_ip} . tcp . 80 : goto reject-chain"),
+            format!("{n1} . tcp . "),
+            "198.20.0.80".into(),
+            "198.19.0.80 . tcp . 10254".into(),
+        ] {
+            assert!(!table.contains(&refused), "{node}: {refused} in {table}");
+        }
+    }
+}
