@@ -2,7 +2,9 @@
 //! EndpointSlices, full sync, then follow both watches and apply only the
 //! Services that changed. Also renews the node heartbeat, announces the
 //! LoadBalancer addresses this node owns (ARP) and serves the
-//! healthCheckNodePorts.
+//! healthCheckNodePorts. It reads every node's InternalIP and this node's
+//! addresses (at each full sync and heartbeat) so no externalIP can take
+//! one, and shows the Services nft rejected on the agent's `/readyz`.
 //!
 //! It runs on its own thread so `nft` runs never delay the lease loop.
 //! Any failure to apply incrementally, a compacted watch, drift found by

@@ -895,23 +895,26 @@ mod tests {
 
     #[test]
     fn source_ranges_guard_load_balancer_addresses_only() {
-        let mut p = port();
-        p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
-        p.source_ranges = SourceRanges::Only(vec!["198.18.0.2/32".parse().unwrap()]);
-        let rules = plan_service(
-            &svc(p),
-            &eps(vec![ep("10.244.2.2", "node-2", true)]),
-            &ctx(),
-        );
+        let firewall = |ranges: Vec<ipnet::Ipv4Net>| {
+            let mut p = port();
+            p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
+            p.source_ranges = SourceRanges::Only(ranges);
+            let rules = plan_service(
+                &svc(p),
+                &eps(vec![ep("10.244.2.2", "node-2", true)]),
+                &ctx(),
+            );
+            let fw = values(&rules, table::FIREWALL_IPS);
+            assert!(fw[0].starts_with("198.18.0.240 . tcp . 80 : goto fw-"));
+            chain(&rules, "fw-").clone()
+        };
+        let drop = "drop comment \"not in loadBalancerSourceRanges\"".to_string();
         assert_eq!(
-            chain(&rules, "fw-"),
-            &vec![
-                "ip saddr 198.18.0.2/32 return".to_string(),
-                "drop comment \"not in loadBalancerSourceRanges\"".into()
-            ]
+            firewall(vec!["198.18.0.2/32".parse().unwrap()]),
+            vec!["ip saddr 198.18.0.2/32 return".to_string(), drop.clone()]
         );
-        let fw = values(&rules, table::FIREWALL_IPS);
-        assert!(fw[0].starts_with("198.18.0.240 . tcp . 80 : goto fw-"));
+        // No usable range (an unreadable entry): every client is dropped.
+        assert_eq!(firewall(vec![]), vec![drop]);
     }
 
     #[test]
@@ -1045,23 +1048,5 @@ mod tests {
         let a = names_of(&sticky("demo", "web", "a b"));
         let b = names_of(&sticky("demo", "web", "a_b"));
         assert!(a.iter().all(|n| !b.contains(n)), "port names too");
-    }
-
-    #[test]
-    fn no_usable_source_range_drops_every_client_of_the_load_balancer() {
-        let mut p = port();
-        p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
-        p.source_ranges = SourceRanges::Only(vec![]);
-        let rules = plan_service(
-            &svc(p),
-            &eps(vec![ep("10.244.2.2", "node-2", true)]),
-            &ctx(),
-        );
-        assert_eq!(
-            chain(&rules, "fw-"),
-            &vec!["drop comment \"not in loadBalancerSourceRanges\"".to_string()]
-        );
-        assert!(values(&rules, table::FIREWALL_IPS)[0]
-            .starts_with("198.18.0.240 . tcp . 80 : goto fw-"));
     }
 }

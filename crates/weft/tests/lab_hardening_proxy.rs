@@ -8,30 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{text, wait_until, Lab};
-use serde_json::Value;
+use common::{wait_until, Lab};
 
 /// The outcome ("ok", "refused", "timeout", …) of one HTTP probe.
 fn outcome(lab: &Lab, from: &str, to: &str, path: &str) -> String {
-    let out = lab.weft(&[
-        "probe",
-        "--from",
-        from,
-        "--to",
-        to,
-        "--count",
-        "1",
-        "--http-path",
-        path,
-        "-o",
-        "json",
-    ]);
-    let v: Value = serde_json::from_str(&text(&out.stdout))
-        .unwrap_or_else(|_| panic!("probe JSON: {}{}", text(&out.stdout), text(&out.stderr)));
-    v["results"][0]["outcome"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    lab.probe_http(from, to, 1, path).remove(0).0
 }
 
 fn reachable(lab: &Lab, from: &str, to: &str, path: &str) {
@@ -52,20 +33,6 @@ fn cluster_ip(lab: &Lab, namespace: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no Service {namespace}/{name}"))
 }
 
-fn node_ip(lab: &Lab, node: &str) -> String {
-    lab.json(&["get", "nodes", "-o", "json"])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["metadata"]["name"] == node)
-        .and_then(|n| {
-            n["status"]["addresses"][0]["address"]
-                .as_str()
-                .map(String::from)
-        })
-        .expect("node address")
-}
-
 const VICTIM: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: victim, namespace: demo}\nspec:\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n";
 
 #[test]
@@ -77,7 +44,7 @@ fn external_ips_cannot_take_a_cluster_ip_a_node_address_or_the_health_port() {
     );
     lab.apply_ok(VICTIM);
     reachable(&lab, "demo/client", "svc/demo/victim", "/hostname");
-    let (victim_ip, n1) = (cluster_ip(&lab, "demo", "victim"), node_ip(&lab, "node-1"));
+    let (victim_ip, n1) = (cluster_ip(&lab, "demo", "victim"), lab.node_ip("node-1"));
     let health = format!("{n1}:10254");
     reachable(&lab, "external", &health, "/healthz");
 
