@@ -3,6 +3,10 @@
 //! as its store file vanishing) over plain HTTP/1.1, for kubelet probes and
 //! the lab. Deliberately tiny: fixed answers (a failing `/readyz` gives its
 //! reason), no framework.
+//!
+//! `/readyz` also lists, one line each after `ok`, the Services the proxy
+//! left out because nft rejected their rules: one user's broken Service
+//! must not take the node out of service, but the operator must see it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +22,8 @@ pub struct Health {
     /// Why the agent is not ready; `None` when it is.
     unready: Mutex<Option<String>>,
     heartbeat_ms: AtomicU64,
+    /// "Service ns/name not programmed: reason" lines.
+    rejected_services: Mutex<Vec<String>>,
 }
 
 impl Default for Health {
@@ -25,6 +31,7 @@ impl Default for Health {
         Health {
             unready: Mutex::new(Some("the datapath has not converged yet".into())),
             heartbeat_ms: AtomicU64::new(0),
+            rejected_services: Mutex::default(),
         }
     }
 }
@@ -54,6 +61,23 @@ impl Health {
         // A plain value: a panic elsewhere cannot leave it half-written.
         self.unready.lock().unwrap_or_else(PoisonError::into_inner)
     }
+    /// Replaces the list of Services the proxy left out.
+    pub fn set_rejected_services(&self, lines: Vec<String>) {
+        *self
+            .rejected_services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = lines;
+    }
+    /// `/readyz`'s body when ready.
+    fn ready_body(&self) -> String {
+        let rejected = self
+            .rejected_services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        rejected
+            .iter()
+            .fold("ok\n".to_string(), |body, line| body + line + "\n")
+    }
     /// Alive when the loop beat within `stale`.
     pub fn is_alive(&self, stale: Duration) -> bool {
         now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
@@ -71,7 +95,7 @@ fn answer(health: &Health, path: &str, stale: Duration) -> (&'static str, String
             "not alive: the agent's loop stopped beating\n".into(),
         ),
         "/readyz" => match health.unready() {
-            None => ("200 OK", "ok\n".into()),
+            None => ("200 OK", health.ready_body()),
             Some(why) => (FAILED, format!("not ready: {why}\n")),
         },
         _ => ("404 Not Found", "not found\n".into()),
@@ -124,6 +148,17 @@ mod tests {
         assert_eq!(
             answer(&health, "/healthz", Duration::from_secs(1)).0,
             "200 OK"
+        );
+    }
+
+    #[test]
+    fn readyz_lists_the_services_the_proxy_left_out() {
+        let health = Health::default();
+        assert_eq!(health.ready_body(), "ok\n");
+        health.set_rejected_services(vec!["Service demo/bad not programmed: syntax error".into()]);
+        assert_eq!(
+            health.ready_body(),
+            "ok\nService demo/bad not programmed: syntax error\n"
         );
     }
 }

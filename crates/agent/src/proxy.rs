@@ -2,7 +2,9 @@
 //! EndpointSlices, full sync, then follow both watches and apply only the
 //! Services that changed. Also renews the node heartbeat, announces the
 //! LoadBalancer addresses this node owns (ARP) and serves the
-//! healthCheckNodePorts.
+//! healthCheckNodePorts. It reads every node's InternalIP and this node's
+//! addresses (at each full sync and heartbeat) so no externalIP can take
+//! one, and shows the Services nft rejected on the agent's `/readyz`.
 //!
 //! It runs on its own thread so `nft` runs never delay the lease loop.
 //! Any failure to apply incrementally, a compacted watch, drift found by
@@ -10,21 +12,32 @@
 //! a fresh list and full sync.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
 use weft_datapath::arp::ArpResponder;
+use weft_datapath::Netlink;
 use weft_proxy::health::HealthServers;
 use weft_proxy::{NodeContext, Proxier, ServiceKey, SyncReport};
 use weft_store::{Store, StoreError};
 
+use crate::health::Health;
 use crate::services::{ServiceState, SERVICE_KIND, SLICE_KIND};
 use crate::speaker;
 
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
+    /// Where the Services nft rejected are shown (`/readyz`).
+    pub health: Arc<Health>,
+    /// The agent's `/healthz` port, which no externalIP may take.
+    pub health_port: u16,
+    /// `--external-ip-cidrs`: where externalIPs may lie (empty: anywhere).
+    pub external_ip_cidrs: Vec<Ipv4Net>,
     pub node: String,
     pub store: PathBuf,
     /// Where LoadBalancer addresses are announced (the node's underlay).
@@ -68,10 +81,14 @@ struct Proxy<'a> {
     state: ServiceState,
     health: HealthServers,
     arp: Option<ArpResponder>,
+    /// Reads this node's addresses (no externalIP may take one).
+    netlink: Netlink,
 }
 
 async fn run_async(opts: &ProxyOptions) -> Result<()> {
-    let store = Store::open(&opts.store)
+    // The agent's own loop created the store; a proxy that found it gone
+    // must not make a new empty one beside the cluster's (split brain).
+    let store = Store::open_existing(&opts.store)
         .with_context(|| format!("opening the cluster store {}", opts.store.display()))?;
     let ctx = NodeContext {
         node: opts.node.clone(),
@@ -92,6 +109,7 @@ async fn run_async(opts: &ProxyOptions) -> Result<()> {
         state: ServiceState::default(),
         health: HealthServers::default(),
         arp,
+        netlink: Netlink::connect().context("connecting to rtnetlink")?,
     };
     speaker::beat(&proxy.store, &opts.node, opts.heartbeat * 3)?;
     loop {
@@ -103,8 +121,9 @@ impl Proxy<'_> {
     /// List, full sync, then apply watch events until something calls for a
     /// fresh start (returns Ok) or fails hard (returns Err).
     async fn follow(&mut self) -> Result<()> {
-        let revision = self.load()?;
-        let report = self.proxier.full_sync(self.state.plan_all(&self.ctx))?;
+        let revision = self.load().await?;
+        let (state, ctx) = (&self.state, &self.ctx);
+        let report = self.proxier.sync_all(|| state.plan_all(ctx))?;
         log_report(&report);
         release_freed_memory();
         self.after_sync()?;
@@ -142,7 +161,9 @@ impl Proxy<'_> {
                 _ = beat.tick() => {
                     speaker::beat(&self.store, &self.opts.node, self.opts.heartbeat * 3)?;
                     self.announce()?;
-                    continue;
+                    // Nodes come and go rarely: checked at the heartbeat's pace.
+                    let addresses = self.node_addresses().await?;
+                    self.state.set_node_addresses(addresses)
                 }
             };
             if dirty.is_empty() {
@@ -171,15 +192,46 @@ impl Proxy<'_> {
 
     /// Lists both kinds into a fresh cache; returns the revision to watch
     /// from (the first list's: replaying a few events is harmless).
-    fn load(&mut self) -> Result<u64> {
-        let mut state = ServiceState::default();
+    async fn load(&mut self) -> Result<u64> {
+        let mut state = ServiceState::new(
+            self.opts.external_ip_cidrs.clone(),
+            [self.opts.health_port].into(),
+        );
+        state.set_node_addresses(self.node_addresses().await?);
         let revision = self
             .store
             .list_each(SERVICE_KIND, |_, _, json| state.load(SERVICE_KIND, json))?;
         self.store
             .list_each(SLICE_KIND, |_, _, json| state.load(SLICE_KIND, json))?;
+        state.log_refusals();
         self.state = state;
         Ok(revision)
+    }
+
+    /// Every node's InternalIP (from the Node objects) and every IPv4
+    /// address of this node.
+    async fn node_addresses(&self) -> Result<BTreeSet<Ipv4Addr>> {
+        let mut out = BTreeSet::new();
+        self.store.list_each("Node", |_, _, json| {
+            let Ok(node) = serde_json::from_str::<Node>(json) else {
+                return;
+            };
+            let listed = node.status.and_then(|s| s.addresses).unwrap_or_default();
+            out.extend(
+                listed
+                    .iter()
+                    .filter(|a| matches!(a.type_.as_str(), "InternalIP" | "ExternalIP"))
+                    .filter_map(|a| a.address.parse::<Ipv4Addr>().ok()),
+            );
+        })?;
+        for link in self.netlink.links().await? {
+            for address in self.netlink.addresses(link.index).await? {
+                if let IpAddr::V4(v4) = address.addr() {
+                    out.insert(v4);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn apply(&mut self, mut dirty: BTreeSet<ServiceKey>) -> Result<()> {
@@ -199,6 +251,13 @@ impl Proxy<'_> {
     }
 
     fn after_sync(&mut self) -> Result<()> {
+        let rejected = self
+            .proxier
+            .rejected()
+            .into_iter()
+            .map(|(key, reason)| format!("Service {key} not programmed: {reason}"))
+            .collect();
+        self.opts.health.set_rejected_services(rejected);
         self.health
             .update(&self.state.health_ports(&self.opts.node));
         self.announce()

@@ -48,6 +48,8 @@ pub struct Options {
     pub heartbeat: Duration,
     /// How often the Service proxy rebuilds its table regardless.
     pub proxy_full_resync: Duration,
+    /// Where Services' externalIPs may lie (empty: anywhere).
+    pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
 }
 
 /// The parts of the node that do not change while the agent runs.
@@ -123,6 +125,8 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     ensure_node_datapath(&netlink, &mut node).await?;
     ensure_cni_files(&opts, &node)?;
     publish_node_object(&store, &node)?;
+    let health_state = Arc::new(Health::default());
+    health_state.beat();
     if opts.proxy {
         crate::proxy::spawn(ProxyOptions {
             node: opts.node.clone(),
@@ -136,12 +140,13 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
             resync: opts.resync * 5,
             heartbeat: opts.heartbeat,
             full_resync: opts.proxy_full_resync,
+            health: health_state.clone(),
+            health_port: opts.health.port(),
+            external_ip_cidrs: opts.external_ip_cidrs.clone(),
         })
         .context("starting the Service proxy thread")?;
     }
 
-    let health_state = Arc::new(Health::default());
-    health_state.beat();
     let server = tokio::spawn(health::serve(
         opts.health,
         health_state.clone(),

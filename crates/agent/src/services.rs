@@ -6,12 +6,21 @@
 //! API objects — so 10,000 Services fit in a few tens of megabytes. A Service
 //! is re-planned when it or any of its slices changes, whichever arrives
 //! first.
+//!
+//! It also applies the externalIP rules of [`weft_proxy::external`], which
+//! look across Services: the ClusterIPs and healthCheckNodePorts of all of
+//! them and the nodes' addresses. When one of those changes, every Service
+//! with externalIPs is re-planned; refused externalIPs are logged once per
+//! change of the reasons.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use weft_proxy::external::{ExternalIpPolicy, Refused};
 use weft_proxy::model::{
     self, endpoints_by_port, PackedEndpoints, PortEndpoints, ServiceInfo, ServiceKey, Skipped,
     SERVICE_NAME_LABEL,
@@ -34,28 +43,128 @@ pub struct ServiceState {
     slices_of: HashMap<ServiceKey, Vec<Arc<str>>>,
     /// Node names, one copy each, shared by the endpoints.
     nodes: HashSet<Arc<str>>,
+    /// The externalIP rules; its reserved ports are the agent's own plus
+    /// every healthCheckNodePort.
+    policy: ExternalIpPolicy,
+    agent_ports: BTreeSet<u16>,
+    /// How many Services use each ClusterIP and healthCheckNodePort.
+    cluster_ips: HashMap<Ipv4Addr, usize>,
+    health_node_ports: HashMap<u16, usize>,
+    /// Services with externalIPs: re-planned when the rules' inputs change.
+    with_external_ips: BTreeSet<ServiceKey>,
+    /// Set when a ClusterIP or healthCheckNodePort came or went.
+    external_inputs_changed: bool,
+    /// The refusals last logged per Service.
+    refusals: HashMap<ServiceKey, Vec<Refused>>,
 }
 
 impl ServiceState {
+    /// An empty cache whose externalIPs must lie in `allowed` (empty: any
+    /// address) and keep off `agent_ports` (TCP ports the agent serves).
+    pub fn new(allowed: Vec<Ipv4Net>, agent_ports: BTreeSet<u16>) -> Self {
+        ServiceState {
+            policy: ExternalIpPolicy {
+                allowed,
+                reserved_ports: agent_ports.clone(),
+                ..ExternalIpPolicy::default()
+            },
+            agent_ports,
+            ..ServiceState::default()
+        }
+    }
+
     /// Takes in a Service (or its deletion); returns the Service to re-plan.
     pub fn service(&mut self, svc: &Service, deleted: bool) -> ServiceKey {
         let key = self.shared(ServiceKey::of(&svc.metadata));
+        if let Some(Ok(old)) = self.services.get(&key) {
+            let (ip, port) = (old.cluster_ip, old.health_check_node_port);
+            self.count_external_inputs(ip, port, false);
+        }
+        self.with_external_ips.remove(&key);
         if deleted {
             self.services.remove(&key);
+            self.refusals.remove(&key);
             return key;
         }
         let info = model::service_info(svc).map(|info| ServiceInfo {
             key: key.clone(),
             ..info
         });
-        if let Err(why) = &info {
-            let before = self.services.get(&key).and_then(|i| i.as_ref().err());
-            if before != Some(why) {
-                tracing::info!(service = %key, reason = %why, "Service not proxied");
+        let before = self.services.get(&key);
+        match &info {
+            Err(why) => {
+                if before.and_then(|i| i.as_ref().err()) != Some(why) {
+                    tracing::info!(service = %key, reason = %why, "Service not proxied");
+                }
+            }
+            Ok(now) => {
+                let said = before.and_then(|i| i.as_ref().ok()).map(|i| &i.warnings);
+                if said != Some(&now.warnings) {
+                    for warning in &now.warnings {
+                        tracing::warn!(service = %key, "{warning}");
+                    }
+                }
+            }
+        }
+        if let Ok(now) = &info {
+            self.count_external_inputs(now.cluster_ip, now.health_check_node_port, true);
+            if now.ports.iter().any(|p| !p.external_ips.is_empty()) {
+                self.with_external_ips.insert(key.clone());
             }
         }
         self.services.insert(key.clone(), info);
         key
+    }
+
+    /// Counts a Service's ClusterIP and healthCheckNodePort in or out.
+    fn count_external_inputs(&mut self, ip: Option<Ipv4Addr>, port: Option<u16>, add: bool) {
+        let changed_ip = ip.is_some_and(|ip| count(&mut self.cluster_ips, ip, add));
+        let changed_port = port.is_some_and(|port| count(&mut self.health_node_ports, port, add));
+        if changed_port {
+            self.policy.reserved_ports = self
+                .agent_ports
+                .iter()
+                .chain(self.health_node_ports.keys())
+                .copied()
+                .collect();
+        }
+        self.external_inputs_changed |= changed_ip || changed_port;
+    }
+
+    /// Sets the addresses of every node (and this node's own); returns the
+    /// Services to re-plan (those with externalIPs, when they changed).
+    pub fn set_node_addresses(&mut self, addresses: BTreeSet<Ipv4Addr>) -> BTreeSet<ServiceKey> {
+        if addresses == self.policy.node_addresses {
+            return BTreeSet::new();
+        }
+        self.policy.node_addresses = addresses;
+        self.log_refusals();
+        self.with_external_ips.clone()
+    }
+
+    /// Logs, for each Service with externalIPs, the ones refused, when the
+    /// reasons differ from those logged before.
+    pub fn log_refusals(&mut self) {
+        let keys: Vec<ServiceKey> = self.with_external_ips.iter().cloned().collect();
+        for key in keys {
+            let Some(mut info) = self.info(&key).cloned() else {
+                continue;
+            };
+            let refused = self.admit(&mut info);
+            if self.refusals.get(&key) == Some(&refused) {
+                continue;
+            }
+            for why in &refused {
+                tracing::warn!(service = %key, "{why}; not programmed for this Service");
+            }
+            self.refusals.insert(key, refused);
+        }
+    }
+
+    /// Drops the externalIPs `info` may not use; returns why.
+    fn admit(&self, info: &mut ServiceInfo) -> Vec<Refused> {
+        self.policy
+            .admit(info, |ip| self.cluster_ips.contains_key(&ip))
     }
 
     /// Takes in an EndpointSlice (or its deletion); returns the Services to
@@ -140,6 +249,17 @@ impl ServiceState {
 
     /// Takes in watch events of either kind; returns the Services to re-plan.
     pub fn events(&mut self, events: &[Event]) -> BTreeSet<ServiceKey> {
+        let mut dirty = self.take_events(events);
+        if std::mem::take(&mut self.external_inputs_changed) {
+            dirty.extend(self.with_external_ips.iter().cloned());
+        }
+        if dirty.iter().any(|k| self.with_external_ips.contains(k)) {
+            self.log_refusals();
+        }
+        dirty
+    }
+
+    fn take_events(&mut self, events: &[Event]) -> BTreeSet<ServiceKey> {
         let mut dirty = BTreeSet::new();
         for event in events {
             let deleted = event.kind == EventKind::Deleted;
@@ -190,7 +310,13 @@ impl ServiceState {
     /// programmed (gone, headless, another proxy's, …).
     pub fn plan(&self, key: &ServiceKey, ctx: &NodeContext) -> Option<ServiceRules> {
         let info = self.info(key)?;
-        Some(plan_service(info, &self.endpoints(key), ctx))
+        let endpoints = self.endpoints(key);
+        if !self.with_external_ips.contains(key) {
+            return Some(plan_service(info, &endpoints, ctx));
+        }
+        let mut info = info.clone();
+        self.admit(&mut info);
+        Some(plan_service(&info, &endpoints, ctx))
     }
 
     /// Every programmed Service, planned one at a time (for a full sync).
@@ -257,6 +383,25 @@ impl ServiceState {
         }
         out
     }
+}
+
+/// Counts `key` in (`add`) or out of `counts`; true when it appeared or
+/// vanished.
+fn count<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, add: bool) -> bool {
+    if add {
+        let n = counts.entry(key).or_default();
+        *n += 1;
+        return *n == 1;
+    }
+    let Some(n) = counts.get_mut(&key) else {
+        return false;
+    };
+    *n -= 1;
+    if *n == 0 {
+        counts.remove(&key);
+        return true;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -354,5 +499,131 @@ mod tests {
         s.slice(&slice("web-1", "web", &["10.244.1.2", "10.244.1.3"]), false);
         assert_eq!(s.health_ports("node-1")[&32100], (key("web"), 2));
         assert_eq!(s.health_ports("node-2")[&32100], (key("web"), 0));
+    }
+
+    fn added(namespace: &str, name: &str, spec: serde_json::Value) -> Event {
+        Event {
+            kind: EventKind::Added,
+            revision: 1,
+            object: weft_store::Object {
+                kind: SERVICE_KIND.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+                revision: 1,
+                value: json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec}),
+            },
+        }
+    }
+
+    fn external_ips_planned(s: &ServiceState, namespace: &str, name: &str) -> Vec<String> {
+        let key = ServiceKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let plan = s.plan(&key, &ctx()).unwrap();
+        plan.elements
+            .iter()
+            .map(|e| e.key.clone())
+            .filter(|k| k.starts_with("198.") || k.starts_with("10.96.0.10 "))
+            .collect()
+    }
+
+    fn thief() -> Event {
+        added(
+            "other",
+            "thief",
+            json!({"clusterIP": "10.96.9.9", "externalIPs": ["10.96.0.10", "198.18.0.3", "198.19.0.50"],
+                "ports": [{"name": "http", "port": 80}]}),
+        )
+    }
+
+    fn victim() -> Event {
+        added(
+            "demo",
+            "web",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}),
+        )
+    }
+
+    #[test]
+    fn an_external_ip_never_shadows_a_cluster_ip_in_either_arrival_order() {
+        let mut s = ServiceState::new(vec![], [10254].into());
+        s.events(&[victim()]);
+        s.events(&[thief()]);
+        let thief_ips = external_ips_planned(&s, "other", "thief");
+        assert_eq!(
+            thief_ips,
+            vec!["198.18.0.3 . tcp . 80", "198.19.0.50 . tcp . 80"]
+        );
+
+        let mut s = ServiceState::new(vec![], [10254].into());
+        s.events(&[thief()]);
+        assert_eq!(
+            external_ips_planned(&s, "other", "thief").len(),
+            3,
+            "no victim yet"
+        );
+        let dirty = s.events(&[victim()]);
+        assert!(
+            dirty.contains(&ServiceKey {
+                namespace: "other".into(),
+                name: "thief".into()
+            }),
+            "{dirty:?}"
+        );
+        assert_eq!(external_ips_planned(&s, "other", "thief").len(), 2);
+    }
+
+    #[test]
+    fn node_addresses_and_the_allow_list_refuse_external_ips() {
+        let mut s = ServiceState::new(vec!["198.18.0.0/24".parse().unwrap()], [10254].into());
+        s.events(&[thief()]);
+        let thief_key = ServiceKey {
+            namespace: "other".into(),
+            name: "thief".into(),
+        };
+        assert_eq!(
+            external_ips_planned(&s, "other", "thief"),
+            vec!["198.18.0.3 . tcp . 80"]
+        );
+        assert_eq!(
+            s.set_node_addresses(["198.18.0.3".parse().unwrap()].into()),
+            [thief_key].into()
+        );
+        assert!(external_ips_planned(&s, "other", "thief").is_empty());
+        assert!(
+            s.set_node_addresses(["198.18.0.3".parse().unwrap()].into())
+                .is_empty(),
+            "unchanged"
+        );
+    }
+
+    #[test]
+    fn health_ports_are_kept_from_external_ips() {
+        let mut s = ServiceState::new(vec![], [10254].into());
+        let on_health = added(
+            "other",
+            "thief",
+            json!({"clusterIP": "10.96.9.9", "externalIPs": ["198.19.0.50"],
+            "ports": [{"name": "a", "port": 10254}, {"name": "b", "port": 32100}, {"name": "http", "port": 80}]}),
+        );
+        s.events(&[on_health]);
+        assert_eq!(
+            external_ips_planned(&s, "other", "thief").len(),
+            2,
+            "10254 is the agent's own port"
+        );
+        let lb = added(
+            "demo",
+            "lb",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.20",
+            "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100, "ports": [{"port": 81}]}),
+        );
+        let dirty = s.events(&[lb]);
+        assert_eq!(dirty.len(), 2, "{dirty:?}");
+        assert_eq!(
+            external_ips_planned(&s, "other", "thief"),
+            vec!["198.19.0.50 . tcp . 80"]
+        );
     }
 }

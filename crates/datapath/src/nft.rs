@@ -31,12 +31,23 @@ pub enum NftError {
 /// Applies `script` as one nftables transaction in the caller's namespace,
 /// or inside `netns` when given.
 pub fn apply(script: &str, netns: Option<&NetNs>) -> Result<(), NftError> {
+    feed(&["-f", "-"], script, netns)
+}
+
+/// Checks `script` against the ruleset in place (`nft --check`: the kernel
+/// sees the whole transaction and aborts it), changing nothing.
+pub fn check(script: &str, netns: Option<&NetNs>) -> Result<(), NftError> {
+    feed(&["--check", "-f", "-"], script, netns)
+}
+
+/// Runs `nft ARGS` with `script` on its standard input.
+fn feed(args: &[&str], script: &str, netns: Option<&NetNs>) -> Result<(), NftError> {
     let mut cmd = match netns {
         Some(ns) => ns.command("nft"),
         None => Command::new("nft"),
     };
     let mut child = cmd
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -89,7 +89,7 @@ fn record(container: &Container, ended: &Ended, at: Time) -> Result<()> {
     let Ok(_lock) = layout.lock() else {
         return Ok(());
     };
-    let store = Store::open(&layout.store())?;
+    let store = Store::open_existing(&layout.store())?;
     let Some(mut pod) = store.get_typed::<Pod>(&container.namespace, &container.pod)? else {
         return Ok(());
     };

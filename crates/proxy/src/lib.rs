@@ -1,6 +1,7 @@
 //! weft's Service proxy, a kube-proxy replacement on nftables.
 //!
 //! - [`model`]: Services and EndpointSlices → ports and usable endpoints (pure).
+//! - [`external`]: which externalIPs a Service may use (pure).
 //! - [`plan`]: one Service → its chains, sets and map elements (pure).
 //! - [`table`]: the fixed hooks, maps and chains of `ip weft-proxy` (pure).
 //! - [`transaction`]: applied vs planned → the minimal nft commands (pure).
@@ -12,6 +13,7 @@
 //! It reads Services and EndpointSlices only — never Pods — so the same code
 //! serves the lab, an etcd-backed cluster and a real Kubernetes cluster.
 
+pub mod external;
 pub mod flows;
 pub mod health;
 pub mod model;

@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -101,7 +101,43 @@ pub struct ServicePortInfo {
     pub affinity_seconds: Option<u32>,
     pub external_local: bool,
     pub internal_local: bool,
-    pub source_ranges: Vec<Ipv4Net>,
+    pub source_ranges: SourceRanges,
+}
+
+/// Which clients may reach a LoadBalancer address
+/// (`loadBalancerSourceRanges`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceRanges {
+    /// No ranges given: every client.
+    Any,
+    /// Only clients in these ranges. Empty when no range applies to IPv4
+    /// clients — or when one entry could not be read: an entry the proxy
+    /// cannot read must never widen access, so the address then admits
+    /// nobody until the Service is fixed.
+    Only(Vec<Ipv4Net>),
+}
+
+impl SourceRanges {
+    /// Reads the entries; `Err` names the first unreadable one (and the
+    /// ranges are then [`SourceRanges::Only`] nothing).
+    fn parse(entries: &[String]) -> (SourceRanges, Option<String>) {
+        if entries.is_empty() {
+            return (SourceRanges::Any, None);
+        }
+        let mut v4 = Vec::new();
+        for entry in entries {
+            match entry.trim().parse::<IpNet>() {
+                Ok(IpNet::V4(net)) => v4.push(net),
+                // Restricts IPv6 clients only; it admits no IPv4 one.
+                Ok(IpNet::V6(_)) => {}
+                Err(_) => {
+                    let why = format!("loadBalancerSourceRanges entry {entry:?} is not a CIDR (such as 198.18.1.99/32): its LoadBalancer addresses admit nobody until it is fixed");
+                    return (SourceRanges::Only(Vec::new()), Some(why));
+                }
+            }
+        }
+        (SourceRanges::Only(v4), None)
+    }
 }
 
 impl ServicePortInfo {
@@ -116,8 +152,13 @@ impl ServicePortInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub key: ServiceKey,
+    /// Also in each port; here even when the Service has no port.
+    pub cluster_ip: Option<Ipv4Addr>,
     pub ports: Vec<ServicePortInfo>,
     pub health_check_node_port: Option<u16>,
+    /// What was read differently from what the Service asks, and why (for
+    /// the log).
+    pub warnings: Vec<String>,
 }
 
 /// Why a Service is not programmed (logged once, so nothing is dropped
@@ -185,12 +226,11 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
     });
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let source_ranges: Vec<Ipv4Net> = spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .filter_map(|r| r.trim().parse().ok())
-        .collect();
+    let (source_ranges, source_ranges_warning) = SourceRanges::parse(
+        spec.load_balancer_source_ranges
+            .as_deref()
+            .unwrap_or_default(),
+    );
     let exposes_node_ports = matches!(kind, "NodePort" | "LoadBalancer");
     let mut ports = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -218,8 +258,10 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
         .filter(|p| *p != 0);
     Ok(ServiceInfo {
         key,
+        cluster_ip,
         ports,
         health_check_node_port,
+        warnings: source_ranges_warning.into_iter().collect(),
     })
 }
 
@@ -411,7 +453,7 @@ mod tests {
     fn load_balancer_reads_status_policies_and_ranges() {
         let mut svc = basic(json!({
             "type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
-            "externalIPs": ["198.18.0.99"], "loadBalancerSourceRanges": ["198.18.0.0/30", "junk"],
+            "externalIPs": ["198.18.0.99"], "loadBalancerSourceRanges": ["198.18.0.0/30", " 198.18.0.8/29 "],
             "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}]
         }));
@@ -426,8 +468,12 @@ mod tests {
         assert_eq!(p.affinity_seconds, Some(30));
         assert_eq!(
             p.source_ranges,
-            vec!["198.18.0.0/30".parse::<Ipv4Net>().unwrap()]
+            SourceRanges::Only(vec![
+                "198.18.0.0/30".parse().unwrap(),
+                "198.18.0.8/29".parse().unwrap()
+            ])
         );
+        assert!(info.warnings.is_empty(), "{:?}", info.warnings);
         assert!(p.external_local);
         assert_eq!(info.health_check_node_port, Some(32000));
     }
@@ -535,5 +581,30 @@ mod tests {
             "endpoints": [{"addresses": ["fd00::2"]}]
         }));
         assert!(endpoints_by_port(&[&s]).is_empty());
+    }
+
+    fn ranges(list: serde_json::Value) -> (SourceRanges, Vec<String>) {
+        let svc = basic(json!({"type": "LoadBalancer", "loadBalancerSourceRanges": list}));
+        let info = service_info(&svc).unwrap();
+        (info.ports[0].source_ranges.clone(), info.warnings)
+    }
+
+    #[test]
+    fn an_unreadable_source_range_lets_nobody_in() {
+        assert_eq!(ranges(json!([])), (SourceRanges::Any, vec![]));
+        for bad in ["198.18.1.99", "junk", "", "198.18.1.0/33", "300.1.1.0/24"] {
+            let (got, warnings) = ranges(json!(["198.18.0.0/30", bad]));
+            assert_eq!(got, SourceRanges::Only(vec![]), "{bad:?}");
+            assert_eq!(warnings.len(), 1, "{bad:?}");
+            assert!(warnings[0].contains(&format!("{bad:?}")), "{warnings:?}");
+            assert!(warnings[0].contains("nobody"), "{warnings:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_source_ranges_admit_no_ipv4_client() {
+        let (got, warnings) = ranges(json!(["2001:db8::/64"]));
+        assert_eq!(got, SourceRanges::Only(vec![]));
+        assert!(warnings.is_empty());
     }
 }

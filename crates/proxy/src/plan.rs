@@ -23,7 +23,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
-use crate::model::{usable, Endpoint, PortEndpoints, Protocol, ServiceInfo, ServicePortInfo};
+use crate::model::{
+    usable, Endpoint, PortEndpoints, Protocol, ServiceInfo, ServicePortInfo, SourceRanges,
+};
 use crate::table::{self, Collection, Pick};
 
 /// What a node needs to know to plan Services.
@@ -67,7 +69,7 @@ impl Element {
 }
 
 /// Everything one Service contributes to the table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ServiceRules {
     /// Dynamic sets (ClientIP affinity), name → declaration.
     pub sets: BTreeMap<String, String>,
@@ -85,7 +87,7 @@ pub struct ServiceRules {
 
 /// A UDP Service port: the addresses clients send to and the endpoints
 /// behind them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct UdpPort {
     pub destinations: Vec<Ipv4Addr>,
     pub port: u16,
@@ -132,56 +134,112 @@ fn drop_duplicate_keys(rules: &mut ServiceRules, svc: &ServiceInfo) {
 }
 
 /// Names of one Service port's chains and sets.
+///
+/// Service, namespace and port names come from the store unchecked (it may
+/// hold objects that never passed the API server's validation), so none is
+/// copied into a name as is: each name is a prefix, a hash of the exact
+/// fields (length-prefixed, so `a/b` + `c` and `a` + `b/c` differ) and a
+/// readable tail reduced to the characters nft takes unquoted and cut to a
+/// fixed length. The hash keeps names apart, the tail only helps a reader.
 struct PortNames {
-    id: String,
-    hash: String,
+    /// The fields that identify the port, in hash order.
+    fields: [String; 4],
+    /// The readable tail: `namespace/name/protocol/port`, made safe.
+    tail: String,
 }
+
+/// Hex digits of the hash in a name: 64 bits, so 10,000 Services × a few
+/// ports collide with a probability of about 1 in 10^10.
+const NAME_HASH_HEX: usize = 16;
+/// Characters of the readable tail kept; every name stays far below nft's
+/// 256-character limit for chain and set names.
+const NAME_TAIL_MAX: usize = 64;
 
 impl PortNames {
     fn new(svc: &ServiceInfo, port: &ServicePortInfo) -> Self {
-        let id = format!(
-            "{}/{}/{}/{}",
-            svc.key.namespace,
-            svc.key.name,
-            port.protocol.nft(),
-            port.name
-        );
+        let fields = [
+            svc.key.namespace.to_string(),
+            svc.key.name.to_string(),
+            port.protocol.nft().to_string(),
+            port.name.clone(),
+        ];
         PortNames {
-            hash: short_hash(&id),
-            id,
+            tail: readable(&fields.join("/")),
+            fields,
         }
     }
+    /// The port's identity for logs and the UDP index (not for nft).
+    fn id(&self) -> String {
+        self.fields.join("/")
+    }
+    fn port_name(&self, prefix: &str, extra: &[&str]) -> String {
+        let fields: Vec<&str> = self
+            .fields
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        format!("{prefix}-{}-{}", name_hash(&fields), self.tail)
+    }
     fn cluster(&self) -> String {
-        format!("svc-{}-{}", self.hash, self.id)
+        self.port_name("svc", &[])
     }
     /// Every endpoint, when the internal chain is limited to local ones.
     fn all_endpoints(&self) -> String {
-        format!("all-{}-{}", self.hash, self.id)
+        self.port_name("all", &[])
     }
     fn external(&self) -> String {
-        format!("ext-{}-{}", self.hash, self.id)
+        self.port_name("ext", &[])
     }
     fn firewall(&self) -> String {
-        format!("fw-{}-{}", self.hash, self.id)
+        self.port_name("fw", &[])
     }
     fn endpoint(&self, ep: &Endpoint) -> String {
-        let tail = format!("{}__{}/{}", self.id, ep.ip, ep.port);
-        format!("sep-{}-{tail}", short_hash(&tail))
+        let (ip, port) = (ep.ip.to_string(), ep.port.to_string());
+        format!("{}__{ip}/{port}", self.port_name("sep", &[&ip, &port]))
     }
     /// The timeout is part of the name, so a changed timeout is a new set
     /// rather than an in-place change nft cannot make.
     fn affinity(&self, ep: &Endpoint, seconds: u32) -> String {
-        let tail = format!("{}__{}/{}", self.id, ep.ip, ep.port);
-        format!("aff-{}-{tail}", short_hash(&format!("{tail}/{seconds}")))
+        let (ip, port) = (ep.ip.to_string(), ep.port.to_string());
+        let seconds = seconds.to_string();
+        format!(
+            "{}__{ip}/{port}",
+            self.port_name("aff", &[&ip, &port, &seconds])
+        )
     }
 }
 
-fn short_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    digest[..4].iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+/// A hash of `fields` that no other list of fields shares (each is
+/// length-prefixed before hashing).
+fn name_hash(fields: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for field in fields {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest[..NAME_HASH_HEX / 2]
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `text` with every character nft would not take in an unquoted name
+/// replaced by `_`, cut to [`NAME_TAIL_MAX`] characters.
+fn readable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_/.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(NAME_TAIL_MAX)
+        .collect()
 }
 
 fn plan_port(
@@ -214,7 +272,7 @@ fn plan_port(
         .collect();
     if port.protocol == Protocol::Udp {
         rules.udp.insert(
-            names.id.clone(),
+            names.id(),
             UdpPort {
                 destinations: port
                     .cluster_ip
@@ -333,25 +391,28 @@ fn plan_port(
 }
 
 /// `loadBalancerSourceRanges`: LoadBalancer addresses accept only those
-/// sources (checked before NAT, in `firewall-check`).
+/// sources (checked before NAT, in `firewall-check`); no usable range means
+/// no client at all (see [`SourceRanges`]).
 fn plan_firewall(rules: &mut ServiceRules, names: &PortNames, port: &ServicePortInfo) {
-    let proto = port.protocol.nft();
-    if !port.source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
-        let firewall = names.firewall();
-        let mut chain: Vec<String> = port
-            .source_ranges
-            .iter()
-            .map(|r| format!("ip saddr {r} return"))
-            .collect();
-        chain.push("drop comment \"not in loadBalancerSourceRanges\"".into());
-        rules.chains.insert(firewall.clone(), chain);
-        for ip in &port.load_balancer_ips {
-            rules.elements.insert(Element::new(
-                table::FIREWALL_IPS,
-                service_key(*ip, proto, port.port),
-                Some(format!("goto {firewall}")),
-            ));
-        }
+    let SourceRanges::Only(ranges) = &port.source_ranges else {
+        return;
+    };
+    if port.load_balancer_ips.is_empty() {
+        return;
+    }
+    let firewall = names.firewall();
+    let mut chain: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("ip saddr {r} return"))
+        .collect();
+    chain.push("drop comment \"not in loadBalancerSourceRanges\"".into());
+    rules.chains.insert(firewall.clone(), chain);
+    for ip in &port.load_balancer_ips {
+        rules.elements.insert(Element::new(
+            table::FIREWALL_IPS,
+            service_key(*ip, port.protocol.nft(), port.port),
+            Some(format!("goto {firewall}")),
+        ));
     }
 }
 
@@ -510,7 +571,7 @@ mod tests {
             affinity_seconds: None,
             external_local: false,
             internal_local: false,
-            source_ranges: vec![],
+            source_ranges: SourceRanges::Any,
         }
     }
 
@@ -522,6 +583,8 @@ mod tests {
             },
             ports: vec![port],
             health_check_node_port: None,
+            warnings: vec![],
+            cluster_ip: None,
         }
     }
 
@@ -832,23 +895,26 @@ mod tests {
 
     #[test]
     fn source_ranges_guard_load_balancer_addresses_only() {
-        let mut p = port();
-        p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
-        p.source_ranges = vec!["198.18.0.2/32".parse().unwrap()];
-        let rules = plan_service(
-            &svc(p),
-            &eps(vec![ep("10.244.2.2", "node-2", true)]),
-            &ctx(),
-        );
+        let firewall = |ranges: Vec<ipnet::Ipv4Net>| {
+            let mut p = port();
+            p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
+            p.source_ranges = SourceRanges::Only(ranges);
+            let rules = plan_service(
+                &svc(p),
+                &eps(vec![ep("10.244.2.2", "node-2", true)]),
+                &ctx(),
+            );
+            let fw = values(&rules, table::FIREWALL_IPS);
+            assert!(fw[0].starts_with("198.18.0.240 . tcp . 80 : goto fw-"));
+            chain(&rules, "fw-").clone()
+        };
+        let drop = "drop comment \"not in loadBalancerSourceRanges\"".to_string();
         assert_eq!(
-            chain(&rules, "fw-"),
-            &vec![
-                "ip saddr 198.18.0.2/32 return".to_string(),
-                "drop comment \"not in loadBalancerSourceRanges\"".into()
-            ]
+            firewall(vec!["198.18.0.2/32".parse().unwrap()]),
+            vec!["ip saddr 198.18.0.2/32 return".to_string(), drop.clone()]
         );
-        let fw = values(&rules, table::FIREWALL_IPS);
-        assert!(fw[0].starts_with("198.18.0.240 . tcp . 80 : goto fw-"));
+        // No usable range (an unreadable entry): every client is dropped.
+        assert_eq!(firewall(vec![]), vec![drop]);
     }
 
     #[test]
@@ -902,5 +968,85 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// Every chain and set name of `rules`.
+    fn names_of(rules: &ServiceRules) -> Vec<String> {
+        rules
+            .chains
+            .keys()
+            .chain(rules.sets.keys())
+            .cloned()
+            .collect()
+    }
+
+    fn sticky(namespace: &str, name: &str, port_name: &str) -> ServiceRules {
+        let mut p = port();
+        p.name = port_name.into();
+        p.affinity_seconds = Some(10);
+        let info = ServiceInfo {
+            key: ServiceKey {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            ports: vec![p],
+            health_check_node_port: None,
+            warnings: vec![],
+            cluster_ip: None,
+        };
+        let by_port = [(
+            (port_name.to_string(), Protocol::Tcp),
+            vec![ep("10.244.1.2", "node-1", true)],
+        )]
+        .into();
+        plan_service(&info, &by_port, &ctx())
+    }
+
+    #[test]
+    fn hostile_names_give_bounded_names_nft_takes_unquoted() {
+        let long = "x".repeat(250);
+        let hostile = [
+            ("demo", "bad name"),
+            ("demo", long.as_str()),
+            (long.as_str(), long.as_str()),
+            ("demo", "a\"; flush ruleset; \""),
+            ("demo", "new\nline\ttab"),
+            ("démo", "名前"),
+            ("demo", "@set $var {}"),
+            ("", ""),
+        ];
+        for (namespace, name) in hostile {
+            let rules = sticky(namespace, name, "p q");
+            assert_eq!(names_of(&rules).len(), 3, "{name}: svc, sep and aff");
+            for n in names_of(&rules) {
+                assert!(n.len() <= 128, "{} characters: {n}", n.len());
+                assert!(n.starts_with(|c: char| c.is_ascii_alphabetic()), "{n}");
+                assert!(
+                    n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_/.".contains(c)),
+                    "{n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_that_read_alike_get_distinct_chains() {
+        // Each pair reads the same once made safe or joined with '/'.
+        let pairs = [
+            (("a/b", "c"), ("a", "b/c")),
+            (("demo", "bad name"), ("demo", "bad_name")),
+            (("demo", &"y".repeat(200)), ("demo", &"y".repeat(201))),
+        ];
+        for ((ns1, n1), (ns2, n2)) in pairs {
+            let first = names_of(&sticky(ns1, n1, "p"));
+            let second = names_of(&sticky(ns2, n2, "p"));
+            for name in &first {
+                assert!(!second.contains(name), "{ns1}/{n1} and {ns2}/{n2}: {name}");
+            }
+        }
+        let a = names_of(&sticky("demo", "web", "a b"));
+        let b = names_of(&sticky("demo", "web", "a_b"));
+        assert!(a.iter().all(|n| !b.contains(n)), "port names too");
     }
 }

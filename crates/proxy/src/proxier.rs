@@ -5,10 +5,17 @@
 //! from the kernel is the list of chain names, on a full sync and on the
 //! drift check.
 //!
+//! A Service whose rules nft rejects must not keep every other Service out
+//! of the table: when a full sync is rejected, [`Proxier::sync_all`] finds
+//! the Services at fault by checking their rules against the kernel
+//! (`nft --check`, bisecting), logs each with nft's reason, leaves it out
+//! and syncs the rest. It stays out until its plan changes
+//! ([`Proxier::rejected`] lists them for the operator).
+//!
 //! After a transaction, UDP flows that still point at endpoints which went
 //! away are deleted from conntrack so clients move on at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -19,7 +26,7 @@ use crate::flows;
 use crate::model::ServiceKey;
 use crate::plan::{Element, NodeContext, ServiceRules};
 use crate::table::{self, Collection, Pick, COLLECTIONS};
-use crate::transaction::{Applied, Transaction};
+use crate::transaction::{self, Applied, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -45,6 +52,17 @@ pub struct SyncReport {
 /// A Service as planned now; `None` when it is gone (or not programmed).
 pub type Change = (ServiceKey, Option<ServiceRules>);
 
+/// Who holds each shared map key (a frontend: address and port, NodePort).
+type Owners = HashMap<(Collection, Box<str>), ServiceKey>;
+
+/// A Service left out of the table because nft rejected its rules.
+#[derive(Debug, Clone)]
+struct Rejected {
+    /// The plan nft rejected (a changed plan is tried again).
+    plan: u64,
+    reason: String,
+}
+
 pub struct Proxier {
     ctx: NodeContext,
     applied: HashMap<ServiceKey, Applied>,
@@ -54,7 +72,7 @@ pub struct Proxier {
     hairpin: Users<std::net::Ipv4Addr>,
     /// Who holds each shared map key, so a second Service claiming the same
     /// address and port is refused instead of failing every transaction.
-    owners: HashMap<(Collection, Box<str>), ServiceKey>,
+    owners: Owners,
     /// Shared endpoint choices in the table; removed when no Service uses
     /// them any more, so the table looks the same as after a restart.
     picks: Users<Pick>,
@@ -62,6 +80,8 @@ pub struct Proxier {
     /// is released.
     refused: BTreeSet<ServiceKey>,
     released: bool,
+    /// Services nft rejected, left out until their plan changes.
+    rejected: HashMap<ServiceKey, Rejected>,
     /// Parallel `nft` processes for a full sync (userspace parsing is the
     /// bottleneck, and the kernel takes the batches one at a time anyway).
     shards: usize,
@@ -83,6 +103,7 @@ impl Proxier {
             picks: Users::default(),
             refused: BTreeSet::new(),
             released: false,
+            rejected: HashMap::new(),
             shards,
             synced: false,
         }
@@ -101,35 +122,36 @@ impl Proxier {
         std::mem::take(&mut self.refused)
     }
 
-    /// Whether an element is claimed by one Service: the frontends
-    /// (address and port, NodePort); endpoint-map elements follow theirs and
-    /// ClusterIP set entries are shared by all ports of a Service.
-    fn exclusive(e: &Element) -> bool {
-        e.frontend.is_none() && e.map != table::CLUSTER_IPS
+    /// The Services left out because nft rejected their rules, with nft's
+    /// reason.
+    pub fn rejected(&self) -> BTreeMap<ServiceKey, String> {
+        self.rejected
+            .iter()
+            .map(|(k, r)| (k.clone(), r.reason.clone()))
+            .collect()
+    }
+
+    /// Whether `rules` are what nft rejected for this Service before (then
+    /// it stays out); a changed plan is forgotten and tried again.
+    fn still_rejected(&mut self, key: &ServiceKey, rules: &ServiceRules) -> bool {
+        let Some(rejected) = self.rejected.get(key) else {
+            return false;
+        };
+        if rejected.plan == transaction::hash(rules) {
+            return true;
+        }
+        tracing::info!(service = %key, "a Service nft rejected has changed; trying it again");
+        self.rejected.remove(key);
+        false
     }
 
     /// Drops frontends already owned by another Service (first one wins),
     /// with their endpoint-map elements.
     fn claim(&mut self, key: &ServiceKey, rules: &mut ServiceRules) {
-        let taken: BTreeSet<String> = rules
-            .elements
-            .iter()
-            .filter(|e| Self::exclusive(e))
-            .filter_map(|e| {
-                let owner = self.owners.get(&(e.map, e.key.as_str().into()))?;
-                (owner != key).then(|| {
-                    tracing::warn!(service = %key, owner = %owner, map = %e.map, element = %e.key, "address and port already taken by another Service; not programmed for this one");
-                    e.key.clone()
-                })
-            })
-            .collect();
-        if taken.is_empty() {
-            return;
+        for (map, element, owner) in drop_taken(&self.owners, key, rules) {
+            tracing::warn!(service = %key, owner = %owner, map = %map, element = %element, "address and port already taken by another Service; not programmed for this one");
+            self.refused.insert(key.clone());
         }
-        rules
-            .elements
-            .retain(|e| !taken.contains(e.frontend.as_ref().unwrap_or(&e.key)));
-        self.refused.insert(key.clone());
     }
 
     fn record(&mut self, key: &ServiceKey, rules: Option<&ServiceRules>) {
@@ -144,10 +166,7 @@ impl Proxier {
             }
         }
         if let Some(rules) = rules {
-            for e in rules.elements.iter().filter(|e| Self::exclusive(e)) {
-                self.owners
-                    .insert((e.map, e.key.as_str().into()), key.clone());
-            }
+            own(&mut self.owners, key, rules);
             self.applied.insert(key.clone(), Applied::of(rules));
         }
         self.released |= dropped.iter().any(|k| !self.owners.contains_key(k));
@@ -191,10 +210,16 @@ impl Proxier {
             (0..self.shards).map(|_| Transaction::default()).collect();
         let mut last = Transaction::default();
         let empty = Applied::default();
-        for (i, (key, mut rules)) in services.into_iter().enumerate() {
+        // Rejected Services that are gone drop out of the list.
+        let mut still_rejected = HashSet::new();
+        for (key, mut rules) in services {
+            if self.still_rejected(&key, &rules) {
+                still_rejected.insert(key);
+                continue;
+            }
             self.claim(&key, &mut rules);
             self.record(&key, Some(&rules));
-            let shard = &mut shards[i % self.shards];
+            let shard = &mut shards[report.services % self.shards];
             shard.chains(&empty, &rules);
             let elements = if fresh { shard } else { &mut last };
             for e in &rules.elements {
@@ -207,6 +232,7 @@ impl Proxier {
             }
             report.services += 1;
         }
+        self.rejected.retain(|key, _| still_rejected.contains(key));
         let scripts: Vec<String> = shards
             .iter()
             .filter(|s| !s.is_empty())
@@ -269,6 +295,62 @@ impl Proxier {
         Ok(report)
     }
 
+    /// A full sync (see [`Proxier::full_sync`]) that one Service cannot
+    /// block: when nft rejects it, the Services at fault are found, logged
+    /// and left out, and the sync runs again. `services` is called once per
+    /// attempt, so the plans are never all held at once.
+    pub fn sync_all<I>(&mut self, services: impl Fn() -> I) -> Result<SyncReport, ProxyError>
+    where
+        I: IntoIterator<Item = (ServiceKey, ServiceRules)>,
+    {
+        loop {
+            match self.full_sync(services()) {
+                Err(ProxyError::Nft(nft::NftError::Rejected { stderr })) => {
+                    tracing::warn!(error = %nft_reason(&stderr), "nft rejected the full sync; looking for the Services at fault");
+                    if self.isolate(services())? == 0 {
+                        return Err(nft::NftError::Rejected { stderr }.into());
+                    }
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Finds the Services whose rules nft rejects (each the first whose
+    /// addition makes the check fail, found by bisection over the list) and
+    /// records them as rejected; returns how many.
+    fn isolate(
+        &mut self,
+        services: impl IntoIterator<Item = (ServiceKey, ServiceRules)>,
+    ) -> Result<usize, ProxyError> {
+        let mut candidates: Vec<(ServiceKey, ServiceRules)> = services
+            .into_iter()
+            .filter(|(key, rules)| !self.still_rejected(key, rules))
+            .collect();
+        if let Err(reason) = check(&[])? {
+            tracing::error!(error = %reason, "nft rejects the proxy's table without any Service");
+            return Ok(0);
+        }
+        let mut found = 0;
+        while let Err(mut reason) = check(&candidates)? {
+            // check(first `passes`) succeeds, check(first `fails`) does not.
+            let (mut passes, mut fails) = (0, candidates.len());
+            while fails - passes > 1 {
+                let mid = (passes + fails) / 2;
+                match check(&candidates[..mid])? {
+                    Ok(()) => passes = mid,
+                    Err(why) => (fails, reason) = (mid, why),
+                }
+            }
+            let (key, rules) = candidates.remove(fails - 1);
+            tracing::error!(service = %key, reason = %reason, "nft rejects this Service's rules: it is left out until it changes; every other Service is programmed");
+            let plan = transaction::hash(&rules);
+            self.rejected.insert(key, Rejected { plan, reason });
+            found += 1;
+        }
+        Ok(found)
+    }
+
     /// Applies the Services that changed, in one transaction. On failure
     /// (the kernel differs from what we applied) the caller runs a full
     /// sync.
@@ -278,10 +360,17 @@ impl Proxier {
         let mut filters: Vec<FlowFilter> = Vec::new();
         let services = changes.len();
         for (key, rules) in changes {
-            let rules = rules.map(|mut r| {
-                self.claim(&key, &mut r);
-                r
-            });
+            let rules = match rules {
+                Some(r) if self.still_rejected(&key, &r) => None,
+                Some(mut r) => {
+                    self.claim(&key, &mut r);
+                    Some(r)
+                }
+                None => {
+                    self.rejected.remove(&key);
+                    None
+                }
+            };
             let old = self.applied.get(&key).cloned().unwrap_or_default();
             let new = rules.clone().unwrap_or_default();
             tx.service(&old, &new);
@@ -359,6 +448,99 @@ impl Proxier {
         }
         (chains, sets)
     }
+}
+
+/// Whether an element is claimed by one Service: the frontends (address
+/// and port, NodePort); endpoint-map elements follow theirs and ClusterIP
+/// set entries are shared by all ports of a Service.
+fn exclusive(e: &Element) -> bool {
+    e.frontend.is_none() && e.map != table::CLUSTER_IPS
+}
+
+/// Drops from `rules` the frontends another Service holds in `owners`,
+/// with their endpoint-map elements; returns each dropped frontend and its
+/// owner.
+fn drop_taken(
+    owners: &Owners,
+    key: &ServiceKey,
+    rules: &mut ServiceRules,
+) -> Vec<(Collection, String, ServiceKey)> {
+    let taken: Vec<(Collection, String, ServiceKey)> = rules
+        .elements
+        .iter()
+        .filter(|e| exclusive(e))
+        .filter_map(|e| {
+            let owner = owners.get(&(e.map, e.key.as_str().into()))?;
+            (owner != key).then(|| (e.map, e.key.clone(), owner.clone()))
+        })
+        .collect();
+    if !taken.is_empty() {
+        let keys: BTreeSet<&str> = taken.iter().map(|(_, k, _)| k.as_str()).collect();
+        rules
+            .elements
+            .retain(|e| !keys.contains(e.frontend.as_deref().unwrap_or(&e.key)));
+    }
+    taken
+}
+
+/// Records `key` as the holder of its frontends.
+fn own(owners: &mut Owners, key: &ServiceKey, rules: &ServiceRules) {
+    for e in rules.elements.iter().filter(|e| exclusive(e)) {
+        owners.insert((e.map, e.key.as_str().into()), key.clone());
+    }
+}
+
+/// Whether nft takes `services` as a full sync would write them over the
+/// table in place (`nft --check`: nothing changes); `Err` carries nft's
+/// reason.
+fn check(services: &[(ServiceKey, ServiceRules)]) -> Result<Result<(), String>, ProxyError> {
+    let mut tx = Transaction::default();
+    for (name, kind, _) in COLLECTIONS {
+        tx.flush_collection(kind, *name);
+    }
+    let picks: BTreeSet<Pick> = services
+        .iter()
+        .flat_map(|(_, rules)| rules.picks.iter().copied())
+        .collect();
+    for pick in picks {
+        tx.create_pick(pick);
+        for map in pick.maps() {
+            tx.flush_collection("map", map);
+        }
+    }
+    let mut owners = Owners::new();
+    let empty = Applied::default();
+    for (key, rules) in services {
+        let mut rules = rules.clone();
+        drop_taken(&owners, key, &mut rules);
+        own(&mut owners, key, &rules);
+        tx.chains(&empty, &rules);
+        for e in &rules.elements {
+            tx.add_element(e.map, &e.add_text());
+        }
+    }
+    match nft::check(&tx.render(), None) {
+        Ok(()) => Ok(Ok(())),
+        Err(nft::NftError::Rejected { stderr }) => Ok(Err(nft_reason(&stderr))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// nft's complaint in one line: its first error and the line it points at.
+fn nft_reason(stderr: &str) -> String {
+    const SHOWN: usize = 200;
+    let mut lines = stderr.lines();
+    let Some(first) = lines.find(|l| l.contains("Error:")) else {
+        return stderr.chars().take(SHOWN).collect();
+    };
+    let error = first.split_once("Error: ").map_or(first, |(_, e)| e);
+    let at: String = lines
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(SHOWN)
+        .collect();
+    format!("{error} in: {}", at.trim())
 }
 
 /// How many Services use each shared thing (a hairpin address, a pick),
@@ -450,5 +632,15 @@ mod tests {
         users.add('b');
         assert_eq!(users.changes(), (vec![], vec!['a']));
         assert_eq!(users.keys().copied().collect::<Vec<_>>(), vec!['b']);
+    }
+
+    #[test]
+    fn nft_reason_is_the_error_and_the_line_it_points_at() {
+        let stderr = "/dev/stdin:3:27-30: Error: syntax error, unexpected string\nadd rule ip weft-proxy svc-x this is not a rule\n                          ^^^^";
+        assert_eq!(
+            nft_reason(stderr),
+            "syntax error, unexpected string in: add rule ip weft-proxy svc-x this is not a rule"
+        );
+        assert_eq!(nft_reason("no such file"), "no such file");
     }
 }

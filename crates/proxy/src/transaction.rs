@@ -82,7 +82,7 @@ impl AppliedElements {
     }
 }
 
-fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
+pub(crate) fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
     let mut h = DefaultHasher::new();
     value.hash(&mut h);
     h.finish()

@@ -236,3 +236,132 @@ fn a_second_service_cannot_steal_an_address_and_gets_it_once_free() {
     })
     .unwrap();
 }
+
+/// A Service as the store may hold it, never validated: any name.
+fn named(namespace: &str, name: &str, cluster_ip: &str) -> (ServiceKey, ServiceRules) {
+    let svc = serde_json::from_value(json!({
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"clusterIP": cluster_ip, "sessionAffinity": "ClientIP",
+            "ports": [{"name": "p q", "port": 80}]}
+    }))
+    .unwrap();
+    let info = service_info(&svc).unwrap();
+    let slice = serde_json::from_value(json!({
+        "metadata": {"namespace": namespace, "name": "s"},
+        "addressType": "IPv4",
+        "ports": [{"name": "p q", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.244.1.2"], "nodeName": "node-1"}]
+    }))
+    .unwrap();
+    let rules = plan_service(&info, &endpoints_by_port(&[&slice]), &ctx());
+    (info.key, rules)
+}
+
+#[test]
+fn hostile_service_names_are_programmed_like_any_other() {
+    let (_guard, ns) = Scratch::new("name");
+    ns.run_in(|| {
+        let long = "a".repeat(250);
+        let hostile = [
+            named("demo", "bad name", "10.96.1.1"),
+            named("demo", &long, "10.96.1.2"),
+            named(&long, &long, "10.96.1.3"),
+            named("demo", "x\"; flush ruleset; \"", "10.96.1.4"),
+            named("demo", "tab\tnew\nline", "10.96.1.5"),
+            named("démo", "ünïcode-名前", "10.96.1.6"),
+            named("demo", "@set $var {}", "10.96.1.7"),
+        ];
+        let mut proxier = Proxier::new(ctx());
+        let report = proxier.full_sync(hostile.to_vec()).expect("full sync");
+        assert_eq!(report.services, hostile.len());
+        assert!(!proxier.drifted().unwrap());
+        let text = list(&ns);
+        for ip in 1..=7 {
+            assert!(
+                text.contains(&format!("10.96.1.{ip} . tcp . 80 : goto svc-")),
+                "10.96.1.{ip}: {text}"
+            );
+        }
+        // And incrementally, next to a plain Service created afterwards.
+        let mut proxier = Proxier::new(ctx());
+        proxier.full_sync(vec![]).expect("empty sync");
+        let mut changes: Vec<_> = hostile.into_iter().map(|(k, r)| (k, Some(r))).collect();
+        changes.extend(all_kinds().into_iter().take(1).map(|(k, r)| (k, Some(r))));
+        proxier.apply(changes).expect("incremental");
+        assert!(list(&ns).contains("10.96.0.1 . tcp . 80 : goto pick-tcp-2"));
+    })
+    .unwrap();
+}
+
+/// `name`'s rules with one rule nft cannot parse (as a planner bug or an
+/// unforeseen input would produce).
+fn broken(name: &str, cluster_ip: &str) -> (ServiceKey, ServiceRules) {
+    let (key, mut rules) = named("demo", name, cluster_ip);
+    let chain = rules.chains.keys().next().unwrap().clone();
+    rules
+        .chains
+        .get_mut(&chain)
+        .unwrap()
+        .push("this is not a rule".into());
+    (key, rules)
+}
+
+#[test]
+fn a_service_nft_rejects_is_left_out_and_every_other_one_programmed() {
+    let (_guard, ns) = Scratch::new("iso");
+    ns.run_in(|| {
+        let mut services = all_kinds();
+        services.insert(2, broken("bad", "10.96.2.1"));
+        services.push(broken("worse", "10.96.2.2"));
+        let mut proxier = Proxier::new(ctx());
+        let plans = services.clone();
+        let report = proxier
+            .sync_all(|| plans.clone())
+            .expect("sync around the bad ones");
+        assert_eq!(report.services, 7, "{report:?}");
+        let rejected = proxier.rejected();
+        let names: Vec<String> = rejected.keys().map(|k| k.to_string()).collect();
+        assert_eq!(names, ["demo/bad", "demo/worse"]);
+        assert!(
+            rejected.values().all(|r| r.contains("this is not a rule")),
+            "{rejected:?}"
+        );
+        assert!(!proxier.drifted().unwrap());
+        let text = list(&ns);
+        assert!(text.contains("10.96.0.7 . tcp . 80"), "{text}");
+        assert!(!text.contains("10.96.2.1"), "{text}");
+
+        // Later changes keep applying; the unchanged bad Service stays out
+        // without failing them.
+        let (plain, one) = planned(
+            "plain",
+            json!({"clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80}]}),
+            &[("10.244.2.2", "node-2")],
+        );
+        let (bad, still_bad) = broken("bad", "10.96.2.1");
+        let created = named("demo", "created-later", "10.96.2.3");
+        proxier
+            .apply(vec![
+                (plain, Some(one)),
+                (bad.clone(), Some(still_bad)),
+                (created.0, Some(created.1)),
+            ])
+            .expect("incremental apply next to a rejected Service");
+        let text = list(&ns);
+        assert!(
+            text.contains("10.96.0.1 . 80 . 0 : 10.244.2.2 . 8080"),
+            "{text}"
+        );
+        assert!(text.contains("10.96.2.3 . tcp . 80"), "{text}");
+        assert!(!proxier.drifted().unwrap());
+
+        // Fixed, it is programmed; deleted, it is forgotten.
+        let (bad, fixed) = named("demo", "bad", "10.96.2.1");
+        proxier.apply(vec![(bad, Some(fixed))]).expect("fixed");
+        assert!(list(&ns).contains("10.96.2.1 . tcp . 80"));
+        let worse = broken("worse", "10.96.2.2").0;
+        proxier.apply(vec![(worse, None)]).expect("deleted");
+        assert!(proxier.rejected().is_empty());
+    })
+    .unwrap();
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_agent::run::Options;
 
@@ -55,6 +56,28 @@ pub struct AgentArgs {
     /// refills the maps in one transaction, so traffic is not disturbed).
     #[arg(long, env = "WEFT_PROXY_FULL_RESYNC_S", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=ONE_WEEK_S))]
     proxy_full_resync_s: u64,
+    /// Comma-separated CIDRs Services' externalIPs must lie in (empty: any
+    /// address). Whatever this says, an externalIP is refused when it is a
+    /// ClusterIP, a node's address or on a port weft serves.
+    #[arg(long, env = "WEFT_EXTERNAL_IP_CIDRS", default_value = "", value_parser = cidr_list)]
+    external_ip_cidrs: CidrList,
+}
+
+/// A comma-separated list of IPv4 CIDRs; empty text is an empty list.
+#[derive(Debug, Clone)]
+struct CidrList(Vec<Ipv4Net>);
+
+fn cidr_list(text: &str) -> Result<CidrList, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse()
+                .map_err(|_| format!("{entry:?} is not an IPv4 CIDR such as 198.18.0.0/24"))
+        })
+        .collect::<Result<_, _>>()
+        .map(CidrList)
 }
 
 // Upper bounds of the periods: longer ones are typos, not settings (and
@@ -110,6 +133,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         proxy: !a.no_proxy,
         heartbeat: Duration::from_millis(a.heartbeat_ms),
         proxy_full_resync: Duration::from_secs(a.proxy_full_resync_s),
+        external_ip_cidrs: a.external_ip_cidrs.0,
     };
     // One thread: netlink sockets and namespaces are per thread anyway.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -125,4 +149,18 @@ pub fn run(a: AgentArgs) -> Result<()> {
         };
         weft_agent::run::run(opts, shutdown).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_ip_cidrs_read_as_a_list_and_empty_means_none() {
+        assert!(cidr_list("").unwrap().0.is_empty());
+        let list = cidr_list("198.18.0.0/24, 10.0.0.0/8").unwrap().0;
+        assert_eq!(list.len(), 2);
+        let err = cidr_list("198.18.0.0/24,198.18.1.99").unwrap_err();
+        assert!(err.contains("\"198.18.1.99\""), "{err}");
+    }
 }

@@ -216,6 +216,53 @@ impl Lab {
         text(&out.stderr)
     }
 
+    /// `weft lab probe` over HTTP `path`: (outcome, answer) per attempt.
+    pub fn probe_http(
+        &self,
+        from: &str,
+        to: &str,
+        count: u32,
+        path: &str,
+    ) -> Vec<(String, String)> {
+        let count = count.to_string();
+        let out = self.weft(&[
+            "probe",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--count",
+            &count,
+            "--http-path",
+            path,
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&text(&out.stdout))
+            .unwrap_or_else(|_| panic!("probe JSON: {}{}", text(&out.stdout), text(&out.stderr)));
+        v["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| {
+                let field = |name: &str| r[name].as_str().unwrap_or_default().to_string();
+                (field("outcome"), field("answer"))
+            })
+            .collect()
+    }
+
+    /// A node's InternalIP.
+    pub fn node_ip(&self, node: &str) -> String {
+        self.json(&["get", "nodes", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["metadata"]["name"] == node)
+            .and_then(|n| n["status"]["addresses"][0]["address"].as_str())
+            .map(String::from)
+            .expect("node address")
+    }
+
     pub fn full_mesh(&self) -> Value {
         let out = self.weft(&["probe", "-o", "json"]);
         let v: Value = serde_json::from_str(&text(&out.stdout)).expect("probe JSON");
