@@ -472,7 +472,7 @@ fn del_and_a_failed_add_leave_no_elements_and_gc_removes_stale_ones() {
 }
 
 #[test]
-fn check_reports_a_pod_whose_elements_are_gone() {
+fn check_and_status_report_lost_anti_spoofing() {
     let mut node = Node::new("spoof-check");
     let conf = dual_stack(&node);
     let ns = node.pod("p");
@@ -481,7 +481,14 @@ fn check_reports_a_pod_whose_elements_are_gone() {
     check["prevResult"] = r.json.clone();
     let ok = node.run("CHECK", "p", Some(&ns), &check);
     assert!(ok.ok(), "{}", ok.stdout);
+    assert!(node.run("STATUS", "", None, &conf).ok());
     remove_rules(&node);
+    let status = node.run("STATUS", "", None, &conf);
+    assert_eq!(status.code(), Some(51), "{}", status.stdout);
+    assert!(status.json["msg"]
+        .as_str()
+        .unwrap()
+        .contains("anti-spoofing"));
     let broken = node.run("CHECK", "p", Some(&ns), &check);
     assert_eq!(broken.code(), Some(104), "{}", broken.stdout);
     assert!(
