@@ -36,7 +36,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr};
 
 use weft_datapath::nft::{self, Family};
-use weft_datapath::nft_sets::{self, key, key_ifname, KeyPart, SetElements};
+use weft_datapath::nft_sets::{key, key_ifname, KeyPart, SetElements, Sets};
 
 use crate::spec::CniError;
 
@@ -224,7 +224,11 @@ pub fn admit(host_veth: &str, mac: Option<&[u8]>, ips: &[IpAddr]) -> Result<(), 
     if !rules_in_place()? {
         nft::apply(&rules_script(), None)?;
     }
-    Ok(nft_sets::add(Family::Bridge, TABLE, &elements)?)
+    Ok(open_sets()?.add(&elements)?)
+}
+
+fn open_sets() -> Result<Sets, CniError> {
+    Ok(Sets::open(Family::Bridge, TABLE)?)
 }
 
 /// Whether the node's anti-spoofing rules exist (one netlink query).
@@ -235,17 +239,20 @@ pub fn rules_in_place() -> Result<bool, CniError> {
 /// The elements of the attachment that are missing from the sets (none
 /// when it is fully guarded).
 pub fn missing(host_veth: &str, mac: Option<&[u8]>, ips: &[IpAddr]) -> Result<usize, CniError> {
+    let mut sets = open_sets()?;
     let mut missing = 0;
     for want in Identity::new(host_veth, mac, ips)?.elements()? {
-        let have = nft_sets::keys(Family::Bridge, TABLE, &want.set)?;
+        let have = sets.keys(&want.set)?;
         missing += want.keys.iter().filter(|k| !have.contains(k)).count();
     }
     Ok(missing)
 }
 
 /// Removes every element of the host veth `host_veth` (nothing when it has
-/// none, or the table does not exist).
-pub fn revoke(host_veth: &str) -> Result<(), CniError> {
+/// none, or the table does not exist). Returns the socket that removed them:
+/// closing it waits for an RCU grace period (see [`Sets`]), which DEL hands
+/// to its reaper process.
+pub fn revoke(host_veth: &str) -> Result<Sets, CniError> {
     remove_where(|| Ok(|name: &str| name == host_veth))
 }
 
@@ -261,25 +268,28 @@ pub fn revoke_orphans(
     remove_where(|| {
         let live = links()?;
         Ok(move |name: &str| !live.contains(name))
-    })
+    })?;
+    Ok(())
 }
 
 /// Lists the sets, asks `doomed` (after the listing) which interfaces go,
 /// and removes their elements in one transaction.
 fn remove_where<F: Fn(&str) -> bool>(
     mut doomed: impl FnMut() -> Result<F, CniError>,
-) -> Result<(), CniError> {
+) -> Result<Sets, CniError> {
+    let mut sets = open_sets()?;
     for _ in 0..REMOVE_ATTEMPTS {
         let present = SETS
             .iter()
-            .map(|s| Ok(set(s, nft_sets::keys(Family::Bridge, TABLE, s)?)))
+            .map(|s| Ok(set(s, sets.keys(s)?)))
             .collect::<Result<Vec<_>, nft::NftError>>()?;
         let goes = doomed()?;
         let selected = select(present, goes);
-        match nft_sets::delete(Family::Bridge, TABLE, &selected) {
+        match sets.delete(&selected) {
             // Someone else removed one of them after the listing: list again.
             Err(e) if e.errno() == Some(libc::ENOENT) => continue,
-            done => return Ok(done?),
+            Err(e) => return Err(e.into()),
+            Ok(()) => return Ok(sets),
         }
     }
     Err(CniError::firewall(format!(

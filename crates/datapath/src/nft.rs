@@ -466,6 +466,10 @@ impl NfnlSocket {
         })
     }
 
+    pub(crate) fn into_fd(self) -> std::os::fd::OwnedFd {
+        self.fd
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq

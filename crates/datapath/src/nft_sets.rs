@@ -10,6 +10,7 @@
 //! each part padded to the 4-byte registers nftables compares in.
 
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::nft::{
     malformed, nfgenmsg, push_attr, push_nested, Attrs, Family, NfnlSocket, NftError, NFGENMSG_LEN,
@@ -83,52 +84,121 @@ pub struct SetElements {
     pub keys: Vec<Vec<u8>>,
 }
 
-/// Adds every element of `changes` in one transaction: all of them or, on
-/// error, none. Elements already present are no error.
-pub fn add(family: Family, table: &str, changes: &[SetElements]) -> Result<(), NftError> {
-    let flags = libc::NLM_F_CREATE as u16;
-    write(family, table, changes, NFT_MSG_NEWSETELEM, flags, "add")
-}
-
-/// Removes every element of `changes` in one transaction. An element that is
-/// not there fails the whole transaction (ENOENT, see [`NftError::errno`]);
-/// list the set first.
-pub fn delete(family: Family, table: &str, changes: &[SetElements]) -> Result<(), NftError> {
-    write(family, table, changes, NFT_MSG_DELSETELEM, 0, "remove")
-}
-
-fn write(
+/// The sets of one table, through one NETLINK_NETFILTER socket opened in
+/// the calling thread's namespace (it stays there whichever thread uses it).
+///
+/// Closing a socket that removed elements costs the closer an RCU grace
+/// period (10–20 ms here): on every release of a netfilter socket the kernel
+/// waits for its pending nftables cleanup, which removed elements leave
+/// behind. [`Sets::into_inheritable_fd`] lets a longer-lived child process
+/// hold the socket instead, so that the wait is not on the caller's path.
+pub struct Sets {
+    sock: NfnlSocket,
     family: Family,
-    table: &str,
-    changes: &[SetElements],
-    msg: u16,
-    flags: u16,
-    action: &'static str,
-) -> Result<(), NftError> {
-    let messages: Vec<(u16, u16, Vec<u8>)> = changes
-        .iter()
-        .flat_map(|c| {
-            c.keys
-                .chunks(ELEMENTS_PER_MESSAGE)
-                .map(move |keys| (c.set.as_str(), keys))
+    table: String,
+}
+
+impl Sets {
+    pub fn open(family: Family, table: &str) -> Result<Self, NftError> {
+        Ok(Sets {
+            sock: NfnlSocket::open().map_err(NftError::Query)?,
+            family,
+            table: table.to_string(),
         })
-        .map(|(set, keys)| {
-            let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
-            (kind, flags, element_list(family, table, set, keys))
-        })
-        .collect();
-    if messages.is_empty() {
-        return Ok(());
     }
-    let failed = |source| NftError::Elements {
-        action,
-        table: table.to_string(),
-        source,
-    };
-    let mut sock = NfnlSocket::open().map_err(failed)?;
-    match sock.batch(&messages).map_err(failed)? {
-        0 => Ok(()),
-        errno => Err(failed(std::io::Error::from_raw_os_error(errno))),
+
+    /// Adds every element of `changes` in one transaction: all of them or,
+    /// on error, none. Elements already present are no error.
+    pub fn add(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
+        let flags = libc::NLM_F_CREATE as u16;
+        self.write(changes, NFT_MSG_NEWSETELEM, flags, "add")
+    }
+
+    /// Removes every element of `changes` in one transaction. An element
+    /// that is not there fails the whole transaction (ENOENT, see
+    /// [`NftError::errno`]); list the set first.
+    pub fn delete(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
+        self.write(changes, NFT_MSG_DELSETELEM, 0, "remove")
+    }
+
+    fn write(
+        &mut self,
+        changes: &[SetElements],
+        msg: u16,
+        flags: u16,
+        action: &'static str,
+    ) -> Result<(), NftError> {
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
+        let messages: Vec<(u16, u16, Vec<u8>)> = changes
+            .iter()
+            .flat_map(|c| {
+                c.keys
+                    .chunks(ELEMENTS_PER_MESSAGE)
+                    .map(move |keys| (c.set.as_str(), keys))
+            })
+            .map(|(set, keys)| {
+                let payload = element_list(self.family, &self.table, set, keys);
+                (kind, flags, payload)
+            })
+            .collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let failed = |source| NftError::Elements {
+            action,
+            table: self.table.clone(),
+            source,
+        };
+        match self.sock.batch(&messages).map_err(failed)? {
+            0 => Ok(()),
+            errno => Err(failed(std::io::Error::from_raw_os_error(errno))),
+        }
+    }
+
+    /// The keys of every element of set `set`, in one dump. A set or table
+    /// that does not exist has no elements.
+    pub fn keys(&mut self, set: &str) -> Result<Vec<Vec<u8>>, NftError> {
+        let mut payload = nfgenmsg(self.family as u8);
+        push_attr(
+            &mut payload,
+            NFTA_SET_ELEM_LIST_TABLE,
+            &nul_terminated(&self.table),
+        );
+        push_attr(&mut payload, NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        let mut keys = Vec::new();
+        let mut bad = None;
+        let answer = self
+            .sock
+            .request(kind, flags, &payload, |msg_kind, msg| {
+                if msg_kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM || bad.is_some() {
+                    return;
+                }
+                if let Err(e) = keys_of(msg, &mut keys) {
+                    bad = Some(e);
+                }
+            })
+            .map_err(NftError::Query)?;
+        if let Some(e) = bad {
+            return Err(NftError::Query(e));
+        }
+        match answer.errno {
+            0 => Ok(keys),
+            e if e == libc::ENOENT => Ok(Vec::new()),
+            e => Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
+        }
+    }
+
+    /// The socket, marked to be inherited by processes spawned from now on:
+    /// a child that outlives the caller then makes the last (waiting) close.
+    pub fn into_inheritable_fd(self) -> std::io::Result<OwnedFd> {
+        let fd = self.sock.into_fd();
+        // SAFETY: fcntl on an fd we own; clearing FD_CLOEXEC has no memory effects.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
     }
 }
 
@@ -155,41 +225,6 @@ fn element_list(family: Family, table: &str, set: &str, keys: &[Vec<u8>]) -> Vec
 
 fn nul_terminated(s: &str) -> Vec<u8> {
     [s.as_bytes(), &[0]].concat()
-}
-
-/// The keys of every element of set `set` in table `table`, in one dump. A
-/// set or table that does not exist has no elements.
-pub fn keys(family: Family, table: &str, set: &str) -> Result<Vec<Vec<u8>>, NftError> {
-    let mut payload = nfgenmsg(family as u8);
-    push_attr(
-        &mut payload,
-        NFTA_SET_ELEM_LIST_TABLE,
-        &nul_terminated(table),
-    );
-    push_attr(&mut payload, NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
-    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    let mut sock = NfnlSocket::open().map_err(NftError::Query)?;
-    let mut keys = Vec::new();
-    let mut bad = None;
-    let answer = sock
-        .request(kind, flags, &payload, |msg_kind, msg| {
-            if msg_kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM || bad.is_some() {
-                return;
-            }
-            if let Err(e) = keys_of(msg, &mut keys) {
-                bad = Some(e);
-            }
-        })
-        .map_err(NftError::Query)?;
-    if let Some(e) = bad {
-        return Err(NftError::Query(e));
-    }
-    match answer.errno {
-        0 => Ok(keys),
-        e if e == libc::ENOENT => Ok(Vec::new()),
-        e => Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
-    }
 }
 
 /// Appends the keys of one NFT_MSG_NEWSETELEM message to `keys`.

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use common::Namespaces;
 use weft_datapath::nft::{self, Family};
-use weft_datapath::nft_sets::{self, key, KeyPart, SetElements};
+use weft_datapath::nft_sets::{key, KeyPart, SetElements, Sets};
 use weft_datapath::NetNs;
 
 const SCRIPT: &str = "table bridge wdt {
@@ -25,6 +25,13 @@ fn ip(s: &str) -> IpAddr {
 
 fn list(ns: &NetNs, set: &str) -> String {
     nft::run(&["list", "set", "bridge", "wdt", set], Some(ns)).unwrap()
+}
+
+/// The test table's sets, through a socket in `ns`.
+fn sets_in(ns: &NetNs, table: &str) -> Sets {
+    ns.run_in(|| Sets::open(Family::Bridge, table))
+        .unwrap()
+        .unwrap()
 }
 
 fn elements(set: &str, keys: Vec<Vec<u8>>) -> SetElements {
@@ -51,9 +58,7 @@ fn elements_added_over_netlink_are_what_nft_shows() {
         elements("v4", vec![v4.clone()]),
         elements("v6", vec![v6.clone()]),
     ];
-    ns.run_in(|| nft_sets::add(Family::Bridge, "wdt", &changes))
-        .unwrap()
-        .unwrap();
+    sets_in(&ns, "wdt").add(&changes).unwrap();
     assert!(
         list(&ns, "macs").contains(r#""wv0a" . 02:11:22:33:44:55"#),
         "{}",
@@ -62,18 +67,11 @@ fn elements_added_over_netlink_are_what_nft_shows() {
     assert!(list(&ns, "v4").contains(r#""wv0a" . 10.1.2.3"#));
     assert!(list(&ns, "v6").contains(r#""wv0a" . fd00::7"#));
     // Adding again is no error; reading back gives the same bytes.
-    ns.run_in(|| nft_sets::add(Family::Bridge, "wdt", &changes))
-        .unwrap()
-        .unwrap();
-    let read = ns
-        .run_in(|| nft_sets::keys(Family::Bridge, "wdt", "v4"))
-        .unwrap()
-        .unwrap();
+    sets_in(&ns, "wdt").add(&changes).unwrap();
+    let read = sets_in(&ns, "wdt").keys("v4").unwrap();
     assert_eq!(read, vec![v4.clone()]);
 
-    ns.run_in(|| nft_sets::delete(Family::Bridge, "wdt", &changes))
-        .unwrap()
-        .unwrap();
+    sets_in(&ns, "wdt").delete(&changes).unwrap();
     for set in ["macs", "v4", "v6"] {
         assert!(!list(&ns, set).contains("wv0a"), "{}", list(&ns, set));
     }
@@ -89,10 +87,7 @@ fn a_failing_transaction_changes_nothing() {
         elements("v4", vec![v4]),
         elements("no-such-set", vec![vec![0; 20]]),
     ];
-    let err = ns
-        .run_in(|| nft_sets::add(Family::Bridge, "wdt", &changes))
-        .unwrap()
-        .unwrap_err();
+    let err = sets_in(&ns, "wdt").add(&changes).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
     assert!(!list(&ns, "v4").contains("wv0b"), "{}", list(&ns, "v4"));
     // Removing an element that is not there fails as ENOENT too.
@@ -100,10 +95,7 @@ fn a_failing_transaction_changes_nothing() {
         "v4",
         vec![key(&[KeyPart::Ifname("wv0c"), KeyPart::Ip(ip("10.9.9.9"))]).unwrap()],
     )];
-    let err = ns
-        .run_in(|| nft_sets::delete(Family::Bridge, "wdt", &missing))
-        .unwrap()
-        .unwrap_err();
+    let err = sets_in(&ns, "wdt").delete(&missing).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
 }
 
@@ -119,29 +111,16 @@ fn thousands_of_elements_in_one_batch_and_one_dump() {
         })
         .collect();
     let changes = [elements("v4", want.clone())];
-    ns.run_in(|| nft_sets::add(Family::Bridge, "wdt", &changes))
-        .unwrap()
-        .unwrap();
-    let mut read = ns
-        .run_in(|| nft_sets::keys(Family::Bridge, "wdt", "v4"))
-        .unwrap()
-        .unwrap();
+    sets_in(&ns, "wdt").add(&changes).unwrap();
+    let mut read = sets_in(&ns, "wdt").keys("v4").unwrap();
     read.sort();
     want.sort();
     assert_eq!(read.len(), 3000);
     assert_eq!(read, want);
-    ns.run_in(|| nft_sets::delete(Family::Bridge, "wdt", &changes))
-        .unwrap()
-        .unwrap();
-    let left = ns
-        .run_in(|| nft_sets::keys(Family::Bridge, "wdt", "v4"))
-        .unwrap()
-        .unwrap();
+    sets_in(&ns, "wdt").delete(&changes).unwrap();
+    let left = sets_in(&ns, "wdt").keys("v4").unwrap();
     assert!(left.is_empty());
     // An absent set or table has no elements.
-    let none = ns
-        .run_in(|| nft_sets::keys(Family::Bridge, "absent", "v4"))
-        .unwrap()
-        .unwrap();
+    let none = sets_in(&ns, "absent").keys("v4").unwrap();
     assert!(none.is_empty());
 }

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use weft_datapath::nft_sets::Sets;
 use weft_datapath::{nft, NetNs, Netlink};
 use weft_ipam::Owner;
 
@@ -90,11 +91,11 @@ pub(super) fn teardown(
             nft::apply(&script, None)?;
         }
     }
-    antispoof::revoke(&host_name)?;
+    let elements_socket = antispoof::revoke(&host_name)?;
     let store = open_store(net)?;
     store.lock()?.release(owner)?;
     if let Some(name) = retired {
-        if !spawn_reaper(&name) {
+        if !spawn_reaper(&name, elements_socket) {
             // E.g. the binary was replaced by an upgrade: unregister here instead.
             reap(&name)?;
         }
@@ -102,10 +103,15 @@ pub(super) fn teardown(
     Ok(())
 }
 
-fn spawn_reaper(link: &str) -> bool {
+/// Starts the reaper of `link`. It also inherits `elements_socket`, so that
+/// its exit, not DEL's, makes the socket's last close and waits for the RCU
+/// grace period that closing it costs.
+fn spawn_reaper(link: &str, elements_socket: Sets) -> bool {
     let Ok(exe) = std::env::current_exe() else {
         return false;
     };
+    // Without the hand-over DEL only gets slower, so a failure is no error.
+    let _inherited = elements_socket.into_inheritable_fd();
     Command::new(exe)
         .args([REAP_FLAG, link])
         .stdin(Stdio::null())
