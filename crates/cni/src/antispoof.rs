@@ -215,16 +215,20 @@ pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
     ])
 }
 
-/// Lets the attachment behind `host_veth` send as `mac` and `ips`: the
-/// node's rules are put in place if missing (one netlink query when they
-/// are there), then its elements are added in one transaction. Called while
-/// the pod's end of the veth is still down.
+/// Lets the attachment behind `host_veth` send as `mac` and `ips`, in one
+/// transaction. The node's rules are created the first time, when the sets
+/// are missing (ENOENT), so a node that has them pays one round trip. Called
+/// while the pod's end of the veth is still down.
 pub fn admit(host_veth: &str, mac: Option<&[u8]>, ips: &[IpAddr]) -> Result<(), CniError> {
     let elements = Identity::new(host_veth, mac, ips)?.elements()?;
-    if !rules_in_place()? {
-        nft::apply(&rules_script(), None)?;
+    let mut sets = open_sets()?;
+    match sets.add(&elements) {
+        Err(e) if e.errno() == Some(libc::ENOENT) => {
+            nft::apply(&rules_script(), None)?;
+            Ok(sets.add(&elements)?)
+        }
+        done => Ok(done?),
     }
-    Ok(open_sets()?.add(&elements)?)
 }
 
 fn open_sets() -> Result<Sets, CniError> {
@@ -262,9 +266,8 @@ pub fn revoke(host_veth: &str) -> Result<Sets, CniError> {
 /// running meanwhile (which creates its veth before its elements) is never
 /// mistaken for an orphan.
 pub fn revoke_orphans(
-    links: impl FnMut() -> Result<HashSet<String>, CniError>,
+    mut links: impl FnMut() -> Result<HashSet<String>, CniError>,
 ) -> Result<(), CniError> {
-    let mut links = links;
     remove_where(|| {
         let live = links()?;
         Ok(move |name: &str| !live.contains(name))

@@ -499,4 +499,8 @@ fn check_and_status_report_lost_anti_spoofing() {
         "{}",
         broken.stdout
     );
+    // The next ADD puts the rules back, and guards its own pod.
+    let next = add_pod(&mut node, "q", &conf);
+    assert!(guarded(&node, &next.veth));
+    assert!(node.run("STATUS", "", None, &conf).ok());
 }

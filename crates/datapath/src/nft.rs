@@ -415,6 +415,9 @@ impl NfnlSocket {
     /// (between NFNL_MSG_BATCH_BEGIN and _END: the kernel applies all of them
     /// or none) and returns the first error's errno, 0 when all succeeded.
     pub(crate) fn batch(&mut self, messages: &[(u16, u16, Vec<u8>)]) -> std::io::Result<i32> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
         let mut batch_header = nfgenmsg(libc::AF_UNSPEC as u8);
         batch_header[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
         let begin = self.next_seq();
@@ -444,9 +447,6 @@ impl NfnlSocket {
         // an error about the batch markers themselves ends the batch early.
         let mut unanswered = messages.len();
         let mut first_error = 0;
-        if unanswered == 0 {
-            return Ok(0);
-        }
         self.receive(|header, body| {
             // Sequence numbers wrap, so "within the batch" is measured from its start.
             if header.seq.wrapping_sub(begin) > end.wrapping_sub(begin) {

@@ -90,6 +90,11 @@ fn a_failing_transaction_changes_nothing() {
     let err = sets_in(&ns, "wdt").add(&changes).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
     assert!(!list(&ns, "v4").contains("wv0b"), "{}", list(&ns, "v4"));
+    // The failing message first: the rest is still answered, and undone.
+    let reversed = [changes[1].clone(), changes[0].clone()];
+    let err = sets_in(&ns, "wdt").add(&reversed).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert!(!list(&ns, "v4").contains("wv0b"), "{}", list(&ns, "v4"));
     // Removing an element that is not there fails as ENOENT too.
     let missing = [elements(
         "v4",
