@@ -6,8 +6,8 @@
 //! bridge from a pod's host veth. The rules are static, created once per
 //! node by `nft -f` (the first ADD that finds them missing); they consult
 //! sets keyed by the host veth's name, which ADD fills before the pod's end
-//! of the veth comes up and DEL and GC empty again, over NETLINK_NETFILTER
-//! (no `nft` process on the per-pod path):
+//! of the veth comes up and DEL and GC empty again (by letting the elements
+//! expire), over NETLINK_NETFILTER (no `nft` process on the per-pod path):
 //!
 //! - `pods`: `ifname` — the bridge ports under guard.
 //! - `pod-mac`: `ifname . ether_addr` — the Ethernet source, and the sender
@@ -34,6 +34,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
 
 use weft_datapath::nft::{self, Family};
 use weft_datapath::nft_sets::{key, key_ifname, KeyPart, SetElements, Sets};
@@ -50,9 +51,11 @@ const SETS: [&str; 5] = [PODS, MACS, IPV4, IPV6, ND_TARGETS];
 /// The base chain; created last, so its presence means all of it is there.
 const BASE_CHAIN: &str = "from-pods";
 
-/// How often removal restarts when a concurrent DEL or GC removed an
-/// element between the listing and the removal.
-const REMOVE_ATTEMPTS: usize = 5;
+/// Elements are removed by letting them expire (see [`Sets::put`]), so
+/// they are added with a timeout too: one no pod outlives.
+const LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The timeout that removes an element.
+const EXPIRE_NOW: Duration = Duration::from_millis(1);
 
 /// The node-wide rules and sets. Re-applying it rewrites the rules and
 /// keeps every set's elements, so concurrent first ADDs are harmless.
@@ -67,11 +70,11 @@ pub fn rules_script() -> String {
     };
     let mut s = format!(
         "add table {t}\n\
-         add set {t} {PODS} {{ type ifname ; }}
-         add set {t} {MACS} {{ type ifname . ether_addr ; }}\n\
-         add set {t} {IPV4} {{ type ifname . ipv4_addr ; }}\n\
-         add set {t} {IPV6} {{ type ifname . ipv6_addr ; }}\n\
-         add set {t} {ND_TARGETS} {{ typeof iifname . @th,64,128 ; }}\n"
+         add set {t} {PODS} {{ type ifname ; flags timeout ; }}\n\
+         add set {t} {MACS} {{ type ifname . ether_addr ; flags timeout ; }}\n\
+         add set {t} {IPV4} {{ type ifname . ipv4_addr ; flags timeout ; }}\n\
+         add set {t} {IPV6} {{ type ifname . ipv6_addr ; flags timeout ; }}\n\
+         add set {t} {ND_TARGETS} {{ typeof iifname . @th,64,128 ; flags timeout ; }}\n"
     );
     s += &chain(
         "arp-from-pod",
@@ -222,10 +225,10 @@ pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
 pub fn admit(host_veth: &str, mac: Option<&[u8]>, ips: &[IpAddr]) -> Result<(), CniError> {
     let elements = Identity::new(host_veth, mac, ips)?.elements()?;
     let mut sets = open_sets()?;
-    match sets.add(&elements) {
+    match sets.put(&elements, LIFETIME) {
         Err(e) if e.errno() == Some(libc::ENOENT) => {
             nft::apply(&rules_script(), None)?;
-            Ok(sets.add(&elements)?)
+            Ok(sets.put(&elements, LIFETIME)?)
         }
         done => Ok(done?),
     }
@@ -253,10 +256,8 @@ pub fn missing(host_veth: &str, mac: Option<&[u8]>, ips: &[IpAddr]) -> Result<us
 }
 
 /// Removes every element of the host veth `host_veth` (nothing when it has
-/// none, or the table does not exist). Returns the socket that removed them:
-/// closing it waits for an RCU grace period (see [`Sets`]), which DEL hands
-/// to its reaper process.
-pub fn revoke(host_veth: &str) -> Result<Sets, CniError> {
+/// none, or the table does not exist).
+pub fn revoke(host_veth: &str) -> Result<(), CniError> {
     remove_where(|| Ok(|name: &str| name == host_veth))
 }
 
@@ -266,38 +267,28 @@ pub fn revoke(host_veth: &str) -> Result<Sets, CniError> {
 /// running meanwhile (which creates its veth before its elements) is never
 /// mistaken for an orphan.
 pub fn revoke_orphans(
-    mut links: impl FnMut() -> Result<HashSet<String>, CniError>,
+    links: impl FnOnce() -> Result<HashSet<String>, CniError>,
 ) -> Result<(), CniError> {
     remove_where(|| {
         let live = links()?;
         Ok(move |name: &str| !live.contains(name))
-    })?;
-    Ok(())
+    })
 }
 
 /// Lists the sets, asks `doomed` (after the listing) which interfaces go,
-/// and removes their elements in one transaction.
+/// and removes their elements in one transaction. An element someone else
+/// removed meanwhile is put back only to expire at once, so concurrent DELs
+/// and GCs need no retries.
 fn remove_where<F: Fn(&str) -> bool>(
-    mut doomed: impl FnMut() -> Result<F, CniError>,
-) -> Result<Sets, CniError> {
+    doomed: impl FnOnce() -> Result<F, CniError>,
+) -> Result<(), CniError> {
     let mut sets = open_sets()?;
-    for _ in 0..REMOVE_ATTEMPTS {
-        let present = SETS
-            .iter()
-            .map(|s| Ok(set(s, sets.keys(s)?)))
-            .collect::<Result<Vec<_>, nft::NftError>>()?;
-        let goes = doomed()?;
-        let selected = select(present, goes);
-        match sets.delete(&selected) {
-            // Someone else removed one of them after the listing: list again.
-            Err(e) if e.errno() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(e.into()),
-            Ok(()) => return Ok(sets),
-        }
-    }
-    Err(CniError::firewall(format!(
-        "the anti-spoofing sets of bridge {TABLE} kept changing during {REMOVE_ATTEMPTS} attempts to clean them; retry"
-    )))
+    let present = SETS
+        .iter()
+        .map(|s| Ok(set(s, sets.keys(s)?)))
+        .collect::<Result<Vec<_>, nft::NftError>>()?;
+    let selected = select(present, doomed()?);
+    Ok(sets.put(&selected, EXPIRE_NOW)?)
 }
 
 /// The elements among `present` whose interface `goes`.

@@ -88,6 +88,18 @@ fn guarded(node: &Node, veth: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(&format!("\"{veth}\""))
 }
 
+/// Whether `veth`'s elements are gone within 100 ms: removal lets them
+/// expire, which takes effect on the kernel's next tick (4 ms at HZ=250).
+fn unguarded_soon(node: &Node, veth: &str) -> bool {
+    for _ in 0..10 {
+        if !guarded(node, veth) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// Sends one raw Ethernet frame out of `eth0` inside `ns`.
 fn send_frame(ns: &Path, frame: &[u8]) {
     NetNs::open(ns)
@@ -431,7 +443,21 @@ fn del_and_a_failed_add_leave_no_elements_and_gc_removes_stale_ones() {
 
     let r = node.run("DEL", "deleted", Some(&deleted.ns), &conf);
     assert!(r.ok(), "{}", r.stdout);
-    assert!(!guarded(&node, &deleted.veth), "DEL left elements");
+    // Added again at once (same veth name, elements not yet expired): the
+    // new attachment stays guarded after the old elements' expiry.
+    let again = node.add("deleted", &deleted.ns, &conf);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut check = conf.clone();
+    check["prevResult"] = again.json.clone();
+    let r = node.run("CHECK", "deleted", Some(&deleted.ns), &check);
+    assert!(
+        r.ok(),
+        "a re-ADD right after DEL lost elements: {}",
+        r.stdout
+    );
+    let r = node.run("DEL", "deleted", Some(&deleted.ns), &conf);
+    assert!(r.ok(), "{}", r.stdout);
+    assert!(unguarded_soon(&node, &deleted.veth), "DEL left elements");
 
     // An ADD that fails after its elements were added (no nft for the
     // masquerade chain) takes them back with everything else.
@@ -441,7 +467,10 @@ fn del_and_a_failed_add_leave_no_elements_and_gc_removes_stale_ones() {
     let r = common::run_without_nft(call, &masq);
     assert_eq!(r.code(), Some(103), "{}", r.stdout);
     let failed_veth = weft_cni::plan::host_veth_name("failing", "eth0");
-    assert!(!guarded(&node, &failed_veth), "a failed ADD left elements");
+    assert!(
+        unguarded_soon(&node, &failed_veth),
+        "a failed ADD left elements"
+    );
 
     // GC: one attachment's veth vanished without DEL (still listed as
     // valid), one is no longer valid; the kept one keeps its elements.
@@ -454,11 +483,11 @@ fn del_and_a_failed_add_leave_no_elements_and_gc_removes_stale_ones() {
     let r = node.run("GC", "", None, &gc);
     assert!(r.ok(), "GC: {}", r.stdout);
     assert!(
-        !guarded(&node, &vanished.veth),
+        unguarded_soon(&node, &vanished.veth),
         "GC kept a vanished veth's elements"
     );
     assert!(
-        !guarded(&node, &dropped.veth),
+        unguarded_soon(&node, &dropped.veth),
         "GC kept an invalid attachment's elements"
     );
     assert!(

@@ -29,9 +29,8 @@ pub enum NftError {
     Rejected { stderr: String },
     #[error("nftables netlink query failed: {0}")]
     Query(std::io::Error),
-    #[error("cannot {action} elements of nftables table {table}: {source}")]
+    #[error("cannot change elements of nftables table {table}: {source}")]
     Elements {
-        action: &'static str,
         table: String,
         source: std::io::Error,
     },
@@ -464,10 +463,6 @@ impl NfnlSocket {
             unanswered -= 1;
             Ok((unanswered == 0).then_some(first_error))
         })
-    }
-
-    pub(crate) fn into_fd(self) -> std::os::fd::OwnedFd {
-        self.fd
     }
 
     fn next_seq(&mut self) -> u32 {

@@ -10,7 +10,7 @@
 //! each part padded to the 4-byte registers nftables compares in.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
 
 use crate::nft::{
     malformed, nfgenmsg, push_attr, push_nested, Attrs, Family, NfnlSocket, NftError, NFGENMSG_LEN,
@@ -19,12 +19,13 @@ use crate::nft::{
 
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_DELSETELEM: u16 = 14;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 const NFTA_DATA_VALUE: u16 = 1;
 
 /// nftables' interface-name keys (`ifname`, `iifname`) are IFNAMSIZ bytes,
@@ -86,12 +87,6 @@ pub struct SetElements {
 
 /// The sets of one table, through one NETLINK_NETFILTER socket opened in
 /// the calling thread's namespace (it stays there whichever thread uses it).
-///
-/// Closing a socket that removed elements costs the closer an RCU grace
-/// period (10–20 ms here): on every release of a netfilter socket the kernel
-/// waits for its pending nftables cleanup, which removed elements leave
-/// behind. [`Sets::into_inheritable_fd`] lets a longer-lived child process
-/// hold the socket instead, so that the wait is not on the caller's path.
 pub struct Sets {
     sock: NfnlSocket,
     family: Family,
@@ -107,18 +102,23 @@ impl Sets {
         })
     }
 
-    /// Adds every element of `changes` in one transaction: all of them or,
-    /// on error, none. Elements already present are no error.
-    pub fn add(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
+    /// Adds every element of `changes`, to expire after `timeout`, in one
+    /// transaction: all of them or, on error, none. Elements already there
+    /// are given the new timeout and expiry, which is also how they are
+    /// removed (a timeout of a millisecond): an element that expires leaves
+    /// the set at once for lookups and dumps, and the kernel frees it in the
+    /// background. A deletion would leave the kernel cleanup work that every
+    /// later close of a netfilter socket on the machine waits for (an RCU
+    /// grace period, 5–30 ms here) while holding the nftables commit lock,
+    /// i.e. it would slow down the next CNI command, not this one. The sets
+    /// need `flags timeout`.
+    pub fn put(&mut self, changes: &[SetElements], timeout: Duration) -> Result<(), NftError> {
         let flags = libc::NLM_F_CREATE as u16;
-        self.write(changes, NFT_MSG_NEWSETELEM, flags, "add")
-    }
-
-    /// Removes every element of `changes` in one transaction. An element
-    /// that is not there fails the whole transaction (ENOENT, see
-    /// [`NftError::errno`]); list the set first.
-    pub fn delete(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
-        self.write(changes, NFT_MSG_DELSETELEM, 0, "remove")
+        // Milliseconds, at least one: 0 would mean "the set's default".
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.write(changes, NFT_MSG_NEWSETELEM, flags, ms)
     }
 
     fn write(
@@ -126,7 +126,7 @@ impl Sets {
         changes: &[SetElements],
         msg: u16,
         flags: u16,
-        action: &'static str,
+        timeout_ms: u64,
     ) -> Result<(), NftError> {
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
         let messages: Vec<(u16, u16, Vec<u8>)> = changes
@@ -137,7 +137,7 @@ impl Sets {
                     .map(move |keys| (c.set.as_str(), keys))
             })
             .map(|(set, keys)| {
-                let payload = element_list(self.family, &self.table, set, keys);
+                let payload = element_list(self.family, &self.table, set, keys, timeout_ms);
                 (kind, flags, payload)
             })
             .collect();
@@ -145,7 +145,6 @@ impl Sets {
             return Ok(());
         }
         let failed = |source| NftError::Elements {
-            action,
             table: self.table.clone(),
             source,
         };
@@ -189,21 +188,16 @@ impl Sets {
             e => Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
         }
     }
-
-    /// The socket, marked to be inherited by processes spawned from now on:
-    /// a child that outlives the caller then makes the last (waiting) close.
-    pub fn into_inheritable_fd(self) -> std::io::Result<OwnedFd> {
-        let fd = self.sock.into_fd();
-        // SAFETY: fcntl on an fd we own; clearing FD_CLOEXEC has no memory effects.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(fd)
-    }
 }
 
 /// The payload of a NEW/DELSETELEM message carrying `keys`.
-fn element_list(family: Family, table: &str, set: &str, keys: &[Vec<u8>]) -> Vec<u8> {
+fn element_list(
+    family: Family,
+    table: &str,
+    set: &str,
+    keys: &[Vec<u8>],
+    timeout_ms: u64,
+) -> Vec<u8> {
     let mut payload = nfgenmsg(family as u8);
     push_attr(
         &mut payload,
@@ -217,6 +211,10 @@ fn element_list(family: Family, table: &str, set: &str, keys: &[Vec<u8>]) -> Vec
                 push_nested(elem, NFTA_SET_ELEM_KEY, |k| {
                     push_attr(k, NFTA_DATA_VALUE, key)
                 });
+                // An update changes the timeout and restarts the expiry only
+                // when both are given.
+                push_attr(elem, NFTA_SET_ELEM_TIMEOUT, &timeout_ms.to_be_bytes());
+                push_attr(elem, NFTA_SET_ELEM_EXPIRATION, &timeout_ms.to_be_bytes());
             });
         }
     });
@@ -297,7 +295,7 @@ mod tests {
     #[test]
     fn element_messages_round_trip_through_the_parser() {
         let keys = vec![vec![1u8; 20], vec![2u8; 32]];
-        let msg = element_list(Family::Bridge, "t", "s", &keys);
+        let msg = element_list(Family::Bridge, "t", "s", &keys, 1);
         let mut parsed = Vec::new();
         keys_of(&msg, &mut parsed).unwrap();
         assert_eq!(parsed, keys);
@@ -305,7 +303,7 @@ mod tests {
 
     #[test]
     fn truncated_element_messages_are_errors_not_panics() {
-        let msg = element_list(Family::Bridge, "t", "s", &[vec![7u8; 20]]);
+        let msg = element_list(Family::Bridge, "t", "s", &[vec![7u8; 20]], 1);
         for cut in 0..msg.len() {
             let mut parsed = Vec::new();
             // The element list is the last attribute: a cut inside it is

@@ -1,11 +1,14 @@
 //! `nft_sets` against a real kernel, in a namespace the test creates:
 //! elements written over netlink read back identically through `nft` (so the
 //! key layout is nft's), several sets change in one all-or-nothing
-//! transaction, and large batches and dumps work.
+//! transaction, elements are removed by expiring them (also one that is not
+//! there, or was just removed and is added again), and large batches and
+//! dumps work.
 
 mod common;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use common::Namespaces;
 use weft_datapath::nft::{self, Family};
@@ -13,11 +16,19 @@ use weft_datapath::nft_sets::{key, KeyPart, SetElements, Sets};
 use weft_datapath::NetNs;
 
 const SCRIPT: &str = "table bridge wdt {
-  set macs { type ifname . ether_addr ; }
-  set v4 { type ifname . ipv4_addr ; }
-  set v6 { type ifname . ipv6_addr ; }
+  set macs { type ifname . ether_addr ; flags timeout ; }
+  set v4 { type ifname . ipv4_addr ; flags timeout ; }
+  set v6 { type ifname . ipv6_addr ; flags timeout ; }
 }
 ";
+
+const KEEP: Duration = Duration::from_secs(3600);
+const EXPIRE: Duration = Duration::from_millis(1);
+
+/// Lets elements put with [`EXPIRE`] run out.
+fn let_expire() {
+    std::thread::sleep(Duration::from_millis(20));
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -58,7 +69,7 @@ fn elements_added_over_netlink_are_what_nft_shows() {
         elements("v4", vec![v4.clone()]),
         elements("v6", vec![v6.clone()]),
     ];
-    sets_in(&ns, "wdt").add(&changes).unwrap();
+    sets_in(&ns, "wdt").put(&changes, KEEP).unwrap();
     assert!(
         list(&ns, "macs").contains(r#""wv0a" . 02:11:22:33:44:55"#),
         "{}",
@@ -67,14 +78,21 @@ fn elements_added_over_netlink_are_what_nft_shows() {
     assert!(list(&ns, "v4").contains(r#""wv0a" . 10.1.2.3"#));
     assert!(list(&ns, "v6").contains(r#""wv0a" . fd00::7"#));
     // Adding again is no error; reading back gives the same bytes.
-    sets_in(&ns, "wdt").add(&changes).unwrap();
+    sets_in(&ns, "wdt").put(&changes, KEEP).unwrap();
     let read = sets_in(&ns, "wdt").keys("v4").unwrap();
     assert_eq!(read, vec![v4.clone()]);
 
-    sets_in(&ns, "wdt").delete(&changes).unwrap();
+    sets_in(&ns, "wdt").put(&changes, EXPIRE).unwrap();
+    let_expire();
     for set in ["macs", "v4", "v6"] {
         assert!(!list(&ns, set).contains("wv0a"), "{}", list(&ns, set));
     }
+    assert!(sets_in(&ns, "wdt").keys("v4").unwrap().is_empty());
+    // Put back right after expiring (before the kernel freed it): there.
+    sets_in(&ns, "wdt").put(&changes, KEEP).unwrap();
+    assert_eq!(sets_in(&ns, "wdt").keys("v4").unwrap(), vec![v4]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(list(&ns, "v6").contains(r#""wv0a" . fd00::7"#));
 }
 
 #[test]
@@ -87,21 +105,22 @@ fn a_failing_transaction_changes_nothing() {
         elements("v4", vec![v4]),
         elements("no-such-set", vec![vec![0; 20]]),
     ];
-    let err = sets_in(&ns, "wdt").add(&changes).unwrap_err();
+    let err = sets_in(&ns, "wdt").put(&changes, KEEP).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
     assert!(!list(&ns, "v4").contains("wv0b"), "{}", list(&ns, "v4"));
     // The failing message first: the rest is still answered, and undone.
     let reversed = [changes[1].clone(), changes[0].clone()];
-    let err = sets_in(&ns, "wdt").add(&reversed).unwrap_err();
+    let err = sets_in(&ns, "wdt").put(&reversed, KEEP).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
     assert!(!list(&ns, "v4").contains("wv0b"), "{}", list(&ns, "v4"));
-    // Removing an element that is not there fails as ENOENT too.
+    // Expiring an element that is not there is no error, and leaves none.
     let missing = [elements(
         "v4",
         vec![key(&[KeyPart::Ifname("wv0c"), KeyPart::Ip(ip("10.9.9.9"))]).unwrap()],
     )];
-    let err = sets_in(&ns, "wdt").delete(&missing).unwrap_err();
-    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    sets_in(&ns, "wdt").put(&missing, EXPIRE).unwrap();
+    let_expire();
+    assert!(sets_in(&ns, "wdt").keys("v4").unwrap().is_empty());
 }
 
 #[test]
@@ -116,13 +135,14 @@ fn thousands_of_elements_in_one_batch_and_one_dump() {
         })
         .collect();
     let changes = [elements("v4", want.clone())];
-    sets_in(&ns, "wdt").add(&changes).unwrap();
+    sets_in(&ns, "wdt").put(&changes, KEEP).unwrap();
     let mut read = sets_in(&ns, "wdt").keys("v4").unwrap();
     read.sort();
     want.sort();
     assert_eq!(read.len(), 3000);
     assert_eq!(read, want);
-    sets_in(&ns, "wdt").delete(&changes).unwrap();
+    sets_in(&ns, "wdt").put(&changes, EXPIRE).unwrap();
+    let_expire();
     let left = sets_in(&ns, "wdt").keys("v4").unwrap();
     assert!(left.is_empty());
     // An absent set or table has no elements.

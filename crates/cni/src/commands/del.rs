@@ -15,7 +15,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use weft_datapath::nft_sets::Sets;
 use weft_datapath::{nft, NetNs, Netlink};
 use weft_ipam::Owner;
 
@@ -91,11 +90,11 @@ pub(super) fn teardown(
             nft::apply(&script, None)?;
         }
     }
-    let elements_socket = antispoof::revoke(&host_name)?;
+    antispoof::revoke(&host_name)?;
     let store = open_store(net)?;
     store.lock()?.release(owner)?;
     if let Some(name) = retired {
-        if !spawn_reaper(&name, elements_socket) {
+        if !spawn_reaper(&name) {
             // E.g. the binary was replaced by an upgrade: unregister here instead.
             reap(&name)?;
         }
@@ -103,15 +102,10 @@ pub(super) fn teardown(
     Ok(())
 }
 
-/// Starts the reaper of `link`. It also inherits `elements_socket`, so that
-/// its exit, not DEL's, makes the socket's last close and waits for the RCU
-/// grace period that closing it costs.
-fn spawn_reaper(link: &str, elements_socket: Sets) -> bool {
+fn spawn_reaper(link: &str) -> bool {
     let Ok(exe) = std::env::current_exe() else {
         return false;
     };
-    // Without the hand-over DEL only gets slower, so a failure is no error.
-    let _inherited = elements_socket.into_inheritable_fd();
     Command::new(exe)
         .args([REAP_FLAG, link])
         .stdin(Stdio::null())
