@@ -16,7 +16,8 @@
 //!   address of ARP (besides 0.0.0.0 in an address probe, which claims
 //!   nothing).
 //! - `pod-ipv6`: `ifname . ipv6_addr` — the IPv6 source: the pod's addresses
-//!   and its EUI-64 link-local address.
+//!   and its EUI-64 link-local address (a pod without an IPv6 address sends
+//!   no IPv6 at all).
 //! - `pod-nd-target`: the same keys, for the target of neighbour
 //!   advertisements (and of duplicate-address probes from `::`), which nft's
 //!   type checks keep apart from addresses (a raw payload match).
@@ -125,19 +126,15 @@ pub fn rules_script() -> String {
 
 /// What one attachment may send as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity<'a> {
+struct Identity<'a> {
     /// The host end of its veth, the bridge port its frames enter by.
-    pub host_veth: &'a str,
-    pub mac: [u8; 6],
-    pub ips: &'a [IpAddr],
+    host_veth: &'a str,
+    mac: [u8; 6],
+    ips: &'a [IpAddr],
 }
 
 impl<'a> Identity<'a> {
-    pub fn new(
-        host_veth: &'a str,
-        mac: Option<&[u8]>,
-        ips: &'a [IpAddr],
-    ) -> Result<Self, CniError> {
+    fn new(host_veth: &'a str, mac: Option<&[u8]>, ips: &'a [IpAddr]) -> Result<Self, CniError> {
         let mac = mac
             .and_then(|m| <[u8; 6]>::try_from(m).ok())
             .ok_or_else(|| {
@@ -155,7 +152,7 @@ impl<'a> Identity<'a> {
     /// The elements that let this attachment send. A pod with IPv6 also
     /// sends from its link-local address, which the kernel derives from
     /// its MAC (EUI-64; ADD sets `addr_gen_mode` so).
-    pub fn elements(&self) -> Result<Vec<SetElements>, CniError> {
+    fn elements(&self) -> Result<Vec<SetElements>, CniError> {
         let name = KeyPart::Ifname(self.host_veth);
         let too_long = || {
             CniError::invalid_config(format!(
@@ -196,7 +193,7 @@ fn set(name: &str, keys: Vec<Vec<u8>>) -> SetElements {
 }
 
 /// The EUI-64 link-local address the kernel gives an interface with `mac`.
-pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+fn link_local(mac: [u8; 6]) -> Ipv6Addr {
     let [a, b, c, d, e, f] = mac;
     Ipv6Addr::from([
         0xfe,

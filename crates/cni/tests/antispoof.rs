@@ -269,26 +269,21 @@ fn unsolicited_na(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     ether([0x33, 0x33, 0, 0, 0, 1], mac, 0x86dd, &packet)
 }
 
-fn link_local(mac: [u8; 6]) -> Ipv6Addr {
-    let [a, b, c, d, e, f] = mac;
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        a ^ 2,
-        b,
-        c,
-        0xff,
-        0xfe,
-        d,
-        e,
-        f,
-    ])
+/// The link-local address the kernel gave `eth0` in `ns`; it comes with
+/// the carrier, which the kernel reports asynchronously (up to 1 s).
+fn kernel_link_local(ns: &Path) -> Ipv6Addr {
+    let name = ns.file_name().unwrap().to_str().unwrap();
+    let args = ["-j", "-6", "addr", "show", "dev", "eth0", "scope", "link"];
+    for _ in 0..30 {
+        let v: Value = serde_json::from_str(&Node::ip(name, &args)).unwrap_or(Value::Null);
+        let infos = v[0]["addr_info"].as_array().cloned().unwrap_or_default();
+        // Entries filtered out by `scope link` show as empty objects.
+        if let Some(addr) = infos.iter().find_map(|i| i["local"].as_str()) {
+            return addr.parse().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("eth0 in {name} got no link-local address within 3 s");
 }
 
 /// The MAC the node's neighbour table holds for `ip` on the bridge.
@@ -318,73 +313,52 @@ fn forged_source_addresses_are_dropped_and_own_ones_delivered() {
     let rx6 = listen(&b.ns, SocketAddr::new(b.v6.into(), PORT));
     let foreign4: Ipv4Addr = "198.18.7.7".parse().unwrap();
     let foreign6: Ipv6Addr = "2001:db8::7".parse().unwrap();
-    let send4 = |src: Ipv4Addr, msg: &[u8]| {
-        send_frame(
-            &a.ns,
-            &ether(b.mac, a.mac, 0x0800, &ipv4_udp(src, b.v4, msg)),
-        )
-    };
-    let send6 = |src: Ipv6Addr, msg: &[u8]| {
-        send_frame(
-            &a.ns,
-            &ether(b.mac, a.mac, 0x86dd, &ipv6_udp(src, b.v6, msg)),
-        )
-    };
-
-    send4(c.v4, b"v4 as c");
-    assert!(
-        !arrives(&rx4, b"v4 as c", SHORT),
-        "IPv4 as another pod delivered"
-    );
-    send4(foreign4, b"v4 foreign");
-    assert!(
-        !arrives(&rx4, b"v4 foreign", SHORT),
-        "IPv4 from a foreign address delivered"
-    );
-    send6(c.v6, b"v6 as c");
-    assert!(
-        !arrives(&rx6, b"v6 as c", SHORT),
-        "IPv6 as another pod delivered"
-    );
-    send6(foreign6, b"v6 foreign");
-    assert!(
-        !arrives(&rx6, b"v6 foreign", SHORT),
-        "IPv6 from a foreign address delivered"
-    );
-    // A foreign source MAC with the pod's own addresses.
+    // Every forged frame goes from a to b, UDP to PORT, and must not arrive.
     let forged_mac = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
-    let own = ipv4_udp(a.v4, b.v4, b"other mac");
-    send_frame(&a.ns, &ether(b.mac, forged_mac, 0x0800, &own));
-    assert!(
-        !arrives(&rx4, b"other mac", SHORT),
-        "a foreign source MAC delivered"
-    );
-
-    send4(a.v4, b"v4 own");
-    assert!(
-        arrives(&rx4, b"v4 own", LONG),
-        "the pod's own IPv4 packet was dropped"
-    );
-    send6(a.v6, b"v6 own");
-    assert!(
-        arrives(&rx6, b"v6 own", LONG),
-        "the pod's own IPv6 packet was dropped"
-    );
-    send6(link_local(a.mac), b"v6 link-local");
-    assert!(
-        arrives(&rx6, b"v6 link-local", LONG),
-        "the pod's link-local packet was dropped"
-    );
-
+    let forgeries: [(&str, [u8; 6], IpAddr); 5] = [
+        ("IPv4 as another pod", a.mac, c.v4.into()),
+        ("IPv4 from a foreign address", a.mac, foreign4.into()),
+        ("IPv6 as another pod", a.mac, c.v6.into()),
+        ("IPv6 from a foreign address", a.mac, foreign6.into()),
+        ("a foreign source MAC", forged_mac, a.v4.into()),
+    ];
+    let own: [(&str, IpAddr); 3] = [
+        ("own IPv4", a.v4.into()),
+        ("own IPv6", a.v6.into()),
+        ("link-local", kernel_link_local(&a.ns).into()),
+    ];
+    let delivered = |msg: &str, mac: [u8; 6], src: IpAddr, wait: Duration| {
+        let (frame, rx) = match src {
+            IpAddr::V4(v4) => (
+                ether(b.mac, mac, 0x0800, &ipv4_udp(v4, b.v4, msg.as_bytes())),
+                &rx4,
+            ),
+            IpAddr::V6(v6) => (
+                ether(b.mac, mac, 0x86dd, &ipv6_udp(v6, b.v6, msg.as_bytes())),
+                &rx6,
+            ),
+        };
+        send_frame(&a.ns, &frame);
+        arrives(rx, msg.as_bytes(), wait)
+    };
+    for (what, mac, src) in forgeries {
+        assert!(!delivered(what, mac, src, SHORT), "{what} delivered");
+    }
+    for (what, src) in own {
+        assert!(
+            delivered(what, a.mac, src, LONG),
+            "the pod's {what} packet was dropped"
+        );
+    }
     // Control: without the rules the very same forgeries arrive.
     remove_rules(&node);
-    send4(c.v4, b"v4 as c, unguarded");
-    assert!(arrives(&rx4, b"v4 as c, unguarded", LONG));
-    send6(c.v6, b"v6 as c, unguarded");
-    assert!(arrives(&rx6, b"v6 as c, unguarded", LONG));
-    let own = ipv4_udp(a.v4, b.v4, b"other mac, unguarded");
-    send_frame(&a.ns, &ether(b.mac, forged_mac, 0x0800, &own));
-    assert!(arrives(&rx4, b"other mac, unguarded", LONG));
+    for (what, mac, src) in forgeries {
+        let msg = format!("{what}, unguarded");
+        assert!(
+            delivered(&msg, mac, src, LONG),
+            "{msg}: not delivered even so"
+        );
+    }
 }
 
 #[test]
@@ -403,7 +377,7 @@ fn arp_and_neighbour_advertisements_cannot_claim_a_neighbours_address() {
 
     let attack = || {
         send_frame(&attacker.ns, &gratuitous_arp(attacker.mac, victim.v4));
-        let from = link_local(attacker.mac);
+        let from = kernel_link_local(&attacker.ns);
         send_frame(&attacker.ns, &unsolicited_na(attacker.mac, from, victim.v6));
         std::thread::sleep(Duration::from_millis(300));
     };
