@@ -7,7 +7,8 @@
 //! node by `nft -f` (the first ADD that finds them missing); they consult
 //! sets keyed by the host veth's name, which ADD fills before the pod's end
 //! of the veth comes up and DEL and GC empty again (by letting the elements
-//! expire), over NETLINK_NETFILTER (no `nft` process on the per-pod path):
+//! expire, or deleting them on kernels before 6.12), over NETLINK_NETFILTER
+//! (no `nft` process on the per-pod path):
 //!
 //! - `pods`: `ifname` — the bridge ports under guard.
 //! - `pod-mac`: `ifname . ether_addr` — the Ethernet source, and the sender
@@ -38,7 +39,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use weft_datapath::nft::{self, Family};
-use weft_datapath::nft_sets::{key, key_ifname, KeyPart, SetElements, Sets};
+use weft_datapath::nft_sets::{self, key, key_ifname, KeyPart, SetElements, Sets};
 
 use crate::spec::CniError;
 
@@ -57,6 +58,8 @@ const BASE_CHAIN: &str = "from-pods";
 const LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// The timeout that removes an element.
 const EXPIRE_NOW: Duration = Duration::from_millis(1);
+/// How often a deletion is retried when concurrent ones got there first.
+const DELETE_ATTEMPTS: usize = 5;
 
 /// The node-wide rules and sets. Re-applying it rewrites the rules and
 /// keeps every set's elements, so concurrent first ADDs are harmless.
@@ -264,7 +267,7 @@ pub fn revoke(host_veth: &str) -> Result<(), CniError> {
 /// running meanwhile (which creates its veth before its elements) is never
 /// mistaken for an orphan.
 pub fn revoke_orphans(
-    links: impl FnOnce() -> Result<HashSet<String>, CniError>,
+    mut links: impl FnMut() -> Result<HashSet<String>, CniError>,
 ) -> Result<(), CniError> {
     remove_where(|| {
         let live = links()?;
@@ -273,19 +276,42 @@ pub fn revoke_orphans(
 }
 
 /// Lists the sets, asks `doomed` (after the listing) which interfaces go,
-/// and removes their elements in one transaction. An element someone else
-/// removed meanwhile is put back only to expire at once, so concurrent DELs
-/// and GCs need no retries.
+/// and removes their elements in one transaction by letting them expire. An
+/// element someone else removed meanwhile is put back only to expire at
+/// once, so concurrent DELs and GCs need no retries.
 fn remove_where<F: Fn(&str) -> bool>(
-    doomed: impl FnOnce() -> Result<F, CniError>,
+    mut doomed: impl FnMut() -> Result<F, CniError>,
 ) -> Result<(), CniError> {
     let mut sets = open_sets()?;
-    let present = SETS
-        .iter()
-        .map(|s| Ok(set(s, sets.keys(s)?)))
-        .collect::<Result<Vec<_>, nft::NftError>>()?;
-    let selected = select(present, doomed()?);
+    if !nft_sets::updates_timeouts() {
+        return delete_where(&mut sets, doomed);
+    }
+    let selected = select(listing(&mut sets)?, doomed()?);
     Ok(sets.put(&selected, EXPIRE_NOW)?)
+}
+
+/// [`remove_where`] for kernels that cannot expire an element early: the
+/// elements are deleted, and the listing is taken again when a concurrent
+/// DEL or GC deleted one of them first.
+fn delete_where<F: Fn(&str) -> bool>(
+    sets: &mut Sets,
+    mut doomed: impl FnMut() -> Result<F, CniError>,
+) -> Result<(), CniError> {
+    for _ in 0..DELETE_ATTEMPTS {
+        let selected = select(listing(sets)?, doomed()?);
+        match sets.delete(&selected) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => continue,
+            done => return Ok(done?),
+        }
+    }
+    Err(CniError::firewall(format!(
+        "the anti-spoofing sets of bridge {TABLE} kept changing during {DELETE_ATTEMPTS} attempts to clean them; retry"
+    )))
+}
+
+/// Every element of every set.
+fn listing(sets: &mut Sets) -> Result<Vec<SetElements>, CniError> {
+    SETS.iter().map(|s| Ok(set(s, sets.keys(s)?))).collect()
 }
 
 /// The elements among `present` whose interface `goes`.

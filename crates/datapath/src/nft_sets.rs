@@ -19,6 +19,7 @@ use crate::nft::{
 
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -111,14 +112,24 @@ impl Sets {
     /// later close of a netfilter socket on the machine waits for (an RCU
     /// grace period, 5–30 ms here) while holding the nftables commit lock,
     /// i.e. it would slow down the next CNI command, not this one. The sets
-    /// need `flags timeout`.
+    /// need `flags timeout`. Kernels before 6.12 keep the old timeout of an
+    /// element already there (see [`updates_timeouts`]): remove with
+    /// [`Sets::delete`] on those.
     pub fn put(&mut self, changes: &[SetElements], timeout: Duration) -> Result<(), NftError> {
         let flags = libc::NLM_F_CREATE as u16;
         // Milliseconds, at least one: 0 would mean "the set's default".
         let ms = u64::try_from(timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        self.write(changes, NFT_MSG_NEWSETELEM, flags, ms)
+        self.write(changes, NFT_MSG_NEWSETELEM, flags, Some(ms))
+    }
+
+    /// Removes every element of `changes` in one transaction (see
+    /// [`Sets::put`] for what that costs later). An element that is not
+    /// there fails the whole transaction (ENOENT, see [`NftError::errno`]):
+    /// list the set first.
+    pub fn delete(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
+        self.write(changes, NFT_MSG_DELSETELEM, 0, None)
     }
 
     fn write(
@@ -126,7 +137,7 @@ impl Sets {
         changes: &[SetElements],
         msg: u16,
         flags: u16,
-        timeout_ms: u64,
+        timeout_ms: Option<u64>,
     ) -> Result<(), NftError> {
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
         let messages: Vec<(u16, u16, Vec<u8>)> = changes
@@ -190,13 +201,40 @@ impl Sets {
     }
 }
 
+/// Whether the running kernel applies a new timeout to an element that is
+/// already in a set (Linux 6.12 and later; earlier ones accept the request
+/// and keep the old timeout), i.e. whether [`Sets::put`] can remove one.
+pub fn updates_timeouts() -> bool {
+    // SAFETY: utsname is plain bytes, for which all zeroes are valid.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname writes only into the struct it is given.
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return false;
+    }
+    // SAFETY: uname NUL-terminates the release field.
+    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
+    release_updates_timeouts(&release.to_string_lossy())
+}
+
+/// The version test of [`updates_timeouts`] on a release like
+/// `6.18.44-fc-v657`; anything unreadable counts as too old.
+fn release_updates_timeouts(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (6, 12),
+        _ => false,
+    }
+}
+
 /// The payload of a NEW/DELSETELEM message carrying `keys`.
 fn element_list(
     family: Family,
     table: &str,
     set: &str,
     keys: &[Vec<u8>],
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
 ) -> Vec<u8> {
     let mut payload = nfgenmsg(family as u8);
     push_attr(
@@ -213,8 +251,10 @@ fn element_list(
                 });
                 // An update changes the timeout and restarts the expiry only
                 // when both are given.
-                push_attr(elem, NFTA_SET_ELEM_TIMEOUT, &timeout_ms.to_be_bytes());
-                push_attr(elem, NFTA_SET_ELEM_EXPIRATION, &timeout_ms.to_be_bytes());
+                if let Some(ms) = timeout_ms {
+                    push_attr(elem, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+                    push_attr(elem, NFTA_SET_ELEM_EXPIRATION, &ms.to_be_bytes());
+                }
             });
         }
     });
@@ -293,9 +333,21 @@ mod tests {
     }
 
     #[test]
+    fn timeout_updates_come_with_linux_6_12() {
+        assert!(release_updates_timeouts("6.18.44-fc-v657"));
+        assert!(release_updates_timeouts("6.12.0"));
+        assert!(release_updates_timeouts("7.0.0-30-generic"));
+        assert!(!release_updates_timeouts("6.11.9"));
+        assert!(!release_updates_timeouts("6.1.0-28-amd64"));
+        assert!(!release_updates_timeouts("5.14.0-427.el9.x86_64"));
+        assert!(!release_updates_timeouts("garbage"));
+        assert!(!release_updates_timeouts(""));
+    }
+
+    #[test]
     fn element_messages_round_trip_through_the_parser() {
         let keys = vec![vec![1u8; 20], vec![2u8; 32]];
-        let msg = element_list(Family::Bridge, "t", "s", &keys, 1);
+        let msg = element_list(Family::Bridge, "t", "s", &keys, Some(1));
         let mut parsed = Vec::new();
         keys_of(&msg, &mut parsed).unwrap();
         assert_eq!(parsed, keys);
@@ -303,7 +355,7 @@ mod tests {
 
     #[test]
     fn truncated_element_messages_are_errors_not_panics() {
-        let msg = element_list(Family::Bridge, "t", "s", &[vec![7u8; 20]], 1);
+        let msg = element_list(Family::Bridge, "t", "s", &[vec![7u8; 20]], None);
         for cut in 0..msg.len() {
             let mut parsed = Vec::new();
             // The element list is the last attribute: a cut inside it is

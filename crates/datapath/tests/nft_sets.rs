@@ -2,8 +2,8 @@
 //! elements written over netlink read back identically through `nft` (so the
 //! key layout is nft's), several sets change in one all-or-nothing
 //! transaction, elements are removed by expiring them (also one that is not
-//! there, or was just removed and is added again), and large batches and
-//! dumps work.
+//! there, or was just removed and is added again) or deleting them (the
+//! way for kernels before 6.12), and large batches and dumps work.
 
 mod common;
 
@@ -148,4 +148,24 @@ fn thousands_of_elements_in_one_batch_and_one_dump() {
     // An absent set or table has no elements.
     let none = sets_in(&ns, "absent").keys("v4").unwrap();
     assert!(none.is_empty());
+}
+
+#[test]
+fn deleting_removes_at_once_and_a_missing_element_fails_the_transaction() {
+    let mut nss = Namespaces::new("sets-delete");
+    let (_, ns) = nss.add("x");
+    nft::apply(SCRIPT, Some(&ns)).unwrap();
+    let here = key(&[KeyPart::Ifname("wv0d"), KeyPart::Ip(ip("10.1.2.5"))]).unwrap();
+    let absent = key(&[KeyPart::Ifname("wv0e"), KeyPart::Ip(ip("10.1.2.6"))]).unwrap();
+    sets_in(&ns, "wdt")
+        .put(&[elements("v4", vec![here.clone()])], KEEP)
+        .unwrap();
+    let both = [elements("v4", vec![here.clone(), absent])];
+    let err = sets_in(&ns, "wdt").delete(&both).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert_eq!(sets_in(&ns, "wdt").keys("v4").unwrap(), vec![here.clone()]);
+    sets_in(&ns, "wdt")
+        .delete(&[elements("v4", vec![here])])
+        .unwrap();
+    assert!(sets_in(&ns, "wdt").keys("v4").unwrap().is_empty());
 }
