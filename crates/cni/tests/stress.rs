@@ -118,6 +118,13 @@ fn sigkill_mid_add_then_gc_then_full_pool_cycle_has_no_duplicates() {
     );
 }
 
+/// The node's ruleset once the anti-spoofing elements DEL removed have
+/// expired (on the kernel's next tick, 4 ms at HZ=250).
+fn settled_ruleset(node: &Node) -> String {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    node.nft_ruleset()
+}
+
 #[test]
 fn a_thousand_add_del_cycles_leave_nothing_behind() {
     let mut node = Node::new("cycle");
@@ -134,7 +141,7 @@ fn a_thousand_add_del_cycles_leave_nothing_behind() {
         let d = node.run("DEL", &id, Some(&pod), conf);
         assert!(d.ok(), "DEL {i}: {}", d.stdout);
         if i == 0 {
-            baseline = Some(node.nft_ruleset());
+            baseline = Some(settled_ruleset(&node));
         }
     }
     let links: Vec<String> = node
@@ -153,7 +160,7 @@ fn a_thousand_add_del_cycles_leave_nothing_behind() {
         .unwrap()
         .count();
     assert_eq!(attachments, 0, "attachment records left");
-    let rules = node.nft_ruleset();
+    let rules = settled_ruleset(&node);
     assert!(
         !rules.contains("chain hp-") && !rules.contains("28080") && !rules.contains("25353"),
         "{rules}"

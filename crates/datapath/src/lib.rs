@@ -1,8 +1,9 @@
 //! weft's kernel layer: everything that changes or reads kernel network state
 //! lives here, behind small typed wrappers — network namespaces ([`netns`]),
 //! rtnetlink ([`netlink`]), `/proc/sys` knobs ([`sysctl`]), nftables rule
-//! sets ([`nft`]), conntrack entries ([`conntrack`]) and ARP answers for
-//! addresses no interface owns ([`arp`]).
+//! sets ([`nft`]) and set elements ([`nft_sets`]), conntrack entries
+//! ([`conntrack`]) and ARP answers for addresses no interface owns
+//! ([`arp`]).
 //!
 //! This crate decides nothing: callers compute the desired state with pure
 //! code elsewhere and hand it here to be applied. It never shells out to
@@ -15,6 +16,7 @@ pub mod neighbours;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nft_sets;
 pub mod sysctl;
 
 pub use netlink::{Netlink, NetlinkError};

@@ -7,11 +7,14 @@
 //! hot paths skip re-applying rules already in place; [`chain_names`] and
 //! [`set_names`] list a table's chains and sets in one dump each, so pruning
 //! stale per-Service chains and sets does not have to parse `nft` output.
-//! This module never changes the ruleset over netlink: every change goes
-//! through `nft -f`, so there is one writer format to review.
+//! This module never changes the ruleset over netlink: every change of
+//! tables, chains, rules and sets goes through `nft -f`, so there is one
+//! writer format to review. Only set elements, which per-pod hot paths add
+//! and remove, are written over netlink, by [`crate::nft_sets`].
 //!
-//! It also owns the crate's NETLINK_NETFILTER socket and attribute codec
-//! (crate-private), which [`crate::conntrack`] shares.
+//! It also owns the crate's NETLINK_NETFILTER socket (requests, dumps and
+//! batches) and attribute codec (crate-private), which [`crate::conntrack`]
+//! and [`crate::nft_sets`] share.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -26,6 +29,22 @@ pub enum NftError {
     Rejected { stderr: String },
     #[error("nftables netlink query failed: {0}")]
     Query(std::io::Error),
+    #[error("cannot change elements of nftables table {table}: {source}")]
+    Elements {
+        table: String,
+        source: std::io::Error,
+    },
+}
+
+impl NftError {
+    /// The kernel's errno behind a netlink failure, e.g. ENOENT for a set
+    /// or element that does not exist.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NftError::Query(e) | NftError::Elements { source: e, .. } => e.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 /// Applies `script` as one nftables transaction in the caller's namespace,
@@ -89,11 +108,12 @@ pub fn run(args: &[&str], netns: Option<&NetNs>) -> Result<String, NftError> {
 pub enum Family {
     Inet = 1,
     Ip = 2,
+    Bridge = 7,
     Ip6 = 10,
 }
 
 /// nfnetlink subsystem of nftables (NFNL_SUBSYS_NFTABLES).
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -269,9 +289,7 @@ pub(crate) fn push_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
 }
 
 /// Appends a nested attribute whose content `fill` writes; its length is
-/// patched in afterwards. Only tests build nested attributes from scratch:
-/// requests echo the kernel's own nested tuples.
-#[cfg(test)]
+/// patched in afterwards.
 pub(crate) fn push_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0]);
@@ -379,23 +397,107 @@ impl NfnlSocket {
         payload: &[u8],
         mut on_message: impl FnMut(u16, &[u8]),
     ) -> std::io::Result<Answer> {
-        use std::os::fd::AsRawFd;
+        let seq = self.next_seq();
+        let mut req = Vec::with_capacity(NLMSG_HDRLEN + payload.len());
+        push_message(&mut req, msg_type, flags, seq, payload);
+        self.send(&req)?;
+        let mut interrupted = false;
+        self.receive(|header, body| {
+            // Leftovers of an earlier request on this socket.
+            if header.seq != seq {
+                return Ok(None);
+            }
+            if header.flags & libc::NLM_F_DUMP_INTR as u16 != 0 {
+                interrupted = true;
+            }
+            Ok(match end_of_answer(header, body)? {
+                Some(errno) => Some(Answer { errno, interrupted }),
+                None if header.kind as i32 == libc::NLMSG_NOOP => None,
+                None => {
+                    on_message(header.kind, body);
+                    None
+                }
+            })
+        })
+    }
+
+    /// Sends `messages` (type, flags, payload) as one nftables transaction
+    /// (between NFNL_MSG_BATCH_BEGIN and _END: the kernel applies all of them
+    /// or none) and returns the first error's errno, 0 when all succeeded.
+    pub(crate) fn batch(&mut self, messages: &[(u16, u16, Vec<u8>)]) -> std::io::Result<i32> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let mut batch_header = nfgenmsg(libc::AF_UNSPEC as u8);
+        batch_header[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        let begin = self.next_seq();
+        let mut req = Vec::new();
+        push_message(
+            &mut req,
+            NFNL_MSG_BATCH_BEGIN,
+            libc::NLM_F_REQUEST as u16,
+            begin,
+            &batch_header,
+        );
+        for (kind, flags, payload) in messages {
+            let seq = self.next_seq();
+            let flags = flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+            push_message(&mut req, *kind, flags, seq, payload);
+        }
+        let end = self.next_seq();
+        push_message(
+            &mut req,
+            NFNL_MSG_BATCH_END,
+            libc::NLM_F_REQUEST as u16,
+            end,
+            &batch_header,
+        );
+        self.send(&req)?;
+        // Every message asked for an ACK, so each gets exactly one answer;
+        // an error about the batch markers themselves ends the batch early.
+        let mut unanswered = messages.len();
+        let mut first_error = 0;
+        self.receive(|header, body| {
+            // Sequence numbers wrap, so "within the batch" is measured from its start.
+            if header.seq.wrapping_sub(begin) > end.wrapping_sub(begin) {
+                return Ok(None);
+            }
+            let Some(errno) = end_of_answer(header, body)? else {
+                return Ok(None);
+            };
+            if header.seq == begin || header.seq == end {
+                return Ok(Some(errno));
+            }
+            if first_error == 0 {
+                first_error = errno;
+            }
+            unanswered -= 1;
+            Ok((unanswered == 0).then_some(first_error))
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let len = NLMSG_HDRLEN + payload.len();
-        let mut req = Vec::with_capacity(len);
-        req.extend_from_slice(&(len as u32).to_ne_bytes());
-        req.extend_from_slice(&msg_type.to_ne_bytes());
-        req.extend_from_slice(&flags.to_ne_bytes());
-        req.extend_from_slice(&seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes()); // port id: kernel assigns
-        req.extend_from_slice(payload);
+        self.seq
+    }
+
+    fn send(&self, req: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
         // SAFETY: req is a valid buffer of req.len() bytes.
         let sent = unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
         if sent < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut interrupted = false;
+        Ok(())
+    }
+
+    /// Receives datagrams and hands each message to `handle` until it
+    /// returns an outcome.
+    fn receive<T>(
+        &mut self,
+        mut handle: impl FnMut(Header, &[u8]) -> std::io::Result<Option<T>>,
+    ) -> std::io::Result<T> {
+        use std::os::fd::AsRawFd;
         loop {
             // SAFETY: buf is a valid writable buffer of buf.len() bytes.
             let n = unsafe {
@@ -419,46 +521,73 @@ impl NfnlSocket {
             }
             let mut rest = &self.buf[..n];
             while !rest.is_empty() {
-                let header = rest
-                    .get(..NLMSG_HDRLEN)
-                    .ok_or_else(|| malformed("short header"))?;
-                let field =
-                    |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
-                let mlen = u32::from_ne_bytes(field(0)) as usize;
-                let mtype = u16::from_ne_bytes([header[4], header[5]]);
-                let mflags = u16::from_ne_bytes([header[6], header[7]]);
-                let mseq = u32::from_ne_bytes(field(8));
-                if mlen < NLMSG_HDRLEN || mlen > rest.len() {
-                    return Err(malformed("message length out of bounds"));
-                }
-                let body = &rest[NLMSG_HDRLEN..mlen];
-                rest = rest.get(align4(mlen)..).unwrap_or_default();
-                // Leftovers of an earlier request on this socket.
-                if mseq != seq {
-                    continue;
-                }
-                if mflags & libc::NLM_F_DUMP_INTR as u16 != 0 {
-                    interrupted = true;
-                }
-                match mtype as i32 {
-                    // Both carry the (negated) errno first; an ACK is 0.
-                    libc::NLMSG_ERROR | libc::NLMSG_DONE => {
-                        let code = match body.get(..4) {
-                            Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-                            // An NLMSG_DONE without a body is a plain end of dump.
-                            None if mtype as i32 == libc::NLMSG_DONE => 0,
-                            None => return Err(malformed("short error message")),
-                        };
-                        return Ok(Answer {
-                            errno: -code,
-                            interrupted,
-                        });
-                    }
-                    libc::NLMSG_NOOP => {}
-                    _ => on_message(mtype, body),
+                let (header, body, next) = split_message(rest)?;
+                rest = next;
+                if let Some(outcome) = handle(header, body)? {
+                    return Ok(outcome);
                 }
             }
         }
+    }
+}
+
+const NFNL_MSG_BATCH_BEGIN: u16 = libc::NLMSG_MIN_TYPE as u16;
+const NFNL_MSG_BATCH_END: u16 = NFNL_MSG_BATCH_BEGIN + 1;
+
+/// The fields of a netlink message header that answers are matched by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+}
+
+/// Appends one netlink message (header, then `payload`, padded to 4 bytes).
+fn push_message(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, payload: &[u8]) {
+    let len = NLMSG_HDRLEN + payload.len();
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: kernel assigns
+    buf.extend_from_slice(payload);
+    buf.resize(align4(buf.len()), 0);
+}
+
+/// The first message of `buf`: its header, its body and what follows it.
+fn split_message(buf: &[u8]) -> std::io::Result<(Header, &[u8], &[u8])> {
+    let header = buf
+        .get(..NLMSG_HDRLEN)
+        .ok_or_else(|| malformed("short header"))?;
+    let field = |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
+    let len = u32::from_ne_bytes(field(0)) as usize;
+    if len < NLMSG_HDRLEN || len > buf.len() {
+        return Err(malformed("message length out of bounds"));
+    }
+    let parsed = Header {
+        kind: u16::from_ne_bytes([header[4], header[5]]),
+        flags: u16::from_ne_bytes([header[6], header[7]]),
+        seq: u32::from_ne_bytes(field(8)),
+    };
+    let rest = buf.get(align4(len)..).unwrap_or_default();
+    Ok((parsed, &buf[NLMSG_HDRLEN..len], rest))
+}
+
+/// The errno an ACK, error or end-of-dump message carries (0: success);
+/// `None` for data messages.
+fn end_of_answer(header: Header, body: &[u8]) -> std::io::Result<Option<i32>> {
+    match header.kind as i32 {
+        // Both carry the (negated) errno first; an ACK is 0.
+        libc::NLMSG_ERROR | libc::NLMSG_DONE => {
+            let code = match body.get(..4) {
+                Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                // An NLMSG_DONE without a body is a plain end of dump.
+                None if header.kind as i32 == libc::NLMSG_DONE => 0,
+                None => return Err(malformed("short error message")),
+            };
+            Ok(Some(-code))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -12,9 +12,9 @@ use weft_datapath::{sysctl, NetNs, Netlink};
 use weft_ipam::{Allocation, Owner, Store};
 
 use super::{del, masquerade_chain, open_store, runtime, Invocation};
-use crate::firewall;
 use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Interface, IpConfig, PortMapping};
+use crate::{antispoof, firewall};
 
 pub fn add(inv: &Invocation, net: &Network) -> Result<Value, CniError> {
     let netns_path = inv.env.netns.as_ref().expect("ADD requires CNI_NETNS");
@@ -148,6 +148,9 @@ fn wire(
             pod.set_up(lo.index).await?;
         }
         let pod_if = pod.link(ifname).await?.ok_or_else(|| gone(ifname))?;
+        // While the pod's end is down: it never sends unchecked.
+        let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
+        antispoof::admit(&host_name, pod_if.mac.as_deref(), &ips)?;
         pod.set_up(pod_if.index).await?;
         for a in allocations {
             pod.add_address(pod_if.index, a.address).await?;
@@ -231,13 +234,16 @@ fn io_error(e: impl std::fmt::Display) -> CniError {
     CniError::io("cannot set a kernel parameter").with_details(e)
 }
 
-/// Inside the pod: announce the new address at once (arp_notify) and skip
+/// Inside the pod: announce the new address at once (arp_notify), skip
 /// IPv6 duplicate-address detection, which would delay usability by ~1 s
-/// for an address IPAM already made unique.
+/// for an address IPAM already made unique, and derive the link-local
+/// address from the MAC.
 fn configure_pod_sysctls(ifname: &str, has_v6: bool) -> Result<(), sysctl::SysctlError> {
     sysctl::ensure(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
     if has_v6 {
         sysctl::ensure(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+        // EUI-64: the link-local address anti-spoofing lets the pod use.
+        sysctl::ensure(&format!("net/ipv6/conf/{ifname}/addr_gen_mode"), "0")?;
     }
     Ok(())
 }

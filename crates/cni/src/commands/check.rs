@@ -1,6 +1,7 @@
 //! CHECK: verify that the attachment still looks the way ADD left it —
 //! interface, MAC, addresses, routes, host veth on the bridge, the IPAM
-//! reservation and the masquerade chain — against `prevResult`.
+//! reservation, the anti-spoofing elements and the masquerade chain —
+//! against `prevResult`.
 
 use std::net::IpAddr;
 
@@ -8,9 +9,9 @@ use weft_datapath::nft::{self, Family};
 use weft_datapath::{NetNs, Netlink};
 
 use super::{masquerade_chain, open_store, runtime, Invocation};
-use crate::firewall;
 use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Version};
+use crate::{antispoof, firewall};
 
 pub fn check(inv: &Invocation, net: &Network) -> Result<(), CniError> {
     inv.require(Version::V0_4_0, "CHECK")?;
@@ -37,7 +38,7 @@ pub fn check(inv: &Invocation, net: &Network) -> Result<(), CniError> {
         .map(|ip| ip.address)
         .collect();
 
-    runtime()?.block_on(async {
+    let pod_mac = runtime()?.block_on(async {
         let pod = Netlink::connect_in(&netns)?;
         let link = pod.link(ifname).await?.ok_or_else(|| {
             CniError::check_failed(format!("interface {ifname} is missing from the pod"))
@@ -74,7 +75,7 @@ pub fn check(inv: &Invocation, net: &Network) -> Result<(), CniError> {
         let bridge = host.link(&net.bridge).await?;
         let veth = host.link(&host_name).await?;
         match (bridge, veth) {
-            (Some(b), Some(v)) if v.controller == Some(b.index) => Ok(()),
+            (Some(b), Some(v)) if v.controller == Some(b.index) => Ok(link.mac),
             (None, _) => Err(CniError::check_failed(format!(
                 "bridge {} is missing",
                 net.bridge
@@ -98,6 +99,15 @@ pub fn check(inv: &Invocation, net: &Network) -> Result<(), CniError> {
     if let Some(ip) = want.iter().find(|ip| !held.contains(ip)) {
         return Err(CniError::check_failed(format!(
             "address {ip} is not reserved for this container in IPAM"
+        )));
+    }
+    let host_veth = plan::host_veth_name(&inv.env.container_id, ifname);
+    let missing = antispoof::missing(&host_veth, pod_mac.as_deref(), &want)?;
+    if missing > 0 {
+        return Err(CniError::check_failed(format!(
+            "{missing} anti-spoofing elements of {host_veth} are missing from table bridge {} \
+             (was the ruleset flushed?); the pod sends unchecked until it is recreated",
+            antispoof::TABLE
         )));
     }
     if net.ip_masq {

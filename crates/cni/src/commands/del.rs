@@ -1,4 +1,5 @@
-//! DEL: remove the attachment's veth pair, hostPort rules and addresses.
+//! DEL: remove the attachment's veth pair, hostPort rules, anti-spoofing
+//! elements and addresses.
 //! Idempotent: deleting what is already gone (or never existed, or whose
 //! namespace vanished) succeeds.
 //!
@@ -18,9 +19,9 @@ use weft_datapath::{nft, NetNs, Netlink};
 use weft_ipam::Owner;
 
 use super::{open_store, runtime, Invocation};
-use crate::firewall;
 use crate::plan::{self, Network};
 use crate::spec::{CniError, NetConf};
+use crate::{antispoof, firewall};
 
 /// The hidden command line of the reaper process.
 pub const REAP_FLAG: &str = "--reap-link";
@@ -103,6 +104,7 @@ pub(super) fn teardown(
             nft::apply(&script, None)?;
         }
     }
+    antispoof::revoke(&host_name)?;
     let store = open_store(net)?;
     store.lock()?.release(owner)?;
     if let Some(name) = retired {

@@ -1,7 +1,8 @@
 //! GC: release everything of this network that no valid attachment owns —
 //! IPAM reservations (including those of plugins killed mid-ADD), host veths
 //! left on the bridge, retired veths whose reaper never ran, hostPort
-//! chains, and the lock files of containers that are gone.
+//! chains, the lock files of containers that are gone, and the
+//! anti-spoofing elements of veths that no longer exist.
 
 use std::collections::HashSet;
 
@@ -9,9 +10,9 @@ use weft_datapath::{nft, Netlink};
 use weft_ipam::Owner;
 
 use super::{open_store, runtime, Invocation};
-use crate::firewall;
 use crate::plan::{self, Network, Ranges};
 use crate::spec::{CniError, Version};
+use crate::{antispoof, firewall};
 
 pub fn gc(inv: &Invocation) -> Result<(), CniError> {
     inv.require(Version::V1_1_0, "GC")?;
@@ -40,6 +41,13 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
             }
         }
         Ok(())
+    })?;
+
+    antispoof::revoke_orphans(|| {
+        runtime()?.block_on(async {
+            let links = Netlink::connect()?.links().await?;
+            Ok(links.into_iter().map(|l| l.name).collect())
+        })
     })?;
 
     let prefix = plan::hostport_chain_prefix(&net.name);

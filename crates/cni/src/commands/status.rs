@@ -2,15 +2,16 @@
 //! when not: configuration or subnet file unusable, IPAM state not
 //! writable, a pool exhausted, or `nft` missing while rules are needed.
 //! Code 51 when, on top, pods already attached have lost part of their
-//! network: the bridge or the masquerade chain is gone.
+//! network: the bridge, the anti-spoofing rules or the masquerade chain is
+//! gone.
 
 use weft_datapath::nft::{self, Family};
 use weft_datapath::Netlink;
 
 use super::{masquerade_chain, open_store, runtime, Invocation};
-use crate::firewall;
 use crate::plan::{Network, Ranges};
 use crate::spec::{CniError, ErrorCode, Version};
+use crate::{antispoof, firewall};
 
 pub fn status(inv: &Invocation) -> Result<(), CniError> {
     inv.require(Version::V1_1_0, "STATUS")?;
@@ -35,10 +36,14 @@ pub fn status(inv: &Invocation) -> Result<(), CniError> {
             )));
         }
     }
-    let wants_nft = net.ip_masq || !inv.conf.port_mappings()?.is_empty();
+    // The anti-spoofing rules are created by nft the first time; after that
+    // only masquerade and hostPorts run it.
+    let wants_nft = net.ip_masq
+        || !inv.conf.port_mappings()?.is_empty()
+        || !antispoof::rules_in_place().map_err(unavailable)?;
     if wants_nft && !on_path("nft") {
         return Err(CniError::not_available(
-            "ipMasq/portMappings need the nft command, which is not installed; install the nftables package",
+            "weft-cni's rules (anti-spoofing, ipMasq, portMappings) need the nft command, which is not installed; install the nftables package",
         ));
     }
     Ok(())
@@ -53,6 +58,13 @@ fn check_existing_pods(net: &Network) -> Result<(), CniError> {
         return Err(limited(format!(
             "bridge {} is gone while pods are attached to it; recreate the pods (or run GC)",
             net.bridge
+        )));
+    }
+    if !antispoof::rules_in_place()? {
+        return Err(limited(format!(
+            "anti-spoofing rules (table bridge {}) are gone (was the ruleset flushed?); \
+             attached pods send unchecked until they are recreated",
+            antispoof::TABLE
         )));
     }
     if net.ip_masq && !nft::chain_exists(Family::Inet, firewall::TABLE, &masquerade_chain(net))? {
