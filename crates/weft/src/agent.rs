@@ -11,8 +11,8 @@ use weft_agent::run::Options;
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// This node's name.
-    #[arg(long)]
+    /// This node's name (a Kubernetes node name: a DNS-1123 subdomain).
+    #[arg(long, value_parser = node_name)]
     node: String,
     /// The embedded cluster store (SQLite file shared by the cluster's agents).
     #[arg(long, default_value = "/var/lib/weft/store.db")]
@@ -61,6 +61,13 @@ pub struct AgentArgs {
     /// ClusterIP, a node's address or on a port weft serves.
     #[arg(long, env = "WEFT_EXTERNAL_IP_CIDRS", default_value = "", value_parser = cidr_list)]
     external_ip_cidrs: CidrList,
+}
+
+/// A node name as the API server accepts it: it names the node's lease,
+/// its Node object and its files.
+fn node_name(text: &str) -> Result<String, String> {
+    weft_validation::names::dns1123_subdomain(text)?;
+    Ok(text.to_string())
 }
 
 /// A comma-separated list of IPv4 CIDRs; empty text is an empty list.

@@ -219,6 +219,19 @@ fn refused(args: &[&str]) -> Output {
 }
 
 #[test]
+fn node_names_the_api_server_would_refuse_are_refused() {
+    for bad in ["", "../x", "Node", "a b", "n;IP=1"] {
+        let out = Command::new(WEFT)
+            .args(["agent", "--node", bad, "--net-conf", NO_NET_CONF])
+            .output()
+            .expect("running weft");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("--node"), "{bad:?}: {stderr}");
+    }
+}
+
+#[test]
 fn zero_and_nonsensical_periods_are_refused_naming_the_flag_and_range() {
     for (flag, value, range) in [
         ("--resync-ms", "0", "100..=3600000"),
