@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{text, wait_until, Lab, MANIFEST, WEFT};
 use serde_json::Value;
-use weft_datapath::{netns, NetNs};
+use weft_datapath::netns;
 
 fn mesh_test(tag: &str, backend: &str) {
     let lab = Lab::up(tag, 3, backend);
@@ -49,21 +49,8 @@ fn mesh_test(tag: &str, backend: &str) {
     assert_eq!(v["results"].as_array().unwrap().len(), 16);
     // Every agent answers its health endpoints inside its node.
     for node in ["node-1", "node-2", "node-3"] {
-        let ns = NetNs::open(netns::named_path(&lab.node_ns(node))).unwrap();
         for path in ["/healthz", "/readyz"] {
-            let got = ns
-                .run_in(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(weft_lab::probe::http_get(
-                        "127.0.0.1:10254".parse().unwrap(),
-                        path,
-                        Duration::from_secs(1),
-                    ))
-                })
-                .unwrap();
+            let got = lab.agent_http(node, path);
             assert!(matches!(&got, Ok((200, _))), "{node} {path}: {got:?}");
         }
     }

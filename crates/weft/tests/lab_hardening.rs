@@ -7,10 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{text, wait_until, Lab, WEFT};
+use common::{text, wait_until, Lab};
 
 /// PIDs of live processes the lab tagged as its own (agents, containers).
 fn lab_processes(lab: &Lab) -> Vec<u32> {
@@ -53,24 +52,6 @@ fn pods_manifest(prefix: &str, n: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join("---\n")
-}
-
-fn weft_apply_child(lab: &Lab, manifest: &str) -> std::process::Child {
-    use std::io::Write;
-    let mut child = Command::new(WEFT)
-        .args(["lab", "apply", "--name", &lab.name, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    child
 }
 
 /// Reservations weft-cni holds on every node (one file per address).
@@ -167,8 +148,8 @@ fn node_names_are_checked_and_a_failed_add_leaves_no_ghost() {
 fn concurrent_applies_start_each_pod_once_and_delete_leaves_nothing() {
     let lab = Lab::up("ca", 2, "vxlan");
     let manifest = pods_manifest("p", 30);
-    let a = weft_apply_child(&lab, &manifest);
-    let b = weft_apply_child(&lab, &manifest);
+    let a = lab.apply_started(&manifest);
+    let b = lab.apply_started(&manifest);
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -209,7 +190,7 @@ fn a_pod_whose_second_container_cannot_start_is_rolled_back() {
 #[test]
 fn down_stops_everything_even_after_a_killed_apply_and_a_deleted_store() {
     let lab = Lab::up("kd", 2, "vxlan");
-    let mut child = weft_apply_child(&lab, &pods_manifest("k", 40));
+    let mut child = lab.apply_started(&pods_manifest("k", 40));
     // Kill the apply while it is starting pods.
     wait_until(Duration::from_secs(20), || pod_namespaces(&lab) >= 3)
         .expect("the apply starts pods");
@@ -226,7 +207,7 @@ fn down_stops_everything_even_after_a_killed_apply_and_a_deleted_store() {
 #[test]
 fn down_during_an_apply_stops_the_apply() {
     let lab = Lab::up("da", 1, "vxlan");
-    let child = weft_apply_child(&lab, &pods_manifest("d", 60));
+    let child = lab.apply_started(&pods_manifest("d", 60));
     wait_until(Duration::from_secs(20), || pod_namespaces(&lab) >= 2)
         .expect("the apply starts pods");
     lab.ok(&["down"]);

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::{wait_until, Lab};
 use serde_json::json;
-use weft_datapath::{netns, NetNs};
 use weft_store::Store;
 
 /// The outcome ("ok", "refused", "timeout", …) of one HTTP probe.
@@ -88,24 +87,6 @@ fn external_ips_cannot_take_a_cluster_ip_a_node_address_or_the_health_port() {
     }
 }
 
-/// `path` of the agent's health server inside `node`: (status, body).
-fn agent_http(lab: &Lab, node: &str, path: &str) -> (u16, String) {
-    let ns = NetNs::open(netns::named_path(&lab.node_ns(node))).unwrap();
-    ns.run_in(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(weft_lab::probe::http_get(
-            "127.0.0.1:10254".parse().unwrap(),
-            path,
-            Duration::from_secs(1),
-        ))
-    })
-    .unwrap()
-    .expect("the agent answers")
-}
-
 /// A ClientIP-affinity Service (chains and sets named after it) and its
 /// EndpointSlice, put into the store as they are.
 fn put_unvalidated(store: &Store, name: &str, cluster_ip: &str, server_ip: &str) {
@@ -141,6 +122,9 @@ fn services_named_anything_do_not_stop_the_ones_created_after_them() {
         reachable(&lab, "demo/client", &format!("{ip}:80"), "/hostname");
     }
     for node in ["node-1", "node-2"] {
-        assert_eq!(agent_http(&lab, node, "/readyz"), (200, "ok\n".to_string()));
+        assert_eq!(
+            lab.agent_http(node, "/readyz").expect("the agent answers"),
+            (200, "ok\n".to_string())
+        );
     }
 }

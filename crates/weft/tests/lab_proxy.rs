@@ -16,36 +16,8 @@ use weft_datapath::NetNs;
 
 const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/services.yaml");
 
-/// One probe attempt: (outcome, answer).
-type Attempt = (String, String);
-
-fn probe(lab: &Lab, from: &str, to: &str, count: u32, path: &str) -> Vec<Attempt> {
-    let out = lab.weft(&[
-        "probe",
-        "--from",
-        from,
-        "--to",
-        to,
-        "--count",
-        &count.to_string(),
-        "--http-path",
-        path,
-        "-o",
-        "json",
-    ]);
-    let v: Value = serde_json::from_str(&text(&out.stdout))
-        .unwrap_or_else(|_| panic!("probe JSON: {}{}", text(&out.stdout), text(&out.stderr)));
-    v["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| {
-            (
-                r["outcome"].as_str().unwrap_or_default().to_string(),
-                r["answer"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
+fn probe(lab: &Lab, from: &str, to: &str, count: u32, path: &str) -> Vec<(String, String)> {
+    lab.probe_http(from, to, count, path)
 }
 
 fn answers(lab: &Lab, from: &str, to: &str, count: u32) -> Vec<String> {
@@ -86,20 +58,6 @@ fn load_balancer_ip(lab: &Lab, name: &str) -> String {
         .as_str()
         .expect("an ingress address")
         .to_string()
-}
-
-fn node_ip(lab: &Lab, node: &str) -> String {
-    lab.json(&["get", "nodes", "-o", "json"])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["metadata"]["name"] == node)
-        .and_then(|n| {
-            n["status"]["addresses"][0]["address"]
-                .as_str()
-                .map(String::from)
-        })
-        .expect("node address")
 }
 
 #[test]
@@ -190,7 +148,7 @@ fn node_ports_load_balancers_and_external_traffic_policy_local() {
     let lab = Lab::up("pxnp", 2, "vxlan");
     lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: only, namespace: demo, labels: {app: only}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cluster, namespace: demo}\nspec:\n  type: NodePort\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30100}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30101}]\n",
     );
-    let (n1, n2) = (node_ip(&lab, "node-1"), node_ip(&lab, "node-2"));
+    let (n1, n2) = (lab.node_ip("node-1"), lab.node_ip("node-2"));
     let external = "198.18.0.2";
 
     // externalTrafficPolicy: Cluster: every node forwards, the source is
@@ -426,7 +384,7 @@ fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
 fn agent_restart_keeps_service_traffic_and_converges() {
     let lab = Lab::up("pxrs", 2, "vxlan");
     demo(&lab);
-    let node_port = format!("{}:30080", node_ip(&lab, "node-1"));
+    let node_port = format!("{}:30080", lab.node_ip("node-1"));
     reachable(&lab, "demo/sidecar", "svc/demo/web");
     reachable(&lab, "external", &node_port);
     // web-lb (externalTrafficPolicy: Local) is the one Service with chains

@@ -176,6 +176,14 @@ impl Lab {
 
     /// `weft lab apply -f -` with `manifest` on stdin; its output.
     pub fn apply(&self, manifest: &str) -> Output {
+        self.apply_started(manifest)
+            .wait_with_output()
+            .expect("running weft")
+    }
+
+    /// `weft lab apply -f -` with `manifest` written to its stdin, still
+    /// running (for tests that race it or kill it).
+    pub fn apply_started(&self, manifest: &str) -> std::process::Child {
         let mut child = Command::new(WEFT)
             .args(["lab", "apply", "--name", &self.name, "-f", "-"])
             .env("RUST_BACKTRACE", "0")
@@ -190,7 +198,28 @@ impl Lab {
             .expect("stdin")
             .write_all(manifest.as_bytes())
             .expect("writing the manifest");
-        child.wait_with_output().expect("running weft")
+        child
+    }
+
+    /// `path` of the agent's health server inside `node`: (status, body).
+    pub fn agent_http(
+        &self,
+        node: &str,
+        path: &str,
+    ) -> Result<(u16, String), weft_lab::probe::ProbeError> {
+        let ns = NetNs::open(weft_datapath::netns::named_path(&self.node_ns(node))).unwrap();
+        ns.run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(weft_lab::probe::http_get(
+                "127.0.0.1:10254".parse().unwrap(),
+                path,
+                Duration::from_secs(1),
+            ))
+        })
+        .unwrap()
     }
 
     /// `apply` that must succeed; its stdout.
