@@ -304,7 +304,13 @@ impl Layout {
     /// would wait for itself. Fails once the lab is being taken down, so
     /// nothing done under it outlives `weft lab down`.
     pub fn lock(&self) -> Result<Flock<File>, LayoutError> {
-        let lock = self.lock_file(None)?;
+        let lock = self.lock_file(None).map_err(|e| match e {
+            // `down` removed the whole directory meanwhile.
+            LayoutError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                LayoutError::GoingDown(self.lab.clone())
+            }
+            e => e,
+        })?;
         if self.going_down().exists() || !self.state_file().exists() {
             return Err(LayoutError::GoingDown(self.lab.clone()));
         }
@@ -521,6 +527,30 @@ mod tests {
         l.remove(&l.root.join("nodes/n1")).unwrap();
         assert!(!l.root.join("nodes/n1").exists());
         l.remove(&l.root.join("nodes/gone")).unwrap();
+    }
+
+    #[test]
+    fn the_lock_of_a_removed_lab_says_it_is_going_down() {
+        let base = tempfile::tempdir().unwrap();
+        let l = Layout {
+            lab: "t".into(),
+            root: base.path().join("lab"),
+        };
+        assert!(matches!(l.lock(), Err(LayoutError::GoingDown(_))));
+        std::fs::create_dir_all(&l.root).unwrap();
+        assert!(
+            matches!(l.lock(), Err(LayoutError::GoingDown(_))),
+            "no lab.json"
+        );
+        std::fs::write(l.state_file(), "{}").unwrap();
+        let held = l.lock().unwrap();
+        assert!(matches!(
+            l.lock_within(Duration::from_millis(50)),
+            Err(LayoutError::Lock { .. })
+        ));
+        drop(held);
+        std::fs::write(l.going_down(), "").unwrap();
+        assert!(matches!(l.lock(), Err(LayoutError::GoingDown(_))));
     }
 
     proptest::proptest! {
