@@ -16,6 +16,16 @@ $weft lab probe --name weft
 echo
 $weft lab apply --name weft -f examples/services.yaml
 $weft lab get services --name weft -n demo
+# The agents program a Service tens of milliseconds after its EndpointSlice
+# is written (and a LoadBalancer address once a node announces it): wait for
+# that, at most 5 s, before showing the Services at work.
+for _ in $(seq 100); do
+  $weft lab probe --name weft --from demo/sidecar --to svc/demo/web >/dev/null 2>&1 &&
+    $weft lab probe --name weft --from external --to node/node-1:30080 >/dev/null 2>&1 &&
+    $weft lab probe --name weft --from external --to svc/demo/web-lb >/dev/null 2>&1 &&
+    break
+  sleep 0.05
+done
 echo
 echo "A pod's new connections to the web ClusterIP, spread over the Deployment's pods:"
 $weft lab probe --name weft --from demo/sidecar --to svc/demo/web --count 6
