@@ -46,7 +46,8 @@ fi
 # machine: one folder per component and version, with stable links in bin/.
 # The plain demo does not need them, so only --peers builds them (crictl is
 # also built without it: the containerd runtime test needs it).
-PEERS=/var/cache/weft/peers
+# WEFT_PEERS: another cache, e.g. to time a build from scratch.
+PEERS=${WEFT_PEERS:-/var/cache/weft/peers}
 KUBERNETES_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 CRICTL_VERSION=v1.37.0
