@@ -154,7 +154,9 @@ build_crictl() {
     return
   fi
   echo "building crictl $CRICTL_VERSION into $PEERS"
-  GOBIN="$work/crictl" "$go" install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  GOBIN="$work/crictl" "$go" install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION#v}" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
   install_peers "$work/crictl" "$CRICTL_VERSION" crictl
 }
 
