@@ -3,7 +3,8 @@
 # integration tests create their own network namespaces, so run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+# --peers: Kubernetes' own components, which crates/weft/tests/peers.rs starts.
+./scripts/setup.sh --peers
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
