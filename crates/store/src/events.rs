@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection};
+use tokio::sync::watch;
 
 use crate::error::SqlContext;
 use crate::objects::{Key, Object};
-use crate::{parsed_column, Store, StoreError};
+use crate::{parsed_column, wake, Store, StoreError};
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -48,6 +49,10 @@ const LARGEST_REVISION: u64 = i64::MAX.unsigned_abs();
 
 /// Stops a zero poll interval from turning a watcher into a busy loop.
 const SHORTEST_POLL: Duration = Duration::from_millis(1);
+
+/// How often a notified watcher looks anyway, in case a signal was lost (a
+/// writer that died between its commit and its signal).
+const SAFETY_POLL: Duration = Duration::from_secs(1);
 
 /// What a change did to its object, as in a Kubernetes watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,15 +214,20 @@ impl Store {
         })
     }
 
-    /// Follows the changes of `kind` after `since`, checking for new ones
-    /// every `poll`. Writes by other processes are seen as well as this
-    /// handle's own.
+    /// Follows the changes of `kind` after `since`. Writes by other
+    /// processes are seen as well as this handle's own. The watcher sleeps
+    /// until a writer signals a change of its kind, and looks anyway every
+    /// `poll` or every second, whichever is longer; where change signals are
+    /// unavailable (see the `wake` module) it polls every `poll`.
     pub fn watch(&self, kind: &str, since: u64, poll: Duration) -> Watcher {
+        let poll = poll.max(SHORTEST_POLL);
         Watcher {
             store: self.clone(),
             kind: kind.to_owned(),
             since,
-            poll: poll.max(SHORTEST_POLL),
+            signals: wake::subscribe(self.path(), kind),
+            poll,
+            safety_poll: poll.max(SAFETY_POLL),
         }
     }
 }
@@ -228,7 +238,10 @@ pub struct Watcher {
     store: Store,
     kind: String,
     since: u64,
+    /// Counts the change signals of the kind; `None` when polling.
+    signals: Option<watch::Receiver<u64>>,
     poll: Duration,
+    safety_poll: Duration,
 }
 
 impl Watcher {
@@ -236,11 +249,15 @@ impl Watcher {
     /// then returns all of them, oldest first.
     ///
     /// Cancel-safe (fit for `tokio::select!`): the watcher only moves past
-    /// changes it has returned or that were not of its kind. Each poll is a
+    /// changes it has returned or that were not of its kind. Each look is a
     /// short blocking SQLite read of one row; the change query runs only when
     /// the global revision has moved.
     pub async fn next(&mut self) -> Result<Vec<Event>, StoreError> {
         loop {
+            // Before reading, so a signal sent after the read wakes the wait.
+            if let Some(signals) = &mut self.signals {
+                signals.borrow_and_update();
+            }
             if self.store.revision()? > self.since {
                 let (events, complete_up_to) =
                     self.store.read("read the event log", |transaction| {
@@ -251,7 +268,19 @@ impl Watcher {
                     return Ok(events);
                 }
             }
-            tokio::time::sleep(self.poll).await;
+            self.wait_for_change().await;
+        }
+    }
+
+    /// Sleeps until a change signal or the next (safety) poll.
+    async fn wait_for_change(&mut self) {
+        let Some(signals) = &mut self.signals else {
+            return tokio::time::sleep(self.poll).await;
+        };
+        if let Ok(Err(_)) = tokio::time::timeout(self.safety_poll, signals.changed()).await {
+            // The signal file went away (the store is being removed):
+            // polling still sees whatever the open database holds.
+            self.signals = None;
         }
     }
 

@@ -1,0 +1,152 @@
+//! Change notification between processes sharing a store file, so watchers
+//! sleep until their kind changes instead of polling the database.
+//!
+//! Owns the per-kind signal files beside the database (`<db>-changed-<kind>`)
+//! and the one inotify instance of this process. A writer touches the file of
+//! the kind it changed after its transaction committed; a watcher subscribes
+//! to the file of its kind and is woken by inotify. A signal says only
+//! "look again": the event log stays the truth, so a lost or spurious signal
+//! costs at most a delay (the watcher's safety poll) or one cheap read.
+//!
+//! One inotify instance serves every store and watcher of the process,
+//! because the kernel limits instances per user (often to 128) and a lab
+//! runs one agent process per node. When inotify cannot be had, watchers
+//! fall back to polling and say so once.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::SystemTime;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use tokio::sync::watch;
+
+/// The file whose touch signals a change of `kind` in the store at `store`.
+/// Characters that cannot go in a file name become `_`; two kinds sharing a
+/// file only wake each other's watchers for nothing.
+pub(crate) fn signal_file(store: &Path, kind: &str) -> PathBuf {
+    let safe_kind: String = kind
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut name = store.file_name().map(OsString::from).unwrap_or_default();
+    name.push(format!("-changed-{safe_kind}"));
+    store.with_file_name(name)
+}
+
+/// Tells the watchers of `kind` that it changed. A missing signal file means
+/// nobody has watched the kind yet, so there is no one to tell; any other
+/// failure is left to the watchers' safety poll.
+pub(crate) fn signal(store: &Path, kind: &str) {
+    let path = signal_file(store, kind);
+    let touched = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.set_modified(SystemTime::now()));
+    match touched {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "cannot signal a change to watchers; they see it at their next safety poll")
+        }
+    }
+}
+
+/// Subscribes to the signals of `kind`, creating its signal file. `None`
+/// when this process cannot be notified (no inotify instance left, or the
+/// file cannot be created or watched): the caller then polls.
+pub(crate) fn subscribe(store: &Path, kind: &str) -> Option<watch::Receiver<u64>> {
+    let notifier = Notifier::shared()?;
+    let path = signal_file(store, kind);
+    match notifier.subscribe(&path) {
+        Ok(receiver) => Some(receiver),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot watch the store for changes; polling instead");
+            None
+        }
+    }
+}
+
+/// The process's inotify instance and, per watched signal file, a counter
+/// its watchers wait on.
+struct Notifier {
+    inotify: Inotify,
+    counters: Mutex<HashMap<WatchDescriptor, watch::Sender<u64>>>,
+}
+
+impl Notifier {
+    /// The process's notifier, started on first use; `None` (logged once) if
+    /// inotify is unavailable.
+    fn shared() -> Option<Arc<Notifier>> {
+        static SHARED: OnceLock<Option<Arc<Notifier>>> = OnceLock::new();
+        SHARED.get_or_init(Notifier::start).clone()
+    }
+
+    fn start() -> Option<Arc<Notifier>> {
+        let started = Inotify::init(InitFlags::IN_CLOEXEC)
+            .map_err(std::io::Error::from)
+            .and_then(|inotify| {
+                let notifier = Arc::new(Notifier {
+                    inotify,
+                    counters: Mutex::default(),
+                });
+                let reader = notifier.clone();
+                std::thread::Builder::new()
+                    .name("store-wake".into())
+                    .spawn(move || reader.dispatch())?;
+                Ok(notifier)
+            });
+        match started {
+            Ok(notifier) => Some(notifier),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot be notified of store changes (inotify; if there are too many instances, raise fs.inotify.max_user_instances); watchers poll instead");
+                None
+            }
+        }
+    }
+
+    fn subscribe(&self, path: &Path) -> std::io::Result<watch::Receiver<u64>> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let descriptor = self
+            .inotify
+            .add_watch(path, AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_MODIFY)?;
+        let mut counters = self.counters();
+        let counter = counters
+            .entry(descriptor)
+            .or_insert_with(|| watch::channel(0).0);
+        Ok(counter.subscribe())
+    }
+
+    /// Wakes the watchers of each touched file, for as long as the process
+    /// runs. A file removed (its watch is dropped by the kernel) closes its
+    /// counter, which sends its watchers back to polling.
+    fn dispatch(&self) {
+        loop {
+            let events = match self.inotify.read_events() {
+                Ok(events) => events,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading store change notifications failed; watchers poll instead");
+                    self.counters().clear();
+                    return;
+                }
+            };
+            let mut counters = self.counters();
+            for event in events {
+                if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    counters.remove(&event.wd);
+                } else if let Some(counter) = counters.get(&event.wd) {
+                    counter.send_modify(|count| *count = count.wrapping_add(1));
+                }
+            }
+        }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<WatchDescriptor, watch::Sender<u64>>> {
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
