@@ -98,9 +98,13 @@ impl FileId {
 impl Store {
     /// Opens the store at `path`, creating the file and its tables if missing.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut connection = connect(path, OpenFlags::default())?;
-        configure(&connection).map_err(open_error(path))?;
-        let found = create_schema(&mut connection).map_err(open_error(path))?;
+        let (connection, found) = retry_while_busy("open the store", None, || {
+            let mut connection = Connection::open_with_flags(path, OpenFlags::default())?;
+            configure(&connection)?;
+            let found = create_schema(&mut connection)?;
+            Ok((connection, found))
+        })
+        .map_err(open_error(path))?;
         Store::opened(path, connection, found)
     }
 
@@ -116,9 +120,13 @@ impl Store {
             return Err(missing());
         }
         let without_create = OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE);
-        let connection = connect(path, without_create)?;
-        configure(&connection).map_err(open_error(path))?;
-        let found = schema_version(&connection).map_err(open_error(path))?;
+        let (connection, found) = retry_while_busy("open the store", None, || {
+            let connection = Connection::open_with_flags(path, without_create)?;
+            configure(&connection)?;
+            let found = schema_version(&connection)?;
+            Ok((connection, found))
+        })
+        .map_err(open_error(path))?;
         if found == 0 {
             return Err(missing());
         }
@@ -234,25 +242,11 @@ impl Store {
         behavior: TransactionBehavior,
         operation: &'static str,
     ) -> Result<Transaction<'c>, StoreError> {
-        let mut pause = FIRST_RETRY_PAUSE;
-        for retry in 1..=WRITE_RETRIES {
-            match Transaction::new_unchecked(connection, behavior) {
-                Err(error) if is_busy(&error) => {
-                    self.shared.contended_writes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        operation,
-                        retry,
-                        of = WRITE_RETRIES,
-                        pause_ms = pause.as_millis() as u64,
-                        "the cluster store is busy (other processes held it past the busy timeout); trying again"
-                    );
-                    std::thread::sleep(pause);
-                    pause *= 2;
-                }
-                outcome => return outcome.during(operation),
-            }
-        }
-        Transaction::new_unchecked(connection, behavior).during(operation)
+        let contended = Some(&self.shared.contended_writes);
+        retry_while_busy(operation, contended, || {
+            Transaction::new_unchecked(connection, behavior)
+        })
+        .during(operation)
     }
 
     fn connection(&self) -> MutexGuard<'_, Connection> {
@@ -265,8 +259,35 @@ impl Store {
     }
 }
 
-fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    Connection::open_with_flags(path, flags).map_err(open_error(path))
+/// Runs `attempt` again, with back-off, while it fails because other
+/// processes held the store past the busy timeout (at most
+/// [`WRITE_RETRIES`] times); each retry is logged and counted in `contended`.
+fn retry_while_busy<T>(
+    operation: &'static str,
+    contended: Option<&AtomicU64>,
+    mut attempt: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let mut pause = FIRST_RETRY_PAUSE;
+    for retry in 1..=WRITE_RETRIES {
+        match attempt() {
+            Err(error) if is_busy(&error) => {
+                if let Some(counter) = contended {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(
+                    operation,
+                    retry,
+                    of = WRITE_RETRIES,
+                    pause_ms = pause.as_millis() as u64,
+                    "the cluster store is busy (other processes held it past the busy timeout); trying again"
+                );
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            outcome => return outcome,
+        }
+    }
+    attempt()
 }
 
 /// A failure to open `path`, told apart as [`StoreError::of_file`] does.
@@ -321,6 +342,12 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 
 /// Creates the tables of a new store; returns the schema version found.
 fn create_schema(connection: &mut Connection) -> rusqlite::Result<i64> {
+    // A store already set up needs no write lock: with hundreds of agents
+    // starting at once, opening must not queue behind their writes.
+    let existing = schema_version(connection)?;
+    if existing != 0 {
+        return Ok(existing);
+    }
     // Immediate, so two processes opening a new file do not both create it.
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found = schema_version(&transaction)?;

@@ -133,3 +133,22 @@ fn a_write_that_finds_the_store_busy_retries_instead_of_failing() {
         "the write never had to retry"
     );
 }
+
+#[test]
+fn opening_a_store_that_is_set_up_does_not_wait_for_a_writer() {
+    let (_dir, store) = temp_store();
+    let holder = rusqlite::Connection::open(store.path()).expect("a raw connection");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+
+    let started = std::time::Instant::now();
+    let opened = Store::open(store.path());
+    let existing = Store::open_existing(store.path());
+    let waited = started.elapsed();
+    holder.execute_batch("ROLLBACK").expect("release the lock");
+
+    assert!(opened.is_ok(), "{opened:?}");
+    assert!(existing.is_ok(), "{existing:?}");
+    assert!(waited < Duration::from_secs(1), "opening waited {waited:?}");
+}
