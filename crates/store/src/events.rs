@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection};
-use tokio::sync::watch;
 
 use crate::error::SqlContext;
 use crate::objects::{Key, Object};
-use crate::{parsed_column, wake, Store, StoreError};
+use crate::wake::Signals;
+use crate::{parsed_column, Store, StoreError};
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -225,7 +225,7 @@ impl Store {
             store: self.clone(),
             kind: kind.to_owned(),
             since,
-            signals: wake::subscribe(self.path(), kind),
+            signals: Signals::subscribe(self.path(), kind),
             poll,
             safety_poll: poll.max(SAFETY_POLL),
         }
@@ -238,8 +238,7 @@ pub struct Watcher {
     store: Store,
     kind: String,
     since: u64,
-    /// Counts the change signals of the kind; `None` when polling.
-    signals: Option<watch::Receiver<u64>>,
+    signals: Signals,
     poll: Duration,
     safety_poll: Duration,
 }
@@ -255,9 +254,7 @@ impl Watcher {
     pub async fn next(&mut self) -> Result<Vec<Event>, StoreError> {
         loop {
             // Before reading, so a signal sent after the read wakes the wait.
-            if let Some(signals) = &mut self.signals {
-                signals.borrow_and_update();
-            }
+            self.signals.mark_seen();
             if self.store.revision()? > self.since {
                 let (events, complete_up_to) =
                     self.store.read("read the event log", |transaction| {
@@ -268,19 +265,7 @@ impl Watcher {
                     return Ok(events);
                 }
             }
-            self.wait_for_change().await;
-        }
-    }
-
-    /// Sleeps until a change signal or the next (safety) poll.
-    async fn wait_for_change(&mut self) {
-        let Some(signals) = &mut self.signals else {
-            return tokio::time::sleep(self.poll).await;
-        };
-        if let Ok(Err(_)) = tokio::time::timeout(self.safety_poll, signals.changed()).await {
-            // The signal file went away (the store is being removed):
-            // polling still sees whatever the open database holds.
-            self.signals = None;
+            self.signals.wait(self.poll, self.safety_poll).await;
         }
     }
 

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::sync::watch;
@@ -53,19 +53,83 @@ pub(crate) fn signal(store: &Path, kind: &str) {
     }
 }
 
-/// Subscribes to the signals of `kind`, creating its signal file. `None`
-/// when this process cannot be notified (no inotify instance left, or the
-/// file cannot be created or watched): the caller then polls.
-pub(crate) fn subscribe(store: &Path, kind: &str) -> Option<watch::Receiver<u64>> {
-    let notifier = Notifier::shared()?;
-    let path = signal_file(store, kind);
-    match notifier.subscribe(&path) {
-        Ok(receiver) => Some(receiver),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot watch the store for changes; polling instead");
-            None
+/// How a watcher learns that its kind changed.
+#[derive(Debug)]
+pub(crate) enum Signals {
+    /// Woken by inotify: a counter bumped at each touch of the signal file.
+    Notified {
+        path: PathBuf,
+        receiver: watch::Receiver<u64>,
+    },
+    /// Where inotify is unavailable: the signal file's modification time,
+    /// looked at every poll (a `stat`, far cheaper than a database read).
+    Polled {
+        path: PathBuf,
+        seen: Option<SystemTime>,
+    },
+}
+
+impl Signals {
+    /// Subscribes to the signals of `kind`, creating its signal file.
+    /// Falls back to polling the file (said once per reason in the log)
+    /// when this process cannot be notified: no inotify instance left, or
+    /// the file cannot be watched.
+    pub(crate) fn subscribe(store: &Path, kind: &str) -> Signals {
+        let path = signal_file(store, kind);
+        let notified = Notifier::shared().and_then(|notifier| match notifier.subscribe(&path) {
+            Ok(receiver) => Some(receiver),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch the store for changes; polling its signal file instead");
+                None
+            }
+        });
+        match notified {
+            Some(receiver) => Signals::Notified { path, receiver },
+            None => Signals::Polled { path, seen: None },
         }
     }
+
+    /// Marks every signal so far as seen; call before reading the store, so
+    /// that a change committed after the read still ends the next wait.
+    pub(crate) fn mark_seen(&mut self) {
+        match self {
+            Signals::Notified { receiver, .. } => {
+                receiver.borrow_and_update();
+            }
+            Signals::Polled { path, seen } => *seen = modified(path),
+        }
+    }
+
+    /// Waits for a signal after the last [`Signals::mark_seen`], looking
+    /// every `poll` when polling, but no longer than `safety_poll`.
+    pub(crate) async fn wait(&mut self, poll: Duration, safety_poll: Duration) {
+        let deadline = tokio::time::Instant::now() + safety_poll;
+        match self {
+            Signals::Notified { path, receiver } => {
+                if let Ok(Err(_)) = tokio::time::timeout_at(deadline, receiver.changed()).await {
+                    // The signal file went away (the store is being
+                    // removed): polling goes on to the end.
+                    *self = Signals::Polled {
+                        path: std::mem::take(path),
+                        seen: None,
+                    };
+                }
+            }
+            Signals::Polled { path, seen } => loop {
+                tokio::time::sleep(poll).await;
+                let now = modified(path);
+                if now != *seen || now.is_none() || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The signal file's modification time; `None` if it cannot be read, which
+/// makes the watcher read the store at every poll.
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// The process's inotify instance and, per watched signal file, a counter
@@ -148,5 +212,48 @@ impl Notifier {
 
     fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<WatchDescriptor, watch::Sender<u64>>> {
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{signal, signal_file, Signals};
+
+    const POLL: Duration = Duration::from_millis(10);
+
+    fn polled_signals(store: &std::path::Path) -> Signals {
+        let path = signal_file(store, "Service");
+        std::fs::write(&path, b"").expect("create the signal file");
+        let mut signals = Signals::Polled { path, seen: None };
+        signals.mark_seen();
+        signals
+    }
+
+    #[tokio::test]
+    async fn a_polling_watcher_sees_a_touch_at_its_next_poll() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = dir.path().join("cluster.db");
+        let mut signals = polled_signals(&store);
+        signal(&store, "Service");
+        let started = Instant::now();
+        signals.wait(POLL, Duration::from_secs(60)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_polling_watcher_without_a_touch_waits_for_the_safety_poll() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = dir.path().join("cluster.db");
+        let mut signals = polled_signals(&store);
+        signal(&store, "Endpoints");
+        let started = Instant::now();
+        signals.wait(POLL, Duration::from_millis(200)).await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }
