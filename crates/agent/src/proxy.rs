@@ -43,6 +43,7 @@ pub struct ProxyOptions {
     /// Where LoadBalancer addresses are announced (the node's underlay).
     pub iface: String,
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// How often a store watch looks for changes where it cannot be woken.
     pub watch_poll: Duration,
     /// How often the table is checked for drift.
     pub resync: Duration,
