@@ -4,13 +4,16 @@
 //! This file owns opening the file (WAL journal, busy timeout, schema) and the
 //! transaction discipline every other module goes through: reads run in one
 //! snapshot, writes in `BEGIN IMMEDIATE` so concurrent writers queue on the
-//! busy timeout instead of failing halfway through a read-modify-write. It
+//! busy timeout instead of failing halfway through a read-modify-write (and
+//! back off and try again when the queue outlasts it). It
 //! must not hold table-specific SQL; each module owns its tables.
 //!
 //! - `objects`: Kubernetes-style objects as JSON, untyped and typed.
 //! - `events`: the global revision, the append-only change log, compaction
 //!   and [`Watcher`].
 //! - `leases`: flannel-style subnet leases.
+//! - `wake`: change signals between processes, so watchers sleep until
+//!   their kind changes instead of polling.
 //!
 //! Every change — object or lease — bumps one global revision and appends
 //! exactly one event, so a watcher resuming from any revision misses nothing.
