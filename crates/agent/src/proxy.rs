@@ -43,6 +43,7 @@ pub struct ProxyOptions {
     /// Where LoadBalancer addresses are announced (the node's underlay).
     pub iface: String,
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// How often a store watch looks for changes where it cannot be woken.
     pub watch_poll: Duration,
     /// How often the table is checked for drift.
     pub resync: Duration,
@@ -51,6 +52,11 @@ pub struct ProxyOptions {
     /// drift is invisible to the cheap check).
     pub full_resync: Duration,
 }
+
+/// How long after a change the proxy waits for its companion (the
+/// EndpointSlice of a new Service, or the reverse) before applying: a
+/// writer puts them one after the other, well within this.
+const COMPANION_WRITE_WAIT: Duration = Duration::from_millis(2);
 
 /// Starts the proxy on its own thread; it retries after errors and never
 /// returns while the agent runs.
@@ -170,9 +176,11 @@ impl Proxy<'_> {
                 continue;
             }
             // A Service and its EndpointSlice are usually written together:
-            // take what the other watch already holds, so both changes go
-            // into one transaction (polling a watcher once is a store read,
-            // it never waits).
+            // give the second write its moment (the store wakes us at the
+            // first), then take what the other watch holds, so both changes
+            // go into one transaction (polling a watcher once is a store
+            // read, it never waits).
+            tokio::time::sleep(COMPANION_WRITE_WAIT).await;
             let mut dirty = dirty;
             for watcher in [&mut services, &mut slices] {
                 match tokio::time::timeout(Duration::ZERO, watcher.next()).await {

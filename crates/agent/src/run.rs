@@ -41,6 +41,7 @@ pub struct Options {
     pub health: SocketAddr,
     pub lease_ttl: Duration,
     pub resync: Duration,
+    /// How often a store watch looks for changes where it cannot be woken.
     pub watch_poll: Duration,
     /// Run the Service proxy (kube-proxy's job) in this agent.
     pub proxy: bool,
@@ -136,7 +137,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
                 IpNet::V4(net) => vec![net],
                 IpNet::V6(_) => Vec::new(),
             },
-            watch_poll: opts.watch_poll.min(Duration::from_millis(5)),
+            watch_poll: opts.watch_poll,
             resync: opts.resync * 5,
             heartbeat: opts.heartbeat,
             full_resync: opts.proxy_full_resync,

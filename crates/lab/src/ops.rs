@@ -276,7 +276,7 @@ fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> 
             if !agents::is_running(layout, &n.name, n.agent_pid) {
                 let log = std::fs::read_to_string(layout.node_dir(&n.name).join("agent.log"))
                     .unwrap_or_default();
-                bail!("the agent of {} exited:\n{}", n.name, tail(&log, 15));
+                bail!("the agent of {} exited:\n{}", n.name, exit_cause(&log));
             }
         }
         if Instant::now() > deadline {
@@ -315,9 +315,43 @@ fn meshed(
     Ok(true)
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// What an exited agent's log says about why: its final error (the block
+/// from the last `Error:` line, without a backtrace, which would otherwise
+/// fill the excerpt), or else the last lines of the log.
+fn exit_cause(log: &str) -> String {
+    const LINES: usize = 15;
+    let lines: Vec<&str> = log.lines().collect();
+    let cause = match lines.iter().rposition(|line| line.starts_with("Error: ")) {
+        Some(start) => lines[start..]
+            .iter()
+            .take_while(|line| !line.starts_with("Stack backtrace:"))
+            .take(LINES)
+            .copied()
+            .collect::<Vec<_>>(),
+        None => lines[lines.len().saturating_sub(LINES)..].to_vec(),
+    };
+    cause.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_cause;
+
+    #[test]
+    fn the_exit_cause_is_the_agents_error_without_its_backtrace() {
+        let log = "INFO starting\nError: opening the cluster store\n\nCaused by:\n    database is locked\n\nStack backtrace:\n   0: main\n   1: _start\n";
+        assert_eq!(
+            exit_cause(log),
+            "Error: opening the cluster store\n\nCaused by:\n    database is locked\n"
+        );
+    }
+
+    #[test]
+    fn without_an_error_line_the_exit_cause_is_the_end_of_the_log() {
+        let log: String = (1..=20).map(|n| format!("line {n}\n")).collect();
+        assert_eq!(exit_cause(&log).lines().next(), Some("line 6"));
+        assert_eq!(exit_cause(&log).lines().count(), 15);
+    }
 }
 
 /// `weft lab down`: stops every process of the lab, removes every

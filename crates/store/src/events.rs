@@ -13,6 +13,7 @@ use rusqlite::{params, Connection};
 
 use crate::error::SqlContext;
 use crate::objects::{Key, Object};
+use crate::wake::Signals;
 use crate::{parsed_column, Store, StoreError};
 
 pub(crate) const SCHEMA: &str = "
@@ -48,6 +49,10 @@ const LARGEST_REVISION: u64 = i64::MAX.unsigned_abs();
 
 /// Stops a zero poll interval from turning a watcher into a busy loop.
 const SHORTEST_POLL: Duration = Duration::from_millis(1);
+
+/// How often a notified watcher looks anyway, in case a signal was lost (a
+/// writer that died between its commit and its signal).
+const SAFETY_POLL: Duration = Duration::from_secs(1);
 
 /// What a change did to its object, as in a Kubernetes watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,15 +214,20 @@ impl Store {
         })
     }
 
-    /// Follows the changes of `kind` after `since`, checking for new ones
-    /// every `poll`. Writes by other processes are seen as well as this
-    /// handle's own.
+    /// Follows the changes of `kind` after `since`. Writes by other
+    /// processes are seen as well as this handle's own. The watcher sleeps
+    /// until a writer signals a change of its kind, and looks anyway every
+    /// `poll` or every second, whichever is longer; where change signals are
+    /// unavailable (see the `wake` module) it polls every `poll`.
     pub fn watch(&self, kind: &str, since: u64, poll: Duration) -> Watcher {
+        let poll = poll.max(SHORTEST_POLL);
         Watcher {
             store: self.clone(),
             kind: kind.to_owned(),
             since,
-            poll: poll.max(SHORTEST_POLL),
+            signals: Signals::subscribe(self.path(), kind),
+            poll,
+            safety_poll: poll.max(SAFETY_POLL),
         }
     }
 }
@@ -228,7 +238,9 @@ pub struct Watcher {
     store: Store,
     kind: String,
     since: u64,
+    signals: Signals,
     poll: Duration,
+    safety_poll: Duration,
 }
 
 impl Watcher {
@@ -236,11 +248,13 @@ impl Watcher {
     /// then returns all of them, oldest first.
     ///
     /// Cancel-safe (fit for `tokio::select!`): the watcher only moves past
-    /// changes it has returned or that were not of its kind. Each poll is a
+    /// changes it has returned or that were not of its kind. Each look is a
     /// short blocking SQLite read of one row; the change query runs only when
     /// the global revision has moved.
     pub async fn next(&mut self) -> Result<Vec<Event>, StoreError> {
         loop {
+            // Before reading, so a signal sent after the read wakes the wait.
+            self.signals.mark_seen();
             if self.store.revision()? > self.since {
                 let (events, complete_up_to) =
                     self.store.read("read the event log", |transaction| {
@@ -251,7 +265,7 @@ impl Watcher {
                     return Ok(events);
                 }
             }
-            tokio::time::sleep(self.poll).await;
+            self.signals.wait(self.poll, self.safety_poll).await;
         }
     }
 

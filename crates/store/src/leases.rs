@@ -182,7 +182,7 @@ impl Store {
         choose: impl FnOnce(&[IpNet]) -> Option<IpNet>,
     ) -> Result<Lease, StoreError> {
         check_lease_key(network, node)?;
-        self.write("acquire a subnet lease", |transaction| {
+        self.write_changing(LEASE_KIND, "acquire a subnet lease", |transaction| {
             let now = time::now_ms();
             let expires_at_ms = time::expiry_ms(now, ttl);
             if let Some(held) = lease_of(transaction, network, node)? {
@@ -238,7 +238,7 @@ impl Store {
         node: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        self.write("renew a subnet lease", |transaction| {
+        self.write_changing(LEASE_KIND, "renew a subnet lease", |transaction| {
             let held =
                 lease_of(transaction, network, node)?.ok_or_else(|| StoreError::LeaseLost {
                     node: node.to_owned(),
@@ -253,7 +253,7 @@ impl Store {
 
     /// Gives up `node`'s subnet; returns whether it held one.
     pub fn release_lease(&self, network: &str, node: &str) -> Result<bool, StoreError> {
-        self.write("release a subnet lease", |transaction| {
+        self.write_changing(LEASE_KIND, "release a subnet lease", |transaction| {
             let Some(held) = lease_of(transaction, network, node)? else {
                 return Ok(false);
             };
@@ -280,7 +280,7 @@ impl Store {
     /// Deletes the expired leases of `network`, logging each as deleted;
     /// returns how many there were.
     pub fn expire_leases(&self, network: &str) -> Result<usize, StoreError> {
-        self.write("expire subnet leases", |transaction| {
+        self.write_changing(LEASE_KIND, "expire subnet leases", |transaction| {
             let now = time::now_ms();
             let expired: Vec<LeaseRow> = leases_in(transaction, network)?
                 .into_iter()

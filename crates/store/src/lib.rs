@@ -4,13 +4,16 @@
 //! This file owns opening the file (WAL journal, busy timeout, schema) and the
 //! transaction discipline every other module goes through: reads run in one
 //! snapshot, writes in `BEGIN IMMEDIATE` so concurrent writers queue on the
-//! busy timeout instead of failing halfway through a read-modify-write. It
+//! busy timeout instead of failing halfway through a read-modify-write (and
+//! back off and try again when the queue outlasts it). It
 //! must not hold table-specific SQL; each module owns its tables.
 //!
 //! - `objects`: Kubernetes-style objects as JSON, untyped and typed.
 //! - `events`: the global revision, the append-only change log, compaction
 //!   and [`Watcher`].
 //! - `leases`: flannel-style subnet leases.
+//! - `wake`: change signals between processes, so watchers sleep until
+//!   their kind changes instead of polling.
 //!
 //! Every change — object or lease — bumps one global revision and appends
 //! exactly one event, so a watcher resuming from any revision misses nothing.
@@ -18,6 +21,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,7 @@ mod events;
 mod leases;
 mod objects;
 mod time;
+mod wake;
 
 pub use error::StoreError;
 pub use events::{Event, EventKind, Watcher};
@@ -37,10 +42,16 @@ pub use objects::Object;
 
 use error::SqlContext;
 
-/// How long a writer waits for another process's transaction before giving
-/// up with "database is locked"; lease transactions take milliseconds, so
-/// this only runs out if a process hangs mid-transaction.
+/// How long one attempt to take the write lock waits for other processes'
+/// transactions (SQLite's busy timeout). Transactions take milliseconds, but
+/// with hundreds of agents on two cores the queue can outlast it.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a writer tries again after a busy timeout ran out, and the
+/// pause before the first retry (doubling each time): with the busy timeout
+/// a write waits about half a minute before it fails.
+const WRITE_RETRIES: u32 = 5;
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// How long to back off before trying again to switch a new file to WAL.
 const WAL_RETRY_PAUSE: Duration = Duration::from_millis(5);
@@ -66,6 +77,9 @@ struct Shared {
     path: PathBuf,
     /// The file opened, to notice it being removed or replaced.
     file: FileId,
+    /// Writes of this handle that found the store locked past the busy
+    /// timeout and had to try again.
+    contended_writes: AtomicU64,
 }
 
 /// A file's identity: the same path may later name another file.
@@ -87,9 +101,13 @@ impl FileId {
 impl Store {
     /// Opens the store at `path`, creating the file and its tables if missing.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut connection = connect(path, OpenFlags::default())?;
-        configure(&connection).map_err(open_error(path))?;
-        let found = create_schema(&mut connection).map_err(open_error(path))?;
+        let (connection, found) = retry_while_busy("open the store", None, || {
+            let mut connection = Connection::open_with_flags(path, OpenFlags::default())?;
+            configure(&connection)?;
+            let found = create_schema(&mut connection)?;
+            Ok((connection, found))
+        })
+        .map_err(open_error(path))?;
         Store::opened(path, connection, found)
     }
 
@@ -105,9 +123,13 @@ impl Store {
             return Err(missing());
         }
         let without_create = OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE);
-        let connection = connect(path, without_create)?;
-        configure(&connection).map_err(open_error(path))?;
-        let found = schema_version(&connection).map_err(open_error(path))?;
+        let (connection, found) = retry_while_busy("open the store", None, || {
+            let connection = Connection::open_with_flags(path, without_create)?;
+            configure(&connection)?;
+            let found = schema_version(&connection)?;
+            Ok((connection, found))
+        })
+        .map_err(open_error(path))?;
         if found == 0 {
             return Err(missing());
         }
@@ -130,6 +152,7 @@ impl Store {
                 connection: Mutex::new(connection),
                 path: path.to_owned(),
                 file,
+                contended_writes: AtomicU64::new(0),
             }),
         })
     }
@@ -160,6 +183,34 @@ impl Store {
         self.transaction(TransactionBehavior::Immediate, operation, work)
     }
 
+    /// [`Store::write`] for a change of `kind`, whose watchers are told once
+    /// it committed.
+    pub(crate) fn write_changing<T>(
+        &self,
+        kind: &str,
+        operation: &'static str,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let outcome = self.write(operation, work)?;
+        wake::signal(self.path(), kind);
+        Ok(outcome)
+    }
+
+    /// How many writes through this handle (and its clones) found the store
+    /// locked by other processes for longer than the busy timeout and tried
+    /// again: a measure of contention, for logs and health reports.
+    pub fn contended_writes(&self) -> u64 {
+        self.shared.contended_writes.load(Ordering::Relaxed)
+    }
+
+    /// Sets how long one attempt to take the write lock waits for other
+    /// processes before backing off and trying again (5 s unless set).
+    pub fn set_busy_timeout(&self, timeout: Duration) -> Result<(), StoreError> {
+        self.connection()
+            .busy_timeout(timeout)
+            .during("set the busy timeout")
+    }
+
     /// Runs `work` in one read snapshot, so e.g. a list and its revision agree.
     pub(crate) fn read<T>(
         &self,
@@ -175,16 +226,30 @@ impl Store {
         operation: &'static str,
         work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection();
+        let connection = self.connection();
         let run = || {
-            let transaction = connection
-                .transaction_with_behavior(behavior)
-                .during(operation)?;
+            let transaction = self.begin(&connection, behavior, operation)?;
             let outcome = work(&transaction)?;
             transaction.commit().during(operation)?;
             Ok(outcome)
         };
         run().map_err(|error: StoreError| error.of_file(&self.shared.path))
+    }
+
+    /// Begins a transaction. Taking the write lock is where a busy store
+    /// shows (in WAL mode nothing after it waits for other processes), so
+    /// that step alone is retried, with back-off, before giving up.
+    fn begin<'c>(
+        &self,
+        connection: &'c Connection,
+        behavior: TransactionBehavior,
+        operation: &'static str,
+    ) -> Result<Transaction<'c>, StoreError> {
+        let contended = Some(&self.shared.contended_writes);
+        retry_while_busy(operation, contended, || {
+            Transaction::new_unchecked(connection, behavior)
+        })
+        .during(operation)
     }
 
     fn connection(&self) -> MutexGuard<'_, Connection> {
@@ -197,8 +262,35 @@ impl Store {
     }
 }
 
-fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    Connection::open_with_flags(path, flags).map_err(open_error(path))
+/// Runs `attempt` again, with back-off, while it fails because other
+/// processes held the store past the busy timeout (at most
+/// [`WRITE_RETRIES`] times); each retry is logged and counted in `contended`.
+fn retry_while_busy<T>(
+    operation: &'static str,
+    contended: Option<&AtomicU64>,
+    mut attempt: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let mut pause = FIRST_RETRY_PAUSE;
+    for retry in 1..=WRITE_RETRIES {
+        match attempt() {
+            Err(error) if is_busy(&error) => {
+                if let Some(counter) = contended {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(
+                    operation,
+                    retry,
+                    of = WRITE_RETRIES,
+                    pause_ms = pause.as_millis() as u64,
+                    "the cluster store is busy (other processes held it past the busy timeout); trying again"
+                );
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            outcome => return outcome,
+        }
+    }
+    attempt()
 }
 
 /// A failure to open `path`, told apart as [`StoreError::of_file`] does.
@@ -253,6 +345,12 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 
 /// Creates the tables of a new store; returns the schema version found.
 fn create_schema(connection: &mut Connection) -> rusqlite::Result<i64> {
+    // A store already set up needs no write lock: with hundreds of agents
+    // starting at once, opening must not queue behind their writes.
+    let existing = schema_version(connection)?;
+    if existing != 0 {
+        return Ok(existing);
+    }
     // Immediate, so two processes opening a new file do not both create it.
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found = schema_version(&transaction)?;

@@ -122,7 +122,7 @@ impl Store {
             namespace,
             name,
         };
-        self.write(OPERATION, |transaction| {
+        self.write_changing(key.kind, OPERATION, |transaction| {
             let Some((_, last_value)) = stored(transaction, &key)? else {
                 return Ok(None);
             };
@@ -255,7 +255,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         const OPERATION: &str = "store an object";
         key.check_storable()?;
-        self.write(OPERATION, |transaction| {
+        self.write_changing(key.kind, OPERATION, |transaction| {
             let change = match stored(transaction, key)? {
                 Some(_) => EventKind::Modified,
                 None => EventKind::Added,

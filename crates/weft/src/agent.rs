@@ -40,7 +40,8 @@ pub struct AgentArgs {
     /// Full resync (drift repair) period in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=ONE_HOUR_MS))]
     resync_ms: u64,
-    /// How often the store is polled for lease changes, in milliseconds.
+    /// How often the store's change signals are polled where they cannot
+    /// wake the agent (no inotify instance left), in milliseconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=ONE_MINUTE_MS))]
     watch_ms: u64,
     /// Do not run the Service proxy (leave Services to kube-proxy).
