@@ -11,12 +11,12 @@ use weft_datapath::nft::{self, Family};
 use weft_datapath::{sysctl, NetNs, Netlink};
 use weft_ipam::{Allocation, Owner, Store};
 
-use super::{del, masquerade_chain, open_store, runtime, Invocation};
+use super::{del, masquerade_chain, runtime, Invocation};
 use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Interface, IpConfig, PortMapping};
 use crate::{antispoof, firewall};
 
-pub fn add(inv: &Invocation, net: &Network) -> Result<Value, CniError> {
+pub fn add(inv: &Invocation, net: &Network, store: &Store) -> Result<Value, CniError> {
     let netns_path = inv.env.netns.as_ref().expect("ADD requires CNI_NETNS");
     let netns = NetNs::open(netns_path)?;
     let mac = inv.conf.requested_mac()?;
@@ -25,8 +25,7 @@ pub fn add(inv: &Invocation, net: &Network) -> Result<Value, CniError> {
     requested.extend(inv.conf.requested_ips()?);
 
     let owner = inv.owner();
-    let store = open_store(net)?;
-    let (allocations, fresh) = reserve(&store, net, &owner, &requested)?;
+    let (allocations, fresh) = reserve(store, net, &owner, &requested)?;
     if !fresh {
         refuse_if_attached(&inv.env.container_id, &inv.env.ifname)?;
     }
@@ -37,6 +36,7 @@ pub fn add(inv: &Invocation, net: &Network) -> Result<Value, CniError> {
             // Leave nothing behind; the original error is what the user needs.
             let _ = del::teardown(
                 net,
+                store,
                 &owner,
                 None,
                 !port_mappings.is_empty(),

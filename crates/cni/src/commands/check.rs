@@ -7,13 +7,14 @@ use std::net::IpAddr;
 
 use weft_datapath::nft::{self, Family};
 use weft_datapath::{NetNs, Netlink};
+use weft_ipam::Store;
 
-use super::{masquerade_chain, open_store, runtime, Invocation};
+use super::{masquerade_chain, runtime, Invocation};
 use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Version};
 use crate::{antispoof, firewall};
 
-pub fn check(inv: &Invocation, net: &Network) -> Result<(), CniError> {
+pub fn check(inv: &Invocation, net: &Network, store: &Store) -> Result<(), CniError> {
     inv.require(Version::V0_4_0, "CHECK")?;
     let prev = inv.conf.prev_result.as_ref().ok_or_else(|| {
         CniError::invalid_config("CHECK needs prevResult (the result of ADD) in the configuration")
@@ -90,7 +91,6 @@ pub fn check(inv: &Invocation, net: &Network) -> Result<(), CniError> {
         }
     })?;
 
-    let store = open_store(net)?;
     let held = store
         .lock()?
         .addresses_of(&inv.owner())?

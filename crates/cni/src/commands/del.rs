@@ -16,9 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use weft_datapath::{nft, NetNs, Netlink};
-use weft_ipam::Owner;
+use weft_ipam::{Owner, Store};
 
-use super::{open_store, runtime, Invocation};
+use super::{runtime, Invocation};
 use crate::plan::{self, Network};
 use crate::spec::{CniError, NetConf};
 use crate::{antispoof, firewall};
@@ -26,10 +26,11 @@ use crate::{antispoof, firewall};
 /// The hidden command line of the reaper process.
 pub const REAP_FLAG: &str = "--reap-link";
 
-pub fn del(inv: &Invocation, net: &Network) -> Result<(), CniError> {
+pub fn del(inv: &Invocation, net: &Network, store: &Store) -> Result<(), CniError> {
     let hostports = may_have_hostports(&inv.conf);
     teardown(
         net,
+        store,
         &inv.owner(),
         inv.env.netns.as_deref(),
         hostports,
@@ -65,6 +66,7 @@ pub(super) enum Removal {
 /// first, so an address is never free while a live interface carries it.
 pub(super) fn teardown(
     net: &Network,
+    store: &Store,
     owner: &Owner,
     netns: Option<&Path>,
     hostports: bool,
@@ -105,7 +107,6 @@ pub(super) fn teardown(
         }
     }
     antispoof::revoke(&host_name)?;
-    let store = open_store(net)?;
     store.lock()?.release(owner)?;
     if let Some(name) = retired {
         if !spawn_reaper(&name) {

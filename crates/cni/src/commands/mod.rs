@@ -67,19 +67,20 @@ fn run_serialized(inv: &Invocation) -> Result<Option<Value>, CniError> {
         Command::Del => Network::plan(&inv.conf, Ranges::Optional)?,
         _ => Network::plan(&inv.conf, Ranges::Required)?,
     };
-    let lock = open_store(&net)?.lock_container(&inv.env.container_id)?;
+    let store = open_store(&net)?;
+    let lock = store.lock_container(&inv.env.container_id)?;
     let (result, gone) = match inv.env.command {
         Command::Add => {
-            let r = add::add(inv, &net);
+            let r = add::add(inv, &net, &store);
             let failed = r.is_err();
             (r.map(Some), failed)
         }
         Command::Del => {
-            let r = del::del(inv, &net);
+            let r = del::del(inv, &net, &store);
             let deleted = r.is_ok();
             (r.map(|_| None), deleted)
         }
-        _ => (check::check(inv, &net).map(|_| None), false),
+        _ => (check::check(inv, &net, &store).map(|_| None), false),
     };
     if gone {
         if let Err(e) = lock.remove() {
