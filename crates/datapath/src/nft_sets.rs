@@ -165,9 +165,32 @@ impl Sets {
         }
     }
 
-    /// The keys of every element of set `set`, in one dump. A set or table
-    /// that does not exist has no elements.
+    /// The keys of every element of set `set`, sorted. A set or table that
+    /// does not exist has no elements.
+    ///
+    /// A dump comes in parts, and the kernel resumes a hash set's walk by
+    /// skipping the elements it already sent; when the table is rehashed
+    /// between parts (it grows in deferred work after a large insert) the
+    /// walk repeats some elements and skips others without flagging the
+    /// dump. So the set is dumped until two dumps agree.
     pub fn keys(&mut self, set: &str) -> Result<Vec<Vec<u8>>, NftError> {
+        let mut last = self.dump_keys(set)?;
+        for _ in 0..DUMP_ATTEMPTS {
+            let next = self.dump_keys(set)?;
+            if next == last {
+                return Ok(next);
+            }
+            last = next;
+        }
+        Err(NftError::Query(std::io::Error::other(format!(
+            "the elements of set {set} kept changing over {DUMP_ATTEMPTS} dumps; \
+             something else is rewriting it"
+        ))))
+    }
+
+    /// One dump of set `set`, sorted and without repeats; a dump the kernel
+    /// flags as interrupted by a ruleset change is taken again.
+    fn dump_keys(&mut self, set: &str) -> Result<Vec<Vec<u8>>, NftError> {
         let mut payload = nfgenmsg(self.family as u8);
         push_attr(
             &mut payload,
@@ -177,29 +200,44 @@ impl Sets {
         push_attr(&mut payload, NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        let mut keys = Vec::new();
-        let mut bad = None;
-        let answer = self
-            .sock
-            .request(kind, flags, &payload, |msg_kind, msg| {
-                if msg_kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM || bad.is_some() {
-                    return;
+        for _ in 0..DUMP_ATTEMPTS {
+            let mut keys = Vec::new();
+            let mut bad = None;
+            let answer = self
+                .sock
+                .request(kind, flags, &payload, |msg_kind, msg| {
+                    if msg_kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM
+                        || bad.is_some()
+                    {
+                        return;
+                    }
+                    if let Err(e) = keys_of(msg, &mut keys) {
+                        bad = Some(e);
+                    }
+                })
+                .map_err(NftError::Query)?;
+            if let Some(e) = bad {
+                return Err(NftError::Query(e));
+            }
+            match answer.errno {
+                0 if answer.interrupted => continue,
+                0 => {
+                    keys.sort_unstable();
+                    keys.dedup();
+                    return Ok(keys);
                 }
-                if let Err(e) = keys_of(msg, &mut keys) {
-                    bad = Some(e);
-                }
-            })
-            .map_err(NftError::Query)?;
-        if let Some(e) = bad {
-            return Err(NftError::Query(e));
+                e if e == libc::ENOENT => return Ok(Vec::new()),
+                e => return Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
+            }
         }
-        match answer.errno {
-            0 => Ok(keys),
-            e if e == libc::ENOENT => Ok(Vec::new()),
-            e => Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
-        }
+        Err(NftError::Query(std::io::Error::other(format!(
+            "every dump of set {set} was interrupted by a change to the ruleset"
+        ))))
     }
 }
+
+/// How often [`Sets::keys`] dumps a set before giving up on a stable answer.
+const DUMP_ATTEMPTS: usize = 8;
 
 /// Whether the running kernel applies a new timeout to an element that is
 /// already in a set (Linux 6.12 and later; earlier ones accept the request
