@@ -206,8 +206,7 @@ impl Sets {
             let answer = self
                 .sock
                 .request(kind, flags, &payload, |msg_kind, msg| {
-                    if msg_kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM
-                        || bad.is_some()
+                    if msg_kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM || bad.is_some()
                     {
                         return;
                     }

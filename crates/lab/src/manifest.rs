@@ -158,10 +158,13 @@ fn decode(doc: usize, kind: String, value: Value) -> Result<Resource, ManifestEr
 
 /// The Pods a Deployment stands for: `replicas` copies of its template,
 /// named `<deployment>-<index>` (stable, so re-applying is idempotent).
+/// A Deployment without a spec (which validation refuses) stands for none.
 pub fn expand_deployment(d: &Deployment) -> Vec<Pod> {
     let name = d.metadata.name.clone().unwrap_or_default();
     let namespace = d.metadata.namespace.clone();
-    let spec = &d.spec;
+    let Some(spec) = &d.spec else {
+        return Vec::new();
+    };
     let replicas = spec.replicas.unwrap_or(1).max(0);
     (0..replicas)
         .map(|i| {

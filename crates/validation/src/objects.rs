@@ -132,7 +132,10 @@ fn protocol(value: Option<&str>, field: &str, errors: &mut Errors) {
 pub fn validate_deployment(d: &Deployment) -> Result<(), Errors> {
     let mut errors = Errors::default();
     metadata(&d.metadata, names::dns1123_subdomain, true, &mut errors);
-    let spec = &d.spec;
+    let Some(spec) = &d.spec else {
+        errors.required("spec", "a Deployment needs a selector and a pod template");
+        return errors.into_result();
+    };
     if let Some(n) = spec.replicas.filter(|n| *n < 0) {
         errors.invalid("spec.replicas", n, "must be greater than or equal to 0");
     }
@@ -328,6 +331,10 @@ mod tests {
         );
         let text = errors_of(validate_deployment(&d(1, json!({}))));
         assert!(text.contains("spec.selector: Required value"), "{text}");
+        let bare: Deployment =
+            serde_json::from_value(json!({"metadata": {"name": "web"}})).unwrap();
+        let text = errors_of(validate_deployment(&bare));
+        assert!(text.contains("spec: Required value"), "{text}");
     }
 
     #[test]
