@@ -38,6 +38,8 @@ const ONE: &str = "SELECT revision, value FROM objects
      WHERE kind = ?1 AND namespace = ?2 AND name = ?3";
 const OF_KIND: &str = "SELECT namespace, name, revision, value FROM objects
      WHERE kind = ?1 ORDER BY namespace, name";
+const PAGE_OF_KIND: &str = "SELECT namespace, name, revision, value FROM objects
+     WHERE kind = ?1 AND (namespace, name) > (?2, ?3) ORDER BY namespace, name LIMIT ?4";
 const UPSERT: &str = "INSERT INTO objects (kind, namespace, name, revision, value)
      VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT (kind, namespace, name)
@@ -171,14 +173,35 @@ impl Store {
                 .prepare_cached(OF_KIND)
                 .and_then(|mut statement| {
                     statement
-                        .query_map([kind], |row| {
-                            Ok(Object {
-                                kind: kind.to_owned(),
-                                namespace: row.get(0)?,
-                                name: row.get(1)?,
-                                revision: row.get(2)?,
-                                value: parsed_column(row, 3)?,
-                            })
+                        .query_map([kind], |row| object_of(kind, row))?
+                        .collect()
+                })
+                .during(OPERATION)?;
+            Ok((objects, events::current_revision(transaction)?))
+        })
+    }
+
+    /// Up to `limit` objects of `kind` sorted after `after` (namespace,
+    /// name; `None`: from the first), and the current revision. A list read
+    /// page by page holds one page at a time; watching from the revision of
+    /// the first page replays whatever changed meanwhile, so the pages plus
+    /// the watch add up to the store's state.
+    pub fn list_page(
+        &self,
+        kind: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<(Vec<Object>, u64), StoreError> {
+        const OPERATION: &str = "list a page of objects";
+        let (namespace, name) = after.unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(OPERATION, |transaction| {
+            let objects = transaction
+                .prepare_cached(PAGE_OF_KIND)
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![kind, namespace, name, limit], |row| {
+                            object_of(kind, row)
                         })?
                         .collect()
                 })
@@ -230,6 +253,60 @@ impl Store {
         })
     }
 
+    /// Changes a resource in one write transaction: `change` is given the
+    /// stored object (`None`: there is none) and returns what to store, so
+    /// a concurrent writer's change to other fields is never lost (as a
+    /// patch on an API server). Returns the new revision, or `None` when the
+    /// object came back unchanged (nothing is written then).
+    pub fn update_typed<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(Option<K>) -> K,
+    ) -> Result<Option<u64>, StoreError>
+    where
+        K: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + PartialEq + Clone,
+    {
+        const OPERATION: &str = "update an object";
+        let key = Key {
+            kind: K::KIND,
+            namespace,
+            name,
+        };
+        key.check_storable()?;
+        self.write_changing(key.kind, OPERATION, |transaction| {
+            let old: Option<K> = stored(transaction, &key)?
+                .map(|(_, text)| serde_json::from_str(&text).map_err(StoreError::json(&key)))
+                .transpose()?;
+            let existed = old.is_some();
+            let mut new = change(old.clone());
+            if old.as_ref() == Some(&new) {
+                return Ok(None);
+            }
+            // The key is the caller's, whatever the object says.
+            let metadata = new.metadata_mut();
+            metadata.namespace = (!namespace.is_empty()).then(|| namespace.to_owned());
+            metadata.name = Some(name.to_owned());
+            let mut value = serde_json::to_value(&new).map_err(StoreError::json(&key))?;
+            let change = if existed {
+                EventKind::Modified
+            } else {
+                EventKind::Added
+            };
+            let (revision, value) = events::record(transaction, change, &key, |revision| {
+                stamp_resource_version(&mut value, revision);
+                encode(&key, &value)
+            })?;
+            transaction
+                .prepare_cached(UPSERT)
+                .and_then(|mut statement| {
+                    statement.execute(params![key.kind, key.namespace, key.name, revision, value])
+                })
+                .during(OPERATION)?;
+            Ok(Some(revision))
+        })
+    }
+
     pub fn get_typed<K>(&self, namespace: &str, name: &str) -> Result<Option<K>, StoreError>
     where
         K: Resource + DeserializeOwned,
@@ -270,6 +347,16 @@ impl Store {
             Ok(revision)
         })
     }
+}
+
+fn object_of(kind: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<Object> {
+    Ok(Object {
+        kind: kind.to_owned(),
+        namespace: row.get(0)?,
+        name: row.get(1)?,
+        revision: row.get(2)?,
+        value: parsed_column(row, 3)?,
+    })
 }
 
 /// The stored revision and JSON text of an object, if it exists.

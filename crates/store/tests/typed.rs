@@ -163,3 +163,76 @@ fn a_stored_value_of_the_wrong_shape_is_a_json_error() {
     assert!(matches!(error, StoreError::Json { .. }), "{error}");
     assert!(error.to_string().contains("Pod default/odd"), "{error}");
 }
+
+#[test]
+fn updates_from_two_writers_keep_each_others_fields() {
+    let (dir, store) = temp_store();
+    let path = store.path().to_owned();
+    let writers: Vec<_> = ["weft.dev/a", "weft.dev/b"]
+        .into_iter()
+        .map(|annotation| {
+            // Each writer on its own connection, as another process would be.
+            let store = weft_store::Store::open(&path).unwrap();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    store
+                        .update_typed::<Node>("", "node-1", |node| {
+                            let mut node = node.unwrap_or_default();
+                            node.metadata
+                                .annotations
+                                .get_or_insert_with(Default::default)
+                                .insert(annotation.into(), i.to_string());
+                            node
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let node: Node = store.get_typed("", "node-1").unwrap().unwrap();
+    let annotations = node.metadata.annotations.unwrap();
+    assert_eq!(annotations["weft.dev/a"], "39");
+    assert_eq!(annotations["weft.dev/b"], "39");
+    assert_eq!(node.metadata.name.as_deref(), Some("node-1"));
+    drop(dir);
+}
+
+#[test]
+fn an_update_that_changes_nothing_writes_nothing() {
+    let (_dir, store) = temp_store();
+    let written = store
+        .update_typed::<Node>("", "node-1", |_| node("node-1", "10.244.1.0/24"))
+        .unwrap();
+    assert!(written.is_some());
+    let revision = store.revision().unwrap();
+    let again = store
+        .update_typed::<Node>("", "node-1", |old| old.unwrap())
+        .unwrap();
+    assert_eq!(again, None);
+    assert_eq!(store.revision().unwrap(), revision);
+}
+
+#[test]
+fn pages_add_up_to_the_whole_list() {
+    let (_dir, store) = temp_store();
+    for i in 0..25 {
+        store
+            .put_typed(&pod(&format!("ns-{}", i % 3), &format!("p-{i:02}")))
+            .unwrap();
+    }
+    let (whole, _) = store.list("Pod").unwrap();
+    let mut paged = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let cursor = after.as_ref().map(|(n, m)| (n.as_str(), m.as_str()));
+        let (page, _) = store.list_page("Pod", cursor, 7).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.namespace.clone(), last.name.clone()));
+        paged.extend(page);
+    }
+    assert_eq!(paged, whole);
+    assert_eq!(paged.len(), 25);
+}
