@@ -1,33 +1,36 @@
-//! The Service proxy's loop inside the agent: list Services and
-//! EndpointSlices, full sync, then follow both watches and apply only the
-//! Services that changed. Also renews the node heartbeat, announces the
-//! LoadBalancer addresses this node owns (ARP) and serves the
-//! healthCheckNodePorts. It reads every node's InternalIP and this node's
-//! addresses (at each full sync and heartbeat) so no externalIP can take
-//! one, and shows the Services nft rejected on the agent's `/readyz`.
+//! The Service proxy's loop inside the agent: follow Services,
+//! EndpointSlices and Nodes through the cluster seam, fully sync once both
+//! lists are complete, then apply only the Services that changed. Also
+//! renews the node heartbeat, announces the LoadBalancer addresses this
+//! node owns (ARP) and serves the healthCheckNodePorts. No externalIP may
+//! take a node's InternalIP (from the Nodes) or one of this node's
+//! addresses (read at each heartbeat); the Services nft rejected are shown
+//! on the agent's `/readyz`.
 //!
-//! It runs on its own thread so `nft` runs never delay the lease loop.
-//! Any failure to apply incrementally, a compacted watch, drift found by
-//! the periodic check or the (hourly by default) full-resync timer leads to
-//! a fresh list and full sync.
+//! It runs on its own thread so `nft` runs never delay the lease loop. A
+//! failed incremental apply, drift found by the periodic check, a re-list
+//! of either kind and the (hourly by default) full-resync timer lead to a
+//! full sync from what the proxy holds.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::{FutureExt, StreamExt};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use weft_cluster::cache::{object_key, Cache};
+use weft_cluster::{ClusterError, ClusterState, Event, EventStream};
 use weft_datapath::arp::ArpResponder;
 use weft_datapath::Netlink;
 use weft_proxy::health::HealthServers;
 use weft_proxy::{NodeContext, Proxier, ServiceKey, SyncReport};
-use weft_store::{Store, StoreError};
 
 use crate::health::Health;
-use crate::services::{ServiceState, SERVICE_KIND, SLICE_KIND};
+use crate::services::ServiceState;
 use crate::speaker;
 
 #[derive(Debug, Clone)]
@@ -39,17 +42,14 @@ pub struct ProxyOptions {
     /// `--external-ip-cidrs`: where externalIPs may lie (empty: anywhere).
     pub external_ip_cidrs: Vec<Ipv4Net>,
     pub node: String,
-    pub store: PathBuf,
     /// Where LoadBalancer addresses are announced (the node's underlay).
     pub iface: String,
     pub cluster_cidrs: Vec<Ipv4Net>,
-    /// How often a store watch looks for changes where it cannot be woken.
-    pub watch_poll: Duration,
     /// How often the table is checked for drift.
-    pub resync: Duration,
+    pub drift_check: Duration,
     pub heartbeat: Duration,
-    /// How often the table is rebuilt from a fresh list regardless (element
-    /// drift is invisible to the cheap check).
+    /// How often the table is rebuilt regardless (element drift is
+    /// invisible to the cheap check).
     pub full_resync: Duration,
 }
 
@@ -60,178 +60,258 @@ const COMPANION_WRITE_WAIT: Duration = Duration::from_millis(2);
 
 /// Starts the proxy on its own thread; it retries after errors and never
 /// returns while the agent runs.
-pub fn spawn(opts: ProxyOptions) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn<C: ClusterState>(
+    cluster: C,
+    opts: ProxyOptions,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("proxy".into())
         .spawn(move || loop {
-            if let Err(e) = run(&opts) {
+            if let Err(e) = run(&cluster, &opts) {
                 tracing::error!(error = %format!("{e:#}"), "Service proxy failed; starting over in 1 s");
                 std::thread::sleep(Duration::from_secs(1));
             }
         })
 }
 
-fn run(opts: &ProxyOptions) -> Result<()> {
+fn run<C: ClusterState>(cluster: &C, opts: &ProxyOptions) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run_async(opts))
+    // Inside the runtime: the netlink connection registers with it.
+    rt.block_on(async { Proxy::start(cluster.clone(), opts)?.follow().await })
+}
+
+/// The three watches the proxy follows.
+struct Watches {
+    services: EventStream<Service>,
+    slices: EventStream<EndpointSlice>,
+    nodes: EventStream<Node>,
+}
+
+impl Watches {
+    fn new<C: ClusterState>(cluster: &C) -> Self {
+        Watches {
+            services: cluster.watch(),
+            slices: cluster.watch(),
+            nodes: cluster.watch(),
+        }
+    }
+}
+
+/// A watch's next item, or `None` with the reason logged: an error (the
+/// watch retries by itself) or, what a source never does while it lives,
+/// the end of the stream.
+fn event<K>(item: Option<Result<Event<K>, ClusterError>>) -> Option<Event<K>> {
+    match item {
+        Some(Ok(event)) => Some(event),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "watching the cluster failed; retrying");
+            None
+        }
+        None => {
+            tracing::error!("a cluster watch ended");
+            None
+        }
+    }
 }
 
 /// Everything the loop carries from one event to the next.
-struct Proxy<'a> {
+struct Proxy<'a, C> {
     opts: &'a ProxyOptions,
-    store: Store,
+    cluster: C,
     ctx: NodeContext,
     proxier: Proxier,
     state: ServiceState,
+    nodes: Cache<Node>,
+    /// This node's own IPv4 addresses (read at each heartbeat).
+    local_addresses: BTreeSet<Ipv4Addr>,
+    /// Which lists have completed at least once.
+    services_listed: bool,
+    slices_listed: bool,
+    /// Set when the whole table must be written from the state.
+    full_sync_due: bool,
+    /// Services changed since the last apply.
+    dirty: BTreeSet<ServiceKey>,
     health: HealthServers,
     arp: Option<ArpResponder>,
     /// Reads this node's addresses (no externalIP may take one).
     netlink: Netlink,
 }
 
-async fn run_async(opts: &ProxyOptions) -> Result<()> {
-    // The agent's own loop created the store; a proxy that found it gone
-    // must not make a new empty one beside the cluster's (split brain).
-    let store = Store::open_existing(&opts.store)
-        .with_context(|| format!("opening the cluster store {}", opts.store.display()))?;
-    let ctx = NodeContext {
-        node: opts.node.clone(),
-        cluster_cidrs: opts.cluster_cidrs.clone(),
-    };
-    let arp = match ArpResponder::start(&opts.iface) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            tracing::warn!(iface = %opts.iface, error = %e, "cannot answer ARP for LoadBalancer addresses on this node");
-            None
-        }
-    };
-    let mut proxy = Proxy {
-        opts,
-        store,
-        proxier: Proxier::new(ctx.clone()),
-        ctx,
-        state: ServiceState::default(),
-        health: HealthServers::default(),
-        arp,
-        netlink: Netlink::connect().context("connecting to rtnetlink")?,
-    };
-    speaker::beat(&proxy.store, &opts.node, opts.heartbeat * 3)?;
-    loop {
-        proxy.follow().await?;
+impl<'a, C: ClusterState> Proxy<'a, C> {
+    fn start(cluster: C, opts: &'a ProxyOptions) -> Result<Self> {
+        let ctx = NodeContext {
+            node: opts.node.clone(),
+            cluster_cidrs: opts.cluster_cidrs.clone(),
+        };
+        let arp = match ArpResponder::start(&opts.iface) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(iface = %opts.iface, error = %e, "cannot answer ARP for LoadBalancer addresses on this node");
+                None
+            }
+        };
+        Ok(Proxy {
+            opts,
+            cluster,
+            proxier: Proxier::new(ctx.clone()),
+            ctx,
+            state: ServiceState::new(opts.external_ip_cidrs.clone(), [opts.health_port].into()),
+            nodes: Cache::new(object_key),
+            local_addresses: BTreeSet::new(),
+            services_listed: false,
+            slices_listed: false,
+            full_sync_due: true,
+            dirty: BTreeSet::new(),
+            health: HealthServers::default(),
+            arp,
+            netlink: Netlink::connect().context("connecting to rtnetlink")?,
+        })
     }
-}
 
-impl Proxy<'_> {
-    /// List, full sync, then apply watch events until something calls for a
-    /// fresh start (returns Ok) or fails hard (returns Err).
-    async fn follow(&mut self) -> Result<()> {
-        let revision = self.load().await?;
-        let (state, ctx) = (&self.state, &self.ctx);
-        let report = self.proxier.sync_all(|| state.plan_all(ctx))?;
-        log_report(&report);
-        release_freed_memory();
-        self.after_sync()?;
-        let poll = self.opts.watch_poll;
-        let mut services = self.store.watch(SERVICE_KIND, revision, poll);
-        let mut slices = self.store.watch(SLICE_KIND, revision, poll);
-        let mut check = tokio::time::interval(self.opts.resync);
+    /// Follows the watches until something fails hard.
+    async fn follow(mut self) -> Result<()> {
+        self.beat().await;
+        self.local_addresses = self.local_addresses().await?;
+        let mut watches = Watches::new(&self.cluster);
+        let mut check = tokio::time::interval(self.opts.drift_check);
         let mut beat = tokio::time::interval(self.opts.heartbeat);
         let mut rebuild = tokio::time::interval(self.opts.full_resync);
         check.tick().await;
         rebuild.tick().await;
         loop {
-            let dirty: BTreeSet<ServiceKey> = tokio::select! {
-                events = services.next() => match events {
-                    Ok(events) => self.state.events(&events),
-                    Err(StoreError::Compacted { .. }) => return Ok(()),
-                    Err(e) => return Err(e.into()),
-                },
-                events = slices.next() => match events {
-                    Ok(events) => self.state.events(&events),
-                    Err(StoreError::Compacted { .. }) => return Ok(()),
-                    Err(e) => return Err(e.into()),
-                },
+            tokio::select! {
+                e = watches.services.next() => self.take_service(e),
+                e = watches.slices.next() => self.take_slice(e),
+                e = watches.nodes.next() => self.take_node(e),
                 _ = check.tick() => {
                     if !self.proxier.is_synced() || self.proxier.drifted()? {
                         tracing::warn!("the Service table differs from what was applied; full sync");
-                        return Ok(());
+                        self.full_sync_due = true;
                     }
-                    BTreeSet::new()
                 }
                 _ = rebuild.tick() => {
                     tracing::info!(every_s = self.opts.full_resync.as_secs(), "periodic full sync");
-                    return Ok(());
+                    self.full_sync_due = true;
                 }
                 _ = beat.tick() => {
-                    speaker::beat(&self.store, &self.opts.node, self.opts.heartbeat * 3)?;
-                    self.announce()?;
-                    // Nodes come and go rarely: checked at the heartbeat's pace.
-                    let addresses = self.node_addresses().await?;
-                    self.state.set_node_addresses(addresses)
-                }
-            };
-            if dirty.is_empty() {
-                continue;
-            }
-            // A Service and its EndpointSlice are usually written together:
-            // give the second write its moment (the store wakes us at the
-            // first), then take what the other watch holds, so both changes
-            // go into one transaction (polling a watcher once is a store
-            // read, it never waits).
-            tokio::time::sleep(COMPANION_WRITE_WAIT).await;
-            let mut dirty = dirty;
-            for watcher in [&mut services, &mut slices] {
-                match tokio::time::timeout(Duration::ZERO, watcher.next()).await {
-                    Ok(Ok(events)) => dirty.extend(self.state.events(&events)),
-                    Ok(Err(StoreError::Compacted { .. })) => return Ok(()),
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => {}
+                    self.beat().await;
+                    self.announce().await?;
+                    // This node's addresses change rarely: read at the heartbeat's pace.
+                    self.local_addresses = self.local_addresses().await?;
+                    self.refresh_node_addresses();
                 }
             }
-            if let Err(e) = self.apply(dirty) {
-                tracing::warn!(error = %format!("{e:#}"), "incremental Service sync failed; full sync");
-                return Ok(());
+            self.take_ready(&mut watches);
+            if !self.dirty.is_empty() && !self.full_sync_due && !self.state.is_listing() {
+                // A Service and its EndpointSlice are usually written
+                // together: give the second write its moment, so both
+                // changes go into one transaction.
+                tokio::time::sleep(COMPANION_WRITE_WAIT).await;
+                self.take_ready(&mut watches);
             }
-            self.after_sync()?;
+            self.sync().await?;
         }
     }
 
-    /// Lists both kinds into a fresh cache; returns the revision to watch
-    /// from (the first list's: replaying a few events is harmless).
-    async fn load(&mut self) -> Result<u64> {
-        let mut state = ServiceState::new(
-            self.opts.external_ip_cidrs.clone(),
-            [self.opts.health_port].into(),
-        );
-        state.set_node_addresses(self.node_addresses().await?);
-        let revision = self
-            .store
-            .list_each(SERVICE_KIND, |_, _, json| state.load(SERVICE_KIND, json))?;
-        self.store
-            .list_each(SLICE_KIND, |_, _, json| state.load(SLICE_KIND, json))?;
-        state.log_refusals();
-        self.state = state;
-        Ok(revision)
+    /// Takes in whatever the watches already hold.
+    fn take_ready(&mut self, watches: &mut Watches) {
+        loop {
+            let mut took = false;
+            while let Some(e) = watches.services.next().now_or_never() {
+                self.take_service(e);
+                took = true;
+            }
+            while let Some(e) = watches.slices.next().now_or_never() {
+                self.take_slice(e);
+                took = true;
+            }
+            while let Some(e) = watches.nodes.next().now_or_never() {
+                self.take_node(e);
+                took = true;
+            }
+            if !took {
+                return;
+            }
+        }
     }
 
-    /// Every node's InternalIP (from the Node objects) and every IPv4
-    /// address of this node.
-    async fn node_addresses(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        let mut out = BTreeSet::new();
-        self.store.list_each("Node", |_, _, json| {
-            let Ok(node) = serde_json::from_str::<Node>(json) else {
-                return;
-            };
-            let listed = node.status.and_then(|s| s.addresses).unwrap_or_default();
-            out.extend(
+    fn take_service(&mut self, item: Option<Result<Event<Service>, ClusterError>>) {
+        let Some(event) = event(item) else { return };
+        if matches!(event, Event::InitDone) {
+            self.services_listed = true;
+            self.full_sync_due = true;
+        }
+        let dirty = self.state.service_event(event);
+        self.dirty.extend(dirty);
+    }
+
+    fn take_slice(&mut self, item: Option<Result<Event<EndpointSlice>, ClusterError>>) {
+        let Some(event) = event(item) else { return };
+        if matches!(event, Event::InitDone) {
+            self.slices_listed = true;
+            self.full_sync_due = true;
+        }
+        let dirty = self.state.slice_event(event);
+        self.dirty.extend(dirty);
+    }
+
+    fn take_node(&mut self, item: Option<Result<Event<Node>, ClusterError>>) {
+        if event(item).is_some_and(|event| self.nodes.apply(event)) {
+            self.refresh_node_addresses();
+        }
+    }
+
+    /// Writes what changed, once the lists are complete: the whole table
+    /// when due, else the changed Services (a failure there falls back to
+    /// the whole table).
+    async fn sync(&mut self) -> Result<()> {
+        if !(self.services_listed && self.slices_listed) || self.state.is_listing() {
+            return Ok(());
+        }
+        if !self.full_sync_due {
+            let dirty = std::mem::take(&mut self.dirty);
+            if dirty.is_empty() {
+                return Ok(());
+            }
+            match self.apply(dirty) {
+                Ok(()) => return self.after_sync().await,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "incremental Service sync failed; full sync");
+                }
+            }
+        }
+        self.full_sync_due = false;
+        self.dirty.clear();
+        let (state, ctx) = (&self.state, &self.ctx);
+        let report = self.proxier.sync_all(|| state.plan_all(ctx))?;
+        log_report(&report);
+        release_freed_memory();
+        self.after_sync().await
+    }
+
+    /// Every node's InternalIP and ExternalIP (from the Nodes) and this
+    /// node's own addresses, given to the externalIP rules.
+    fn refresh_node_addresses(&mut self) {
+        let mut addresses = self.local_addresses.clone();
+        for node in self.nodes.values() {
+            let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+            addresses.extend(
                 listed
-                    .iter()
+                    .into_iter()
+                    .flatten()
                     .filter(|a| matches!(a.type_.as_str(), "InternalIP" | "ExternalIP"))
                     .filter_map(|a| a.address.parse::<Ipv4Addr>().ok()),
             );
-        })?;
+        }
+        let dirty = self.state.set_node_addresses(addresses);
+        self.dirty.extend(dirty);
+    }
+
+    /// Every IPv4 address of this node.
+    async fn local_addresses(&self) -> Result<BTreeSet<Ipv4Addr>> {
+        let mut out = BTreeSet::new();
         for link in self.netlink.links().await? {
             for address in self.netlink.addresses(link.index).await? {
                 if let IpAddr::V4(v4) = address.addr() {
@@ -240,6 +320,15 @@ impl Proxy<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// Renews the heartbeat; a failure is logged (the next beat retries
+    /// before the heartbeat expires).
+    async fn beat(&self) {
+        let valid_for = self.opts.heartbeat * 3;
+        if let Err(e) = self.cluster.beat(&self.opts.node, valid_for).await {
+            tracing::warn!(error = %e, "renewing the node heartbeat failed; retrying at the next beat");
+        }
     }
 
     fn apply(&mut self, mut dirty: BTreeSet<ServiceKey>) -> Result<()> {
@@ -258,7 +347,7 @@ impl Proxy<'_> {
         }
     }
 
-    fn after_sync(&mut self) -> Result<()> {
+    async fn after_sync(&mut self) -> Result<()> {
         let rejected = self
             .proxier
             .rejected()
@@ -268,19 +357,19 @@ impl Proxy<'_> {
         self.opts.health.set_rejected_services(rejected);
         self.health
             .update(&self.state.health_ports(&self.opts.node));
-        self.announce()
+        self.announce().await
     }
 
-    fn announce(&mut self) -> Result<()> {
+    async fn announce(&mut self) -> Result<()> {
         let Some(arp) = &self.arp else {
             return Ok(());
         };
         let addresses = self.state.load_balancer_ips();
         if addresses.is_empty() && arp.announced().is_empty() {
-            // No LoadBalancer anywhere: spare the store read on every sync.
+            // No LoadBalancer anywhere: spare the read on every sync.
             return Ok(());
         }
-        let live = speaker::live_nodes(&self.store, speaker::now())?;
+        let live = self.cluster.live_nodes().await?;
         let mine = speaker::announced_by(&self.opts.node, &addresses, &live);
         if mine != arp.announced() {
             tracing::info!(addresses = ?mine, "announcing LoadBalancer addresses");

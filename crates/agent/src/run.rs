@@ -1,24 +1,29 @@
-//! The node agent's life: lease a subnet, set up the backend device, hand
-//! the subnet to the CNI plugin, then converge the datapath on every lease
-//! change and every resync tick (which also repairs drift), renewing the
+//! The node agent's life, in two parts. [`bootstrap`]: read the network
+//! config and the underlay, lease a subnet, set up the backend device, hand
+//! the subnet to the CNI plugin, publish the node. Then [`Agent::run`]:
+//! follow every node's lease and converge the datapath on each burst of
+//! changes and every resync tick (which also repairs drift), renewing the
 //! lease before it expires.
 //!
-//! Stopping the agent leaves the datapath and the lease in place, so a
-//! restart neither interrupts pod traffic nor changes the node's subnet.
+//! Cluster state comes only through the seam ([`weft_cluster`]); where it
+//! is kept is the caller's choice. Stopping the agent leaves the datapath
+//! and the lease in place, so a restart neither interrupts pod traffic nor
+//! changes the node's subnet.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use futures::{FutureExt, StreamExt};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
+use weft_cluster::cache::Cache;
+use weft_cluster::leases::{LeaseRequest, NodePublication};
+use weft_cluster::{ClusterState, Event, SubnetLease};
 use weft_datapath::netlink::{format_mac, VxlanSpec};
 use weft_datapath::{sysctl, Netlink};
-use weft_store::{Lease, Store};
 
 use crate::backend::{self, Desired, LocalNode, Peer};
 use crate::config::{Backend, NetConf};
@@ -31,8 +36,8 @@ use crate::{files, masq, subnets};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub node: String,
-    pub store: PathBuf,
-    pub net_conf: PathBuf,
+    /// The network config, read with [`read_net_conf`].
+    pub net_conf: NetConf,
     pub iface: String,
     pub network: String,
     pub subnet_file: PathBuf,
@@ -41,12 +46,14 @@ pub struct Options {
     pub health: SocketAddr,
     pub lease_ttl: Duration,
     pub resync: Duration,
-    /// How often a store watch looks for changes where it cannot be woken.
-    pub watch_poll: Duration,
+    /// `/healthz` fails when the loop has not come round for this long.
+    pub health_stale_after: Duration,
     /// Run the Service proxy (kube-proxy's job) in this agent.
     pub proxy: bool,
     /// Node heartbeat period (LoadBalancer failover takes ~3 of these).
     pub heartbeat: Duration,
+    /// How often the Service proxy checks its table for drift.
+    pub proxy_drift_check: Duration,
     /// How often the Service proxy rebuilds its table regardless.
     pub proxy_full_resync: Duration,
     /// Where Services' externalIPs may lie (empty: anywhere).
@@ -61,16 +68,47 @@ struct NodeState {
     mtu: u32,
 }
 
-pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let conf = NetConf::read(&opts.net_conf)?;
-    let Some(v4) = conf.ipv4.clone() else {
+/// Runs the agent until `shutdown`.
+pub async fn run<C: ClusterState>(
+    opts: Options,
+    cluster: C,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let agent = bootstrap(opts, cluster).await?;
+    agent.run(shutdown).await
+}
+
+/// A bootstrapped agent: its subnet leased, its device up, its files
+/// written and its node published.
+pub struct Agent<C> {
+    opts: Options,
+    cluster: C,
+    netlink: Netlink,
+    node: NodeState,
+    /// The cluster network, for the Service proxy.
+    network: IpNet,
+}
+
+/// Reads net-conf.json and checks that this agent supports it; done
+/// before anything else (the cluster store included) is opened.
+pub fn read_net_conf(path: &Path) -> Result<NetConf> {
+    let conf = NetConf::read(path)?;
+    if conf.ipv4.is_none() {
         bail!("net-conf.json: this agent needs an IPv4 Network (IPv6-only clusters are not supported yet)");
-    };
+    }
     if conf.ipv6.is_some() {
         bail!("net-conf.json: EnableIPv6 is not supported by the agent yet; remove IPv6Network/EnableIPv6 (weft-cni itself is dual-stack)");
     }
-    let store = Store::open(&opts.store)
-        .with_context(|| format!("opening the cluster store {}", opts.store.display()))?;
+    Ok(conf)
+}
+
+/// Everything before the loop; an error here means the agent cannot start.
+pub async fn bootstrap<C: ClusterState>(opts: Options, cluster: C) -> Result<Agent<C>> {
+    let conf = opts.net_conf.clone();
+    let v4 = conf
+        .ipv4
+        .clone()
+        .context("net-conf.json has no IPv4 Network (read it with read_net_conf)")?;
     let netlink = Netlink::connect()?;
     let underlay = netlink.link(&opts.iface).await?.with_context(|| {
         format!(
@@ -100,14 +138,15 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         }
         Backend::HostGw { mtu } => (json!({}), mtu.unwrap_or(underlay.mtu.unwrap_or(1500))),
     };
-    let lease = store.acquire_lease(
-        &opts.network,
-        &opts.node,
-        public.addr(),
-        &backend_data,
-        opts.lease_ttl,
-        |taken| subnets::choose(&v4, taken),
-    )?;
+    let request = LeaseRequest {
+        node: opts.node.clone(),
+        public_ip: public.addr(),
+        backend: backend_data,
+        ttl: opts.lease_ttl,
+    };
+    let lease = cluster
+        .acquire(&request, |taken| subnets::choose(&v4, taken))
+        .await?;
     tracing::info!(node = %opts.node, subnet = %lease.subnet, public_ip = %public.addr(), backend = conf.backend.type_name(), "leased subnet");
 
     let local = LocalNode {
@@ -125,93 +164,179 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     };
     ensure_node_datapath(&netlink, &mut node).await?;
     ensure_cni_files(&opts, &node)?;
-    publish_node_object(&store, &node)?;
-    let health_state = Arc::new(Health::default());
-    health_state.beat();
-    if opts.proxy {
-        crate::proxy::spawn(ProxyOptions {
-            node: opts.node.clone(),
-            store: opts.store.clone(),
-            iface: opts.iface.clone(),
-            cluster_cidrs: match v4.network {
-                IpNet::V4(net) => vec![net],
-                IpNet::V6(_) => Vec::new(),
-            },
-            watch_poll: opts.watch_poll,
-            resync: opts.resync * 5,
-            heartbeat: opts.heartbeat,
-            full_resync: opts.proxy_full_resync,
-            health: health_state.clone(),
-            health_port: opts.health.port(),
-            external_ip_cidrs: opts.external_ip_cidrs.clone(),
+    cluster
+        .publish_node(&NodePublication {
+            node: node.local.name.clone(),
+            subnet: node.local.subnet,
+            public_ip: node.local.public_ip,
+            backend_type: node.conf.backend.type_name().into(),
         })
-        .context("starting the Service proxy thread")?;
-    }
-
-    let server = tokio::spawn(health::serve(
-        opts.health,
-        health_state.clone(),
-        opts.resync * 3,
-    ));
-
-    let (_, revision) = store.leases(&opts.network)?;
-    let mut watcher = store.watch("Lease", revision, opts.watch_poll);
-    let mut resync = tokio::time::interval(opts.resync);
-    let mut last_renew = Instant::now();
-    let mut store_file = StoreFile::default();
-    tokio::pin!(shutdown);
-    loop {
-        let converged = converge_logged(&store, &netlink, &opts, &mut node).await;
-        let files_written = restore_cni_files(&opts, &node);
-        match store_file.check(&store) {
-            Some(problem) => health_state.set_unready(problem),
-            None if converged && files_written => health_state.set_ready(),
-            None => {}
-        }
-        health_state.beat();
-        if last_renew.elapsed() >= opts.lease_ttl / 2 {
-            store.renew_lease(&opts.network, &opts.node, opts.lease_ttl)?;
-            // Housekeeping only (acquire replaces expired rows itself), so it
-            // rides on the renewal cadence instead of taking the store's
-            // write lock on every pass.
-            store.expire_leases(&opts.network)?;
-            last_renew = Instant::now();
-        }
-        tokio::select! {
-            events = watcher.next() => {
-                if let Err(e) = events {
-                    // The log was compacted past us: re-list, like a watch after 410 Gone.
-                    let weft_store::StoreError::Compacted { .. } = e else { return Err(e.into()) };
-                    let (_, revision) = store.leases(&opts.network)?;
-                    watcher = store.watch("Lease", revision, opts.watch_poll);
-                }
-            }
-            _ = resync.tick() => {}
-            _ = &mut shutdown => break,
-        }
-    }
-    server.abort();
-    tracing::info!("stopping; the datapath and the lease stay in place");
-    Ok(())
+        .await?;
+    Ok(Agent {
+        opts,
+        cluster,
+        netlink,
+        node,
+        network: v4.network,
+    })
 }
 
-/// Watches the store's file under the agent. A removed or replaced file is
-/// logged once and keeps the agent unready with the reason; the agent goes
-/// on with the file it has open (the datapath stays, pod traffic flows) but
-/// no longer shares state with processes opening the path, so it has to be
-/// restarted on the right store.
+impl<C: ClusterState> Agent<C> {
+    /// The loop: converge on lease changes and resync ticks until
+    /// `shutdown`; the Service proxy runs beside it on its own thread.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let health_state = Arc::new(Health::default());
+        health_state.beat();
+        if self.opts.proxy {
+            self.spawn_proxy(health_state.clone())?;
+        }
+        let server = tokio::spawn(health::serve(
+            self.opts.health,
+            health_state.clone(),
+            self.opts.health_stale_after,
+        ));
+        let mut leases = self.cluster.watch_leases();
+        let mut known = lease_cache();
+        let mut resync = tokio::time::interval(self.opts.resync);
+        let mut last_renew = Instant::now();
+        let mut problem = Problem::default();
+        tokio::pin!(shutdown);
+        loop {
+            let converged = known.is_synced() && self.converge_logged(&known).await;
+            let files_written = restore_cni_files(&self.opts, &self.node);
+            match problem.check(self.cluster.problem()) {
+                Some(problem) => health_state.set_unready(problem),
+                None if converged && files_written => health_state.set_ready(),
+                None => {}
+            }
+            health_state.beat();
+            if last_renew.elapsed() >= self.opts.lease_ttl / 2 {
+                self.cluster
+                    .renew(&self.opts.node, self.opts.lease_ttl)
+                    .await?;
+                last_renew = Instant::now();
+            }
+            tokio::select! {
+                event = leases.next() => {
+                    take_lease_event(&mut known, event);
+                    // A burst (nodes joining) converges once, not per lease.
+                    while let Some(event) = leases.next().now_or_never() {
+                        take_lease_event(&mut known, event);
+                    }
+                }
+                _ = resync.tick() => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        server.abort();
+        tracing::info!("stopping; the datapath and the lease stay in place");
+        Ok(())
+    }
+
+    fn spawn_proxy(&self, health: Arc<Health>) -> Result<()> {
+        crate::proxy::spawn(
+            self.cluster.clone(),
+            ProxyOptions {
+                node: self.opts.node.clone(),
+                iface: self.opts.iface.clone(),
+                cluster_cidrs: match self.network {
+                    IpNet::V4(net) => vec![net],
+                    IpNet::V6(_) => Vec::new(),
+                },
+                drift_check: self.opts.proxy_drift_check,
+                heartbeat: self.opts.heartbeat,
+                full_resync: self.opts.proxy_full_resync,
+                health,
+                health_port: self.opts.health.port(),
+                external_ip_cidrs: self.opts.external_ip_cidrs.clone(),
+            },
+        )
+        .context("starting the Service proxy thread")?;
+        Ok(())
+    }
+
+    /// [`Agent::converge`], its outcome logged; whether it succeeded.
+    async fn converge_logged(&mut self, known: &Cache<SubnetLease>) -> bool {
+        match self.converge(known).await {
+            Ok(changes) => {
+                if changes > 0 {
+                    tracing::info!(changes, "datapath converged");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick");
+                false
+            }
+        }
+    }
+
+    async fn converge(&mut self, known: &Cache<SubnetLease>) -> Result<usize> {
+        ensure_node_datapath(&self.netlink, &mut self.node).await?;
+        let peers = peers(known.values(), &self.opts.node, SystemTime::now());
+        let node = &self.node;
+        let desired: Desired = match &node.conf.backend {
+            Backend::Vxlan { direct_routing, .. } => {
+                let device = node.device.context("the vxlan device is missing")?;
+                backend::vxlan::plan(&node.local, &peers, device, *direct_routing)?
+            }
+            Backend::HostGw { .. } => backend::hostgw::plan(&node.local, &peers)?,
+        };
+        let reconciler = Reconciler {
+            netlink: &self.netlink,
+            device: node.device,
+        };
+        Ok(reconciler.sync(&desired).await?.count())
+    }
+}
+
+/// Every node's lease, by node.
+fn lease_cache() -> Cache<SubnetLease> {
+    Cache::new(|lease: &SubnetLease| lease.node.clone())
+}
+
+/// Takes one item of the lease watch into `known`; a watch error is logged
+/// (the watch retries by itself).
+fn take_lease_event(
+    known: &mut Cache<SubnetLease>,
+    event: Option<Result<Event<SubnetLease>, weft_cluster::ClusterError>>,
+) {
+    match event {
+        Some(Ok(event)) => {
+            known.apply(event);
+        }
+        Some(Err(e)) => tracing::warn!(error = %e, "watching subnet leases failed; retrying"),
+        None => tracing::error!("the subnet lease watch ended"),
+    }
+}
+
+/// The other nodes with a live lease at `now`: the mesh to converge to.
+/// Expired leases drop out without anyone writing.
+fn peers<'a>(
+    leases: impl IntoIterator<Item = &'a SubnetLease>,
+    me: &str,
+    now: SystemTime,
+) -> Vec<Peer> {
+    leases
+        .into_iter()
+        .filter(|lease| lease.node != me && lease.is_live(now))
+        .map(peer_of)
+        .collect()
+}
+
+/// Remembers the cluster source's last problem, so it is logged once when
+/// it appears; the agent goes on with what it has (the datapath stays, pod
+/// traffic flows) and stays unready with the reason.
 #[derive(Default)]
-struct StoreFile {
+struct Problem {
     reported: Option<String>,
 }
 
-impl StoreFile {
-    /// The problem with the store's file, if any.
-    fn check(&mut self, store: &Store) -> Option<String> {
-        let problem = store.check_file().err().map(|e| e.to_string());
+impl Problem {
+    fn check(&mut self, problem: Option<String>) -> Option<String> {
         if problem != self.reported {
             if let Some(problem) = &problem {
-                tracing::error!(error = %problem, "the cluster store's file changed under the agent");
+                tracing::error!(error = %problem, "the cluster state source has a problem");
             }
             self.reported = problem.clone();
         }
@@ -245,57 +370,8 @@ async fn ensure_node_datapath(netlink: &Netlink, node: &mut NodeState) -> Result
     Ok(())
 }
 
-/// [`converge`], its outcome logged; whether it succeeded.
-async fn converge_logged(
-    store: &Store,
-    netlink: &Netlink,
-    opts: &Options,
-    node: &mut NodeState,
-) -> bool {
-    match converge(store, netlink, opts, node).await {
-        Ok(changes) => {
-            if changes > 0 {
-                tracing::info!(changes, "datapath converged");
-            }
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "converging failed; retrying at the next tick");
-            false
-        }
-    }
-}
-
-async fn converge(
-    store: &Store,
-    netlink: &Netlink,
-    opts: &Options,
-    node: &mut NodeState,
-) -> Result<usize> {
-    ensure_node_datapath(netlink, node).await?;
-    // Only live leases: expired ones drop out of the mesh without a write.
-    let (leases, _) = store.leases(&opts.network)?;
-    let peers: Vec<Peer> = leases
-        .iter()
-        .filter(|l| l.node != opts.node)
-        .map(peer_of)
-        .collect();
-    let desired: Desired = match &node.conf.backend {
-        Backend::Vxlan { direct_routing, .. } => {
-            let device = node.device.context("the vxlan device is missing")?;
-            backend::vxlan::plan(&node.local, &peers, device, *direct_routing)?
-        }
-        Backend::HostGw { .. } => backend::hostgw::plan(&node.local, &peers)?,
-    };
-    let reconciler = Reconciler {
-        netlink,
-        device: node.device,
-    };
-    Ok(reconciler.sync(&desired).await?.count())
-}
-
 /// Puts back the CNI files if they were deleted or changed; whether they
-/// are as they must be. Apart from [`converge`], so that neither failing
+/// are as they must be. Apart from [`Agent::converge`], so that neither failing
 /// keeps the other from repairing.
 fn restore_cni_files(opts: &Options, node: &NodeState) -> bool {
     match ensure_cni_files(opts, node) {
@@ -312,7 +388,7 @@ fn restore_cni_files(opts: &Options, node: &NodeState) -> bool {
     }
 }
 
-fn peer_of(lease: &Lease) -> Peer {
+fn peer_of(lease: &SubnetLease) -> Peer {
     let vtep_mac = lease.backend["vtepMAC"].as_str().and_then(parse_mac);
     Peer {
         name: lease.node.clone(),
@@ -351,43 +427,96 @@ fn ensure_cni_files(opts: &Options, node: &NodeState) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// The Node object as Kubernetes would show it: podCIDR and InternalIP.
-fn publish_node_object(store: &Store, node: &NodeState) -> Result<()> {
-    let mut obj = store
-        .get_typed::<Node>("", &node.local.name)?
-        .unwrap_or_else(|| Node {
-            metadata: ObjectMeta {
-                name: Some(node.local.name.clone()),
-                ..Default::default()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    fn lease(node: &str, subnet: &str, expires_in: i64) -> SubnetLease {
+        let now = SystemTime::now();
+        let offset = Duration::from_secs(expires_in.unsigned_abs());
+        SubnetLease {
+            node: node.into(),
+            subnet: subnet.parse().unwrap(),
+            public_ip: "198.18.0.10".parse().unwrap(),
+            backend: json!({"vtepMAC": "02:00:00:00:00:0a"}),
+            expires_at: if expires_in >= 0 {
+                now + offset
+            } else {
+                now - offset
             },
-            ..Default::default()
-        });
-    let spec = obj.spec.get_or_insert_with(NodeSpec::default);
-    spec.pod_cidr = Some(node.local.subnet.to_string());
-    spec.pod_cidrs = Some(vec![node.local.subnet.to_string()]);
-    let status = obj.status.get_or_insert_with(NodeStatus::default);
-    status.addresses = Some(vec![
-        NodeAddress {
-            type_: "InternalIP".into(),
-            address: node.local.public_ip.to_string(),
-        },
-        NodeAddress {
-            type_: "Hostname".into(),
-            address: node.local.name.clone(),
-        },
-    ]);
-    let annotations = obj
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default);
-    annotations.insert(
-        "weft.dev/backend".into(),
-        node.conf.backend.type_name().into(),
-    );
-    annotations.insert(
-        "weft.dev/public-ip".into(),
-        node.local.public_ip.to_string(),
-    );
-    store.put_typed(&obj)?;
-    Ok(())
+        }
+    }
+
+    /// Feeds a lease watch as the loop does (a burst taken in whole) and
+    /// returns the names of the peers it would converge to.
+    async fn peers_after(events: Vec<Event<SubnetLease>>) -> Option<Vec<String>> {
+        let mut watch = stream::iter(events.into_iter().map(Ok)).boxed();
+        let mut known = lease_cache();
+        while let Some(event) = watch.next().now_or_never().flatten() {
+            take_lease_event(&mut known, Some(event));
+        }
+        known.is_synced().then(|| {
+            peers(known.values(), "me", SystemTime::now())
+                .into_iter()
+                .map(|p| p.name)
+                .collect()
+        })
+    }
+
+    #[tokio::test]
+    async fn peers_are_the_other_live_leases_once_the_list_is_complete() {
+        let listing = vec![
+            Event::Init,
+            Event::InitApply(lease("me", "10.244.0.0/24", 60)),
+            Event::InitApply(lease("a", "10.244.1.0/24", 60)),
+        ];
+        assert_eq!(peers_after(listing.clone()).await, None, "no InitDone yet");
+        let mut events = listing;
+        events.extend([
+            Event::InitDone,
+            Event::Apply(lease("b", "10.244.2.0/24", 60)),
+            Event::Apply(lease("expired", "10.244.3.0/24", -1)),
+        ]);
+        assert_eq!(
+            peers_after(events.clone()).await,
+            Some(vec!["a".into(), "b".into()])
+        );
+        events.push(Event::Delete(lease("a", "10.244.1.0/24", 60)));
+        assert_eq!(peers_after(events).await, Some(vec!["b".into()]));
+    }
+
+    #[tokio::test]
+    async fn a_relist_drops_nodes_that_left_meanwhile() {
+        let events = vec![
+            Event::Init,
+            Event::InitApply(lease("a", "10.244.1.0/24", 60)),
+            Event::InitApply(lease("b", "10.244.2.0/24", 60)),
+            Event::InitDone,
+            Event::Init,
+            Event::InitApply(lease("b", "10.244.2.0/24", 60)),
+            Event::InitDone,
+        ];
+        assert_eq!(peers_after(events).await, Some(vec!["b".into()]));
+    }
+
+    #[test]
+    fn a_peer_carries_its_vtep_mac_when_it_reads() {
+        let peer = peer_of(&lease("a", "10.244.1.0/24", 60));
+        assert_eq!(peer.vtep_mac, Some(vec![2, 0, 0, 0, 0, 10]));
+        let mut odd = lease("a", "10.244.1.0/24", 60);
+        odd.backend = json!({"vtepMAC": "zz"});
+        assert_eq!(peer_of(&odd).vtep_mac, None);
+    }
+
+    #[test]
+    fn a_source_problem_is_logged_once_and_kept_until_it_clears() {
+        let mut problem = Problem::default();
+        assert_eq!(problem.check(None), None);
+        let gone = Some("store.db was removed".to_string());
+        assert_eq!(problem.check(gone.clone()), gone);
+        assert_eq!(problem.reported, gone);
+        assert_eq!(problem.check(None), None);
+        assert_eq!(problem.reported, None);
+    }
 }

@@ -20,17 +20,14 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use weft_cluster::cache::Relist;
+use weft_cluster::Event;
 use weft_proxy::external::{ExternalIpPolicy, Refused};
 use weft_proxy::model::{
     self, endpoints_by_port, PackedEndpoints, PortEndpoints, ServiceInfo, ServiceKey, Skipped,
     SERVICE_NAME_LABEL,
 };
 use weft_proxy::plan::{plan_service, NodeContext, ServiceRules};
-use weft_store::{Event, EventKind};
-
-/// Store kinds the proxy follows.
-pub const SERVICE_KIND: &str = "Service";
-pub const SLICE_KIND: &str = "EndpointSlice";
 
 /// A slice's namespace and name (the same shape as a Service's key).
 type SliceId = ServiceKey;
@@ -56,6 +53,9 @@ pub struct ServiceState {
     external_inputs_changed: bool,
     /// The refusals last logged per Service.
     refusals: HashMap<ServiceKey, Vec<Refused>>,
+    /// Re-lists in progress.
+    listing_services: Relist<ServiceKey>,
+    listing_slices: Relist<SliceId>,
 }
 
 impl ServiceState {
@@ -73,19 +73,82 @@ impl ServiceState {
         }
     }
 
+    /// Takes in one Service watch event; returns the Services to re-plan.
+    pub fn service_event(&mut self, event: Event<Service>) -> BTreeSet<ServiceKey> {
+        let mut dirty = BTreeSet::new();
+        match event {
+            Event::Init => self.listing_services.start(),
+            Event::InitApply(svc) => {
+                let key = self.service(&svc, false);
+                self.listing_services.listed(key.clone());
+                dirty.insert(key);
+            }
+            Event::InitDone => {
+                for key in self.listing_services.finish(self.services.keys()) {
+                    self.remove_service(&key);
+                    dirty.insert(key);
+                }
+            }
+            Event::Apply(svc) => {
+                dirty.insert(self.service(&svc, false));
+            }
+            Event::Delete(svc) => {
+                dirty.insert(self.service(&svc, true));
+            }
+        }
+        self.with_consequences(dirty)
+    }
+
+    /// Takes in one EndpointSlice watch event; returns the Services to
+    /// re-plan.
+    pub fn slice_event(&mut self, event: Event<EndpointSlice>) -> BTreeSet<ServiceKey> {
+        let mut dirty = BTreeSet::new();
+        match event {
+            Event::Init => self.listing_slices.start(),
+            Event::InitApply(slice) => {
+                self.listing_slices.listed(ServiceKey::of(&slice.metadata));
+                dirty.extend(self.slice(&slice, false));
+            }
+            Event::InitDone => {
+                for id in self.listing_slices.finish(self.slices.keys()) {
+                    dirty.extend(self.unlink_slice(&id));
+                }
+            }
+            Event::Apply(slice) => dirty.extend(self.slice(&slice, false)),
+            Event::Delete(slice) => dirty.extend(self.slice(&slice, true)),
+        }
+        self.with_consequences(dirty)
+    }
+
+    /// Whether either kind is being listed: until both lists are done the
+    /// state may miss objects, so nothing should be applied from it.
+    pub fn is_listing(&self) -> bool {
+        self.listing_services.is_listing() || self.listing_slices.is_listing()
+    }
+
+    /// `dirty` plus the Services a change of the externalIP rules' inputs
+    /// re-plans (checked once a list is complete, not per listed object).
+    fn with_consequences(&mut self, mut dirty: BTreeSet<ServiceKey>) -> BTreeSet<ServiceKey> {
+        if self.is_listing() {
+            return dirty;
+        }
+        if std::mem::take(&mut self.external_inputs_changed) {
+            dirty.extend(self.with_external_ips.iter().cloned());
+        }
+        if dirty.iter().any(|k| self.with_external_ips.contains(k)) {
+            self.log_refusals();
+        }
+        dirty
+    }
+
     /// Takes in a Service (or its deletion); returns the Service to re-plan.
     pub fn service(&mut self, svc: &Service, deleted: bool) -> ServiceKey {
         let key = self.shared(ServiceKey::of(&svc.metadata));
-        if let Some(Ok(old)) = self.services.get(&key) {
-            let (ip, port) = (old.cluster_ip, old.health_check_node_port);
-            self.count_external_inputs(ip, port, false);
-        }
-        self.with_external_ips.remove(&key);
         if deleted {
-            self.services.remove(&key);
-            self.refusals.remove(&key);
+            self.remove_service(&key);
             return key;
         }
+        self.uncount_service(&key);
         let info = model::service_info(svc).map(|info| ServiceInfo {
             key: key.clone(),
             ..info
@@ -114,6 +177,21 @@ impl ServiceState {
         }
         self.services.insert(key.clone(), info);
         key
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) {
+        self.uncount_service(key);
+        self.services.remove(key);
+        self.refusals.remove(key);
+    }
+
+    /// Takes a held Service out of the externalIP rules' inputs.
+    fn uncount_service(&mut self, key: &ServiceKey) {
+        if let Some(Ok(old)) = self.services.get(key) {
+            let (ip, port) = (old.cluster_ip, old.health_check_node_port);
+            self.count_external_inputs(ip, port, false);
+        }
+        self.with_external_ips.remove(key);
     }
 
     /// Counts a Service's ClusterIP and healthCheckNodePort in or out.
@@ -171,16 +249,7 @@ impl ServiceState {
     /// re-plan (two when a slice moved between Services).
     pub fn slice(&mut self, slice: &EndpointSlice, deleted: bool) -> Vec<ServiceKey> {
         let id: SliceId = ServiceKey::of(&slice.metadata);
-        let mut touched = Vec::new();
-        if let Some((old, _)) = self.slices.remove(&id) {
-            if let Some(names) = self.slices_of.get_mut(&old) {
-                names.retain(|n| *n != id.name);
-                if names.is_empty() {
-                    self.slices_of.remove(&old);
-                }
-            }
-            touched.push(old);
-        }
+        let mut touched: Vec<ServiceKey> = self.unlink_slice(&id).into_iter().collect();
         let owner = slice
             .metadata
             .labels
@@ -208,6 +277,18 @@ impl ServiceState {
         touched
     }
 
+    /// Forgets a slice; returns the Service it belonged to.
+    fn unlink_slice(&mut self, id: &SliceId) -> Option<ServiceKey> {
+        let (owner, _) = self.slices.remove(id)?;
+        if let Some(names) = self.slices_of.get_mut(&owner) {
+            names.retain(|n| *n != id.name);
+            if names.is_empty() {
+                self.slices_of.remove(&owner);
+            }
+        }
+        Some(owner)
+    }
+
     /// The copy of `key` already held (keys are kept in several indexes).
     fn shared(&self, key: ServiceKey) -> ServiceKey {
         self.services
@@ -225,64 +306,6 @@ impl ServiceState {
         }
         self.nodes.insert(name.clone());
         name
-    }
-
-    /// Takes in one stored object of either kind, as JSON text (the initial
-    /// list is streamed through here, never held whole).
-    pub fn load(&mut self, kind: &str, json: &str) {
-        match kind {
-            SERVICE_KIND => match serde_json::from_str::<Service>(json) {
-                Ok(svc) => {
-                    self.service(&svc, false);
-                }
-                Err(e) => tracing::warn!(error = %e, "unreadable Service skipped"),
-            },
-            SLICE_KIND => match serde_json::from_str::<EndpointSlice>(json) {
-                Ok(slice) => {
-                    self.slice(&slice, false);
-                }
-                Err(e) => tracing::warn!(error = %e, "unreadable EndpointSlice skipped"),
-            },
-            _ => {}
-        }
-    }
-
-    /// Takes in watch events of either kind; returns the Services to re-plan.
-    pub fn events(&mut self, events: &[Event]) -> BTreeSet<ServiceKey> {
-        let mut dirty = self.take_events(events);
-        if std::mem::take(&mut self.external_inputs_changed) {
-            dirty.extend(self.with_external_ips.iter().cloned());
-        }
-        if dirty.iter().any(|k| self.with_external_ips.contains(k)) {
-            self.log_refusals();
-        }
-        dirty
-    }
-
-    fn take_events(&mut self, events: &[Event]) -> BTreeSet<ServiceKey> {
-        let mut dirty = BTreeSet::new();
-        for event in events {
-            let deleted = event.kind == EventKind::Deleted;
-            let value = event.object.value.clone();
-            match event.object.kind.as_str() {
-                SERVICE_KIND => match serde_json::from_value::<Service>(value) {
-                    Ok(svc) => {
-                        dirty.insert(self.service(&svc, deleted));
-                    }
-                    Err(e) => {
-                        tracing::warn!(name = %event.object.name, error = %e, "unreadable Service skipped")
-                    }
-                },
-                SLICE_KIND => match serde_json::from_value::<EndpointSlice>(value) {
-                    Ok(slice) => dirty.extend(self.slice(&slice, deleted)),
-                    Err(e) => {
-                        tracing::warn!(name = %event.object.name, error = %e, "unreadable EndpointSlice skipped")
-                    }
-                },
-                _ => {}
-            }
-        }
-        dirty
     }
 
     pub fn info(&self, key: &ServiceKey) -> Option<&ServiceInfo> {
@@ -481,6 +504,51 @@ mod tests {
         assert!(s.endpoints(&key("web")).is_empty());
     }
 
+    /// What a consumer sees when its watch lists again: a Service and a
+    /// slice deleted while it was not watching are gone at `InitDone`, and
+    /// nothing is re-planned before the list is complete.
+    #[test]
+    fn a_relist_removes_what_was_deleted_meanwhile() {
+        let mut s = ServiceState::default();
+        let other = || -> Service {
+            serde_json::from_value(json!({"metadata": {"namespace": "demo", "name": "other"},
+                "spec": {"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}}))
+            .unwrap()
+        };
+        let feed = |s: &mut ServiceState, events: Vec<Event<Service>>| {
+            events.into_iter().fold(BTreeSet::new(), |mut dirty, e| {
+                dirty.extend(s.service_event(e));
+                dirty
+            })
+        };
+        feed(
+            &mut s,
+            vec![
+                Event::Init,
+                Event::InitApply(svc(json!({}))),
+                Event::InitApply(other()),
+                Event::InitDone,
+            ],
+        );
+        s.slice_event(Event::Init);
+        s.slice_event(Event::InitApply(slice("web-1", "web", &["10.244.1.2"])));
+        s.slice_event(Event::InitDone);
+        assert_eq!(s.plan_all(&ctx()).count(), 2);
+        assert_eq!(s.endpoints(&key("web")).len(), 1);
+        // `other` and the slice were deleted while the stream was re-listing.
+        s.service_event(Event::Init);
+        assert!(s.is_listing());
+        s.service_event(Event::InitApply(svc(json!({}))));
+        let dirty = s.service_event(Event::InitDone);
+        assert!(dirty.contains(&key("other")), "{dirty:?}");
+        assert!(s.plan(&key("other"), &ctx()).is_none());
+        s.slice_event(Event::Init);
+        let dirty = s.slice_event(Event::InitDone);
+        assert_eq!(dirty, [key("web")].into());
+        assert!(s.endpoints(&key("web")).is_empty());
+        assert!(!s.is_listing());
+    }
+
     #[test]
     fn headless_services_are_not_planned() {
         let mut s = ServiceState::default();
@@ -501,18 +569,13 @@ mod tests {
         assert_eq!(s.health_ports("node-2")[&32100], (key("web"), 0));
     }
 
-    fn added(namespace: &str, name: &str, spec: serde_json::Value) -> Event {
-        Event {
-            kind: EventKind::Added,
-            revision: 1,
-            object: weft_store::Object {
-                kind: SERVICE_KIND.into(),
-                namespace: namespace.into(),
-                name: name.into(),
-                revision: 1,
-                value: json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec}),
-            },
-        }
+    fn added(namespace: &str, name: &str, spec: serde_json::Value) -> Event<Service> {
+        Event::Apply(
+            serde_json::from_value(
+                json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec}),
+            )
+            .unwrap(),
+        )
     }
 
     fn external_ips_planned(s: &ServiceState, namespace: &str, name: &str) -> Vec<String> {
@@ -528,7 +591,7 @@ mod tests {
             .collect()
     }
 
-    fn thief() -> Event {
+    fn thief() -> Event<Service> {
         added(
             "other",
             "thief",
@@ -537,7 +600,7 @@ mod tests {
         )
     }
 
-    fn victim() -> Event {
+    fn victim() -> Event<Service> {
         added(
             "demo",
             "web",
@@ -548,8 +611,8 @@ mod tests {
     #[test]
     fn an_external_ip_never_shadows_a_cluster_ip_in_either_arrival_order() {
         let mut s = ServiceState::new(vec![], [10254].into());
-        s.events(&[victim()]);
-        s.events(&[thief()]);
+        s.service_event(victim());
+        s.service_event(thief());
         let thief_ips = external_ips_planned(&s, "other", "thief");
         assert_eq!(
             thief_ips,
@@ -557,13 +620,13 @@ mod tests {
         );
 
         let mut s = ServiceState::new(vec![], [10254].into());
-        s.events(&[thief()]);
+        s.service_event(thief());
         assert_eq!(
             external_ips_planned(&s, "other", "thief").len(),
             3,
             "no victim yet"
         );
-        let dirty = s.events(&[victim()]);
+        let dirty = s.service_event(victim());
         assert!(
             dirty.contains(&ServiceKey {
                 namespace: "other".into(),
@@ -577,7 +640,7 @@ mod tests {
     #[test]
     fn node_addresses_and_the_allow_list_refuse_external_ips() {
         let mut s = ServiceState::new(vec!["198.18.0.0/24".parse().unwrap()], [10254].into());
-        s.events(&[thief()]);
+        s.service_event(thief());
         let thief_key = ServiceKey {
             namespace: "other".into(),
             name: "thief".into(),
@@ -607,7 +670,7 @@ mod tests {
             json!({"clusterIP": "10.96.9.9", "externalIPs": ["198.19.0.50"],
             "ports": [{"name": "a", "port": 10254}, {"name": "b", "port": 32100}, {"name": "http", "port": 80}]}),
         );
-        s.events(&[on_health]);
+        s.service_event(on_health);
         assert_eq!(
             external_ips_planned(&s, "other", "thief").len(),
             2,
@@ -619,7 +682,7 @@ mod tests {
             json!({"type": "LoadBalancer", "clusterIP": "10.96.0.20",
             "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100, "ports": [{"port": 81}]}),
         );
-        let dirty = s.events(&[lb]);
+        let dirty = s.service_event(lb);
         assert_eq!(dirty.len(), 2, "{dirty:?}");
         assert_eq!(
             external_ips_planned(&s, "other", "thief"),

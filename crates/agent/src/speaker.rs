@@ -9,80 +9,13 @@
 //! agent computes the same owner without talking to the others, and a
 //! failure moves only the addresses the failed node held.
 //!
-//! The election is pure; [`beat`] and [`live_nodes`] are the store calls.
+//! The election is pure; heartbeats and the live nodes come through the
+//! cluster seam ([`weft_cluster::Liveness`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};
-use weft_store::{Store, StoreError};
-
-/// Stored under this kind (the store reserves "Lease" for subnet leases).
-pub const HEARTBEAT_KIND: &str = "NodeLease";
-pub const HEARTBEAT_NAMESPACE: &str = "kube-node-lease";
-
-/// Renews this node's heartbeat, valid for `valid_for`.
-pub fn beat(store: &Store, node: &str, valid_for: Duration) -> Result<(), StoreError> {
-    let lease = Lease {
-        metadata: ObjectMeta {
-            name: Some(node.into()),
-            namespace: Some(HEARTBEAT_NAMESPACE.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(node.into()),
-            lease_duration_seconds: Some(valid_for.as_secs().max(1) as i32),
-            renew_time: Some(MicroTime(now())),
-            ..LeaseSpec::default()
-        }),
-    };
-    let value = serde_json::to_value(&lease).unwrap_or_default();
-    store.put(HEARTBEAT_KIND, HEARTBEAT_NAMESPACE, node, &value)?;
-    Ok(())
-}
-
-/// The wall clock as a Kubernetes timestamp.
-pub fn now() -> Timestamp {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::new(
-        since_epoch.as_secs() as i64,
-        since_epoch.subsec_nanos() as i32,
-    )
-    .unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
-/// Nodes whose heartbeat has not expired at `now`.
-pub fn live_nodes(store: &Store, now: Timestamp) -> Result<BTreeSet<String>, StoreError> {
-    let (objects, _) = store.list(HEARTBEAT_KIND)?;
-    Ok(objects
-        .into_iter()
-        .filter_map(|o| serde_json::from_value::<Lease>(o.value).ok())
-        .filter(|lease| is_live(lease, now))
-        .filter_map(|lease| lease.spec?.holder_identity)
-        .collect())
-}
-
-fn is_live(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else {
-        return false;
-    };
-    let (Some(MicroTime(renewed)), Some(seconds)) =
-        (spec.renew_time.as_ref(), spec.lease_duration_seconds)
-    else {
-        return false;
-    };
-    renewed
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
-            seconds,
-        )))
-        .is_ok_and(|until| until > now)
-}
 
 /// The node that announces `ip` among `candidates` (highest rendezvous
 /// hash), if any.
@@ -172,18 +105,5 @@ mod tests {
         assert_eq!(announced_by("node-2", &only_2, &live), [ip].into());
         let none: BTreeMap<_, _> = [(ip, Some(nodes(&[])))].into();
         assert!(announced_by("node-2", &none, &live).is_empty());
-    }
-
-    #[test]
-    fn heartbeats_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        beat(&store, "node-1", Duration::from_secs(3)).unwrap();
-        let now = now();
-        assert_eq!(live_nodes(&store, now).unwrap(), nodes(&["node-1"]));
-        let later = now
-            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(4))
-            .unwrap();
-        assert!(live_nodes(&store, later).unwrap().is_empty());
     }
 }

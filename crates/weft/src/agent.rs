@@ -4,10 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_agent::run::Options;
+use weft_cluster::embedded::Embedded;
+
+use crate::period::{self, ms, secs, show};
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
@@ -34,29 +37,37 @@ pub struct AgentArgs {
     /// Where /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:10254")]
     health: SocketAddr,
-    /// Lease lifetime in seconds (renewed at half-life; at least 4 × --resync-ms).
-    #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(u64).range(1..=ONE_YEAR_S))]
-    lease_ttl: u64,
-    /// Full resync (drift repair) period in milliseconds.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=ONE_HOUR_MS))]
-    resync_ms: u64,
+    /// Lease lifetime (renewed at half-life; at least 4 × --resync).
+    #[arg(long, default_value = "24h", value_parser = period::between(secs(1), secs(365 * 86400)))]
+    lease_ttl: Duration,
+    /// Full resync (drift repair) period.
+    #[arg(long, default_value = "2s", value_parser = period::between(ms(100), secs(3600)))]
+    resync: Duration,
+    /// `/healthz` fails when the agent's loop has not come round for this
+    /// long (at least 2 × --resync).
+    #[arg(long, default_value = "6s", value_parser = period::between(ms(200), secs(7200)))]
+    health_stale_after: Duration,
     /// How often the store's change signals are polled where they cannot
-    /// wake the agent (no inotify instance left), in milliseconds.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=ONE_MINUTE_MS))]
-    watch_ms: u64,
+    /// wake the agent (no inotify instance left).
+    #[arg(long, default_value = "20ms", value_parser = period::between(ms(1), secs(60)))]
+    watch_poll: Duration,
     /// Do not run the Service proxy (leave Services to kube-proxy).
     #[arg(long)]
     no_proxy: bool,
-    /// Node heartbeat period in milliseconds (LoadBalancer address failover
-    /// happens after three missed beats).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=ONE_MINUTE_MS))]
-    heartbeat_ms: u64,
-    /// How often the Service proxy rebuilds its whole table from the store
-    /// anyway, in seconds (repairs map elements changed by hand, which the
-    /// 10 s drift check of chain and set names cannot see; it flushes and
-    /// refills the maps in one transaction, so traffic is not disturbed).
-    #[arg(long, env = "WEFT_PROXY_FULL_RESYNC_S", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=ONE_WEEK_S))]
-    proxy_full_resync_s: u64,
+    /// Node heartbeat period (LoadBalancer address failover happens after
+    /// three missed beats).
+    #[arg(long, default_value = "1s", value_parser = period::between(ms(100), secs(60)))]
+    heartbeat: Duration,
+    /// How often the Service proxy compares its table's chain and set
+    /// names with what it applied.
+    #[arg(long, default_value = "10s", value_parser = period::between(ms(100), secs(3600)))]
+    proxy_drift_check: Duration,
+    /// How often the Service proxy rebuilds its whole table anyway (repairs
+    /// map elements changed by hand, which the drift check of chain and
+    /// set names cannot see; it flushes and refills the maps in one
+    /// transaction, so traffic is not disturbed).
+    #[arg(long, env = "WEFT_PROXY_FULL_RESYNC", default_value = "1h", value_parser = period::between(secs(1), secs(7 * 86400)))]
+    proxy_full_resync: Duration,
     /// Comma-separated CIDRs Services' externalIPs must lie in (empty: any
     /// address). Whatever this says, an externalIP is refused when it is a
     /// ClusterIP, a node's address or on a port weft serves.
@@ -88,29 +99,35 @@ fn cidr_list(text: &str) -> Result<CidrList, String> {
         .map(CidrList)
 }
 
-// Upper bounds of the periods: longer ones are typos, not settings (and
-// some would overflow the timers they feed).
-const ONE_MINUTE_MS: u64 = 60_000;
-const ONE_HOUR_MS: u64 = 3_600_000;
-const ONE_WEEK_S: u64 = 7 * 24 * 3600;
-const ONE_YEAR_S: u64 = 365 * 24 * 3600;
-
 /// The lease is renewed by a resync pass once half its TTL is gone, so a
 /// pass must come round several times within that half.
-const RESYNCS_PER_LEASE: u64 = 4;
+const RESYNCS_PER_LEASE: u32 = 4;
+
+/// `/healthz` must allow the loop a pass and a retry.
+const RESYNCS_PER_STALE: u32 = 2;
 
 impl AgentArgs {
     /// The checks between flags (each flag's own range is clap's).
     fn check_periods(&self) -> Result<()> {
-        let shortest_ttl_ms = RESYNCS_PER_LEASE * self.resync_ms;
-        if self.lease_ttl * 1000 < shortest_ttl_ms {
+        let (ttl, resync) = (self.lease_ttl, self.resync);
+        if ttl < resync * RESYNCS_PER_LEASE {
             bail!(
-                "--lease-ttl {} (seconds) is too short for --resync-ms {}: the lease is renewed \
-                 on a resync pass after half its lifetime, so it must last at least \
-                 {RESYNCS_PER_LEASE} × --resync-ms ({} s here); raise --lease-ttl or lower --resync-ms",
-                self.lease_ttl,
-                self.resync_ms,
-                shortest_ttl_ms.div_ceil(1000)
+                "--lease-ttl {} is too short for --resync {}: the lease is renewed on a resync \
+                 pass after half its lifetime, so it must last at least {RESYNCS_PER_LEASE} × \
+                 --resync ({} here); raise --lease-ttl or lower --resync",
+                show(ttl),
+                show(resync),
+                show(resync * RESYNCS_PER_LEASE)
+            );
+        }
+        if self.health_stale_after < resync * RESYNCS_PER_STALE {
+            bail!(
+                "--health-stale-after {} is too short for --resync {}: the loop comes round \
+                 once per --resync, so /healthz would fail on a healthy agent; use at least \
+                 {RESYNCS_PER_STALE} × --resync ({})",
+                show(self.health_stale_after),
+                show(resync),
+                show(resync * RESYNCS_PER_STALE)
             );
         }
         Ok(())
@@ -125,22 +142,25 @@ pub fn run(a: AgentArgs) -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let net_conf = weft_agent::run::read_net_conf(&a.net_conf)?;
+    let cluster = Embedded::open(&a.store, &a.network, a.watch_poll)
+        .with_context(|| format!("opening the cluster store {}", a.store.display()))?;
     let opts = Options {
         node: a.node,
-        store: a.store,
-        net_conf: a.net_conf,
+        net_conf,
         iface: a.iface,
         network: a.network,
         subnet_file: a.subnet_file,
         cni_conf_dir: a.cni_conf_dir,
         ipam_dir: a.ipam_dir,
         health: a.health,
-        lease_ttl: Duration::from_secs(a.lease_ttl),
-        resync: Duration::from_millis(a.resync_ms),
-        watch_poll: Duration::from_millis(a.watch_ms),
+        lease_ttl: a.lease_ttl,
+        resync: a.resync,
+        health_stale_after: a.health_stale_after,
         proxy: !a.no_proxy,
-        heartbeat: Duration::from_millis(a.heartbeat_ms),
-        proxy_full_resync: Duration::from_secs(a.proxy_full_resync_s),
+        heartbeat: a.heartbeat,
+        proxy_drift_check: a.proxy_drift_check,
+        proxy_full_resync: a.proxy_full_resync,
         external_ip_cidrs: a.external_ip_cidrs.0,
     };
     // One thread: netlink sockets and namespaces are per thread anyway.
@@ -155,7 +175,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        weft_agent::run::run(opts, shutdown).await
+        weft_agent::run::run(opts, cluster, shutdown).await
     })
 }
 

@@ -2,6 +2,7 @@
 
 mod agent;
 mod lab;
+mod period;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -16,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent: lease a subnet, connect this node to all others.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// A whole cluster network on this machine: nodes, pods, probes.
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -28,7 +29,7 @@ enum Cmd {
 fn main() -> Result<()> {
     end_quietly_on_broken_pipe();
     match Cli::parse().command {
-        Cmd::Agent(args) => agent::run(args),
+        Cmd::Agent(args) => agent::run(*args),
         Cmd::Lab(cmd) => lab::run(cmd),
         Cmd::Netexec(args) => lab::netexec(args),
     }

@@ -234,20 +234,20 @@ fn node_names_the_api_server_would_refuse_are_refused() {
 #[test]
 fn zero_and_nonsensical_periods_are_refused_naming_the_flag_and_range() {
     for (flag, value, range) in [
-        ("--resync-ms", "0", "100..=3600000"),
-        ("--resync-ms", "99", "100..=3600000"),
-        ("--resync-ms", "3600001", "100..=3600000"),
-        ("--heartbeat-ms", "0", "100..=60000"),
-        ("--heartbeat-ms", "18446744073709551615", "100..=60000"),
-        ("--watch-ms", "0", "1..=60000"),
-        ("--lease-ttl", "0", "1..=31536000"),
-        ("--lease-ttl", "31536001", "1..=31536000"),
-        ("--proxy-full-resync-s", "0", "1..=604800"),
-        (
-            "--proxy-full-resync-s",
-            "18446744073709551615",
-            "1..=604800",
-        ),
+        ("--resync", "0s", "100ms..=1h"),
+        ("--resync", "99ms", "100ms..=1h"),
+        ("--resync", "3600001ms", "100ms..=1h"),
+        ("--heartbeat", "0ms", "100ms..=1m"),
+        ("--heartbeat", "18446744073709551615ms", "100ms..=1m"),
+        ("--watch-poll", "0ms", "1ms..=1m"),
+        ("--lease-ttl", "0s", "1s..=365d"),
+        ("--lease-ttl", "366d", "1s..=365d"),
+        ("--proxy-full-resync", "0s", "1s..=7d"),
+        ("--proxy-full-resync", "18446744073709551615d", "too long"),
+        ("--proxy-drift-check", "2h", "100ms..=1h"),
+        ("--health-stale-after", "100ms", "200ms..=2h"),
+        ("--resync", "2000", "a whole number and a unit"),
+        ("--lease-ttl", "1.5h", "not a whole number"),
     ] {
         let out = refused(&[flag, value]);
         let stderr = text(&out.stderr);
@@ -263,13 +263,24 @@ fn zero_and_nonsensical_periods_are_refused_naming_the_flag_and_range() {
 fn a_lease_that_would_expire_between_renewals_is_refused() {
     // Renewal happens on a resync pass once half the TTL is gone, so a TTL
     // shorter than four passes could lapse (and 0 did, with a lost-lease error).
-    let out = refused(&["--lease-ttl", "1", "--resync-ms", "300"]);
+    let out = refused(&["--lease-ttl", "1s", "--resync", "300ms"]);
     let stderr = text(&out.stderr);
-    for word in ["--lease-ttl 1", "--resync-ms 300", "at least 4 ×"] {
+    for word in [
+        "--lease-ttl 1s",
+        "--resync 300ms",
+        "at least 4 ×",
+        "(1200ms here)",
+    ] {
+        assert!(stderr.contains(word), "{word:?} missing: {stderr}");
+    }
+    // /healthz must not fail between two passes of a healthy loop.
+    let out = refused(&["--resync", "5s"]);
+    let stderr = text(&out.stderr);
+    for word in ["--health-stale-after 6s", "--resync 5s", "(10s)"] {
         assert!(stderr.contains(word), "{word:?} missing: {stderr}");
     }
     // The shortest TTL allowed for a period passes the command line.
-    let out = agent_without_net_conf(&["--lease-ttl", "1", "--resync-ms", "250"]);
+    let out = agent_without_net_conf(&["--lease-ttl", "1s", "--resync", "250ms"]);
     assert!(
         text(&out.stderr).contains(NO_NET_CONF),
         "{}",
@@ -300,7 +311,7 @@ fn a_network_holding_the_nodes_own_address_is_refused_before_leasing() {
 #[test]
 fn deleted_or_changed_cni_files_are_restored_within_the_resync_period() {
     let mut node = Node::new("files");
-    node.start_agent(&["--resync-ms", "200"]);
+    node.start_agent(&["--resync", "200ms"]);
     let files = [node.subnet_env(), node.conflist()];
     let written: Vec<String> = files.iter().map(|f| read(f)).collect();
     assert!(
@@ -334,7 +345,7 @@ fn deleted_or_changed_cni_files_are_restored_within_the_resync_period() {
 #[test]
 fn a_removed_or_replaced_store_makes_the_agent_unready_and_say_why() {
     let mut node = Node::new("store");
-    node.start_agent(&["--resync-ms", "200"]);
+    node.start_agent(&["--resync", "200ms"]);
     let store = node.store().display().to_string();
     let unready_because = |what: &str| {
         let mut last = (0, String::new());

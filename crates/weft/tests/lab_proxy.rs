@@ -429,7 +429,7 @@ fn the_periodic_full_sync_restores_a_map_element_deleted_by_hand() {
     let lab = Lab::up_with_env(
         "pxfs",
         &["--nodes", "2", "--backend", "vxlan"],
-        &[("WEFT_PROXY_FULL_RESYNC_S", "2")],
+        &[("WEFT_PROXY_FULL_RESYNC", "2s")],
     );
     demo(&lab);
     reachable(&lab, "demo/sidecar", "svc/demo/web");
