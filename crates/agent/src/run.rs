@@ -87,6 +87,9 @@ pub struct Agent<C> {
     node: NodeState,
     /// The cluster network, for the Service proxy.
     network: IpNet,
+    /// What the last successful pass left in the kernel (`None`: unknown,
+    /// read it).
+    applied: Option<Desired>,
 }
 
 /// Reads net-conf.json and checks that this agent supports it; done
@@ -178,6 +181,7 @@ pub async fn bootstrap<C: ClusterState>(opts: Options, cluster: C) -> Result<Age
         netlink,
         node,
         network: v4.network,
+        applied: None,
     })
 }
 
@@ -200,9 +204,12 @@ impl<C: ClusterState> Agent<C> {
         let mut resync = tokio::time::interval(self.opts.resync);
         let mut last_renew = Instant::now();
         let mut problem = Problem::default();
+        // A tick's pass reads the kernel and repairs drift; a lease
+        // change's pass only applies the difference.
+        let mut full = true;
         tokio::pin!(shutdown);
         loop {
-            let converged = known.is_synced() && self.converge_logged(&known).await;
+            let converged = known.is_synced() && self.converge_logged(&known, full).await;
             let files_written = restore_cni_files(&self.opts, &self.node);
             match problem.check(self.cluster.problem()) {
                 Some(problem) => health_state.set_unready(problem),
@@ -216,17 +223,18 @@ impl<C: ClusterState> Agent<C> {
                     .await?;
                 last_renew = Instant::now();
             }
-            tokio::select! {
+            full = tokio::select! {
                 event = leases.next() => {
                     take_lease_event(&mut known, event);
                     // A burst (nodes joining) converges once, not per lease.
                     while let Some(event) = leases.next().now_or_never() {
                         take_lease_event(&mut known, event);
                     }
+                    false
                 }
-                _ = resync.tick() => {}
+                _ = resync.tick() => true,
                 _ = &mut shutdown => break,
-            }
+            };
         }
         server.abort();
         tracing::info!("stopping; the datapath and the lease stay in place");
@@ -256,8 +264,8 @@ impl<C: ClusterState> Agent<C> {
     }
 
     /// [`Agent::converge`], its outcome logged; whether it succeeded.
-    async fn converge_logged(&mut self, known: &Cache<SubnetLease>) -> bool {
-        match self.converge(known).await {
+    async fn converge_logged(&mut self, known: &Cache<SubnetLease>, full: bool) -> bool {
+        match self.converge(known, full).await {
             Ok(changes) => {
                 if changes > 0 {
                     tracing::info!(changes, "datapath converged");
@@ -271,8 +279,15 @@ impl<C: ClusterState> Agent<C> {
         }
     }
 
-    async fn converge(&mut self, known: &Cache<SubnetLease>) -> Result<usize> {
-        ensure_node_datapath(&self.netlink, &mut self.node).await?;
+    /// One pass: the node's device and the routes, neighbours and FDB
+    /// entries to every live peer. A `full` pass (or one after a failure)
+    /// checks the device and reads the kernel's tables; the others apply
+    /// what changed since the last pass.
+    async fn converge(&mut self, known: &Cache<SubnetLease>, full: bool) -> Result<usize> {
+        let applied = if full { None } else { self.applied.take() };
+        if applied.is_none() {
+            ensure_node_datapath(&self.netlink, &mut self.node).await?;
+        }
         let peers = peers(known.values(), &self.opts.node, SystemTime::now());
         let node = &self.node;
         let desired: Desired = match &node.conf.backend {
@@ -286,7 +301,12 @@ impl<C: ClusterState> Agent<C> {
             netlink: &self.netlink,
             device: node.device,
         };
-        Ok(reconciler.sync(&desired).await?.count())
+        let changes = match &applied {
+            Some(applied) => reconciler.apply_delta(&desired, applied).await?,
+            None => reconciler.sync(&desired).await?,
+        };
+        self.applied = Some(desired);
+        Ok(changes.count())
     }
 }
 

@@ -28,6 +28,9 @@ pub const HEARTBEAT_KIND: &str = "NodeLease";
 /// 10,000 Services never holds more than this many decoded at once.
 const PAGE: usize = 500;
 
+/// Room kept for events between lists: a watch wakes with a few at a time.
+const LIVE_QUEUE: usize = 16;
+
 /// The cluster as one embedded store holds it, for one network's leases.
 #[derive(Clone, Debug)]
 pub struct Embedded {
@@ -63,16 +66,17 @@ impl Cluster for Embedded {
                 let cursor = after
                     .as_ref()
                     .map(|(ns, name)| (ns.as_str(), name.as_str()));
-                let (objects, revision) = store.list_page(kind, cursor, PAGE)?;
-                let next = (objects.len() == PAGE)
-                    .then(|| objects.last())
-                    .flatten()
-                    .map(|o| (o.namespace.clone(), o.name.clone()));
-                let items = objects.iter().filter_map(decode::<K>).collect();
+                let mut items = Vec::new();
+                let mut last = None;
+                let (revision, count) =
+                    store.list_page_each(kind, cursor, PAGE, |namespace, name, json| {
+                        items.extend(decode_text::<K>(kind, namespace, name, json));
+                        last = Some((namespace.to_owned(), name.to_owned()));
+                    })?;
                 Ok(Page {
                     items,
                     revision,
-                    next,
+                    next: last.filter(|_| count == PAGE),
                 })
             },
             decode::<K>,
@@ -174,12 +178,26 @@ fn subnet_lease(lease: Lease) -> SubnetLease {
 /// A stored object as `K`; one that does not decode is logged and skipped
 /// (one bad object never blocks the others).
 fn decode<K: serde::de::DeserializeOwned>(object: &Object) -> Option<K> {
-    serde_json::from_value(object.value.clone())
-        .inspect_err(|e| {
-            tracing::warn!(kind = %object.kind, namespace = %object.namespace,
-                name = %object.name, error = %e, "unreadable object skipped");
-        })
+    K::deserialize(&object.value)
+        .inspect_err(|e| skipped(&object.kind, &object.namespace, &object.name, e))
         .ok()
+}
+
+/// [`decode`] from the stored JSON text (a listed object is never parsed
+/// twice).
+fn decode_text<K: serde::de::DeserializeOwned>(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    json: &str,
+) -> Option<K> {
+    serde_json::from_str(json)
+        .inspect_err(|e| skipped(kind, namespace, name, e))
+        .ok()
+}
+
+fn skipped(kind: &str, namespace: &str, name: &str, error: &serde_json::Error) {
+    tracing::warn!(%kind, %namespace, %name, %error, "unreadable object skipped");
 }
 
 /// One page of a list, the revision it was read at and where the next
@@ -290,6 +308,9 @@ where
                     }
                     None => {
                         self.ready.push_back(Event::InitDone);
+                        // A list's pages are gone once taken; keep no room
+                        // for them (hundreds of kilobytes per watch).
+                        self.ready.shrink_to(LIVE_QUEUE);
                         let watcher = self.store.watch(self.kind, since, self.poll);
                         self.phase = Phase::Following(Box::new(watcher));
                     }

@@ -173,7 +173,15 @@ impl Store {
                 .prepare_cached(OF_KIND)
                 .and_then(|mut statement| {
                     statement
-                        .query_map([kind], |row| object_of(kind, row))?
+                        .query_map([kind], |row| {
+                            Ok(Object {
+                                kind: kind.to_owned(),
+                                namespace: row.get(0)?,
+                                name: row.get(1)?,
+                                revision: row.get(2)?,
+                                value: parsed_column(row, 3)?,
+                            })
+                        })?
                         .collect()
                 })
                 .during(OPERATION)?;
@@ -182,31 +190,36 @@ impl Store {
     }
 
     /// Up to `limit` objects of `kind` sorted after `after` (namespace,
-    /// name; `None`: from the first), and the current revision. A list read
-    /// page by page holds one page at a time; watching from the revision of
-    /// the first page replays whatever changed meanwhile, so the pages plus
-    /// the watch add up to the store's state.
-    pub fn list_page(
+    /// name; `None`: from the first), each handed to `each` as
+    /// `(namespace, name, JSON text)` as it is read; returns the current
+    /// revision and how many there were. A list read page by page holds one
+    /// object at a time; watching from the revision of the first page
+    /// replays whatever changed meanwhile, so the pages plus the watch add
+    /// up to the store's state.
+    pub fn list_page_each(
         &self,
         kind: &str,
         after: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<(Vec<Object>, u64), StoreError> {
+        mut each: impl FnMut(&str, &str, &str),
+    ) -> Result<(u64, usize), StoreError> {
         const OPERATION: &str = "list a page of objects";
         let (namespace, name) = after.unwrap_or_default();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(OPERATION, |transaction| {
-            let objects = transaction
-                .prepare_cached(PAGE_OF_KIND)
-                .and_then(|mut statement| {
-                    statement
-                        .query_map(params![kind, namespace, name, limit], |row| {
-                            object_of(kind, row)
-                        })?
-                        .collect()
-                })
+            let mut statement = transaction.prepare_cached(PAGE_OF_KIND).during(OPERATION)?;
+            let mut rows = statement
+                .query(params![kind, namespace, name, limit])
                 .during(OPERATION)?;
-            Ok((objects, events::current_revision(transaction)?))
+            let mut count = 0;
+            while let Some(row) = rows.next().during(OPERATION)? {
+                let namespace: String = row.get(0).during(OPERATION)?;
+                let name: String = row.get(1).during(OPERATION)?;
+                let value: String = row.get(3).during(OPERATION)?;
+                each(&namespace, &name, &value);
+                count += 1;
+            }
+            Ok((events::current_revision(transaction)?, count))
         })
     }
 
@@ -347,16 +360,6 @@ impl Store {
             Ok(revision)
         })
     }
-}
-
-fn object_of(kind: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<Object> {
-    Ok(Object {
-        kind: kind.to_owned(),
-        namespace: row.get(0)?,
-        name: row.get(1)?,
-        revision: row.get(2)?,
-        value: parsed_column(row, 3)?,
-    })
 }
 
 /// The stored revision and JSON text of an object, if it exists.

@@ -223,15 +223,27 @@ fn pages_add_up_to_the_whole_list() {
             .put_typed(&pod(&format!("ns-{}", i % 3), &format!("p-{i:02}")))
             .unwrap();
     }
-    let (whole, _) = store.list("Pod").unwrap();
+    let (whole, revision) = store.list("Pod").unwrap();
+    let whole: Vec<(String, String, serde_json::Value)> = whole
+        .into_iter()
+        .map(|o| (o.namespace, o.name, o.value))
+        .collect();
     let mut paged = Vec::new();
-    let mut after: Option<(String, String)> = None;
     loop {
-        let cursor = after.as_ref().map(|(n, m)| (n.as_str(), m.as_str()));
-        let (page, _) = store.list_page("Pod", cursor, 7).unwrap();
-        let Some(last) = page.last() else { break };
-        after = Some((last.namespace.clone(), last.name.clone()));
-        paged.extend(page);
+        let cursor = paged
+            .last()
+            .map(|(n, m, _): &(String, String, _)| (n.clone(), m.clone()));
+        let after = cursor.as_ref().map(|(n, m)| (n.as_str(), m.as_str()));
+        let (at, count) = store
+            .list_page_each("Pod", after, 7, |namespace, name, json| {
+                let value = serde_json::from_str(json).unwrap();
+                paged.push((namespace.to_owned(), name.to_owned(), value));
+            })
+            .unwrap();
+        assert_eq!(at, revision);
+        if count < 7 {
+            break;
+        }
     }
     assert_eq!(paged, whole);
     assert_eq!(paged.len(), 25);

@@ -56,7 +56,7 @@ pub struct AgentArgs {
     no_proxy: bool,
     /// Node heartbeat period (LoadBalancer address failover happens after
     /// three missed beats).
-    #[arg(long, default_value = "1s", value_parser = period::between(ms(100), secs(60)))]
+    #[arg(long, env = "WEFT_HEARTBEAT", default_value = "1s", value_parser = period::between(ms(100), secs(60)))]
     heartbeat: Duration,
     /// How often the Service proxy compares its table's chain and set
     /// names with what it applied.
