@@ -16,6 +16,7 @@ pub mod neighbours;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nft_model;
 pub mod nft_sets;
 pub mod sysctl;
 

@@ -6,7 +6,9 @@
 //! - [`table`]: the fixed hooks, maps and chains of `ip weft-proxy` (pure).
 //! - [`transaction`]: applied vs planned → the minimal nft commands (pure).
 //! - [`flows`]: which UDP conntrack flows a change leaves stale (pure).
-//! - [`proxier`]: runs the transactions (`nft -f`) and the conntrack cleanup.
+//! - [`proxier`]: runs the transactions and the conntrack cleanup.
+//! - [`kernel`]: those effects behind a trait: `nft -f` and conntrack on
+//!   the host, or an in-memory ruleset for tests.
 //! - [`health`]: the `healthCheckNodePort` servers of
 //!   `externalTrafficPolicy: Local` Services.
 //!
@@ -16,6 +18,7 @@
 pub mod external;
 pub mod flows;
 pub mod health;
+pub mod kernel;
 pub mod model;
 pub mod plan;
 pub mod proxier;

@@ -20,7 +20,9 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use weft_datapath::conntrack::{self, FlowFilter};
-use weft_datapath::nft::{self, Family};
+use weft_datapath::nft;
+
+use crate::kernel::{Host, Kernel};
 
 use crate::flows;
 use crate::model::ServiceKey;
@@ -63,7 +65,9 @@ struct Rejected {
     reason: String,
 }
 
-pub struct Proxier {
+pub struct Proxier<K = Host> {
+    /// Where nft runs and flows are deleted.
+    kernel: K,
     ctx: NodeContext,
     applied: HashMap<ServiceKey, Applied>,
     /// The UDP ports of Services that have any.
@@ -89,12 +93,20 @@ pub struct Proxier {
 }
 
 impl Proxier {
+    /// A proxier for the kernel it runs on.
     pub fn new(ctx: NodeContext) -> Self {
+        Proxier::with_kernel(ctx, Host)
+    }
+}
+
+impl<K: Kernel> Proxier<K> {
+    pub fn with_kernel(ctx: NodeContext, kernel: K) -> Self {
         let shards = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, 4);
         Proxier {
+            kernel,
             ctx,
             applied: HashMap::new(),
             udp: HashMap::new(),
@@ -183,14 +195,14 @@ impl Proxier {
         services: impl IntoIterator<Item = (ServiceKey, ServiceRules)>,
     ) -> Result<SyncReport, ProxyError> {
         let started = Instant::now();
-        let existing = nft::chain_names(Family::Ip, table::TABLE)?;
-        let existing_sets = nft::set_names(Family::Ip, table::TABLE)?;
+        let existing = self.kernel.chain_names()?;
+        let existing_sets = self.kernel.set_names()?;
         // No table yet (it always has its base chains): nothing can be
         // disturbed, so the map elements go with the parallel shards too.
         // Otherwise the shared maps are flushed and refilled in the one
         // last transaction, so no Service ever misses its entry.
         let fresh = existing.is_empty();
-        nft::apply(&table::base_script(&self.ctx), None)?;
+        self.kernel.apply(&table::base_script(&self.ctx))?;
 
         self.applied.clear();
         self.owners.clear();
@@ -256,12 +268,13 @@ impl Proxier {
         report.elements_changed = shards.iter().map(|s| s.elements_changed).sum();
         drop(shards);
         if !picks.is_empty() {
-            nft::apply(&picks.render(), None)?;
+            self.kernel.apply(&picks.render())?;
         }
+        let kernel = &self.kernel;
         std::thread::scope(|scope| {
             let runs: Vec<_> = scripts
                 .iter()
-                .map(|script| scope.spawn(move || nft::apply(script, None)))
+                .map(|script| scope.spawn(move || kernel.apply(script)))
                 .collect();
             runs.into_iter()
                 .map(|r| {
@@ -289,7 +302,7 @@ impl Proxier {
             report.stale_sets += 1;
         }
         report.elements_changed += last.elements_changed;
-        nft::apply(&last.render(), None)?;
+        self.kernel.apply(&last.render())?;
         self.synced = true;
         report.elapsed = started.elapsed();
         Ok(report)
@@ -327,17 +340,17 @@ impl Proxier {
             .into_iter()
             .filter(|(key, rules)| !self.still_rejected(key, rules))
             .collect();
-        if let Err(reason) = check(&[])? {
+        if let Err(reason) = check(&self.kernel, &[])? {
             tracing::error!(error = %reason, "nft rejects the proxy's table without any Service");
             return Ok(0);
         }
         let mut found = 0;
-        while let Err(mut reason) = check(&candidates)? {
+        while let Err(mut reason) = check(&self.kernel, &candidates)? {
             // check(first `passes`) succeeds, check(first `fails`) does not.
             let (mut passes, mut fails) = (0, candidates.len());
             while fails - passes > 1 {
                 let mid = (passes + fails) / 2;
-                match check(&candidates[..mid])? {
+                match check(&self.kernel, &candidates[..mid])? {
                     Ok(()) => passes = mid,
                     Err(why) => (fails, reason) = (mid, why),
                 }
@@ -402,13 +415,13 @@ impl Proxier {
             ..SyncReport::default()
         };
         if !tx.is_empty() {
-            if let Err(e) = nft::apply(&tx.render(), None) {
+            if let Err(e) = self.kernel.apply(&tx.render()) {
                 self.synced = false;
                 return Err(e.into());
             }
         }
         if !filters.is_empty() {
-            report.flows_deleted = conntrack::delete_flows(&filters)?;
+            report.flows_deleted = self.kernel.delete_flows(&filters)?;
         }
         report.elapsed = started.elapsed();
         Ok(report)
@@ -418,12 +431,8 @@ impl Proxier {
     /// (cheap: one netlink dump of names each). A mismatch means someone
     /// changed the table; the caller answers with a full sync.
     pub fn drifted(&self) -> Result<bool, ProxyError> {
-        let chains: BTreeSet<String> = nft::chain_names(Family::Ip, table::TABLE)?
-            .into_iter()
-            .collect();
-        let sets: BTreeSet<String> = nft::set_names(Family::Ip, table::TABLE)?
-            .into_iter()
-            .collect();
+        let chains: BTreeSet<String> = self.kernel.chain_names()?.into_iter().collect();
+        let sets: BTreeSet<String> = self.kernel.set_names()?.into_iter().collect();
         Ok((chains, sets) != self.wanted())
     }
 
@@ -493,7 +502,10 @@ fn own(owners: &mut Owners, key: &ServiceKey, rules: &ServiceRules) {
 /// Whether nft takes `services` as a full sync would write them over the
 /// table in place (`nft --check`: nothing changes); `Err` carries nft's
 /// reason.
-fn check(services: &[(ServiceKey, ServiceRules)]) -> Result<Result<(), String>, ProxyError> {
+fn check(
+    kernel: &impl Kernel,
+    services: &[(ServiceKey, ServiceRules)],
+) -> Result<Result<(), String>, ProxyError> {
     let mut tx = Transaction::default();
     for (name, kind, _) in COLLECTIONS {
         tx.flush_collection(kind, *name);
@@ -519,7 +531,7 @@ fn check(services: &[(ServiceKey, ServiceRules)]) -> Result<Result<(), String>, 
             tx.add_element(e.map, &e.add_text());
         }
     }
-    match nft::check(&tx.render(), None) {
+    match kernel.check(&tx.render()) {
         Ok(()) => Ok(Ok(())),
         Err(nft::NftError::Rejected { stderr }) => Ok(Err(nft_reason(&stderr))),
         Err(e) => Err(e.into()),
@@ -610,6 +622,254 @@ impl<K: Copy + Eq + Hash + Ord> Users<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Fake;
+    use crate::model::{endpoints_by_port, service_info};
+    use crate::plan::plan_service;
+    use serde_json::json;
+    use std::sync::atomic::Ordering;
+    use weft_datapath::nft::Family;
+
+    fn ctx() -> NodeContext {
+        NodeContext {
+            node: "node-1".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        }
+    }
+
+    /// Service `name` at `ip` port 80 of `protocol`, with `endpoints` on
+    /// node-1 port 8080, as the agent would plan it.
+    fn planned(name: &str, ip: &str, protocol: &str, endpoints: &[&str]) -> Change {
+        planned_with(name, ip, protocol, endpoints, json!({}))
+    }
+
+    /// [`planned`] with more fields in the Service's spec.
+    fn planned_with(
+        name: &str,
+        ip: &str,
+        protocol: &str,
+        endpoints: &[&str],
+        spec: serde_json::Value,
+    ) -> Change {
+        let mut svc = json!({
+            "metadata": {"namespace": "demo", "name": name},
+            "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 80, "protocol": protocol}]}
+        });
+        for (field, value) in spec.as_object().cloned().unwrap_or_default() {
+            svc["spec"][field] = value;
+        }
+        let svc = serde_json::from_value(svc).unwrap();
+        let info = service_info(&svc).unwrap();
+        let eps: Vec<_> = endpoints
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "nodeName": "node-1", "conditions": {"ready": true}}))
+            .collect();
+        let slice = serde_json::from_value(json!({
+            "metadata": {"namespace": "demo", "name": format!("{name}-1")},
+            "addressType": "IPv4",
+            "ports": [{"name": "p", "port": 8080, "protocol": protocol}],
+            "endpoints": eps
+        }))
+        .unwrap();
+        let rules = plan_service(&info, &endpoints_by_port(&[&slice]), &ctx());
+        (info.key, Some(rules))
+    }
+
+    fn full(changes: &[Change]) -> Vec<(ServiceKey, ServiceRules)> {
+        changes
+            .iter()
+            .filter_map(|(k, r)| Some((k.clone(), r.clone()?)))
+            .collect()
+    }
+
+    fn proxier() -> Proxier<Fake> {
+        Proxier::with_kernel(ctx(), Fake::default())
+    }
+
+    /// The ClusterIP frontends in the table: `ip . proto . port` keys.
+    fn frontends(p: &Proxier<Fake>) -> Vec<String> {
+        p.kernel.ruleset(|m| {
+            let map = m.elements(Family::Ip, table::TABLE, "service-ips").unwrap();
+            map.keys().cloned().collect()
+        })
+    }
+
+    /// Every rule and every element of the table, one per line: where
+    /// endpoint addresses show.
+    fn all_rules(p: &Proxier<Fake>) -> String {
+        p.kernel.ruleset(|m| {
+            let t = table::TABLE;
+            let rules = m
+                .chain_names(Family::Ip, t)
+                .into_iter()
+                .flat_map(|c| m.rules(Family::Ip, t, &c).unwrap().to_vec());
+            let elements = m.set_names(Family::Ip, t).into_iter().flat_map(|set| {
+                let elements = m.elements(Family::Ip, t, &set).unwrap();
+                elements
+                    .iter()
+                    .map(|(k, v)| format!("{set}: {k} : {v:?}"))
+                    .collect::<Vec<_>>()
+            });
+            rules.chain(elements).collect::<Vec<_>>().join("\n")
+        })
+    }
+
+    #[test]
+    fn a_full_sync_writes_every_service_and_matches_what_it_wanted() {
+        let mut p = proxier();
+        let services = [
+            planned("web", "10.96.0.10", "TCP", &["10.244.1.2", "10.244.1.3"]),
+            planned("dns", "10.96.0.53", "UDP", &["10.244.1.4"]),
+        ];
+        let report = p.sync_all(|| full(&services)).unwrap();
+        assert_eq!(report.services, 2);
+        assert!(p.is_synced());
+        assert_eq!(
+            frontends(&p),
+            ["10.96.0.10 . tcp . 80", "10.96.0.53 . udp . 80"]
+        );
+        let rules = all_rules(&p);
+        for endpoint in ["10.244.1.2", "10.244.1.3", "10.244.1.4"] {
+            assert!(rules.contains(endpoint), "{endpoint} missing:\n{rules}");
+        }
+        assert!(!p.drifted().unwrap());
+        // A second full sync over the table converges to the same.
+        p.sync_all(|| full(&services)).unwrap();
+        assert_eq!(frontends(&p).len(), 2);
+        assert!(!p.drifted().unwrap());
+    }
+
+    #[test]
+    fn changes_rewrite_only_their_service_and_deletions_leave_nothing() {
+        let mut p = proxier();
+        let services = [
+            planned("web", "10.96.0.10", "TCP", &["10.244.1.2"]),
+            planned("api", "10.96.0.11", "TCP", &["10.244.1.5"]),
+        ];
+        p.sync_all(|| full(&services)).unwrap();
+        let chains_before = p.kernel.chain_names().unwrap();
+        let written = p.kernel.transactions.lock().unwrap().len();
+        let report = p
+            .apply(vec![planned("web", "10.96.0.10", "TCP", &["10.244.1.9"])])
+            .unwrap();
+        assert_eq!(p.kernel.transactions.lock().unwrap().len(), written + 1);
+        let change = p
+            .kernel
+            .transactions
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert!(change.contains("10.244.1.9"), "{change}");
+        assert!(
+            !change.contains("10.244.1.5"),
+            "api was rewritten:\n{change}"
+        );
+        assert!(report.elements_changed >= 2, "{report:?}");
+        let rules = all_rules(&p);
+        assert!(
+            rules.contains("10.244.1.9") && !rules.contains("10.244.1.2"),
+            "{rules}"
+        );
+        assert!(!p.drifted().unwrap());
+        // Deleting both leaves only the base table.
+        let web = planned("web", "10.96.0.10", "TCP", &[]).0;
+        let api = planned("api", "10.96.0.11", "TCP", &[]).0;
+        p.apply(vec![(web, None), (api, None)]).unwrap();
+        assert!(frontends(&p).is_empty());
+        let chains_after = p.kernel.chain_names().unwrap();
+        assert!(chains_after.len() < chains_before.len(), "{chains_after:?}");
+        assert!(!all_rules(&p).contains("10.244.1."), "{}", all_rules(&p));
+        assert!(!p.drifted().unwrap());
+    }
+
+    #[test]
+    fn a_failed_apply_unsyncs_and_the_next_full_sync_converges() {
+        let mut p = proxier();
+        let web = [planned("web", "10.96.0.10", "TCP", &["10.244.1.2"])];
+        p.sync_all(|| full(&web)).unwrap();
+        p.kernel.failing.store(true, Ordering::SeqCst);
+        let changed = [planned("web", "10.96.0.10", "TCP", &["10.244.1.3"])];
+        assert!(p.apply(changed.to_vec()).is_err());
+        assert!(!p.is_synced(), "the caller must learn to sync in full");
+        p.kernel.failing.store(false, Ordering::SeqCst);
+        p.sync_all(|| full(&changed)).unwrap();
+        let rules = all_rules(&p);
+        assert!(
+            rules.contains("10.244.1.3") && !rules.contains("10.244.1.2"),
+            "{rules}"
+        );
+    }
+
+    #[test]
+    fn a_removed_udp_endpoint_has_its_flows_deleted() {
+        let mut p = proxier();
+        let dns = [planned(
+            "dns",
+            "10.96.0.53",
+            "UDP",
+            &["10.244.1.4", "10.244.1.5"],
+        )];
+        p.sync_all(|| full(&dns)).unwrap();
+        p.apply(vec![planned("dns", "10.96.0.53", "UDP", &["10.244.1.5"])])
+            .unwrap();
+        let deleted = p.kernel.flows_deleted.lock().unwrap().clone();
+        assert_eq!(deleted.len(), 1, "{deleted:?}");
+        assert_eq!(deleted[0].reply_src, Some("10.244.1.4".parse().unwrap()));
+        assert_eq!(deleted[0].original_dst, Some("10.96.0.53".parse().unwrap()));
+        assert_eq!(deleted[0].original_dst_port, Some(80));
+        // TCP endpoints going away delete no flows (TCP ends by itself).
+        let web = [planned("web", "10.96.0.10", "TCP", &["10.244.1.2"])];
+        p.apply(web.to_vec()).unwrap();
+        p.apply(vec![planned("web", "10.96.0.10", "TCP", &[])])
+            .unwrap();
+        assert_eq!(p.kernel.flows_deleted.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn chains_and_sets_added_by_hand_are_drift_and_a_full_sync_removes_them() {
+        let mut p = proxier();
+        let web = [planned("web", "10.96.0.10", "TCP", &["10.244.1.2"])];
+        p.sync_all(|| full(&web)).unwrap();
+        p.kernel
+            .tamper("add chain ip weft-proxy stray\nadd set ip weft-proxy stray-set { type ipv4_addr; }")
+            .unwrap();
+        assert!(p.drifted().unwrap());
+        let report = p.sync_all(|| full(&web)).unwrap();
+        assert_eq!((report.stale_chains, report.stale_sets), (1, 1));
+        assert!(!p.drifted().unwrap());
+        assert!(!p
+            .kernel
+            .chain_names()
+            .unwrap()
+            .contains(&"stray".to_string()));
+        assert!(all_rules(&p).contains("10.244.1.2"));
+    }
+
+    #[test]
+    fn a_service_nft_rejects_is_left_out_and_the_others_are_programmed() {
+        let mut p = proxier();
+        let good = planned("web", "10.96.0.10", "TCP", &["10.244.1.2"]);
+        // Affinity gives the Service chains of its own.
+        let affinity = json!({"sessionAffinity": "ClientIP"});
+        let (key, rules) = planned_with("bad", "10.96.0.66", "TCP", &["10.244.1.6"], affinity);
+        let mut rules = rules.unwrap();
+        // A rule that jumps to a chain that does not exist.
+        let chain = rules.chains.keys().next().unwrap().clone();
+        rules
+            .chains
+            .get_mut(&chain)
+            .unwrap()
+            .push("jump no-such-chain".into());
+        let services = vec![good, (key.clone(), Some(rules))];
+        p.sync_all(|| full(&services)).unwrap();
+        assert_eq!(frontends(&p), ["10.96.0.10 . tcp . 80"]);
+        let rejected = p.rejected();
+        assert!(
+            rejected[&key].contains("No such file or directory"),
+            "{rejected:?}"
+        );
+    }
 
     #[test]
     fn users_report_first_and_last_users_only() {
