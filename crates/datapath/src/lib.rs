@@ -18,6 +18,8 @@ pub mod netns;
 pub mod nft;
 pub mod nft_model;
 pub mod nft_sets;
+#[cfg(feature = "scratch")]
+pub mod scratch;
 pub mod sysctl;
 
 pub use netlink::{Netlink, NetlinkError};

@@ -3,26 +3,17 @@
 //! are incremental, drift is noticed and a full sync converges from it.
 
 use serde_json::json;
-use weft_datapath::{netns, nft, NetNs};
+use weft_datapath::scratch::Namespaces;
+use weft_datapath::{nft, NetNs};
 use weft_proxy::model::{endpoints_by_port, service_info};
 use weft_proxy::plan::plan_service;
 use weft_proxy::{NodeContext, Proxier, ServiceKey, ServiceRules};
 
-struct Scratch(String);
-
-impl Scratch {
-    fn new(tag: &str) -> (Scratch, NetNs) {
-        let name = format!("wpt-{tag}-{}", std::process::id());
-        let _ = netns::delete_named(&name);
-        let ns = netns::create_named(&name).expect("create namespace");
-        (Scratch(name), ns)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = netns::delete_named(&self.0);
-    }
+/// One scratch namespace, removed when the guard drops.
+fn scratch(tag: &str) -> (Namespaces, NetNs) {
+    let mut guard = Namespaces::new(&format!("wpt-{tag}"));
+    let (_, ns) = guard.add("x");
+    (guard, ns)
 }
 
 fn ctx() -> NodeContext {
@@ -115,7 +106,7 @@ fn list(ns: &NetNs) -> String {
 
 #[test]
 fn every_kind_of_service_applies_and_converges() {
-    let (_guard, ns) = Scratch::new("all");
+    let (_guard, ns) = scratch("all");
     ns.run_in(|| {
         let mut proxier = Proxier::new(ctx());
         let report = proxier.full_sync(all_kinds()).expect("full sync");
@@ -216,7 +207,7 @@ fn every_kind_of_service_applies_and_converges() {
 
 #[test]
 fn a_second_service_cannot_steal_an_address_and_gets_it_once_free() {
-    let (_guard, ns) = Scratch::new("own");
+    let (_guard, ns) = scratch("own");
     ns.run_in(|| {
         let mut proxier = Proxier::new(ctx());
         proxier.full_sync(vec![]).unwrap();
@@ -259,7 +250,7 @@ fn named(namespace: &str, name: &str, cluster_ip: &str) -> (ServiceKey, ServiceR
 
 #[test]
 fn hostile_service_names_are_programmed_like_any_other() {
-    let (_guard, ns) = Scratch::new("name");
+    let (_guard, ns) = scratch("name");
     ns.run_in(|| {
         let long = "a".repeat(250);
         let hostile = [
@@ -308,7 +299,7 @@ fn broken(name: &str, cluster_ip: &str) -> (ServiceKey, ServiceRules) {
 
 #[test]
 fn a_service_nft_rejects_is_left_out_and_every_other_one_programmed() {
-    let (_guard, ns) = Scratch::new("iso");
+    let (_guard, ns) = scratch("iso");
     ns.run_in(|| {
         let mut services = all_kinds();
         services.insert(2, broken("bad", "10.96.2.1"));

@@ -6,10 +6,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use weft_datapath::{netns, NetNs};
+use weft_datapath::scratch::Namespaces;
+use weft_datapath::NetNs;
 
 mod common;
 
@@ -20,9 +20,7 @@ const NODE_ADDR: &str = "192.0.2.10";
 const NET_CONF: &str = r#"{"Network": "10.250.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 const HEALTH: &str = "127.0.0.1:10254";
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// One node for one agent: a namespace `wta-<tag>-<pid>-<n>` holding a veth
+/// One node for one agent: a namespace `wta-<tag>-<pid>-<n>-node` holding a veth
 /// pair (`d0` with [`NODE_ADDR`] is the underlay), and a directory for the
 /// store, net-conf and the files the agent writes.
 struct Node {
@@ -30,22 +28,20 @@ struct Node {
     ns: NetNs,
     dir: tempfile::TempDir,
     agent: Option<Child>,
+    /// Declared last: the agent is stopped before its namespace goes.
+    _namespaces: Namespaces,
 }
 
 impl Node {
     fn new(tag: &str) -> Node {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "these tests create network namespaces: run them as root"
-        );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let ns_name = format!("wta-{tag}-{}-{n}", std::process::id());
-        let ns = netns::create_named(&ns_name).expect("creating the namespace");
+        let mut namespaces = Namespaces::new(&format!("wta-{tag}"));
+        let (ns_name, ns) = namespaces.add("node");
         let node = Node {
             ns_name,
             ns,
             dir: tempfile::tempdir().expect("a temporary directory"),
             agent: None,
+            _namespaces: namespaces,
         };
         node.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
         node.ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", "d0"]);
@@ -184,7 +180,6 @@ impl Drop for Node {
             let _ = agent.kill();
             let _ = agent.wait();
         }
-        let _ = netns::delete_named(&self.ns_name);
     }
 }
 

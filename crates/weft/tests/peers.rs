@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_datapath::{netns, NetNs};
+use weft_datapath::scratch::Namespaces;
+use weft_datapath::NetNs;
 
 /// Where `scripts/setup.sh --peers` links the built components.
 const PEERS_BIN: &str = "/var/cache/weft/peers/bin";
@@ -35,34 +36,22 @@ fn peer(name: &str) -> PathBuf {
     path
 }
 
-/// A named network namespace with its loopback up, removed on drop.
+/// A scratch network namespace with its loopback up, removed on drop.
 struct Scratch {
-    name: String,
     ns: NetNs,
+    _guard: Namespaces,
 }
 
 impl Scratch {
     fn new() -> Scratch {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "this test creates a network namespace: run it as root"
-        );
-        let name = format!("wtpeers-{}", std::process::id());
-        let _ = netns::delete_named(&name);
-        let ns = netns::create_named(&name).expect("creating the namespace");
-        let scratch = Scratch { name, ns };
+        let mut guard = Namespaces::new("wtpeers");
+        let (name, ns) = guard.add("cp");
         let out = Command::new("ip")
-            .args(["-n", &scratch.name, "link", "set", "lo", "up"])
+            .args(["-n", &name, "link", "set", "lo", "up"])
             .output()
             .expect("running ip");
         assert!(out.status.success(), "ip link set lo up: {}", text(&out));
-        scratch
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = netns::delete_named(&self.name);
+        Scratch { ns, _guard: guard }
     }
 }
 

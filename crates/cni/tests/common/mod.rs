@@ -6,58 +6,44 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 use weft_cni::invoke::{Call, Reply};
+use weft_datapath::scratch::Namespaces;
 use weft_datapath::{netns, NetNs};
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_weft-cni");
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(tag: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("wt{}-{n}-{tag}", std::process::id())
-}
 
 pub struct Node {
     pub name: String,
     pub ns: NetNs,
     pub data_dir: PathBuf,
-    pods: Vec<String>,
+    /// The node's namespace and its pods', removed on drop.
+    namespaces: Namespaces,
 }
 
 impl Node {
     pub fn new(tag: &str) -> Self {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "these tests create network namespaces: run them as root"
-        );
-        let name = unique(tag);
-        let ns =
-            netns::create_named(&name).unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        let mut namespaces = Namespaces::new(&format!("wt-{tag}"));
+        let (name, ns) = namespaces.add("node");
         let data_dir = std::env::temp_dir().join(format!("{name}-ipam"));
         Node {
             name,
             ns,
             data_dir,
-            pods: Vec::new(),
+            namespaces,
         }
     }
 
     /// A new pod namespace; returns its path (CNI_NETNS).
     pub fn pod(&mut self, tag: &str) -> PathBuf {
-        let name = format!("{}-{tag}", self.name);
-        netns::create_named(&name).unwrap_or_else(|e| panic!("creating pod namespace {name}: {e}"));
-        self.pods.push(name.clone());
+        let (name, _) = self.namespaces.add(tag);
         netns::named_path(&name)
     }
 
     pub fn remove_pod(&mut self, path: &Path) {
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        netns::delete_named(&name).unwrap();
-        self.pods.retain(|p| p != &name);
+        self.namespaces.remove(&name);
     }
 
     /// A network configuration with this node's data dir; `extra` overrides.
@@ -174,10 +160,6 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for p in &self.pods {
-            let _ = netns::delete_named(p);
-        }
-        let _ = netns::delete_named(&self.name);
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
