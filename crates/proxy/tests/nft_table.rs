@@ -2,59 +2,21 @@
 //! scratch network namespace: every kind of Service is accepted, changes
 //! are incremental, drift is noticed and a full sync converges from it.
 
+mod common;
+
+use common::{ctx, planned};
 use serde_json::json;
 use weft_datapath::scratch::Namespaces;
 use weft_datapath::{nft, NetNs};
 use weft_proxy::model::{endpoints_by_port, service_info};
 use weft_proxy::plan::plan_service;
-use weft_proxy::{NodeContext, Proxier, ServiceKey, ServiceRules};
+use weft_proxy::{Proxier, ServiceKey, ServiceRules};
 
 /// One scratch namespace, removed when the guard drops.
 fn scratch(tag: &str) -> (Namespaces, NetNs) {
     let mut guard = Namespaces::new(&format!("wpt-{tag}"));
     let (_, ns) = guard.add("x");
     (guard, ns)
-}
-
-fn ctx() -> NodeContext {
-    NodeContext {
-        node: "node-1".into(),
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-    }
-}
-
-fn planned(
-    name: &str,
-    spec: serde_json::Value,
-    endpoints: &[(&str, &str)],
-) -> (ServiceKey, ServiceRules) {
-    let mut svc = json!({"metadata": {"namespace": "demo", "name": name}, "spec": spec});
-    if spec_type(&svc) == "LoadBalancer" {
-        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.18.0.240"}]}});
-    }
-    let svc = serde_json::from_value(svc).unwrap();
-    let info = service_info(&svc).unwrap();
-    let protocol = info.ports[0].protocol.nft().to_uppercase();
-    let eps: Vec<_> = endpoints
-        .iter()
-        .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}))
-        .collect();
-    let slice = serde_json::from_value(json!({
-        "metadata": {"namespace": "demo", "name": format!("{name}-1")},
-        "addressType": "IPv4",
-        "ports": [{"name": "p", "port": 8080, "protocol": protocol}],
-        "endpoints": eps
-    }))
-    .unwrap();
-    let rules = plan_service(&info, &endpoints_by_port(&[&slice]), &ctx());
-    (info.key, rules)
-}
-
-fn spec_type(svc: &serde_json::Value) -> String {
-    svc["spec"]["type"]
-        .as_str()
-        .unwrap_or("ClusterIP")
-        .to_string()
 }
 
 fn all_kinds() -> Vec<(ServiceKey, ServiceRules)> {
