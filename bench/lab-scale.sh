@@ -2,7 +2,8 @@
 # Brings up a lab of N nodes with the given weft binary and prints: the wall
 # time of `weft lab up`, the agents' CPU spent during it, then the mean and
 # largest idle CPU per agent (utime+stime from /proc/<pid>/stat over SECONDS),
-# how many agents could not be notified by the store (polling instead) and
+# how many agents could not be notified by inotify (rung by doorbell sockets,
+# or polling where even those fail) and
 # how many busy-store retries they logged; then takes the lab down.
 #
 #   bench/lab-scale.sh BINARY LAB NODES SECONDS [weft lab up options...]
@@ -43,5 +44,6 @@ for pid in $pids; do
     ((used > max)) && max=$used
 done
 echo "idle CPU per agent over ${seconds} s ($count agents): mean $(echo "scale=3; 100 * $sum / $count / $tick / $seconds" | bc) %, max $(echo "scale=3; 100 * $max / $tick / $seconds" | bc) % of a core"
-echo "agents polling (no inotify instance): $(grep -l 'polling its signal file\|watchers poll instead' "$logs"/*/agent.log | wc -l)"
+echo "agents rung by doorbell sockets (no inotify instance): $(grep -l 'doorbell sockets instead' "$logs"/*/agent.log | wc -l)"
+echo "agents polling (neither): $(grep -l 'polling the signal file instead\|watchers poll instead' "$logs"/*/agent.log | wc -l)"
 echo "busy-store retries logged: $(cat "$logs"/*/agent.log | grep -c 'store is busy' || true)"

@@ -10,12 +10,17 @@
 //!
 //! One inotify instance serves every store and watcher of the process,
 //! because the kernel limits instances per user (often to 128) and a lab
-//! runs one agent process per node. When inotify cannot be had, watchers
-//! fall back to polling and say so once.
+//! runs one agent process per node. When inotify cannot be had, a watcher
+//! binds a datagram socket in its kind's doorbell directory
+//! (`<db>-changed-<kind>.bells/`) and writers ring every socket there after the
+//! touch; a socket whose owner is gone is removed by the first writer that
+//! finds it. Only where neither works do watchers poll.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -35,10 +40,61 @@ pub(crate) fn signal_file(store: &Path, kind: &str) -> PathBuf {
     store.with_file_name(name)
 }
 
+/// The directory of the doorbell sockets of `kind`'s watchers.
+fn doorbell_dir(store: &Path, kind: &str) -> PathBuf {
+    let mut path = signal_file(store, kind).into_os_string();
+    path.push(".bells");
+    PathBuf::from(path)
+}
+
 /// Tells the watchers of `kind` that it changed. A missing signal file means
 /// nobody has watched the kind yet, so there is no one to tell; any other
 /// failure is left to the watchers' safety poll.
 pub(crate) fn signal(store: &Path, kind: &str) {
+    touch(store, kind);
+    ring(store, kind);
+}
+
+/// Rings every doorbell of `kind` (one byte, never waiting): a full socket
+/// already has a wake pending; one nobody listens on any more (refused:
+/// its process is gone) is removed.
+fn ring(store: &Path, kind: &str) {
+    let Ok(bells) = std::fs::read_dir(doorbell_dir(store, kind)) else {
+        return;
+    };
+    let mut ringer = None;
+    for bell in bells.flatten() {
+        let path = bell.path();
+        // A datagram stays charged to the socket that sent it until it is
+        // read, so one socket runs out of room after a few dozen: a full
+        // one is replaced and the ring tried again once (a second refusal
+        // means the watcher's own queue is full, i.e. it has wakes pending).
+        for _ in 0..2 {
+            if ringer.is_none() {
+                ringer = nonblocking_ringer().ok();
+            }
+            let Some(socket) = &ringer else {
+                return;
+            };
+            match socket.send_to(b"!", &path) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ringer = None,
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ECONNREFUSED as i32) => {
+                    let _ = std::fs::remove_file(&path);
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+fn nonblocking_ringer() -> std::io::Result<UnixDatagram> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn touch(store: &Path, kind: &str) {
     let path = signal_file(store, kind);
     let touched = std::fs::OpenOptions::new()
         .write(true)
@@ -61,8 +117,10 @@ pub(crate) enum Signals {
         path: PathBuf,
         receiver: watch::Receiver<u64>,
     },
-    /// Where inotify is unavailable: the signal file's modification time,
-    /// looked at every poll (a `stat`, far cheaper than a database read).
+    /// Where inotify is unavailable: a doorbell socket writers ring.
+    Rung { path: PathBuf, bell: Doorbell },
+    /// Where neither works: the signal file's modification time, looked
+    /// at every poll (a `stat`, far cheaper than a database read).
     Polled {
         path: PathBuf,
         seen: Option<SystemTime>,
@@ -79,13 +137,26 @@ impl Signals {
         let notified = Notifier::shared().and_then(|notifier| match notifier.subscribe(&path) {
             Ok(receiver) => Some(receiver),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot watch the store for changes; polling its signal file instead");
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch the store for changes with inotify; using a doorbell socket instead");
                 None
             }
         });
         match notified {
             Some(receiver) => Signals::Notified { path, receiver },
-            None => Signals::Polled { path, seen: None },
+            None => Signals::doorbell(store, kind),
+        }
+    }
+
+    /// Subscribes through a doorbell socket (polling the signal file where
+    /// even that fails).
+    pub(crate) fn doorbell(store: &Path, kind: &str) -> Signals {
+        let path = signal_file(store, kind);
+        match Doorbell::bind(&doorbell_dir(store, kind)) {
+            Ok(bell) => Signals::Rung { path, bell },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot be rung at store changes either; polling the signal file instead");
+                Signals::Polled { path, seen: None }
+            }
         }
     }
 
@@ -96,6 +167,7 @@ impl Signals {
             Signals::Notified { receiver, .. } => {
                 receiver.borrow_and_update();
             }
+            Signals::Rung { bell, .. } => bell.clear(),
             Signals::Polled { path, seen } => *seen = modified(path),
         }
     }
@@ -115,6 +187,15 @@ impl Signals {
                     };
                 }
             }
+            Signals::Rung { path, bell } => {
+                if let Err(e) = bell.wait_until(deadline).await {
+                    tracing::warn!(error = %e, "the store's doorbell failed; polling its signal file instead");
+                    *self = Signals::Polled {
+                        path: std::mem::take(path),
+                        seen: None,
+                    };
+                }
+            }
             Signals::Polled { path, seen } => loop {
                 tokio::time::sleep(poll).await;
                 let now = modified(path);
@@ -123,6 +204,80 @@ impl Signals {
                 }
             },
         }
+    }
+}
+
+/// A watcher's datagram socket in its kind's doorbell directory, named
+/// after its process; removed when the watcher goes.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    path: PathBuf,
+    socket: BellSocket,
+}
+
+/// The socket, registered with the async runtime at the first wait (a
+/// watcher may be made outside one).
+#[derive(Debug)]
+enum BellSocket {
+    Plain(UnixDatagram),
+    Registered(tokio::net::UnixDatagram),
+    Gone,
+}
+
+impl Doorbell {
+    fn bind(dir: &Path) -> std::io::Result<Doorbell> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(dir)?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}-{n}", std::process::id()));
+        let socket = match UnixDatagram::bind(&path) {
+            // Left by a process that had this PID and is gone.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                std::fs::remove_file(&path)?;
+                UnixDatagram::bind(&path)?
+            }
+            other => other?,
+        };
+        socket.set_nonblocking(true)?;
+        Ok(Doorbell {
+            path,
+            socket: BellSocket::Plain(socket),
+        })
+    }
+
+    /// Takes every ring so far.
+    fn clear(&mut self) {
+        let mut buf = [0u8; 16];
+        match &self.socket {
+            BellSocket::Plain(socket) => while socket.recv(&mut buf).is_ok() {},
+            BellSocket::Registered(socket) => while socket.try_recv(&mut buf).is_ok() {},
+            BellSocket::Gone => {}
+        }
+    }
+
+    /// Waits for a ring until `deadline`.
+    async fn wait_until(&mut self, deadline: tokio::time::Instant) -> std::io::Result<()> {
+        if let BellSocket::Plain(_) = self.socket {
+            let BellSocket::Plain(plain) = std::mem::replace(&mut self.socket, BellSocket::Gone)
+            else {
+                unreachable!("matched above")
+            };
+            self.socket = BellSocket::Registered(tokio::net::UnixDatagram::from_std(plain)?);
+        }
+        let BellSocket::Registered(socket) = &self.socket else {
+            return Err(std::io::Error::other("the doorbell socket is gone"));
+        };
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            Ok(received) => received.map(drop),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Doorbell {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -164,7 +319,7 @@ impl Notifier {
         match started {
             Ok(notifier) => Some(notifier),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot be notified of store changes (inotify; if there are too many instances, raise fs.inotify.max_user_instances); watchers poll instead");
+                tracing::warn!(error = %e, "cannot be notified of store changes by inotify (too many instances? fs.inotify.max_user_instances); watchers use doorbell sockets instead");
                 None
             }
         }
@@ -219,7 +374,7 @@ impl Notifier {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{signal, signal_file, Signals};
+    use super::{doorbell_dir, signal, signal_file, Signals};
 
     const POLL: Duration = Duration::from_millis(10);
 
@@ -255,5 +410,83 @@ mod tests {
         let started = Instant::now();
         signals.wait(POLL, Duration::from_millis(200)).await;
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    /// Whether `signals` is woken within `limit` (its safety poll is far
+    /// longer).
+    async fn woken(signals: &mut Signals, limit: Duration) -> bool {
+        let started = Instant::now();
+        signals.wait(POLL, Duration::from_secs(60)).await;
+        started.elapsed() < limit
+    }
+
+    #[tokio::test]
+    async fn doorbells_ring_for_their_kind_only() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = dir.path().join("cluster.db");
+        let mut services = Signals::doorbell(&store, "Service");
+        assert!(matches!(services, Signals::Rung { .. }), "{services:?}");
+        services.mark_seen();
+        signal(&store, "Lease");
+        let started = Instant::now();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(300),
+            services.wait(POLL, Duration::from_secs(60)),
+        )
+        .await;
+        assert!(
+            waited.is_err(),
+            "woken by another kind after {:?}",
+            started.elapsed()
+        );
+        signal(&store, "Service");
+        assert!(woken(&mut services, Duration::from_secs(1)).await);
+        // A ring taken by mark_seen does not end the next wait.
+        signal(&store, "Service");
+        services.mark_seen();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(300),
+            services.wait(POLL, Duration::from_secs(60)),
+        )
+        .await;
+        assert!(waited.is_err());
+        drop(services);
+        let left = std::fs::read_dir(doorbell_dir(&store, "Service"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0, "a watcher's socket outlived it");
+    }
+
+    #[tokio::test]
+    async fn hundreds_of_doorbells_all_ring_at_one_write() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = dir.path().join("cluster.db");
+        // More than the 128 inotify instances a user gets here.
+        let mut watchers: Vec<Signals> = (0..300)
+            .map(|_| Signals::doorbell(&store, "Lease"))
+            .collect();
+        watchers.iter_mut().for_each(Signals::mark_seen);
+        signal(&store, "Lease");
+        for (i, signals) in watchers.iter_mut().enumerate() {
+            assert!(
+                woken(signals, Duration::from_secs(1)).await,
+                "watcher {i} slept"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_watchers_socket_is_cleared_and_the_others_still_ring() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = dir.path().join("cluster.db");
+        let mut live = Signals::doorbell(&store, "Lease");
+        live.mark_seen();
+        // A socket file whose process is gone: bound, then closed unremoved.
+        let dead = doorbell_dir(&store, "Lease").join("dead");
+        drop(std::os::unix::net::UnixDatagram::bind(&dead).unwrap());
+        assert!(dead.exists());
+        signal(&store, "Lease");
+        assert!(!dead.exists(), "the dead socket was left");
+        assert!(woken(&mut live, Duration::from_secs(1)).await);
     }
 }
