@@ -19,6 +19,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use netlink_packet_core::{Emitable, NetlinkBuffer, NetlinkHeader};
+
 use crate::netns::NetNs;
 
 #[derive(Debug, thiserror::Error)]
@@ -352,9 +354,12 @@ pub(crate) struct Answer {
 
 /// A NETLINK_NETFILTER socket in the namespace of the thread that opened
 /// it. Serves the nftables queries of this module and
-/// [`crate::conntrack`]; one socket can carry many requests in turn.
+/// [`crate::conntrack`]; one socket can carry many requests in turn. The
+/// socket is `netlink-sys`'s and the message headers `netlink-packet-core`'s
+/// (as in rtnetlink); the nfnetlink payloads and batches, which no crate
+/// covers, are built here.
 pub(crate) struct NfnlSocket {
-    fd: std::os::fd::OwnedFd,
+    socket: netlink_sys::Socket,
     seq: u32,
     buf: Vec<u8>,
 }
@@ -367,21 +372,8 @@ const RECV_BUF: usize = 64 * 1024;
 
 impl NfnlSocket {
     pub(crate) fn open() -> std::io::Result<Self> {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        // SAFETY: creating a socket has no memory effects; the fd is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Self {
-            // SAFETY: raw is a fresh, valid fd that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            socket: netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?,
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
@@ -482,13 +474,7 @@ impl NfnlSocket {
     }
 
     fn send(&self, req: &[u8]) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: req is a valid buffer of req.len() bytes.
-        let sent = unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        self.socket.send(req, 0).map(drop)
     }
 
     /// Receives datagrams and hands each message to `handle` until it
@@ -497,25 +483,12 @@ impl NfnlSocket {
         &mut self,
         mut handle: impl FnMut(Header, &[u8]) -> std::io::Result<Option<T>>,
     ) -> std::io::Result<T> {
-        use std::os::fd::AsRawFd;
         loop {
-            // SAFETY: buf is a valid writable buffer of buf.len() bytes.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
+            let n = match self.socket.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            let n = n as usize;
             if n > self.buf.len() {
                 return Err(malformed("datagram larger than the receive buffer"));
             }
@@ -544,30 +517,28 @@ pub(crate) struct Header {
 
 /// Appends one netlink message (header, then `payload`, padded to 4 bytes).
 fn push_message(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, payload: &[u8]) {
-    let len = NLMSG_HDRLEN + payload.len();
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: kernel assigns
+    let mut header = NetlinkHeader::default();
+    header.length = (NLMSG_HDRLEN + payload.len()) as u32;
+    header.message_type = kind;
+    header.flags = flags;
+    header.sequence_number = seq;
+    // The port id stays 0: the kernel assigns it.
+    let start = buf.len();
+    buf.resize(start + NLMSG_HDRLEN, 0);
+    header.emit(&mut buf[start..]);
     buf.extend_from_slice(payload);
     buf.resize(align4(buf.len()), 0);
 }
 
 /// The first message of `buf`: its header, its body and what follows it.
 fn split_message(buf: &[u8]) -> std::io::Result<(Header, &[u8], &[u8])> {
-    let header = buf
-        .get(..NLMSG_HDRLEN)
-        .ok_or_else(|| malformed("short header"))?;
-    let field = |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
-    let len = u32::from_ne_bytes(field(0)) as usize;
-    if len < NLMSG_HDRLEN || len > buf.len() {
-        return Err(malformed("message length out of bounds"));
-    }
+    let message =
+        NetlinkBuffer::new_checked(buf).map_err(|e| malformed(&format!("netlink message: {e}")))?;
+    let len = message.length() as usize;
     let parsed = Header {
-        kind: u16::from_ne_bytes([header[4], header[5]]),
-        flags: u16::from_ne_bytes([header[6], header[7]]),
-        seq: u32::from_ne_bytes(field(8)),
+        kind: message.message_type(),
+        flags: message.flags(),
+        seq: message.sequence_number(),
     };
     let rest = buf.get(align4(len)..).unwrap_or_default();
     Ok((parsed, &buf[NLMSG_HDRLEN..len], rest))
