@@ -6,29 +6,39 @@
 
 use ipnet::IpNet;
 use weft_datapath::nft::{self, Family, NftError};
+use weft_datapath::nft_script::{Hook, Script};
 
 pub const TABLE: &str = "weft";
 const CHAIN: &str = "postrouting";
 
 /// The rule set for `networks` (the cluster's pod networks).
 pub fn script(networks: &[IpNet]) -> String {
-    let mut s = format!(
-        "add table inet {TABLE}\n\
-         add chain inet {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat ; policy accept ; }}\n\
-         flush chain inet {TABLE} {CHAIN}\n"
-    );
+    let hook = Hook {
+        chain_type: "nat",
+        hook: "postrouting",
+        priority: "srcnat".into(),
+        policy: Some("accept"),
+    };
+    let mut s = Script::new(Family::Inet, TABLE);
+    s.add_table()
+        .add_chain(CHAIN, Some(&hook))
+        .flush_chain(CHAIN);
     for net in networks {
         let (word, mcast) = if net.addr().is_ipv4() {
             ("ip", "224.0.0.0/4")
         } else {
             ("ip6", "ff00::/8")
         };
-        s += &format!(
-            "add rule inet {TABLE} {CHAIN} {word} saddr {net} {word} daddr {net} return\n"
+        s.add_rule(
+            CHAIN,
+            &format!("{word} saddr {net} {word} daddr {net} return"),
         );
-        s += &format!("add rule inet {TABLE} {CHAIN} {word} saddr {net} {word} daddr != {mcast} masquerade fully-random\n");
+        s.add_rule(
+            CHAIN,
+            &format!("{word} saddr {net} {word} daddr != {mcast} masquerade fully-random"),
+        );
     }
-    s
+    s.into_string()
 }
 
 /// Applies the rules unless they are already in place.

@@ -39,6 +39,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use weft_datapath::nft::{self, Family};
+use weft_datapath::nft_script::{Hook, Script, SetKind};
 use weft_datapath::nft_sets::{self, key, key_ifname, KeyPart, SetElements, Sets};
 
 use crate::spec::CniError;
@@ -64,24 +65,27 @@ const DELETE_ATTEMPTS: usize = 5;
 /// The node-wide rules and sets. Re-applying it rewrites the rules and
 /// keeps every set's elements, so concurrent first ADDs are harmless.
 pub fn rules_script() -> String {
-    let t = format!("bridge {TABLE}");
-    let chain = |name: &str, rules: &[&str]| {
-        let mut s = format!("add chain {t} {name}\nflush chain {t} {name}\n");
+    let mut s = Script::new(Family::Bridge, TABLE);
+    s.add_table();
+    for (set, declaration) in [
+        (PODS, "type ifname ; flags timeout ;"),
+        (MACS, "type ifname . ether_addr ; flags timeout ;"),
+        (IPV4, "type ifname . ipv4_addr ; flags timeout ;"),
+        (IPV6, "type ifname . ipv6_addr ; flags timeout ;"),
+        (ND_TARGETS, "typeof iifname . @th,64,128 ; flags timeout ;"),
+    ] {
+        s.add_set(SetKind::Set, set, declaration);
+    }
+    let chain = |s: &mut Script, name: &str, hook: Option<&Hook>, rules: &[&str]| {
+        s.add_chain(name, hook).flush_chain(name);
         for r in rules {
-            s += &format!("add rule {t} {name} {r}\n");
+            s.add_rule(name, r);
         }
-        s
     };
-    let mut s = format!(
-        "add table {t}\n\
-         add set {t} {PODS} {{ type ifname ; flags timeout ; }}\n\
-         add set {t} {MACS} {{ type ifname . ether_addr ; flags timeout ; }}\n\
-         add set {t} {IPV4} {{ type ifname . ipv4_addr ; flags timeout ; }}\n\
-         add set {t} {IPV6} {{ type ifname . ipv6_addr ; flags timeout ; }}\n\
-         add set {t} {ND_TARGETS} {{ typeof iifname . @th,64,128 ; flags timeout ; }}\n"
-    );
-    s += &chain(
+    chain(
+        &mut s,
         "arp-from-pod",
+        None,
         &[
             // Only Ethernet/IPv4 ARP has the fields checked below.
             "arp htype != 1 drop",
@@ -94,8 +98,10 @@ pub fn rules_script() -> String {
             "drop",
         ],
     );
-    s += &chain(
+    chain(
+        &mut s,
         "ipv6-from-pod",
+        None,
         &[
             "icmpv6 type { nd-router-advert, nd-redirect } drop",
             // The target field (bits 64..191 of the message) is the address
@@ -110,11 +116,16 @@ pub fn rules_script() -> String {
             "drop",
         ],
     );
-    s += &format!(
-        "add chain {t} {BASE_CHAIN} {{ type filter hook prerouting priority -300 ; policy accept ; }}\n"
-    );
-    s += &chain(
+    let hook = Hook {
+        chain_type: "filter",
+        hook: "prerouting",
+        priority: "-300".into(),
+        policy: Some("accept"),
+    };
+    chain(
+        &mut s,
         BASE_CHAIN,
+        Some(&hook),
         &[
             &format!("iifname != @{PODS} accept"),
             &format!("iifname . ether saddr != @{MACS} drop"),
@@ -124,7 +135,7 @@ pub fn rules_script() -> String {
             "drop",
         ],
     );
-    s
+    s.into_string()
 }
 
 /// What one attachment may send as.

@@ -16,6 +16,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
+use weft_datapath::nft::Family;
+use weft_datapath::nft_script::{Hook, Script, SetKind};
+
 use crate::spec::PortMapping;
 
 pub const TABLE: &str = "weft-cni";
@@ -25,17 +28,28 @@ fn set_of<'a>(nets: impl Iterator<Item = &'a IpNet>) -> String {
     format!("{{ {} }}", items.join(", "))
 }
 
-/// A base chain in the postrouting NAT hook, created or rewritten in place.
-fn postrouting_chain(chain: &str, rules: &[String]) -> String {
-    let mut s = format!(
-        "add table inet {TABLE}\n\
-         add chain inet {TABLE} {chain} {{ type nat hook postrouting priority srcnat ; policy accept ; }}\n\
-         flush chain inet {TABLE} {chain}\n"
-    );
-    for r in rules {
-        s += &format!("add rule inet {TABLE} {chain} {r}\n");
+fn script() -> Script {
+    Script::new(Family::Inet, TABLE)
+}
+
+/// A NAT base chain's hook, accepting by default.
+fn nat_hook(hook: &'static str, priority: &str) -> Hook {
+    Hook {
+        chain_type: "nat",
+        hook,
+        priority: priority.into(),
+        policy: Some("accept"),
     }
-    s
+}
+
+/// A base chain in the postrouting NAT hook, created or rewritten in place.
+fn postrouting_chain(s: &mut Script, chain: &str, rules: &[String]) {
+    s.add_table()
+        .add_chain(chain, Some(&nat_hook("postrouting", "srcnat")))
+        .flush_chain(chain);
+    for r in rules {
+        s.add_rule(chain, r);
+    }
 }
 
 /// Masquerade traffic from `pod_subnets` to anywhere but the pod network,
@@ -62,7 +76,9 @@ pub fn masquerade_script(chain: &str, pod_subnets: &[IpNet], cluster: &[IpNet]) 
             set_of(keep)
         ));
     }
-    postrouting_chain(chain, &rules)
+    let mut s = script();
+    postrouting_chain(&mut s, chain, &rules);
+    s.into_string()
 }
 
 /// The verdict-map key and map of one mapping, in nft syntax.
@@ -83,24 +99,44 @@ fn map_key(pm: &PortMapping) -> (&'static str, String) {
     }
 }
 
-fn hostport_scaffolding() -> String {
-    format!(
-        "add table inet {TABLE}\n\
-         add map inet {TABLE} hostports-any {{ type inet_proto . inet_service : verdict ; }}\n\
-         add map inet {TABLE} hostports-v4 {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}\n\
-         add map inet {TABLE} hostports-v6 {{ type ipv6_addr . inet_proto . inet_service : verdict ; }}\n\
-         add chain inet {TABLE} hostports\n\
-         flush chain inet {TABLE} hostports\n\
-         add rule inet {TABLE} hostports ip daddr . meta l4proto . th dport vmap @hostports-v4\n\
-         add rule inet {TABLE} hostports ip6 daddr . meta l4proto . th dport vmap @hostports-v6\n\
-         add rule inet {TABLE} hostports meta l4proto . th dport vmap @hostports-any\n\
-         add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}\n\
-         flush chain inet {TABLE} prerouting\n\
-         add rule inet {TABLE} prerouting fib daddr type local jump hostports\n\
-         add chain inet {TABLE} output {{ type nat hook output priority -100 ; policy accept ; }}\n\
-         flush chain inet {TABLE} output\n\
-         add rule inet {TABLE} output fib daddr type local jump hostports\n"
-    )
+fn hostport_scaffolding() -> Script {
+    let mut s = script();
+    s.add_table()
+        .add_set(
+            SetKind::Map,
+            "hostports-any",
+            "type inet_proto . inet_service : verdict ;",
+        )
+        .add_set(
+            SetKind::Map,
+            "hostports-v4",
+            "type ipv4_addr . inet_proto . inet_service : verdict ;",
+        )
+        .add_set(
+            SetKind::Map,
+            "hostports-v6",
+            "type ipv6_addr . inet_proto . inet_service : verdict ;",
+        )
+        .add_chain("hostports", None)
+        .flush_chain("hostports")
+        .add_rule(
+            "hostports",
+            "ip daddr . meta l4proto . th dport vmap @hostports-v4",
+        )
+        .add_rule(
+            "hostports",
+            "ip6 daddr . meta l4proto . th dport vmap @hostports-v6",
+        )
+        .add_rule("hostports", "meta l4proto . th dport vmap @hostports-any");
+    for (chain, hook, priority) in [
+        ("prerouting", "prerouting", "dstnat"),
+        ("output", "output", "-100"),
+    ] {
+        s.add_chain(chain, Some(&nat_hook(hook, priority)))
+            .flush_chain(chain)
+            .add_rule(chain, "fib daddr type local jump hostports");
+    }
+    s
 }
 
 /// One pod's hostPorts: its DNAT chain and the map entries pointing at it.
@@ -128,8 +164,8 @@ pub fn hostports_add_script(
             })
         })
         .collect();
-    s += &postrouting_chain(snat_chain, &snat_rules);
-    s += &format!("add chain inet {TABLE} {chain}\nflush chain inet {TABLE} {chain}\n");
+    postrouting_chain(&mut s, snat_chain, &snat_rules);
+    s.add_chain(chain, None).flush_chain(chain);
     for pm in mappings {
         let host_ip: Option<IpAddr> = pm.host_ip.as_deref().and_then(|h| h.parse().ok());
         for ip in pod_ips {
@@ -140,20 +176,23 @@ pub fn hostports_add_script(
                 IpAddr::V4(v4) => ("ipv4", format!("ip to {v4}:{}", pm.container_port)),
                 IpAddr::V6(v6) => ("ipv6", format!("ip6 to [{v6}]:{}", pm.container_port)),
             };
-            s += &format!(
-                "add rule inet {TABLE} {chain} meta nfproto {family} meta l4proto {} th dport {} dnat {target}\n",
-                pm.protocol, pm.host_port
+            s.add_rule(
+                chain,
+                &format!(
+                    "meta nfproto {family} meta l4proto {} th dport {} dnat {target}",
+                    pm.protocol, pm.host_port
+                ),
             );
         }
     }
     for (map, key) in stale {
-        s += &format!("delete element inet {TABLE} {map} {{ {key} }}\n");
+        s.delete_elements(map, key);
     }
     for pm in mappings {
         let (map, key) = map_key(pm);
-        s += &format!("add element inet {TABLE} {map} {{ {key} : jump {chain} }}\n");
+        s.add_elements(map, &format!("{key} : jump {chain}"));
     }
-    s
+    s.into_string()
 }
 
 /// Map keys of `mappings`, for finding stale owners in a listing.
@@ -222,16 +261,16 @@ impl Listing {
         if present.is_empty() {
             return None;
         }
-        let mut s = String::new();
+        let mut s = script();
         for (map, key, target) in &self.elements {
             if present.contains(&target) {
-                s += &format!("delete element inet {TABLE} {map} {{ {key} }}\n");
+                s.delete_elements(map, key);
             }
         }
         for c in present {
-            s += &format!("flush chain inet {TABLE} {c}\ndelete chain inet {TABLE} {c}\n");
+            s.flush_chain(c).delete_chain(c);
         }
-        Some(s)
+        Some(s.into_string())
     }
 }
 

@@ -17,6 +17,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod nft_model;
+pub mod nft_script;
 pub mod nft_sets;
 #[cfg(feature = "scratch")]
 pub mod scratch;

@@ -114,6 +114,18 @@ pub enum Family {
     Ip6 = 10,
 }
 
+impl Family {
+    /// The family as nft scripts name it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+            Family::Bridge => "bridge",
+        }
+    }
+}
+
 /// nfnetlink subsystem of nftables (NFNL_SUBSYS_NFTABLES).
 pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWCHAIN: u16 = 3;

@@ -96,7 +96,7 @@ impl NftModel {
 
     fn table(&self, family: Family, table: &str) -> Option<&Table> {
         self.tables
-            .get(&(family_name(family).to_owned(), table.to_owned()))
+            .get(&(family.word().to_owned(), table.to_owned()))
     }
 
     fn statement(&mut self, line: &str) -> Result<(), Refusal> {
@@ -268,15 +268,6 @@ fn sets_named(text: &str) -> impl Iterator<Item = &str> {
     text.split_whitespace()
         .filter_map(|w| w.strip_prefix('@'))
         .map(|w| w.trim_end_matches([',', ';', '}']))
-}
-
-fn family_name(family: Family) -> &'static str {
-    match family {
-        Family::Inet => "inet",
-        Family::Ip => "ip",
-        Family::Ip6 => "ip6",
-        Family::Bridge => "bridge",
-    }
 }
 
 #[cfg(test)]
