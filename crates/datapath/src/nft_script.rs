@@ -4,9 +4,9 @@
 //! names and rule bodies; the statement syntax, the table reference and the
 //! checks on names live here and nowhere else.
 //!
-//! Names weft generates are nft identifiers (a letter, then letters,
-//! digits, `-`, `_`, `.`); anything else is a bug in the caller, caught by
-//! a debug assertion — names from users never reach a script unhashed.
+//! Names weft generates are nft identifiers ([`is_identifier`]); anything
+//! else is a bug in the caller, caught by a debug assertion — names from
+//! users never reach a script unchecked.
 
 use std::fmt::Write as _;
 
@@ -164,11 +164,14 @@ impl Script {
     }
 }
 
-/// What nft accepts unquoted as a table, chain or set name.
+/// What nft's scanner reads as one unquoted name: a letter, `_` or `.`,
+/// then letters, digits and `/ - _ .`.
 pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '_' | '.'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
         && name.len() <= 256
 }
 
@@ -214,10 +217,26 @@ mod tests {
 
     #[test]
     fn identifiers_are_what_nft_takes_unquoted() {
-        for good in ["weft", "svc-0a1b", "pick_tcp.2", "a"] {
+        for good in [
+            "weft",
+            "svc-0a1b",
+            "pick_tcp.2",
+            "a",
+            "aff-1f-demo/web/tcp/p__10.0.0.1/80",
+        ] {
             assert!(is_identifier(good), "{good}");
         }
-        for bad in ["", "1abc", "bad name", "x;y", "a\"b", "é", &"a".repeat(257)] {
+        for bad in [
+            "",
+            "1abc",
+            "-a",
+            "bad name",
+            "x;y",
+            "a\"b",
+            "a{b",
+            "é",
+            &"a".repeat(257),
+        ] {
             assert!(!is_identifier(bad), "{bad}");
         }
     }

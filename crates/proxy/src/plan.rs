@@ -550,6 +550,13 @@ fn endpoint_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pick's create and fill scripts, as text.
+    fn pick_scripts(pick: Pick) -> (String, String) {
+        let (mut create, mut fill) = (table::script(), table::script());
+        pick.write(&mut create, &mut fill);
+        (create.into_string(), fill.into_string())
+    }
     use crate::model::ServiceKey;
 
     fn ctx() -> NodeContext {
@@ -689,9 +696,9 @@ mod tests {
         );
         assert_eq!(values(&rules, table::CLUSTER_IPS), vec!["10.96.0.10"]);
         assert_eq!(rules.hairpin, [Ipv4Addr::new(10, 244, 1, 2)].into());
-        let (create, fill) = pick(3).script();
-        assert!(create[0].contains("eps-tcp-3 { typeof ip daddr . tcp dport . numgen random mod 3 : ip daddr . tcp dport; }"));
-        assert!(fill.iter().any(|r| r.ends_with("pick-tcp-3 meta l4proto tcp dnat ip addr . port to ip daddr . tcp dport . numgen random mod 3 map @eps-tcp-3")));
+        let (create, fill) = pick_scripts(pick(3));
+        assert!(create.contains("eps-tcp-3 { typeof ip daddr . tcp dport . numgen random mod 3 : ip daddr . tcp dport; }"));
+        assert!(fill.lines().any(|r| r.ends_with("pick-tcp-3 meta l4proto tcp dnat ip addr . port to ip daddr . tcp dport . numgen random mod 3 map @eps-tcp-3")));
     }
 
     #[test]
@@ -786,12 +793,12 @@ mod tests {
             .contains(&"198.18.0.240 . tcp . 80 : goto pickx-tcp-1".to_string()));
         assert!(values(&rules, Collection::Endpoints(pick(1)))
             .contains(&"198.18.0.240 . 80 . 0 : 10.244.2.2 . 8080".to_string()));
-        let (_, fill) = pick(1).script();
+        let (_, fill) = pick_scripts(pick(1));
         assert!(fill
-            .iter()
+            .lines()
             .any(|r| r.ends_with("pickx-tcp-1 jump mark-for-masquerade")));
         assert!(fill
-            .iter()
+            .lines()
             .any(|r| r.ends_with("picknp-tcp-1 jump mark-for-masquerade")));
         assert!(rules.hairpin.is_empty(), "the endpoint is not on this node");
     }
@@ -937,7 +944,9 @@ mod tests {
         assert_eq!(rules.picks, [udp].into());
         assert!(values(&rules, table::SERVICE_IPS)[0]
             .starts_with("10.96.0.10 . udp . 80 : goto pick-udp-1"));
-        assert!(udp.script().0[0].contains("eps-udp-1 { typeof ip daddr . udp dport"));
+        assert!(pick_scripts(udp)
+            .0
+            .contains("eps-udp-1 { typeof ip daddr . udp dport"));
         assert_eq!(rules.udp.len(), 1);
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use weft_datapath::conntrack::{self, FlowFilter};
 use weft_datapath::nft;
+use weft_datapath::nft_script::SetKind;
 
 use crate::kernel::{Host, Kernel};
 
@@ -262,10 +263,10 @@ impl<K: Kernel> Proxier<K> {
         }
         if !fresh {
             for (name, kind, _) in COLLECTIONS {
-                last.flush_collection(kind, *name);
+                last.flush_collection(*kind, *name);
             }
             for map in wanted_picks.iter().flat_map(Pick::maps) {
-                last.flush_collection("map", map);
+                last.flush_collection(SetKind::Map, map);
             }
         }
         report.chains_written =
@@ -513,7 +514,7 @@ fn check(
 ) -> Result<Result<(), String>, ProxyError> {
     let mut tx = Transaction::default();
     for (name, kind, _) in COLLECTIONS {
-        tx.flush_collection(kind, *name);
+        tx.flush_collection(*kind, *name);
     }
     let picks: BTreeSet<Pick> = services
         .iter()
@@ -522,7 +523,7 @@ fn check(
     for pick in picks {
         tx.create_pick(pick);
         for map in pick.maps() {
-            tx.flush_collection("map", map);
+            tx.flush_collection(SetKind::Map, map);
         }
     }
     let mut owners = Owners::new();

@@ -18,7 +18,10 @@
 //! Established connections never reach these chains: conntrack remembers the
 //! NAT, which is why the table can be rewritten without disturbing them.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+
+use weft_datapath::nft::Family;
+use weft_datapath::nft_script::{Hook, Script, SetKind};
 
 use crate::model::Protocol;
 use crate::plan::NodeContext;
@@ -95,17 +98,23 @@ impl Pick {
         ]
     }
 
-    /// Commands creating (or repairing) the maps, then the chains' rules.
-    pub fn script(&self) -> (Vec<String>, Vec<String>) {
-        let t = format!("{FAMILY} {TABLE}");
+    /// Creates (or repairs) the maps and chains into `create`, and writes
+    /// the chains' rules into `fill`.
+    pub fn write(&self, create: &mut Script, fill: &mut Script) {
         let (proto, n) = (self.protocol.nft(), self.n);
         let endpoints = Collection::Endpoints(*self);
         let node_ports = Collection::NodePortEndpoints(*self);
-        let mut create = vec![
-            format!("add map {t} {endpoints} {{ typeof ip daddr . {proto} dport . numgen random mod {n} : ip daddr . {proto} dport; }}"),
-            format!("add map {t} {node_ports} {{ typeof {proto} dport . numgen random mod {n} : ip daddr . {proto} dport; }}"),
-        ];
-        let mut fill = Vec::new();
+        create
+            .add_set(
+                SetKind::Map,
+                &endpoints.to_string(),
+                &format!("typeof ip daddr . {proto} dport . numgen random mod {n} : ip daddr . {proto} dport;"),
+            )
+            .add_set(
+                SetKind::Map,
+                &node_ports.to_string(),
+                &format!("typeof {proto} dport . numgen random mod {n} : ip daddr . {proto} dport;"),
+            );
         let chains = [
             (self.chain(), vec![format!("meta l4proto {proto} dnat ip addr . port to ip daddr . {proto} dport . numgen random mod {n} map @{endpoints}")]),
             (self.external_chain(), vec![format!("jump {MARK_FOR_MASQUERADE}"), format!("goto {}", self.chain())]),
@@ -115,15 +124,12 @@ impl Pick {
             ]),
         ];
         for (name, rules) in chains {
-            create.push(format!("add chain {t} {name}"));
-            fill.push(format!("flush chain {t} {name}"));
-            fill.extend(
-                rules
-                    .into_iter()
-                    .map(|r| format!("add rule {t} {name} {r}")),
-            );
+            create.add_chain(&name, None);
+            fill.flush_chain(&name);
+            for rule in rules {
+                fill.add_rule(&name, &rule);
+            }
         }
-        (create, fill)
     }
 }
 
@@ -135,38 +141,53 @@ pub const MARK_IF_OFF_CLUSTER: &str = "mark-if-off-cluster";
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
 /// Every fixed map and set: name, `map`/`set`, type.
-pub const COLLECTIONS: &[(Collection, &str, &str)] = &[
+pub const COLLECTIONS: &[(Collection, SetKind, &str)] = &[
     (
         SERVICE_IPS,
-        "map",
+        SetKind::Map,
         "type ipv4_addr . inet_proto . inet_service : verdict;",
     ),
     (
         SERVICE_NODEPORTS,
-        "map",
+        SetKind::Map,
         "type inet_proto . inet_service : verdict;",
     ),
     (
         NO_ENDPOINT_SERVICES,
-        "map",
+        SetKind::Map,
         "type ipv4_addr . inet_proto . inet_service : verdict;",
     ),
     (
         NO_ENDPOINT_NODEPORTS,
-        "map",
+        SetKind::Map,
         "type inet_proto . inet_service : verdict;",
     ),
     (
         FIREWALL_IPS,
-        "map",
+        SetKind::Map,
         "type ipv4_addr . inet_proto . inet_service : verdict;",
     ),
-    (CLUSTER_IPS, "set", "type ipv4_addr;"),
-    (HAIRPIN, "set", "type ipv4_addr . ipv4_addr;"),
+    (CLUSTER_IPS, SetKind::Set, "type ipv4_addr;"),
+    (HAIRPIN, SetKind::Set, "type ipv4_addr . ipv4_addr;"),
 ];
 
+/// A base chain's hook, accepting by default.
+fn hook(chain_type: &'static str, hook: &'static str, priority: &str) -> Hook {
+    Hook {
+        chain_type,
+        hook,
+        priority: priority.into(),
+        policy: Some("accept"),
+    }
+}
+
+/// A script for the proxy's table.
+pub fn script() -> Script {
+    Script::new(Family::Ip, TABLE)
+}
+
 /// The chains of the fixed part, with their hook (if any) and rules.
-fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<&'static str>, Vec<String>)> {
+fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<Hook>, Vec<String>)> {
     let s = |r: &str| r.to_string();
     let off_cluster = ctx
         .cluster_cidrs
@@ -177,22 +198,22 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<&'static str>, Ve
     vec![
         (
             "nat-prerouting",
-            Some("type nat hook prerouting priority dstnat; policy accept;"),
+            Some(hook("nat", "prerouting", "dstnat")),
             vec![s("jump services")],
         ),
         (
             "nat-output",
-            Some("type nat hook output priority -100; policy accept;"),
+            Some(hook("nat", "output", "-100")),
             vec![s("jump services")],
         ),
         (
             "nat-postrouting",
-            Some("type nat hook postrouting priority srcnat; policy accept;"),
+            Some(hook("nat", "postrouting", "srcnat")),
             vec![s("jump masquerading")],
         ),
         (
             "filter-prerouting",
-            Some("type filter hook prerouting priority -110; policy accept;"),
+            Some(hook("filter", "prerouting", "-110")),
             vec![
                 s("ct state new jump firewall-check"),
                 s("ct state new jump endpoints-check"),
@@ -200,7 +221,7 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<&'static str>, Ve
         ),
         (
             "filter-output",
-            Some("type filter hook output priority -110; policy accept;"),
+            Some(hook("filter", "output", "-110")),
             vec![
                 s("ct state new jump firewall-check"),
                 s("ct state new jump endpoints-check"),
@@ -208,12 +229,12 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<&'static str>, Ve
         ),
         (
             "filter-forward",
-            Some("type filter hook forward priority -110; policy accept;"),
+            Some(hook("filter", "forward", "-110")),
             vec![s("ct state new jump cluster-ips-check")],
         ),
         (
             "filter-output-post-dnat",
-            Some("type filter hook output priority -90; policy accept;"),
+            Some(hook("filter", "output", "-90")),
             vec![s("ct state new jump cluster-ips-check")],
         ),
         (
@@ -276,31 +297,23 @@ pub fn base_chain_names(ctx: &NodeContext) -> Vec<&'static str> {
 /// elements alone (a full sync refills them in its last transaction so
 /// Services never disappear in between).
 pub fn base_script(ctx: &NodeContext) -> String {
-    let mut out = String::new();
-    let t = format!("{FAMILY} {TABLE}");
-    let _ = writeln!(out, "add table {t}");
-    for (name, kind, ty) in COLLECTIONS {
-        let _ = writeln!(out, "add {kind} {t} {name} {{ {ty} }}");
+    let mut s = script();
+    s.add_table();
+    for (name, kind, declaration) in COLLECTIONS {
+        s.add_set(*kind, &name.to_string(), declaration);
     }
     let chains = base_chains(ctx);
     // Create every chain first: rules may jump forward.
     for (name, hook, _) in &chains {
-        match hook {
-            Some(h) => {
-                let _ = writeln!(out, "add chain {t} {name} {{ {h} }}");
-            }
-            None => {
-                let _ = writeln!(out, "add chain {t} {name}");
-            }
-        }
+        s.add_chain(name, hook.as_ref());
     }
     for (name, _, rules) in &chains {
-        let _ = writeln!(out, "flush chain {t} {name}");
+        s.flush_chain(name);
         for rule in rules {
-            let _ = writeln!(out, "add rule {t} {name} {rule}");
+            s.add_rule(name, rule);
         }
     }
-    out
+    s.into_string()
 }
 
 #[cfg(test)]

@@ -10,12 +10,13 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 
 use crate::plan::{Element, ServiceRules};
-use crate::table::{Collection, Pick, FAMILY, HAIRPIN, TABLE};
+use weft_datapath::nft_script::{Script, SetKind};
+
+use crate::table::{self, Collection, Pick, HAIRPIN};
 
 /// What is in the kernel for one Service, without keeping the rule text
 /// (10,000 Services' rules would cost tens of megabytes).
@@ -119,58 +120,70 @@ impl ElementList {
 
 /// Commands collected per phase; several Services' changes merge into one
 /// transaction.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Transaction {
-    create: Vec<String>,
+    create: Script,
     delete_elements: BTreeMap<Collection, ElementList>,
-    fill: Vec<String>,
+    /// Shared maps emptied for a full refill, before any rule is written.
+    flush_shared: Script,
+    fill: Script,
     add_elements: BTreeMap<Collection, ElementList>,
-    flush_dead: Vec<String>,
-    delete_dead: Vec<String>,
+    flush_dead: Script,
+    delete_dead: Script,
     /// Counted for reports: chains written (created or refilled).
     pub chains_written: usize,
     pub elements_changed: usize,
+}
+
+impl Default for Transaction {
+    fn default() -> Self {
+        Transaction {
+            create: table::script(),
+            delete_elements: BTreeMap::new(),
+            flush_shared: table::script(),
+            fill: table::script(),
+            add_elements: BTreeMap::new(),
+            flush_dead: table::script(),
+            delete_dead: table::script(),
+            chains_written: 0,
+            elements_changed: 0,
+        }
+    }
 }
 
 impl Transaction {
     pub fn is_empty(&self) -> bool {
         self.create.is_empty()
             && self.delete_elements.is_empty()
+            && self.flush_shared.is_empty()
             && self.fill.is_empty()
             && self.add_elements.is_empty()
             && self.flush_dead.is_empty()
             && self.delete_dead.is_empty()
     }
 
-    fn table() -> String {
-        format!("{FAMILY} {TABLE}")
-    }
-
     pub fn create_set(&mut self, name: &str, decl: &str) {
-        self.create
-            .push(format!("add set {} {name} {{ {decl} }}", Self::table()));
+        self.create.add_set(SetKind::Set, name, decl);
     }
 
     /// Creates the chain if needed and (re)writes its rules.
     pub fn write_chain(&mut self, name: &str, rules: &[String]) {
-        let t = Self::table();
-        self.create.push(format!("add chain {t} {name}"));
-        self.fill.push(format!("flush chain {t} {name}"));
+        self.create.add_chain(name, None);
+        self.fill.flush_chain(name);
         for rule in rules {
-            self.fill.push(format!("add rule {t} {name} {rule}"));
+            self.fill.add_rule(name, rule);
         }
         self.chains_written += 1;
     }
 
     pub fn delete_chain(&mut self, name: &str) {
-        let t = Self::table();
-        self.flush_dead.push(format!("flush chain {t} {name}"));
-        self.delete_dead.push(format!("delete chain {t} {name}"));
+        self.flush_dead.flush_chain(name);
+        self.delete_dead.delete_chain(name);
     }
 
+    /// Deletes a set or a map (nft takes `delete set` for both).
     pub fn delete_set(&mut self, name: &str) {
-        self.delete_dead
-            .push(format!("delete set {} {name}", Self::table()));
+        self.delete_dead.delete_set(SetKind::Set, name);
     }
 
     pub fn add_element(&mut self, map: Collection, text: &str) {
@@ -185,16 +198,13 @@ impl Transaction {
 
     /// Empties a shared map or set (full sync; must be followed by adding
     /// all its elements in the same transaction).
-    pub fn flush_collection(&mut self, kind: &str, name: Collection) {
-        self.fill
-            .insert(0, format!("flush {kind} {} {name}", Self::table()));
+    pub fn flush_collection(&mut self, kind: SetKind, name: Collection) {
+        self.flush_shared.flush_set(kind, &name.to_string());
     }
 
     /// Creates (or repairs) a shared endpoint choice: its maps and chains.
     pub fn create_pick(&mut self, pick: Pick) {
-        let (create, fill) = pick.script();
-        self.create.extend(create);
-        self.fill.extend(fill);
+        pick.write(&mut self.create, &mut self.fill);
         self.chains_written += 3;
     }
 
@@ -273,28 +283,23 @@ impl Transaction {
 
     /// The nft script, phases in order.
     pub fn render(&self) -> String {
-        let t = Self::table();
-        let mut out = String::new();
-        for line in &self.create {
-            let _ = writeln!(out, "{line}");
-        }
+        let mut out = table::script();
+        out.append(&self.create);
         for (map, list) in &self.delete_elements {
             for chunk in &list.chunks {
-                let _ = writeln!(out, "delete element {t} {map} {{ {chunk} }}");
+                out.delete_elements(&map.to_string(), chunk);
             }
         }
-        for line in &self.fill {
-            let _ = writeln!(out, "{line}");
-        }
+        out.append(&self.flush_shared);
+        out.append(&self.fill);
         for (map, list) in &self.add_elements {
             for chunk in &list.chunks {
-                let _ = writeln!(out, "add element {t} {map} {{ {chunk} }}");
+                out.add_elements(&map.to_string(), chunk);
             }
         }
-        for line in self.flush_dead.iter().chain(&self.delete_dead) {
-            let _ = writeln!(out, "{line}");
-        }
-        out
+        out.append(&self.flush_dead);
+        out.append(&self.delete_dead);
+        out.into_string()
     }
 }
 
