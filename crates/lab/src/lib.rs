@@ -30,6 +30,7 @@ pub mod objects;
 pub mod ops;
 pub mod probe;
 pub mod procs;
+pub mod report;
 pub mod services;
 pub mod supervisor;
 pub mod targets;

@@ -1,6 +1,7 @@
 //! `weft lab` operations. Each one loads the lab's state, does its work
-//! through the underlay, agents, kubelet and controller modules, and prints
-//! what a user needs to see. Failures say what went wrong and what to run
+//! through the underlay, agents, kubelet and controller modules, and
+//! reports what it did as typed results ([`crate::report`]) — it prints
+//! nothing itself. Failures say what went wrong and what to run
 //! next. Every operation that changes Services or Pods ends by syncing the
 //! EndpointSlices, as the cluster's controllers would.
 //!
@@ -27,10 +28,11 @@ use weft_validation::names;
 use crate::kubelet::Kubelet;
 use crate::layout::{self, LabState, Layout, NodeRecord};
 use crate::manifest::{self, Resource};
+use crate::report::{Event, LabStatus, NodeRow, Outcome, PodRow, Report};
 use crate::services::{self, Pools};
 use crate::{agents, endpointslices, objects, procs, underlay};
 
-pub use matrix::{matrix_json, print_matrix, probe_matrix, ProbeOptions, ProbeResult};
+pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
 pub use tables::{get_endpointslices, get_services};
 
 /// The external client's port on the underlay bridge.
@@ -85,7 +87,7 @@ where
 
 /// `weft lab up`: underlay, external client, nodes, one agent each; waits
 /// until every node holds a lease and has its CNI configuration.
-pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
+pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
     let started = Instant::now();
     let layout = Layout::new(&opts.name)?;
     if layout.load().is_ok() {
@@ -154,36 +156,33 @@ pub fn up(opts: &UpOptions, bins: &Binaries) -> Result<()> {
     let result = (|| -> Result<()> {
         Store::open(&layout.store())?;
         rt.block_on(underlay::create(&layout.underlay_ns()))?;
-        println!(
-            "underlay {} on {} (no route to the host)",
-            layout.underlay_ns(),
-            underlay_net
-        );
+        report(Event::UnderlayCreated {
+            namespace: layout.underlay_ns(),
+            network: underlay_net,
+        });
         create_external(&layout, &state, &rt)?;
-        println!(
-            "external client {} at {} (reaches nodes and LoadBalancer addresses on-link)",
-            layout.external_ns(),
-            state.external_ip()
-        );
+        report(Event::ExternalCreated {
+            namespace: layout.external_ns(),
+            ip: state.external_ip(),
+        });
         for i in 1..=opts.nodes {
-            add_node_to(&layout, &mut state, &format!("node-{i}"), bins, &rt)?;
+            add_node_to(&layout, &mut state, &format!("node-{i}"), bins, &rt, report)?;
         }
         wait_ready(&layout, &state, Duration::from_secs(30))
     })();
     if let Err(e) = result {
-        let _ = down(&opts.name);
+        let _ = down(&opts.name, report);
         return Err(e.context(format!("lab {} could not start and was removed", opts.name)));
     }
-    println!(
-        "lab {} up: {} nodes, backend {}, pods from {}, services from {}, LoadBalancers from {} ({:.2} s)",
-        opts.name,
-        opts.nodes,
-        opts.backend,
-        opts.pod_cidr,
-        service_cidr,
-        lb_pool,
-        started.elapsed().as_secs_f64()
-    );
+    report(Event::LabUp {
+        name: opts.name.clone(),
+        nodes: opts.nodes,
+        backend: opts.backend.to_string(),
+        pod_cidr: opts.pod_cidr.to_string(),
+        service_cidr: service_cidr.to_string(),
+        lb_pool: lb_pool.to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok(())
 }
 
@@ -217,6 +216,7 @@ fn add_node_to(
     name: &str,
     bins: &Binaries,
     rt: &tokio::runtime::Runtime,
+    report: Report<'_>,
 ) -> Result<()> {
     layout::check_node_name(name)?;
     if state.node(name).is_some() {
@@ -245,7 +245,11 @@ fn add_node_to(
         agent_pid: Some(pid),
     });
     layout.save(state)?;
-    println!("node {name:<8} {ip:<14} agent pid {pid}");
+    report(Event::NodeStarted {
+        name: name.into(),
+        ip,
+        pid: i32::try_from(pid).unwrap_or(i32::MAX),
+    });
     Ok(())
 }
 
@@ -359,7 +363,7 @@ mod tests {
 /// or one whose store is gone: processes are found by their owner tag and
 /// namespaces by their name. A command still working on the lab is told
 /// to stop (it checks under the lab lock) and waited for, briefly.
-pub fn down(name: &str) -> Result<()> {
+pub fn down(name: &str, report: Report<'_>) -> Result<()> {
     let layout = Layout::new(name)?;
     let waited = layout.root.exists().then(|| {
         let _ = std::fs::write(layout.going_down(), b"");
@@ -380,7 +384,11 @@ pub fn down(name: &str) -> Result<()> {
             .with_context(|| format!("removing {}", layout.root.display()))?;
     }
     drop(waited);
-    println!("lab {name} removed ({removed} namespaces, {stopped} processes)");
+    report(Event::LabRemoved {
+        name: name.into(),
+        namespaces: removed,
+        processes: stopped,
+    });
     Ok(())
 }
 
@@ -389,9 +397,9 @@ pub fn down(name: &str) -> Result<()> {
 const DOWN_WAITS_FOR_LOCK: Duration = Duration::from_secs(10);
 
 /// `weft lab down --all`.
-pub fn down_all() -> Result<()> {
+pub fn down_all(report: Report<'_>) -> Result<()> {
     for lab in layout::labs() {
-        down(&lab)?;
+        down(&lab, report)?;
     }
     Ok(())
 }
@@ -553,11 +561,11 @@ impl Lab {
 
 /// `weft lab apply -f`: creates what the manifest describes; Services that
 /// exist are updated, other objects that exist are left as they are.
-pub fn apply(name: &str, text: &str, bins: &Binaries) -> Result<()> {
+pub fn apply(name: &str, text: &str, bins: &Binaries, report: Report<'_>) -> Result<()> {
     let lab = Lab::open(name)?;
     let resources = manifest::parse(text)?;
     lab.check_namespaces(&resources)?;
-    lab.then_sync(apply_resources(&lab, resources, bins))
+    lab.then_sync(apply_resources(&lab, resources, bins, report))
 }
 
 /// Namespaces every cluster has from the start.
@@ -567,10 +575,15 @@ const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public",
 /// still fail is the lab itself (a pool running out, a pod that cannot
 /// start, the lab going down): the error then says which objects were
 /// applied before it and which were not.
-fn apply_resources(lab: &Lab, resources: Vec<Resource>, bins: &Binaries) -> Result<()> {
+fn apply_resources(
+    lab: &Lab,
+    resources: Vec<Resource>,
+    bins: &Binaries,
+    report: Report<'_>,
+) -> Result<()> {
     let total = resources.len();
     for (done, resource) in resources.iter().enumerate() {
-        apply_resource(lab, resource, bins).with_context(|| {
+        apply_resource(lab, resource, bins, report).with_context(|| {
             let before: Vec<String> = resources[..done].iter().map(Resource::describe).collect();
             let after: Vec<String> = resources[done + 1..]
                 .iter()
@@ -596,25 +609,34 @@ fn apply_resources(lab: &Lab, resources: Vec<Resource>, bins: &Binaries) -> Resu
     Ok(())
 }
 
-fn apply_resource(lab: &Lab, resource: &Resource, bins: &Binaries) -> Result<()> {
+fn apply_resource(
+    lab: &Lab,
+    resource: &Resource,
+    bins: &Binaries,
+    report: Report<'_>,
+) -> Result<()> {
     let kubelet = lab.kubelet(bins);
+    let applied = |outcome| Event::Applied {
+        object: resource.describe(),
+        outcome,
+    };
     let pods = match resource {
         Resource::Service(svc) => {
-            return apply_service(lab, svc);
+            return apply_service(lab, svc, report);
         }
         Resource::Namespace(ns) => {
             let ns_name = ns.metadata.name.clone().unwrap_or_default();
             if lab.store.get_typed::<Namespace>("", &ns_name)?.is_none() {
                 lab.store.put_typed(ns)?;
-                println!("{} created", resource.describe());
+                report(applied(Outcome::Created));
             } else {
-                println!("{} unchanged", resource.describe());
+                report(applied(Outcome::Unchanged));
             }
             return Ok(());
         }
         Resource::Pod(p) => vec![p.clone()],
         Resource::Deployment(d) => {
-            println!("{} applied", resource.describe());
+            report(applied(Outcome::Applied));
             manifest::expand_deployment(d)
         }
     };
@@ -624,21 +646,25 @@ fn apply_resource(lab: &Lab, resource: &Resource, bins: &Binaries) -> Result<()>
         // so two applies of one manifest start each pod once.
         let _lock = lab.lock()?;
         if lab.store.get_typed::<Pod>(&namespace, &pod_name)?.is_some() {
-            println!("pod/{pod_name} unchanged");
+            report(Event::PodUnchanged { name: pod_name });
             continue;
         }
         let started = Instant::now();
         let pod = kubelet.run(&lab.state, pod)?;
-        let status = pod.status.as_ref();
-        println!(
-            "pod/{pod_name} created on {} with IP {} ({:.0} ms)",
-            pod.spec
+        report(Event::PodCreated {
+            name: pod_name,
+            node: pod
+                .spec
                 .as_ref()
                 .and_then(|s| s.node_name.clone())
                 .unwrap_or_default(),
-            status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-            started.elapsed().as_secs_f64() * 1e3
-        );
+            ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default(),
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        });
     }
     Ok(())
 }
@@ -646,7 +672,7 @@ fn apply_resource(lab: &Lab, resource: &Resource, bins: &Binaries) -> Result<()>
 /// Creates `applied`, or updates the stored Service of that name: the
 /// allocators run under the controller lock, so two commands never hand
 /// out the same address or port.
-fn apply_service(lab: &Lab, applied: &Service) -> Result<()> {
+fn apply_service(lab: &Lab, applied: &Service, report: Report<'_>) -> Result<()> {
     let mut applied = applied.clone();
     let id = objects::key(&applied);
     applied.metadata.namespace = Some(id.0.clone());
@@ -669,28 +695,37 @@ fn apply_service(lab: &Lab, applied: &Service) -> Result<()> {
             meta.creation_timestamp = Some(objects::now());
         }
     }
-    let verb = match current {
-        None => "created",
+    let outcome = match current {
+        None => Outcome::Created,
         Some(c) => {
             let mut before = c.clone();
             before.metadata.resource_version = None;
             if before == admitted {
-                "unchanged"
+                Outcome::Unchanged
             } else {
-                "configured"
+                Outcome::Configured
             }
         }
     };
-    if verb != "unchanged" {
+    if outcome != Outcome::Unchanged {
         lab.store.put_typed(&admitted)?;
     }
-    println!("service/{} {verb}", id.1);
+    report(Event::Applied {
+        object: format!("service/{}", id.1),
+        outcome,
+    });
     Ok(())
 }
 
 /// `weft lab delete -f`: deletes the Services, Pods (and Deployments'
 /// Pods) a manifest describes.
-pub fn delete_manifest(name: &str, text: &str, grace: Duration, bins: &Binaries) -> Result<()> {
+pub fn delete_manifest(
+    name: &str,
+    text: &str,
+    grace: Duration,
+    bins: &Binaries,
+    report: Report<'_>,
+) -> Result<()> {
     let lab = Lab::open(name)?;
     let mut services = Vec::new();
     let mut pods = Vec::new();
@@ -706,8 +741,8 @@ pub fn delete_manifest(name: &str, text: &str, grace: Duration, bins: &Binaries)
     }
     let work = services
         .iter()
-        .try_for_each(|(namespace, svc)| delete_service_in(&lab, namespace, svc))
-        .and_then(|()| delete_pods(&lab, bins, &pods, grace));
+        .try_for_each(|(namespace, svc)| delete_service_in(&lab, namespace, svc, report))
+        .and_then(|()| delete_pods(&lab, bins, &pods, grace, report));
     lab.then_sync(work)
 }
 
@@ -721,26 +756,28 @@ pub fn delete_pod(
     pod: &str,
     grace: Duration,
     bins: &Binaries,
+    report: Report<'_>,
 ) -> Result<()> {
     check_name("pod", namespace, pod, names::dns1123_subdomain)?;
     let lab = Lab::open(name)?;
-    let work = delete_pods(&lab, bins, &[(namespace.into(), pod.into())], grace);
+    let work = delete_pods(&lab, bins, &[(namespace.into(), pod.into())], grace, report);
     lab.then_sync(work)
 }
 
 /// `weft lab delete service NAME`; its EndpointSlices go with it.
-pub fn delete_service(name: &str, namespace: &str, svc: &str) -> Result<()> {
+pub fn delete_service(name: &str, namespace: &str, svc: &str, report: Report<'_>) -> Result<()> {
     check_name("service", namespace, svc, names::dns1035_label)?;
     let lab = Lab::open(name)?;
-    let work = delete_service_in(&lab, namespace, svc);
+    let work = delete_service_in(&lab, namespace, svc, report);
     lab.then_sync(work)
 }
 
-fn delete_service_in(lab: &Lab, namespace: &str, svc: &str) -> Result<()> {
-    match lab.store.delete(Service::KIND, namespace, svc)? {
-        Some(_) => println!("service/{svc} deleted"),
-        None => println!("service/{svc} not found"),
-    }
+fn delete_service_in(lab: &Lab, namespace: &str, svc: &str, report: Report<'_>) -> Result<()> {
+    let found = lab.store.delete(Service::KIND, namespace, svc)?.is_some();
+    report(Event::Deleted {
+        object: format!("service/{svc}"),
+        found,
+    });
     Ok(())
 }
 
@@ -750,23 +787,26 @@ fn delete_pods(
     bins: &Binaries,
     keys: &[(String, String)],
     grace: Duration,
+    report: Report<'_>,
 ) -> Result<()> {
     let mut found = Vec::new();
     for (namespace, pod) in keys {
         match lab.store.get_typed::<Pod>(namespace, pod)? {
             Some(p) => found.push(p),
-            None => println!("pod/{pod} not found"),
+            None => report(Event::Deleted {
+                object: format!("pod/{pod}"),
+                found: false,
+            }),
         }
     }
     if !grace.is_zero() && !found.is_empty() {
         for pod in &mut found {
             objects::mark_deleted(&mut pod.metadata, grace);
             lab.store.put_typed(pod)?;
-            println!(
-                "pod/{} terminating ({} s grace period)",
-                objects::key(pod).1,
-                grace.as_secs()
-            );
+            report(Event::PodTerminating {
+                name: objects::key(pod).1,
+                grace_seconds: grace.as_secs(),
+            });
         }
         lab.sync_slices()?;
         std::thread::sleep(grace);
@@ -776,7 +816,10 @@ fn delete_pods(
         // of a pod being removed back into the store.
         let _lock = lab.lock()?;
         lab.kubelet(bins).delete(&lab.state, pod)?;
-        println!("pod/{} deleted", objects::key(pod).1);
+        report(Event::Deleted {
+            object: format!("pod/{}", objects::key(pod).1),
+            found: true,
+        });
     }
     Ok(())
 }
@@ -788,93 +831,69 @@ pub enum Output {
     Json,
 }
 
-/// `weft lab get nodes`.
-pub fn get_nodes(name: &str, output: Output) -> Result<()> {
+/// `weft lab get nodes`: the Node objects (for `-o json`) and the table's
+/// rows.
+pub fn get_nodes(name: &str) -> Result<(Vec<Node>, Vec<NodeRow>)> {
     let lab = Lab::open(name)?;
     let (nodes, _) = lab.store.list_typed::<Node>()?;
-    if output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"apiVersion": "v1", "kind": "NodeList", "items": nodes})
-            )?
-        );
-        return Ok(());
-    }
-    println!(
-        "{:<10} {:<9} {:<15} {:<16} {:<8}",
-        "NAME", "STATUS", "INTERNAL-IP", "POD-CIDR", "BACKEND"
-    );
-    for record in &lab.state.nodes {
-        let node = nodes
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(record.name.as_str()));
-        let cidr = node
-            .and_then(|n| n.spec.as_ref()?.pod_cidr.clone())
-            .unwrap_or_else(|| "<none>".into());
-        let ready = if agents::is_running(&lab.layout, &record.name, record.agent_pid) {
-            "Ready"
-        } else {
-            "NotReady"
-        };
-        println!(
-            "{:<10} {:<9} {:<15} {:<16} {:<8}",
-            record.name, ready, record.ip, cidr, lab.state.backend
-        );
-    }
-    Ok(())
+    let rows = lab
+        .state
+        .nodes
+        .iter()
+        .map(|record| {
+            let node = nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(record.name.as_str()));
+            NodeRow {
+                name: record.name.clone(),
+                ready: agents::is_running(&lab.layout, &record.name, record.agent_pid),
+                ip: record.ip.to_string(),
+                pod_cidr: node.and_then(|n| n.spec.as_ref()?.pod_cidr.clone()),
+                backend: lab.state.backend.to_string(),
+            }
+        })
+        .collect();
+    Ok((nodes, rows))
 }
 
-/// `weft lab get pods`.
-pub fn get_pods(name: &str, namespace: Option<&str>, output: Output) -> Result<()> {
+/// `weft lab get pods`: the Pod objects (for `-o json`) and the table's
+/// rows.
+pub fn get_pods(name: &str, namespace: Option<&str>) -> Result<(Vec<Pod>, Vec<PodRow>)> {
     let lab = Lab::open(name)?;
     let pods: Vec<Pod> = lab
         .pods()?
         .into_iter()
         .filter(|p| namespace.is_none_or(|ns| objects::key(p).0 == ns))
         .collect();
-    if output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"apiVersion": "v1", "kind": "PodList", "items": pods})
-            )?
-        );
-        return Ok(());
-    }
-    print!(
-        "{:<12} {:<20} {:<6} {:<10} ",
-        "NAMESPACE", "NAME", "READY", "STATUS"
-    );
-    if output == Output::Wide {
-        println!("{:<15} {:<8}", "IP", "NODE");
-    } else {
-        println!();
-    }
-    for pod in &pods {
-        let (ns, pod_name) = objects::key(pod);
-        let status = pod.status.clone().unwrap_or_default();
-        let containers = status.container_statuses.clone().unwrap_or_default();
-        let ready = containers.iter().filter(|c| c.ready).count();
-        print!(
-            "{ns:<12} {pod_name:<20} {:<6} {:<10} ",
-            format!("{ready}/{}", containers.len()),
-            crate::supervisor::display_status(pod)
-        );
-        if output == Output::Wide {
-            println!(
-                "{:<15} {:<8}",
-                status.pod_ip.unwrap_or_default(),
-                pod.spec
+    let rows = pods
+        .iter()
+        .map(|pod| {
+            let (namespace, name) = objects::key(pod);
+            let status = pod.status.clone().unwrap_or_default();
+            let containers = status.container_statuses.clone().unwrap_or_default();
+            PodRow {
+                namespace,
+                name,
+                ready: containers.iter().filter(|c| c.ready).count(),
+                containers: containers.len(),
+                status: crate::supervisor::display_status(pod).to_string(),
+                ip: status.pod_ip.unwrap_or_default(),
+                node: pod
+                    .spec
                     .as_ref()
                     .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default()
-            );
-        } else {
-            println!();
-        }
-    }
-    Ok(())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok((pods, rows))
+}
+
+/// A list of objects as `kubectl get -o json` prints it.
+pub fn list_json<K: serde::Serialize>(kind: &str, items: &[K]) -> Result<String> {
+    Ok(serde_json::to_string_pretty(
+        &json!({"apiVersion": "v1", "kind": kind, "items": items}),
+    )?)
 }
 
 /// Where `weft lab exec` runs its command.
@@ -954,18 +973,24 @@ pub enum NodeAction {
     Start,
 }
 
-pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Result<()> {
+pub fn node(
+    name: &str,
+    node: &str,
+    action: NodeAction,
+    bins: &Binaries,
+    report: Report<'_>,
+) -> Result<()> {
     layout::check_node_name(node)?;
     let mut lab = Lab::open(name)?;
     match action {
         NodeAction::Add => {
             let rt = runtime()?;
-            add_node_to(&lab.layout, &mut lab.state, node, bins, &rt)?;
+            add_node_to(&lab.layout, &mut lab.state, node, bins, &rt, report)?;
             wait_ready(&lab.layout, &lab.state, Duration::from_secs(30))?;
-            println!("node {node} added");
+            report(Event::NodeAdded { name: node.into() });
         }
         NodeAction::Remove => {
-            let work = remove_node(&mut lab, node, bins);
+            let work = remove_node(&mut lab, node, bins, report);
             lab.then_sync(work)?;
         }
         NodeAction::Stop => {
@@ -979,7 +1004,7 @@ pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Resu
                 procs::crash(pid, &agents::owner(&lab.layout, node));
             }
             lab.layout.save(&lab.state)?;
-            println!("agent of {node} killed; its datapath stays as it was");
+            report(Event::AgentKilled { node: node.into() });
         }
         NodeAction::Start => {
             let ns = NetNs::open(netns::named_path(&lab.layout.node_ns(node)))?;
@@ -996,7 +1021,10 @@ pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Resu
                 record.agent_pid = Some(pid);
             }
             lab.layout.save(&lab.state)?;
-            println!("agent of {node} started (pid {pid})");
+            report(Event::AgentStarted {
+                node: node.into(),
+                pid: i32::try_from(pid).unwrap_or(i32::MAX),
+            });
         }
     }
     Ok(())
@@ -1004,7 +1032,7 @@ pub fn node(name: &str, node: &str, action: NodeAction, bins: &Binaries) -> Resu
 
 /// Deletes the node's pods, stops its agent, releases its lease and
 /// removes its namespace.
-fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries) -> Result<()> {
+fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries, report: Report<'_>) -> Result<()> {
     let record = lab.state.node(node).cloned().with_context(|| {
         format!(
             "node {node} is not part of lab {} (see `weft lab get nodes`)",
@@ -1028,37 +1056,33 @@ fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries) -> Result<()> {
     lab.state.nodes.retain(|n| n.name != node);
     lab.layout.save(&lab.state)?;
     lab.layout.remove(&lab.layout.node_dir(node))?;
-    println!("node {node} removed; its lease is released");
+    report(Event::NodeRemoved { name: node.into() });
     Ok(())
 }
 
 /// `weft lab status`: every lab, its nodes and pods.
-pub fn status() -> Result<()> {
-    let labs = layout::labs();
-    if labs.is_empty() {
-        println!("no labs; start one with `weft lab up`");
-    }
-    for name in labs {
-        let Ok(lab) = Lab::open(&name) else {
-            println!("lab {name}: damaged; remove it with `weft lab down --name {name}`");
-            continue;
-        };
-        let pods = lab.pods().map(|p| p.len()).unwrap_or(0);
-        let services = lab.services().map(|s| s.len()).unwrap_or(0);
-        let running = lab
-            .state
-            .nodes
-            .iter()
-            .filter(|n| agents::is_running(&lab.layout, &n.name, n.agent_pid))
-            .count();
-        println!(
-            "lab {name}: backend {}, pods from {}, services from {}, {}/{} agents running, {pods} pods, {services} services",
-            lab.state.backend,
-            lab.state.pod_cidr,
-            lab.state.service_cidr,
-            running,
-            lab.state.nodes.len()
-        );
-    }
-    Ok(())
+pub fn status() -> Vec<LabStatus> {
+    layout::labs()
+        .into_iter()
+        .map(|name| {
+            let Ok(lab) = Lab::open(&name) else {
+                return LabStatus::Damaged { name };
+            };
+            LabStatus::Running {
+                backend: lab.state.backend.to_string(),
+                pod_cidr: lab.state.pod_cidr.to_string(),
+                service_cidr: lab.state.service_cidr.to_string(),
+                agents_running: lab
+                    .state
+                    .nodes
+                    .iter()
+                    .filter(|n| agents::is_running(&lab.layout, &n.name, n.agent_pid))
+                    .count(),
+                nodes: lab.state.nodes.len(),
+                pods: lab.pods().map(|p| p.len()).unwrap_or(0),
+                services: lab.services().map(|s| s.len()).unwrap_or(0),
+                name,
+            }
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@ use clap::{Subcommand, ValueEnum};
 use weft_lab::layout::{DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, DEFAULT_UNDERLAY};
 use weft_lab::ops::{self, Binaries, ExecTarget, NodeAction, Output, ProbeOptions, UpOptions};
 use weft_lab::probe::Protocol;
+use weft_lab::report::{self, Event};
 
 const DEFAULT_LAB: &str = "weft";
 
@@ -196,6 +197,11 @@ fn read_manifest(file: &str) -> Result<String> {
     std::fs::read_to_string(PathBuf::from(file)).with_context(|| format!("reading {file}"))
 }
 
+/// Shows one thing a lab operation did, as it happens.
+fn print_event(event: Event) {
+    println!("{event}");
+}
+
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
         LabCmd::Up {
@@ -217,18 +223,20 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 lb_cidr,
             },
             &Binaries::beside_current_exe()?,
+            &mut print_event,
         ),
         LabCmd::Down { name, all } => {
             if all {
-                ops::down_all()
+                ops::down_all(&mut print_event)
             } else {
-                ops::down(&name)
+                ops::down(&name, &mut print_event)
             }
         }
         LabCmd::Apply { name, file } => ops::apply(
             &name,
             &read_manifest(&file)?,
             &Binaries::beside_current_exe()?,
+            &mut print_event,
         ),
         LabCmd::Delete {
             name,
@@ -240,12 +248,18 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             let bins = Binaries::beside_current_exe()?;
             let grace = Duration::from_secs(grace_period);
             match (file, what.as_slice()) {
-                (Some(f), []) => ops::delete_manifest(&name, &read_manifest(&f)?, grace, &bins),
+                (Some(f), []) => ops::delete_manifest(
+                    &name,
+                    &read_manifest(&f)?,
+                    grace,
+                    &bins,
+                    &mut print_event,
+                ),
                 (None, [kind, pod]) if matches!(kind.as_str(), "pod" | "pods" | "po") => {
-                    ops::delete_pod(&name, &namespace, pod, grace, &bins)
+                    ops::delete_pod(&name, &namespace, pod, grace, &bins, &mut print_event)
                 }
                 (None, [kind, svc]) if matches!(kind.as_str(), "service" | "services" | "svc") => {
-                    ops::delete_service(&name, &namespace, svc)
+                    ops::delete_service(&name, &namespace, svc, &mut print_event)
                 }
                 _ => bail!(
                     "use `weft lab delete -f FILE`, `weft lab delete pod NAME` or `weft lab delete service NAME`"
@@ -264,15 +278,30 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             } else {
                 Some(namespace.as_deref().unwrap_or("default"))
             };
-            match resource.as_str() {
-                "nodes" | "node" | "no" => ops::get_nodes(&name, output(o)),
-                "pods" | "pod" | "po" => ops::get_pods(&name, ns, output(o)),
-                "services" | "service" | "svc" => ops::get_services(&name, ns, output(o)),
-                "endpointslices" | "endpointslice" => ops::get_endpointslices(&name, ns, output(o)),
+            let output = output(o);
+            let text = match resource.as_str() {
+                "nodes" | "node" | "no" => {
+                    let (nodes, rows) = ops::get_nodes(&name)?;
+                    match output {
+                        Output::Json => ops::list_json("NodeList", &nodes)? + "\n",
+                        _ => report::nodes(&rows),
+                    }
+                }
+                "pods" | "pod" | "po" => {
+                    let (pods, rows) = ops::get_pods(&name, ns)?;
+                    match output {
+                        Output::Json => ops::list_json("PodList", &pods)? + "\n",
+                        wide => report::pods(&rows, wide == Output::Wide),
+                    }
+                }
+                "services" | "service" | "svc" => ops::get_services(&name, ns, output)?,
+                "endpointslices" | "endpointslice" => ops::get_endpointslices(&name, ns, output)?,
                 other => {
                     bail!("cannot get {other:?}: use nodes, pods, services (svc) or endpointslices")
                 }
-            }
+            };
+            print!("{text}");
+            Ok(())
         }
         LabCmd::Exec {
             name,
@@ -332,7 +361,8 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 v["allOk"].as_bool().unwrap_or(false)
             } else {
-                ops::print_matrix(&results)
+                print!("{}", ops::matrix_text(&results));
+                ops::all_ok(&results)
             };
             if !all_ok {
                 std::process::exit(1);
@@ -346,9 +376,18 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 NodeActionArg::Stop => NodeAction::Stop,
                 NodeActionArg::Start => NodeAction::Start,
             };
-            ops::node(&name, &node, action, &Binaries::beside_current_exe()?)
+            ops::node(
+                &name,
+                &node,
+                action,
+                &Binaries::beside_current_exe()?,
+                &mut print_event,
+            )
         }
-        LabCmd::Status => ops::status(),
+        LabCmd::Status => {
+            print!("{}", report::status(&ops::status()));
+            Ok(())
+        }
         LabCmd::Supervise {
             lab,
             namespace,

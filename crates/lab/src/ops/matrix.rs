@@ -337,9 +337,11 @@ fn answers(outcomes: &[&Outcome]) -> String {
         .join(", ")
 }
 
-/// Prints the results as a matrix (and, with several attempts per pair,
-/// the answers each pair got); returns whether every attempt is ok.
-pub fn print_matrix(results: &[ProbeResult]) -> bool {
+/// The results as a matrix (and, with several attempts per pair, the
+/// answers each pair got).
+pub fn matrix_text(results: &[ProbeResult]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let mut froms: Vec<&str> = Vec::new();
     let mut tos: Vec<&str> = Vec::new();
     let mut cells: BTreeMap<(&str, &str), Vec<&Outcome>> = BTreeMap::new();
@@ -357,25 +359,30 @@ pub fn print_matrix(results: &[ProbeResult]) -> bool {
     }
     let width = tos.iter().map(|t| t.len()).max().unwrap_or(4).max(8) + 2;
     let first = froms.iter().map(|f| f.len()).max().unwrap_or(4).max(9) + 2;
-    print!("{:<first$}", "FROM\\TO");
+    let _ = write!(out, "{:<first$}", "FROM\\TO");
     for t in &tos {
-        print!("{t:<width$}");
+        let _ = write!(out, "{t:<width$}");
     }
-    println!();
+    out.push('\n');
     for f in &froms {
-        print!("{f:<first$}");
+        let _ = write!(out, "{f:<first$}");
         for t in &tos {
             let cell = cells.get(&(*f, *t)).map_or("-".into(), |o| summary(o));
-            print!("{cell:<width$}");
+            let _ = write!(out, "{cell:<width$}");
         }
-        println!();
+        out.push('\n');
     }
     if cells.values().any(|o| o.len() > 1) {
-        println!("\nANSWERS");
+        out.push_str("\nANSWERS\n");
         for ((f, t), outcomes) in &cells {
-            println!("{f} -> {t}: {}", answers(outcomes));
+            let _ = writeln!(out, "{f} -> {t}: {}", answers(outcomes));
         }
     }
+    out
+}
+
+/// Whether every probe got its answer.
+pub fn all_ok(results: &[ProbeResult]) -> bool {
     results
         .iter()
         .all(|r| matches!(r.outcome, Outcome::Ok { .. }))

@@ -1,12 +1,12 @@
 //! `weft lab get services|endpointslices`: kubectl's columns, or the
 //! objects as a v1 `List`. The cells are pure functions of one object; only
-//! [`get_services`] and [`get_endpointslices`] read the store and print.
+//! [`get_services`] and [`get_endpointslices`] read the store; they return
+//! the text for the CLI to print.
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use serde::Serialize;
-use serde_json::json;
 
 use super::{Lab, Output};
 use crate::endpointslices::SERVICE_NAME_LABEL;
@@ -18,14 +18,14 @@ const SHOWN: usize = 3;
 
 /// `weft lab get services`: NAMESPACE (all namespaces only), NAME, TYPE,
 /// CLUSTER-IP, EXTERNAL-IP, PORT(S); wide adds SELECTOR.
-pub fn get_services(name: &str, namespace: Option<&str>, output: Output) -> Result<()> {
+pub fn get_services(name: &str, namespace: Option<&str>, output: Output) -> Result<String> {
     let lab = Lab::open(name)?;
     let items = in_namespace(lab.services()?, namespace);
     let mut headers = vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"];
     if output == Output::Wide {
         headers.push("SELECTOR");
     }
-    print_objects(&items, namespace, output, &headers, |svc| {
+    render_objects(&items, namespace, output, &headers, |svc| {
         let mut row = service_row(svc);
         if output == Output::Wide {
             row.push(selector(svc));
@@ -36,14 +36,14 @@ pub fn get_services(name: &str, namespace: Option<&str>, output: Output) -> Resu
 
 /// `weft lab get endpointslices`: NAMESPACE (all namespaces only), NAME,
 /// ADDRESSTYPE, PORTS, ENDPOINTS (the ready ones); wide adds SERVICE.
-pub fn get_endpointslices(name: &str, namespace: Option<&str>, output: Output) -> Result<()> {
+pub fn get_endpointslices(name: &str, namespace: Option<&str>, output: Output) -> Result<String> {
     let lab = Lab::open(name)?;
     let items = in_namespace(lab.store.list_typed::<EndpointSlice>()?.0, namespace);
     let mut headers = vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"];
     if output == Output::Wide {
         headers.push("SERVICE");
     }
-    print_objects(&items, namespace, output, &headers, |slice| {
+    render_objects(&items, namespace, output, &headers, |slice| {
         let mut row = slice_row(slice);
         if output == Output::Wide {
             row.push(
@@ -69,23 +69,21 @@ where
         .collect()
 }
 
-/// Prints `items` as a v1 List, or as a table of `row`s (NAMESPACE first
-/// when listing all namespaces).
-fn print_objects<K>(
+/// `items` as a v1 List, or as a table of `row`s (NAMESPACE first when
+/// listing all namespaces).
+fn render_objects<K>(
     items: &[K],
     namespace: Option<&str>,
     output: Output,
     headers: &[&str],
     row: impl Fn(&K) -> Vec<String>,
-) -> Result<()>
+) -> Result<String>
 where
     K: Serialize
         + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
 {
     if output == Output::Json {
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+        return super::list_json("List", items).map(|json| json + "\n");
     }
     let all = namespace.is_none();
     let mut head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
@@ -100,8 +98,7 @@ where
         }
         rows.push(cells);
     }
-    print!("{}", table(&rows));
-    Ok(())
+    Ok(table(&rows))
 }
 
 /// Left-aligned columns three spaces apart, as kubectl prints them.
