@@ -18,7 +18,8 @@
 //! - [`endpointslices`]: the EndpointSlice controller.
 //! - [`targets`]: what `probe --from/--to` and `exec` name, resolved.
 //! - [`netexec`], [`probe`]: the built-in test server and client.
-//! - [`ops`]: the `weft lab` operations.
+//! - [`ops`]: the `weft lab` operations, which report what they did as
+//!   [`report`]'s typed results (rendered there, printed by the CLI).
 
 pub mod agents;
 pub mod endpointslices;
