@@ -172,11 +172,15 @@ impl Sets {
     /// skipping the elements it already sent; when the table is rehashed
     /// between parts (it grows in deferred work after a large insert) the
     /// walk repeats some elements and skips others without flagging the
-    /// dump. So the set is dumped until two dumps agree.
+    /// dump. A dump with repeats is therefore taken again until two dumps
+    /// agree; one without (the common case) is the answer.
     pub fn keys(&mut self, set: &str) -> Result<Vec<Vec<u8>>, NftError> {
-        let mut last = self.dump_keys(set)?;
+        let (mut last, repeated) = self.dump_keys(set)?;
+        if !repeated {
+            return Ok(last);
+        }
         for _ in 0..DUMP_ATTEMPTS {
-            let next = self.dump_keys(set)?;
+            let (next, _) = self.dump_keys(set)?;
             if next == last {
                 return Ok(next);
             }
@@ -188,9 +192,10 @@ impl Sets {
         ))))
     }
 
-    /// One dump of set `set`, sorted and without repeats; a dump the kernel
-    /// flags as interrupted by a ruleset change is taken again.
-    fn dump_keys(&mut self, set: &str) -> Result<Vec<Vec<u8>>, NftError> {
+    /// One dump of set `set`, sorted and without repeats, and whether it had
+    /// repeats; a dump the kernel flags as interrupted by a ruleset change
+    /// is taken again.
+    fn dump_keys(&mut self, set: &str) -> Result<(Vec<Vec<u8>>, bool), NftError> {
         let mut payload = nfgenmsg(self.family as u8);
         push_attr(
             &mut payload,
@@ -222,10 +227,12 @@ impl Sets {
                 0 if answer.interrupted => continue,
                 0 => {
                     keys.sort_unstable();
+                    let dumped = keys.len();
                     keys.dedup();
-                    return Ok(keys);
+                    let repeated = keys.len() != dumped;
+                    return Ok((keys, repeated));
                 }
-                e if e == libc::ENOENT => return Ok(Vec::new()),
+                e if e == libc::ENOENT => return Ok((Vec::new(), false)),
                 e => return Err(NftError::Query(std::io::Error::from_raw_os_error(e))),
             }
         }
