@@ -460,11 +460,11 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             public_ip: "198.18.0.10".parse().unwrap(),
             backend: json!({"vtepMAC": "02:00:00:00:00:0a"}),
-            expires_at: if expires_in >= 0 {
+            expires_at: Some(if expires_in >= 0 {
                 now + offset
             } else {
                 now - offset
-            },
+            }),
         }
     }
 

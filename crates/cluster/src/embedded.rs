@@ -171,7 +171,7 @@ fn subnet_lease(lease: Lease) -> SubnetLease {
         subnet: lease.subnet,
         public_ip: lease.public_ip,
         backend: lease.backend,
-        expires_at: lease.expires_at,
+        expires_at: Some(lease.expires_at),
     }
 }
 

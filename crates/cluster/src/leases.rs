@@ -25,12 +25,13 @@ pub struct SubnetLease {
     pub public_ip: IpAddr,
     /// What other nodes need to reach this one, e.g. `{"vtepMAC": …}`.
     pub backend: Value,
-    pub expires_at: SystemTime,
+    /// `None`: it lasts as long as its node (Kubernetes).
+    pub expires_at: Option<SystemTime>,
 }
 
 impl SubnetLease {
     pub fn is_live(&self, now: SystemTime) -> bool {
-        self.expires_at > now
+        self.expires_at.is_none_or(|at| at > now)
     }
 }
 

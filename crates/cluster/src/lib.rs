@@ -15,6 +15,8 @@
 //! - [`cache`]: what consumers keep from a stream (buffered from `Init` to
 //!   `InitDone`, then swapped in);
 //! - [`embedded`]: all of it on weft's SQLite store.
+//! - [`flannel`]: flannel's kube subnet manager annotations and how a Node
+//!   reads as a peer (pure; for the Kubernetes source to come).
 //!
 //! It must not know about kernels, agents or labs.
 
@@ -28,6 +30,7 @@ use serde::de::DeserializeOwned;
 pub mod cache;
 pub mod embedded;
 mod error;
+pub mod flannel;
 pub mod leases;
 pub mod liveness;
 
