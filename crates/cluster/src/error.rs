@@ -4,6 +4,9 @@ pub enum ClusterError {
     /// The embedded store failed (its own message says how).
     #[error(transparent)]
     Store(#[from] weft_store::StoreError),
+    /// The API server or the way to it; the text says which and what failed.
+    #[error("{0}")]
+    Kubernetes(String),
     #[error("cannot encode {what}: {source}")]
     Encode {
         what: String,

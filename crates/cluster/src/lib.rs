@@ -15,11 +15,13 @@
 //! - [`cache`]: what consumers keep from a stream (buffered from `Init` to
 //!   `InitDone`, then swapped in);
 //! - [`embedded`]: all of it on weft's SQLite store.
+//! - [`kubernetes`]: the watches on a kube-apiserver (kube-rs).
 //! - [`flannel`]: flannel's kube subnet manager annotations and how a Node
 //!   reads as a peer (pure; for the Kubernetes source to come).
 //!
 //! It must not know about kernels, agents or labs.
 
+use std::fmt::Debug;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -31,6 +33,7 @@ pub mod cache;
 pub mod embedded;
 mod error;
 pub mod flannel;
+pub mod kubernetes;
 pub mod leases;
 pub mod liveness;
 
@@ -44,12 +47,12 @@ pub type EventStream<K> = BoxStream<'static, Result<Event<K>, ClusterError>>;
 
 /// A Kubernetes resource a [`Cluster`] can watch.
 pub trait Watched:
-    Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone + Send + 'static
+    Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone + Debug + Send + 'static
 {
 }
 
 impl<K> Watched for K where
-    K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone + Send + 'static
+    K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone + Debug + Send + 'static
 {
 }
 

@@ -4,6 +4,8 @@
 //! file uses part of it.
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
