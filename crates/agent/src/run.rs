@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use ipnet::IpNet;
 use serde_json::json;
 use weft_cluster::cache::Cache;
-use weft_cluster::leases::{LeaseRequest, NodePublication};
+use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
 use weft_cluster::{ClusterState, Event, SubnetLease};
 use weft_datapath::netlink::{format_mac, VxlanSpec};
 use weft_datapath::{sysctl, Netlink};
@@ -172,7 +172,13 @@ pub async fn bootstrap<C: ClusterState>(opts: Options, cluster: C) -> Result<Age
             node: node.local.name.clone(),
             subnet: node.local.subnet,
             public_ip: node.local.public_ip,
-            backend_type: node.conf.backend.type_name().into(),
+            backend: match &node.conf.backend {
+                Backend::Vxlan { vni, .. } => BackendData::Vxlan {
+                    vni: *vni,
+                    vtep_mac: format_mac(&backend::vxlan::vtep_mac(&node.local.name, *vni)),
+                },
+                Backend::HostGw { .. } => BackendData::HostGw,
+            },
         })
         .await?;
     Ok(Agent {

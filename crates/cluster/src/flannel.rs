@@ -32,7 +32,8 @@ pub enum BackendData {
 }
 
 impl BackendData {
-    fn type_name(&self) -> &'static str {
+    /// The backend's name (`vxlan`, `host-gw`).
+    pub fn type_name(&self) -> &'static str {
         match self {
             BackendData::Vxlan { .. } => "vxlan",
             BackendData::HostGw => "host-gw",

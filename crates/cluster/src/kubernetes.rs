@@ -3,16 +3,38 @@
 //! Gone), retried with back-off while the API server is away; the last
 //! failure is the source's [`Cluster::problem`] until a watch succeeds
 //! again.
+//!
+//! Subnets follow flannel's `--kube-subnet-mgr` ([`crate::flannel`]): a
+//! node's subnet is its Node's podCIDR (node IPAM's choice), its data is
+//! published as flannel's annotations plus `NetworkUnavailable=False`, and
+//! every Node carrying them is a peer. Liveness is a `coordination.k8s.io`
+//! Lease per agent in `kube-node-lease`, labelled as weft's.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use futures::StreamExt;
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Config};
+use serde_json::json;
 
-use crate::{Cluster, ClusterError, EventStream, Watched};
+use crate::flannel;
+use crate::leases::{LeaseRequest, NodePublication, SubnetLease, SubnetManager};
+use crate::liveness::{self, Liveness, HEARTBEAT_NAMESPACE};
+use crate::{Cluster, ClusterError, Event, EventStream, Watched, RETRY_PAUSE};
+
+/// The field manager weft's writes are recorded under.
+const MANAGER: &str = "weft";
+/// The label of weft's liveness Leases (kubelets keep theirs beside them).
+const HEARTBEAT_LABEL: &str = "app.kubernetes.io/managed-by";
 
 /// A cluster behind a kube-apiserver.
 #[derive(Clone)]
@@ -82,4 +104,181 @@ impl Cluster for Kubernetes {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+fn api_error(what: &str, e: kube::Error) -> ClusterError {
+    ClusterError::Kubernetes(format!("{what}: {e}"))
+}
+
+impl Kubernetes {
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    /// `node`'s lease once node IPAM gave it a podCIDR.
+    async fn lease_of_node(
+        &self,
+        request: &LeaseRequest,
+    ) -> Result<Option<SubnetLease>, ClusterError> {
+        let node = self
+            .nodes()
+            .get_opt(&request.node)
+            .await
+            .map_err(|e| api_error(&format!("reading node {}", request.node), e))?;
+        let Some(node) = node else { return Ok(None) };
+        let Some(subnet) = flannel::pod_cidr(&node) else {
+            return Ok(None);
+        };
+        let public_ip =
+            flannel::public_ip(&node, request.public_ip).map_err(ClusterError::Kubernetes)?;
+        Ok(Some(SubnetLease {
+            node: request.node.clone(),
+            subnet: IpNet::V4(subnet),
+            public_ip,
+            backend: request.backend.clone(),
+            expires_at: None,
+        }))
+    }
+}
+
+impl SubnetManager for Kubernetes {
+    /// Waits until the Node exists and node IPAM (kube-controller-manager
+    /// `--allocate-node-cidrs`) set its podCIDR; the chooser is not used:
+    /// the subnet is the cluster's choice, not the agent's.
+    async fn acquire(
+        &self,
+        request: &LeaseRequest,
+        _choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+    ) -> Result<SubnetLease, ClusterError> {
+        let mut said = false;
+        loop {
+            match self.lease_of_node(request).await {
+                Ok(Some(lease)) => return Ok(lease),
+                Ok(None) if !said => {
+                    tracing::warn!(node = %request.node, "waiting for the Node to get a podCIDR: run kube-controller-manager with --allocate-node-cidrs and --cluster-cidr (the Network of net-conf.json)");
+                    said = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading this node's podCIDR failed; retrying")
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// A Node's podCIDR does not expire: renewing reads it again.
+    async fn renew(&self, node: &str, _ttl: Duration) -> Result<SubnetLease, ClusterError> {
+        let request = LeaseRequest {
+            node: node.to_owned(),
+            public_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            backend: json!({}),
+            ttl: Duration::ZERO,
+        };
+        self.lease_of_node(&request)
+            .await?
+            .ok_or_else(|| ClusterError::Kubernetes(format!("node {node} has no podCIDR any more")))
+    }
+
+    /// Every Node with flannel's annotations and a podCIDR, as a lease; a
+    /// Node that loses them (or goes) is a deleted lease.
+    fn watch_leases(&self) -> EventStream<SubnetLease> {
+        self.watch::<Node>()
+            .filter_map(|item| async move {
+                let event = match item {
+                    Err(e) => return Some(Err(e)),
+                    Ok(event) => event,
+                };
+                let gone = |node: &Node| SubnetLease {
+                    node: node.metadata.name.clone().unwrap_or_default(),
+                    subnet: IpNet::V4(Ipv4Net::default()),
+                    public_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    backend: json!({}),
+                    expires_at: None,
+                };
+                Some(Ok(match event {
+                    Event::Init => Event::Init,
+                    Event::InitDone => Event::InitDone,
+                    Event::InitApply(node) => Event::InitApply(flannel::lease_of(&node)?),
+                    Event::Apply(node) => match flannel::lease_of(&node) {
+                        Some(lease) => Event::Apply(lease),
+                        None => Event::Delete(gone(&node)),
+                    },
+                    Event::Delete(node) => Event::Delete(gone(&node)),
+                }))
+            })
+            .boxed()
+    }
+
+    /// flannel's annotations on the Node (patched only when they differ)
+    /// and `NetworkUnavailable=False` on its status.
+    async fn publish_node(&self, publication: &NodePublication) -> Result<(), ClusterError> {
+        let nodes = self.nodes();
+        let name = &publication.node;
+        let node = nodes
+            .get(name)
+            .await
+            .map_err(|e| api_error(&format!("reading node {name}"), e))?;
+        let wanted = flannel::annotations(&publication.backend, publication.public_ip);
+        if !flannel::annotated(&node, &wanted) {
+            let patch = json!({"metadata": {"annotations": wanted}});
+            nodes
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| api_error(&format!("annotating node {name}"), e))?;
+        }
+        let available = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False");
+        if !available {
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(liveness::now());
+            let patch = json!({"status": {"conditions": [{
+                "type": "NetworkUnavailable", "status": "False",
+                "reason": "WeftIsUp", "message": "weft is running on this node",
+                "lastTransitionTime": now, "lastHeartbeatTime": now,
+            }]}});
+            nodes
+                .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .map_err(|e| api_error(&format!("setting node {name}'s NetworkUnavailable"), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Liveness for Kubernetes {
+    async fn beat(&self, node: &str, valid_for: Duration) -> Result<(), ClusterError> {
+        let mut lease = liveness::heartbeat(node, valid_for, liveness::now());
+        lease.metadata.name = Some(heartbeat_name(node));
+        lease.metadata.labels = Some([(HEARTBEAT_LABEL.to_owned(), MANAGER.to_owned())].into());
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), HEARTBEAT_NAMESPACE);
+        leases
+            .patch(
+                &heartbeat_name(node),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&lease),
+            )
+            .await
+            .map_err(|e| api_error(&format!("renewing the heartbeat of node {node}"), e))?;
+        Ok(())
+    }
+
+    async fn live_nodes(&self) -> Result<BTreeSet<String>, ClusterError> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), HEARTBEAT_NAMESPACE);
+        let selector = format!("{HEARTBEAT_LABEL}={MANAGER}");
+        let list = leases
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| api_error("listing node heartbeats", e))?;
+        Ok(liveness::live(&list.items, liveness::now()))
+    }
+}
+
+/// weft's heartbeat beside the kubelet's Lease of the same node.
+fn heartbeat_name(node: &str) -> String {
+    format!("weft-{node}")
 }

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use serde_json::Value;
 
+pub use crate::flannel::BackendData;
 use crate::{ClusterError, EventStream};
 
 /// One node's subnet.
@@ -50,8 +51,8 @@ pub struct NodePublication {
     pub node: String,
     pub subnet: IpNet,
     pub public_ip: IpAddr,
-    /// The backend's name (`vxlan`, `host-gw`).
-    pub backend_type: String,
+    /// What the backend tells other nodes.
+    pub backend: BackendData,
 }
 
 /// Annotations weft puts on its Nodes.
@@ -82,7 +83,10 @@ pub fn apply(publication: &NodePublication, node: Option<Node>) -> Node {
         .metadata
         .annotations
         .get_or_insert_with(Default::default);
-    annotations.insert(BACKEND_ANNOTATION.into(), publication.backend_type.clone());
+    annotations.insert(
+        BACKEND_ANNOTATION.into(),
+        publication.backend.type_name().into(),
+    );
     annotations.insert(
         PUBLIC_IP_ANNOTATION.into(),
         publication.public_ip.to_string(),
@@ -129,7 +133,7 @@ mod tests {
             node: "node-1".into(),
             subnet: "10.244.3.0/24".parse().unwrap(),
             public_ip: "198.18.0.11".parse().unwrap(),
-            backend_type: "vxlan".into(),
+            backend: BackendData::HostGw,
         }
     }
 
@@ -145,7 +149,7 @@ mod tests {
         let node = apply(&publication(), Some(before));
         let annotations = node.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations["other"], "kept");
-        assert_eq!(annotations[BACKEND_ANNOTATION], "vxlan");
+        assert_eq!(annotations[BACKEND_ANNOTATION], "host-gw");
         assert_eq!(annotations[PUBLIC_IP_ANNOTATION], "198.18.0.11");
         assert_eq!(node.metadata.labels.as_ref().unwrap()["team"], "a");
         let spec = node.spec.as_ref().unwrap();

@@ -174,7 +174,7 @@ async fn a_published_node_keeps_what_others_wrote() {
         node: "node-a".into(),
         subnet: "10.244.3.0/24".parse().unwrap(),
         public_ip: "198.18.0.11".parse().unwrap(),
-        backend_type: "vxlan".into(),
+        backend: weft_cluster::leases::BackendData::HostGw,
     };
     cluster.publish_node(&publication).await.unwrap();
     let revision = store.revision().unwrap();

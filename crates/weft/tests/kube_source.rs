@@ -1,6 +1,9 @@
 //! weft-cluster's Kubernetes source against a real kube-apiserver (the
 //! peers' build, in a namespace of the test's own): a watch lists what
-//! exists, then follows what is created and deleted through the API.
+//! exists, then follows what is created and deleted through the API; the
+//! subnet is the Node's podCIDR and the node is published with flannel's
+//! annotations exactly; Nodes carrying them are peers; heartbeats are
+//! Leases.
 
 mod common;
 
@@ -8,12 +11,13 @@ use std::time::Duration;
 
 use common::control_plane::ControlPlane;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use weft_cluster::kubernetes::Kubernetes;
-use weft_cluster::{Cluster, Event, EventStream};
+use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease};
+use weft_cluster::{Cluster, Event, EventStream, Liveness, SubnetManager};
 
 fn service(name: &str) -> Service {
     serde_json::from_value(json!({
@@ -88,6 +92,130 @@ fn a_kubernetes_watch_lists_then_follows_the_api_server() {
                     name(&event)
                 );
                 assert_eq!(cluster.problem(), None);
+            })
+        })
+        .unwrap();
+}
+
+fn node(name: &str, pod_cidr: &str, annotations: serde_json::Value) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+    }))
+    .unwrap()
+}
+
+/// The next lease event, failing the test after 20 s.
+async fn next_lease(stream: &mut EventStream<SubnetLease>) -> Event<SubnetLease> {
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("an event within 20 s")
+        .expect("the watch goes on")
+        .expect("no watch error")
+}
+
+#[test]
+fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
+    let control_plane = ControlPlane::start();
+    let kubeconfig = control_plane.kubeconfig.clone();
+    control_plane
+        .ns()
+        .run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let cluster = Kubernetes::from_kubeconfig(&kubeconfig).await.unwrap();
+                let nodes: Api<Node> = Api::all(cluster.client().clone());
+                // What node IPAM would have set.
+                nodes
+                    .create(&PostParams::default(), &node("node-a", "10.244.1.0/24", json!({})))
+                    .await
+                    .unwrap();
+                let request = LeaseRequest {
+                    node: "node-a".into(),
+                    public_ip: "198.18.0.11".parse().unwrap(),
+                    backend: json!({"vtepMAC": "0a:58:c6:12:00:0b"}),
+                    ttl: Duration::from_secs(60),
+                };
+                let lease = cluster.acquire(&request, |_| None).await.unwrap();
+                assert_eq!(lease.subnet.to_string(), "10.244.1.0/24", "the podCIDR, not a choice");
+                let publication = NodePublication {
+                    node: "node-a".into(),
+                    subnet: lease.subnet,
+                    public_ip: lease.public_ip,
+                    backend: BackendData::Vxlan {
+                        vni: 1,
+                        vtep_mac: "0a:58:c6:12:00:0b".into(),
+                    },
+                };
+                cluster.publish_node(&publication).await.unwrap();
+                let published = nodes.get("node-a").await.unwrap();
+                let annotations = published.metadata.annotations.clone().unwrap();
+                assert_eq!(annotations["flannel.alpha.coreos.com/kube-subnet-manager"], "true");
+                assert_eq!(annotations["flannel.alpha.coreos.com/backend-type"], "vxlan");
+                assert_eq!(
+                    annotations["flannel.alpha.coreos.com/backend-data"],
+                    r#"{"VNI":1,"VtepMAC":"0a:58:c6:12:00:0b"}"#
+                );
+                assert_eq!(annotations["flannel.alpha.coreos.com/public-ip"], "198.18.0.11");
+                let conditions = published.status.unwrap().conditions.unwrap();
+                assert!(
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False"),
+                    "{conditions:?}"
+                );
+                // Publishing again writes nothing.
+                let version = published.metadata.resource_version.clone();
+                cluster.publish_node(&publication).await.unwrap();
+                let again = nodes.get("node-a").await.unwrap();
+                assert_eq!(again.metadata.resource_version, version);
+
+                // Peers: node-a, then a flanneld node joining and leaving.
+                let mut leases = cluster.watch_leases();
+                let mut listed = Vec::new();
+                loop {
+                    match next_lease(&mut leases).await {
+                        Event::InitApply(l) => listed.push(l.node),
+                        Event::InitDone => break,
+                        _ => {}
+                    }
+                }
+                assert_eq!(listed, ["node-a"]);
+                let flanneld = json!({
+                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/backend-data": r#"{"VNI":1,"VtepMAC":"0a:58:c6:12:00:0c"}"#,
+                    "flannel.alpha.coreos.com/public-ip": "198.18.0.12",
+                });
+                nodes
+                    .create(&PostParams::default(), &node("node-b", "10.244.2.0/24", flanneld))
+                    .await
+                    .unwrap();
+                match next_lease(&mut leases).await {
+                    Event::Apply(l) => {
+                        assert_eq!(l.node, "node-b");
+                        assert_eq!(l.subnet.to_string(), "10.244.2.0/24");
+                        assert_eq!(l.backend, json!({"vtepMAC": "0a:58:c6:12:00:0c"}));
+                    }
+                    other => panic!("not node-b's lease: {other:?}"),
+                }
+                nodes.delete("node-b", &DeleteParams::default()).await.unwrap();
+                loop {
+                    match next_lease(&mut leases).await {
+                        Event::Delete(l) if l.node == "node-b" => break,
+                        Event::Apply(l) if l.node == "node-b" => continue, // deletion in progress
+                        other => panic!("not node-b's deletion: {other:?}"),
+                    }
+                }
+
+                assert!(cluster.live_nodes().await.unwrap().is_empty());
+                cluster.beat("node-a", Duration::from_secs(30)).await.unwrap();
+                cluster.beat("node-a", Duration::from_secs(30)).await.unwrap();
+                let live = cluster.live_nodes().await.unwrap();
+                assert_eq!(live, ["node-a".to_string()].into());
             })
         })
         .unwrap();
