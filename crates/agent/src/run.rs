@@ -20,6 +20,7 @@ use futures::{FutureExt, StreamExt};
 use ipnet::IpNet;
 use serde_json::json;
 use weft_cluster::cache::Cache;
+use weft_cluster::flannel;
 use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
 use weft_cluster::{ClusterState, Event, SubnetLease};
 use weft_datapath::netlink::{format_mac, VxlanSpec};
@@ -150,6 +151,11 @@ pub async fn bootstrap<C: ClusterState>(opts: Options, cluster: C) -> Result<Age
     let lease = cluster
         .acquire(&request, |taken| subnets::choose(&v4, taken))
         .await?;
+    // Where the cluster chose the subnet (Kubernetes' node IPAM), it must
+    // have net-conf.json's size.
+    if let IpNet::V4(subnet) = lease.subnet {
+        flannel::check_subnet_len(subnet, v4.subnet_len).map_err(anyhow::Error::msg)?;
+    }
     tracing::info!(node = %opts.node, subnet = %lease.subnet, public_ip = %public.addr(), backend = conf.backend.type_name(), "leased subnet");
 
     let local = LocalNode {

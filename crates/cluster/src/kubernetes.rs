@@ -10,7 +10,7 @@
 //! every Node carrying them is a peer. Liveness is a `coordination.k8s.io`
 //! Lease per agent in `kube-node-lease`, labelled as weft's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use std::collections::BTreeSet;
@@ -44,19 +44,40 @@ pub struct Kubernetes {
     problem: Arc<Mutex<Option<String>>>,
 }
 
+/// How the agent reaches the API server.
+#[derive(Debug, Clone)]
+pub enum ApiAccess {
+    /// A kubeconfig file's cluster and user.
+    Kubeconfig(PathBuf),
+    /// The pod's service-account token and the in-cluster CA.
+    InCluster,
+}
+
 impl Kubernetes {
+    /// Connects as `access` says, to `server` (`https://HOST:PORT`) when
+    /// given instead of the kubeconfig's or `KUBERNETES_SERVICE_HOST`.
+    pub async fn connect(access: &ApiAccess, server: Option<&str>) -> Result<Self, ClusterError> {
+        let mut config = match access {
+            ApiAccess::Kubeconfig(path) => kubeconfig(path).await?,
+            ApiAccess::InCluster => Config::incluster().map_err(|e| {
+                ClusterError::Kubernetes(format!(
+                    "no in-cluster access (a service-account token in a pod): {e}; pass --kubeconfig outside one"
+                ))
+            })?,
+        };
+        if let Some(server) = server {
+            config.cluster_url = server.parse().map_err(|e| {
+                ClusterError::Kubernetes(format!(
+                    "the API server address {server:?} is not a URL like https://HOST:PORT: {e}"
+                ))
+            })?;
+        }
+        Self::with_config(config)
+    }
+
     /// Connects with the kubeconfig at `path`.
     pub async fn from_kubeconfig(path: &Path) -> Result<Self, ClusterError> {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-            ClusterError::Kubernetes(format!("reading the kubeconfig {}: {e}", path.display()))
-        })?;
-        let options = kube::config::KubeConfigOptions::default();
-        let config = Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .map_err(|e| {
-                ClusterError::Kubernetes(format!("the kubeconfig {}: {e}", path.display()))
-            })?;
-        Self::with_config(config)
+        Self::connect(&ApiAccess::Kubeconfig(path.to_owned()), None).await
     }
 
     fn with_config(config: Config) -> Result<Self, ClusterError> {
@@ -104,6 +125,16 @@ impl Cluster for Kubernetes {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+/// The configuration of the kubeconfig at `path`.
+async fn kubeconfig(path: &Path) -> Result<Config, ClusterError> {
+    let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+        ClusterError::Kubernetes(format!("reading the kubeconfig {}: {e}", path.display()))
+    })?;
+    Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| ClusterError::Kubernetes(format!("the kubeconfig {}: {e}", path.display())))
 }
 
 fn api_error(what: &str, e: kube::Error) -> ClusterError {

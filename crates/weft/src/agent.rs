@@ -9,17 +9,32 @@ use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_agent::run::Options;
 use weft_cluster::embedded::Embedded;
+use weft_cluster::kubernetes::{ApiAccess, Kubernetes};
 
 use crate::period::{self, ms, secs, show};
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
     /// This node's name (a Kubernetes node name: a DNS-1123 subdomain).
-    #[arg(long, value_parser = node_name)]
+    #[arg(long, env = "NODE_NAME", value_parser = node_name)]
     node: String,
-    /// The embedded cluster store (SQLite file shared by the cluster's agents).
+    /// The embedded cluster store (SQLite file shared by the cluster's
+    /// agents), used unless the cluster is a Kubernetes one.
     #[arg(long, default_value = "/var/lib/weft/store.db")]
     store: PathBuf,
+    /// Read the cluster from the kube-apiserver of this kubeconfig
+    /// (subnets are the Nodes' podCIDRs, as flannel's --kube-subnet-mgr).
+    #[arg(long, conflicts_with = "in_cluster")]
+    kubeconfig: Option<PathBuf>,
+    /// Read the cluster from the kube-apiserver with the pod's
+    /// service-account token (when running as a DaemonSet).
+    #[arg(long)]
+    in_cluster: bool,
+    /// The API server's real address (https://HOST:PORT), over the
+    /// kubeconfig's server or KUBERNETES_SERVICE_HOST (which is the
+    /// `kubernetes` ClusterIP this agent itself programs).
+    #[arg(long)]
+    kube_api_server: Option<String>,
     /// flannel-style net-conf.json.
     #[arg(long, default_value = "/etc/weft/net-conf.json")]
     net_conf: PathBuf,
@@ -73,6 +88,42 @@ pub struct AgentArgs {
     /// ClusterIP, a node's address or on a port weft serves.
     #[arg(long, env = "WEFT_EXTERNAL_IP_CIDRS", default_value = "", value_parser = cidr_list)]
     external_ip_cidrs: CidrList,
+}
+
+/// Where the agent reads the cluster.
+enum Source {
+    Store {
+        path: PathBuf,
+        network: String,
+        poll: Duration,
+    },
+    Kubernetes {
+        access: ApiAccess,
+        server: Option<String>,
+    },
+}
+
+impl Source {
+    fn of(a: &AgentArgs) -> Result<Source> {
+        let access = match (&a.kubeconfig, a.in_cluster) {
+            (Some(path), _) => ApiAccess::Kubeconfig(path.clone()),
+            (None, true) => ApiAccess::InCluster,
+            (None, false) if a.kube_api_server.is_some() => {
+                bail!("--kube-api-server needs --kubeconfig or --in-cluster")
+            }
+            (None, false) => {
+                return Ok(Source::Store {
+                    path: a.store.clone(),
+                    network: a.network.clone(),
+                    poll: a.watch_poll,
+                })
+            }
+        };
+        Ok(Source::Kubernetes {
+            access,
+            server: a.kube_api_server.clone(),
+        })
+    }
 }
 
 /// A node name as the API server accepts it: it names the node's lease,
@@ -143,8 +194,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         )
         .init();
     let net_conf = weft_agent::run::read_net_conf(&a.net_conf)?;
-    let cluster = Embedded::open(&a.store, &a.network, a.watch_poll)
-        .with_context(|| format!("opening the cluster store {}", a.store.display()))?;
+    let source = Source::of(&a)?;
     let opts = Options {
         node: a.node,
         net_conf,
@@ -175,7 +225,21 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        weft_agent::run::run(opts, cluster, shutdown).await
+        match source {
+            Source::Store {
+                path,
+                network,
+                poll,
+            } => {
+                let cluster = Embedded::open(&path, &network, poll)
+                    .with_context(|| format!("opening the cluster store {}", path.display()))?;
+                weft_agent::run::run(opts, cluster, shutdown).await
+            }
+            Source::Kubernetes { access, server } => {
+                let cluster = Kubernetes::connect(&access, server.as_deref()).await?;
+                weft_agent::run::run(opts, cluster, shutdown).await
+            }
+        }
     })
 }
 

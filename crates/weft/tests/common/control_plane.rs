@@ -36,6 +36,7 @@ pub fn peer(name: &str) -> PathBuf {
 
 /// A scratch network namespace with its loopback up, removed on drop.
 struct Scratch {
+    name: String,
     ns: NetNs,
     _guard: Namespaces,
 }
@@ -49,7 +50,11 @@ impl Scratch {
             .output()
             .expect("running ip");
         assert!(out.status.success(), "ip link set lo up: {}", text(&out));
-        Scratch { ns, _guard: guard }
+        Scratch {
+            name,
+            ns,
+            _guard: guard,
+        }
     }
 }
 
@@ -332,6 +337,11 @@ impl ControlPlane {
     /// The namespace the servers listen in (on its loopback).
     pub fn ns(&self) -> &NetNs {
         &self.scratch.ns
+    }
+
+    /// That namespace's name (for `ip -n`).
+    pub fn ns_name(&self) -> &str {
+        &self.scratch.name
     }
 
     /// `kubectl get --raw PATH` against the apiserver.

@@ -1,0 +1,177 @@
+//! `weft agent --kubeconfig` against a real kube-apiserver (the peers'
+//! build): the agent runs in the control plane's namespace (its underlay a
+//! veth pair there), takes its subnet from its Node's podCIDR, publishes
+//! flannel's annotations, programs a route to a flanneld-style peer Node
+//! and removes it when that Node is deleted.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::control_plane::ControlPlane;
+use common::{wait_until, WEFT};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{DeleteParams, PostParams};
+use kube::Api;
+use serde_json::json;
+use weft_cluster::kubernetes::Kubernetes;
+
+/// The agent, killed by its PID on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn node(name: &str, pod_cidr: &str, annotations: serde_json::Value) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+    }))
+    .unwrap()
+}
+
+/// Runs `work` with an API client, inside the control plane's namespace.
+fn with_api<T, F, Fut>(cp: &ControlPlane, work: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(Api<Node>) -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+{
+    let kubeconfig = cp.kubeconfig.clone();
+    cp.ns()
+        .run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let cluster = Kubernetes::from_kubeconfig(&kubeconfig).await.unwrap();
+                work(Api::all(cluster.client().clone())).await
+            })
+        })
+        .unwrap()
+}
+
+fn start_agent(cp: &ControlPlane, dir: &Path) -> Agent {
+    std::fs::write(
+        dir.join("net-conf.json"),
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let child = cp
+        .ns()
+        .command(WEFT)
+        .args(["agent", "--node", "node-a", "--no-proxy", "--iface", "d0"])
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .arg("--net-conf")
+        .arg(dir.join("net-conf.json"))
+        .arg("--subnet-file")
+        .arg(dir.join("subnet.env"))
+        .arg("--cni-conf-dir")
+        .arg(dir.join("net.d"))
+        .arg("--ipam-dir")
+        .arg(dir.join("ipam"))
+        .args(["--health", "127.0.0.1:10259"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting weft agent");
+    Agent(child)
+}
+
+#[test]
+fn the_agent_takes_its_subnet_from_the_node_and_meshes_with_flannel_peers() {
+    let cp = ControlPlane::start();
+    let ns = cp.ns_name().to_owned();
+    ip(
+        &ns,
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    );
+    ip(&ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
+    for link in ["d0", "d1"] {
+        ip(&ns, &["link", "set", link, "up"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    with_api(&cp, |nodes| async move {
+        let node_a = node("node-a", "10.244.1.0/24", json!({}));
+        nodes.create(&PostParams::default(), &node_a).await.unwrap();
+    });
+    let _agent = start_agent(&cp, dir.path());
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+
+    // The subnet is the podCIDR; the node is annotated as flanneld does it.
+    let env = dir.path().join("subnet.env");
+    let got = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&env).is_ok_and(|e| e.contains("FLANNEL_SUBNET=10.244.1.1/24"))
+    });
+    assert!(got.is_some(), "no subnet.env for 10.244.1.0/24:\n{}", log());
+    let annotated = with_api(&cp, |nodes| async move {
+        let node = nodes.get("node-a").await.unwrap();
+        node.metadata.annotations.unwrap_or_default()
+    });
+    assert_eq!(annotated["flannel.alpha.coreos.com/backend-type"], "vxlan");
+    assert_eq!(
+        annotated["flannel.alpha.coreos.com/public-ip"],
+        "198.18.0.11"
+    );
+    assert!(
+        annotated["flannel.alpha.coreos.com/backend-data"].starts_with(r#"{"VNI":1,"VtepMAC":""#)
+    );
+
+    // A flanneld node joins: a route to its subnet over the vxlan device.
+    let flanneld = json!({
+        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/backend-type": "vxlan",
+        "flannel.alpha.coreos.com/backend-data": r#"{"VNI":1,"VtepMAC":"0a:58:c6:12:00:0c"}"#,
+        "flannel.alpha.coreos.com/public-ip": "198.18.0.12",
+    });
+    with_api(&cp, |nodes| async move {
+        let node_b = node("node-b", "10.244.2.0/24", flanneld);
+        nodes.create(&PostParams::default(), &node_b).await.unwrap();
+    });
+    let routed = || ip(&ns, &["route", "show", "10.244.2.0/24"]).contains("weft.1");
+    let took = wait_until(Duration::from_secs(5), routed);
+    assert!(took.is_some(), "no route to node-b's subnet:\n{}", log());
+    let fdb = Command::new("bridge")
+        .args(["-n", &ns, "fdb", "show", "dev", "weft.1"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&fdb.stdout).contains("0a:58:c6:12:00:0c dst 198.18.0.12"));
+
+    // The Node goes: so do its route, neighbour and FDB entry, within 2 s.
+    with_api(&cp, |nodes| async move {
+        nodes
+            .delete("node-b", &DeleteParams::default())
+            .await
+            .unwrap();
+    });
+    let gone = wait_until(Duration::from_secs(2), || !routed());
+    assert!(
+        gone.is_some(),
+        "node-b's route outlived its Node:\n{}",
+        log()
+    );
+}
