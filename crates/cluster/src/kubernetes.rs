@@ -241,8 +241,8 @@ impl SubnetManager for Kubernetes {
             .boxed()
     }
 
-    /// flannel's annotations on the Node (patched only when they differ)
-    /// and `NetworkUnavailable=False` on its status.
+    /// flannel's annotations on the Node and `NetworkUnavailable=False` on
+    /// its status, both through `nodes/status` and only when they differ.
     async fn publish_node(&self, publication: &NodePublication) -> Result<(), ClusterError> {
         let nodes = self.nodes();
         let name = &publication.node;
@@ -252,9 +252,11 @@ impl SubnetManager for Kubernetes {
             .map_err(|e| api_error(&format!("reading node {name}"), e))?;
         let wanted = flannel::annotations(&publication.backend, publication.public_ip);
         if !flannel::annotated(&node, &wanted) {
+            // Through nodes/status, as flanneld does: the only Node write
+            // an agent's role needs.
             let patch = json!({"metadata": {"annotations": wanted}});
             nodes
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(|e| api_error(&format!("annotating node {name}"), e))?;
         }
