@@ -2,7 +2,8 @@
 //! build): the agent runs in the control plane's namespace (its underlay a
 //! veth pair there), takes its subnet from its Node's podCIDR, publishes
 //! flannel's annotations, programs a route to a flanneld-style peer Node
-//! and removes it when that Node is deleted.
+//! and removes it when that Node is deleted; its Service proxy programs a
+//! Service and EndpointSlice written through the API.
 
 mod common;
 
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use common::control_plane::ControlPlane;
 use common::{wait_until, WEFT};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
@@ -72,7 +74,7 @@ where
         .unwrap()
 }
 
-fn start_agent(cp: &ControlPlane, dir: &Path) -> Agent {
+fn start_agent(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> Agent {
     std::fs::write(
         dir.join("net-conf.json"),
         r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
@@ -82,7 +84,8 @@ fn start_agent(cp: &ControlPlane, dir: &Path) -> Agent {
     let child = cp
         .ns()
         .command(WEFT)
-        .args(["agent", "--node", "node-a", "--no-proxy", "--iface", "d0"])
+        .args(["agent", "--node", "node-a", "--iface", "d0"])
+        .args(extra)
         .arg("--kubeconfig")
         .arg(&cp.kubeconfig)
         .arg("--net-conf")
@@ -102,6 +105,24 @@ fn start_agent(cp: &ControlPlane, dir: &Path) -> Agent {
     Agent(child)
 }
 
+/// The node's underlay (a veth pair with 198.18.0.11 in the control
+/// plane's namespace) and its Node, with the podCIDR node IPAM would give.
+fn underlay_and_node(cp: &ControlPlane) {
+    let ns = cp.ns_name();
+    ip(
+        ns,
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    );
+    ip(ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
+    for link in ["d0", "d1"] {
+        ip(ns, &["link", "set", link, "up"]);
+    }
+    with_api(cp, |nodes| async move {
+        let node_a = node("node-a", "10.244.1.0/24", json!({}));
+        nodes.create(&PostParams::default(), &node_a).await.unwrap();
+    });
+}
+
 #[test]
 fn the_agent_takes_its_subnet_from_the_node_and_meshes_with_flannel_peers() {
     let cp = ControlPlane::start();
@@ -119,7 +140,7 @@ fn the_agent_takes_its_subnet_from_the_node_and_meshes_with_flannel_peers() {
         let node_a = node("node-a", "10.244.1.0/24", json!({}));
         nodes.create(&PostParams::default(), &node_a).await.unwrap();
     });
-    let _agent = start_agent(&cp, dir.path());
+    let _agent = start_agent(&cp, dir.path(), &["--no-proxy"]);
     let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
 
     // The subnet is the podCIDR; the node is annotated as flanneld does it.
@@ -174,4 +195,56 @@ fn the_agent_takes_its_subnet_from_the_node_and_meshes_with_flannel_peers() {
         "node-b's route outlived its Node:\n{}",
         log()
     );
+}
+
+#[test]
+fn services_written_through_the_api_are_programmed() {
+    let cp = ControlPlane::start();
+    let ns = cp.ns_name().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    underlay_and_node(&cp);
+    let _agent = start_agent(&cp, dir.path(), &[]);
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    // What a user and the EndpointSlice controller would write.
+    let cluster_ip = with_api(&cp, |nodes| async move {
+        let client = nodes.into_client();
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-a",
+                           "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+        slices.create(&PostParams::default(), &slice).await.unwrap();
+        svc.spec.unwrap().cluster_ip.unwrap()
+    });
+    let element = format!("{cluster_ip} . tcp . 80");
+    let programmed = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "nft",
+                "list",
+                "map",
+                "ip",
+                "weft-proxy",
+                "service-ips",
+            ])
+            .output()
+            .expect("running nft");
+        String::from_utf8_lossy(&out.stdout).contains(&element)
+    };
+    let took = wait_until(Duration::from_secs(10), programmed);
+    assert!(took.is_some(), "{element} not programmed:\n{}", log());
 }
