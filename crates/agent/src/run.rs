@@ -69,14 +69,43 @@ struct NodeState {
     mtu: u32,
 }
 
-/// Runs the agent until `shutdown`.
+/// Why the agent is not ready while it starts: on Kubernetes it may wait
+/// a long time for node IPAM.
+const STARTING: &str = "starting: waiting for this node's subnet from the cluster (on Kubernetes: \
+    the Node's spec.podCIDR, set by kube-controller-manager --allocate-node-cidrs)";
+
+/// Runs the agent until `shutdown`. `/healthz` and `/readyz` answer from
+/// the start (not ready, with the reason, until the first pass).
 pub async fn run<C: ClusterState>(
     opts: Options,
     cluster: C,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let agent = bootstrap(opts, cluster).await?;
-    agent.run(shutdown).await
+    let health_state = Arc::new(Health::default());
+    health_state.set_unready(STARTING.into());
+    health_state.beat();
+    let server = tokio::spawn(health::serve(
+        opts.health,
+        health_state.clone(),
+        opts.health_stale_after,
+    ));
+    // Alive while it waits: a kubelet would restart an agent that only
+    // waits for the cluster, which helps nobody.
+    let mut beat = tokio::time::interval(opts.resync);
+    let starting = bootstrap(opts, cluster);
+    tokio::pin!(starting);
+    let agent = loop {
+        tokio::select! {
+            agent = &mut starting => break agent,
+            _ = beat.tick() => health_state.beat(),
+        }
+    };
+    let outcome = match agent {
+        Ok(agent) => agent.run(health_state, shutdown).await,
+        Err(e) => Err(e),
+    };
+    server.abort();
+    outcome
 }
 
 /// A bootstrapped agent: its subnet leased, its device up, its files
@@ -199,18 +228,16 @@ pub async fn bootstrap<C: ClusterState>(opts: Options, cluster: C) -> Result<Age
 
 impl<C: ClusterState> Agent<C> {
     /// The loop: converge on lease changes and resync ticks until
-    /// `shutdown`; the Service proxy runs beside it on its own thread.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-        let health_state = Arc::new(Health::default());
-        health_state.beat();
+    /// `shutdown`, reporting on `health_state`; the Service proxy runs
+    /// beside it on its own thread.
+    pub async fn run(
+        mut self,
+        health_state: Arc<Health>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         if self.opts.proxy {
             self.spawn_proxy(health_state.clone())?;
         }
-        let server = tokio::spawn(health::serve(
-            self.opts.health,
-            health_state.clone(),
-            self.opts.health_stale_after,
-        ));
         let mut leases = self.cluster.watch_leases();
         let mut known = lease_cache();
         let mut resync = tokio::time::interval(self.opts.resync);
@@ -248,7 +275,6 @@ impl<C: ClusterState> Agent<C> {
                 _ = &mut shutdown => break,
             };
         }
-        server.abort();
         tracing::info!("stopping; the datapath and the lease stay in place");
         Ok(())
     }

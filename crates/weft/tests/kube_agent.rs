@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -247,4 +248,88 @@ fn services_written_through_the_api_are_programmed() {
     };
     let took = wait_until(Duration::from_secs(10), programmed);
     assert!(took.is_some(), "{element} not programmed:\n{}", log());
+}
+
+/// `GET path` on the agent's health port inside the namespace: the status
+/// line and the body.
+fn health(cp: &ControlPlane, path: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    cp.ns()
+        .run_in(move || {
+            let mut conn = std::net::TcpStream::connect("127.0.0.1:10259").ok()?;
+            conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            conn.write_all(request.as_bytes()).ok()?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        })
+        .ok()
+        .flatten()
+}
+
+#[test]
+fn until_node_ipam_gives_a_pod_cidr_the_agent_is_alive_and_says_why_it_is_not_ready() {
+    let cp = ControlPlane::start();
+    let ns = cp.ns_name().to_owned();
+    ip(
+        &ns,
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    );
+    ip(&ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
+    ip(&ns, &["link", "set", "d0", "up"]);
+    with_api(&cp, |nodes| async move {
+        let bare: Node = serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap();
+        nodes.create(&PostParams::default(), &bare).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent(
+        &cp,
+        dir.path(),
+        &[
+            "--no-proxy",
+            "--health-stale-after",
+            "1s",
+            "--resync",
+            "200ms",
+        ],
+    );
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let waiting = wait_until(Duration::from_secs(10), || {
+        health(&cp, "/readyz").is_some_and(|a| a.contains("503") && a.contains("spec.podCIDR"))
+    });
+    assert!(
+        waiting.is_some(),
+        "/readyz: {:?}\n{}",
+        health(&cp, "/readyz"),
+        log()
+    );
+    // Longer than the staleness limit: still alive while it waits.
+    std::thread::sleep(Duration::from_secs(2));
+    let alive = health(&cp, "/healthz").unwrap_or_default();
+    assert!(alive.contains("200 OK"), "{alive}\n{}", log());
+    assert!(
+        log().contains("waiting for the Node to get a podCIDR"),
+        "{}",
+        log()
+    );
+    with_api(&cp, |nodes| async move {
+        let patch = json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}});
+        nodes
+            .patch(
+                "node-a",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    });
+    let ready = wait_until(Duration::from_secs(10), || {
+        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
+    });
+    assert!(
+        ready.is_some(),
+        "/readyz: {:?}\n{}",
+        health(&cp, "/readyz"),
+        log()
+    );
 }
