@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 
 /// The node's conflist: weft-cni on bridge `cni0` with its subnet from
 /// `subnet_file`. Masquerade stays with the agent (FLANNEL_IPMASQ=true).
+/// The node's CNI configuration, in the CNI config directory.
+pub const CONFLIST: &str = "10-weft.conflist";
+
 pub fn conflist(network: &str, subnet_file: &Path, ipam_dir: &Path) -> Value {
     json!({
         "cniVersion": "1.1.0",

@@ -13,9 +13,11 @@
 //! - [`services`]: the Service/EndpointSlice cache the proxy plans from.
 //! - [`proxy`]: the Service proxy's loop (nftables, conntrack, health ports).
 //! - [`speaker`]: node heartbeats and LoadBalancer address announcement.
-//! - [`run`]: the agent's loop.
+//! - [`run`]: the agent's start-up and loop.
+//! - [`cleanup`]: `--cleanup`, removing what the agent put on the node.
 
 pub mod backend;
+pub mod cleanup;
 pub mod config;
 pub mod files;
 pub mod health;

@@ -472,7 +472,7 @@ fn ensure_cni_files(opts: &Options, node: &NodeState) -> Result<Vec<PathBuf>> {
     let conflist = serde_json::to_string_pretty(&conflist)?;
     let wanted = [
         (opts.subnet_file.clone(), env),
-        (opts.cni_conf_dir.join("10-weft.conflist"), conflist),
+        (opts.cni_conf_dir.join(files::CONFLIST), conflist),
     ];
     let mut written = Vec::new();
     for (path, data) in wanted {

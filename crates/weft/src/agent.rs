@@ -16,8 +16,12 @@ use crate::period::{self, ms, secs, show};
 #[derive(clap::Args)]
 pub struct AgentArgs {
     /// This node's name (a Kubernetes node name: a DNS-1123 subdomain).
-    #[arg(long, env = "NODE_NAME", value_parser = node_name)]
-    node: String,
+    #[arg(long, env = "NODE_NAME", value_parser = node_name, required_unless_present = "cleanup")]
+    node: Option<String>,
+    /// Remove what the agent put on this node (its devices, routes,
+    /// nftables tables and CNI files) and exit, as `kube-proxy --cleanup`.
+    #[arg(long)]
+    cleanup: bool,
     /// The embedded cluster store (SQLite file shared by the cluster's
     /// agents), used unless the cluster is a Kubernetes one.
     #[arg(long, default_value = "/var/lib/weft/store.db")]
@@ -88,6 +92,19 @@ pub struct AgentArgs {
     /// ClusterIP, a node's address or on a port weft serves.
     #[arg(long, env = "WEFT_EXTERNAL_IP_CIDRS", default_value = "", value_parser = cidr_list)]
     external_ip_cidrs: CidrList,
+}
+
+/// `weft agent --cleanup`.
+fn cleanup(a: &AgentArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let removed = rt.block_on(weft_agent::cleanup::cleanup(
+        &a.subnet_file,
+        &a.cni_conf_dir,
+    ))?;
+    println!("{removed}");
+    Ok(())
 }
 
 /// Where the agent reads the cluster.
@@ -193,10 +210,17 @@ pub fn run(a: AgentArgs) -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if a.cleanup {
+        return cleanup(&a);
+    }
+    let node = a
+        .node
+        .clone()
+        .context("--node (or NODE_NAME) names this node")?;
     let net_conf = weft_agent::run::read_net_conf(&a.net_conf)?;
     let source = Source::of(&a)?;
     let opts = Options {
-        node: a.node,
+        node,
         net_conf,
         iface: a.iface,
         network: a.network,

@@ -382,3 +382,86 @@ fn a_damaged_store_stops_the_agent_naming_the_file_and_what_to_do() {
     }
     assert!(!stderr.contains("retry"), "{stderr}");
 }
+
+#[test]
+fn cleanup_removes_what_the_agent_put_on_the_node() {
+    let mut node = Node::new("cleanup");
+    node.write_net_conf(r#"{"Network": "10.250.0.0/16", "Backend": {"Type": "vxlan"}}"#);
+    // A peer's lease, so the agent has a route to remove.
+    let store = weft_store::Store::open(&node.store()).unwrap();
+    store
+        .acquire_lease(
+            "weft",
+            "node-2",
+            "192.0.2.11".parse().unwrap(),
+            &serde_json::json!({"vtepMAC": "02:00:00:00:00:02"}),
+            Duration::from_secs(3600),
+            |_| Some("10.250.9.0/24".parse().unwrap()),
+        )
+        .unwrap();
+    node.start_agent(&["--resync", "200ms"]);
+    let route = || {
+        let out = node
+            .ns
+            .command("ip")
+            .args(["route", "show", "proto", "152"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let routed = wait_until(Duration::from_secs(5), || route().contains("10.250.9.0/24"));
+    assert!(routed.is_some(), "no route to the peer:\n{}", node.log());
+    if let Some(mut agent) = node.agent.take() {
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+    }
+    // Only this test's files: the defaults are the host's.
+    let cleanup = || {
+        node.ns
+            .command(WEFT)
+            .args(["agent", "--cleanup", "--subnet-file"])
+            .arg(node.subnet_env())
+            .arg("--cni-conf-dir")
+            .arg(node.path("net.d"))
+            .output()
+            .unwrap()
+    };
+    let out = cleanup();
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    for word in [
+        "weft.1",
+        "routes: 1",
+        "inet weft",
+        "subnet.env",
+        "10-weft.conflist",
+    ] {
+        assert!(said.contains(word), "{word:?} missing: {said}");
+    }
+    assert!(route().is_empty(), "{}", route());
+    let links = node.ns.command("ip").args(["-o", "link"]).output().unwrap();
+    assert!(
+        !text(&links.stdout).contains("weft."),
+        "{}",
+        text(&links.stdout)
+    );
+    let tables = node
+        .ns
+        .command("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        !text(&tables.stdout).contains("weft"),
+        "{}",
+        text(&tables.stdout)
+    );
+    assert!(!node.subnet_env().exists() && !node.conflist().exists());
+    // A second cleanup finds nothing and says so.
+    let again = cleanup();
+    assert!(
+        text(&again.stdout).contains("removed devices: none; routes: 0"),
+        "{}",
+        text(&again.stdout)
+    );
+}
