@@ -125,7 +125,7 @@ impl Source {
         let access = match (&a.kubeconfig, a.in_cluster) {
             (Some(path), _) => ApiAccess::Kubeconfig(path.clone()),
             (None, true) => ApiAccess::InCluster,
-            (None, false) if a.kube_api_server.is_some() => {
+            (None, false) if a.kube_api_server.as_deref().is_some_and(|s| !s.is_empty()) => {
                 bail!("--kube-api-server needs --kubeconfig or --in-cluster")
             }
             (None, false) => {
@@ -136,10 +136,10 @@ impl Source {
                 })
             }
         };
-        Ok(Source::Kubernetes {
-            access,
-            server: a.kube_api_server.clone(),
-        })
+        // An empty address (the install manifest's ConfigMap left blank)
+        // means the kubeconfig's or the in-cluster one.
+        let server = a.kube_api_server.clone().filter(|s| !s.trim().is_empty());
+        Ok(Source::Kubernetes { access, server })
     }
 }
 

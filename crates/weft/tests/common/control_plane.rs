@@ -227,6 +227,8 @@ fn apiserver_args(dir: &Path) -> Vec<String> {
             file("service-account.key")
         ),
         "--service-cluster-ip-range=10.96.0.0/16".into(),
+        // As kubeadm sets it: node agents (weft's, kube-proxy) run privileged.
+        "--allow-privileged=true".into(),
     ]
 }
 

@@ -1,0 +1,97 @@
+//! `deploy/weft.yaml` against a real kube-apiserver (the peers' build): the
+//! server accepts every object (`kubectl apply --dry-run=server`), and once
+//! applied the agent's ServiceAccount may do what the agent needs and no
+//! more.
+
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::control_plane::{peer, text, ControlPlane};
+use common::wait_until;
+
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/weft.yaml");
+const AGENT: &str = "system:serviceaccount:weft-system:weft";
+
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> Output {
+    cp.ns()
+        .command(peer("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .args(["--request-timeout=10s"])
+        .args(args)
+        .output()
+        .expect("running kubectl")
+}
+
+fn ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = kubectl(cp, args);
+    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE] -n NS` as the agent.
+fn agent_may(cp: &ControlPlane, verb: &str, resource: &str, namespace: &str) -> bool {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let subresource = format!("--subresource={subresource}");
+    let mut args = vec![
+        "auth", "can-i", verb, resource, "-n", namespace, "--as", AGENT,
+    ];
+    if !subresource.ends_with('=') {
+        args.push(&subresource);
+    }
+    let out = kubectl(cp, &args);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+#[test]
+fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
+    let cp = ControlPlane::start();
+    // A server-side dry run does not create the Namespace the other
+    // objects go in, so it comes first; the API server makes
+    // kube-node-lease itself, soon after it is ready.
+    ok(&cp, &["create", "namespace", "weft-system"]);
+    let lease_namespace = wait_until(Duration::from_secs(20), || {
+        kubectl(&cp, &["get", "namespace", "kube-node-lease"])
+            .status
+            .success()
+    });
+    assert!(lease_namespace.is_some(), "no kube-node-lease namespace");
+    let dry = ok(&cp, &["apply", "--dry-run=server", "-f", MANIFEST]);
+    for object in [
+        "daemonset.apps/weft",
+        "clusterrole.rbac.authorization.k8s.io/weft",
+        "configmap/weft-net-conf",
+    ] {
+        assert!(dry.contains(object), "{object} missing: {dry}");
+    }
+    ok(&cp, &["apply", "-f", MANIFEST]);
+    for (verb, resource, namespace) in [
+        ("watch", "nodes", "default"),
+        ("patch", "nodes/status", "default"),
+        ("watch", "services", "default"),
+        ("watch", "endpointslices.discovery.k8s.io", "default"),
+        ("patch", "services/status", "default"),
+        ("create", "leases.coordination.k8s.io", "kube-node-lease"),
+        ("patch", "leases.coordination.k8s.io", "kube-node-lease"),
+    ] {
+        assert!(
+            agent_may(&cp, verb, resource, namespace),
+            "the agent may not {verb} {resource}"
+        );
+    }
+    for (verb, resource, namespace) in [
+        ("delete", "pods", "default"),
+        ("patch", "nodes", "default"),
+        ("delete", "nodes", "default"),
+        ("create", "services", "default"),
+        ("get", "secrets", "weft-system"),
+        ("create", "leases.coordination.k8s.io", "default"),
+    ] {
+        assert!(
+            !agent_may(&cp, verb, resource, namespace),
+            "the agent may {verb} {resource}"
+        );
+    }
+}
