@@ -101,7 +101,7 @@ impl Cluster for Kubernetes {
         let problem = self.problem.clone();
         let kind = K::KIND;
         watcher(api, watcher::Config::default())
-            .default_backoff()
+            .backoff(RetrySoon::default())
             .map(move |item| {
                 let mut held = problem.lock().unwrap_or_else(PoisonError::into_inner);
                 match item {
@@ -135,6 +135,41 @@ async fn kubeconfig(path: &Path) -> Result<Config, ClusterError> {
     Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| ClusterError::Kubernetes(format!("the kubeconfig {}: {e}", path.display())))
+}
+
+/// How a watch retries while the API server is away: soon (100 ms,
+/// doubling up to 1 s), so a change made right after it returns is seen
+/// within a second. An agent's retries are a few light requests a second.
+#[derive(Debug, Clone, Copy)]
+struct RetrySoon {
+    next: Duration,
+}
+
+impl RetrySoon {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LONGEST: Duration = Duration::from_secs(1);
+}
+
+impl Default for RetrySoon {
+    fn default() -> Self {
+        RetrySoon { next: Self::FIRST }
+    }
+}
+
+impl Iterator for RetrySoon {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::LONGEST);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for RetrySoon {
+    fn reset(&mut self) {
+        *self = RetrySoon::default();
+    }
 }
 
 fn api_error(what: &str, e: kube::Error) -> ClusterError {
@@ -314,4 +349,19 @@ impl Liveness for Kubernetes {
 /// weft's heartbeat beside the kubelet's Lease of the same node.
 fn heartbeat_name(node: &str) -> String {
     format!("weft-{node}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn retries_come_soon_and_never_later_than_a_second() {
+        let mut retry = RetrySoon::default();
+        let waits: Vec<u128> = retry.by_ref().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        retry.reset();
+        assert_eq!(retry.next(), Some(Duration::from_millis(100)));
+    }
 }

@@ -333,3 +333,100 @@ fn until_node_ipam_gives_a_pod_cidr_the_agent_is_alive_and_says_why_it_is_not_re
         log()
     );
 }
+
+/// Whether `element` is in the proxy's `service-ips` map in `ns`.
+fn service_programmed(ns: &str, element: &str) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "map",
+            "ip",
+            "weft-proxy",
+            "service-ips",
+        ])
+        .output()
+        .expect("running nft");
+    String::from_utf8_lossy(&out.stdout).contains(element)
+}
+
+/// Creates Service `name` with one endpoint through the API; its ClusterIP.
+fn create_service(cp: &ControlPlane, name: &'static str, endpoint: &'static str) -> String {
+    with_api(cp, move |nodes| async move {
+        let client = nodes.into_client();
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [endpoint], "nodeName": "node-a", "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+        slices.create(&PostParams::default(), &slice).await.unwrap();
+        svc.spec.unwrap().cluster_ip.unwrap()
+    })
+}
+
+#[test]
+fn while_the_api_server_is_away_the_datapath_stays_and_it_catches_up_on_return() {
+    let mut cp = ControlPlane::start();
+    let ns = cp.ns_name().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    underlay_and_node(&cp);
+    let _agent = start_agent(&cp, dir.path(), &["--resync", "200ms"]);
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let before = format!("{} . tcp . 80", create_service(&cp, "before", "10.244.1.5"));
+    let programmed = wait_until(Duration::from_secs(10), || service_programmed(&ns, &before));
+    assert!(programmed.is_some(), "{before} not programmed:\n{}", log());
+    let ready = wait_until(Duration::from_secs(10), || {
+        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
+    });
+    assert!(ready.is_some(), "never ready:\n{}", log());
+
+    cp.stop_apiserver();
+    // Unready with the reason, the datapath as it was.
+    let unready = wait_until(Duration::from_secs(10), || {
+        health(&cp, "/readyz").is_some_and(|a| a.contains("503") && a.contains("API server"))
+    });
+    assert!(
+        unready.is_some(),
+        "/readyz: {:?}\n{}",
+        health(&cp, "/readyz"),
+        log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        service_programmed(&ns, &before),
+        "the Service was removed while the API server was away"
+    );
+    assert!(ip(&ns, &["link", "show", "weft.1"]).contains("weft.1"));
+
+    cp.restart_apiserver();
+    let returned = std::time::Instant::now();
+    let after = format!("{} . tcp . 80", create_service(&cp, "after", "10.244.1.6"));
+    let seen = wait_until(Duration::from_secs(10), || service_programmed(&ns, &after));
+    let took = returned.elapsed();
+    assert!(
+        seen.is_some(),
+        "{after} not programmed after the API server returned:\n{}",
+        log()
+    );
+    eprintln!(
+        "a Service created as the API server returned was programmed {took:?} after it was ready"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}:\n{}", log());
+    let ready = wait_until(Duration::from_secs(10), || {
+        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
+    });
+    assert!(ready.is_some(), "not ready again:\n{}", log());
+}

@@ -300,7 +300,7 @@ pub struct ControlPlane {
     etcd: Server,
     pub kubeconfig: PathBuf,
     scratch: Scratch,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ControlPlane {
@@ -332,7 +332,7 @@ impl ControlPlane {
             etcd,
             kubeconfig,
             scratch,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -349,6 +349,28 @@ impl ControlPlane {
     /// `kubectl get --raw PATH` against the apiserver.
     pub fn kubectl_raw(&self, path: &str) -> Output {
         kubectl_raw(&self.scratch.ns, &self.kubeconfig, path)
+    }
+
+    /// Stops the apiserver (etcd keeps the cluster's state).
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.child.kill();
+        let _ = self.apiserver.child.wait();
+    }
+
+    /// Starts the apiserver again and waits until it is ready.
+    pub fn restart_apiserver(&mut self) {
+        let dir = self.dir.path().to_owned();
+        self.apiserver = Server::start(
+            &self.scratch.ns,
+            &dir,
+            "kube-apiserver",
+            &apiserver_args(&dir),
+        );
+        wait_ready(
+            &self.scratch.ns,
+            &self.kubeconfig,
+            &mut [&mut self.etcd, &mut self.apiserver],
+        );
     }
 
     /// Fails the test with the servers' logs unless both still run.
