@@ -27,6 +27,7 @@ use weft_cluster::{ClusterError, ClusterState, Event, EventStream};
 use weft_datapath::arp::ArpResponder;
 use weft_datapath::Netlink;
 use weft_proxy::health::HealthServers;
+use weft_proxy::model::UNWATCHED_LABELS;
 use weft_proxy::{NodeContext, Proxier, ServiceKey, SyncReport};
 
 use crate::health::Health;
@@ -91,9 +92,10 @@ struct Watches {
 
 impl Watches {
     fn new<C: ClusterState>(cluster: &C) -> Self {
+        // Scoped as kube-proxy's watches; the model checks again.
         Watches {
-            services: cluster.watch(),
-            slices: cluster.watch(),
+            services: cluster.watch_without(UNWATCHED_LABELS),
+            slices: cluster.watch_without(UNWATCHED_LABELS),
             nodes: cluster.watch(),
         }
     }

@@ -56,9 +56,9 @@ impl Embedded {
 }
 
 impl Cluster for Embedded {
-    fn watch<K: Watched>(&self) -> EventStream<K> {
+    fn watch_without<K: Watched>(&self, absent: &'static [&'static str]) -> EventStream<K> {
         let kind = K::KIND;
-        follow(
+        let all = follow(
             self.store.clone(),
             kind,
             self.poll,
@@ -80,7 +80,25 @@ impl Cluster for Embedded {
                 })
             },
             decode::<K>,
-        )
+        );
+        if absent.is_empty() {
+            return all;
+        }
+        all.filter_map(move |item| async move {
+            let out = |object: &K| {
+                let labels = object.metadata().labels.as_ref();
+                absent
+                    .iter()
+                    .any(|label| labels.is_some_and(|l| l.contains_key(*label)))
+            };
+            item.map(|event| match event {
+                Event::InitApply(object) if out(&object) => None,
+                Event::Apply(object) if out(&object) => Some(Event::Delete(object)),
+                other => Some(other),
+            })
+            .transpose()
+        })
+        .boxed()
     }
 
     fn problem(&self) -> Option<String> {

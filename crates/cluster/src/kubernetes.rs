@@ -96,11 +96,16 @@ impl Kubernetes {
 }
 
 impl Cluster for Kubernetes {
-    fn watch<K: Watched>(&self) -> EventStream<K> {
+    fn watch_without<K: Watched>(&self, absent: &'static [&'static str]) -> EventStream<K> {
         let api: Api<K> = Api::all(self.client.clone());
         let problem = self.problem.clone();
         let kind = K::KIND;
-        watcher(api, watcher::Config::default())
+        let selector: Vec<String> = absent.iter().map(|label| format!("!{label}")).collect();
+        let mut config = watcher::Config::default();
+        if !selector.is_empty() {
+            config = config.labels(&selector.join(","));
+        }
+        watcher(api, config)
             .backoff(RetrySoon::default())
             .map(move |item| {
                 let mut held = problem.lock().unwrap_or_else(PoisonError::into_inner);

@@ -59,7 +59,14 @@ impl<K> Watched for K where
 /// Where the cluster's resources are read from.
 pub trait Cluster: Clone + Send + Sync + 'static {
     /// Follows every object of kind `K` in all namespaces.
-    fn watch<K: Watched>(&self) -> EventStream<K>;
+    fn watch<K: Watched>(&self) -> EventStream<K> {
+        self.watch_without::<K>(&[])
+    }
+
+    /// Follows the objects of kind `K` that carry none of the labels
+    /// `absent` (a selector `!a,!b`, as kube-proxy scopes its watches); an
+    /// object that gains one of them is deleted from the watcher's view.
+    fn watch_without<K: Watched>(&self, absent: &'static [&'static str]) -> EventStream<K>;
 
     /// What is wrong with the source right now, in words for `/readyz`.
     fn problem(&self) -> Option<String>;

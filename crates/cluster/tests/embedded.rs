@@ -210,3 +210,37 @@ async fn heartbeats_make_nodes_live_and_the_file_is_checked() {
     let problem = cluster.problem().expect("a removed file is a problem");
     assert!(problem.contains("cluster.db"), "{problem}");
 }
+
+#[tokio::test]
+async fn a_scoped_watch_leaves_out_labelled_objects_and_drops_those_that_gain_the_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cluster) = open(&dir);
+    let labelled = |name: &str| {
+        let mut svc = service("demo", name);
+        svc.metadata.labels = Some(
+            [(
+                "service.kubernetes.io/service-proxy-name".to_string(),
+                "other".to_string(),
+            )]
+            .into(),
+        );
+        svc
+    };
+    store.put_typed(&service("demo", "mine")).unwrap();
+    store.put_typed(&labelled("theirs")).unwrap();
+    let mut stream =
+        cluster.watch_without::<Service>(&["service.kubernetes.io/service-proxy-name"]);
+    let listed: Vec<String> = through_init_done(&mut stream)
+        .await
+        .iter()
+        .map(name_of)
+        .collect();
+    assert_eq!(listed, ["<init>", "mine", "<done>"]);
+    // "mine" is handed to another proxy: for this watcher it is gone.
+    store.put_typed(&labelled("mine")).unwrap();
+    assert!(
+        matches!(next(&mut stream).await, Event::Delete(s) if s.metadata.name.as_deref() == Some("mine"))
+    );
+    store.put_typed(&service("demo", "back")).unwrap();
+    assert_eq!(name_of(&next(&mut stream).await), "back");
+}

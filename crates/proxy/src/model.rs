@@ -19,6 +19,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Services carrying this label belong to another proxy and are skipped.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The EndpointSlices of headless Services carry this label.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// What kube-proxy's Service and EndpointSlice watches leave out: objects
+/// with either label (`!service-proxy-name,!headless`).
+pub const UNWATCHED_LABELS: &[&str] = &[SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL];
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Kubernetes' default ClientIP affinity timeout (3 hours).

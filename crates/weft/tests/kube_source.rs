@@ -18,6 +18,7 @@ use serde_json::json;
 use weft_cluster::kubernetes::Kubernetes;
 use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease};
 use weft_cluster::{Cluster, Event, EventStream, Liveness, SubnetManager};
+use weft_proxy::model::{SERVICE_PROXY_NAME_LABEL, UNWATCHED_LABELS};
 
 fn service(name: &str) -> Service {
     serde_json::from_value(json!({
@@ -92,6 +93,24 @@ fn a_kubernetes_watch_lists_then_follows_the_api_server() {
                     name(&event)
                 );
                 assert_eq!(cluster.problem(), None);
+
+                // Scoped as kube-proxy: another proxy's Service is not seen.
+                let mut theirs = service("theirs");
+                theirs.metadata.labels = Some(
+                    [(SERVICE_PROXY_NAME_LABEL.to_string(), "other".to_string())].into(),
+                );
+                api.create(&PostParams::default(), &theirs).await.unwrap();
+                let mut scoped = cluster.watch_without::<Service>(UNWATCHED_LABELS);
+                let mut listed = Vec::new();
+                loop {
+                    let event = next(&mut scoped).await;
+                    if matches!(event, Event::InitDone) {
+                        break;
+                    }
+                    listed.push(name(&event));
+                }
+                assert!(listed.contains(&"after".to_string()), "{listed:?}");
+                assert!(!listed.contains(&"theirs".to_string()), "{listed:?}");
             })
         })
         .unwrap();
