@@ -3,7 +3,8 @@
 //! veth pair there), takes its subnet from its Node's podCIDR, publishes
 //! flannel's annotations, programs a route to a flanneld-style peer Node
 //! and removes it when that Node is deleted; its Service proxy programs a
-//! Service and EndpointSlice written through the API.
+//! Service and EndpointSlice written through the API; with the real
+//! kube-controller-manager, node IPAM's podCIDR becomes the node's subnet.
 
 mod common;
 
@@ -429,4 +430,47 @@ fn while_the_api_server_is_away_the_datapath_stays_and_it_catches_up_on_return()
         health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
     });
     assert!(ready.is_some(), "not ready again:\n{}", log());
+}
+
+#[test]
+fn node_ipam_of_the_real_controller_manager_gives_the_agent_its_subnet() {
+    let mut cp = ControlPlane::start();
+    cp.start_controller_manager("10.244.0.0/16");
+    let ns = cp.ns_name().to_owned();
+    ip(
+        &ns,
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    );
+    ip(&ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
+    ip(&ns, &["link", "set", "d0", "up"]);
+    // As a kubelet registers its Node: no podCIDR; node IPAM gives one.
+    with_api(&cp, |nodes| async move {
+        let bare: Node = serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap();
+        nodes.create(&PostParams::default(), &bare).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent(&cp, dir.path(), &["--no-proxy"]);
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let env = dir.path().join("subnet.env");
+    let leased = wait_until(Duration::from_secs(60), || {
+        cp.assert_running();
+        std::fs::read_to_string(&env).is_ok_and(|e| e.contains("FLANNEL_SUBNET=10.244."))
+    });
+    assert!(leased.is_some(), "no subnet from node IPAM:\n{}", log());
+    let pod_cidr = with_api(&cp, |nodes| async move {
+        nodes
+            .get("node-a")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .pod_cidr
+            .unwrap()
+    });
+    let subnet = std::fs::read_to_string(&env).unwrap();
+    let first = pod_cidr.trim_end_matches("0/24").to_string() + "1/24";
+    assert!(
+        subnet.contains(&format!("FLANNEL_SUBNET={first}")),
+        "{pod_cidr} vs\n{subnet}"
+    );
 }

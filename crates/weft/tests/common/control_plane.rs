@@ -296,6 +296,7 @@ fn wait_ready(ns: &NetNs, kubeconfig: &Path, servers: &mut [&mut Server]) -> Dur
 /// etcd and kube-apiserver, ready, in their own namespace.
 pub struct ControlPlane {
     // Fields drop in order: servers first, then the namespace and files.
+    controller_manager: Option<Server>,
     apiserver: Server,
     etcd: Server,
     pub kubeconfig: PathBuf,
@@ -328,12 +329,39 @@ impl ControlPlane {
         let took = wait_ready(&scratch.ns, &kubeconfig, &mut [&mut etcd, &mut apiserver]);
         eprintln!("kube-apiserver ready after {took:?}");
         ControlPlane {
+            controller_manager: None,
             apiserver,
             etcd,
             kubeconfig,
             scratch,
             dir,
         }
+    }
+
+    /// Starts kube-controller-manager with every controller and node IPAM
+    /// handing out /24s of `cluster_cidr`, as kubeadm's
+    /// `--pod-network-cidr` sets it up.
+    pub fn start_controller_manager(&mut self, cluster_cidr: &str) {
+        let dir = self.dir.path();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--controllers=*".into(),
+            "--leader-elect=false".into(),
+            "--allocate-node-cidrs=true".into(),
+            format!("--cluster-cidr={cluster_cidr}"),
+            "--node-cidr-mask-size=24".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            format!(
+                "--service-account-private-key-file={}",
+                file("service-account.key")
+            ),
+            format!("--root-ca-file={}", file("ca.crt")),
+            "--bind-address=127.0.0.1".into(),
+            format!("--cert-dir={}", file("cm-certs")),
+        ];
+        let server = Server::start(&self.scratch.ns, dir, "kube-controller-manager", &args);
+        self.controller_manager = Some(server);
     }
 
     /// The namespace the servers listen in (on its loopback).
@@ -375,6 +403,9 @@ impl ControlPlane {
 
     /// Fails the test with the servers' logs unless both still run.
     pub fn assert_running(&mut self) {
+        if let Some(cm) = &mut self.controller_manager {
+            cm.assert_running();
+        }
         self.etcd.assert_running();
         self.apiserver.assert_running();
     }
