@@ -77,6 +77,11 @@ where
 }
 
 fn start_agent(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> Agent {
+    start_agent_as(cp, &cp.kubeconfig, dir, extra)
+}
+
+/// [`start_agent`] with the credentials of `kubeconfig`.
+fn start_agent_as(cp: &ControlPlane, kubeconfig: &Path, dir: &Path, extra: &[&str]) -> Agent {
     std::fs::write(
         dir.join("net-conf.json"),
         r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
@@ -89,7 +94,7 @@ fn start_agent(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> Agent {
         .args(["agent", "--node", "node-a", "--iface", "d0"])
         .args(extra)
         .arg("--kubeconfig")
-        .arg(&cp.kubeconfig)
+        .arg(kubeconfig)
         .arg("--net-conf")
         .arg(dir.join("net-conf.json"))
         .arg("--subnet-file")
@@ -472,5 +477,62 @@ fn node_ipam_of_the_real_controller_manager_gives_the_agent_its_subnet() {
     assert!(
         subnet.contains(&format!("FLANNEL_SUBNET={first}")),
         "{pod_cidr} vs\n{subnet}"
+    );
+}
+
+#[test]
+fn with_the_install_manifests_service_account_the_agent_does_its_whole_job() {
+    let cp = ControlPlane::start();
+    cp.kubectl_ok(&["create", "namespace", "weft-system"]);
+    let lease_namespace = wait_until(Duration::from_secs(20), || {
+        cp.kubectl(&["get", "namespace", "kube-node-lease"])
+            .status
+            .success()
+    });
+    assert!(lease_namespace.is_some(), "no kube-node-lease namespace");
+    cp.kubectl_ok(&[
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/weft.yaml"),
+    ]);
+    let agent_kubeconfig = cp.kubeconfig_of("weft-system", "weft");
+    let ns = cp.ns_name().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    underlay_and_node(&cp);
+    let _agent = start_agent_as(&cp, &agent_kubeconfig, dir.path(), &[]);
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    // Subnet, annotations, heartbeat, Services: all under least privilege.
+    let ready = wait_until(Duration::from_secs(20), || {
+        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
+    });
+    assert!(
+        ready.is_some(),
+        "/readyz: {:?}\n{}",
+        health(&cp, "/readyz"),
+        log()
+    );
+    let annotated = with_api(&cp, |nodes| async move {
+        let node = nodes.get("node-a").await.unwrap();
+        node.metadata.annotations.unwrap_or_default()
+    });
+    assert_eq!(
+        annotated["flannel.alpha.coreos.com/kube-subnet-manager"],
+        "true"
+    );
+    let element = format!("{} . tcp . 80", create_service(&cp, "web", "10.244.1.5"));
+    let programmed = wait_until(Duration::from_secs(10), || {
+        service_programmed(&ns, &element)
+    });
+    assert!(programmed.is_some(), "{element} not programmed:\n{}", log());
+    let beat = wait_until(Duration::from_secs(10), || {
+        cp.kubectl(&["get", "lease", "weft-node-a", "-n", "kube-node-lease"])
+            .status
+            .success()
+    });
+    assert!(beat.is_some(), "no heartbeat Lease:\n{}", log());
+    assert!(
+        !log().contains("Forbidden") && !log().contains("forbidden"),
+        "{}",
+        log()
     );
 }

@@ -5,31 +5,13 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::Duration;
 
-use common::control_plane::{peer, text, ControlPlane};
+use common::control_plane::ControlPlane;
 use common::wait_until;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/weft.yaml");
 const AGENT: &str = "system:serviceaccount:weft-system:weft";
-
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> Output {
-    cp.ns()
-        .command(peer("kubectl"))
-        .arg("--kubeconfig")
-        .arg(&cp.kubeconfig)
-        .args(["--request-timeout=10s"])
-        .args(args)
-        .output()
-        .expect("running kubectl")
-}
-
-fn ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = kubectl(cp, args);
-    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE] -n NS` as the agent.
 fn agent_may(cp: &ControlPlane, verb: &str, resource: &str, namespace: &str) -> bool {
@@ -41,7 +23,7 @@ fn agent_may(cp: &ControlPlane, verb: &str, resource: &str, namespace: &str) -> 
     if !subresource.ends_with('=') {
         args.push(&subresource);
     }
-    let out = kubectl(cp, &args);
+    let out = cp.kubectl(&args);
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
@@ -51,14 +33,14 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
     // A server-side dry run does not create the Namespace the other
     // objects go in, so it comes first; the API server makes
     // kube-node-lease itself, soon after it is ready.
-    ok(&cp, &["create", "namespace", "weft-system"]);
+    cp.kubectl_ok(&["create", "namespace", "weft-system"]);
     let lease_namespace = wait_until(Duration::from_secs(20), || {
-        kubectl(&cp, &["get", "namespace", "kube-node-lease"])
+        cp.kubectl(&["get", "namespace", "kube-node-lease"])
             .status
             .success()
     });
     assert!(lease_namespace.is_some(), "no kube-node-lease namespace");
-    let dry = ok(&cp, &["apply", "--dry-run=server", "-f", MANIFEST]);
+    let dry = cp.kubectl_ok(&["apply", "--dry-run=server", "-f", MANIFEST]);
     for object in [
         "daemonset.apps/weft",
         "clusterrole.rbac.authorization.k8s.io/weft",
@@ -66,7 +48,7 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
     ] {
         assert!(dry.contains(object), "{object} missing: {dry}");
     }
-    ok(&cp, &["apply", "-f", MANIFEST]);
+    cp.kubectl_ok(&["apply", "-f", MANIFEST]);
     for (verb, resource, namespace) in [
         ("watch", "nodes", "default"),
         ("patch", "nodes/status", "default"),

@@ -233,7 +233,12 @@ fn apiserver_args(dir: &Path) -> Vec<String> {
 }
 
 fn write_kubeconfig(dir: &Path) -> PathBuf {
-    let kubeconfig = dir.join("kubeconfig");
+    write_kubeconfig_for(dir, "kubeconfig", TOKEN)
+}
+
+/// A kubeconfig `name` in `dir` for the API server with bearer `token`.
+fn write_kubeconfig_for(dir: &Path, name: &str, token: &str) -> PathBuf {
+    let kubeconfig = dir.join(name);
     let config = format!(
         "apiVersion: v1
 kind: Config
@@ -245,7 +250,7 @@ clusters:
 users:
 - name: admin
   user:
-    token: {TOKEN}
+    token: {token}
 contexts:
 - name: peers
   context: {{cluster: peers, user: admin}}
@@ -399,6 +404,33 @@ impl ControlPlane {
             &self.kubeconfig,
             &mut [&mut self.etcd, &mut self.apiserver],
         );
+    }
+
+    /// Runs kubectl as the admin against the API server.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.scratch
+            .ns
+            .command(peer("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--request-timeout=10s"])
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// [`ControlPlane::kubectl`] that must succeed; its output.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A kubeconfig acting as ServiceAccount `namespace/name` (a token
+    /// from the TokenRequest API, valid for an hour).
+    pub fn kubeconfig_of(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=1h"]);
+        write_kubeconfig_for(self.dir.path(), &format!("kubeconfig-{name}"), token.trim())
     }
 
     /// Fails the test with the servers' logs unless both still run.
