@@ -20,7 +20,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use weft_cluster::kubernetes::Kubernetes;
 
 /// The agent, killed by its PID on drop.
 struct Agent(Child);
@@ -54,26 +53,14 @@ fn node(name: &str, pod_cidr: &str, annotations: serde_json::Value) -> Node {
     .unwrap()
 }
 
-/// Runs `work` with an API client, inside the control plane's namespace.
+/// Runs `work` with the Nodes' API, inside the control plane's namespace.
 fn with_api<T, F, Fut>(cp: &ControlPlane, work: F) -> T
 where
     T: Send + 'static,
     F: FnOnce(Api<Node>) -> Fut + Send,
     Fut: std::future::Future<Output = T>,
 {
-    let kubeconfig = cp.kubeconfig.clone();
-    cp.ns()
-        .run_in(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let cluster = Kubernetes::from_kubeconfig(&kubeconfig).await.unwrap();
-                work(Api::all(cluster.client().clone())).await
-            })
-        })
-        .unwrap()
+    cp.with_cluster(|cluster| work(Api::all(cluster.client().clone())))
 }
 
 fn start_agent(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> Agent {
@@ -113,8 +100,9 @@ fn start_agent_as(cp: &ControlPlane, kubeconfig: &Path, dir: &Path, extra: &[&st
 }
 
 /// The node's underlay (a veth pair with 198.18.0.11 in the control
-/// plane's namespace) and its Node, with the podCIDR node IPAM would give.
-fn underlay_and_node(cp: &ControlPlane) {
+/// plane's namespace) and its Node as a kubelet registers it, with
+/// `pod_cidr` (what node IPAM would give) or without.
+fn underlay_and_node_with(cp: &ControlPlane, pod_cidr: Option<&'static str>) {
     let ns = cp.ns_name();
     ip(
         ns,
@@ -124,10 +112,17 @@ fn underlay_and_node(cp: &ControlPlane) {
     for link in ["d0", "d1"] {
         ip(ns, &["link", "set", link, "up"]);
     }
-    with_api(cp, |nodes| async move {
-        let node_a = node("node-a", "10.244.1.0/24", json!({}));
+    with_api(cp, move |nodes| async move {
+        let node_a = match pod_cidr {
+            Some(cidr) => node("node-a", cidr, json!({})),
+            None => serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
+        };
         nodes.create(&PostParams::default(), &node_a).await.unwrap();
     });
+}
+
+fn underlay_and_node(cp: &ControlPlane) {
+    underlay_and_node_with(cp, Some("10.244.1.0/24"));
 }
 
 #[test]
@@ -273,20 +268,25 @@ fn health(cp: &ControlPlane, path: &str) -> Option<String> {
         .flatten()
 }
 
+/// Waits up to `limit` for `/readyz` to answer with all of `words`; fails
+/// with its last answer and the agent's log otherwise.
+fn await_readyz(cp: &ControlPlane, words: &[&str], limit: Duration, log: &dyn Fn() -> String) {
+    let seen = wait_until(limit, || {
+        health(cp, "/readyz").is_some_and(|a| words.iter().all(|w| a.contains(w)))
+    });
+    assert!(
+        seen.is_some(),
+        "/readyz never said {words:?}: {:?}\n{}",
+        health(cp, "/readyz"),
+        log()
+    );
+}
+
 #[test]
 fn until_node_ipam_gives_a_pod_cidr_the_agent_is_alive_and_says_why_it_is_not_ready() {
     let cp = ControlPlane::start();
-    let ns = cp.ns_name().to_owned();
-    ip(
-        &ns,
-        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-    );
-    ip(&ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
-    ip(&ns, &["link", "set", "d0", "up"]);
-    with_api(&cp, |nodes| async move {
-        let bare: Node = serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap();
-        nodes.create(&PostParams::default(), &bare).await.unwrap();
-    });
+    // As a kubelet registers its Node: no podCIDR yet.
+    underlay_and_node_with(&cp, None);
     let dir = tempfile::tempdir().unwrap();
     let _agent = start_agent(
         &cp,
@@ -300,15 +300,7 @@ fn until_node_ipam_gives_a_pod_cidr_the_agent_is_alive_and_says_why_it_is_not_re
         ],
     );
     let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
-    let waiting = wait_until(Duration::from_secs(10), || {
-        health(&cp, "/readyz").is_some_and(|a| a.contains("503") && a.contains("spec.podCIDR"))
-    });
-    assert!(
-        waiting.is_some(),
-        "/readyz: {:?}\n{}",
-        health(&cp, "/readyz"),
-        log()
-    );
+    await_readyz(&cp, &["503", "spec.podCIDR"], Duration::from_secs(10), &log);
     // Longer than the staleness limit: still alive while it waits.
     std::thread::sleep(Duration::from_secs(2));
     let alive = health(&cp, "/healthz").unwrap_or_default();
@@ -329,15 +321,7 @@ fn until_node_ipam_gives_a_pod_cidr_the_agent_is_alive_and_says_why_it_is_not_re
             .await
             .unwrap();
     });
-    let ready = wait_until(Duration::from_secs(10), || {
-        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
-    });
-    assert!(
-        ready.is_some(),
-        "/readyz: {:?}\n{}",
-        health(&cp, "/readyz"),
-        log()
-    );
+    await_readyz(&cp, &["200 OK"], Duration::from_secs(10), &log);
 }
 
 /// Whether `element` is in the proxy's `service-ips` map in `ns`.
@@ -394,22 +378,11 @@ fn while_the_api_server_is_away_the_datapath_stays_and_it_catches_up_on_return()
     let before = format!("{} . tcp . 80", create_service(&cp, "before", "10.244.1.5"));
     let programmed = wait_until(Duration::from_secs(10), || service_programmed(&ns, &before));
     assert!(programmed.is_some(), "{before} not programmed:\n{}", log());
-    let ready = wait_until(Duration::from_secs(10), || {
-        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
-    });
-    assert!(ready.is_some(), "never ready:\n{}", log());
+    await_readyz(&cp, &["200 OK"], Duration::from_secs(10), &log);
 
     cp.stop_apiserver();
     // Unready with the reason, the datapath as it was.
-    let unready = wait_until(Duration::from_secs(10), || {
-        health(&cp, "/readyz").is_some_and(|a| a.contains("503") && a.contains("API server"))
-    });
-    assert!(
-        unready.is_some(),
-        "/readyz: {:?}\n{}",
-        health(&cp, "/readyz"),
-        log()
-    );
+    await_readyz(&cp, &["503", "API server"], Duration::from_secs(10), &log);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         service_programmed(&ns, &before),
@@ -431,28 +404,15 @@ fn while_the_api_server_is_away_the_datapath_stays_and_it_catches_up_on_return()
         "a Service created as the API server returned was programmed {took:?} after it was ready"
     );
     assert!(took < Duration::from_secs(3), "took {took:?}:\n{}", log());
-    let ready = wait_until(Duration::from_secs(10), || {
-        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
-    });
-    assert!(ready.is_some(), "not ready again:\n{}", log());
+    await_readyz(&cp, &["200 OK"], Duration::from_secs(10), &log);
 }
 
 #[test]
 fn node_ipam_of_the_real_controller_manager_gives_the_agent_its_subnet() {
     let mut cp = ControlPlane::start();
     cp.start_controller_manager("10.244.0.0/16");
-    let ns = cp.ns_name().to_owned();
-    ip(
-        &ns,
-        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-    );
-    ip(&ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
-    ip(&ns, &["link", "set", "d0", "up"]);
-    // As a kubelet registers its Node: no podCIDR; node IPAM gives one.
-    with_api(&cp, |nodes| async move {
-        let bare: Node = serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap();
-        nodes.create(&PostParams::default(), &bare).await.unwrap();
-    });
+    // As a kubelet registers its Node: no podCIDR yet.
+    underlay_and_node_with(&cp, None);
     let dir = tempfile::tempdir().unwrap();
     let _agent = start_agent(&cp, dir.path(), &["--no-proxy"]);
     let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
@@ -483,13 +443,7 @@ fn node_ipam_of_the_real_controller_manager_gives_the_agent_its_subnet() {
 #[test]
 fn with_the_install_manifests_service_account_the_agent_does_its_whole_job() {
     let cp = ControlPlane::start();
-    cp.kubectl_ok(&["create", "namespace", "weft-system"]);
-    let lease_namespace = wait_until(Duration::from_secs(20), || {
-        cp.kubectl(&["get", "namespace", "kube-node-lease"])
-            .status
-            .success()
-    });
-    assert!(lease_namespace.is_some(), "no kube-node-lease namespace");
+    cp.prepare_install();
     cp.kubectl_ok(&[
         "apply",
         "-f",
@@ -502,15 +456,7 @@ fn with_the_install_manifests_service_account_the_agent_does_its_whole_job() {
     let _agent = start_agent_as(&cp, &agent_kubeconfig, dir.path(), &[]);
     let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
     // Subnet, annotations, heartbeat, Services: all under least privilege.
-    let ready = wait_until(Duration::from_secs(20), || {
-        health(&cp, "/readyz").is_some_and(|a| a.contains("200 OK"))
-    });
-    assert!(
-        ready.is_some(),
-        "/readyz: {:?}\n{}",
-        health(&cp, "/readyz"),
-        log()
-    );
+    await_readyz(&cp, &["200 OK"], Duration::from_secs(20), &log);
     let annotated = with_api(&cp, |nodes| async move {
         let node = nodes.get("node-a").await.unwrap();
         node.metadata.annotations.unwrap_or_default()

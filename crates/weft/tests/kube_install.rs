@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::control_plane::ControlPlane;
-use common::wait_until;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/weft.yaml");
 const AGENT: &str = "system:serviceaccount:weft-system:weft";
@@ -30,16 +27,7 @@ fn agent_may(cp: &ControlPlane, verb: &str, resource: &str, namespace: &str) -> 
 #[test]
 fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
     let cp = ControlPlane::start();
-    // A server-side dry run does not create the Namespace the other
-    // objects go in, so it comes first; the API server makes
-    // kube-node-lease itself, soon after it is ready.
-    cp.kubectl_ok(&["create", "namespace", "weft-system"]);
-    let lease_namespace = wait_until(Duration::from_secs(20), || {
-        cp.kubectl(&["get", "namespace", "kube-node-lease"])
-            .status
-            .success()
-    });
-    assert!(lease_namespace.is_some(), "no kube-node-lease namespace");
+    cp.prepare_install();
     let dry = cp.kubectl_ok(&["apply", "--dry-run=server", "-f", MANIFEST]);
     for object in [
         "daemonset.apps/weft",

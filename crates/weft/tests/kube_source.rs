@@ -15,7 +15,6 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use weft_cluster::kubernetes::Kubernetes;
 use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease};
 use weft_cluster::{Cluster, Event, EventStream, Liveness, SubnetManager};
 use weft_proxy::model::{SERVICE_PROXY_NAME_LABEL, UNWATCHED_LABELS};
@@ -50,70 +49,62 @@ fn name(event: &Event<Service>) -> String {
 #[test]
 fn a_kubernetes_watch_lists_then_follows_the_api_server() {
     let control_plane = ControlPlane::start();
-    let kubeconfig = control_plane.kubeconfig.clone();
-    control_plane
-        .ns()
-        .run_in(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+    control_plane.with_cluster(|cluster| async move {
+        {
+            let api: Api<Service> = Api::namespaced(cluster.client().clone(), "default");
+            api.create(&PostParams::default(), &service("before"))
+                .await
                 .unwrap();
-            rt.block_on(async {
-                let cluster = Kubernetes::from_kubeconfig(&kubeconfig).await.unwrap();
-                let api: Api<Service> = Api::namespaced(cluster.client().clone(), "default");
-                api.create(&PostParams::default(), &service("before"))
-                    .await
-                    .unwrap();
-                let mut watch = cluster.watch::<Service>();
-                let mut listed = Vec::new();
-                loop {
-                    let event = next(&mut watch).await;
-                    let done = matches!(event, Event::InitDone);
-                    listed.push(name(&event));
-                    if done {
-                        break;
-                    }
+            let mut watch = cluster.watch::<Service>();
+            let mut listed = Vec::new();
+            loop {
+                let event = next(&mut watch).await;
+                let done = matches!(event, Event::InitDone);
+                listed.push(name(&event));
+                if done {
+                    break;
                 }
-                assert_eq!(listed.first().map(String::as_str), Some("<init>"));
-                assert!(listed.contains(&"before".to_string()), "{listed:?}");
-                api.create(&PostParams::default(), &service("after"))
-                    .await
-                    .unwrap();
-                let event = next(&mut watch).await;
-                assert!(
-                    matches!(&event, Event::Apply(s) if s.metadata.name.as_deref() == Some("after")),
-                    "{}",
-                    name(&event)
-                );
-                api.delete("before", &DeleteParams::default()).await.unwrap();
-                let event = next(&mut watch).await;
-                assert!(
-                    matches!(&event, Event::Delete(s) if s.metadata.name.as_deref() == Some("before")),
-                    "{}",
-                    name(&event)
-                );
-                assert_eq!(cluster.problem(), None);
+            }
+            assert_eq!(listed.first().map(String::as_str), Some("<init>"));
+            assert!(listed.contains(&"before".to_string()), "{listed:?}");
+            api.create(&PostParams::default(), &service("after"))
+                .await
+                .unwrap();
+            let event = next(&mut watch).await;
+            assert!(
+                matches!(&event, Event::Apply(s) if s.metadata.name.as_deref() == Some("after")),
+                "{}",
+                name(&event)
+            );
+            api.delete("before", &DeleteParams::default())
+                .await
+                .unwrap();
+            let event = next(&mut watch).await;
+            assert!(
+                matches!(&event, Event::Delete(s) if s.metadata.name.as_deref() == Some("before")),
+                "{}",
+                name(&event)
+            );
+            assert_eq!(cluster.problem(), None);
 
-                // Scoped as kube-proxy: another proxy's Service is not seen.
-                let mut theirs = service("theirs");
-                theirs.metadata.labels = Some(
-                    [(SERVICE_PROXY_NAME_LABEL.to_string(), "other".to_string())].into(),
-                );
-                api.create(&PostParams::default(), &theirs).await.unwrap();
-                let mut scoped = cluster.watch_without::<Service>(UNWATCHED_LABELS);
-                let mut listed = Vec::new();
-                loop {
-                    let event = next(&mut scoped).await;
-                    if matches!(event, Event::InitDone) {
-                        break;
-                    }
-                    listed.push(name(&event));
+            // Scoped as kube-proxy: another proxy's Service is not seen.
+            let mut theirs = service("theirs");
+            theirs.metadata.labels =
+                Some([(SERVICE_PROXY_NAME_LABEL.to_string(), "other".to_string())].into());
+            api.create(&PostParams::default(), &theirs).await.unwrap();
+            let mut scoped = cluster.watch_without::<Service>(UNWATCHED_LABELS);
+            let mut listed = Vec::new();
+            loop {
+                let event = next(&mut scoped).await;
+                if matches!(event, Event::InitDone) {
+                    break;
                 }
-                assert!(listed.contains(&"after".to_string()), "{listed:?}");
-                assert!(!listed.contains(&"theirs".to_string()), "{listed:?}");
-            })
-        })
-        .unwrap();
+                listed.push(name(&event));
+            }
+            assert!(listed.contains(&"after".to_string()), "{listed:?}");
+            assert!(!listed.contains(&"theirs".to_string()), "{listed:?}");
+        }
+    });
 }
 
 fn node(name: &str, pod_cidr: &str, annotations: serde_json::Value) -> Node {
@@ -136,16 +127,8 @@ async fn next_lease(stream: &mut EventStream<SubnetLease>) -> Event<SubnetLease>
 #[test]
 fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
     let control_plane = ControlPlane::start();
-    let kubeconfig = control_plane.kubeconfig.clone();
-    control_plane
-        .ns()
-        .run_in(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let cluster = Kubernetes::from_kubeconfig(&kubeconfig).await.unwrap();
+    control_plane.with_cluster(|cluster| async move {
+            {
                 let nodes: Api<Node> = Api::all(cluster.client().clone());
                 // What node IPAM would have set.
                 nodes
@@ -235,7 +218,6 @@ fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
                 cluster.beat("node-a", Duration::from_secs(30)).await.unwrap();
                 let live = cluster.live_nodes().await.unwrap();
                 assert_eq!(live, ["node-a".to_string()].into());
-            })
-        })
-        .unwrap();
+            }
+    });
 }

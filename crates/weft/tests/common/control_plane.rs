@@ -433,6 +433,49 @@ impl ControlPlane {
         write_kubeconfig_for(self.dir.path(), &format!("kubeconfig-{name}"), token.trim())
     }
 
+    /// Runs `work` with weft's Kubernetes source on the admin's
+    /// kubeconfig, inside the control plane's namespace, to completion.
+    pub fn with_cluster<T, F, Fut>(&self, work: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(weft_cluster::kubernetes::Kubernetes) -> Fut + Send,
+        Fut: std::future::Future<Output = T>,
+    {
+        let kubeconfig = self.kubeconfig.clone();
+        self.scratch
+            .ns
+            .run_in(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(async {
+                    let cluster =
+                        weft_cluster::kubernetes::Kubernetes::from_kubeconfig(&kubeconfig)
+                            .await
+                            .expect("connecting to the API server");
+                    work(cluster).await
+                })
+            })
+            .expect("entering the control plane's namespace")
+    }
+
+    /// The namespaces `deploy/weft.yaml` goes in: `weft-system` (a
+    /// server-side dry run does not create it) and `kube-node-lease`,
+    /// which the API server makes soon after it is ready.
+    pub fn prepare_install(&self) {
+        self.kubectl_ok(&["create", "namespace", "weft-system"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .kubectl(&["get", "namespace", "kube-node-lease"])
+            .status
+            .success()
+        {
+            assert!(Instant::now() < deadline, "no kube-node-lease namespace");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Fails the test with the servers' logs unless both still run.
     pub fn assert_running(&mut self) {
         if let Some(cm) = &mut self.controller_manager {
