@@ -208,46 +208,10 @@ fn services_written_through_the_api_are_programmed() {
     let _agent = start_agent(&cp, dir.path(), &[]);
     let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
     // What a user and the EndpointSlice controller would write.
-    let cluster_ip = with_api(&cp, |nodes| async move {
-        let client = nodes.into_client();
-        let services: Api<Service> = Api::namespaced(client.clone(), "default");
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "web"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
-        }))
-        .unwrap();
-        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
-        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "ports": [{"port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-a",
-                           "conditions": {"ready": true}}]
-        }))
-        .unwrap();
-        slices.create(&PostParams::default(), &slice).await.unwrap();
-        svc.spec.unwrap().cluster_ip.unwrap()
+    let element = format!("{} . tcp . 80", create_service(&cp, "web", "10.244.1.5"));
+    let took = wait_until(Duration::from_secs(10), || {
+        service_programmed(&ns, &element)
     });
-    let element = format!("{cluster_ip} . tcp . 80");
-    let programmed = || {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "nft",
-                "list",
-                "map",
-                "ip",
-                "weft-proxy",
-                "service-ips",
-            ])
-            .output()
-            .expect("running nft");
-        String::from_utf8_lossy(&out.stdout).contains(&element)
-    };
-    let took = wait_until(Duration::from_secs(10), programmed);
     assert!(took.is_some(), "{element} not programmed:\n{}", log());
 }
 
