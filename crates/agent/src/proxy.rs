@@ -101,6 +101,14 @@ impl Watches {
     }
 }
 
+/// Whether `event` ends a list (then `listed` is set): the table is then
+/// written whole from the new state.
+fn list_done<K>(event: &Event<K>, listed: &mut bool) -> bool {
+    let done = matches!(event, Event::InitDone);
+    *listed |= done;
+    done
+}
+
 /// A watch's next item, or `None` with the reason logged: an error (the
 /// watch retries by itself) or, what a source never does while it lives,
 /// the end of the stream.
@@ -241,20 +249,14 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
 
     fn take_service(&mut self, item: Option<Result<Event<Service>, ClusterError>>) {
         let Some(event) = event(item) else { return };
-        if matches!(event, Event::InitDone) {
-            self.services_listed = true;
-            self.full_sync_due = true;
-        }
+        self.full_sync_due |= list_done(&event, &mut self.services_listed);
         let dirty = self.state.service_event(event);
         self.dirty.extend(dirty);
     }
 
     fn take_slice(&mut self, item: Option<Result<Event<EndpointSlice>, ClusterError>>) {
         let Some(event) = event(item) else { return };
-        if matches!(event, Event::InitDone) {
-            self.slices_listed = true;
-            self.full_sync_due = true;
-        }
+        self.full_sync_due |= list_done(&event, &mut self.slices_listed);
         let dirty = self.state.slice_event(event);
         self.dirty.extend(dirty);
     }

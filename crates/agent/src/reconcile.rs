@@ -220,6 +220,7 @@ impl<K: RouteTables> Reconciler<'_, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{LocalNode, Peer};
     use std::cell::{Cell, RefCell};
 
     /// The kernel's tables in memory, as [`RouteTables`] reads and writes
@@ -340,32 +341,26 @@ mod tests {
     const DEVICE: u32 = 9;
 
     /// What a vxlan node with peers `n` (10.244.n.0/24 at 198.18.0.1n)
-    /// needs: route, neighbour and FDB entry per peer.
+    /// needs, as the backend plans it: route, neighbour and FDB entry per
+    /// peer.
     fn mesh(peers: &[u8]) -> Desired {
-        let mut d = Desired::default();
-        for &n in peers {
-            let vtep: std::net::IpAddr = format!("10.244.{n}.0").parse().unwrap();
-            let mac = vec![2, 0, 0, 0, 0, n];
-            d.routes.push(Route {
-                dst: Some(format!("10.244.{n}.0/24").parse().unwrap()),
-                gateway: Some(vtep),
-                oif: Some(DEVICE),
-                onlink: true,
-                protocol: Some(WEFT_ROUTE_PROTOCOL),
-                ..Default::default()
-            });
-            d.neighbours.push(Neighbour {
-                index: DEVICE,
-                ip: vtep,
-                mac: mac.clone(),
-            });
-            d.fdb.push(FdbEntry {
-                index: DEVICE,
-                mac,
-                dst: format!("198.18.0.{}", 10 + n).parse().unwrap(),
-            });
-        }
-        d
+        let local = LocalNode {
+            name: "node-1".into(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            public_ip: "198.18.0.11".parse().unwrap(),
+            underlay_index: 2,
+            underlay_networks: vec!["198.18.0.0/24".parse().unwrap()],
+        };
+        let peers: Vec<Peer> = peers
+            .iter()
+            .map(|&n| Peer {
+                name: format!("node-{n}"),
+                subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+                public_ip: format!("198.18.0.{}", 10 + n).parse().unwrap(),
+                vtep_mac: Some(vec![2, 0, 0, 0, 0, n]),
+            })
+            .collect();
+        crate::backend::vxlan::plan(&local, &peers, DEVICE, false).unwrap()
     }
 
     fn sorted(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>) {

@@ -238,17 +238,19 @@ impl SubnetManager for Kubernetes {
         }
     }
 
-    /// A Node's podCIDR does not expire: renewing reads it again.
+    /// A Node's podCIDR does not expire: renewing reads the lease back as
+    /// the other nodes see it.
     async fn renew(&self, node: &str, _ttl: Duration) -> Result<SubnetLease, ClusterError> {
-        let request = LeaseRequest {
-            node: node.to_owned(),
-            public_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            backend: json!({}),
-            ttl: Duration::ZERO,
-        };
-        self.lease_of_node(&request)
-            .await?
-            .ok_or_else(|| ClusterError::Kubernetes(format!("node {node} has no podCIDR any more")))
+        let held = self
+            .nodes()
+            .get(node)
+            .await
+            .map_err(|e| api_error(&format!("reading node {node}"), e))?;
+        flannel::lease_of(&held).ok_or_else(|| {
+            ClusterError::Kubernetes(format!(
+                "node {node} lost its podCIDR or weft's annotations; restart the agent to publish them again"
+            ))
+        })
     }
 
     /// Every Node with flannel's annotations and a podCIDR, as a lease; a

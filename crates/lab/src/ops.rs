@@ -248,7 +248,7 @@ fn add_node_to(
     report(Event::NodeStarted {
         name: name.into(),
         ip,
-        pid: i32::try_from(pid).unwrap_or(i32::MAX),
+        pid,
     });
     Ok(())
 }
@@ -1023,7 +1023,7 @@ pub fn node(
             lab.layout.save(&lab.state)?;
             report(Event::AgentStarted {
                 node: node.into(),
-                pid: i32::try_from(pid).unwrap_or(i32::MAX),
+                pid,
             });
         }
     }

@@ -22,7 +22,7 @@ pub enum Event {
     NodeStarted {
         name: String,
         ip: std::net::Ipv4Addr,
-        pid: i32,
+        pid: u32,
     },
     LabUp {
         name: String,
@@ -72,7 +72,7 @@ pub enum Event {
     },
     AgentStarted {
         node: String,
-        pid: i32,
+        pid: u32,
     },
 }
 
