@@ -13,6 +13,8 @@
 //! - [`services`]: the Service/EndpointSlice cache the proxy plans from.
 //! - [`proxy`]: the Service proxy's loop (nftables, conntrack, health ports).
 //! - [`speaker`]: node heartbeats and LoadBalancer address announcement.
+//! - [`lb_allocator`]: LoadBalancer addresses from the operator's pools,
+//!   by one elected agent (where no cloud provider hands them out).
 //! - [`run`]: the agent's start-up and loop.
 //! - [`cleanup`]: `--cleanup`, removing what the agent put on the node.
 
@@ -21,6 +23,7 @@ pub mod cleanup;
 pub mod config;
 pub mod files;
 pub mod health;
+pub mod lb_allocator;
 pub mod masq;
 pub mod proxy;
 pub mod reconcile;

@@ -9,6 +9,10 @@
 //! published as flannel's annotations plus `NetworkUnavailable=False`, and
 //! every Node carrying them is a peer. Liveness is a `coordination.k8s.io`
 //! Lease per agent in `kube-node-lease`, labelled as weft's.
+//!
+//! LoadBalancer allocation: the allocators elect a leader on a Lease in
+//! weft's own namespace (the service account's, or `--namespace`), read
+//! the pools from a ConfigMap there, and write `services/status`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,16 +23,19 @@ use std::time::Duration;
 use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Config};
 use serde_json::json;
 
+use crate::election::{self, Claim};
 use crate::flannel;
 use crate::leases::{LeaseRequest, NodePublication, SubnetLease, SubnetManager};
 use crate::liveness::{self, Liveness, HEARTBEAT_NAMESPACE};
+use crate::load_balancers::{LoadBalancerAllocation, ALLOCATOR_LEASE, POOLS_CONFIGMAP, POOLS_KEY};
 use crate::{Cluster, ClusterError, Event, EventStream, Watched, RETRY_PAUSE};
 
 /// The field manager weft's writes are recorded under.
@@ -40,6 +47,8 @@ const HEARTBEAT_LABEL: &str = "app.kubernetes.io/managed-by";
 #[derive(Clone)]
 pub struct Kubernetes {
     client: Client,
+    /// weft's own namespace (its allocator Lease and pools ConfigMap).
+    namespace: String,
     /// The last watch failure, cleared by the next event.
     problem: Arc<Mutex<Option<String>>>,
 }
@@ -81,12 +90,20 @@ impl Kubernetes {
     }
 
     fn with_config(config: Config) -> Result<Self, ClusterError> {
-        let client = Client::try_from(config)
+        let client = Client::try_from(config.clone())
             .map_err(|e| ClusterError::Kubernetes(format!("creating the API client: {e}")))?;
         Ok(Kubernetes {
             client,
+            namespace: config.default_namespace,
             problem: Arc::default(),
         })
+    }
+
+    /// The same cluster with weft's own objects in `namespace` (instead
+    /// of the service account's or the kubeconfig context's).
+    pub fn in_namespace(mut self, namespace: String) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// The API client, for writes the seam does not cover yet.
@@ -350,6 +367,87 @@ impl Liveness for Kubernetes {
             .await
             .map_err(|e| api_error("listing node heartbeats", e))?;
         Ok(liveness::live(&list.items, liveness::now()))
+    }
+}
+
+impl LoadBalancerAllocation for Kubernetes {
+    /// Reads the allocator Lease and writes the claim with its
+    /// resourceVersion: a candidate that loses the race (409) does not lead.
+    async fn lead(&self, candidate: &str, term: Duration) -> Result<bool, ClusterError> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let what = format!("the Lease {}/{ALLOCATOR_LEASE}", self.namespace);
+        let current = leases
+            .get_opt(ALLOCATOR_LEASE)
+            .await
+            .map_err(|e| api_error(&format!("reading {what}"), e))?;
+        let spec = match election::claim(
+            current.as_ref().and_then(|l| l.spec.as_ref()),
+            candidate,
+            term,
+            liveness::now(),
+        ) {
+            Claim::HeldBy(_) => return Ok(false),
+            Claim::Write(spec) => spec,
+        };
+        let written = match current {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(ALLOCATOR_LEASE.into()),
+                        namespace: Some(self.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(spec),
+                };
+                leases.create(&PostParams::default(), &lease).await
+            }
+            Some(mut lease) => {
+                lease.spec = Some(spec);
+                leases
+                    .replace(ALLOCATOR_LEASE, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match written {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
+                Ok(false)
+            }
+            Err(e) => Err(api_error(&format!("writing {what}"), e)),
+        }
+    }
+
+    async fn load_balancer_pools(&self) -> Result<Option<String>, ClusterError> {
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let map = maps.get_opt(POOLS_CONFIGMAP).await.map_err(|e| {
+            api_error(
+                &format!("reading the ConfigMap {}/{POOLS_CONFIGMAP}", self.namespace),
+                e,
+            )
+        })?;
+        Ok(map
+            .and_then(|m| m.data)
+            .and_then(|mut data| data.remove(POOLS_KEY)))
+    }
+
+    async fn set_load_balancer_ingress(
+        &self,
+        namespace: &str,
+        name: &str,
+        ips: &[std::net::Ipv4Addr],
+    ) -> Result<(), ClusterError> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let ingress: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+            .collect();
+        // A merge patch replaces the whole list: no stale address stays.
+        let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+        services
+            .patch_status(name, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| api_error(&format!("writing Service {namespace}/{name}'s status"), e))?;
+        Ok(())
     }
 }
 

@@ -12,6 +12,8 @@
 //!   (acquire, renew, watch all leases, publish the node's own data as a
 //!   patch that cannot lose a concurrent update);
 //! - [`Liveness`]: node heartbeats, for LoadBalancer announcement;
+//! - [`LoadBalancerAllocation`]: an elected allocator's pools and the
+//!   Services' `status.loadBalancer` (leadership decided in [`election`]);
 //! - [`cache`]: what consumers keep from a stream (buffered from `Init` to
 //!   `InitDone`, then swapped in);
 //! - [`embedded`]: all of it on weft's SQLite store.
@@ -30,17 +32,20 @@ use k8s_openapi::{Metadata, Resource};
 use serde::de::DeserializeOwned;
 
 pub mod cache;
+pub mod election;
 pub mod embedded;
 mod error;
 pub mod flannel;
 pub mod kubernetes;
 pub mod leases;
 pub mod liveness;
+pub mod load_balancers;
 
 pub use error::ClusterError;
 pub use kube::runtime::watcher::Event;
 pub use leases::{NodePublication, SubnetLease, SubnetManager};
 pub use liveness::Liveness;
+pub use load_balancers::LoadBalancerAllocation;
 
 /// A watch: every object on `Init`…`InitDone`, then each change.
 pub type EventStream<K> = BoxStream<'static, Result<Event<K>, ClusterError>>;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
+use weft_agent::lb_allocator::{self, parse_pools, AllocatorOptions, Pool};
 use weft_agent::run::Options;
 use weft_cluster::embedded::Embedded;
 use weft_cluster::kubernetes::{ApiAccess, Kubernetes};
@@ -92,6 +93,27 @@ pub struct AgentArgs {
     /// ClusterIP, a node's address or on a port weft serves.
     #[arg(long, env = "WEFT_EXTERNAL_IP_CIDRS", default_value = "", value_parser = cidr_list)]
     external_ip_cidrs: CidrList,
+    /// On Kubernetes: weft's own namespace (its LoadBalancer allocator
+    /// Lease and pools ConfigMap); by default the service account's.
+    #[arg(long, env = "POD_NAMESPACE", value_parser = namespace_name)]
+    namespace: Option<String>,
+    /// On Kubernetes: LoadBalancer address pools (CIDRs or FIRST-LAST
+    /// ranges, comma-separated) besides the ConfigMap weft-lb-pools.
+    #[arg(long, env = "WEFT_LB_CIDR", default_value = "", value_parser = lb_pools)]
+    lb_cidr: LbPools,
+    /// On Kubernetes: serve LoadBalancer Services of this
+    /// loadBalancerClass (by default those without a class).
+    #[arg(long)]
+    load_balancer_class: Option<String>,
+    /// On Kubernetes: do not take part in LoadBalancer address allocation
+    /// (another controller, e.g. a cloud provider's, fills their status).
+    #[arg(long)]
+    no_lb_allocator: bool,
+    /// How long the elected LoadBalancer allocator's Lease lasts
+    /// unrenewed (renewed every third of it; the other nodes look once
+    /// per term).
+    #[arg(long, default_value = "15s", value_parser = period::between(secs(3), secs(3600)))]
+    lb_allocator_term: Duration,
 }
 
 /// `weft agent --cleanup`.
@@ -117,6 +139,9 @@ enum Source {
     Kubernetes {
         access: ApiAccess,
         server: Option<String>,
+        namespace: Option<String>,
+        /// `None`: another controller allocates LoadBalancer addresses.
+        allocator: Option<AllocatorOptions>,
     },
 }
 
@@ -139,7 +164,18 @@ impl Source {
         // An empty address (the install manifest's ConfigMap left blank)
         // means the kubeconfig's or the in-cluster one.
         let server = a.kube_api_server.clone().filter(|s| !s.trim().is_empty());
-        Ok(Source::Kubernetes { access, server })
+        let allocator = (!a.no_lb_allocator).then(|| AllocatorOptions {
+            candidate: a.node.clone().unwrap_or_default(),
+            term: a.lb_allocator_term,
+            class: a.load_balancer_class.clone(),
+            pools: a.lb_cidr.0.clone(),
+        });
+        Ok(Source::Kubernetes {
+            access,
+            server,
+            namespace: a.namespace.clone().filter(|n| !n.is_empty()),
+            allocator,
+        })
     }
 }
 
@@ -147,6 +183,12 @@ impl Source {
 /// its Node object and its files.
 fn node_name(text: &str) -> Result<String, String> {
     weft_validation::names::dns1123_subdomain(text)?;
+    Ok(text.to_string())
+}
+
+/// A namespace name (a DNS-1123 label).
+fn namespace_name(text: &str) -> Result<String, String> {
+    weft_validation::names::dns1123_label(text)?;
     Ok(text.to_string())
 }
 
@@ -165,6 +207,14 @@ fn cidr_list(text: &str) -> Result<CidrList, String> {
         })
         .collect::<Result<_, _>>()
         .map(CidrList)
+}
+
+/// LoadBalancer pools given on the command line.
+#[derive(Debug, Clone)]
+struct LbPools(Vec<Pool>);
+
+fn lb_pools(text: &str) -> Result<LbPools, String> {
+    parse_pools(text).map(LbPools).map_err(|e| e.to_string())
 }
 
 /// The lease is renewed by a resync pass once half its TTL is gone, so a
@@ -259,9 +309,21 @@ pub fn run(a: AgentArgs) -> Result<()> {
                     .with_context(|| format!("opening the cluster store {}", path.display()))?;
                 weft_agent::run::run(opts, cluster, shutdown).await
             }
-            Source::Kubernetes { access, server } => {
-                let cluster = Kubernetes::connect(&access, server.as_deref()).await?;
-                weft_agent::run::run(opts, cluster, shutdown).await
+            Source::Kubernetes {
+                access,
+                server,
+                namespace,
+                allocator,
+            } => {
+                let mut cluster = Kubernetes::connect(&access, server.as_deref()).await?;
+                if let Some(namespace) = namespace {
+                    cluster = cluster.in_namespace(namespace);
+                }
+                let allocating =
+                    allocator.map(|opts| tokio::spawn(lb_allocator::run(cluster.clone(), opts)));
+                let outcome = weft_agent::run::run(opts, cluster, shutdown).await;
+                allocating.inspect(tokio::task::JoinHandle::abort);
+                outcome
             }
         }
     })

@@ -20,7 +20,21 @@ fn agent_may(cp: &ControlPlane, verb: &str, resource: &str, namespace: &str) -> 
     if !subresource.ends_with('=') {
         args.push(&subresource);
     }
-    let out = cp.kubectl(&args);
+    can_i(cp, &args)
+}
+
+/// `kubectl auth can-i VERB RESOURCE/NAME -n NS` as the agent.
+fn agent_may_touch(cp: &ControlPlane, verb: &str, object: &str, namespace: &str) -> bool {
+    can_i(
+        cp,
+        &[
+            "auth", "can-i", verb, object, "-n", namespace, "--as", AGENT,
+        ],
+    )
+}
+
+fn can_i(cp: &ControlPlane, args: &[&str]) -> bool {
+    let out = cp.kubectl(args);
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
@@ -33,6 +47,8 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
         "daemonset.apps/weft",
         "clusterrole.rbac.authorization.k8s.io/weft",
         "configmap/weft-net-conf",
+        "configmap/weft-lb-pools",
+        "role.rbac.authorization.k8s.io/weft",
     ] {
         assert!(dry.contains(object), "{object} missing: {dry}");
     }
@@ -62,6 +78,25 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
         assert!(
             !agent_may(&cp, verb, resource, namespace),
             "the agent may {verb} {resource}"
+        );
+    }
+    // In its own namespace: its allocator Lease and pools, nothing else.
+    for (verb, object, allowed) in [
+        ("get", "leases.coordination.k8s.io/weft-lb-allocator", true),
+        (
+            "update",
+            "leases.coordination.k8s.io/weft-lb-allocator",
+            true,
+        ),
+        ("update", "leases.coordination.k8s.io/other", false),
+        ("get", "configmaps/weft-lb-pools", true),
+        ("get", "configmaps/weft-net-conf", false),
+        ("update", "configmaps/weft-lb-pools", false),
+    ] {
+        assert_eq!(
+            agent_may_touch(&cp, verb, object, "weft-system"),
+            allowed,
+            "may the agent {verb} {object}?"
         );
     }
 }

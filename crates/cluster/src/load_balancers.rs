@@ -1,0 +1,43 @@
+//! What the LoadBalancer address allocator needs from the cluster where
+//! nobody else fills `status.loadBalancer` (a cluster without a cloud
+//! provider, as MetalLB's controller serves): one elected allocator, the
+//! pools the operator configured, and the Services' status to write.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::{Cluster, ClusterError};
+
+/// The Lease the allocators of a cluster elect their leader with, in
+/// weft's namespace.
+pub const ALLOCATOR_LEASE: &str = "weft-lb-allocator";
+/// The ConfigMap, in weft's namespace, whose key [`POOLS_KEY`] lists the
+/// address pools (see the agent's `lb_allocator` for the format).
+pub const POOLS_CONFIGMAP: &str = "weft-lb-pools";
+pub const POOLS_KEY: &str = "pools";
+
+/// The cluster side of LoadBalancer address allocation.
+pub trait LoadBalancerAllocation: Cluster {
+    /// Takes or renews the allocator's leadership for `term`; whether
+    /// `candidate` leads now.
+    fn lead(
+        &self,
+        candidate: &str,
+        term: Duration,
+    ) -> impl Future<Output = Result<bool, ClusterError>> + Send;
+
+    /// The pools' text from the cluster (`None`: not configured there).
+    fn load_balancer_pools(
+        &self,
+    ) -> impl Future<Output = Result<Option<String>, ClusterError>> + Send;
+
+    /// Sets Service `namespace/name`'s `status.loadBalancer.ingress` to
+    /// `ips` (empty: none).
+    fn set_load_balancer_ingress(
+        &self,
+        namespace: &str,
+        name: &str,
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send;
+}
