@@ -11,7 +11,7 @@
 //! Lease per agent in `kube-node-lease`, labelled as weft's.
 //!
 //! LoadBalancer allocation: the allocators elect a leader on a Lease in
-//! weft's own namespace (the service account's, or `--namespace`), read
+//! weft's own namespace (`weft agent --namespace`, weft-system), read
 //! the pools from a ConfigMap there, and write `services/status`.
 
 use std::path::{Path, PathBuf};
@@ -123,6 +123,15 @@ impl Cluster for Kubernetes {
             config = config.labels(&selector.join(","));
         }
         watcher(api, config)
+            // 410 Gone: the watcher lists again on its next poll; pausing
+            // first would only delay the catching up.
+            .filter(move |item| {
+                let gone = matches!(item, Err(watcher::Error::WatchError(status)) if status.code == 410);
+                if gone {
+                    tracing::info!(kind, "the API server no longer has this watch's version (410 Gone); listing again");
+                }
+                futures::future::ready(!gone)
+            })
             .backoff(RetrySoon::default())
             .map(move |item| {
                 let mut held = problem.lock().unwrap_or_else(PoisonError::into_inner);

@@ -94,9 +94,9 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_EXTERNAL_IP_CIDRS", default_value = "", value_parser = cidr_list)]
     external_ip_cidrs: CidrList,
     /// On Kubernetes: weft's own namespace (its LoadBalancer allocator
-    /// Lease and pools ConfigMap); by default the service account's.
-    #[arg(long, env = "POD_NAMESPACE", value_parser = namespace_name)]
-    namespace: Option<String>,
+    /// Lease and pools ConfigMap); the install manifest sets POD_NAMESPACE.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system", value_parser = namespace_name)]
+    namespace: String,
     /// On Kubernetes: LoadBalancer address pools (CIDRs or FIRST-LAST
     /// ranges, comma-separated) besides the ConfigMap weft-lb-pools.
     #[arg(long, env = "WEFT_LB_CIDR", default_value = "", value_parser = lb_pools)]
@@ -139,7 +139,7 @@ enum Source {
     Kubernetes {
         access: ApiAccess,
         server: Option<String>,
-        namespace: Option<String>,
+        namespace: String,
         /// `None`: another controller allocates LoadBalancer addresses.
         allocator: Option<AllocatorOptions>,
     },
@@ -173,7 +173,7 @@ impl Source {
         Ok(Source::Kubernetes {
             access,
             server,
-            namespace: a.namespace.clone().filter(|n| !n.is_empty()),
+            namespace: a.namespace.clone(),
             allocator,
         })
     }
@@ -315,10 +315,9 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 namespace,
                 allocator,
             } => {
-                let mut cluster = Kubernetes::connect(&access, server.as_deref()).await?;
-                if let Some(namespace) = namespace {
-                    cluster = cluster.in_namespace(namespace);
-                }
+                let cluster = Kubernetes::connect(&access, server.as_deref())
+                    .await?
+                    .in_namespace(namespace);
                 let allocating =
                     allocator.map(|opts| tokio::spawn(lb_allocator::run(cluster.clone(), opts)));
                 let outcome = weft_agent::run::run(opts, cluster, shutdown).await;

@@ -8,122 +8,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::control_plane::ControlPlane;
-use common::{wait_until, WEFT};
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use common::kube_node::*;
+use common::wait_until;
 use kube::api::{DeleteParams, PostParams};
-use kube::Api;
 use serde_json::json;
-
-/// The agent, killed by its PID on drop.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ip(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn node(name: &str, pod_cidr: &str, annotations: serde_json::Value) -> Node {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
-    }))
-    .unwrap()
-}
-
-/// Runs `work` with the Nodes' API, inside the control plane's namespace.
-fn with_api<T, F, Fut>(cp: &ControlPlane, work: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce(Api<Node>) -> Fut + Send,
-    Fut: std::future::Future<Output = T>,
-{
-    cp.with_cluster(|cluster| work(Api::all(cluster.client().clone())))
-}
-
-fn start_agent(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> Agent {
-    start_agent_as(cp, &cp.kubeconfig, dir, extra)
-}
-
-/// [`start_agent`] with the credentials of `kubeconfig`.
-fn start_agent_as(cp: &ControlPlane, kubeconfig: &Path, dir: &Path, extra: &[&str]) -> Agent {
-    std::fs::write(
-        dir.join("net-conf.json"),
-        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let child = cp
-        .ns()
-        .command(WEFT)
-        .args(["agent", "--node", "node-a", "--iface", "d0"])
-        .args(extra)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--net-conf")
-        .arg(dir.join("net-conf.json"))
-        .arg("--subnet-file")
-        .arg(dir.join("subnet.env"))
-        .arg("--cni-conf-dir")
-        .arg(dir.join("net.d"))
-        .arg("--ipam-dir")
-        .arg(dir.join("ipam"))
-        .args(["--health", "127.0.0.1:10259"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting weft agent");
-    Agent(child)
-}
-
-/// The node's underlay (a veth pair with 198.18.0.11 in the control
-/// plane's namespace) and its Node as a kubelet registers it, with
-/// `pod_cidr` (what node IPAM would give) or without.
-fn underlay_and_node_with(cp: &ControlPlane, pod_cidr: Option<&'static str>) {
-    let ns = cp.ns_name();
-    ip(
-        ns,
-        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-    );
-    ip(ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
-    for link in ["d0", "d1"] {
-        ip(ns, &["link", "set", link, "up"]);
-    }
-    with_api(cp, move |nodes| async move {
-        let node_a = match pod_cidr {
-            Some(cidr) => node("node-a", cidr, json!({})),
-            None => serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
-        };
-        nodes.create(&PostParams::default(), &node_a).await.unwrap();
-    });
-}
-
-fn underlay_and_node(cp: &ControlPlane) {
-    underlay_and_node_with(cp, Some("10.244.1.0/24"));
-}
 
 #[test]
 fn the_agent_takes_its_subnet_from_the_node_and_meshes_with_flannel_peers() {
@@ -215,37 +107,6 @@ fn services_written_through_the_api_are_programmed() {
     assert!(took.is_some(), "{element} not programmed:\n{}", log());
 }
 
-/// `GET path` on the agent's health port inside the namespace: the status
-/// line and the body.
-fn health(cp: &ControlPlane, path: &str) -> Option<String> {
-    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-    cp.ns()
-        .run_in(move || {
-            let mut conn = std::net::TcpStream::connect("127.0.0.1:10259").ok()?;
-            conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            conn.write_all(request.as_bytes()).ok()?;
-            let mut answer = String::new();
-            conn.read_to_string(&mut answer).ok()?;
-            Some(answer)
-        })
-        .ok()
-        .flatten()
-}
-
-/// Waits up to `limit` for `/readyz` to answer with all of `words`; fails
-/// with its last answer and the agent's log otherwise.
-fn await_readyz(cp: &ControlPlane, words: &[&str], limit: Duration, log: &dyn Fn() -> String) {
-    let seen = wait_until(limit, || {
-        health(cp, "/readyz").is_some_and(|a| words.iter().all(|w| a.contains(w)))
-    });
-    assert!(
-        seen.is_some(),
-        "/readyz never said {words:?}: {:?}\n{}",
-        health(cp, "/readyz"),
-        log()
-    );
-}
-
 #[test]
 fn until_node_ipam_gives_a_pod_cidr_the_agent_is_alive_and_says_why_it_is_not_ready() {
     let cp = ControlPlane::start();
@@ -286,49 +147,6 @@ fn until_node_ipam_gives_a_pod_cidr_the_agent_is_alive_and_says_why_it_is_not_re
             .unwrap();
     });
     await_readyz(&cp, &["200 OK"], Duration::from_secs(10), &log);
-}
-
-/// Whether `element` is in the proxy's `service-ips` map in `ns`.
-fn service_programmed(ns: &str, element: &str) -> bool {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "list",
-            "map",
-            "ip",
-            "weft-proxy",
-            "service-ips",
-        ])
-        .output()
-        .expect("running nft");
-    String::from_utf8_lossy(&out.stdout).contains(element)
-}
-
-/// Creates Service `name` with one endpoint through the API; its ClusterIP.
-fn create_service(cp: &ControlPlane, name: &'static str, endpoint: &'static str) -> String {
-    with_api(cp, move |nodes| async move {
-        let client = nodes.into_client();
-        let services: Api<Service> = Api::namespaced(client.clone(), "default");
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
-        }))
-        .unwrap();
-        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
-        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [endpoint], "nodeName": "node-a", "conditions": {"ready": true}}]
-        }))
-        .unwrap();
-        slices.create(&PostParams::default(), &slice).await.unwrap();
-        svc.spec.unwrap().cluster_ip.unwrap()
-    })
 }
 
 #[test]

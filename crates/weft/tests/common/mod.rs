@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod kube_node;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
