@@ -3,7 +3,9 @@
 //! exists, then follows what is created and deleted through the API; the
 //! subnet is the Node's podCIDR and the node is published with flannel's
 //! annotations exactly; Nodes carrying them are peers; heartbeats are
-//! Leases.
+//! Leases; one candidate at a time leads the LoadBalancer allocator (a
+//! Lease written with optimistic concurrency) and its pools are a
+//! ConfigMap.
 
 mod common;
 
@@ -16,7 +18,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease};
-use weft_cluster::{Cluster, Event, EventStream, Liveness, SubnetManager};
+use weft_cluster::{Cluster, Event, EventStream, Liveness, LoadBalancerAllocation, SubnetManager};
 use weft_proxy::model::{SERVICE_PROXY_NAME_LABEL, UNWATCHED_LABELS};
 
 fn service(name: &str) -> Service {
@@ -220,4 +222,47 @@ fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
                 assert_eq!(live, ["node-a".to_string()].into());
             }
     });
+}
+
+#[test]
+fn one_candidate_leads_the_load_balancer_allocator_until_its_lease_runs_out() {
+    let cp = ControlPlane::start();
+    cp.kubectl_ok(&["create", "namespace", "weft-system"]);
+    cp.with_cluster(|cluster| async move {
+        let cluster = cluster.in_namespace("weft-system".into());
+        let term = Duration::from_secs(2);
+        // Both race for the new Lease: exactly one creates it.
+        let (a, b) = tokio::join!(cluster.lead("node-a", term), cluster.lead("node-b", term));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a ^ b, "node-a leads: {a}, node-b leads: {b}");
+        let (leader, other) = if a {
+            ("node-a", "node-b")
+        } else {
+            ("node-b", "node-a")
+        };
+        assert!(
+            cluster.lead(leader, term).await.unwrap(),
+            "the leader renews"
+        );
+        assert!(!cluster.lead(other, term).await.unwrap());
+        // The leader stops renewing: after its term the other takes over.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(cluster.lead(other, term).await.unwrap(), "no take-over");
+        assert!(!cluster.lead(leader, term).await.unwrap());
+        // Pools come from the ConfigMap; none is no pools.
+        assert_eq!(cluster.load_balancer_pools().await.unwrap(), None);
+    });
+    cp.kubectl_ok(&[
+        "-n",
+        "weft-system",
+        "create",
+        "configmap",
+        "weft-lb-pools",
+        "--from-literal=pools=198.18.0.200/29",
+    ]);
+    let pools = cp.with_cluster(|cluster| async move {
+        let cluster = cluster.in_namespace("weft-system".into());
+        cluster.load_balancer_pools().await.unwrap()
+    });
+    assert_eq!(pools.as_deref(), Some("198.18.0.200/29"));
 }
