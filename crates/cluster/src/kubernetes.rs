@@ -30,6 +30,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Config};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::election::{self, Claim};
 use crate::flannel;
@@ -460,15 +461,39 @@ impl LoadBalancerAllocation for Kubernetes {
     }
 }
 
-/// weft's heartbeat beside the kubelet's Lease of the same node.
+/// weft's heartbeat beside the kubelet's Lease of the same node:
+/// `weft-<node>`, or for a node name too long for that (a Lease name is
+/// at most 253 characters) its start and a hash of the whole, so distinct
+/// nodes keep distinct Leases. The holder identity stays the node's name.
 fn heartbeat_name(node: &str) -> String {
-    format!("weft-{node}")
+    const MAX: usize = 253;
+    let name = format!("weft-{node}");
+    if name.len() <= MAX {
+        return name;
+    }
+    let digest = Sha256::digest(node.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    // Node names are DNS-1123 subdomains (ASCII): any cut is a char boundary.
+    let head = name[..MAX - hash.len() - 1].trim_end_matches(['-', '.']);
+    format!("{head}-{hash}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn heartbeat_names_fit_a_lease_name_and_stay_distinct() {
+        assert_eq!(heartbeat_name("node-a"), "weft-node-a");
+        let long = |last: char| format!("{}{last}", "a".repeat(252));
+        let (one, two) = (heartbeat_name(&long('b')), heartbeat_name(&long('c')));
+        assert_ne!(one, two);
+        for name in [one, two] {
+            assert_eq!(name.len(), 253, "{name}");
+            weft_validation::names::dns1123_subdomain(&name).unwrap();
+        }
+    }
 
     #[test]
     fn retries_come_soon_and_never_later_than_a_second() {
