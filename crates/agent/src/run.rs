@@ -23,7 +23,7 @@ use weft_cluster::cache::Cache;
 use weft_cluster::flannel;
 use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
 use weft_cluster::{ClusterState, Event, SubnetLease};
-use weft_datapath::netlink::{format_mac, VxlanSpec};
+use weft_datapath::netlink::{format_mac, Link, Route, VxlanSpec};
 use weft_datapath::{sysctl, Netlink};
 
 use crate::backend::{self, Desired, LocalNode, Peer};
@@ -135,20 +135,48 @@ pub fn read_net_conf(path: &Path) -> Result<NetConf> {
     Ok(conf)
 }
 
+/// The node's underlay: the interface named `iface`, or with none named
+/// the one of the default route (as flanneld chooses).
+async fn underlay(netlink: &Netlink, iface: &str) -> Result<Link> {
+    if !iface.is_empty() {
+        return netlink.link(iface).await?.with_context(|| {
+            format!("interface {iface} not found; pass the node's underlay interface with --iface")
+        });
+    }
+    let routes = netlink.routes(false).await?;
+    let index = default_route_interface(&routes).context(
+        "this node has no IPv4 default route to find its underlay interface by; pass it with --iface",
+    )?;
+    let links = netlink.links().await?;
+    let link = links.into_iter().find(|l| l.index == index);
+    let link =
+        link.context("the default route's interface went away; pass the underlay with --iface")?;
+    tracing::info!(iface = %link.name, "underlay interface: the default route's");
+    Ok(link)
+}
+
+/// The interface of the main table's preferred IPv4 default route.
+fn default_route_interface(routes: &[Route]) -> Option<u32> {
+    const MAIN_TABLE: u32 = 254;
+    routes
+        .iter()
+        .filter(|r| r.dst.is_none_or(|d| d.prefix_len() == 0))
+        .filter(|r| r.table.unwrap_or(MAIN_TABLE) == MAIN_TABLE)
+        .filter_map(|r| Some((r.priority.unwrap_or(0), r.oif?)))
+        .min()
+        .map(|(_, oif)| oif)
+}
+
 /// Everything before the loop; an error here means the agent cannot start.
-pub async fn bootstrap<C: ClusterState>(opts: Options, cluster: C) -> Result<Agent<C>> {
+pub async fn bootstrap<C: ClusterState>(mut opts: Options, cluster: C) -> Result<Agent<C>> {
     let conf = opts.net_conf.clone();
     let v4 = conf
         .ipv4
         .clone()
         .context("net-conf.json has no IPv4 Network (read it with read_net_conf)")?;
     let netlink = Netlink::connect()?;
-    let underlay = netlink.link(&opts.iface).await?.with_context(|| {
-        format!(
-            "interface {} not found; pass the node's underlay interface with --iface",
-            opts.iface
-        )
-    })?;
+    let underlay = underlay(&netlink, &opts.iface).await?;
+    opts.iface = underlay.name.clone();
     let addrs = netlink.addresses(underlay.index).await?;
     let node_addrs: Vec<IpAddr> = addrs.iter().map(IpNet::addr).collect();
     conf.check_node_addresses(&opts.iface, &node_addrs)?;
@@ -556,6 +584,25 @@ mod tests {
             Event::InitDone,
         ];
         assert_eq!(peers_after(events).await, Some(vec!["b".into()]));
+    }
+
+    #[test]
+    fn the_underlay_is_the_preferred_default_routes_interface() {
+        let route = |dst: Option<&str>, priority, oif, table| Route {
+            dst: dst.map(|d| d.parse().unwrap()),
+            priority: Some(priority),
+            oif: Some(oif),
+            table: Some(table),
+            ..Route::default()
+        };
+        let routes = [
+            route(Some("198.18.0.0/24"), 0, 1, 254),
+            route(None, 200, 2, 254),
+            route(Some("0.0.0.0/0"), 100, 3, 254),
+            route(None, 0, 4, 100),
+        ];
+        assert_eq!(default_route_interface(&routes), Some(3));
+        assert_eq!(default_route_interface(&routes[..1]), None);
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub struct AgentArgs {
     /// flannel-style net-conf.json.
     #[arg(long, default_value = "/etc/weft/net-conf.json")]
     net_conf: PathBuf,
-    /// The underlay interface (its first IPv4 address is the node's public IP).
-    #[arg(long, default_value = "eth0")]
+    /// The underlay interface (its first IPv4 address is the node's public
+    /// IP); by default the interface of the node's IPv4 default route.
+    #[arg(long, default_value = "")]
     iface: String,
     #[arg(long, default_value = "weft")]
     network: String,

@@ -43,10 +43,16 @@ fn the_agent_takes_its_subnet_from_the_node_and_meshes_with_flannel_peers() {
         std::fs::read_to_string(&env).is_ok_and(|e| e.contains("FLANNEL_SUBNET=10.244.1.1/24"))
     });
     assert!(got.is_some(), "no subnet.env for 10.244.1.0/24:\n{}", log());
-    let annotated = with_api(&cp, |nodes| async move {
-        let node = nodes.get("node-a").await.unwrap();
-        node.metadata.annotations.unwrap_or_default()
+    // Published right after subnet.env is written.
+    let mut annotated = Default::default();
+    let published = wait_until(Duration::from_secs(5), || {
+        annotated = with_api(&cp, |nodes| async move {
+            let node = nodes.get("node-a").await.unwrap();
+            node.metadata.annotations.unwrap_or_default()
+        });
+        annotated.contains_key("flannel.alpha.coreos.com/backend-type")
     });
+    assert!(published.is_some(), "node-a not annotated:\n{}", log());
     assert_eq!(annotated["flannel.alpha.coreos.com/backend-type"], "vxlan");
     assert_eq!(
         annotated["flannel.alpha.coreos.com/public-ip"],

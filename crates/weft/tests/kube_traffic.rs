@@ -72,13 +72,19 @@ impl Bed {
             &["addr", "add", "198.18.0.20/24", "dev", "d1"],
         );
         ip(&external_name, &["link", "set", "d1", "up"]);
-        // As a node's default route would: a ClusterIP is routed before
-        // the proxy's output hook rewrites it (the control plane's
-        // namespace has no default route, and must not get one).
-        ip(cp.ns_name(), &["route", "add", "10.96.0.0/12", "dev", "d0"]);
+        // A node's default route, on the underlay (to the external
+        // namespace, which routes nowhere): the agent finds its underlay
+        // by it, and a ClusterIP is routed before the proxy's output hook
+        // rewrites it.
+        ip(cp.ns_name(), &["route", "add", "default", "dev", "d0"]);
         let dir = tempfile::tempdir().unwrap();
         let token = cp.kubeconfig_of("weft-system", "weft");
-        let agent = start_agent_as(&cp, &token, dir.path(), &["--resync", "500ms"]);
+        let agent = start_agent_as(
+            &cp,
+            &token,
+            dir.path(),
+            &["--resync", "500ms", "--iface", ""],
+        );
         let conflist = dir.path().join("net.d/10-weft.conflist");
         let bed = Bed {
             cp,

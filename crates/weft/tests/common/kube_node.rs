@@ -83,7 +83,13 @@ pub fn start_agent_as(cp: &ControlPlane, kubeconfig: &Path, dir: &Path, extra: &
     let child = cp
         .ns()
         .command(WEFT)
-        .args(["agent", "--node", "node-a", "--iface", "d0"])
+        .args(["agent", "--node", "node-a"])
+        // d0 unless the test names another (or none: the default route's).
+        .args(if extra.contains(&"--iface") {
+            &[][..]
+        } else {
+            &["--iface", "d0"][..]
+        })
         .args(extra)
         .arg("--kubeconfig")
         .arg(kubeconfig)
