@@ -25,6 +25,7 @@ use futures::{FutureExt, StreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use weft_cluster::cache::{object_key, Cache};
+use weft_cluster::load_balancers::AllocationEvent;
 use weft_cluster::{ClusterError, Event, LoadBalancerAllocation};
 
 /// An inclusive range of addresses to hand out.
@@ -378,23 +379,43 @@ impl<C: LoadBalancerAllocation> Allocator<'_, C> {
         let class = self.opts.class.as_deref();
         let plan = plan(self.services.values(), &pools, class);
         for write in &plan.writes {
-            tracing::info!(service = %format!("{}/{}", write.namespace, write.name), ips = ?write.ips, "setting the LoadBalancer address");
-            if let Err(e) = self
+            let service = format!("{}/{}", write.namespace, write.name);
+            tracing::info!(%service, ips = ?write.ips, "setting the LoadBalancer address");
+            match self
                 .cluster
                 .set_load_balancer_ingress(&write.namespace, &write.name, &write.ips)
                 .await
             {
-                tracing::warn!(error = %e, "LoadBalancer address not written; retried on the next pass");
-                // Come back soon rather than at the next change.
-                self.next_claim = tokio::time::Instant::now() + Duration::from_secs(1);
+                Ok(()) => {
+                    self.record(&service, AllocationEvent::Allocated(write.ips.clone()))
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LoadBalancer address not written; retried on the next pass");
+                    // Come back soon rather than at the next change.
+                    self.next_claim = tokio::time::Instant::now() + Duration::from_secs(1);
+                }
             }
         }
         for (service, problem) in &plan.problems {
             if self.reported.get(service) != Some(problem) {
                 tracing::warn!(%service, "no LoadBalancer address: {problem}");
+                self.record(service, AllocationEvent::Failed(problem.clone()))
+                    .await;
             }
         }
         self.reported = plan.problems;
+    }
+
+    /// Records `event` on the Service `key` (`namespace/name`); a failure
+    /// only costs the Event.
+    async fn record(&self, key: &str, event: AllocationEvent) {
+        let Some(service) = self.services.values().find(|s| object_key(*s) == key) else {
+            return;
+        };
+        if let Err(e) = self.cluster.record(service, event).await {
+            tracing::warn!(service = key, error = %e, "cannot record an Event on the Service");
+        }
     }
 
     /// The flag's pools and the cluster's; `None` (no pass) when there are
@@ -644,6 +665,7 @@ mod tests {
         stored: Arc<Mutex<BTreeMap<String, Service>>>,
         leading: bool,
         writes: Arc<Mutex<Vec<Written>>>,
+        events: Arc<Mutex<Vec<(String, AllocationEvent)>>>,
     }
 
     /// A Service's name and the addresses written to its status.
@@ -659,6 +681,7 @@ mod tests {
                 stored: Arc::default(),
                 leading,
                 writes: Arc::default(),
+                events: Arc::default(),
             }
         }
 
@@ -715,6 +738,16 @@ mod tests {
             self.feed.unbounded_send(Event::Apply(svc.clone())).unwrap();
             Ok(())
         }
+
+        async fn record(
+            &self,
+            service: &Service,
+            event: AllocationEvent,
+        ) -> Result<(), ClusterError> {
+            let name = service.metadata.name.clone().unwrap();
+            self.events.lock().unwrap().push((name, event));
+            Ok(())
+        }
     }
 
     fn options(pools: &str) -> AllocatorOptions {
@@ -750,6 +783,24 @@ mod tests {
             .writes_after(vec![Event::Apply(lb("c", T2, &[]))])
             .await;
         assert_eq!(more[2..], [("c".to_string(), ips("198.18.100.2"))]);
+        // The pools are used up: the next one waits, and says why once.
+        fake.writes_after(vec![Event::Apply(lb("d", T2, &[]))])
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let events = fake.events.lock().unwrap().clone();
+        assert_eq!(
+            events[0],
+            (
+                "a".to_string(),
+                AllocationEvent::Allocated(ips("198.18.99.7"))
+            )
+        );
+        let failed: Vec<_> = events
+            .iter()
+            .filter(|(_, e)| matches!(e, AllocationEvent::Failed(_)))
+            .collect();
+        assert_eq!(failed.len(), 1, "{events:?}");
+        assert_eq!(failed[0].0, "d");
         task.abort();
     }
 

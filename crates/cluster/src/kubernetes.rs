@@ -26,8 +26,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
+use kube::Resource;
 use kube::{Api, Client, Config};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -36,7 +38,9 @@ use crate::election::{self, Claim};
 use crate::flannel;
 use crate::leases::{LeaseRequest, NodePublication, SubnetLease, SubnetManager};
 use crate::liveness::{self, Liveness, HEARTBEAT_NAMESPACE};
-use crate::load_balancers::{LoadBalancerAllocation, ALLOCATOR_LEASE, POOLS_CONFIGMAP, POOLS_KEY};
+use crate::load_balancers::{
+    AllocationEvent, LoadBalancerAllocation, ALLOCATOR_LEASE, POOLS_CONFIGMAP, POOLS_KEY,
+};
 use crate::{Cluster, ClusterError, Event, EventStream, Watched, RETRY_PAUSE};
 
 /// The field manager weft's writes are recorded under.
@@ -52,6 +56,8 @@ pub struct Kubernetes {
     namespace: String,
     /// The last watch failure, cleared by the next event.
     problem: Arc<Mutex<Option<String>>>,
+    /// Events on Services (it folds repeats into a series).
+    recorder: Recorder,
 }
 
 /// How the agent reaches the API server.
@@ -93,7 +99,12 @@ impl Kubernetes {
     fn with_config(config: Config) -> Result<Self, ClusterError> {
         let client = Client::try_from(config.clone())
             .map_err(|e| ClusterError::Kubernetes(format!("creating the API client: {e}")))?;
+        let reporter = Reporter {
+            controller: ALLOCATOR_LEASE.into(),
+            instance: None,
+        };
         Ok(Kubernetes {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace: config.default_namespace,
             problem: Arc::default(),
@@ -458,6 +469,34 @@ impl LoadBalancerAllocation for Kubernetes {
             .await
             .map_err(|e| api_error(&format!("writing Service {namespace}/{name}'s status"), e))?;
         Ok(())
+    }
+
+    /// As MetalLB's controller: `IPAllocated`, or a warning
+    /// `AllocationFailed` with the reason.
+    async fn record(&self, service: &Service, event: AllocationEvent) -> Result<(), ClusterError> {
+        let (type_, reason, note) = match event {
+            AllocationEvent::Allocated(ips) => {
+                let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                let note = if ips.is_empty() {
+                    "LoadBalancer address released".to_owned()
+                } else {
+                    format!("Assigned IP {}", ips.join(", "))
+                };
+                (EventType::Normal, "IPAllocated", note)
+            }
+            AllocationEvent::Failed(why) => (EventType::Warning, "AllocationFailed", why),
+        };
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "AllocateLoadBalancerAddress".into(),
+            secondary: None,
+        };
+        self.recorder
+            .publish(&event, &service.object_ref(&()))
+            .await
+            .map_err(|e| api_error("recording an Event on a Service", e))
     }
 }
 

@@ -7,6 +7,8 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Service;
+
 use crate::{Cluster, ClusterError};
 
 /// The Lease the allocators of a cluster elect their leader with, in
@@ -16,6 +18,16 @@ pub const ALLOCATOR_LEASE: &str = "weft-lb-allocator";
 /// address pools (see the agent's `lb_allocator` for the format).
 pub const POOLS_CONFIGMAP: &str = "weft-lb-pools";
 pub const POOLS_KEY: &str = "pools";
+
+/// What the allocator tells a Service's users (an Event on it, which
+/// `kubectl describe service` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocationEvent {
+    /// These addresses were written to its status.
+    Allocated(Vec<Ipv4Addr>),
+    /// Why it has no address (what to do included).
+    Failed(String),
+}
 
 /// The cluster side of LoadBalancer address allocation.
 pub trait LoadBalancerAllocation: Cluster {
@@ -39,5 +51,12 @@ pub trait LoadBalancerAllocation: Cluster {
         namespace: &str,
         name: &str,
         ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send;
+
+    /// Records `event` on `service`.
+    fn record(
+        &self,
+        service: &Service,
+        event: AllocationEvent,
     ) -> impl Future<Output = Result<(), ClusterError>> + Send;
 }

@@ -248,6 +248,30 @@ fn a_load_balancer_service_is_reached_through_its_cluster_ip_node_port_and_alloc
         ingress_ips(&bed.read_service("other")).is_empty(),
         "a Service of another loadBalancerClass got an address"
     );
+    // An address outside the pools is refused; both outcomes are Events
+    // on the Services, as `kubectl describe service` shows them.
+    bed.service(
+        "outside",
+        json!({"type": "LoadBalancer", "loadBalancerIP": "198.18.0.99"}),
+        web.ip,
+        8080,
+    );
+    let events = || bed.cp.kubectl_ok(&["get", "events", "-n", "default"]);
+    let told = wait_until(Duration::from_secs(10), || {
+        let events = events();
+        events.contains("IPAllocated") && events.contains("AllocationFailed")
+    });
+    assert!(told.is_some(), "{}\n{}", events(), bed.log());
+    assert!(
+        events().contains("198.18.0.99 is not in a LoadBalancer pool"),
+        "{}",
+        events()
+    );
+    assert!(
+        !bed.log().to_lowercase().contains("forbidden"),
+        "{}",
+        bed.log()
+    );
 }
 
 /// Echoes every connection to port 9000 of `pod`, from a listener made in
