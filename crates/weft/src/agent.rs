@@ -253,12 +253,19 @@ impl AgentArgs {
     }
 }
 
+/// What the agent logs unless RUST_LOG says otherwise. kube-client logs
+/// an ERROR line for every failed request, which while the API server is
+/// away means several a second; the agent's own warnings carry the same
+/// error, with what it does about it.
+const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
+
 pub fn run(a: AgentArgs) -> Result<()> {
     a.check_periods()?;
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .init();
     if a.cleanup {
