@@ -9,6 +9,8 @@
 //! - [`underlay`]: the lab's L2 network, and the guard against overlapping ranges.
 //! - [`procs`]: detached processes, signalled only after checking they are ours.
 //! - [`agents`]: one `weft agent` per node.
+//! - [`control_plane`]: Kubernetes' own etcd and kube-apiserver in a
+//!   namespace (the Kubernetes tests and `weft-bench services --kube`).
 //! - [`manifest`]: Kubernetes manifests → Kubernetes types.
 //! - [`objects`]: keys, UIDs and timestamps of stored objects.
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
@@ -22,6 +24,7 @@
 //!   [`report`]'s typed results (rendered there, printed by the CLI).
 
 pub mod agents;
+pub mod control_plane;
 pub mod endpointslices;
 pub mod kubelet;
 pub mod layout;

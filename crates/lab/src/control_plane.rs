@@ -1,0 +1,627 @@
+//! Kubernetes' own control plane on one machine, from the components
+//! `scripts/setup.sh --peers` builds: etcd and kube-apiserver (and, on
+//! request, kube-controller-manager) inside a network namespace of the
+//! caller's naming, with only its loopback up. The keys and the serving
+//! certificate are generated with openssl into a temporary directory;
+//! clients authenticate with a static token of a `system:masters` user and
+//! check the serving certificate against the generated authority.
+//!
+//! This module owns the servers' lifecycle: they are killed by PID and the
+//! namespace and files removed when the [`ControlPlane`] is dropped. The
+//! Kubernetes test suites and `weft-bench services --kube` start it; how the
+//! namespace is reached from elsewhere (links, routes) is the caller's.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_datapath::{netns, NetNs, NetNsError, Netlink, NetlinkError};
+
+/// Where `scripts/setup.sh --peers` links the built components.
+pub const PEERS_BIN: &str = "/var/cache/weft/peers/bin";
+/// The release the peers are pinned to.
+pub const KUBERNETES_VERSION: &str = "v1.36.3";
+/// The apiserver's port.
+pub const APISERVER_PORT: u16 = 6443;
+/// The Services' range the apiserver allocates ClusterIPs from.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+const ETCD_CLIENT_URL: &str = "http://127.0.0.1:2379";
+const ADMIN_TOKEN: &str = "weft-peers-admin-token";
+/// Bounds the apiserver's start-up (2.6–5.6 s measured on a 2-core machine).
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("{} is missing: build Kubernetes' components with `./scripts/setup.sh --peers`", .0.display())]
+    MissingPeer(PathBuf),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {output}")]
+    Failed { what: String, output: String },
+    #[error("{name} exited ({status}):\n{log}")]
+    Exited {
+        name: &'static str,
+        status: ExitStatus,
+        log: String,
+    },
+    #[error("kube-apiserver not ready within {within:?}; last /readyz: {last}\n{logs}")]
+    NotReady {
+        within: Duration,
+        last: String,
+        logs: String,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetNsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+type Result<T> = std::result::Result<T, ControlPlaneError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlaneError {
+    let what = what.into();
+    move |source| ControlPlaneError::Io { what, source }
+}
+
+/// The path of peer component `name`, if it was built.
+pub fn peer(name: &str) -> Result<PathBuf> {
+    let path = Path::new(PEERS_BIN).join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(ControlPlaneError::MissingPeer(path))
+    }
+}
+
+/// A command's stdout and stderr, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// How to start the control plane.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The network namespace to create for the servers (it must not exist).
+    pub namespace: String,
+    /// Where the apiserver listens: its namespace's loopback by default;
+    /// `0.0.0.0` to be reachable over links the caller adds.
+    pub bind: Ipv4Addr,
+    /// Addresses besides 127.0.0.1 the serving certificate is valid for
+    /// (the ones clients in other namespaces dial).
+    pub serving_addresses: Vec<Ipv4Addr>,
+    /// Have the kernel kill the servers when the thread that started them
+    /// exits (PR_SET_PDEATHSIG), so they cannot outlive a process that was
+    /// killed outright. Only for callers that keep that thread to the end.
+    pub die_with_thread: bool,
+}
+
+impl Config {
+    /// Loopback only, in namespace `namespace`.
+    pub fn new(namespace: impl Into<String>) -> Config {
+        Config {
+            namespace: namespace.into(),
+            bind: Ipv4Addr::LOCALHOST,
+            serving_addresses: Vec::new(),
+            die_with_thread: false,
+        }
+    }
+}
+
+/// The control plane's namespace, removed on drop.
+struct Namespace {
+    name: String,
+    ns: NetNs,
+}
+
+impl Namespace {
+    fn create(name: &str) -> Result<Namespace> {
+        let ns = netns::create_named(name)?;
+        let created = Namespace {
+            name: name.to_string(),
+            ns,
+        };
+        loopback_up(&created.ns)?;
+        Ok(created)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = netns::delete_named(&self.name);
+    }
+}
+
+fn loopback_up(ns: &NetNs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("a runtime for netlink"))?;
+    rt.block_on(async {
+        let nl = Netlink::connect_in(ns)?;
+        if let Some(lo) = nl.link("lo").await? {
+            nl.set_up(lo.index).await?;
+        }
+        Ok(())
+    })
+}
+
+/// A server we started, killed by its PID on drop; its output goes to
+/// `<name>.log`, quoted when it misbehaves.
+struct Server {
+    name: &'static str,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Server {
+    fn start(
+        ns: &NetNs,
+        dir: &Path,
+        name: &'static str,
+        args: &[String],
+        die_with_thread: bool,
+    ) -> Result<Server> {
+        let log = dir.join(format!("{name}.log"));
+        let file = fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let mut cmd = ns.command(peer(name)?);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().map_err(io("cloning the log file"))?)
+            .stderr(file);
+        if die_with_thread {
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(io(format!("starting {name}")))?;
+        Ok(Server { name, log, child })
+    }
+
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(ControlPlaneError::Exited {
+                name: self.name,
+                status,
+                log: self.log_tail(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .map_err(io("running openssl (Debian package openssl)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ControlPlaneError::Failed {
+            what: format!("openssl {args:?}"),
+            output: text(&out),
+        })
+    }
+}
+
+/// A certificate authority, the apiserver's serving certificate for
+/// 127.0.0.1 and `addresses` signed by it (clients trust the authority, as
+/// they would a cluster's), and the service-account signing key with its
+/// public half, which verifies the tokens.
+fn generate_keys(dir: &Path, addresses: &[Ipv4Addr]) -> Result<()> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "1", "-subj", "/CN=weft-test-ca"],
+    ]
+    .concat();
+    openssl(
+        &[
+            &ca[..],
+            &["-keyout", &path("ca.key"), "-out", &path("ca.crt")],
+        ]
+        .concat(),
+    )?;
+    let request = [&["req"][..], &ec, &["-subj", "/CN=127.0.0.1"]].concat();
+    openssl(
+        &[
+            &request[..],
+            &[
+                "-keyout",
+                &path("serving.key"),
+                "-out",
+                &path("serving.csr"),
+            ],
+        ]
+        .concat(),
+    )?;
+    let names: Vec<String> = std::iter::once(Ipv4Addr::LOCALHOST)
+        .chain(addresses.iter().copied())
+        .map(|a| format!("IP:{a}"))
+        .collect();
+    fs::write(
+        dir.join("serving.ext"),
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            names.join(",")
+        ),
+    )
+    .map_err(io("writing the certificate extensions"))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("serving.csr"),
+        "-CA",
+        &path("ca.crt"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &path("serving.ext"),
+        "-out",
+        &path("serving.crt"),
+    ])?;
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-out",
+        &path("service-account.key"),
+    ])?;
+    openssl(&[
+        "pkey",
+        "-in",
+        &path("service-account.key"),
+        "-pubout",
+        "-out",
+        &path("service-account.pub"),
+    ])
+}
+
+fn etcd_args(dir: &Path) -> Vec<String> {
+    vec![
+        format!("--data-dir={}", dir.join("etcd").display()),
+        format!("--listen-client-urls={ETCD_CLIENT_URL}"),
+        format!("--advertise-client-urls={ETCD_CLIENT_URL}"),
+        "--listen-peer-urls=http://127.0.0.1:2380".into(),
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+        "--initial-cluster=default=http://127.0.0.1:2380".into(),
+    ]
+}
+
+fn apiserver_args(dir: &Path, bind: Ipv4Addr) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        format!("--etcd-servers={ETCD_CLIENT_URL}"),
+        format!("--bind-address={bind}"),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={APISERVER_PORT}"),
+        format!("--cert-dir={}", file("certs")),
+        format!("--tls-cert-file={}", file("serving.crt")),
+        format!("--tls-private-key-file={}", file("serving.key")),
+        format!("--token-auth-file={}", file("tokens.csv")),
+        "--authorization-mode=RBAC".into(),
+        format!("--service-account-issuer=https://127.0.0.1:{APISERVER_PORT}"),
+        format!("--service-account-key-file={}", file("service-account.pub")),
+        format!(
+            "--service-account-signing-key-file={}",
+            file("service-account.key")
+        ),
+        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        // As kubeadm sets it: node agents (weft's, kube-proxy) run privileged.
+        "--allow-privileged=true".into(),
+    ]
+}
+
+/// `kubectl get --raw PATH` inside `ns`.
+pub fn kubectl_raw(ns: &NetNs, kubeconfig: &Path, path: &str) -> Result<Output> {
+    ns.command(peer("kubectl")?)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--request-timeout=5s", "get", "--raw", path])
+        .output()
+        .map_err(io("running kubectl"))
+}
+
+/// etcd and kube-apiserver, ready, in their own namespace.
+pub struct ControlPlane {
+    // Fields drop in order: servers first, then the namespace and files.
+    controller_manager: Option<Server>,
+    apiserver: Server,
+    etcd: Server,
+    kubeconfig: PathBuf,
+    config: Config,
+    namespace: Namespace,
+    dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts both servers and waits until the apiserver is ready; how
+    /// long that took is [`ControlPlane::start`]'s second value.
+    pub fn start(config: Config) -> Result<(ControlPlane, Duration)> {
+        for name in ["etcd", "kube-apiserver", "kubectl"] {
+            peer(name)?;
+        }
+        let namespace = Namespace::create(&config.namespace)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", config.namespace))
+            .tempdir()
+            .map_err(io("a temporary directory"))?;
+        generate_keys(dir.path(), &config.serving_addresses)?;
+        fs::write(
+            dir.path().join("tokens.csv"),
+            format!("{ADMIN_TOKEN},weft-admin,weft-admin,system:masters\n"),
+        )
+        .map_err(io("writing the token file"))?;
+        let etcd = Server::start(
+            &namespace.ns,
+            dir.path(),
+            "etcd",
+            &etcd_args(dir.path()),
+            config.die_with_thread,
+        )?;
+        let apiserver = Server::start(
+            &namespace.ns,
+            dir.path(),
+            "kube-apiserver",
+            &apiserver_args(dir.path(), config.bind),
+            config.die_with_thread,
+        )?;
+        let mut cp = ControlPlane {
+            controller_manager: None,
+            apiserver,
+            etcd,
+            kubeconfig: PathBuf::new(),
+            config,
+            namespace,
+            dir,
+        };
+        cp.kubeconfig = cp.write_kubeconfig("kubeconfig", ADMIN_TOKEN, Ipv4Addr::LOCALHOST)?;
+        let took = cp.wait_ready()?;
+        Ok((cp, took))
+    }
+
+    /// Polls `/readyz` until it answers `ok`; fails with the last answer
+    /// and the servers' logs when it does not within [`READY_WITHIN`].
+    fn wait_ready(&mut self) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            self.etcd.check_running()?;
+            self.apiserver.check_running()?;
+            let out = self.kubectl_raw("/readyz")?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > READY_WITHIN {
+                let logs = [&self.etcd, &self.apiserver]
+                    .iter()
+                    .map(|s| format!("{}:\n{}", s.name, s.log_tail()))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(ControlPlaneError::NotReady {
+                    within: READY_WITHIN,
+                    last: text(&out),
+                    logs,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Starts kube-controller-manager with every controller and node IPAM
+    /// handing out /24s of `cluster_cidr`, as kubeadm's
+    /// `--pod-network-cidr` sets it up.
+    pub fn start_controller_manager(&mut self, cluster_cidr: &str) -> Result<()> {
+        let dir = self.dir.path();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--controllers=*".into(),
+            "--leader-elect=false".into(),
+            "--allocate-node-cidrs=true".into(),
+            format!("--cluster-cidr={cluster_cidr}"),
+            "--node-cidr-mask-size=24".into(),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!(
+                "--service-account-private-key-file={}",
+                file("service-account.key")
+            ),
+            format!("--root-ca-file={}", file("ca.crt")),
+            "--bind-address=127.0.0.1".into(),
+            format!("--cert-dir={}", file("cm-certs")),
+        ];
+        let server = Server::start(
+            &self.namespace.ns,
+            dir,
+            "kube-controller-manager",
+            &args,
+            self.config.die_with_thread,
+        )?;
+        self.controller_manager = Some(server);
+        Ok(())
+    }
+
+    /// The namespace the servers listen in.
+    pub fn ns(&self) -> &NetNs {
+        &self.namespace.ns
+    }
+
+    /// That namespace's name (for `ip -n`).
+    pub fn ns_name(&self) -> &str {
+        &self.namespace.name
+    }
+
+    /// The admin's kubeconfig (server 127.0.0.1: from the namespace itself).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The authority clients check the serving certificate against.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The admin's bearer token.
+    pub fn admin_token(&self) -> &'static str {
+        ADMIN_TOKEN
+    }
+
+    /// The PIDs of the servers now running: etcd, the apiserver and (if
+    /// started) the controller manager.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.etcd.child.id(), self.apiserver.child.id()];
+        pids.extend(self.controller_manager.as_ref().map(|s| s.child.id()));
+        pids
+    }
+
+    /// The apiserver's PID.
+    pub fn apiserver_pid(&self) -> u32 {
+        self.apiserver.child.id()
+    }
+
+    /// etcd's PID.
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.child.id()
+    }
+
+    /// A kubeconfig `name` (in the control plane's directory) for the
+    /// apiserver at `host` with bearer `token`.
+    pub fn write_kubeconfig(&self, name: &str, token: &str, host: Ipv4Addr) -> Result<PathBuf> {
+        let kubeconfig = self.dir.path().join(name);
+        let config = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: peers
+  cluster:
+    server: https://{host}:{APISERVER_PORT}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    token: {token}
+contexts:
+- name: peers
+  context: {{cluster: peers, user: admin}}
+current-context: peers
+",
+            ca = self.ca_file().display()
+        );
+        fs::write(&kubeconfig, config).map_err(io("writing a kubeconfig"))?;
+        Ok(kubeconfig)
+    }
+
+    /// `kubectl get --raw PATH` against the apiserver.
+    pub fn kubectl_raw(&self, path: &str) -> Result<Output> {
+        kubectl_raw(&self.namespace.ns, &self.kubeconfig, path)
+    }
+
+    /// Runs kubectl as the admin against the API server.
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        self.namespace
+            .ns
+            .command(peer("kubectl")?)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--request-timeout=10s"])
+            .args(args)
+            .output()
+            .map_err(io("running kubectl"))
+    }
+
+    /// [`ControlPlane::kubectl`] that must succeed; its output.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            return Err(ControlPlaneError::Failed {
+                what: format!("kubectl {args:?}"),
+                output: text(&out),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A kubeconfig acting as ServiceAccount `namespace/name` (a token
+    /// from the TokenRequest API, valid for an hour).
+    pub fn kubeconfig_of(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token =
+            self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
+        self.write_kubeconfig(
+            &format!("kubeconfig-{name}"),
+            token.trim(),
+            Ipv4Addr::LOCALHOST,
+        )
+    }
+
+    /// Stops the apiserver (etcd keeps the cluster's state).
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop();
+    }
+
+    /// Starts the apiserver again and waits until it is ready.
+    pub fn restart_apiserver(&mut self) -> Result<Duration> {
+        self.apiserver = Server::start(
+            &self.namespace.ns,
+            self.dir.path(),
+            "kube-apiserver",
+            &apiserver_args(self.dir.path(), self.config.bind),
+            self.config.die_with_thread,
+        )?;
+        self.wait_ready()
+    }
+
+    /// Fails with the server's log unless every server still runs.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(cm) = &mut self.controller_manager {
+            cm.check_running()?;
+        }
+        self.etcd.check_running()?;
+        self.apiserver.check_running()
+    }
+}
