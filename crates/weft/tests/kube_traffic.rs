@@ -5,7 +5,10 @@
 //! allocator took from the pools ConfigMap (from an external namespace on
 //! the underlay); then the API server stopped under live pod-to-pod and
 //! ClusterIP TCP streams, which must not lose a byte, and the re-list on
-//! its return.
+//! its return. Last, two agents in lab-style node namespaces on a bridged
+//! underlay, reaching the API server over it: pods across the nodes, and
+//! the LoadBalancer address taken over when the node answering for it
+//! stops.
 
 mod common;
 
@@ -18,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use common::control_plane::ControlPlane;
 use common::kube_node::{
-    add_pod, ip, service_programmed, start_agent_as, underlay_and_node, with_api, Pod, Process,
+    add_pod, add_pod_on, ip, service_programmed, start_agent_as, start_agent_in, underlay_and_node,
+    with_api, Pod, Process,
 };
 use common::{wait_until, WEFT};
 use k8s_openapi::api::core::v1::Service;
@@ -435,4 +439,186 @@ fn streams_survive_an_api_server_outage_and_its_return_is_relisted() {
         log[gone_at.unwrap()..].contains("Service table fully synced"),
         "no full sync after the re-list:\n{log}"
     );
+}
+
+/// A link of the lab-style underlay: `eth0` of namespace `ns` (address
+/// `address`/24) on the bridge `ul` of the control plane's namespace.
+fn plug(cp: &ControlPlane, ns: &str, address: &str) {
+    let host_end = format!("v{}", &address[address.rfind('.').unwrap() + 1..]);
+    let cp_ns = cp.ns_name();
+    ip(
+        cp_ns,
+        &[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    );
+    ip(cp_ns, &["link", "set", &host_end, "master", "ul", "up"]);
+    ip(
+        ns,
+        &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+    );
+    ip(ns, &["link", "set", "eth0", "up"]);
+    ip(ns, &["link", "set", "lo", "up"]);
+}
+
+fn mac_of(ns: &str) -> String {
+    let shown = ip(ns, &["-br", "link", "show", "eth0"]);
+    shown.split_whitespace().nth(2).unwrap().to_owned()
+}
+
+#[test]
+fn two_nodes_reading_the_api_server_connect_pods_and_fail_over_a_load_balancer_address() {
+    let cp = ControlPlane::start_reachable_at("198.18.0.1".parse().unwrap());
+    cp.prepare_install();
+    cp.kubectl_ok(&["apply", "-f", MANIFEST]);
+    cp.kubectl_ok(&[
+        "-n",
+        "weft-system",
+        "patch",
+        "configmap",
+        "weft-lb-pools",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data": {"pools": "198.18.0.200/29"}}"#,
+    ]);
+    // The underlay: a bridge in the control plane's namespace (which
+    // forwards nothing) with the API server on 198.18.0.1, two nodes and
+    // an external client.
+    let cp_ns = cp.ns_name().to_owned();
+    ip(&cp_ns, &["link", "add", "ul", "type", "bridge"]);
+    ip(&cp_ns, &["addr", "add", "198.18.0.1/24", "dev", "ul"]);
+    ip(&cp_ns, &["link", "set", "ul", "up"]);
+    let mut scratch = Namespaces::new("kt-2n");
+    let mut nodes = Vec::new();
+    for (node, address, cidr) in [
+        ("node-a", "198.18.0.11", "10.244.1.0/24"),
+        ("node-b", "198.18.0.12", "10.244.2.0/24"),
+    ] {
+        let (name, ns) = scratch.add(node);
+        plug(&cp, &name, address);
+        with_api(&cp, move |api| async move {
+            let spec =
+                json!({"metadata": {"name": node}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+            api.create(
+                &PostParams::default(),
+                &serde_json::from_value(spec).unwrap(),
+            )
+            .await
+            .unwrap();
+        });
+        nodes.push((node, name, ns, tempfile::tempdir().unwrap()));
+    }
+    let (external_name, external) = scratch.add("ext");
+    plug(&cp, &external_name, "198.18.0.20");
+
+    let token = cp.kubeconfig_of("weft-system", "weft");
+    let server = "https://198.18.0.1:6443";
+    let mut agents: Vec<Option<Process>> = nodes
+        .iter()
+        .map(|(node, _, ns, dir)| {
+            let extra = ["--iface", "eth0", "--kube-api-server", server];
+            Some(start_agent_in(ns, node, &token, dir.path(), &extra))
+        })
+        .collect();
+    let logs = |nodes: &[(&str, String, NetNs, tempfile::TempDir)]| -> String {
+        nodes
+            .iter()
+            .map(|(node, _, _, dir)| {
+                let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+                format!("--- {node}\n{log}")
+            })
+            .collect()
+    };
+    for (_, _, _, dir) in &nodes {
+        let conflist = dir.path().join("net.d/10-weft.conflist");
+        let up = wait_until(Duration::from_secs(20), || conflist.exists());
+        assert!(up.is_some(), "an agent did not start:\n{}", logs(&nodes));
+    }
+    let pod_a = add_pod_on(&nodes[0].2, nodes[0].3.path(), &mut scratch, "pa");
+    let pod_b = add_pod_on(&nodes[1].2, nodes[1].3.path(), &mut scratch, "pb");
+    let _server = netexec(&pod_b, "b");
+
+    // Pod to pod across the nodes (VXLAN), as each agent learnt the other
+    // from its Node.
+    let across = wait_until(Duration::from_secs(10), || {
+        hostname_via(&pod_a.ns, &format!("{}:8080", pod_b.ip)).as_deref() == Some("b")
+    });
+    assert!(
+        across.is_some(),
+        "pod a cannot reach pod b:\n{}",
+        logs(&nodes)
+    );
+
+    // A LoadBalancer Service whose endpoint is on node-b, from pod a and
+    // from outside.
+    let created: Service = with_api(&cp, move |api| async move {
+        let client = api.into_client();
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer",
+            "ports": [{"name": "p", "port": 80, "targetPort": 8080}]}});
+        let svc = services
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(svc).unwrap(),
+            )
+            .await
+            .unwrap();
+        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+        let slice = json!({
+            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [pod_b.ip.to_string()], "nodeName": "node-b", "conditions": {"ready": true}}]
+        });
+        slices
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(slice).unwrap(),
+            )
+            .await
+            .unwrap();
+        svc
+    });
+    let via_cluster_ip = format!("{}:80", cluster_ip(&created));
+    let reached = wait_until(Duration::from_secs(10), || {
+        hostname_via(&pod_a.ns, &via_cluster_ip).as_deref() == Some("b")
+    });
+    assert!(reached.is_some(), "ClusterIP from pod a:\n{}", logs(&nodes));
+    let lb = "198.18.0.201:80";
+    let reached = wait_until(Duration::from_secs(20), || {
+        hostname_via(&external, lb).as_deref() == Some("b")
+    });
+    assert!(
+        reached.is_some(),
+        "LoadBalancer {lb} from outside:\n{}",
+        logs(&nodes)
+    );
+
+    // The node answering for the address goes: the other takes it over.
+    let neighbour = || ip(&external_name, &["neigh", "show", "198.18.0.201"]);
+    let owner = nodes
+        .iter()
+        .position(|(_, name, _, _)| neighbour().contains(&mac_of(name)))
+        .unwrap_or_else(|| panic!("no node's MAC in {}", neighbour()));
+    let survivor = &nodes[1 - owner].1;
+    agents[owner] = None;
+    let stopped = Instant::now();
+    let moved = wait_until(Duration::from_secs(20), || {
+        neighbour().contains(&mac_of(survivor))
+            && hostname_via(&external, lb).as_deref() == Some("b")
+    });
+    assert!(
+        moved.is_some(),
+        "no failover:\n{}\n{}",
+        neighbour(),
+        logs(&nodes)
+    );
+    eprintln!(
+        "{} took over {lb} {:?} after {}'s agent stopped",
+        nodes[1 - owner].0,
+        stopped.elapsed(),
+        nodes[owner].0
+    );
+    drop(agents);
 }

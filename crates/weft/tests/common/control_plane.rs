@@ -35,9 +35,24 @@ impl ControlPlane {
     /// Starts both servers (in namespace `wtpeers-<pid>-<n>-cp`) and waits
     /// until the apiserver is ready.
     pub fn start() -> ControlPlane {
+        Self::start_with(|_| {})
+    }
+
+    /// [`ControlPlane::start`] with the apiserver listening on every
+    /// address of its namespace and its certificate valid for `address`
+    /// too, for agents in other namespaces (over links the test adds).
+    pub fn start_reachable_at(address: std::net::Ipv4Addr) -> ControlPlane {
+        Self::start_with(|config| {
+            config.bind = std::net::Ipv4Addr::UNSPECIFIED;
+            config.serving_addresses.push(address);
+        })
+    }
+
+    fn start_with(adjust: impl FnOnce(&mut Config)) -> ControlPlane {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("wtpeers-{}-{n}-cp", std::process::id());
-        let (inner, took) = lab::ControlPlane::start(Config::new(name))
+        let mut config = Config::new(format!("wtpeers-{}-{n}-cp", std::process::id()));
+        adjust(&mut config);
+        let (inner, took) = lab::ControlPlane::start(config)
             .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
         eprintln!("kube-apiserver ready after {took:?}");
         let kubeconfig = inner.kubeconfig().to_path_buf();

@@ -74,22 +74,33 @@ pub fn start_agent(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> Process {
 
 /// [`start_agent`] with the credentials of `kubeconfig`.
 pub fn start_agent_as(cp: &ControlPlane, kubeconfig: &Path, dir: &Path, extra: &[&str]) -> Process {
+    // d0 unless the test names another (or none: the default route's).
+    let iface: &[&str] = if extra.contains(&"--iface") {
+        &[]
+    } else {
+        &["--iface", "d0"]
+    };
+    start_agent_in(cp.ns(), "node-a", kubeconfig, dir, &[iface, extra].concat())
+}
+
+/// `weft agent --node node --kubeconfig kubeconfig` in `ns`, its files
+/// and log (`agent.log`) in `dir`, vxlan on 10.244.0.0/16.
+pub fn start_agent_in(
+    ns: &NetNs,
+    node: &str,
+    kubeconfig: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> Process {
     std::fs::write(
         dir.join("net-conf.json"),
         r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let child = cp
-        .ns()
+    let child = ns
         .command(WEFT)
-        .args(["agent", "--node", "node-a"])
-        // d0 unless the test names another (or none: the default route's).
-        .args(if extra.contains(&"--iface") {
-            &[][..]
-        } else {
-            &["--iface", "d0"][..]
-        })
+        .args(["agent", "--node", node])
         .args(extra)
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -218,6 +229,11 @@ pub struct Pod {
 }
 
 pub fn add_pod(cp: &ControlPlane, dir: &Path, scratch: &mut Namespaces, name: &str) -> Pod {
+    add_pod_on(cp.ns(), dir, scratch, name)
+}
+
+/// [`add_pod`] on the node whose namespace is `host` and files `dir`.
+pub fn add_pod_on(host: &NetNs, dir: &Path, scratch: &mut Namespaces, name: &str) -> Pod {
     let (ns_name, ns) = scratch.add(name);
     let text = std::fs::read_to_string(dir.join("net.d/10-weft.conflist"))
         .expect("the agent's conflist (is the agent up?)");
@@ -232,7 +248,7 @@ pub fn add_pod(cp: &ControlPlane, dir: &Path, scratch: &mut Namespaces, name: &s
         container_id: &ns_name,
         netns: Some(&netns),
         args: &args,
-        host: Some(cp.ns()),
+        host: Some(host),
         ..Call::new(&plugin, "ADD")
     }
     .run(&conf)
