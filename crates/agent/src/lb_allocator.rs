@@ -164,95 +164,164 @@ pub fn plan<'a>(
     class: Option<&str>,
 ) -> Plan {
     let services: Vec<&Service> = services.into_iter().collect();
-    let in_pools = |ip: Ipv4Addr| pools.iter().any(|p| p.contains(ip));
     let mut ours: Vec<&Service> = services
         .iter()
         .copied()
         .filter(|s| served(s, class))
         .collect();
     ours.sort_by_key(|s| (s.metadata.creation_timestamp.clone(), object_key(*s)));
-    let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    let mut wanted: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-    let mut problems = BTreeMap::new();
-    let mut unplaced = Vec::new();
-    for svc in &ours {
-        let key = object_key(*svc);
-        match asked_for(svc) {
-            Some(Ok(ip)) if !in_pools(ip) => {
-                problems.insert(key.clone(), outside(ip, pools));
-                wanted.insert(key, vec![]);
-            }
-            Some(Ok(ip)) => match taken.get(&ip) {
-                Some(holder) => {
-                    problems.insert(key.clone(), format!("spec.loadBalancerIP {ip} is already used by Service {holder}; use another address or leave loadBalancerIP out to get one"));
-                    wanted.insert(key, vec![]);
-                }
-                None => {
-                    taken.insert(ip, key.clone());
-                    wanted.insert(key, vec![ip]);
-                }
-            },
-            Some(Err(text)) => {
-                problems.insert(
-                    key.clone(),
-                    format!("spec.loadBalancerIP {text:?} is not an IPv4 address"),
-                );
-                wanted.insert(key, vec![]);
-            }
-            None => match ingress_ips(svc).into_iter().next() {
-                Some(ip) if in_pools(ip) && !taken.contains_key(&ip) => {
-                    taken.insert(ip, key.clone());
-                    wanted.insert(key, vec![ip]);
-                }
-                _ => unplaced.push(key),
-            },
-        }
-    }
+    let mut book = Book::new(pools);
+    let unplaced: Vec<String> = ours.into_iter().filter_map(|svc| book.place(svc)).collect();
+    let mut free = book.free_addresses();
     for key in unplaced {
-        match lowest_free(pools, &taken) {
-            Some(ip) => {
-                taken.insert(ip, key.clone());
-                wanted.insert(key, vec![ip]);
-            }
+        match free.next_free(&book.taken) {
+            Some(ip) => book.give(key, ip),
             None => {
-                problems.insert(key.clone(), format!("the LoadBalancer pools ({}) have no free address left; add a pool (the ConfigMap weft-lb-pools or --lb-cidr) or delete a LoadBalancer Service", list(pools)));
-                wanted.insert(key, vec![]);
+                let why = format!("the LoadBalancer pools ({}) have no free address left; add a pool (the ConfigMap weft-lb-pools or --lb-cidr) or delete a LoadBalancer Service", list(pools));
+                book.refuse(key, why);
             }
         }
     }
-    let mut writes = Vec::new();
-    for svc in services {
-        let key = object_key(svc);
-        let current = ingress_ips(svc);
-        let desired = match wanted.remove(&key) {
-            Some(ips) => ips,
-            // No longer a LoadBalancer: what it had from the pools goes.
-            None if !is_load_balancer(svc) && current.iter().any(|ip| in_pools(*ip)) => vec![],
-            None => continue,
-        };
-        if desired != current {
-            writes.push(Write {
-                namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-                name: svc.metadata.name.clone().unwrap_or_default(),
-                ips: desired,
-            });
+    Plan {
+        writes: book.writes(&services),
+        problems: book.problems,
+    }
+}
+
+/// Who holds which address while a plan is made.
+struct Book<'p> {
+    pools: &'p [Pool],
+    taken: BTreeMap<Ipv4Addr, String>,
+    /// Each served Service's addresses (empty: none, see `problems`).
+    wanted: BTreeMap<String, Vec<Ipv4Addr>>,
+    problems: BTreeMap<String, String>,
+}
+
+impl<'p> Book<'p> {
+    fn new(pools: &'p [Pool]) -> Self {
+        Book {
+            pools,
+            taken: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+            problems: BTreeMap::new(),
         }
     }
-    Plan { writes, problems }
+
+    fn in_pools(&self, ip: Ipv4Addr) -> bool {
+        self.pools.iter().any(|p| p.contains(ip))
+    }
+
+    fn give(&mut self, key: String, ip: Ipv4Addr) {
+        self.taken.insert(ip, key.clone());
+        self.wanted.insert(key, vec![ip]);
+    }
+
+    fn refuse(&mut self, key: String, why: String) {
+        self.problems.insert(key.clone(), why);
+        self.wanted.insert(key, vec![]);
+    }
+
+    /// Gives `svc` the address it asks for or keeps; its key when it needs
+    /// a new one.
+    fn place(&mut self, svc: &Service) -> Option<String> {
+        let key = object_key(svc);
+        match asked_for(svc) {
+            Some(Err(text)) => self.refuse(
+                key,
+                format!("spec.loadBalancerIP {text:?} is not an IPv4 address"),
+            ),
+            Some(Ok(ip)) if !self.in_pools(ip) => {
+                let why = outside(ip, self.pools);
+                self.refuse(key, why);
+            }
+            Some(Ok(ip)) => match self.taken.get(&ip) {
+                Some(holder) => {
+                    let why = format!("spec.loadBalancerIP {ip} is already used by Service {holder}; use another address or leave loadBalancerIP out to get one");
+                    self.refuse(key, why);
+                }
+                None => self.give(key, ip),
+            },
+            None => match ingress_ips(svc).into_iter().next() {
+                Some(ip) if self.in_pools(ip) && !self.taken.contains_key(&ip) => {
+                    self.give(key, ip)
+                }
+                _ => return Some(key),
+            },
+        }
+        None
+    }
+
+    /// The pools' addresses in order, for handing out the lowest free ones.
+    fn free_addresses(&self) -> FreeAddresses {
+        let ranges: Vec<(u32, u32)> = self
+            .pools
+            .iter()
+            .map(|p| (u32::from(p.first), u32::from(p.last)))
+            .collect();
+        FreeAddresses {
+            ranges: ranges.into_iter(),
+            current: None,
+        }
+    }
+
+    /// What must change in the Services' status: the served ones as
+    /// planned, and a former LoadBalancer loses what it had of the pools.
+    fn writes(&mut self, services: &[&Service]) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for svc in services {
+            let current = ingress_ips(svc);
+            let desired = match self.wanted.remove(&object_key(*svc)) {
+                Some(ips) => ips,
+                None if !is_load_balancer(svc) && current.iter().any(|ip| self.in_pools(*ip)) => {
+                    vec![]
+                }
+                None => continue,
+            };
+            if desired != current {
+                writes.push(Write {
+                    namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+                    name: svc.metadata.name.clone().unwrap_or_default(),
+                    ips: desired,
+                });
+            }
+        }
+        writes
+    }
+}
+
+/// A cursor over the pools: addresses are only ever taken while it runs,
+/// so the lowest free one never lies behind it (one walk per pass, not one
+/// per Service).
+struct FreeAddresses {
+    ranges: std::vec::IntoIter<(u32, u32)>,
+    current: Option<(u32, u32)>,
+}
+
+impl FreeAddresses {
+    fn next_free(&mut self, taken: &BTreeMap<Ipv4Addr, String>) -> Option<Ipv4Addr> {
+        loop {
+            let (next, last) = match self.current {
+                Some(range) => range,
+                None => self.ranges.next()?,
+            };
+            if next > last {
+                self.current = None;
+                continue;
+            }
+            // `last` may be 255.255.255.255: step without overflowing.
+            self.current = next.checked_add(1).map(|after| (after, last));
+            let ip = Ipv4Addr::from(next);
+            if !taken.contains_key(&ip) {
+                return Some(ip);
+            }
+        }
+    }
 }
 
 /// `spec.loadBalancerIP`, when set.
 fn asked_for(svc: &Service) -> Option<Result<Ipv4Addr, String>> {
     let text = svc.spec.as_ref()?.load_balancer_ip.as_deref()?.trim();
     (!text.is_empty()).then(|| text.parse().map_err(|_| text.to_owned()))
-}
-
-fn lowest_free(pools: &[Pool], taken: &BTreeMap<Ipv4Addr, String>) -> Option<Ipv4Addr> {
-    pools.iter().find_map(|pool| {
-        (u32::from(pool.first)..=u32::from(pool.last))
-            .map(Ipv4Addr::from)
-            .find(|ip| !taken.contains_key(ip))
-    })
 }
 
 fn list(pools: &[Pool]) -> String {
