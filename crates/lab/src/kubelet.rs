@@ -111,7 +111,8 @@ impl Kubelet<'_> {
             let (program, args) = self.command_of(c, name);
             let starting = || format!("starting container {} ({})", c.name, program.display());
             let program = resolve(&program).with_context(starting)?;
-            let mut supervised = self.supervise_args(sandbox, &c.name);
+            let mut supervised =
+                self.supervise_args(sandbox, &c.name, spec.restart_policy.as_deref());
             supervised.push(program.display().to_string());
             supervised.extend(args);
             let log = pod_dir.join(format!("{}.log", c.name));
@@ -266,7 +267,12 @@ impl Kubelet<'_> {
     }
 
     /// `weft lab supervise …` up to the container's program.
-    fn supervise_args(&self, sandbox: &Sandbox, container: &str) -> Vec<String> {
+    fn supervise_args(
+        &self,
+        sandbox: &Sandbox,
+        container: &str,
+        restart_policy: Option<&str>,
+    ) -> Vec<String> {
         [
             "lab",
             "supervise",
@@ -280,6 +286,8 @@ impl Kubelet<'_> {
             sandbox.uid,
             "--container",
             container,
+            "--restart-policy",
+            restart_policy.unwrap_or("Always"),
             "--",
         ]
         .iter()

@@ -877,6 +877,7 @@ pub fn get_pods(name: &str, namespace: Option<&str>) -> Result<(Vec<Pod>, Vec<Po
                 ready: containers.iter().filter(|c| c.ready).count(),
                 containers: containers.len(),
                 status: crate::supervisor::display_status(pod).to_string(),
+                restarts: crate::supervisor::restarts(pod),
                 ip: status.pod_ip.unwrap_or_default(),
                 node: pod
                     .spec

@@ -235,23 +235,42 @@ pub struct PodRow {
     pub ready: usize,
     pub containers: usize,
     pub status: String,
+    pub restarts: i32,
     pub ip: String,
     pub node: String,
 }
 
 /// `weft lab get pods` (`wide`: with IP and node).
 pub fn pods(rows: &[PodRow], wide: bool) -> String {
-    let line = |a: &str, b: &str, c: &str, d: &str, ip: &str, node: &str| {
-        let head = format!("{a:<12} {b:<20} {c:<6} {d:<10} ");
+    let line = |cells: [&str; 7]| {
+        let [namespace, name, ready, status, restarts, ip, node] = cells;
+        let head = format!("{namespace:<12} {name:<20} {ready:<6} {status:<16} {restarts:<8} ");
         match wide {
             true => format!("{head}{ip:<15} {node:<8}\n"),
             false => format!("{head}\n"),
         }
     };
-    let mut out = line("NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE");
+    let mut out = line([
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "IP",
+        "NODE",
+    ]);
     for r in rows {
         let ready = format!("{}/{}", r.ready, r.containers);
-        out += &line(&r.namespace, &r.name, &ready, &r.status, &r.ip, &r.node);
+        let restarts = r.restarts.to_string();
+        out += &line([
+            &r.namespace,
+            &r.name,
+            &ready,
+            &r.status,
+            &restarts,
+            &r.ip,
+            &r.node,
+        ]);
     }
     out
 }
@@ -361,12 +380,17 @@ mod tests {
             name: "web-1".into(),
             ready: 1,
             containers: 2,
-            status: "Running".into(),
+            status: "CrashLoopBackOff".into(),
+            restarts: 4,
             ip: "10.244.1.2".into(),
             node: "node-1".into(),
         };
         let wide = pods(std::slice::from_ref(&row), true);
         assert!(wide.lines().nth(1).unwrap().contains("1/2"));
+        assert_eq!(
+            wide.lines().next().unwrap().find("RESTARTS"),
+            wide.lines().nth(1).unwrap().find('4')
+        );
         assert_eq!(
             wide.lines().next().unwrap().find("NODE"),
             wide.lines().nth(1).unwrap().find("node-1")

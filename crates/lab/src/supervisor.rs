@@ -2,23 +2,33 @@
 //! the container's process as its child (inside the pod's namespace, with
 //! the container's owner tag and log) and, when the process ends on its
 //! own — it exits, fails to bind its port, is killed by anything but the
-//! lab — records that in the pod's status as a kubelet would: the
-//! container `terminated` with its exit code or signal and a reason, not
-//! ready, the pod not Ready (phase Succeeded/Failed once every container
-//! has ended), and re-syncs the EndpointSlices so the pod stops being a
+//! lab — records that in the pod's status as a kubelet would, then follows
+//! the pod's `restartPolicy` (Always, the default; OnFailure; Never):
+//! - restarted: the ended run becomes `lastState`, the restart count goes
+//!   up, and between crashes it waits as the kubelet does (the first
+//!   restart at once, then 10 s doubling up to 5 min, from the start again
+//!   after a run of 10 min), the container `waiting` in `CrashLoopBackOff`
+//!   meanwhile, not ready;
+//! - not restarted: the container `terminated` with its exit code or
+//!   signal and a reason, the pod's phase Succeeded/Failed once every
+//!   container has ended.
+//!
+//! Either way the pod is not Ready while a container is down, and the
+//! EndpointSlices are re-synced, so it stops (and starts again) being a
 //! ready endpoint. When the lab stops the pod, it signals the supervisor
 //! with the container (both carry the owner tag), and nothing is recorded.
 //!
-//! Restart policies and probes are not implemented: an ended container
-//! stays ended.
+//! Probes are not implemented yet: a running container is ready.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodCondition,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, Pod, PodCondition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weft_store::Store;
@@ -38,24 +48,127 @@ pub struct Container {
     pub name: String,
 }
 
-/// Runs `program args` to its end, records how it ended, and returns the
-/// exit code the supervisor itself should end with.
-pub fn run(container: &Container, program: &Path, args: &[String]) -> Result<i32> {
-    let status = Command::new(program)
+/// A pod's `restartPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    /// The policy named `text` (as the API spells it; empty is Always).
+    pub fn parse(text: &str) -> Result<RestartPolicy, String> {
+        match text {
+            "" | "Always" => Ok(RestartPolicy::Always),
+            "OnFailure" => Ok(RestartPolicy::OnFailure),
+            "Never" => Ok(RestartPolicy::Never),
+            other => Err(format!(
+                "{other:?} is not a restartPolicy (Always, OnFailure, Never)"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "Always",
+            RestartPolicy::OnFailure => "OnFailure",
+            RestartPolicy::Never => "Never",
+        }
+    }
+
+    fn restarts_after(self, ended: &Ended) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => ended.exit_code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+/// The kubelet's crash-loop back-off: the wait before restart number
+/// `streak + 1` of a container that keeps ending.
+pub fn back_off(streak: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(10);
+    const LONGEST: Duration = Duration::from_secs(300);
+    match streak {
+        0 => Duration::ZERO,
+        n => FIRST
+            .checked_mul(1 << (n - 1).min(16))
+            .map_or(LONGEST, |d| d.min(LONGEST)),
+    }
+}
+
+/// A run this long ends a crash streak: the next restart is immediate.
+const STREAK_RESET: Duration = Duration::from_secs(600);
+
+/// Runs `program args`, restarting it as `policy` says, recording each end
+/// and restart; returns the exit code the supervisor itself should end
+/// with (the last run's), once the policy stops or the pod is gone.
+pub fn run(
+    container: &Container,
+    policy: RestartPolicy,
+    program: &Path,
+    args: &[String],
+) -> Result<i32> {
+    let mut restarts = 0;
+    let mut streak = 0;
+    loop {
+        let started = Instant::now();
+        let ended = run_once(container, program, args, restarts)?;
+        if !policy.restarts_after(&ended) {
+            record(container, |pod, at| {
+                mark_ended(pod, &container.name, &ended, at)
+            })?;
+            return Ok(ended.exit_code);
+        }
+        if started.elapsed() >= STREAK_RESET {
+            streak = 0;
+        }
+        let wait = back_off(streak);
+        streak += 1;
+        restarts += 1;
+        let ours = record(container, |pod, at| {
+            mark_backing_off(pod, &container.name, &ended, wait, at)
+        })?;
+        if !ours {
+            return Ok(ended.exit_code);
+        }
+        std::thread::sleep(wait);
+    }
+}
+
+/// One run of the process; a restart (`restarts` > 0) is recorded once
+/// it started.
+fn run_once(
+    container: &Container,
+    program: &Path,
+    args: &[String],
+    restarts: i32,
+) -> Result<Ended> {
+    let child = Command::new(program)
         .args(args)
-        .status()
+        .spawn()
         .with_context(|| format!("starting {}", program.display()));
-    let ended = match &status {
-        Ok(status) => Ended::from_status(*status),
-        Err(e) => Ended {
-            exit_code: 128,
-            signal: None,
-            reason: "StartError",
-            message: Some(format!("{e:#}")),
-        },
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            return Ok(Ended {
+                exit_code: 128,
+                signal: None,
+                reason: "StartError",
+                message: Some(format!("{e:#}")),
+            })
+        }
     };
-    record(container, &ended, now())?;
-    Ok(ended.exit_code)
+    if restarts > 0 {
+        let id = format!("weft://{}", child.id());
+        record(container, |pod, at| {
+            mark_restarted(pod, &container.name, restarts, &id, at)
+        })?;
+    }
+    let status = child.wait().context("waiting for the container")?;
+    Ok(Ended::from_status(status))
 }
 
 /// How a container ended, in Kubernetes' terms.
@@ -81,26 +194,142 @@ impl Ended {
     }
 }
 
-/// Writes `ended` into the pod's status under the lab lock and syncs the
-/// EndpointSlices. Nothing happens if the pod is gone, is another pod of
-/// the same name, or the lab is being taken down.
-fn record(container: &Container, ended: &Ended, at: Time) -> Result<()> {
+/// Changes the pod's status with `change` under the lab lock and syncs
+/// the EndpointSlices. Nothing happens if the pod is gone, is another pod
+/// of the same name, or the lab is being taken down: then it returns
+/// false (the supervisor has nothing left to do).
+fn record(container: &Container, change: impl FnOnce(&mut Pod, Time) -> bool) -> Result<bool> {
     let layout = Layout::new(&container.lab)?;
     let Ok(_lock) = layout.lock() else {
-        return Ok(());
+        return Ok(false);
     };
     let store = Store::open_existing(&layout.store())?;
     let Some(mut pod) = store.get_typed::<Pod>(&container.namespace, &container.pod)? else {
-        return Ok(());
+        return Ok(false);
     };
     if pod.metadata.uid.as_deref() != Some(container.uid.as_str()) {
-        return Ok(());
+        return Ok(false);
     }
-    if mark_ended(&mut pod, &container.name, ended, at) {
+    if change(&mut pod, now()) {
         store.put_typed(&pod)?;
         endpointslices::sync(&store).context("updating EndpointSlices")?;
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The container's status after a run that will be restarted: the run as
+/// `lastState`, the container waiting (`CrashLoopBackOff` when the
+/// restart is `wait` away) and not ready, the pod not Ready.
+pub fn mark_backing_off(
+    pod: &mut Pod,
+    name: &str,
+    ended: &Ended,
+    wait: Duration,
+    at: Time,
+) -> bool {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(cs) = container_status(pod, name) else {
+        return false;
+    };
+    cs.last_state = Some(terminated_state(cs, ended, at.clone()));
+    cs.state = Some(ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(
+                if wait.is_zero() {
+                    "Restarting"
+                } else {
+                    "CrashLoopBackOff"
+                }
+                .into(),
+            ),
+            message: Some(format!(
+                "back-off {}s restarting failed container={name} pod={pod_name}",
+                wait.as_secs(),
+            )),
+        }),
+        ..Default::default()
+    });
+    cs.ready = false;
+    cs.started = Some(false);
+    set_ready(pod, Some(name), at);
+    true
+}
+
+/// The container's status once restarted: running again (as process
+/// `id`), its restart count `restarts`, ready; the pod Ready again if all
+/// its containers are.
+pub fn mark_restarted(pod: &mut Pod, name: &str, restarts: i32, id: &str, at: Time) -> bool {
+    let Some(cs) = container_status(pod, name) else {
+        return false;
+    };
+    cs.state = Some(ContainerState {
+        running: Some(ContainerStateRunning {
+            started_at: Some(at.clone()),
+        }),
+        ..Default::default()
+    });
+    cs.restart_count = restarts;
+    cs.container_id = Some(id.into());
+    cs.ready = true;
+    cs.started = Some(true);
+    let unready = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .find(|c| !c.ready)
+        .map(|c| c.name.clone());
+    set_ready(pod, unready.as_deref(), at);
+    true
+}
+
+fn container_status<'a>(pod: &'a mut Pod, name: &str) -> Option<&'a mut ContainerStatus> {
+    pod.status
+        .as_mut()?
+        .container_statuses
+        .as_mut()?
+        .iter_mut()
+        .find(|c| c.name == name)
+}
+
+/// `ended` as a terminated state of `cs`'s current run.
+fn terminated_state(cs: &ContainerStatus, ended: &Ended, at: Time) -> ContainerState {
+    let started_at = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.clone());
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: ended.exit_code,
+            signal: ended.signal,
+            reason: Some(ended.reason.into()),
+            message: ended.message.clone(),
+            started_at,
+            finished_at: Some(at),
+            container_id: cs.container_id.clone(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod's Ready and ContainersReady conditions: True, or False because
+/// of container `unready`.
+fn set_ready(pod: &mut Pod, unready: Option<&str>, at: Time) {
+    let Some(status) = pod.status.as_mut() else {
+        return;
+    };
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    for type_ in ["Ready", "ContainersReady"] {
+        conditions.retain(|c| c.type_ != type_);
+        conditions.push(PodCondition {
+            type_: type_.into(),
+            status: if unready.is_some() { "False" } else { "True" }.into(),
+            reason: unready.map(|_| "ContainersNotReady".into()),
+            message: unready.map(|name| format!("containers with unready status: [{name}]")),
+            last_transition_time: Some(at.clone()),
+            ..Default::default()
+        });
+    }
 }
 
 /// The pod's status with container `name` ended: the container terminated
@@ -109,35 +338,19 @@ fn record(container: &Container, ended: &Ended, at: Time) -> Result<()> {
 /// container ended, one with an error) or still Running. Returns whether
 /// anything changed.
 pub fn mark_ended(pod: &mut Pod, name: &str, ended: &Ended, at: Time) -> bool {
-    let Some(status) = pod.status.as_mut() else {
-        return false;
-    };
-    let statuses = status.container_statuses.get_or_insert_with(Vec::new);
-    let Some(cs) = statuses.iter_mut().find(|c| c.name == name) else {
+    let Some(cs) = container_status(pod, name) else {
         return false;
     };
     if cs.state.as_ref().is_some_and(|s| s.terminated.is_some()) {
         return false;
     }
-    let started_at = cs
-        .state
-        .as_ref()
-        .and_then(|s| s.running.as_ref())
-        .and_then(|r| r.started_at.clone());
-    cs.state = Some(ContainerState {
-        terminated: Some(ContainerStateTerminated {
-            exit_code: ended.exit_code,
-            signal: ended.signal,
-            reason: Some(ended.reason.into()),
-            message: ended.message.clone(),
-            started_at,
-            finished_at: Some(at.clone()),
-            container_id: cs.container_id.clone(),
-        }),
-        ..Default::default()
-    });
+    cs.state = Some(terminated_state(cs, ended, at.clone()));
     cs.ready = false;
     cs.started = Some(false);
+    let Some(status) = pod.status.as_mut() else {
+        return false;
+    };
+    let statuses = status.container_statuses.as_deref().unwrap_or_default();
     let all_ended = statuses
         .iter()
         .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
@@ -150,18 +363,7 @@ pub fn mark_ended(pod: &mut Pod, name: &str, ended: &Ended, at: Time) -> bool {
         }
         .into(),
     );
-    let conditions = status.conditions.get_or_insert_with(Vec::new);
-    for type_ in ["Ready", "ContainersReady"] {
-        conditions.retain(|c| c.type_ != type_);
-        conditions.push(PodCondition {
-            type_: type_.into(),
-            status: "False".into(),
-            reason: Some("ContainersNotReady".into()),
-            message: Some(format!("containers with unready status: [{name}]")),
-            last_transition_time: Some(at.clone()),
-            ..Default::default()
-        });
-    }
+    set_ready(pod, Some(name), at);
     true
 }
 
@@ -169,19 +371,36 @@ fn exit_code(c: &ContainerStatus) -> Option<i32> {
     c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code)
 }
 
-/// What `get pods` shows in STATUS: the reason of an ended container
+/// What `get pods` shows in STATUS, as kubectl: a waiting container's
+/// reason (CrashLoopBackOff), else the reason of an ended container
 /// (Error, Completed, StartError), else the phase.
 pub fn display_status(pod: &Pod) -> String {
     let status = pod.status.clone().unwrap_or_default();
-    status
-        .container_statuses
+    let containers = status.container_statuses.clone().unwrap_or_default();
+    let waiting = containers
         .iter()
-        .flatten()
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.reason.clone())
-        .find(|r| r != "Completed")
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+        .next();
+    let ended = || {
+        containers
+            .iter()
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.reason.clone())
+            .find(|r| r != "Completed")
+    };
+    waiting
+        .or_else(ended)
         .or_else(|| (status.phase.as_deref() == Some("Succeeded")).then(|| "Completed".to_string()))
         .or(status.phase)
         .unwrap_or_default()
+}
+
+/// The RESTARTS column: the restarts of all the pod's containers.
+pub fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .sum()
 }
 
 #[cfg(test)]
@@ -253,6 +472,72 @@ mod tests {
         );
         assert_eq!(display_status(&pod), "Completed");
         assert!(!mark_ended(&mut pod, "nope", &ended(0), now()));
+    }
+
+    #[test]
+    fn a_restarted_container_keeps_its_last_run_and_backs_off_between_crashes() {
+        let mut pod = running_pod();
+        let wait = back_off(1);
+        assert!(mark_backing_off(&mut pod, "a", &ended(3), wait, now()));
+        assert!(!endpointslices::containers_ready(&pod));
+        assert_eq!(display_status(&pod), "CrashLoopBackOff");
+        let a = pod
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
+            .clone();
+        let last = a.last_state.unwrap().terminated.unwrap();
+        assert_eq!(
+            (last.exit_code, last.container_id.as_deref()),
+            (3, Some("weft://1"))
+        );
+        assert!(a
+            .state
+            .unwrap()
+            .waiting
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("back-off 10s"));
+        assert_eq!(
+            pod.status.as_ref().unwrap().phase.as_deref(),
+            Some("Running")
+        );
+
+        assert!(mark_restarted(&mut pod, "a", 1, "weft://7", now()));
+        assert!(endpointslices::containers_ready(&pod));
+        assert_eq!(display_status(&pod), "Running");
+        assert_eq!(restarts(&pod), 1);
+        let a = &pod
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(a.container_id.as_deref(), Some("weft://7"));
+        assert!(a.last_state.is_some(), "the last run stays");
+    }
+
+    #[test]
+    fn the_back_off_doubles_from_10s_to_5min_after_an_immediate_restart() {
+        let waits: Vec<u64> = (0..8).map(|n| back_off(n).as_secs()).collect();
+        assert_eq!(waits, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(back_off(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn restart_policies_decide_by_the_exit_code() {
+        let policy = |text| RestartPolicy::parse(text).unwrap();
+        assert!(policy("").restarts_after(&ended(0)));
+        assert!(policy("Always").restarts_after(&ended(0)));
+        assert!(policy("OnFailure").restarts_after(&ended(1)));
+        assert!(!policy("OnFailure").restarts_after(&ended(0)));
+        assert!(!policy("Never").restarts_after(&ended(1)));
+        assert!(RestartPolicy::parse("Sometimes").is_err());
     }
 
     #[test]

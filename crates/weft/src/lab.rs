@@ -29,6 +29,9 @@ pub enum LabCmd {
         uid: String,
         #[arg(long)]
         container: String,
+        /// The pod's restartPolicy (Always, OnFailure, Never).
+        #[arg(long, default_value = "Always", value_parser = weft_lab::supervisor::RestartPolicy::parse)]
+        restart_policy: weft_lab::supervisor::RestartPolicy,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -394,6 +397,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             pod,
             uid,
             container,
+            restart_policy,
             command,
         } => {
             let (program, args) = command.split_first().context("no command to supervise")?;
@@ -404,7 +408,8 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 uid,
                 name: container,
             };
-            let code = weft_lab::supervisor::run(&container, Path::new(program), args)?;
+            let code =
+                weft_lab::supervisor::run(&container, restart_policy, Path::new(program), args)?;
             std::process::exit(code);
         }
     }

@@ -170,6 +170,64 @@ fn concurrent_applies_start_each_pod_once_and_delete_leaves_nothing() {
 }
 
 #[test]
+fn crashing_containers_are_restarted_with_back_off_as_their_restart_policy_says() {
+    let lab = Lab::up("cl", 1, "vxlan");
+    lab.apply_ok(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: crash, labels: {app: crash}}\nspec:\n  containers:\n  - {name: web, image: x, ports: [{containerPort: 8080}]}\n  - {name: dies, image: x, command: [sh, -c, 'sleep 0.3; exit 3']}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: once}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: c, image: x, command: [sh, -c, 'exit 0']}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: crash}\nspec:\n  selector: {app: crash}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let pod = |name: &str| {
+        lab.pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .unwrap()
+    };
+    let dies = |p: &serde_json::Value| p["status"]["containerStatuses"][1].clone();
+    // Restarted at once after the first crash (restartCount 1), then
+    // backing off 10 s after the second.
+    let backing_off = wait_until(Duration::from_secs(10), || {
+        dies(&pod("crash"))["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    assert!(backing_off.is_some(), "{:#}", pod("crash"));
+    let status = dies(&pod("crash"));
+    assert_eq!(status["restartCount"], 1, "{status:#}");
+    assert_eq!(
+        status["lastState"]["terminated"]["exitCode"], 3,
+        "{status:#}"
+    );
+    assert_eq!(status["ready"], false);
+    let table = lab.ok(&["get", "pods"]);
+    let line = table.lines().find(|l| l.contains("crash")).unwrap();
+    assert!(
+        line.contains("1/2") && line.contains("CrashLoopBackOff 1 "),
+        "{table}"
+    );
+    // Meanwhile the pod is not a ready endpoint of its Service.
+    let slices = lab.json(&["get", "endpointslices", "-o", "json"]);
+    let crash_endpoints: Vec<&serde_json::Value> = slices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "crash")
+        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(crash_endpoints.len(), 1, "{slices:#}");
+    assert_eq!(
+        crash_endpoints[0]["conditions"]["ready"], false,
+        "{slices:#}"
+    );
+    // OnFailure: a clean exit is the end.
+    let once = pod("once");
+    assert_eq!(once["status"]["phase"], "Succeeded", "{once:#}");
+    assert_eq!(once["status"]["containerStatuses"][0]["restartCount"], 0);
+    // Deleting a pod stops its supervisors, back-off or not.
+    lab.ok(&["delete", "pod", "crash"]);
+    lab.ok(&["delete", "pod", "once"]);
+    assert_eq!(lab_processes(&lab).len(), 1, "only the agent is left");
+}
+
+#[test]
 fn a_pod_whose_second_container_cannot_start_is_rolled_back() {
     let lab = Lab::up("rb", 1, "vxlan");
     let err = lab.apply_fails(
@@ -233,8 +291,8 @@ fn ended_containers_show_in_pod_status_and_leave_the_endpoints() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: holder}\nspec:\n  hostNetwork: true\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9090}]}]\n",
     );
     lab.apply_ok(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: clash, labels: {app: clash}}\nspec:\n  hostNetwork: true\n  nodeName: node-1\n  containers:\n  - {name: a, image: x, ports: [{containerPort: 9091}]}\n  - {name: b, image: x, ports: [{containerPort: 9090}]}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {name: quits}\nspec:\n  containers: [{name: c, image: x, command: [sh, -c, 'exit 3']}]\n---\n\
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: clash, labels: {app: clash}}\nspec:\n  restartPolicy: Never\n  hostNetwork: true\n  nodeName: node-1\n  containers:\n  - {name: a, image: x, ports: [{containerPort: 9091}]}\n  - {name: b, image: x, ports: [{containerPort: 9090}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: quits}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: x, command: [sh, -c, 'exit 3']}]\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  selector: {app: clash}\n  ports: [{port: 80, targetPort: 9091}]\n",
     );
     let pod = |name: &str| {
