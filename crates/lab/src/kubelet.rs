@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP,
-    PodStatus,
+    PodSpec, PodStatus,
 };
 use serde_json::{Map, Value};
 use weft_cni::conflist::Conflist;
@@ -21,6 +21,7 @@ use weft_cni::invoke::Call;
 use weft_datapath::{netns, NetNs};
 use weft_store::Store;
 
+use crate::container_probes::Probes;
 use crate::layout::{LabState, Layout, NodeRecord};
 use crate::objects::{key, now, random_uid};
 use crate::procs;
@@ -106,13 +107,20 @@ impl Kubelet<'_> {
             }
         };
         let pod_ns = NetNs::open(&netns_path)?;
+        let pod_ip = ips.first().copied().unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let mut statuses = Vec::new();
         for c in &spec.containers {
             let (program, args) = self.command_of(c, name);
             let starting = || format!("starting container {} ({})", c.name, program.display());
             let program = resolve(&program).with_context(starting)?;
-            let mut supervised =
-                self.supervise_args(sandbox, &c.name, spec.restart_policy.as_deref());
+            let probes = Probes::of(c)
+                .map_err(|e| anyhow::anyhow!("container {}: {e}; fix the probe", c.name))?;
+            let mut supervised = self.supervise_args(sandbox, &c.name, &spec);
+            if !probes.is_empty() {
+                supervised.extend(["--pod-ip".into(), pod_ip.to_string()]);
+                supervised.extend(["--probes".into(), probe_spec(c)?]);
+            }
+            supervised.push("--".into());
             supervised.push(program.display().to_string());
             supervised.extend(args);
             let log = pod_dir.join(format!("{}.log", c.name));
@@ -124,8 +132,9 @@ impl Kubelet<'_> {
                 &log,
             )
             .with_context(starting)?;
-            statuses.push(running_status(c, pid));
+            statuses.push(running_status(c, pid, probes.ready_at_start()));
         }
+        let all_ready = statuses.iter().all(|c| c.ready);
         wait_for_ports(&pod_ns, &spec.containers);
 
         let meta = &mut pod.metadata;
@@ -146,7 +155,7 @@ impl Kubelet<'_> {
             container_statuses: Some(statuses),
             conditions: Some(vec![PodCondition {
                 type_: "Ready".into(),
-                status: "True".into(),
+                status: if all_ready { "True" } else { "False" }.into(),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -267,12 +276,10 @@ impl Kubelet<'_> {
     }
 
     /// `weft lab supervise …` up to the container's program.
-    fn supervise_args(
-        &self,
-        sandbox: &Sandbox,
-        container: &str,
-        restart_policy: Option<&str>,
-    ) -> Vec<String> {
+    /// `weft lab supervise …` up to its `--`: which container, and how to
+    /// run it (restart policy, grace period).
+    fn supervise_args(&self, sandbox: &Sandbox, container: &str, spec: &PodSpec) -> Vec<String> {
+        let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
         [
             "lab",
             "supervise",
@@ -287,8 +294,9 @@ impl Kubelet<'_> {
             "--container",
             container,
             "--restart-policy",
-            restart_policy.unwrap_or("Always"),
-            "--",
+            spec.restart_policy.as_deref().unwrap_or("Always"),
+            "--grace-seconds",
+            &grace.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -358,13 +366,27 @@ fn netexec_args(pod: &str, http: &[u16], udp: &[u16]) -> Vec<String> {
     v
 }
 
-fn running_status(c: &Container, pid: u32) -> ContainerStatus {
+/// What the supervisor needs of a container to probe it: its name, ports
+/// and probes, as JSON.
+fn probe_spec(c: &Container) -> Result<String> {
+    let spec = Container {
+        name: c.name.clone(),
+        ports: c.ports.clone(),
+        startup_probe: c.startup_probe.clone(),
+        liveness_probe: c.liveness_probe.clone(),
+        readiness_probe: c.readiness_probe.clone(),
+        ..Default::default()
+    };
+    Ok(serde_json::to_string(&spec)?)
+}
+
+fn running_status(c: &Container, pid: u32, ready: bool) -> ContainerStatus {
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
         image_id: String::new(),
         container_id: Some(format!("weft://{pid}")),
-        ready: true,
+        ready,
         started: Some(true),
         restart_count: 0,
         state: Some(ContainerState {

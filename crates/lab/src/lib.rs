@@ -14,7 +14,10 @@
 //! - [`manifest`]: Kubernetes manifests → Kubernetes types.
 //! - [`objects`]: keys, UIDs and timestamps of stored objects.
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
-//! - [`supervisor`]: watches one container and records how it ended.
+//! - [`supervisor`]: watches one container, restarts it as its pod's
+//!   restartPolicy says and records its status.
+//! - [`container_probes`]: the kubelet's startup, liveness and readiness
+//!   probes, for the supervisor.
 //! - [`services`]: the API server's Service defaults and allocators
 //!   (clusterIPs, nodePorts, LoadBalancer addresses).
 //! - [`endpointslices`]: the EndpointSlice controller.
@@ -24,6 +27,7 @@
 //!   [`report`]'s typed results (rendered there, printed by the CLI).
 
 pub mod agents;
+pub mod container_probes;
 pub mod control_plane;
 pub mod endpointslices;
 pub mod kubelet;

@@ -18,11 +18,18 @@
 //! ready endpoint. When the lab stops the pod, it signals the supervisor
 //! with the container (both carry the owner tag), and nothing is recorded.
 //!
-//! Probes are not implemented yet: a running container is ready.
+//! Its probes ([`crate::container_probes`]) run beside each run of the
+//! process: a failing liveness or startup probe has it stopped (SIGTERM,
+//! SIGKILL after the pod's grace period) and handled as an ended run; the
+//! readiness probe sets the container's `ready` (and through it the pod's
+//! Ready condition and its endpoints).
 
+use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -31,8 +38,11 @@ use k8s_openapi::api::core::v1::{
     ContainerStatus, Pod, PodCondition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use weft_store::Store;
 
+use crate::container_probes::{self, Probes, Verdict};
 use crate::endpointslices;
 use crate::layout::Layout;
 use crate::objects::now;
@@ -102,12 +112,24 @@ pub fn back_off(streak: u32) -> Duration {
 /// A run this long ends a crash streak: the next restart is immediate.
 const STREAK_RESET: Duration = Duration::from_secs(600);
 
-/// Runs `program args`, restarting it as `policy` says, recording each end
-/// and restart; returns the exit code the supervisor itself should end
-/// with (the last run's), once the policy stops or the pod is gone.
+/// How the container is run besides its command.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub restart_policy: RestartPolicy,
+    pub probes: Probes,
+    /// The pod's address, which the probes connect to.
+    pub pod_ip: IpAddr,
+    /// From a stop request (a failed probe) to SIGKILL.
+    pub grace: Duration,
+}
+
+/// Runs `program args`, probing each run and restarting it as the policy
+/// says, recording each end and restart; returns the exit code the
+/// supervisor itself should end with (the last run's), once the policy
+/// stops or the pod is gone.
 pub fn run(
     container: &Container,
-    policy: RestartPolicy,
+    lifecycle: &Lifecycle,
     program: &Path,
     args: &[String],
 ) -> Result<i32> {
@@ -115,8 +137,8 @@ pub fn run(
     let mut streak = 0;
     loop {
         let started = Instant::now();
-        let ended = run_once(container, program, args, restarts)?;
-        if !policy.restarts_after(&ended) {
+        let ended = run_once(container, lifecycle, program, args, restarts)?;
+        if !lifecycle.restart_policy.restarts_after(&ended) {
             record(container, |pod, at| {
                 mark_ended(pod, &container.name, &ended, at)
             })?;
@@ -138,10 +160,11 @@ pub fn run(
     }
 }
 
-/// One run of the process; a restart (`restarts` > 0) is recorded once
-/// it started.
+/// One run of the process with its probes; a restart (`restarts` > 0) is
+/// recorded once it started.
 fn run_once(
     container: &Container,
+    lifecycle: &Lifecycle,
     program: &Path,
     args: &[String],
     restarts: i32,
@@ -163,12 +186,78 @@ fn run_once(
     };
     if restarts > 0 {
         let id = format!("weft://{}", child.id());
+        let ready = lifecycle.probes.ready_at_start();
         record(container, |pod, at| {
-            mark_restarted(pod, &container.name, restarts, &id, at)
+            mark_restarted(pod, &container.name, restarts, &id, ready, at)
         })?;
     }
-    let status = child.wait().context("waiting for the container")?;
-    Ok(Ended::from_status(status))
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = (!lifecycle.probes.is_empty()).then(|| {
+        let act = ProbeVerdicts {
+            container: container.clone(),
+            pid: child.id(),
+            grace: lifecycle.grace,
+            ended: stop.clone(),
+        };
+        container_probes::watch(
+            lifecycle.probes.clone(),
+            lifecycle.pod_ip,
+            stop.clone(),
+            move |verdict| act.take(verdict),
+        )
+    });
+    let status = child.wait().context("waiting for the container");
+    stop.store(true, Ordering::Relaxed);
+    if let Some(prober) = prober {
+        let _ = prober.join();
+    }
+    Ok(Ended::from_status(status?))
+}
+
+/// What the supervisor does with its probes' verdicts.
+struct ProbeVerdicts {
+    container: Container,
+    pid: u32,
+    grace: Duration,
+    /// Set once the process has ended (and may have been reaped).
+    ended: Arc<AtomicBool>,
+}
+
+impl ProbeVerdicts {
+    fn take(&self, verdict: Verdict) {
+        let name = &self.container.name;
+        match verdict {
+            Verdict::Ready(ready) => {
+                if let Err(e) = record(&self.container, |pod, at| mark_ready(pod, name, ready, at))
+                {
+                    eprintln!("weft lab supervise: recording readiness: {e:#}");
+                }
+            }
+            Verdict::Kill(why) => {
+                // In the container's log, where `weft lab logs` shows it.
+                eprintln!(
+                    "{why}; container {name} will be restarted as its pod's restartPolicy says"
+                );
+                self.stop();
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after the grace period unless it ended.
+    fn stop(&self) {
+        let pid = Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if self.ended.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !self.ended.load(Ordering::Relaxed) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
 }
 
 /// How a container ended, in Kubernetes' terms.
@@ -258,7 +347,14 @@ pub fn mark_backing_off(
 /// The container's status once restarted: running again (as process
 /// `id`), its restart count `restarts`, ready; the pod Ready again if all
 /// its containers are.
-pub fn mark_restarted(pod: &mut Pod, name: &str, restarts: i32, id: &str, at: Time) -> bool {
+pub fn mark_restarted(
+    pod: &mut Pod,
+    name: &str,
+    restarts: i32,
+    id: &str,
+    ready: bool,
+    at: Time,
+) -> bool {
     let Some(cs) = container_status(pod, name) else {
         return false;
     };
@@ -270,8 +366,29 @@ pub fn mark_restarted(pod: &mut Pod, name: &str, restarts: i32, id: &str, at: Ti
     });
     cs.restart_count = restarts;
     cs.container_id = Some(id.into());
-    cs.ready = true;
+    cs.ready = ready;
     cs.started = Some(true);
+    settle_ready(pod, at);
+    true
+}
+
+/// Container `name` ready or not (as its readiness probe says), and the
+/// pod's Ready condition with it; whether anything changed.
+pub fn mark_ready(pod: &mut Pod, name: &str, ready: bool, at: Time) -> bool {
+    let Some(cs) = container_status(pod, name) else {
+        return false;
+    };
+    let running = cs.state.as_ref().is_some_and(|s| s.running.is_some());
+    if cs.ready == ready || !running {
+        return false;
+    }
+    cs.ready = ready;
+    settle_ready(pod, at);
+    true
+}
+
+/// The pod's Ready condition from its containers' `ready`.
+fn settle_ready(pod: &mut Pod, at: Time) {
     let unready = pod
         .status
         .iter()
@@ -279,7 +396,6 @@ pub fn mark_restarted(pod: &mut Pod, name: &str, restarts: i32, id: &str, at: Ti
         .find(|c| !c.ready)
         .map(|c| c.name.clone());
     set_ready(pod, unready.as_deref(), at);
-    true
 }
 
 fn container_status<'a>(pod: &'a mut Pod, name: &str) -> Option<&'a mut ContainerStatus> {
@@ -507,7 +623,7 @@ mod tests {
             Some("Running")
         );
 
-        assert!(mark_restarted(&mut pod, "a", 1, "weft://7", now()));
+        assert!(mark_restarted(&mut pod, "a", 1, "weft://7", true, now()));
         assert!(endpointslices::containers_ready(&pod));
         assert_eq!(display_status(&pod), "Running");
         assert_eq!(restarts(&pod), 1);
@@ -520,6 +636,21 @@ mod tests {
             .unwrap()[0];
         assert_eq!(a.container_id.as_deref(), Some("weft://7"));
         assert!(a.last_state.is_some(), "the last run stays");
+    }
+
+    #[test]
+    fn readiness_moves_the_pods_ready_condition_and_endpoints() {
+        let mut pod = running_pod();
+        assert!(mark_ready(&mut pod, "b", false, now()));
+        assert!(!endpointslices::containers_ready(&pod));
+        assert!(!mark_ready(&mut pod, "b", false, now()), "no change");
+        assert!(mark_ready(&mut pod, "b", true, now()));
+        assert!(endpointslices::containers_ready(&pod));
+        mark_ended(&mut pod, "a", &ended(1), now());
+        assert!(
+            !mark_ready(&mut pod, "a", true, now()),
+            "an ended container is not ready"
+        );
     }
 
     #[test]

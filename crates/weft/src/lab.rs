@@ -32,6 +32,17 @@ pub enum LabCmd {
         /// The pod's restartPolicy (Always, OnFailure, Never).
         #[arg(long, default_value = "Always", value_parser = weft_lab::supervisor::RestartPolicy::parse)]
         restart_policy: weft_lab::supervisor::RestartPolicy,
+        /// The container's probes, as the container's JSON (name, ports
+        /// and the startup, liveness and readiness probes).
+        #[arg(long)]
+        probes: Option<String>,
+        /// The pod's address, which the probes connect to.
+        #[arg(long, default_value = "127.0.0.1")]
+        pod_ip: std::net::IpAddr,
+        /// The pod's terminationGracePeriodSeconds (a container stopped by
+        /// a failed probe is killed after it).
+        #[arg(long, default_value_t = 30)]
+        grace_seconds: u64,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -398,6 +409,9 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             uid,
             container,
             restart_policy,
+            probes,
+            pod_ip,
+            grace_seconds,
             command,
         } => {
             let (program, args) = command.split_first().context("no command to supervise")?;
@@ -408,8 +422,22 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 uid,
                 name: container,
             };
-            let code =
-                weft_lab::supervisor::run(&container, restart_policy, Path::new(program), args)?;
+            let probes = match probes {
+                Some(json) => {
+                    let spec: k8s_openapi::api::core::v1::Container =
+                        serde_json::from_str(&json)
+                            .context("--probes is not a container's JSON")?;
+                    weft_lab::container_probes::Probes::of(&spec).map_err(anyhow::Error::msg)?
+                }
+                None => Default::default(),
+            };
+            let lifecycle = weft_lab::supervisor::Lifecycle {
+                restart_policy,
+                probes,
+                pod_ip,
+                grace: std::time::Duration::from_secs(grace_seconds),
+            };
+            let code = weft_lab::supervisor::run(&container, &lifecycle, Path::new(program), args)?;
             std::process::exit(code);
         }
     }

@@ -228,6 +228,74 @@ fn crashing_containers_are_restarted_with_back_off_as_their_restart_policy_says(
 }
 
 #[test]
+fn probes_decide_readiness_and_a_failing_liveness_probe_restarts_the_container() {
+    let lab = Lab::up("pr", 1, "vxlan");
+    let flags = tempfile::tempdir().unwrap();
+    let ready_flag = flags.path().join("ready");
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: gated, labels: {{app: gated}}}}\nspec:\n  containers:\n  - name: web\n    image: x\n    ports: [{{name: http, containerPort: 8080}}]\n    startupProbe: {{httpGet: {{port: http, path: /healthz}}, periodSeconds: 1}}\n    readinessProbe: {{exec: {{command: [test, -e, {ready}]}}, periodSeconds: 1, failureThreshold: 1}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: dying}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: x\n    ports: [{{containerPort: 8080}}]\n    livenessProbe: {{tcpSocket: {{port: 9999}}, periodSeconds: 1, failureThreshold: 2}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: gated}}\nspec:\n  selector: {{app: gated}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
+        ready = ready_flag.display()
+    );
+    lab.apply_ok(&manifest);
+    let pod = |name: &str| {
+        lab.pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .unwrap()
+    };
+    let web_ready = |name: &str| pod(name)["status"]["containerStatuses"][0]["ready"] == true;
+    let endpoint_ready = || {
+        let slices = lab.json(&["get", "endpointslices", "-o", "json"]);
+        slices["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "gated")
+            .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+            .any(|e| e["conditions"]["ready"] == true)
+    };
+    // Started, but its readiness probe fails: not ready, not an endpoint.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!web_ready("gated"), "{:#}", pod("gated"));
+    assert!(!endpoint_ready());
+    std::fs::write(&ready_flag, "").unwrap();
+    let ready = wait_until(Duration::from_secs(5), || {
+        web_ready("gated") && endpoint_ready()
+    });
+    assert!(ready.is_some(), "{:#}", pod("gated"));
+    std::fs::remove_file(&ready_flag).unwrap();
+    let unready = wait_until(Duration::from_secs(5), || {
+        !web_ready("gated") && !endpoint_ready()
+    });
+    assert!(unready.is_some(), "{:#}", pod("gated"));
+    assert_eq!(
+        pod("gated")["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
+
+    // Nothing listens on 9999: two failed liveness probes stop the
+    // container, which is restarted (Always) and says why in its log.
+    let restarted = wait_until(Duration::from_secs(15), || {
+        pod("dying")["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(1)
+    });
+    assert!(restarted.is_some(), "{:#}", pod("dying"));
+    let logs = lab.ok(&["logs", "dying"]);
+    assert!(logs.contains("Liveness probe failed: dial tcp"), "{logs}");
+    let last = &pod("dying")["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 143, "SIGTERM: {last:#}");
+    // A probe weft cannot run is refused with the reason.
+    let err = lab.apply_fails(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: grpc}\nspec:\n  containers:\n  - {name: c, image: x, readinessProbe: {grpc: {port: 9000}}}\n",
+    );
+    assert!(err.contains("container c: readinessProbe: needs one of exec, httpGet or tcpSocket (grpc is not supported)"), "{err}");
+    lab.ok(&["delete", "pod", "gated"]);
+    lab.ok(&["delete", "pod", "dying"]);
+    assert_eq!(lab_processes(&lab).len(), 1, "only the agent is left");
+}
+
+#[test]
 fn a_pod_whose_second_container_cannot_start_is_rolled_back() {
     let lab = Lab::up("rb", 1, "vxlan");
     let err = lab.apply_fails(
