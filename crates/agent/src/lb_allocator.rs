@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::Service;
 use weft_cluster::cache::{object_key, Cache};
 use weft_cluster::load_balancers::AllocationEvent;
 use weft_cluster::{ClusterError, Event, LoadBalancerAllocation};
+use weft_proxy::model::ingress_ips;
 
 /// An inclusive range of addresses to hand out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,16 +140,6 @@ fn is_load_balancer(svc: &Service) -> bool {
     svc.spec
         .as_ref()
         .is_some_and(|spec| spec.type_.as_deref() == Some("LoadBalancer"))
-}
-
-/// The addresses in `status.loadBalancer.ingress`.
-fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    svc.status
-        .iter()
-        .flat_map(|s| s.load_balancer.iter())
-        .flat_map(|lb| lb.ingress.iter().flatten())
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
 }
 
 /// Which address each LoadBalancer Service of `class` gets from `pools`,

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::liveness;
 
 /// What a candidate does with the Lease it read.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,14 +66,7 @@ pub fn claim(
 /// Whether the holder let the Lease run out (one without a renew time or
 /// duration never held anything).
 fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let (Some(MicroTime(renewed)), Some(seconds)) =
-        (spec.renew_time.as_ref(), spec.lease_duration_seconds)
-    else {
-        return true;
-    };
-    renewed
-        .checked_add(SignedDuration::from_secs(i64::from(seconds)))
-        .is_ok_and(|until| until <= now)
+    liveness::valid_until(spec).is_none_or(|until| until <= now)
 }
 
 #[cfg(test)]

@@ -58,17 +58,21 @@ pub fn live<'a>(leases: impl IntoIterator<Item = &'a Lease>, now: Timestamp) -> 
 }
 
 fn is_live(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else {
-        return false;
-    };
-    let (Some(MicroTime(renewed)), Some(seconds)) =
-        (spec.renew_time.as_ref(), spec.lease_duration_seconds)
-    else {
-        return false;
-    };
+    lease
+        .spec
+        .as_ref()
+        .and_then(valid_until)
+        .is_some_and(|until| until > now)
+}
+
+/// When a Lease runs out unless renewed: its renew time plus its
+/// duration (`None`: it never held anything).
+pub(crate) fn valid_until(spec: &LeaseSpec) -> Option<Timestamp> {
+    let MicroTime(renewed) = spec.renew_time.as_ref()?;
+    let seconds = spec.lease_duration_seconds?;
     renewed
         .checked_add(SignedDuration::from_secs(i64::from(seconds)))
-        .is_ok_and(|until| until > now)
+        .ok()
 }
 
 /// The wall clock as a Kubernetes timestamp.

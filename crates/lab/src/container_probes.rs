@@ -459,13 +459,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_failing_liveness_probe_asks_for_a_kill_and_readiness_follows_its_probe() {
-        let probes = Probes::of(&container(json!({
-            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
-            "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2},
-        })))
-        .unwrap();
+    /// Probes `probes` against 127.0.0.1: the verdicts so far, the stop
+    /// flag, the thread.
+    fn watched(probes: Probes) -> (Arc<Mutex<Vec<Verdict>>>, Arc<AtomicBool>, JoinHandle<()>) {
         let verdicts = Arc::new(Mutex::new(Vec::new()));
         let seen = verdicts.clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -475,6 +471,17 @@ mod tests {
             stop.clone(),
             move |v| seen.lock().unwrap().push(v),
         );
+        (verdicts, stop, thread)
+    }
+
+    #[test]
+    fn a_failing_liveness_probe_asks_for_a_kill_and_readiness_follows_its_probe() {
+        let probes = Probes::of(&container(json!({
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+            "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2},
+        })))
+        .unwrap();
+        let (verdicts, _stop, thread) = watched(probes);
         thread.join().unwrap();
         let verdicts = verdicts.lock().unwrap().clone();
         assert_eq!(verdicts[0], Verdict::Ready(true));
@@ -490,15 +497,7 @@ mod tests {
             "startupProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 1},
         })))
         .unwrap();
-        let verdicts = Arc::new(Mutex::new(Vec::new()));
-        let seen = verdicts.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = watch(
-            probes,
-            "127.0.0.1".parse().unwrap(),
-            stop.clone(),
-            move |v| seen.lock().unwrap().push(v),
-        );
+        let (verdicts, stop, thread) = watched(probes);
         std::thread::sleep(Duration::from_millis(500));
         assert!(
             verdicts.lock().unwrap().is_empty(),

@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use weft_proxy::model::ingress_ips;
 use weft_validation::{names, objects::validate_service};
 
 use crate::objects::key;
@@ -193,16 +194,6 @@ impl Taken {
 /// A Service port's protocol; absent means TCP.
 pub fn protocol(port: &ServicePort) -> &str {
     port.protocol.as_deref().unwrap_or("TCP")
-}
-
-/// The addresses in `status.loadBalancer.ingress`.
-pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    svc.status
-        .iter()
-        .flat_map(|s| s.load_balancer.iter())
-        .flat_map(|lb| lb.ingress.iter().flatten())
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
 }
 
 /// The Service the lab stores for `applied`: defaults filled in as the API

@@ -210,13 +210,10 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
     };
     let external_ips = ipv4_list(spec.external_ips.iter().flatten().map(String::as_str));
     let load_balancer_ips = if kind == "LoadBalancer" {
-        ipv4_list(
-            svc.status
-                .iter()
-                .flat_map(|s| s.load_balancer.iter())
-                .flat_map(|lb| lb.ingress.iter().flatten())
-                .filter_map(|i| i.ip.as_deref()),
-        )
+        let mut ips = ingress_ips(svc);
+        ips.sort();
+        ips.dedup();
+        ips
     } else {
         Vec::new()
     };
@@ -268,6 +265,16 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
         health_check_node_port,
         warnings: source_ranges_warning.into_iter().collect(),
     })
+}
+
+/// The IPv4 addresses of `status.loadBalancer.ingress`, in order.
+pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    svc.status
+        .iter()
+        .flat_map(|s| s.load_balancer.iter())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
 }
 
 fn ipv4_list<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<Ipv4Addr> {

@@ -36,6 +36,24 @@ use weft_datapath::NetNs;
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/weft.yaml");
 const NODE_IP: &str = "198.18.0.11";
 
+/// weft's install manifest applied, with the LoadBalancer pool
+/// 198.18.0.200/29 in its ConfigMap.
+fn install(cp: &ControlPlane) {
+    cp.prepare_install();
+    cp.kubectl_ok(&["apply", "-f", MANIFEST]);
+    cp.kubectl_ok(&[
+        "-n",
+        "weft-system",
+        "patch",
+        "configmap",
+        "weft-lb-pools",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data": {"pools": "198.18.0.200/29"}}"#,
+    ]);
+}
+
 /// A control plane with weft installed from its manifest (LoadBalancer
 /// pool 198.18.0.200/29), node-a's agent running as the manifest's
 /// service account, and an external client namespace on the underlay
@@ -51,19 +69,7 @@ struct Bed {
 impl Bed {
     fn up(tag: &str) -> Bed {
         let cp = ControlPlane::start();
-        cp.prepare_install();
-        cp.kubectl_ok(&["apply", "-f", MANIFEST]);
-        cp.kubectl_ok(&[
-            "-n",
-            "weft-system",
-            "patch",
-            "configmap",
-            "weft-lb-pools",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"data": {"pools": "198.18.0.200/29"}}"#,
-        ]);
+        install(&cp);
         underlay_and_node(&cp);
         let mut scratch = Namespaces::new(tag);
         let (external_name, external) = scratch.add("ext");
@@ -469,19 +475,7 @@ fn mac_of(ns: &str) -> String {
 #[test]
 fn two_nodes_reading_the_api_server_connect_pods_and_fail_over_a_load_balancer_address() {
     let cp = ControlPlane::start_reachable_at("198.18.0.1".parse().unwrap());
-    cp.prepare_install();
-    cp.kubectl_ok(&["apply", "-f", MANIFEST]);
-    cp.kubectl_ok(&[
-        "-n",
-        "weft-system",
-        "patch",
-        "configmap",
-        "weft-lb-pools",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"data": {"pools": "198.18.0.200/29"}}"#,
-    ]);
+    install(&cp);
     // The underlay: a bridge in the control plane's namespace (which
     // forwards nothing) with the API server on 198.18.0.1, two nodes and
     // an external client.

@@ -177,12 +177,7 @@ fn crashing_containers_are_restarted_with_back_off_as_their_restart_policy_says(
          apiVersion: v1\nkind: Pod\nmetadata: {name: once}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: c, image: x, command: [sh, -c, 'exit 0']}]\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {name: crash}\nspec:\n  selector: {app: crash}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
-    let pod = |name: &str| {
-        lab.pods()
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == name)
-            .unwrap()
-    };
+    let pod = |name: &str| lab.pod(name);
     let dies = |p: &serde_json::Value| p["status"]["containerStatuses"][1].clone();
     // Restarted at once after the first crash (restartCount 1), then
     // backing off 10 s after the second.
@@ -239,12 +234,7 @@ fn probes_decide_readiness_and_a_failing_liveness_probe_restarts_the_container()
         ready = ready_flag.display()
     );
     lab.apply_ok(&manifest);
-    let pod = |name: &str| {
-        lab.pods()
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == name)
-            .unwrap()
-    };
+    let pod = |name: &str| lab.pod(name);
     let web_ready = |name: &str| pod(name)["status"]["containerStatuses"][0]["ready"] == true;
     let endpoint_ready = || {
         let slices = lab.json(&["get", "endpointslices", "-o", "json"]);
@@ -363,12 +353,7 @@ fn ended_containers_show_in_pod_status_and_leave_the_endpoints() {
          apiVersion: v1\nkind: Pod\nmetadata: {name: quits}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: x, command: [sh, -c, 'exit 3']}]\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  selector: {app: clash}\n  ports: [{port: 80, targetPort: 9091}]\n",
     );
-    let pod = |name: &str| {
-        lab.pods()
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == name)
-            .unwrap()
-    };
+    let pod = |name: &str| lab.pod(name);
     let terminated = |p: &serde_json::Value, container: &str| {
         p["status"]["containerStatuses"]
             .as_array()

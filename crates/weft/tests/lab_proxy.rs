@@ -218,9 +218,15 @@ fn external_ips_and_internal_traffic_policy_local() {
     lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: near, namespace: demo}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: far, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  internalTrafficPolicy: Local\n  externalIPs: [198.19.0.80]\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
     reachable(&lab, "demo/near", "svc/demo/local");
-    let far = probe(&lab, "demo/far", "svc/demo/local", 1, "/hostname");
-    assert_eq!(
-        far[0].0, "timeout",
+    // node-1's agent may program the Service a moment after node-2's
+    // (until then the ClusterIP is refused): wait for its verdict.
+    let mut far = Vec::new();
+    let dropped = wait_until(Duration::from_secs(5), || {
+        far = probe(&lab, "demo/far", "svc/demo/local", 1, "/hostname");
+        far[0].0 == "timeout"
+    });
+    assert!(
+        dropped.is_some(),
         "internalTrafficPolicy Local let a remote node's pod through: {far:?}"
     );
     // externalIPs are external traffic: internalTrafficPolicy does not apply.

@@ -249,7 +249,7 @@ fn from_outside(opts: &ProbeOptions) -> bool {
 
 fn outside_address(svc: &k8s_openapi::api::core::v1::Service) -> Option<IpAddr> {
     let external_ips = svc.spec.as_ref()?.external_ips.clone().unwrap_or_default();
-    crate::services::ingress_ips(svc)
+    weft_proxy::model::ingress_ips(svc)
         .into_iter()
         .map(IpAddr::V4)
         .chain(external_ips.iter().filter_map(|ip| ip.parse().ok()))

@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::{Lab, Output};
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::objects::key;
-use crate::services::{ingress_ips, protocol};
+use crate::services::protocol;
+use weft_proxy::model::ingress_ips;
 
 /// kubectl shows this many items of a list, then `+ N more...`.
 const SHOWN: usize = 3;

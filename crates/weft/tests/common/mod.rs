@@ -93,6 +93,15 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// The pod named `name` (in any namespace), as `get pods -o json`
+    /// shows it; panics if there is none.
+    pub fn pod(&self, name: &str) -> Value {
+        self.pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
     pub fn pod_netns(&self, pod: &str) -> NetNs {
         let p = self
             .pods()
