@@ -1094,16 +1094,34 @@ impl Change {
         }
     }
 
-    fn summary(&self) -> String {
+    /// Median, max and every value.
+    fn headline(&self) -> String {
         format!(
-            "median {:.1} ms, max {:.1} ms — all: {}\n     where it goes (medians): store write(s) {:.1} ms; first `nft` seen {:.1} ms after the write began; {} `nft` run(s), alive {:.1} ms in total (the agent's \"Services synced\": {} pass(es), {:.1} ms); the last `nft` exited {:.1} ms after the change took effect; the successful connect took {:.2} ms; failed attempts before it: {} refused, {} otherwise",
+            "median {:.1} ms, max {:.1} ms — all: {}",
             median(&self.e2e_ms),
             max(&self.e2e_ms),
             self.e2e_ms
                 .iter()
                 .map(|v| format!("{v:.1}"))
                 .collect::<Vec<_>>()
-                .join(" "),
+                .join(" ")
+        )
+    }
+
+    /// [`Change::headline`] and the failed attempts, in one line.
+    fn brief(&self) -> String {
+        format!(
+            "{}; failed attempts before success: {} refused, {} otherwise",
+            self.headline(),
+            self.refused,
+            self.other
+        )
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{}\n     where it goes (medians): store write(s) {:.1} ms; first `nft` seen {:.1} ms after the write began; {} `nft` run(s), alive {:.1} ms in total (the agent's \"Services synced\": {} pass(es), {:.1} ms); the last `nft` exited {:.1} ms after the change took effect; the successful connect took {:.2} ms; failed attempts before it: {} refused, {} otherwise",
+            self.headline(),
             median(&self.write_ms),
             median(&self.first_nft_ms),
             median(&self.nft_runs),

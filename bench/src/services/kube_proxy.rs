@@ -108,6 +108,37 @@ impl Proxy {
             Proxy::KubeProxy => "10.244.250.0/24",
         }
     }
+    /// Log lines that mark the full sync's steps: (what, text in the line).
+    fn milestones(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Proxy::Weft => &[
+                ("subnet leased (Node read)", "leased subnet"),
+                (
+                    "\"Service table fully synced\" (the proxier's own report)",
+                    "Service table fully synced",
+                ),
+            ],
+            Proxy::KubeProxy => &[
+                (
+                    "Services listed",
+                    "\"Caches populated\" type=\"*v1.Service\"",
+                ),
+                (
+                    "EndpointSlices listed",
+                    "\"Caches populated\" type=\"*v1.EndpointSlice\"",
+                ),
+                (
+                    "IPv4 sync started",
+                    "\"Syncing nftables rules\" ipFamily=\"IPv4\" fullSync=true",
+                ),
+                (
+                    "IPv4 sync complete",
+                    "\"SyncProxyRules complete\" ipFamily=\"IPv4\"",
+                ),
+            ],
+        }
+    }
+
     /// The node's address on its link to the API server.
     fn api_link_ip(self) -> Ipv4Addr {
         match self {
@@ -519,15 +550,26 @@ fn turn(
     };
     let before = host_settings();
     let cpu0 = Cpu::now(cp, None)?;
-    let (_, full_sync_s) = spawn_until_connected(bed, |b| match proxy {
+    let (mut w, full_sync_s) = spawn_until_connected(bed, |b| match proxy {
         Proxy::Weft => b.start_agent(weft, &args.agent_env),
         Proxy::KubeProxy => start_kube_proxy(b, &kubeconfig),
     })?;
     let pid = bed.agent()?.pid();
     // Sampled once the proxy went idle, so its last `nft` is reaped and
     // counted.
-    super::idle(bed, pid)?;
+    w.wait_idle(Duration::from_millis(100), Duration::from_secs(60))?;
     let full_sync_cpu = Cpu::now(cp, Some(pid))?.since(cpu0);
+    let seen: Vec<String> = proxy
+        .milestones()
+        .iter()
+        .map(|(what, text)| match w.line(text) {
+            Some((ms, line)) => match super::field(line, "ms") {
+                Some(own) => format!("{what} {:.3} s ({own:.0} ms)", ms / 1e3),
+                None => format!("{what} {:.3} s", ms / 1e3),
+            },
+            None => format!("{what} not seen"),
+        })
+        .collect();
     println!(
         "{}: spawn → first connection through a Service {full_sync_s:.3} s; CPU from the spawn until the proxy went idle: kube-apiserver {:.2} s, etcd {:.2} s, the proxy with its `nft` runs {:.2} s",
         proxy.name(),
@@ -535,6 +577,7 @@ fn turn(
         full_sync_cpu.etcd,
         full_sync_cpu.proxy
     );
+    println!("  its log after the spawn: {}", seen.join("; "));
     std::thread::sleep(Duration::from_secs(2));
     let synced = bed.agent()?.memory()?;
 
@@ -729,9 +772,9 @@ fn report(args: &Args, weft: &Turn, kp: &Turn, lists: &Lists) {
         println!(
             "\n{}: a) new Service, then its EndpointSlice: {}\n{}: b) new EndpointSlice, then its Service: {}",
             t.proxy.name(),
-            brief(&t.svc_first),
+            t.svc_first.brief(),
             t.proxy.name(),
-            brief(&t.slice_first)
+            t.slice_first.brief()
         );
         if t.host_changed.is_empty() {
             println!(
@@ -816,20 +859,4 @@ fn report(args: &Args, weft: &Turn, kp: &Turn, lists: &Lists) {
         lists.services_json.0 + lists.slices_json.0,
         lists.services_pb.0 + lists.slices_pb.0
     );
-}
-
-/// A change scenario in one line: median, max and every value.
-fn brief(c: &Change) -> String {
-    format!(
-        "median {:.1} ms, max {:.1} ms — all: {}; failed attempts before success: {} refused, {} otherwise",
-        median(&c.e2e_ms),
-        max(&c.e2e_ms),
-        c.e2e_ms
-            .iter()
-            .map(|v| format!("{v:.1}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        c.refused,
-        c.other
-    )
 }
