@@ -1108,11 +1108,13 @@ impl Change {
         )
     }
 
-    /// [`Change::headline`] and the failed attempts, in one line.
+    /// [`Change::headline`], how long the writes themselves took and the
+    /// failed attempts, in one line.
     fn brief(&self) -> String {
         format!(
-            "{}; failed attempts before success: {} refused, {} otherwise",
+            "{}; the writes took median {:.1} ms; failed attempts before success: {} refused, {} otherwise",
             self.headline(),
+            median(&self.write_ms),
             self.refused,
             self.other
         )
