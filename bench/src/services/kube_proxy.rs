@@ -424,15 +424,14 @@ async fn client(kubeconfig: &Path) -> Result<Client> {
 // ---------------------------------------------------------------------------
 // The beds and the proxies.
 
-/// A bed for `proxy`, its node linked to the API server.
-fn bed(proxy: Proxy, args: &Args, api: &Rc<Api>, kubeconfig: &Path) -> Result<Bed> {
+/// A bed for `proxy`, its node linked to the API server in namespace `cp`.
+fn bed(proxy: Proxy, args: &Args, cp: &str, api: &Rc<Api>, kubeconfig: &Path) -> Result<Bed> {
     let bed = Bed::build(proxy.tag(), args, |_| {
         Ok(Cluster::Kube {
             api: api.clone(),
             kubeconfig: kubeconfig.to_path_buf(),
         })
     })?;
-    let cp = format!("wbs-{}-cp", std::process::id());
     let port = format!("api-{}", proxy.tag());
     let node_ip = proxy.api_link_ip();
     ip_in(
@@ -445,8 +444,8 @@ fn bed(proxy: Proxy, args: &Args, api: &Rc<Api>, kubeconfig: &Path) -> Result<Be
         &bed.node_name,
         &format!("route add {API_IP}/32 dev api0 src {node_ip}"),
     )?;
-    ip_in(&cp, &format!("link set {port} up"))?;
-    ip_in(&cp, &format!("route add {node_ip}/32 dev {port}"))?;
+    ip_in(cp, &format!("link set {port} up"))?;
+    ip_in(cp, &format!("route add {node_ip}/32 dev {port}"))?;
     Ok(bed)
 }
 
@@ -692,7 +691,10 @@ pub fn run(args: Args) -> Result<()> {
     let node_kubeconfig = cp.write_kubeconfig("kubeconfig-nodes", cp.admin_token(), API_IP)?;
     let mut beds = BTreeMap::new();
     for p in [Proxy::Weft, Proxy::KubeProxy] {
-        beds.insert(p.tag(), bed(p, &args, &api, &node_kubeconfig)?);
+        beds.insert(
+            p.tag(),
+            bed(p, &args, cp.ns_name(), &api, &node_kubeconfig)?,
+        );
     }
     api.prepare(Ipv4Addr::new(198, 18, 0, 10))?;
 
