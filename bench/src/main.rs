@@ -25,7 +25,7 @@ enum Bench {
     Cni(cni::Args),
     /// The node agent and its backends, in weft lab.
     Lab(lab::Args),
-    /// The Service proxy with 10,000 Services × 10 endpoints (kube-proxy's reference numbers).
+    /// The Service proxy with 10,000 Services × 10 endpoints (with --kube: side by side with kube-proxy).
     Services(services::Args),
 }
 

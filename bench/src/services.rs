@@ -1,7 +1,8 @@
 //! The Service proxy at scale (issue #4): 10,000 Services × 10 endpoints
-//! through the real `weft agent`, against kube-proxy's numbers measured on
-//! this project's machines (kube-proxy cannot run here, so its figures are
-//! printed as the reference, not re-measured).
+//! through the real `weft agent`. By default the agent reads weft's
+//! embedded store, and kube-proxy's numbers from issue #4 are printed as
+//! the reference; with `--kube` ([`kube_proxy`]) both the agent and the
+//! real kube-proxy read a real kube-apiserver and are measured side by side.
 //!
 //! - **full sync**: the store holds every Service and EndpointSlice before
 //!   the agent starts; from spawning the agent to the first connection
@@ -30,6 +31,8 @@
 //! the node's underlay veth, which answers any ClusterIP no rule caught
 //! with a TCP reset (so "not yet" is a fast refusal, and conntrack never
 //! keeps a stale un-NATed entry around). Nothing is routed to the host.
+
+mod kube_proxy;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -87,6 +90,17 @@ pub struct Args {
     /// large table in place (to look at it with `ip netns exec … nft`).
     #[arg(long, default_value_t = 0)]
     inspect: u64,
+    /// Side by side with kube-proxy (nftables mode), both reading the
+    /// objects from a real kube-apiserver (the peers' build).
+    #[arg(long)]
+    kube: bool,
+    /// With --kube: which proxy is measured first (they take turns, one
+    /// running at a time).
+    #[arg(long, value_enum, default_value_t = kube_proxy::First::KubeProxy)]
+    first: kube_proxy::First,
+    /// With --kube: concurrent API requests while writing the objects.
+    #[arg(long, default_value_t = 32)]
+    writers: usize,
 }
 
 /// kube-proxy v1.36.2, nftables mode, 10,000 Services × 10 endpoints, on
@@ -328,6 +342,18 @@ fn tail_of(path: &Path, lines: usize) -> String {
 // ---------------------------------------------------------------------------
 // One test bed: node + pod + peer namespaces, a store and an agent.
 
+/// Where the bed's proxy reads the cluster from, and the benchmark writes
+/// the objects to.
+enum Cluster {
+    /// weft's embedded store, in the bed's directory.
+    Store(Store),
+    /// A kube-apiserver: written through `api`, read with `kubeconfig`.
+    Kube {
+        api: std::rc::Rc<kube_proxy::Api>,
+        kubeconfig: PathBuf,
+    },
+}
+
 struct Bed {
     // Dropped in this order: the agent first, then the namespaces, then
     // the files.
@@ -337,14 +363,26 @@ struct Bed {
     node_name: String,
     _namespaces: Namespaces,
     _listeners: Vec<std::thread::JoinHandle<()>>,
-    store: Store,
+    cluster: Cluster,
     dir: tempfile::TempDir,
     endpoints: usize,
 }
 
 impl Bed {
-    /// The namespaces, veths and listeners; no agent yet.
+    /// The namespaces, veths and listeners, and a store; no agent yet.
     fn new(tag: &str, args: &Args) -> Result<Bed> {
+        Bed::build(tag, args, |dir| {
+            Ok(Cluster::Store(Store::open(&dir.join("store.db"))?))
+        })
+    }
+
+    /// The namespaces, veths and listeners, reading the cluster from what
+    /// `cluster` makes of the bed's directory; no proxy yet.
+    fn build(
+        tag: &str,
+        args: &Args,
+        cluster: impl FnOnce(&Path) -> Result<Cluster>,
+    ) -> Result<Bed> {
         let prefix = format!("wbs-{}-{tag}", std::process::id());
         let mut namespaces = Namespaces::default();
         let (node_name, peer_name, pod_name) = (
@@ -414,7 +452,7 @@ impl Bed {
             dir.path().join("net-conf.json"),
             r#"{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "host-gw"}}"#,
         )?;
-        let store = Store::open(&dir.path().join("store.db"))?;
+        let cluster = cluster(dir.path())?;
         Ok(Bed {
             agent: None,
             tag: tag.to_string(),
@@ -422,7 +460,7 @@ impl Bed {
             node_name,
             _namespaces: namespaces,
             _listeners: threads,
-            store,
+            cluster,
             dir,
             endpoints: args.endpoints,
         })
@@ -436,14 +474,13 @@ impl Bed {
     fn start_agent(&mut self, weft: &Path, env: &[String]) -> Result<()> {
         let d = self.dir.path();
         let p = |name: &str| d.join(name).display().to_string();
-        let log = File::create(self.log())?;
         let mut cmd = self.node.command(weft);
+        cmd.arg("agent").args(["--node", NODE]);
+        match &self.cluster {
+            Cluster::Store(_) => cmd.args(["--store", &p("store.db")]),
+            Cluster::Kube { kubeconfig, .. } => cmd.arg("--kubeconfig").arg(kubeconfig),
+        };
         cmd.args([
-            "agent",
-            "--node",
-            NODE,
-            "--store",
-            &p("store.db"),
             "--net-conf",
             &p("net-conf.json"),
             "--iface",
@@ -459,11 +496,17 @@ impl Bed {
         ])
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
-        .envs(env.iter().filter_map(|kv| kv.split_once('=')))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-        // The agent goes when we go, whatever way we go.
+        .envs(env.iter().filter_map(|kv| kv.split_once('=')));
+        self.spawn(cmd)
+    }
+
+    /// Spawns the bed's proxy process, logging to [`Bed::log`].
+    fn spawn(&mut self, mut cmd: Command) -> Result<()> {
+        let log = File::create(self.log())?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // The proxy goes when we go, whatever way we go.
         // SAFETY: prctl is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -475,7 +518,7 @@ impl Bed {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", weft.display()))?;
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
         registry().agents.push(child.id());
         self.agent = Some(Agent {
             child,
@@ -587,20 +630,24 @@ impl Bed {
     }
 
     fn put_service(&self, name: &str, ip: Ipv4Addr) -> Result<()> {
-        self.store.put_typed(&service(name, ip)?)?;
+        match &self.cluster {
+            Cluster::Store(store) => store.put_typed(&service(name, ip)?).map(drop)?,
+            Cluster::Kube { api, .. } => api.create(service(name, ip)?)?,
+        }
         Ok(())
     }
 
     fn put_slice(&self, service: &str, endpoints: &[(Ipv4Addr, String)]) -> Result<()> {
-        self.store.put_typed(&slice(service, endpoints)?)?;
+        match &self.cluster {
+            Cluster::Store(store) => store.put_typed(&slice(service, endpoints)?).map(drop)?,
+            Cluster::Kube { api, .. } => api.create(slice(service, endpoints)?)?,
+        }
         Ok(())
     }
 
     /// The listening endpoints (pod addresses 0..n).
     fn live_endpoints(&self) -> Vec<(Ipv4Addr, String)> {
-        (0..self.endpoints)
-            .map(|k| (pod_ip(k), NODE.to_string()))
-            .collect()
+        live_endpoints(self.endpoints)
     }
 
     /// Pod addresses nothing listens on (the connection is reset).
@@ -613,6 +660,11 @@ impl Bed {
 
 // ---------------------------------------------------------------------------
 // The objects.
+
+/// The pod's `per` listening addresses, as endpoints on [`NODE`].
+fn live_endpoints(per: usize) -> Vec<(Ipv4Addr, String)> {
+    (0..per).map(|k| (pod_ip(k), NODE.to_string())).collect()
+}
 
 fn pod_ip(k: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, 2 + k as u8)
@@ -686,18 +738,36 @@ fn slice(service: &str, endpoints: &[(Ipv4Addr, String)]) -> Result<EndpointSlic
 /// pod's listeners. Returns the seconds it took.
 fn populate(bed: &Bed, n: usize, per: usize) -> Result<f64> {
     let start = Instant::now();
-    for i in 0..n {
-        bed.put_service(&service_name(i), cluster_ip(i))?;
+    let (services, slices) = table(n, per)?;
+    let Cluster::Store(store) = &bed.cluster else {
+        bail!("populate writes a bed's own store");
+    };
+    for s in &services {
+        store.put_typed(s)?;
     }
-    for i in 0..n {
-        let eps = if i == 0 {
-            bed.live_endpoints()
-        } else {
-            (0..per).map(|j| background_endpoint(i, j, per)).collect()
-        };
-        bed.put_slice(&service_name(i), &eps)?;
+    for s in &slices {
+        store.put_typed(s)?;
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// The large table: `n` Services with their slices; Service 0's endpoints
+/// are the pod's listeners.
+fn table(n: usize, per: usize) -> Result<(Vec<Service>, Vec<EndpointSlice>)> {
+    let services = (0..n)
+        .map(|i| service(&service_name(i), cluster_ip(i)))
+        .collect::<Result<_>>()?;
+    let slices = (0..n)
+        .map(|i| {
+            let eps: Vec<_> = if i == 0 {
+                live_endpoints(per)
+            } else {
+                (0..per).map(|j| background_endpoint(i, j, per)).collect()
+            };
+            slice(&service_name(i), &eps)
+        })
+        .collect::<Result<_>>()?;
+    Ok((services, slices))
 }
 
 // ---------------------------------------------------------------------------
@@ -1024,16 +1094,36 @@ impl Change {
         }
     }
 
-    fn summary(&self) -> String {
+    /// Median, max and every value.
+    fn headline(&self) -> String {
         format!(
-            "median {:.1} ms, max {:.1} ms — all: {}\n     where it goes (medians): store write(s) {:.1} ms; first `nft` seen {:.1} ms after the write began; {} `nft` run(s), alive {:.1} ms in total (the agent's \"Services synced\": {} pass(es), {:.1} ms); the last `nft` exited {:.1} ms after the change took effect; the successful connect took {:.2} ms; failed attempts before it: {} refused, {} otherwise",
+            "median {:.1} ms, max {:.1} ms — all: {}",
             median(&self.e2e_ms),
             max(&self.e2e_ms),
             self.e2e_ms
                 .iter()
                 .map(|v| format!("{v:.1}"))
                 .collect::<Vec<_>>()
-                .join(" "),
+                .join(" ")
+        )
+    }
+
+    /// [`Change::headline`], how long the writes themselves took and the
+    /// failed attempts, in one line.
+    fn brief(&self) -> String {
+        format!(
+            "{}; the writes took median {:.1} ms; failed attempts before success: {} refused, {} otherwise",
+            self.headline(),
+            median(&self.write_ms),
+            self.refused,
+            self.other
+        )
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{}\n     where it goes (medians): store write(s) {:.1} ms; first `nft` seen {:.1} ms after the write began; {} `nft` run(s), alive {:.1} ms in total (the agent's \"Services synced\": {} pass(es), {:.1} ms); the last `nft` exited {:.1} ms after the change took effect; the successful connect took {:.2} ms; failed attempts before it: {} refused, {} otherwise",
+            self.headline(),
             median(&self.write_ms),
             median(&self.first_nft_ms),
             median(&self.nft_runs),
@@ -1107,22 +1197,7 @@ impl FullSync {
 /// Starts the bed's agent over a populated store and waits for Service 0
 /// to answer through its ClusterIP and for the full-sync log line.
 fn full_sync(bed: &mut Bed, weft: &Path, env: &[String]) -> Result<FullSync> {
-    let target = SocketAddr::from((cluster_ip(0), 80));
-    let start = Instant::now();
-    bed.start_agent(weft, env)?;
-    let pid = bed.agent()?.pid();
-    let mut w = Watch::new(pid, bed.log(), start, true);
-    let reached = bed
-        .node
-        .run_in(|| wait_connected(target, start, Duration::from_secs(180), || w.sample()))?;
-    let e2e = match reached {
-        Ok(r) => r.at.as_secs_f64(),
-        Err(e) => bail!(
-            "{e:#}\nagent log:\n{}\n(look at the table with: ip netns exec {} nft list table ip weft-proxy | head)",
-            tail_of(&bed.log(), 30),
-            bed.node_name
-        ),
-    };
+    let (mut w, e2e) = spawn_until_connected(bed, |b| b.start_agent(weft, env))?;
     let log_ms = w.wait_line("Service table fully synced", Duration::from_secs(60))?;
     w.wait_idle(Duration::from_millis(100), Duration::from_secs(60))?;
     let line = w
@@ -1139,6 +1214,31 @@ fn full_sync(bed: &mut Bed, weft: &Path, env: &[String]) -> Result<FullSync> {
         runs: w.runs(),
         rss: w.rss.clone(),
     })
+}
+
+/// Starts the bed's proxy with `start` and polls Service 0's ClusterIP
+/// until a connection succeeds: the proxy watched from its spawn, and the
+/// seconds from the spawn to that connection.
+fn spawn_until_connected(
+    bed: &mut Bed,
+    start: impl FnOnce(&mut Bed) -> Result<()>,
+) -> Result<(Watch, f64)> {
+    let target = SocketAddr::from((cluster_ip(0), 80));
+    let t0 = Instant::now();
+    start(bed)?;
+    let pid = bed.agent()?.pid();
+    let mut w = Watch::new(pid, bed.log(), t0, true);
+    let reached = bed
+        .node
+        .run_in(|| wait_connected(target, t0, Duration::from_secs(300), || w.sample()))?;
+    match reached {
+        Ok(r) => Ok((w, r.at.as_secs_f64())),
+        Err(e) => bail!(
+            "{e:#}\nthe proxy's log:\n{}\n(look at the tables with: ip netns exec {} nft list tables)",
+            tail_of(&bed.log(), 30),
+            bed.node_name
+        ),
+    }
 }
 
 struct Restart {
@@ -1223,9 +1323,45 @@ fn settle(bed: &Bed, pid: u32, write: impl FnOnce() -> Result<()>) -> Result<f64
     Ok(seen)
 }
 
+/// In which order a new Service's two objects are written.
+#[derive(Clone, Copy)]
+enum Order {
+    ServiceFirst,
+    SliceFirst,
+}
+
+/// One measured change: a new Service `name` at `ip` and its EndpointSlice
+/// with the listening endpoints, written back to back in `order`, after
+/// the proxy went idle.
+fn new_service(
+    b: &Bed,
+    pid: u32,
+    name: &str,
+    ip: Ipv4Addr,
+    order: Order,
+    into: &mut Change,
+) -> Result<()> {
+    let live = b.live_endpoints();
+    idle(b, pid)?;
+    measure(b, pid, SocketAddr::from((ip, 80)), into, || match order {
+        Order::ServiceFirst => {
+            b.put_service(name, ip)?;
+            b.put_slice(name, &live)
+        }
+        Order::SliceFirst => {
+            b.put_slice(name, &live)?;
+            b.put_service(name, ip)
+        }
+    })
+}
+
 fn idle(bed: &Bed, pid: u32) -> Result<()> {
-    Watch::new(pid, bed.log(), Instant::now(), false)
-        .wait_idle(Duration::from_millis(100), Duration::from_secs(30))
+    idle_for(bed, pid, Duration::from_millis(100))
+}
+
+/// Waits until the proxy `pid` has run no child (`nft`) for `quiet`.
+fn idle_for(bed: &Bed, pid: u32, quiet: Duration) -> Result<()> {
+    Watch::new(pid, bed.log(), Instant::now(), false).wait_idle(quiet, Duration::from_secs(60))
 }
 
 struct Latency {
@@ -1264,7 +1400,9 @@ fn ratio_range(ours: f64, (lo, hi): (f64, f64)) -> String {
     format!("{:.4}–{:.4}×", ours / hi, ours / lo)
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// Checks the arguments both modes share and prepares the run (cleanup on
+/// any exit, leftovers of dead runs removed); the weft binary's path.
+fn prepare(args: &Args) -> Result<PathBuf> {
     if !args.weft.is_file() {
         bail!(
             "{} not found; run `cargo build --release` first (or pass --weft)",
@@ -1280,6 +1418,14 @@ pub fn run(args: Args) -> Result<()> {
     let weft = std::fs::canonicalize(&args.weft)?;
     install_cleanup()?;
     remove_stale(&args.dir);
+    Ok(weft)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.kube {
+        return kube_proxy::run(args);
+    }
+    let weft = prepare(&args)?;
     let n = args.services;
     let per = args.endpoints;
 
@@ -1331,20 +1477,12 @@ pub fn run(args: Args) -> Result<()> {
     let b = &big;
     for k in 0..args.reps {
         // a) Service, then its slice at once.
-        let (name, ip, target) = fresh("a", k);
-        idle(b, pid)?;
-        measure(b, pid, target, &mut svc_first, || {
-            b.put_service(&name, ip)?;
-            b.put_slice(&name, &live)
-        })?;
+        let (name, ip, _) = fresh("a", k);
+        new_service(b, pid, &name, ip, Order::ServiceFirst, &mut svc_first)?;
 
         // b) EndpointSlice, then its Service at once.
-        let (name, ip, target) = fresh("b", k);
-        idle(b, pid)?;
-        measure(b, pid, target, &mut slice_first, || {
-            b.put_slice(&name, &live)?;
-            b.put_service(&name, ip)
-        })?;
+        let (name, ip, _) = fresh("b", k);
+        new_service(b, pid, &name, ip, Order::SliceFirst, &mut slice_first)?;
 
         // c) The Service alone until the proxy rejects for it, then the slice.
         let (name, ip, target) = fresh("c", k);
@@ -1605,12 +1743,18 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     if let Some(keep) = &args.keep_logs {
-        std::fs::create_dir_all(keep)?;
-        for bed in [&big, &small] {
-            let to = keep.join(format!("wbs-{}-{}-agent.log", std::process::id(), bed.tag));
-            std::fs::copy(bed.log(), &to)?;
-            println!("\nagent log kept: {}", to.display());
-        }
+        keep_logs(keep, &[&big, &small])?;
+    }
+    Ok(())
+}
+
+/// Copies the beds' proxy logs into `keep`.
+fn keep_logs(keep: &Path, beds: &[&Bed]) -> Result<()> {
+    std::fs::create_dir_all(keep)?;
+    for bed in beds {
+        let to = keep.join(format!("wbs-{}-{}-agent.log", std::process::id(), bed.tag));
+        std::fs::copy(bed.log(), &to)?;
+        println!("\nproxy log kept: {}", to.display());
     }
     Ok(())
 }

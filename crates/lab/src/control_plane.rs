@@ -103,6 +103,9 @@ pub struct Config {
     /// exits (PR_SET_PDEATHSIG), so they cannot outlive a process that was
     /// killed outright. Only for callers that keep that thread to the end.
     pub die_with_thread: bool,
+    /// Where the control plane's directory (keys, etcd's data, logs) is
+    /// made, named after the namespace.
+    pub parent_dir: PathBuf,
 }
 
 impl Config {
@@ -113,6 +116,7 @@ impl Config {
             bind: Ipv4Addr::LOCALHOST,
             serving_addresses: Vec::new(),
             die_with_thread: false,
+            parent_dir: std::env::temp_dir(),
         }
     }
 }
@@ -391,8 +395,11 @@ impl ControlPlane {
         let namespace = Namespace::create(&config.namespace)?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", config.namespace))
-            .tempdir()
-            .map_err(io("a temporary directory"))?;
+            .tempdir_in(&config.parent_dir)
+            .map_err(io(format!(
+                "a temporary directory in {}",
+                config.parent_dir.display()
+            )))?;
         generate_keys(dir.path(), &config.serving_addresses)?;
         fs::write(
             dir.path().join("tokens.csv"),
@@ -500,6 +507,11 @@ impl ControlPlane {
     /// The admin's kubeconfig (server 127.0.0.1: from the namespace itself).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The control plane's directory (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The authority clients check the serving certificate against.
