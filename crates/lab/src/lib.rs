@@ -16,6 +16,8 @@
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
 //! - [`supervisor`]: watches one container, restarts it as its pod's
 //!   restartPolicy says and records its status.
+//! - [`pod_status`]: where supervisors keep pod status (the lab's store
+//!   or a kube-apiserver).
 //! - [`container_probes`]: the kubelet's startup, liveness and readiness
 //!   probes, for the supervisor.
 //! - [`services`]: the API server's Service defaults and allocators
@@ -36,6 +38,7 @@ pub mod manifest;
 pub mod netexec;
 pub mod objects;
 pub mod ops;
+pub mod pod_status;
 pub mod probe;
 pub mod procs;
 pub mod report;

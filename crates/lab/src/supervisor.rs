@@ -2,7 +2,8 @@
 //! the container's process as its child (inside the pod's namespace, with
 //! the container's owner tag and log) and, when the process ends on its
 //! own — it exits, fails to bind its port, is killed by anything but the
-//! lab — records that in the pod's status as a kubelet would, then follows
+//! lab — records that in the pod's status as a kubelet would (in the lab's
+//! store or on the API server: [`crate::pod_status`]), then follows
 //! the pod's `restartPolicy` (Always, the default; OnFailure; Never):
 //! - restarted: the ended run becomes `lastState`, the restart count goes
 //!   up, and between crashes it waits as the kubelet does (the first
@@ -40,12 +41,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use weft_store::Store;
 
 use crate::container_probes::{self, Probes, Verdict};
-use crate::endpointslices;
-use crate::layout::Layout;
-use crate::objects::now;
+use crate::pod_status::PodStatusStore;
 
 /// Which container of which pod a supervisor watches.
 #[derive(Debug, Clone)]
@@ -129,6 +127,7 @@ pub struct Lifecycle {
 /// stops or the pod is gone.
 pub fn run(
     container: &Container,
+    status: Arc<dyn PodStatusStore>,
     lifecycle: &Lifecycle,
     program: &Path,
     args: &[String],
@@ -137,11 +136,9 @@ pub fn run(
     let mut streak = 0;
     loop {
         let started = Instant::now();
-        let ended = run_once(container, lifecycle, program, args, restarts)?;
+        let ended = run_once(container, &status, lifecycle, program, args, restarts)?;
         if !lifecycle.restart_policy.restarts_after(&ended) {
-            record(container, |pod, at| {
-                mark_ended(pod, &container.name, &ended, at)
-            })?;
+            status.update(&mut |pod, at| mark_ended(pod, &container.name, &ended, at))?;
             return Ok(ended.exit_code);
         }
         if started.elapsed() >= STREAK_RESET {
@@ -150,9 +147,8 @@ pub fn run(
         let wait = back_off(streak);
         streak += 1;
         restarts += 1;
-        let ours = record(container, |pod, at| {
-            mark_backing_off(pod, &container.name, &ended, wait, at)
-        })?;
+        let ours = status
+            .update(&mut |pod, at| mark_backing_off(pod, &container.name, &ended, wait, at))?;
         if !ours {
             return Ok(ended.exit_code);
         }
@@ -164,6 +160,7 @@ pub fn run(
 /// recorded once it started.
 fn run_once(
     container: &Container,
+    status: &Arc<dyn PodStatusStore>,
     lifecycle: &Lifecycle,
     program: &Path,
     args: &[String],
@@ -187,14 +184,15 @@ fn run_once(
     if restarts > 0 {
         let id = format!("weft://{}", child.id());
         let ready = lifecycle.probes.ready_at_start();
-        record(container, |pod, at| {
+        status.update(&mut |pod, at| {
             mark_restarted(pod, &container.name, restarts, &id, ready, at)
         })?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let prober = (!lifecycle.probes.is_empty()).then(|| {
         let act = ProbeVerdicts {
-            container: container.clone(),
+            name: container.name.clone(),
+            status: status.clone(),
             pid: child.id(),
             grace: lifecycle.grace,
             ended: stop.clone(),
@@ -216,7 +214,8 @@ fn run_once(
 
 /// What the supervisor does with its probes' verdicts.
 struct ProbeVerdicts {
-    container: Container,
+    name: String,
+    status: Arc<dyn PodStatusStore>,
     pid: u32,
     grace: Duration,
     /// Set once the process has ended (and may have been reaped).
@@ -225,11 +224,11 @@ struct ProbeVerdicts {
 
 impl ProbeVerdicts {
     fn take(&self, verdict: Verdict) {
-        let name = &self.container.name;
+        let name = &self.name;
         match verdict {
             Verdict::Ready(ready) => {
-                if let Err(e) = record(&self.container, |pod, at| mark_ready(pod, name, ready, at))
-                {
+                let change = &mut |pod: &mut Pod, at| mark_ready(pod, name, ready, at);
+                if let Err(e) = self.status.update(change) {
                     eprintln!("weft lab supervise: recording readiness: {e:#}");
                 }
             }
@@ -281,29 +280,6 @@ impl Ended {
             message: signal.map(|s| format!("killed by signal {s}")),
         }
     }
-}
-
-/// Changes the pod's status with `change` under the lab lock and syncs
-/// the EndpointSlices. Nothing happens if the pod is gone, is another pod
-/// of the same name, or the lab is being taken down: then it returns
-/// false (the supervisor has nothing left to do).
-fn record(container: &Container, change: impl FnOnce(&mut Pod, Time) -> bool) -> Result<bool> {
-    let layout = Layout::new(&container.lab)?;
-    let Ok(_lock) = layout.lock() else {
-        return Ok(false);
-    };
-    let store = Store::open_existing(&layout.store())?;
-    let Some(mut pod) = store.get_typed::<Pod>(&container.namespace, &container.pod)? else {
-        return Ok(false);
-    };
-    if pod.metadata.uid.as_deref() != Some(container.uid.as_str()) {
-        return Ok(false);
-    }
-    if change(&mut pod, now()) {
-        store.put_typed(&pod)?;
-        endpointslices::sync(&store).context("updating EndpointSlices")?;
-    }
-    Ok(true)
 }
 
 /// The container's status after a run that will be restarted: the run as
@@ -522,6 +498,8 @@ pub fn restarts(pod: &Pod) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpointslices;
+    use crate::objects::now;
     use serde_json::json;
 
     fn running_pod() -> Pod {

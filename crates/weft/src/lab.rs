@@ -15,8 +15,9 @@ const DEFAULT_LAB: &str = "weft";
 
 #[derive(Subcommand)]
 pub enum LabCmd {
-    /// Run one container's process and record in its pod's status how it
-    /// ended (used by the lab's kubelet; not for users).
+    /// Run one container's process, restarting and probing it as its pod
+    /// says, and keep its pod's status (used by the lab's kubelet; not for
+    /// users).
     #[command(hide = true)]
     Supervise {
         #[arg(long)]
@@ -43,6 +44,10 @@ pub enum LabCmd {
         /// a failed probe is killed after it).
         #[arg(long, default_value_t = 30)]
         grace_seconds: u64,
+        /// Keep the pod's status on this kubeconfig's API server (a lab
+        /// with a Kubernetes control plane) instead of the lab's store.
+        #[arg(long)]
+        kubeconfig: Option<std::path::PathBuf>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -412,6 +417,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             probes,
             pod_ip,
             grace_seconds,
+            kubeconfig,
             command,
         } => {
             let (program, args) = command.split_first().context("no command to supervise")?;
@@ -437,7 +443,23 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 pod_ip,
                 grace: std::time::Duration::from_secs(grace_seconds),
             };
-            let code = weft_lab::supervisor::run(&container, &lifecycle, Path::new(program), args)?;
+            let status: std::sync::Arc<dyn weft_lab::pod_status::PodStatusStore> = match kubeconfig
+            {
+                Some(path) => std::sync::Arc::new(weft_lab::pod_status::ApiServer::connect(
+                    container.clone(),
+                    &path,
+                )?),
+                None => std::sync::Arc::new(weft_lab::pod_status::LabStore {
+                    container: container.clone(),
+                }),
+            };
+            let code = weft_lab::supervisor::run(
+                &container,
+                status,
+                &lifecycle,
+                Path::new(program),
+                args,
+            )?;
             std::process::exit(code);
         }
     }
