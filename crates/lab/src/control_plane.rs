@@ -1,10 +1,12 @@
 //! Kubernetes' own control plane on one machine, from the components
 //! `scripts/setup.sh --peers` builds: etcd and kube-apiserver (and, on
-//! request, kube-controller-manager) inside a network namespace of the
-//! caller's naming, with only its loopback up. The keys and the serving
-//! certificate are generated with openssl into a temporary directory;
-//! clients authenticate with a static token of a `system:masters` user and
-//! check the serving certificate against the generated authority.
+//! request, kube-controller-manager and kube-scheduler) inside a network
+//! namespace of the caller's naming, with only its loopback up. The keys
+//! and certificates are generated with openssl into a temporary directory;
+//! the admin authenticates with a static token of a `system:masters` user,
+//! a node's kubelet with a client certificate for `system:node:<name>`
+//! (the Node authorizer and NodeRestriction apply, as with kubeadm), and
+//! clients check the serving certificate against the generated authority.
 //!
 //! This module owns the servers' lifecycle: they are killed by PID and the
 //! namespace and files removed when the [`ControlPlane`] is dropped. The
@@ -350,7 +352,12 @@ fn apiserver_args(dir: &Path, bind: Ipv4Addr) -> Vec<String> {
         format!("--tls-cert-file={}", file("serving.crt")),
         format!("--tls-private-key-file={}", file("serving.key")),
         format!("--token-auth-file={}", file("tokens.csv")),
-        "--authorization-mode=RBAC".into(),
+        // As kubeadm: nodes may touch only their own Node, Lease and the
+        // pods bound to them (the Node authorizer and NodeRestriction),
+        // everyone else by RBAC; nodes authenticate with certificates.
+        "--authorization-mode=Node,RBAC".into(),
+        "--enable-admission-plugins=NodeRestriction".into(),
+        format!("--client-ca-file={}", file("ca.crt")),
         format!("--service-account-issuer=https://127.0.0.1:{APISERVER_PORT}"),
         format!("--service-account-key-file={}", file("service-account.pub")),
         format!(
@@ -376,6 +383,7 @@ pub fn kubectl_raw(ns: &NetNs, kubeconfig: &Path, path: &str) -> Result<Output> 
 /// etcd and kube-apiserver, ready, in their own namespace.
 pub struct ControlPlane {
     // Fields drop in order: servers first, then the namespace and files.
+    scheduler: Option<Server>,
     controller_manager: Option<Server>,
     apiserver: Server,
     etcd: Server,
@@ -421,6 +429,7 @@ impl ControlPlane {
             config.die_with_thread,
         )?;
         let mut cp = ControlPlane {
+            scheduler: None,
             controller_manager: None,
             apiserver,
             etcd,
@@ -494,6 +503,27 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Starts kube-scheduler, which binds pods to nodes.
+    pub fn start_scheduler(&mut self) -> Result<()> {
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+        ];
+        let server = Server::start(
+            &self.namespace.ns,
+            self.dir.path(),
+            "kube-scheduler",
+            &args,
+            self.config.die_with_thread,
+        )?;
+        self.scheduler = Some(server);
+        Ok(())
+    }
+
     /// The namespace the servers listen in.
     pub fn ns(&self) -> &NetNs {
         &self.namespace.ns
@@ -529,6 +559,7 @@ impl ControlPlane {
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.etcd.child.id(), self.apiserver.child.id()];
         pids.extend(self.controller_manager.as_ref().map(|s| s.child.id()));
+        pids.extend(self.scheduler.as_ref().map(|s| s.child.id()));
         pids
     }
 
@@ -545,6 +576,17 @@ impl ControlPlane {
     /// A kubeconfig `name` (in the control plane's directory) for the
     /// apiserver at `host` with bearer `token`.
     pub fn write_kubeconfig(&self, name: &str, token: &str, host: Ipv4Addr) -> Result<PathBuf> {
+        self.write_kubeconfig_as(name, &format!("token: {token}"), host)
+    }
+
+    /// A kubeconfig `name` for the apiserver at `host` whose user is
+    /// `credentials` (the YAML of a kubeconfig `user`).
+    fn write_kubeconfig_as(
+        &self,
+        name: &str,
+        credentials: &str,
+        host: Ipv4Addr,
+    ) -> Result<PathBuf> {
         let kubeconfig = self.dir.path().join(name);
         let config = format!(
             "apiVersion: v1
@@ -555,18 +597,77 @@ clusters:
     server: https://{host}:{APISERVER_PORT}
     certificate-authority: {ca}
 users:
-- name: admin
+- name: user
   user:
-    token: {token}
+    {credentials}
 contexts:
 - name: peers
-  context: {{cluster: peers, user: admin}}
+  context: {{cluster: peers, user: user}}
 current-context: peers
 ",
             ca = self.ca_file().display()
         );
         fs::write(&kubeconfig, config).map_err(io("writing a kubeconfig"))?;
         Ok(kubeconfig)
+    }
+
+    /// A kubeconfig for the kubelet of node `node` at `host`: a client
+    /// certificate for `system:node:<node>` in group `system:nodes`,
+    /// signed by the cluster's authority, so the Node authorizer and
+    /// NodeRestriction apply to it as to a real kubelet.
+    pub fn node_kubeconfig(&self, node: &str, host: Ipv4Addr) -> Result<PathBuf> {
+        weft_validation::names::dns1123_subdomain(node).map_err(|reason| {
+            ControlPlaneError::Failed {
+                what: format!("a certificate for node {node:?}"),
+                output: reason,
+            }
+        })?;
+        let dir = self.dir.path();
+        let path = |name: &str| dir.join(name).display().to_string();
+        let (key, csr, crt) = (
+            path(&format!("node-{node}.key")),
+            path(&format!("node-{node}.csr")),
+            path(&format!("node-{node}.crt")),
+        );
+        let subject = format!("/O=system:nodes/CN=system:node:{node}");
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ])?;
+        fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .map_err(io("writing the certificate extensions"))?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &path("client.ext"),
+            "-out",
+            &crt,
+        ])?;
+        let credentials = format!("client-certificate: {crt}\n    client-key: {key}");
+        self.write_kubeconfig_as(&format!("kubeconfig-node-{node}"), &credentials, host)
     }
 
     /// `kubectl get --raw PATH` against the apiserver.
@@ -630,8 +731,11 @@ current-context: peers
 
     /// Fails with the server's log unless every server still runs.
     pub fn check_running(&mut self) -> Result<()> {
-        if let Some(cm) = &mut self.controller_manager {
-            cm.check_running()?;
+        for server in [&mut self.controller_manager, &mut self.scheduler]
+            .into_iter()
+            .flatten()
+        {
+            server.check_running()?;
         }
         self.etcd.check_running()?;
         self.apiserver.check_running()

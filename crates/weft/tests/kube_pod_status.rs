@@ -4,18 +4,23 @@
 //! pod's status and the pod Failed; one that keeps crashing under
 //! `restartPolicy: Always` is restarted, counted and backs off in
 //! `CrashLoopBackOff`; a pod deleted and made again under the same name
-//! (another UID) is not written to.
+//! (another UID) is not written to. And the other half of a kubelet's
+//! life, with the real kube-scheduler and the Node authorizer: a node
+//! registers itself with its own certificate (and no other node), and may
+//! read the pods bound to it and no others.
 
 mod common;
 
+use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::control_plane::ControlPlane;
 use common::kube_node::{with_api, Process};
 use common::{wait_until, WEFT};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
@@ -120,4 +125,93 @@ fn a_supervisor_keeps_the_pods_status_on_the_api_server() {
         pod["status"]["containerStatuses"][0]["state"]["running"].is_object(),
         "{pod:#}"
     );
+}
+
+/// `kubectl ARGS` as node `node` (its kubelet's certificate), with
+/// `stdin` on standard input.
+fn kubectl_as(cp: &ControlPlane, node: &Path, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = cp
+        .ns()
+        .command(common::control_plane::peer("kubectl"))
+        .arg("--kubeconfig")
+        .arg(node)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        common::text(&[out.stdout, out.stderr].concat()),
+    )
+}
+
+/// Node `name` as its kubelet registers it (with the credentials of
+/// `kubeconfig`): room for pods, Ready. The API server's refusal, if any.
+fn register(cp: &ControlPlane, kubeconfig: &Path, name: &'static str) -> Result<(), String> {
+    cp.with_cluster_as(kubeconfig, move |cluster| async move {
+        let nodes: Api<Node> = Api::all(cluster.client().clone());
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = json!({"status": {
+            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "weft lab kubelet"}]}});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn a_node_registers_itself_and_sees_the_pods_the_scheduler_binds_to_it_and_no_more() {
+    let mut cp = ControlPlane::start();
+    cp.kubectl_ok(&["create", "serviceaccount", "default"]);
+    // The node lifecycle controller lifts the not-ready taint a new Node
+    // gets once the node says it is Ready.
+    cp.start_controller_manager("10.244.0.0/16");
+    cp.start_scheduler();
+    let node_a = cp.node_kubeconfig("node-a");
+    register(&cp, &node_a, "node-a").unwrap();
+    // NodeRestriction: a node registers only itself.
+    let refused = register(&cp, &node_a, "node-b").unwrap_err();
+    assert!(refused.contains("forbidden"), "{refused}");
+
+    // The scheduler binds a pod to the only node; its kubelet may read it.
+    cp.kubectl_ok(&["run", "web", "--image=x", "--restart=Never"]);
+    let bound = wait_until(Duration::from_secs(60), || {
+        read_pod(&cp, "web")["spec"]["nodeName"] == "node-a"
+    });
+    assert!(bound.is_some(), "{:#}", read_pod(&cp, "web"));
+    let selector = "--field-selector=spec.nodeName=node-a";
+    let (ok, out) = kubectl_as(
+        &cp,
+        &node_a,
+        &["get", "pods", "-A", selector, "-o", "name"],
+        "",
+    );
+    assert!(ok && out.contains("pod/web"), "{out}");
+    // A pod bound elsewhere is not node-a's to read.
+    let elsewhere = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "elsewhere"},
+        "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "x"}]}});
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), elsewhere.to_string()).unwrap();
+    cp.kubectl_ok(&["create", "-f", file.path().to_str().unwrap()]);
+    let (ok, out) = kubectl_as(&cp, &node_a, &["get", "pod", "elsewhere"], "");
+    assert!(!ok && out.contains("forbidden"), "{out}");
 }

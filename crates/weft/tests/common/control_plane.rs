@@ -59,6 +59,20 @@ impl ControlPlane {
         ControlPlane { inner, kubeconfig }
     }
 
+    /// Starts kube-scheduler.
+    pub fn start_scheduler(&mut self) {
+        self.inner
+            .start_scheduler()
+            .unwrap_or_else(|e| panic!("starting kube-scheduler: {e}"));
+    }
+
+    /// A kubeconfig with node `node`'s kubelet certificate.
+    pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
+        self.inner
+            .node_kubeconfig(node, std::net::Ipv4Addr::LOCALHOST)
+            .unwrap_or_else(|e| panic!("a kubeconfig for node {node}: {e}"))
+    }
+
     /// Starts kube-controller-manager with node IPAM handing out /24s of
     /// `cluster_cidr`.
     pub fn start_controller_manager(&mut self, cluster_cidr: &str) {
@@ -122,7 +136,17 @@ impl ControlPlane {
         F: FnOnce(weft_cluster::kubernetes::Kubernetes) -> Fut + Send,
         Fut: std::future::Future<Output = T>,
     {
-        let kubeconfig = self.kubeconfig.clone();
+        self.with_cluster_as(&self.kubeconfig, work)
+    }
+
+    /// [`ControlPlane::with_cluster`] with the credentials of `kubeconfig`.
+    pub fn with_cluster_as<T, F, Fut>(&self, kubeconfig: &Path, work: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(weft_cluster::kubernetes::Kubernetes) -> Fut + Send,
+        Fut: std::future::Future<Output = T>,
+    {
+        let kubeconfig = kubeconfig.to_path_buf();
         self.ns()
             .run_in(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
