@@ -269,48 +269,12 @@ fn generate_keys(dir: &Path, addresses: &[Ipv4Addr]) -> Result<()> {
         ]
         .concat(),
     )?;
-    let request = [&["req"][..], &ec, &["-subj", "/CN=127.0.0.1"]].concat();
-    openssl(
-        &[
-            &request[..],
-            &[
-                "-keyout",
-                &path("serving.key"),
-                "-out",
-                &path("serving.csr"),
-            ],
-        ]
-        .concat(),
-    )?;
     let names: Vec<String> = std::iter::once(Ipv4Addr::LOCALHOST)
         .chain(addresses.iter().copied())
         .map(|a| format!("IP:{a}"))
         .collect();
-    fs::write(
-        dir.join("serving.ext"),
-        format!(
-            "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-            names.join(",")
-        ),
-    )
-    .map_err(io("writing the certificate extensions"))?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &path("serving.csr"),
-        "-CA",
-        &path("ca.crt"),
-        "-CAkey",
-        &path("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &path("serving.ext"),
-        "-out",
-        &path("serving.crt"),
-    ])?;
+    let extensions = format!("subjectAltName={}\n{SERVER_AUTH}", names.join(","));
+    issue(dir, "serving", "/CN=127.0.0.1", &extensions)?;
     openssl(&[
         "genpkey",
         "-algorithm",
@@ -327,6 +291,52 @@ fn generate_keys(dir: &Path, addresses: &[Ipv4Addr]) -> Result<()> {
         "-pubout",
         "-out",
         &path("service-account.pub"),
+    ])
+}
+
+/// What a serving certificate may do.
+const SERVER_AUTH: &str =
+    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n";
+/// What a client certificate may do.
+const CLIENT_AUTH: &str =
+    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n";
+
+/// A key `<stem>.key` and a certificate `<stem>.crt` for `subject` with
+/// `extensions`, signed by the authority in `dir`.
+fn issue(dir: &Path, stem: &str, subject: &str, extensions: &str) -> Result<()> {
+    let path = |ext: &str| dir.join(format!("{stem}.{ext}")).display().to_string();
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        &path("key"),
+        "-out",
+        &path("csr"),
+    ])?;
+    fs::write(path("ext"), extensions).map_err(io("writing the certificate extensions"))?;
+    let authority = |name: &str| dir.join(name).display().to_string();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("csr"),
+        "-CA",
+        &authority("ca.crt"),
+        "-CAkey",
+        &authority("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &path("ext"),
+        "-out",
+        &path("crt"),
     ])
 }
 
@@ -622,50 +632,21 @@ current-context: peers
                 output: reason,
             }
         })?;
-        let dir = self.dir.path();
-        let path = |name: &str| dir.join(name).display().to_string();
-        let (key, csr, crt) = (
-            path(&format!("node-{node}.key")),
-            path(&format!("node-{node}.csr")),
-            path(&format!("node-{node}.crt")),
-        );
-        let subject = format!("/O=system:nodes/CN=system:node:{node}");
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &subject,
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ])?;
-        fs::write(
-            dir.join("client.ext"),
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
-        )
-        .map_err(io("writing the certificate extensions"))?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &path("ca.crt"),
-            "-CAkey",
-            &path("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &path("client.ext"),
-            "-out",
-            &crt,
-        ])?;
+        let stem = format!("node-{node}");
+        issue(
+            self.dir.path(),
+            &stem,
+            &format!("/O=system:nodes/CN=system:node:{node}"),
+            CLIENT_AUTH,
+        )?;
+        let path = |ext: &str| {
+            self.dir
+                .path()
+                .join(format!("{stem}.{ext}"))
+                .display()
+                .to_string()
+        };
+        let (crt, key) = (path("crt"), path("key"));
         let credentials = format!("client-certificate: {crt}\n    client-key: {key}");
         self.write_kubeconfig_as(&format!("kubeconfig-node-{node}"), &credentials, host)
     }
