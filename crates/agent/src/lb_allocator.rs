@@ -394,8 +394,14 @@ struct Allocator<'a, C> {
 }
 
 impl<C: LoadBalancerAllocation> Allocator<'_, C> {
+    /// Keeps only what allocation needs: LoadBalancer Services and those
+    /// still holding an address (a type changed away), so an agent does
+    /// not hold a second copy of every Service beside its proxy's.
     fn take(&mut self, item: Result<Event<Service>, ClusterError>) -> bool {
+        let relevant = |svc: &Service| is_load_balancer(svc) || !ingress_ips(svc).is_empty();
         match item {
+            Ok(Event::InitApply(svc)) if !relevant(&svc) => false,
+            Ok(Event::Apply(svc)) if !relevant(&svc) => self.services.apply(Event::Delete(svc)),
             Ok(event) => self.services.apply(event),
             Err(e) => {
                 tracing::warn!(error = %e, "watching Services for LoadBalancer allocation failed; retrying");
@@ -861,6 +867,29 @@ mod tests {
             .collect();
         assert_eq!(failed.len(), 1, "{events:?}");
         assert_eq!(failed[0].0, "d");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn only_load_balancers_are_kept_and_a_former_one_loses_its_address() {
+        let fake = Fake::new(true);
+        let task = tokio::spawn(run(fake.clone(), options("")));
+        let plain = service("plain", T0, json!({"type": "ClusterIP"}), &[]);
+        let listing = vec![
+            Event::Init,
+            Event::InitApply(plain),
+            Event::InitApply(lb("a", T0, &[])),
+            Event::InitDone,
+        ];
+        fake.writes_after(listing).await;
+        // `a` becomes a ClusterIP Service still holding its address.
+        let was = service("a", T0, json!({"type": "ClusterIP"}), &["198.18.100.1"]);
+        let writes = fake.writes_after(vec![Event::Apply(was)]).await;
+        assert_eq!(
+            writes.last(),
+            Some(&("a".to_string(), vec![])),
+            "{writes:?}"
+        );
         task.abort();
     }
 
