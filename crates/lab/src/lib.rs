@@ -16,6 +16,8 @@
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
 //! - [`supervisor`]: watches one container, restarts it as its pod's
 //!   restartPolicy says and records its status.
+//! - [`node_registration`]: a node's Node and Lease on a kube-apiserver,
+//!   as its kubelet keeps them.
 //! - [`pod_status`]: where supervisors keep pod status (the lab's store
 //!   or a kube-apiserver).
 //! - [`container_probes`]: the kubelet's startup, liveness and readiness
@@ -36,6 +38,7 @@ pub mod kubelet;
 pub mod layout;
 pub mod manifest;
 pub mod netexec;
+pub mod node_registration;
 pub mod objects;
 pub mod ops;
 pub mod pod_status;

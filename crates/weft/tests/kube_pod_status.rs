@@ -6,8 +6,9 @@
 //! `CrashLoopBackOff`; a pod deleted and made again under the same name
 //! (another UID) is not written to. And the other half of a kubelet's
 //! life, with the real kube-scheduler and the Node authorizer: a node
-//! registers itself with its own certificate (and no other node), and may
-//! read the pods bound to it and no others.
+//! registers itself with its own certificate through weft's
+//! `node_registration` (and no other node), renews its Lease, and may read
+//! the pods bound to it and no others.
 
 mod common;
 
@@ -19,10 +20,12 @@ use std::time::Duration;
 use common::control_plane::ControlPlane;
 use common::kube_node::{with_api, Process};
 use common::{wait_until, WEFT};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
 use kube::Api;
 use serde_json::json;
+use weft_lab::node_registration;
 
 /// Creates pod `name` as a kubelet would leave it running: container `c`
 /// running and ready, the pod Running and Ready; its UID.
@@ -154,25 +157,18 @@ fn kubectl_as(cp: &ControlPlane, node: &Path, args: &[&str], stdin: &str) -> (bo
     )
 }
 
-/// Node `name` as its kubelet registers it (with the credentials of
-/// `kubeconfig`): room for pods, Ready. The API server's refusal, if any.
+/// Node `name` registered by weft's lab kubelet code with the
+/// credentials of `kubeconfig`, its Lease renewed; the API server's
+/// refusal, if any.
 fn register(cp: &ControlPlane, kubeconfig: &Path, name: &'static str) -> Result<(), String> {
     cp.with_cluster_as(kubeconfig, move |cluster| async move {
-        let nodes: Api<Node> = Api::all(cluster.client().clone());
-        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        nodes
-            .create(&PostParams::default(), &node)
+        let client = cluster.client();
+        let ip = "198.18.0.11".parse().unwrap();
+        node_registration::register(client, name, ip)
             .await
             .map_err(|e| e.to_string())?;
-        let status = json!({"status": {
-            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "weft lab kubelet"}]}});
-        nodes
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        node_registration::renew(client, name)
             .await
-            .map(drop)
             .map_err(|e| e.to_string())
     })
 }
@@ -187,6 +183,19 @@ fn a_node_registers_itself_and_sees_the_pods_the_scheduler_binds_to_it_and_no_mo
     cp.start_scheduler();
     let node_a = cp.node_kubeconfig("node-a");
     register(&cp, &node_a, "node-a").unwrap();
+    let lease = cp.with_cluster(|cluster| async move {
+        let leases: Api<Lease> = Api::namespaced(cluster.client().clone(), "kube-node-lease");
+        leases.get("node-a").await.unwrap()
+    });
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("node-a")
+    );
+    let node = cp.kubectl_ok(&["get", "node", "node-a", "-o", "wide"]);
+    assert!(
+        node.contains("Ready") && node.contains("198.18.0.11"),
+        "{node}"
+    );
     // NodeRestriction: a node registers only itself.
     let refused = register(&cp, &node_a, "node-b").unwrap_err();
     assert!(refused.contains("forbidden"), "{refused}");
