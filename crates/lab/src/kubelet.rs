@@ -3,7 +3,12 @@
 //! conflist, the CNI environment, the result cached for DEL); each
 //! container is a process inside that namespace — its command if it has
 //! one, otherwise weft's built-in netexec server on its declared ports.
-//! Pod status is written back the way Kubernetes fills it.
+//! Pod status is filled the way Kubernetes fills it.
+//!
+//! It owns the pod's sandbox on its node, not the pod object: the caller
+//! chose the node and the UID (the API server's and the scheduler's part)
+//! and keeps the object wherever the cluster keeps it (`persist`), so one
+//! kubelet serves the lab's store and a kube-apiserver alike.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -19,17 +24,15 @@ use serde_json::{Map, Value};
 use weft_cni::conflist::Conflist;
 use weft_cni::invoke::Call;
 use weft_datapath::{netns, NetNs};
-use weft_store::Store;
 
 use crate::container_probes::Probes;
 use crate::layout::{LabState, Layout, NodeRecord};
-use crate::objects::{key, now, random_uid};
+use crate::objects::{key, now};
 use crate::procs;
 
 /// What the kubelet needs to run pods.
 pub struct Kubelet<'a> {
     pub layout: &'a Layout,
-    pub store: &'a Store,
     /// The `weft` binary (for netexec) and the CNI plugin.
     pub weft: PathBuf,
     pub plugin: PathBuf,
@@ -58,20 +61,19 @@ struct Sandbox<'a> {
 }
 
 impl Kubelet<'_> {
-    /// Starts `pod` on a node (its `nodeName`, else the least loaded) and
-    /// stores it with its status. If any step fails, everything done so
-    /// far is undone (containers, CNI attachment, namespace, files).
-    pub fn run(&self, state: &LabState, pod: Pod) -> Result<Pod> {
+    /// Starts `pod` (its UID already given) on `node`, then has
+    /// `persist` keep it with its status. If any step fails, `persist`
+    /// included, everything done so far is undone (containers, CNI
+    /// attachment, namespace, files).
+    pub fn run(
+        &self,
+        node: &NodeRecord,
+        pod: Pod,
+        persist: impl FnOnce(&Pod) -> Result<()>,
+    ) -> Result<Pod> {
         let (namespace, name) = key(&pod);
-        let uid = random_uid();
+        let uid = pod.metadata.uid.clone().context("the pod has no UID")?;
         let spec = pod.spec.clone().context("the pod has no spec")?;
-        let node = match &spec.node_name {
-            Some(n) => state
-                .node(n)
-                .with_context(|| format!("nodeName {n} is not a node of this lab"))?
-                .clone(),
-            None => self.least_loaded(state)?,
-        };
         let host_network = spec.host_network.unwrap_or(false);
         let sandbox = Sandbox {
             namespace: &namespace,
@@ -79,7 +81,8 @@ impl Kubelet<'_> {
             uid: &uid,
             cni_node: (!host_network).then_some(node.name.as_str()),
         };
-        self.start(&sandbox, &node, pod)
+        self.start(&sandbox, node, pod)
+            .and_then(|pod| persist(&pod).map(|()| pod))
             .map_err(|e| match self.tear_down(&sandbox) {
                 Ok(()) => e,
                 Err(undo) => e.context(format!("undoing the failed start also failed: {undo:#}")),
@@ -139,7 +142,6 @@ impl Kubelet<'_> {
 
         let meta = &mut pod.metadata;
         meta.namespace = Some(namespace.into());
-        meta.uid = Some(uid.into());
         meta.annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(NETNS_ANNOTATION.into(), netns_path.display().to_string());
@@ -160,13 +162,12 @@ impl Kubelet<'_> {
             }]),
             ..Default::default()
         });
-        self.store.put_typed(&pod)?;
         Ok(pod)
     }
 
     /// Stops the pod's containers, runs CNI DEL, removes its namespace and
-    /// files, and deletes the object.
-    pub fn delete(&self, state: &LabState, pod: &Pod) -> Result<()> {
+    /// files (the object is the caller's to delete).
+    pub fn stop(&self, state: &LabState, pod: &Pod) -> Result<()> {
         let (namespace, name) = key(pod);
         let host_network = pod
             .spec
@@ -180,9 +181,7 @@ impl Kubelet<'_> {
             name: &name,
             uid: &uid,
             cni_node: node.filter(|n| !host_network && state.node(n).is_some()),
-        })?;
-        self.store.delete("Pod", &namespace, &name)?;
-        Ok(())
+        })
     }
 
     /// Undoes whatever of `sandbox` exists: containers (found by their
@@ -206,23 +205,6 @@ impl Kubelet<'_> {
             self.layout.remove(&dir)?;
         }
         Ok(())
-    }
-
-    fn least_loaded(&self, state: &LabState) -> Result<NodeRecord> {
-        let (pods, _) = self.store.list_typed::<Pod>()?;
-        state
-            .nodes
-            .iter()
-            .min_by_key(|n| {
-                pods.iter()
-                    .filter(|p| {
-                        p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                            == Some(n.name.as_str())
-                    })
-                    .count()
-            })
-            .cloned()
-            .context("the lab has no nodes")
     }
 
     /// Runs one CNI verb for a pod, as a runtime would.

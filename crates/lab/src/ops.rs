@@ -438,10 +438,43 @@ impl Lab {
     fn kubelet(&self, bins: &Binaries) -> Kubelet<'_> {
         Kubelet {
             layout: &self.layout,
-            store: &self.store,
             weft: bins.weft.clone(),
             plugin: bins.plugin.clone(),
         }
+    }
+
+    /// The node a new pod runs on, as the scheduler would pick it: its
+    /// `nodeName`, else the node running the fewest pods.
+    fn schedule(&self, pod: &Pod) -> Result<NodeRecord> {
+        if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            return self
+                .state
+                .node(n)
+                .cloned()
+                .with_context(|| format!("nodeName {n} is not a node of this lab"));
+        }
+        let pods = self.pods()?;
+        let load = |node: &NodeRecord| {
+            pods.iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.name.as_str())
+                })
+                .count()
+        };
+        self.state
+            .nodes
+            .iter()
+            .min_by_key(|n| load(n))
+            .cloned()
+            .context("the lab has no nodes")
+    }
+
+    /// Stops `pod` on its node and deletes it.
+    fn stop_pod(&self, bins: &Binaries, pod: &Pod) -> Result<()> {
+        self.kubelet(bins).stop(&self.state, pod)?;
+        let (namespace, name) = objects::key(pod);
+        self.store.delete("Pod", &namespace, &name)?;
+        Ok(())
     }
 
     fn pods(&self) -> Result<Vec<Pod>> {
@@ -650,7 +683,10 @@ fn apply_resource(
             continue;
         }
         let started = Instant::now();
-        let pod = kubelet.run(&lab.state, pod)?;
+        let node = lab.schedule(&pod)?;
+        let mut pod = pod;
+        pod.metadata.uid = Some(objects::random_uid());
+        let pod = kubelet.run(&node, pod, |pod| Ok(lab.store.put_typed(pod).map(drop)?))?;
         report(Event::PodCreated {
             name: pod_name,
             node: pod
@@ -815,7 +851,7 @@ fn delete_pods(
         // Under the lock: a container's supervisor never writes the status
         // of a pod being removed back into the store.
         let _lock = lab.lock()?;
-        lab.kubelet(bins).delete(&lab.state, pod)?;
+        lab.stop_pod(bins, pod)?;
         report(Event::Deleted {
             object: format!("pod/{}", objects::key(pod).1),
             found: true,
@@ -1046,7 +1082,7 @@ fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries, report: Report<'_>) -
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
     {
         let _lock = lab.lock()?;
-        lab.kubelet(bins).delete(&lab.state, pod)?;
+        lab.stop_pod(bins, pod)?;
     }
     if let Some(pid) = record.agent_pid {
         agents::stop(&lab.layout, node, pid);
