@@ -16,6 +16,8 @@
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
 //! - [`supervisor`]: watches one container, restarts it as its pod's
 //!   restartPolicy says and records its status.
+//! - [`install`]: `deploy/weft.yaml` but its DaemonSet, for a lab whose
+//!   control plane is Kubernetes.
 //! - [`node_registration`]: a node's Node and Lease on a kube-apiserver,
 //!   as its kubelet keeps them.
 //! - [`pod_status`]: where supervisors keep pod status (the lab's store
@@ -34,6 +36,7 @@ pub mod agents;
 pub mod container_probes;
 pub mod control_plane;
 pub mod endpointslices;
+pub mod install;
 pub mod kubelet;
 pub mod layout;
 pub mod manifest;

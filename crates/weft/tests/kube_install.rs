@@ -1,7 +1,7 @@
 //! `deploy/weft.yaml` against a real kube-apiserver (the peers' build): the
 //! server accepts every object (`kubectl apply --dry-run=server`), and once
 //! applied the agent's ServiceAccount may do what the agent needs and no
-//! more.
+//! more; a lab applies the same objects but the DaemonSet.
 
 mod common;
 
@@ -100,4 +100,30 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
             "may the agent {verb} {object}?"
         );
     }
+}
+
+#[test]
+fn a_lab_installs_the_manifest_but_its_daemonset_and_the_agent_gets_the_same_rights() {
+    let cp = ControlPlane::start();
+    // The manifest makes weft-system itself; the Role for the heartbeats
+    // goes in kube-node-lease, which the API server makes.
+    cp.await_lease_namespace();
+    let applied = cp.with_cluster(|cluster| async move {
+        weft_lab::install::apply(cluster.client()).await.unwrap()
+    });
+    assert!(applied >= 8, "{applied} objects");
+    // Applied again: nothing to refuse.
+    cp.with_cluster(
+        |cluster| async move { weft_lab::install::apply(cluster.client()).await.unwrap() },
+    );
+    let daemonsets = cp.kubectl_ok(&["get", "daemonsets", "-A", "-o", "name"]);
+    assert!(daemonsets.trim().is_empty(), "{daemonsets}");
+    assert!(agent_may(&cp, "patch", "nodes/status", "default"));
+    assert!(agent_may_touch(
+        &cp,
+        "get",
+        "configmaps/weft-lb-pools",
+        "weft-system"
+    ));
+    assert!(!agent_may(&cp, "delete", "pods", "default"));
 }

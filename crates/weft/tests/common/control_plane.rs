@@ -169,6 +169,12 @@ impl ControlPlane {
     /// which the API server makes soon after it is ready.
     pub fn prepare_install(&self) {
         self.kubectl_ok(&["create", "namespace", "weft-system"]);
+        self.await_lease_namespace();
+    }
+
+    /// Waits for `kube-node-lease`, which the API server makes soon after
+    /// it is ready.
+    pub fn await_lease_namespace(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self
             .kubectl(&["get", "namespace", "kube-node-lease"])
