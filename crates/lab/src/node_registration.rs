@@ -4,25 +4,27 @@
 //! NodeRestriction apply) and reports its addresses, capacity and the
 //! Ready condition through `nodes/status`; then it renews its Lease in
 //! `kube-node-lease`, which is how the node lifecycle controller knows it
-//! is alive (a kubelet renews every 10 s a Lease of 40 s).
+//! is alive (a kubelet renews every 10 s a Lease of 40 s; the Lease has
+//! the shape of weft's agents' heartbeats, `weft_cluster::liveness`).
 //!
 //! The shapes are decided here (pure); [`register`] and [`renew`] only
 //! write them. It must not run pods: that is the kubelet's other half.
 
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
+use weft_cluster::liveness::{self, HEARTBEAT_NAMESPACE};
 
 /// How long a node's Lease lasts unrenewed (the kubelet's default).
-pub const LEASE_SECONDS: i32 = 40;
-/// The namespace of the nodes' Leases.
-const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub const LEASE_DURATION: Duration = Duration::from_secs(40);
 /// The field manager of the node's writes.
 const MANAGER: &str = "weft-lab-kubelet";
 
@@ -62,23 +64,6 @@ pub fn status(name: &str, ip: Ipv4Addr, at: Time) -> NodeStatus {
     }
 }
 
-/// The node's Lease renewed at `at`.
-pub fn lease(name: &str, at: MicroTime) -> Lease {
-    Lease {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(LEASE_NAMESPACE.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(name.into()),
-            lease_duration_seconds: Some(LEASE_SECONDS),
-            renew_time: Some(at),
-            ..LeaseSpec::default()
-        }),
-    }
-}
-
 /// Creates the node's Node (if it is not there) and writes its status.
 pub async fn register(client: &Client, name: &str, ip: Ipv4Addr) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -104,13 +89,15 @@ pub async fn register(client: &Client, name: &str, ip: Ipv4Addr) -> Result<(), k
 
 /// Renews the node's Lease (creating it the first time).
 pub async fn renew(client: &Client, name: &str) -> Result<(), kube::Error> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let at = MicroTime(crate::objects::now().0);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), HEARTBEAT_NAMESPACE);
+    // The same shape as weft's agents' heartbeats: named after the node,
+    // held by it.
+    let lease = liveness::heartbeat(name, LEASE_DURATION, liveness::now());
     leases
         .patch(
             name,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&lease(name, at)),
+            &Patch::Apply(&lease),
         )
         .await?;
     Ok(())
@@ -136,16 +123,5 @@ mod tests {
             ("Ready", "True")
         );
         assert_eq!(ready.last_heartbeat_time, Some(at));
-    }
-
-    #[test]
-    fn its_lease_is_held_by_itself_for_40_seconds() {
-        let at = MicroTime(crate::objects::now().0);
-        let lease = lease("node-1", at.clone());
-        let spec = lease.spec.unwrap();
-        assert_eq!(lease.metadata.namespace.as_deref(), Some("kube-node-lease"));
-        assert_eq!(spec.holder_identity.as_deref(), Some("node-1"));
-        assert_eq!(spec.lease_duration_seconds, Some(40));
-        assert_eq!(spec.renew_time, Some(at));
     }
 }
