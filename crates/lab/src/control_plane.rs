@@ -147,7 +147,7 @@ impl Drop for Namespace {
     }
 }
 
-fn loopback_up(ns: &NetNs) -> Result<()> {
+pub(crate) fn loopback_up(ns: &NetNs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -16,6 +16,7 @@
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
 //! - [`supervisor`]: watches one container, restarts it as its pod's
 //!   restartPolicy says and records its status.
+//! - [`forward`]: TCP from a host loopback address into a lab namespace.
 //! - [`install`]: `deploy/weft.yaml` but its DaemonSet, for a lab whose
 //!   control plane is Kubernetes.
 //! - [`node_registration`]: a node's Node and Lease on a kube-apiserver,
@@ -36,6 +37,7 @@ pub mod agents;
 pub mod container_probes;
 pub mod control_plane;
 pub mod endpointslices;
+pub mod forward;
 pub mod install;
 pub mod kubelet;
 pub mod layout;

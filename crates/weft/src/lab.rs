@@ -15,6 +15,21 @@ const DEFAULT_LAB: &str = "weft";
 
 #[derive(Subcommand)]
 pub enum LabCmd {
+    /// Carry TCP connections from a loopback address of the host to an
+    /// address inside a network namespace (a lab's door for kubectl on the
+    /// host; it listens on loopback only).
+    #[command(hide = true)]
+    Forward {
+        /// The named network namespace (`ip netns` name) to carry into.
+        #[arg(long)]
+        netns: String,
+        /// Where to listen, e.g. 127.0.0.1:16443.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The address inside the namespace, e.g. 127.0.0.1:6443.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
     /// Run one container's process, restarting and probing it as its pod
     /// says, and keep its pod's status (used by the lab's kubelet; not for
     /// users).
@@ -406,6 +421,14 @@ pub fn run(cmd: LabCmd) -> Result<()> {
         LabCmd::Status => {
             print!("{}", report::status(&ops::status()));
             Ok(())
+        }
+        LabCmd::Forward { netns, listen, to } => {
+            weft_validation::names::dns1123_label(&netns)
+                .map_err(|e| anyhow::anyhow!("--netns {netns:?}: {e}"))?;
+            let ns = weft_datapath::NetNs::open(weft_datapath::netns::named_path(&netns))
+                .with_context(|| format!("opening network namespace {netns}"))?;
+            let forwarder = weft_lab::forward::Forwarder::bind(listen, ns, to)?;
+            forwarder.serve()
         }
         LabCmd::Supervise {
             lab,
