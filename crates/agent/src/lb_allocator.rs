@@ -130,10 +130,12 @@ pub struct Plan {
 /// Whether `class` (`None`: Services without a `loadBalancerClass`) is
 /// this allocator's and `svc` a LoadBalancer of it.
 fn served(svc: &Service, class: Option<&str>) -> bool {
-    svc.spec.as_ref().is_some_and(|spec| {
-        spec.type_.as_deref() == Some("LoadBalancer")
-            && spec.load_balancer_class.as_deref() == class
-    })
+    is_load_balancer(svc)
+        && svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_class.as_deref())
+            == class
 }
 
 fn is_load_balancer(svc: &Service) -> bool {

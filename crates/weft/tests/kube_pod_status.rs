@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -130,27 +129,17 @@ fn a_supervisor_keeps_the_pods_status_on_the_api_server() {
     );
 }
 
-/// `kubectl ARGS` as node `node` (its kubelet's certificate), with
-/// `stdin` on standard input.
-fn kubectl_as(cp: &ControlPlane, node: &Path, args: &[&str], stdin: &str) -> (bool, String) {
-    let mut child = cp
+/// `kubectl ARGS` as node `node` (its kubelet's certificate): whether it
+/// succeeded, and what it printed.
+fn kubectl_as(cp: &ControlPlane, node: &Path, args: &[&str]) -> (bool, String) {
+    let out = cp
         .ns()
         .command(common::control_plane::peer("kubectl"))
         .arg("--kubeconfig")
         .arg(node)
         .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .expect("running kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         common::text(&[out.stdout, out.stderr].concat()),
@@ -207,12 +196,7 @@ fn a_node_registers_itself_and_sees_the_pods_the_scheduler_binds_to_it_and_no_mo
     });
     assert!(bound.is_some(), "{:#}", read_pod(&cp, "web"));
     let selector = "--field-selector=spec.nodeName=node-a";
-    let (ok, out) = kubectl_as(
-        &cp,
-        &node_a,
-        &["get", "pods", "-A", selector, "-o", "name"],
-        "",
-    );
+    let (ok, out) = kubectl_as(&cp, &node_a, &["get", "pods", "-A", selector, "-o", "name"]);
     assert!(ok && out.contains("pod/web"), "{out}");
     // A pod bound elsewhere is not node-a's to read.
     let elsewhere = json!({"apiVersion": "v1", "kind": "Pod",
@@ -221,6 +205,6 @@ fn a_node_registers_itself_and_sees_the_pods_the_scheduler_binds_to_it_and_no_mo
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), elsewhere.to_string()).unwrap();
     cp.kubectl_ok(&["create", "-f", file.path().to_str().unwrap()]);
-    let (ok, out) = kubectl_as(&cp, &node_a, &["get", "pod", "elsewhere"], "");
+    let (ok, out) = kubectl_as(&cp, &node_a, &["get", "pod", "elsewhere"]);
     assert!(!ok && out.contains("forbidden"), "{out}");
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease};
+use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
 use weft_cluster::{Cluster, Event, EventStream, Liveness, LoadBalancerAllocation, SubnetManager};
 use weft_proxy::model::{SERVICE_PROXY_NAME_LABEL, UNWATCHED_LABELS};
 
@@ -30,7 +30,7 @@ fn service(name: &str) -> Service {
 }
 
 /// The next event of `stream`, failing the test after 20 s.
-async fn next(stream: &mut EventStream<Service>) -> Event<Service> {
+async fn next<K>(stream: &mut EventStream<K>) -> Event<K> {
     tokio::time::timeout(Duration::from_secs(20), stream.next())
         .await
         .expect("an event within 20 s")
@@ -117,15 +117,6 @@ fn node(name: &str, pod_cidr: &str, annotations: serde_json::Value) -> Node {
     .unwrap()
 }
 
-/// The next lease event, failing the test after 20 s.
-async fn next_lease(stream: &mut EventStream<SubnetLease>) -> Event<SubnetLease> {
-    tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("an event within 20 s")
-        .expect("the watch goes on")
-        .expect("no watch error")
-}
-
 #[test]
 fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
     let control_plane = ControlPlane::start();
@@ -181,7 +172,7 @@ fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
                 let mut leases = cluster.watch_leases();
                 let mut listed = Vec::new();
                 loop {
-                    match next_lease(&mut leases).await {
+                    match next(&mut leases).await {
                         Event::InitApply(l) => listed.push(l.node),
                         Event::InitDone => break,
                         _ => {}
@@ -198,7 +189,7 @@ fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
                     .create(&PostParams::default(), &node("node-b", "10.244.2.0/24", flanneld))
                     .await
                     .unwrap();
-                match next_lease(&mut leases).await {
+                match next(&mut leases).await {
                     Event::Apply(l) => {
                         assert_eq!(l.node, "node-b");
                         assert_eq!(l.subnet.to_string(), "10.244.2.0/24");
@@ -208,7 +199,7 @@ fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
                 }
                 nodes.delete("node-b", &DeleteParams::default()).await.unwrap();
                 loop {
-                    match next_lease(&mut leases).await {
+                    match next(&mut leases).await {
                         Event::Delete(l) if l.node == "node-b" => break,
                         Event::Apply(l) if l.node == "node-b" => continue, // deletion in progress
                         other => panic!("not node-b's deletion: {other:?}"),
