@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use weft_datapath::NetNs;
 
-use crate::layout::Layout;
-use crate::procs;
+use crate::layout::{ControlPlane, LabState, Layout};
+use crate::{kube_control_plane, procs};
 
 /// The port every agent serves /healthz and /readyz on (inside its node).
 pub const HEALTH_PORT: u16 = 10254;
@@ -16,14 +16,32 @@ pub fn owner(layout: &Layout, node: &str) -> String {
     format!("{}/agent/{node}", layout.lab)
 }
 
-pub fn start(layout: &Layout, weft: &Path, node: &str, ns: &NetNs) -> std::io::Result<u32> {
+/// Starts the agent of `node`: on the lab's store, or (Kubernetes mode)
+/// on the API server with the credentials of weft's ServiceAccount,
+/// allocating LoadBalancer addresses from the lab's pool.
+pub fn start(
+    layout: &Layout,
+    state: &LabState,
+    weft: &Path,
+    node: &str,
+    ns: &NetNs,
+) -> std::io::Result<u32> {
     let dir = layout.node_dir(node);
-    let args: Vec<String> = [
+    let cluster: Vec<String> = match state.control_plane {
+        ControlPlane::Embedded => vec!["--store".into(), layout.store().display().to_string()],
+        ControlPlane::Kubernetes { .. } => vec![
+            "--kubeconfig".into(),
+            kube_control_plane::agent_kubeconfig(layout)
+                .display()
+                .to_string(),
+            "--lb-cidr".into(),
+            state.lb_pool().to_string(),
+        ],
+    };
+    let mut args: Vec<String> = [
         "agent",
         "--node",
         node,
-        "--store",
-        &layout.store().display().to_string(),
         "--net-conf",
         &layout.net_conf().display().to_string(),
         "--iface",
@@ -40,6 +58,7 @@ pub fn start(layout: &Layout, weft: &Path, node: &str, ns: &NetNs) -> std::io::R
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(cluster);
     procs::spawn(
         Some(ns),
         weft,

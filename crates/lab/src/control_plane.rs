@@ -121,6 +121,14 @@ impl Config {
             parent_dir: std::env::temp_dir(),
         }
     }
+
+    fn serving(&self) -> Serving {
+        Serving {
+            bind: self.bind,
+            advertise: Ipv4Addr::LOCALHOST,
+            service_cidr: SERVICE_CIDR.into(),
+        }
+    }
 }
 
 /// The control plane's namespace, removed on drop.
@@ -247,7 +255,7 @@ fn openssl(args: &[&str]) -> Result<()> {
 /// 127.0.0.1 and `addresses` signed by it (clients trust the authority, as
 /// they would a cluster's), and the service-account signing key with its
 /// public half, which verifies the tokens.
-fn generate_keys(dir: &Path, addresses: &[Ipv4Addr]) -> Result<()> {
+pub(crate) fn generate_keys(dir: &Path, addresses: &[Ipv4Addr]) -> Result<()> {
     let path = |name: &str| dir.join(name).display().to_string();
     let ec = [
         "-newkey",
@@ -340,7 +348,7 @@ fn issue(dir: &Path, stem: &str, subject: &str, extensions: &str) -> Result<()> 
     ])
 }
 
-fn etcd_args(dir: &Path) -> Vec<String> {
+pub(crate) fn etcd_args(dir: &Path) -> Vec<String> {
     vec![
         format!("--data-dir={}", dir.join("etcd").display()),
         format!("--listen-client-urls={ETCD_CLIENT_URL}"),
@@ -351,12 +359,20 @@ fn etcd_args(dir: &Path) -> Vec<String> {
     ]
 }
 
-fn apiserver_args(dir: &Path, bind: Ipv4Addr) -> Vec<String> {
+/// Where the apiserver listens and what it serves.
+pub(crate) struct Serving {
+    pub bind: Ipv4Addr,
+    /// The address the `kubernetes` Service's endpoints name.
+    pub advertise: Ipv4Addr,
+    pub service_cidr: String,
+}
+
+pub(crate) fn apiserver_args(dir: &Path, serving: &Serving) -> Vec<String> {
     let file = |name: &str| dir.join(name).display().to_string();
     vec![
         format!("--etcd-servers={ETCD_CLIENT_URL}"),
-        format!("--bind-address={bind}"),
-        "--advertise-address=127.0.0.1".into(),
+        format!("--bind-address={}", serving.bind),
+        format!("--advertise-address={}", serving.advertise),
         format!("--secure-port={APISERVER_PORT}"),
         format!("--cert-dir={}", file("certs")),
         format!("--tls-cert-file={}", file("serving.crt")),
@@ -374,10 +390,107 @@ fn apiserver_args(dir: &Path, bind: Ipv4Addr) -> Vec<String> {
             "--service-account-signing-key-file={}",
             file("service-account.key")
         ),
-        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        format!("--service-cluster-ip-range={}", serving.service_cidr),
         // As kubeadm sets it: node agents (weft's, kube-proxy) run privileged.
         "--allow-privileged=true".into(),
     ]
+}
+
+/// What node IPAM hands out: `node_mask`-sized blocks of `cluster_cidr`
+/// (kubeadm's `--pod-network-cidr`).
+pub(crate) struct NodeIpam {
+    pub cluster_cidr: String,
+    pub node_mask: u8,
+    pub service_cidr: String,
+}
+
+/// kube-controller-manager with every controller and node IPAM, as the
+/// admin of `kubeconfig`.
+pub(crate) fn controller_manager_args(
+    dir: &Path,
+    kubeconfig: &Path,
+    ipam: &NodeIpam,
+) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--controllers=*".into(),
+        "--leader-elect=false".into(),
+        "--allocate-node-cidrs=true".into(),
+        format!("--cluster-cidr={}", ipam.cluster_cidr),
+        format!("--node-cidr-mask-size={}", ipam.node_mask),
+        format!("--service-cluster-ip-range={}", ipam.service_cidr),
+        format!(
+            "--service-account-private-key-file={}",
+            file("service-account.key")
+        ),
+        format!("--root-ca-file={}", file("ca.crt")),
+        "--bind-address=127.0.0.1".into(),
+        format!("--cert-dir={}", file("cm-certs")),
+    ]
+}
+
+/// kube-scheduler as the admin of `kubeconfig`.
+pub(crate) fn scheduler_args(kubeconfig: &Path) -> Vec<String> {
+    let kubeconfig = kubeconfig.display();
+    vec![
+        format!("--kubeconfig={kubeconfig}"),
+        format!("--authentication-kubeconfig={kubeconfig}"),
+        format!("--authorization-kubeconfig={kubeconfig}"),
+        "--leader-elect=false".into(),
+        "--bind-address=127.0.0.1".into(),
+    ]
+}
+
+/// A kubeconfig for the apiserver at `server` (`https://…`) trusting the
+/// authority `ca`, whose user is `credentials` (the YAML of a kubeconfig
+/// `user`).
+pub(crate) fn kubeconfig_text(server: &str, ca: &Path, credentials: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: weft
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: user
+  user:
+    {credentials}
+contexts:
+- name: weft
+  context: {{cluster: weft, user: user}}
+current-context: weft
+",
+        ca = ca.display()
+    )
+}
+
+/// A client certificate for the kubelet of `node` (`system:node:<node>`
+/// in group `system:nodes`), signed by the authority in `dir`, so the
+/// Node authorizer and NodeRestriction apply to it as to a real kubelet;
+/// returns the kubeconfig `user` naming it.
+pub(crate) fn node_credentials(dir: &Path, node: &str) -> Result<String> {
+    weft_validation::names::dns1123_subdomain(node).map_err(|reason| {
+        ControlPlaneError::Failed {
+            what: format!("a certificate for node {node:?}"),
+            output: reason,
+        }
+    })?;
+    let stem = format!("node-{node}");
+    issue(
+        dir,
+        &stem,
+        &format!("/O=system:nodes/CN=system:node:{node}"),
+        CLIENT_AUTH,
+    )?;
+    let path = |ext: &str| dir.join(format!("{stem}.{ext}")).display().to_string();
+    Ok(format!(
+        "client-certificate: {}\n    client-key: {}",
+        path("crt"),
+        path("key")
+    ))
 }
 
 /// `kubectl get --raw PATH` inside `ns`.
@@ -435,7 +548,7 @@ impl ControlPlane {
             &namespace.ns,
             dir.path(),
             "kube-apiserver",
-            &apiserver_args(dir.path(), config.bind),
+            &apiserver_args(dir.path(), &config.serving()),
             config.die_with_thread,
         )?;
         let mut cp = ControlPlane {
@@ -484,27 +597,18 @@ impl ControlPlane {
     /// handing out /24s of `cluster_cidr`, as kubeadm's
     /// `--pod-network-cidr` sets it up.
     pub fn start_controller_manager(&mut self, cluster_cidr: &str) -> Result<()> {
-        let dir = self.dir.path();
-        let file = |name: &str| dir.join(name).display().to_string();
-        let args = vec![
-            format!("--kubeconfig={}", self.kubeconfig.display()),
-            "--controllers=*".into(),
-            "--leader-elect=false".into(),
-            "--allocate-node-cidrs=true".into(),
-            format!("--cluster-cidr={cluster_cidr}"),
-            "--node-cidr-mask-size=24".into(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            format!(
-                "--service-account-private-key-file={}",
-                file("service-account.key")
-            ),
-            format!("--root-ca-file={}", file("ca.crt")),
-            "--bind-address=127.0.0.1".into(),
-            format!("--cert-dir={}", file("cm-certs")),
-        ];
+        let args = controller_manager_args(
+            self.dir.path(),
+            &self.kubeconfig,
+            &NodeIpam {
+                cluster_cidr: cluster_cidr.into(),
+                node_mask: 24,
+                service_cidr: SERVICE_CIDR.into(),
+            },
+        );
         let server = Server::start(
             &self.namespace.ns,
-            dir,
+            self.dir.path(),
             "kube-controller-manager",
             &args,
             self.config.die_with_thread,
@@ -515,19 +619,11 @@ impl ControlPlane {
 
     /// Starts kube-scheduler, which binds pods to nodes.
     pub fn start_scheduler(&mut self) -> Result<()> {
-        let kubeconfig = self.kubeconfig.display().to_string();
-        let args = vec![
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--authentication-kubeconfig={kubeconfig}"),
-            format!("--authorization-kubeconfig={kubeconfig}"),
-            "--leader-elect=false".into(),
-            "--bind-address=127.0.0.1".into(),
-        ];
         let server = Server::start(
             &self.namespace.ns,
             self.dir.path(),
             "kube-scheduler",
-            &args,
+            &scheduler_args(&self.kubeconfig),
             self.config.die_with_thread,
         )?;
         self.scheduler = Some(server);
@@ -598,25 +694,8 @@ impl ControlPlane {
         host: Ipv4Addr,
     ) -> Result<PathBuf> {
         let kubeconfig = self.dir.path().join(name);
-        let config = format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: peers
-  cluster:
-    server: https://{host}:{APISERVER_PORT}
-    certificate-authority: {ca}
-users:
-- name: user
-  user:
-    {credentials}
-contexts:
-- name: peers
-  context: {{cluster: peers, user: user}}
-current-context: peers
-",
-            ca = self.ca_file().display()
-        );
+        let server = format!("https://{host}:{APISERVER_PORT}");
+        let config = kubeconfig_text(&server, &self.ca_file(), credentials);
         fs::write(&kubeconfig, config).map_err(io("writing a kubeconfig"))?;
         Ok(kubeconfig)
     }
@@ -626,28 +705,7 @@ current-context: peers
     /// signed by the cluster's authority, so the Node authorizer and
     /// NodeRestriction apply to it as to a real kubelet.
     pub fn node_kubeconfig(&self, node: &str, host: Ipv4Addr) -> Result<PathBuf> {
-        weft_validation::names::dns1123_subdomain(node).map_err(|reason| {
-            ControlPlaneError::Failed {
-                what: format!("a certificate for node {node:?}"),
-                output: reason,
-            }
-        })?;
-        let stem = format!("node-{node}");
-        issue(
-            self.dir.path(),
-            &stem,
-            &format!("/O=system:nodes/CN=system:node:{node}"),
-            CLIENT_AUTH,
-        )?;
-        let path = |ext: &str| {
-            self.dir
-                .path()
-                .join(format!("{stem}.{ext}"))
-                .display()
-                .to_string()
-        };
-        let (crt, key) = (path("crt"), path("key"));
-        let credentials = format!("client-certificate: {crt}\n    client-key: {key}");
+        let credentials = node_credentials(self.dir.path(), node)?;
         self.write_kubeconfig_as(&format!("kubeconfig-node-{node}"), &credentials, host)
     }
 
@@ -704,7 +762,7 @@ current-context: peers
             &self.namespace.ns,
             self.dir.path(),
             "kube-apiserver",
-            &apiserver_args(self.dir.path(), self.config.bind),
+            &apiserver_args(self.dir.path(), &self.config.serving()),
             self.config.die_with_thread,
         )?;
         self.wait_ready()

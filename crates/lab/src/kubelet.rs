@@ -10,7 +10,6 @@
 //! and keeps the object wherever the cluster keeps it (`persist`), so one
 //! kubelet serves the lab's store and a kube-apiserver alike.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,18 +35,38 @@ pub struct Kubelet<'a> {
     /// The `weft` binary (for netexec) and the CNI plugin.
     pub weft: PathBuf,
     pub plugin: PathBuf,
+    /// Where the supervisors keep pod status: this kubeconfig's API
+    /// server, or (`None`) the lab's store.
+    pub kubeconfig: Option<PathBuf>,
 }
-
-const NETNS_ANNOTATION: &str = "weft.dev/netns";
 
 fn owner(layout: &Layout, namespace: &str, pod: &str, container: &str) -> String {
     format!("{}{container}", pod_owner_prefix(layout, namespace, pod))
 }
 
 /// The owner tag every container of a pod starts with.
-fn pod_owner_prefix(layout: &Layout, namespace: &str, pod: &str) -> String {
+pub(crate) fn pod_owner_prefix(layout: &Layout, namespace: &str, pod: &str) -> String {
     format!("{}/pod/{namespace}/{pod}/", layout.lab)
 }
+
+/// The network namespace `pod` runs in: its node's for hostNetwork pods,
+/// else its own, named after its UID.
+pub fn netns_of(layout: &Layout, pod: &Pod) -> Result<PathBuf> {
+    let spec = pod.spec.as_ref().context("the pod has no spec")?;
+    if spec.host_network.unwrap_or(false) {
+        let node = spec
+            .node_name
+            .as_deref()
+            .context("the pod runs on no node")?;
+        return Ok(netns::named_path(&layout.node_ns(node)));
+    }
+    let uid = pod.metadata.uid.as_deref().context("the pod has no UID")?;
+    Ok(netns::named_path(&layout.pod_ns(uid)))
+}
+
+/// How long containers get to stop after SIGTERM when the lab itself
+/// ends them (a failed start, `weft lab delete` after its grace period).
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// What a pod holds on its node while it runs: its containers, its
 /// network namespace and CNI attachment (unless hostNetwork), its files.
@@ -83,7 +102,7 @@ impl Kubelet<'_> {
         };
         self.start(&sandbox, node, pod)
             .and_then(|pod| persist(&pod).map(|()| pod))
-            .map_err(|e| match self.tear_down(&sandbox) {
+            .map_err(|e| match self.tear_down(&sandbox, STOP_GRACE) {
                 Ok(()) => e,
                 Err(undo) => e.context(format!("undoing the failed start also failed: {undo:#}")),
             })
@@ -140,11 +159,7 @@ impl Kubelet<'_> {
         let all_ready = statuses.iter().all(|c| c.ready);
         wait_for_ports(&pod_ns, &spec.containers);
 
-        let meta = &mut pod.metadata;
-        meta.namespace = Some(namespace.into());
-        meta.annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(NETNS_ANNOTATION.into(), netns_path.display().to_string());
+        pod.metadata.namespace = Some(namespace.into());
         if let Some(s) = pod.spec.as_mut() {
             s.node_name = Some(node.name.clone());
         }
@@ -165,9 +180,10 @@ impl Kubelet<'_> {
         Ok(pod)
     }
 
-    /// Stops the pod's containers, runs CNI DEL, removes its namespace and
-    /// files (the object is the caller's to delete).
-    pub fn stop(&self, state: &LabState, pod: &Pod) -> Result<()> {
+    /// Stops the pod's containers (SIGTERM, SIGKILL after `grace`), runs
+    /// CNI DEL, removes its namespace and files (the object is the
+    /// caller's to delete).
+    pub fn stop(&self, state: &LabState, pod: &Pod, grace: Duration) -> Result<()> {
         let (namespace, name) = key(pod);
         let host_network = pod
             .spec
@@ -176,23 +192,21 @@ impl Kubelet<'_> {
             .unwrap_or(false);
         let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        self.tear_down(&Sandbox {
+        let sandbox = Sandbox {
             namespace: &namespace,
             name: &name,
             uid: &uid,
             cni_node: node.filter(|n| !host_network && state.node(n).is_some()),
-        })
+        };
+        self.tear_down(&sandbox, grace)
     }
 
     /// Undoes whatever of `sandbox` exists: containers (found by their
     /// owner tag, so also those no record lists), the CNI attachment, the
     /// network namespace, the pod's files.
-    fn tear_down(&self, sandbox: &Sandbox) -> Result<()> {
+    fn tear_down(&self, sandbox: &Sandbox, grace: Duration) -> Result<()> {
         let (namespace, name, uid) = (sandbox.namespace, sandbox.name, sandbox.uid);
-        procs::stop_owned(
-            &pod_owner_prefix(self.layout, namespace, name),
-            Duration::from_secs(2),
-        );
+        procs::stop_owned(&pod_owner_prefix(self.layout, namespace, name), grace);
         if let Some(node) = sandbox.cni_node {
             let ns_name = self.layout.pod_ns(uid);
             let path = netns::named_path(&ns_name);
@@ -257,12 +271,11 @@ impl Kubelet<'_> {
         Ok(reply.json)
     }
 
-    /// `weft lab supervise …` up to the container's program.
     /// `weft lab supervise …` up to its `--`: which container, and how to
     /// run it (restart policy, grace period).
     fn supervise_args(&self, sandbox: &Sandbox, container: &str, spec: &PodSpec) -> Vec<String> {
         let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
-        [
+        let mut args: Vec<String> = [
             "lab",
             "supervise",
             "--lab",
@@ -282,7 +295,11 @@ impl Kubelet<'_> {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect()
+        .collect();
+        if let Some(kubeconfig) = &self.kubeconfig {
+            args.extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);
+        }
+        args
     }
 
     /// The process for a container: its command, or netexec.

@@ -20,10 +20,15 @@ pub const DEFAULT_UNDERLAY: &str = "198.18.0.0/24";
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 /// Where Services' clusterIPs come from (Kubernetes' kubeadm default).
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Every node's pod subnet is a /24 of the pod CIDR (flannel's default
+/// SubnetLen; node IPAM's mask in Kubernetes mode).
+pub const SUBNET_LEN: u8 = 24;
 /// Node addresses start this far above the underlay's network address.
 const FIRST_NODE_OFFSET: u32 = 10;
 /// The external client's address, this far above the underlay's network address.
 const EXTERNAL_OFFSET: u32 = 2;
+/// The control plane's address (Kubernetes mode), this far above it.
+const CONTROL_PLANE_OFFSET: u32 = 3;
 /// The size of the default LoadBalancer pool: the underlay's last 16 addresses.
 const DEFAULT_LB_POOL_PREFIX: u8 = 28;
 
@@ -75,6 +80,22 @@ pub struct NodeRecord {
     /// The index of the node's port on the underlay bridge (`n<index>`).
     pub index: u32,
     pub agent_pid: Option<u32>,
+    /// The node's kubelet process (Kubernetes mode only).
+    #[serde(default)]
+    pub kubelet_pid: Option<u32>,
+}
+
+/// What holds a lab's cluster state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ControlPlane {
+    /// The lab's own store; `weft lab` plays API server, controllers and
+    /// kubelets.
+    #[default]
+    Embedded,
+    /// Kubernetes' own control plane in the lab, reached from the host
+    /// through a forwarder on 127.0.0.1:`host_port`.
+    Kubernetes { host_port: u16 },
 }
 
 /// The lab's shape, persisted across `weft lab` invocations. Fields added
@@ -93,6 +114,8 @@ pub struct LabState {
     /// before Services, which get [`default_lb_pool`].
     #[serde(default)]
     pub lb_pool: Option<Ipv4Net>,
+    #[serde(default)]
+    pub control_plane: ControlPlane,
 }
 
 fn default_service_cidr() -> Ipv4Net {
@@ -128,7 +151,12 @@ impl LabState {
         let taken: Vec<Ipv4Addr> = self.nodes.iter().map(|n| n.ip).collect();
         (base.saturating_add(FIRST_NODE_OFFSET + index)..u32::from(self.underlay.broadcast()))
             .map(Ipv4Addr::from)
-            .find(|ip| !pool.contains(ip) && *ip != self.external_ip() && !taken.contains(ip))
+            .find(|ip| {
+                !pool.contains(ip)
+                    && *ip != self.external_ip()
+                    && *ip != self.control_plane_ip()
+                    && !taken.contains(ip)
+            })
             .map(|ip| (index, ip))
             .ok_or(LayoutError::UnderlayFull {
                 underlay: self.underlay,
@@ -147,6 +175,11 @@ impl LabState {
         Ipv4Addr::from(u32::from(self.underlay.network()).saturating_add(EXTERNAL_OFFSET))
     }
 
+    /// The control plane's address on the underlay (`.3`; Kubernetes mode).
+    pub fn control_plane_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.underlay.network()).saturating_add(CONTROL_PLANE_OFFSET))
+    }
+
     pub fn lb_pool(&self) -> Ipv4Net {
         self.lb_pool
             .unwrap_or_else(|| default_lb_pool(self.underlay))
@@ -159,6 +192,7 @@ impl LabState {
             self.underlay.network(),
             self.underlay.broadcast(),
             self.external_ip(),
+            self.control_plane_ip(),
         ];
         reserved.extend(self.nodes.iter().map(|n| n.ip));
         reserved
@@ -171,6 +205,8 @@ impl LabState {
 
 /// The external client's namespace suffix; no node may be called this.
 pub const EXTERNAL: &str = "external";
+/// The control plane's namespace suffix (Kubernetes mode); nor this.
+pub const CONTROL_PLANE: &str = "control-plane";
 
 /// The longest node name: it becomes part of a namespace name
 /// (`wl-<lab>-<node>`), which the kernel keeps under 255 bytes.
@@ -178,7 +214,7 @@ const NODE_NAME_MAX: usize = 63;
 
 /// Whether `node` would name a namespace the lab uses for something else.
 pub fn is_reserved_node_name(node: &str) -> bool {
-    node == EXTERNAL || node == "underlay" || node.starts_with("pod-")
+    node == EXTERNAL || node == CONTROL_PLANE || node == "underlay" || node.starts_with("pod-")
 }
 
 /// A node name the lab accepts: a Kubernetes node name (a DNS-1123
@@ -197,7 +233,7 @@ pub fn check_node_name(node: &str) -> Result<(), LayoutError> {
     }
     if is_reserved_node_name(node) {
         return Err(bad(
-            "it names one of the lab's own namespaces (external, underlay, pod-*); call the node \
+            "it names one of the lab's own namespaces (external, control-plane, underlay, pod-*); call the node \
              something else"
                 .into(),
         ));
@@ -237,6 +273,15 @@ impl Layout {
     /// The client outside the cluster: on the underlay, not a node.
     pub fn external_ns(&self) -> String {
         format!("wl-{}-{EXTERNAL}", self.lab)
+    }
+    /// Kubernetes' control plane (Kubernetes mode): on the underlay, not a node.
+    pub fn control_plane_ns(&self) -> String {
+        format!("wl-{}-{CONTROL_PLANE}", self.lab)
+    }
+    /// The control plane's keys, certificates, kubeconfigs, etcd's data
+    /// and logs.
+    pub fn control_plane_dir(&self) -> PathBuf {
+        self.root.join(CONTROL_PLANE)
     }
     pub fn pod_ns(&self, uid: &str) -> String {
         format!("wl-{}-pod-{}", self.lab, &uid[..uid.len().min(12)])
@@ -419,6 +464,7 @@ mod tests {
             nodes: vec![],
             service_cidr: DEFAULT_SERVICE_CIDR.parse().unwrap(),
             lb_pool: None,
+            control_plane: ControlPlane::Embedded,
         }
     }
 
@@ -429,6 +475,7 @@ mod tests {
             ip,
             index,
             agent_pid: None,
+            kubelet_pid: None,
         });
     }
 

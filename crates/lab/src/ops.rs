@@ -8,6 +8,8 @@
 //! - `matrix`: `weft lab probe`.
 //! - `tables`: `weft lab get services|endpointslices`.
 
+mod cluster;
+mod kubernetes;
 mod matrix;
 mod tables;
 
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::Resource as _;
 use nix::fcntl::Flock;
 use serde_json::json;
@@ -26,11 +28,12 @@ use weft_store::Store;
 use weft_validation::names;
 
 use crate::kubelet::Kubelet;
-use crate::layout::{self, LabState, Layout, NodeRecord};
+use crate::layout::{self, ControlPlane, LabState, Layout, NodeRecord};
 use crate::manifest::{self, Resource};
 use crate::report::{Event, LabStatus, NodeRow, Outcome, PodRow, Report};
 use crate::services::{self, Pools};
-use crate::{agents, endpointslices, objects, procs, underlay};
+use crate::{agents, endpointslices, kube_control_plane, node_kubelet, objects, procs, underlay};
+use cluster::Cluster;
 
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
 pub use tables::{get_endpointslices, get_services};
@@ -75,6 +78,8 @@ pub struct UpOptions {
     pub service_cidr: String,
     /// `None`: the underlay's last 16 addresses.
     pub lb_cidr: Option<String>,
+    /// Kubernetes' own control plane instead of the embedded store.
+    pub kubernetes: bool,
 }
 
 fn parse_net<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T>
@@ -118,6 +123,7 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
         nodes: Vec::new(),
         service_cidr,
         lb_pool: Some(lb_pool),
+        control_plane: ControlPlane::Embedded,
     };
     let ranges = underlay::Ranges {
         underlay: underlay_net,
@@ -147,14 +153,15 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
         .await?;
         Ok::<_, anyhow::Error>(())
     })?;
-    let net_conf =
-        json!({"Network": opts.pod_cidr, "SubnetLen": 24, "Backend": {"Type": opts.backend}});
+    let net_conf = json!({"Network": opts.pod_cidr, "SubnetLen": layout::SUBNET_LEN, "Backend": {"Type": opts.backend}});
     weft_agent::config::NetConf::parse(&net_conf.to_string())?;
     std::fs::create_dir_all(&layout.root)?;
     std::fs::write(layout.net_conf(), serde_json::to_string_pretty(&net_conf)?)?;
     layout.save(&state)?;
     let result = (|| -> Result<()> {
-        Store::open(&layout.store())?;
+        if !opts.kubernetes {
+            Store::open(&layout.store())?;
+        }
         rt.block_on(underlay::create(&layout.underlay_ns()))?;
         report(Event::UnderlayCreated {
             namespace: layout.underlay_ns(),
@@ -165,10 +172,29 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
             namespace: layout.external_ns(),
             ip: state.external_ip(),
         });
+        if opts.kubernetes {
+            // The API server starts (seconds) while the nodes are made;
+            // their kubelets wait for it.
+            let host_port = kube_control_plane::start(&layout, &state, &bins.weft)?;
+            state.control_plane = ControlPlane::Kubernetes { host_port };
+            layout.save(&state)?;
+            report(Event::ControlPlaneStarted {
+                namespace: layout.control_plane_ns(),
+                ip: state.control_plane_ip(),
+                kubeconfig: kube_control_plane::admin_kubeconfig(&layout),
+            });
+        }
         for i in 1..=opts.nodes {
             add_node_to(&layout, &mut state, &format!("node-{i}"), bins, &rt, report)?;
         }
-        wait_ready(&layout, &state, Duration::from_secs(30))
+        if opts.kubernetes {
+            kubernetes::bootstrap(&layout, &mut state, bins)?;
+        }
+        wait_ready(&layout, &state, Duration::from_secs(30))?;
+        if opts.kubernetes {
+            kubernetes::wait_default_account(&layout)?;
+        }
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = down(&opts.name, report);
@@ -225,63 +251,98 @@ fn add_node_to(
     let (index, ip) = state.next_slot()?;
     let ns_name = layout.node_ns(name);
     let ns = netns::create_named(&ns_name)?;
-    let started = (|| -> Result<u32> {
+    let started = (|| -> Result<NetNs> {
         let under = NetNs::open(netns::named_path(&layout.underlay_ns()))?;
         rt.block_on(async {
             underlay::attach(&under, &ns, &format!("n{index}"), ip, state.underlay).await?;
             underlay::route_services(&ns, state.service_cidr).await
         })?;
-        Ok(agents::start(layout, &bins.weft, name, &ns)?)
+        Ok(ns)
     })();
     // A node that could not start leaves nothing that would block the
     // next `node add` of the same name.
-    let pid = started.inspect_err(|_| {
+    let ns = started.inspect_err(|_| {
         let _ = netns::delete_named(&ns_name);
     })?;
     state.nodes.push(NodeRecord {
         name: name.into(),
         ip,
         index,
-        agent_pid: Some(pid),
+        agent_pid: None,
+        kubelet_pid: None,
     });
+    layout.save(state)?;
+    let record = start_node(layout, state, name, &ns, bins)?;
+    if let Some(n) = state.nodes.iter_mut().find(|n| n.name == name) {
+        *n = record.clone();
+    }
     layout.save(state)?;
     report(Event::NodeStarted {
         name: name.into(),
         ip,
-        pid,
+        agent: record.agent_pid,
+        kubelet: record.kubelet_pid,
     });
     Ok(())
 }
 
-/// Waits until every node's agent holds a lease, wrote its conflist and
-/// routes to every other node.
+/// Starts a node's processes: its agent; in Kubernetes mode its kubelet
+/// first, and the agent only once the agents' credentials exist (during
+/// `up`, after the API server is ready).
+fn start_node(
+    layout: &Layout,
+    state: &LabState,
+    name: &str,
+    ns: &NetNs,
+    bins: &Binaries,
+) -> Result<NodeRecord> {
+    let mut record = state.node(name).cloned().context("the node is recorded")?;
+    if matches!(state.control_plane, ControlPlane::Kubernetes { .. }) {
+        record.kubelet_pid = Some(node_kubelet::start(layout, &bins.weft, name, ns)?);
+        if !kube_control_plane::agent_kubeconfig(layout).exists() {
+            return Ok(record);
+        }
+    }
+    record.agent_pid = Some(agents::start(layout, state, &bins.weft, name, ns)?);
+    Ok(record)
+}
+
+/// Waits until every node's agent holds a subnet (it wrote its conflist
+/// then) and routes to every other node.
 fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> {
-    let store = Store::open_existing(&layout.store())?;
     let rt = runtime()?;
     let deadline = Instant::now() + limit;
     loop {
-        let (leases, _) = store.leases("weft")?;
         let missing: Vec<&str> = state
             .nodes
             .iter()
             .filter(|n| {
-                !leases.iter().any(|l| l.node == n.name)
-                    || !layout
-                        .node_dir(&n.name)
-                        .join("net.d/10-weft.conflist")
-                        .is_file()
+                !layout
+                    .node_dir(&n.name)
+                    .join("net.d/10-weft.conflist")
+                    .is_file()
             })
             .map(|n| n.name.as_str())
             .collect();
-        if missing.is_empty() && meshed(&rt, layout, state, leases.len())? {
+        if missing.is_empty() && meshed(&rt, layout, state, state.nodes.len())? {
             return Ok(());
         }
         for n in &state.nodes {
-            if !agents::is_running(layout, &n.name, n.agent_pid) {
-                let log = std::fs::read_to_string(layout.node_dir(&n.name).join("agent.log"))
-                    .unwrap_or_default();
-                bail!("the agent of {} exited:\n{}", n.name, exit_cause(&log));
-            }
+            let kubelet_exited = n.kubelet_pid.is_some()
+                && !procs::is_ours(
+                    n.kubelet_pid.unwrap_or(0),
+                    &node_kubelet::owner(layout, &n.name),
+                );
+            let (process, log) = if kubelet_exited {
+                ("kubelet", "kubelet.log")
+            } else if !agents::is_running(layout, &n.name, n.agent_pid) {
+                ("agent", "agent.log")
+            } else {
+                continue;
+            };
+            let log =
+                std::fs::read_to_string(layout.node_dir(&n.name).join(log)).unwrap_or_default();
+            bail!("the {process} of {} exited:\n{}", n.name, exit_cause(&log));
         }
         if Instant::now() > deadline {
             bail!(
@@ -420,19 +481,28 @@ fn check_name(
 struct Lab {
     layout: Layout,
     state: LabState,
-    store: Store,
+    cluster: Cluster,
 }
 
 impl Lab {
     fn open(name: &str) -> Result<Self> {
         let layout = Layout::new(name)?;
         let state = layout.load()?;
-        let store = Store::open_existing(&layout.store())?;
+        let cluster = Cluster::open(&layout, &state)?;
         Ok(Self {
             layout,
             state,
-            store,
+            cluster,
         })
+    }
+
+    fn is_kubernetes(&self) -> bool {
+        matches!(self.state.control_plane, ControlPlane::Kubernetes { .. })
+    }
+
+    /// The lab's store (embedded mode only).
+    fn store(&self) -> Result<&Store> {
+        self.cluster.store()
     }
 
     fn kubelet(&self, bins: &Binaries) -> Kubelet<'_> {
@@ -440,6 +510,7 @@ impl Lab {
             layout: &self.layout,
             weft: bins.weft.clone(),
             plugin: bins.plugin.clone(),
+            kubeconfig: None,
         }
     }
 
@@ -471,23 +542,22 @@ impl Lab {
 
     /// Stops `pod` on its node and deletes it.
     fn stop_pod(&self, bins: &Binaries, pod: &Pod) -> Result<()> {
-        self.kubelet(bins).stop(&self.state, pod)?;
+        self.kubelet(bins)
+            .stop(&self.state, pod, crate::kubelet::STOP_GRACE)?;
         let (namespace, name) = objects::key(pod);
-        self.store.delete("Pod", &namespace, &name)?;
+        self.store()?.delete("Pod", &namespace, &name)?;
         Ok(())
     }
 
     fn pods(&self) -> Result<Vec<Pod>> {
-        Ok(self.store.list_typed::<Pod>()?.0)
+        self.cluster.list::<Pod>()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Result<Pod> {
         check_name("pod", namespace, name, names::dns1123_subdomain)?;
-        self.store
-            .get_typed::<Pod>(namespace, name)?
-            .with_context(|| {
-                format!("pod {namespace}/{name} not found (see `weft lab get pods -A`)")
-            })
+        self.cluster.get::<Pod>(namespace, name)?.with_context(|| {
+            format!("pod {namespace}/{name} not found (see `weft lab get pods -A`)")
+        })
     }
 
     fn node_netns(&self, node: &str) -> Result<PathBuf> {
@@ -501,7 +571,7 @@ impl Lab {
     }
 
     fn services(&self) -> Result<Vec<Service>> {
-        Ok(self.store.list_typed::<Service>()?.0)
+        self.cluster.list::<Service>()
     }
 
     fn pools(&self) -> Pools {
@@ -520,7 +590,7 @@ impl Lab {
     /// Runs the EndpointSlice controller once.
     fn sync_slices(&self) -> Result<()> {
         let _lock = self.lock()?;
-        endpointslices::sync(&self.store).context("updating EndpointSlices")?;
+        endpointslices::sync(self.store()?).context("updating EndpointSlices")?;
         Ok(())
     }
 
@@ -555,7 +625,7 @@ impl Lab {
             };
             let exists = BUILT_IN_NAMESPACES.contains(&namespace.as_str())
                 || created.contains(&namespace)
-                || self.store.get_typed::<Namespace>("", &namespace)?.is_some();
+                || self.cluster.namespace_exists(&namespace)?;
             if !exists {
                 missing.push(format!(
                     "{} (namespace {namespace:?} not found)",
@@ -598,6 +668,9 @@ pub fn apply(name: &str, text: &str, bins: &Binaries, report: Report<'_>) -> Res
     let lab = Lab::open(name)?;
     let resources = manifest::parse(text)?;
     lab.check_namespaces(&resources)?;
+    if lab.is_kubernetes() {
+        return kubernetes::apply(&lab, &resources, report);
+    }
     lab.then_sync(apply_resources(&lab, resources, bins, report))
 }
 
@@ -659,8 +732,8 @@ fn apply_resource(
         }
         Resource::Namespace(ns) => {
             let ns_name = ns.metadata.name.clone().unwrap_or_default();
-            if lab.store.get_typed::<Namespace>("", &ns_name)?.is_none() {
-                lab.store.put_typed(ns)?;
+            if !lab.cluster.namespace_exists(&ns_name)? {
+                lab.store()?.put_typed(ns)?;
                 report(applied(Outcome::Created));
             } else {
                 report(applied(Outcome::Unchanged));
@@ -678,7 +751,7 @@ fn apply_resource(
         // The existence check and the start happen under the lab lock,
         // so two applies of one manifest start each pod once.
         let _lock = lab.lock()?;
-        if lab.store.get_typed::<Pod>(&namespace, &pod_name)?.is_some() {
+        if lab.cluster.get::<Pod>(&namespace, &pod_name)?.is_some() {
             report(Event::PodUnchanged { name: pod_name });
             continue;
         }
@@ -686,7 +759,9 @@ fn apply_resource(
         let node = lab.schedule(&pod)?;
         let mut pod = pod;
         pod.metadata.uid = Some(objects::random_uid());
-        let pod = kubelet.run(&node, pod, |pod| Ok(lab.store.put_typed(pod).map(drop)?))?;
+        let pod = kubelet.run(&node, pod, |pod| {
+            Ok(lab.store()?.put_typed(pod).map(drop)?)
+        })?;
         report(Event::PodCreated {
             name: pod_name,
             node: pod
@@ -744,7 +819,7 @@ fn apply_service(lab: &Lab, applied: &Service, report: Report<'_>) -> Result<()>
         }
     };
     if outcome != Outcome::Unchanged {
-        lab.store.put_typed(&admitted)?;
+        lab.store()?.put_typed(&admitted)?;
     }
     report(Event::Applied {
         object: format!("service/{}", id.1),
@@ -765,15 +840,20 @@ pub fn delete_manifest(
     let lab = Lab::open(name)?;
     let mut services = Vec::new();
     let mut pods = Vec::new();
+    let mut deployments = Vec::new();
     for resource in manifest::parse(text)? {
         match &resource {
             Resource::Namespace(_) => {}
             Resource::Service(s) => services.push(objects::key(s)),
             Resource::Pod(p) => pods.push(objects::key(p)),
+            Resource::Deployment(d) if lab.is_kubernetes() => deployments.push(objects::key(d)),
             Resource::Deployment(d) => {
                 pods.extend(manifest::expand_deployment(d).iter().map(objects::key))
             }
         }
+    }
+    if lab.is_kubernetes() {
+        return kubernetes::delete(&lab, &services, &deployments, &pods, grace, report);
     }
     let work = services
         .iter()
@@ -796,6 +876,10 @@ pub fn delete_pod(
 ) -> Result<()> {
     check_name("pod", namespace, pod, names::dns1123_subdomain)?;
     let lab = Lab::open(name)?;
+    let key = (namespace.to_string(), pod.to_string());
+    if lab.is_kubernetes() {
+        return kubernetes::delete(&lab, &[], &[], &[key], grace, report);
+    }
     let work = delete_pods(&lab, bins, &[(namespace.into(), pod.into())], grace, report);
     lab.then_sync(work)
 }
@@ -804,12 +888,19 @@ pub fn delete_pod(
 pub fn delete_service(name: &str, namespace: &str, svc: &str, report: Report<'_>) -> Result<()> {
     check_name("service", namespace, svc, names::dns1035_label)?;
     let lab = Lab::open(name)?;
+    if lab.is_kubernetes() {
+        let key = (namespace.to_string(), svc.to_string());
+        return kubernetes::delete(&lab, &[key], &[], &[], Duration::ZERO, report);
+    }
     let work = delete_service_in(&lab, namespace, svc, report);
     lab.then_sync(work)
 }
 
 fn delete_service_in(lab: &Lab, namespace: &str, svc: &str, report: Report<'_>) -> Result<()> {
-    let found = lab.store.delete(Service::KIND, namespace, svc)?.is_some();
+    let found = lab
+        .store()?
+        .delete(Service::KIND, namespace, svc)?
+        .is_some();
     report(Event::Deleted {
         object: format!("service/{svc}"),
         found,
@@ -827,7 +918,7 @@ fn delete_pods(
 ) -> Result<()> {
     let mut found = Vec::new();
     for (namespace, pod) in keys {
-        match lab.store.get_typed::<Pod>(namespace, pod)? {
+        match lab.cluster.get::<Pod>(namespace, pod)? {
             Some(p) => found.push(p),
             None => report(Event::Deleted {
                 object: format!("pod/{pod}"),
@@ -838,7 +929,7 @@ fn delete_pods(
     if !grace.is_zero() && !found.is_empty() {
         for pod in &mut found {
             objects::mark_deleted(&mut pod.metadata, grace);
-            lab.store.put_typed(pod)?;
+            lab.store()?.put_typed(pod)?;
             report(Event::PodTerminating {
                 name: objects::key(pod).1,
                 grace_seconds: grace.as_secs(),
@@ -871,7 +962,7 @@ pub enum Output {
 /// rows.
 pub fn get_nodes(name: &str) -> Result<(Vec<Node>, Vec<NodeRow>)> {
     let lab = Lab::open(name)?;
-    let (nodes, _) = lab.store.list_typed::<Node>()?;
+    let nodes = lab.cluster.list::<Node>()?;
     let rows = lab
         .state
         .nodes
@@ -954,7 +1045,7 @@ pub fn exec(name: &str, target: &ExecTarget, cmd: &[String]) -> Result<i32> {
         ExecTarget::Pod {
             namespace,
             name: pod,
-        } => pod_netns(&lab.pod(namespace, pod)?)?,
+        } => pod_netns(&lab.layout, &lab.pod(namespace, pod)?)?,
         ExecTarget::External => lab.external_netns()?,
     };
     let (program, args) = cmd.split_first().context("give a command after --")?;
@@ -966,13 +1057,8 @@ pub fn exec(name: &str, target: &ExecTarget, cmd: &[String]) -> Result<i32> {
     Ok(status.code().unwrap_or(128))
 }
 
-fn pod_netns(pod: &Pod) -> Result<PathBuf> {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("weft.dev/netns"))
-        .map(PathBuf::from)
-        .context("the pod has no network namespace recorded")
+fn pod_netns(layout: &Layout, pod: &Pod) -> Result<PathBuf> {
+    crate::kubelet::netns_of(layout, pod)
 }
 
 /// `weft lab logs`.
@@ -1026,6 +1112,7 @@ pub fn node(
             wait_ready(&lab.layout, &lab.state, Duration::from_secs(30))?;
             report(Event::NodeAdded { name: node.into() });
         }
+        NodeAction::Remove if lab.is_kubernetes() => remove_node(&mut lab, node, bins, report)?,
         NodeAction::Remove => {
             let work = remove_node(&mut lab, node, bins, report);
             lab.then_sync(work)?;
@@ -1053,7 +1140,7 @@ pub fn node(
             if agents::is_running(&lab.layout, node, current) {
                 bail!("the agent of {node} is already running");
             }
-            let pid = agents::start(&lab.layout, &bins.weft, node, &ns)?;
+            let pid = agents::start(&lab.layout, &lab.state, &bins.weft, node, &ns)?;
             if let Some(record) = lab.state.nodes.iter_mut().find(|n| n.name == node) {
                 record.agent_pid = Some(pid);
             }
@@ -1076,25 +1163,62 @@ fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries, report: Report<'_>) -
             lab.state.name
         )
     })?;
-    for pod in lab
-        .pods()?
-        .iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
-    {
-        let _lock = lab.lock()?;
-        lab.stop_pod(bins, pod)?;
+    if lab.is_kubernetes() {
+        // The Node goes first, so the scheduler binds nothing more to it;
+        // then its kubelet, its pods' sandboxes and objects.
+        kubernetes::forget_node(lab, node)?;
+        if let Some(pid) = record.kubelet_pid {
+            procs::stop(
+                pid,
+                &node_kubelet::owner(&lab.layout, node),
+                Duration::from_secs(3),
+            );
+        }
+        let pods = pods_on(lab, node)?;
+        for pod in &pods {
+            lab.kubelet(bins)
+                .stop(&lab.state, pod, crate::kubelet::STOP_GRACE)?;
+        }
+        kubernetes::force_delete(lab, &pods)?;
+    } else {
+        for pod in &pods_on(lab, node)? {
+            let _lock = lab.lock()?;
+            lab.stop_pod(bins, pod)?;
+        }
+        lab.store()?.release_lease("weft", node)?;
+        lab.store()?.delete("Node", "", node)?;
     }
     if let Some(pid) = record.agent_pid {
         agents::stop(&lab.layout, node, pid);
     }
-    lab.store.release_lease("weft", node)?;
-    lab.store.delete("Node", "", node)?;
     netns::delete_named(&lab.layout.node_ns(node))?;
     lab.state.nodes.retain(|n| n.name != node);
     lab.layout.save(&lab.state)?;
     lab.layout.remove(&lab.layout.node_dir(node))?;
     report(Event::NodeRemoved { name: node.into() });
     Ok(())
+}
+
+/// The pods bound to `node`.
+fn pods_on(lab: &Lab, node: &str) -> Result<Vec<Pod>> {
+    Ok(lab
+        .pods()?
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .collect())
+}
+
+/// `weft lab kubeconfig`: the admin kubeconfig of a Kubernetes-mode lab.
+pub fn kubeconfig(name: &str) -> Result<PathBuf> {
+    let layout = Layout::new(name)?;
+    let state = layout.load()?;
+    if state.control_plane == ControlPlane::Embedded {
+        bail!(
+            "lab {name} has the embedded control plane, which kubectl cannot drive; \
+             create one with `weft lab up --control-plane kubernetes`"
+        );
+    }
+    Ok(kube_control_plane::admin_kubeconfig(&layout))
 }
 
 /// `weft lab status`: every lab, its nodes and pods.

@@ -72,6 +72,15 @@ pub struct ApiServer {
 
 /// How often a write that lost a race with another writer is tried again.
 const CONFLICT_RETRIES: usize = 5;
+/// How long after a container starts its pod's first status may take.
+const KUBELET_REPORTS_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn has_status_of(pod: &Pod, container: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|all| all.iter().any(|c| c.name == container))
+}
 
 impl ApiServer {
     /// Connects with the kubeconfig at `path`.
@@ -103,19 +112,31 @@ impl PodStatusStore for ApiServer {
         let runtime = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
         let name = &self.container.pod;
         runtime.block_on(async {
-            for _ in 0..CONFLICT_RETRIES {
+            let reported_by = tokio::time::Instant::now() + KUBELET_REPORTS_WITHIN;
+            let mut conflicts = 0;
+            while conflicts < CONFLICT_RETRIES {
                 let Some(mut pod) = self.pods.get_opt(name).await? else {
                     return Ok(false);
                 };
                 if pod.metadata.uid.as_deref() != Some(self.container.uid.as_str()) {
                     return Ok(false);
                 }
+                // The kubelet writes the pod's first status once all its
+                // containers started; a change made before that would be
+                // lost under it, so it waits for it.
+                if !has_status_of(&pod, &self.container.name) {
+                    if tokio::time::Instant::now() > reported_by {
+                        anyhow::bail!("pod {name} has no status of container {} {KUBELET_REPORTS_WITHIN:?} after it started", self.container.name);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
                 if !change(&mut pod, now()) {
                     return Ok(true);
                 }
                 match self.pods.replace_status(name, &PostParams::default(), &pod).await {
                     Ok(_) => return Ok(true),
-                    Err(kube::Error::Api(status)) if status.is_conflict() => continue,
+                    Err(kube::Error::Api(status)) if status.is_conflict() => conflicts += 1,
                     Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(false),
                     Err(e) => {
                         return Err(e).with_context(|| format!("writing pod {name}'s status"))

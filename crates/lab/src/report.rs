@@ -19,10 +19,19 @@ pub enum Event {
         namespace: String,
         ip: std::net::Ipv4Addr,
     },
+    /// Kubernetes mode: the control plane is starting.
+    ControlPlaneStarted {
+        namespace: String,
+        ip: std::net::Ipv4Addr,
+        kubeconfig: std::path::PathBuf,
+    },
+    /// A node's processes started: its agent, and in Kubernetes mode its
+    /// kubelet (whose agent starts once the API server is ready).
     NodeStarted {
         name: String,
         ip: std::net::Ipv4Addr,
-        pid: u32,
+        agent: Option<u32>,
+        kubelet: Option<u32>,
     },
     LabUp {
         name: String,
@@ -107,8 +116,28 @@ impl fmt::Display for Event {
                 f,
                 "external client {namespace} at {ip} (reaches nodes and LoadBalancer addresses on-link)"
             ),
-            Event::NodeStarted { name, ip, pid } => {
-                write!(f, "node {name:<8} {:<14} agent pid {pid}", ip.to_string())
+            Event::ControlPlaneStarted {
+                namespace,
+                ip,
+                kubeconfig,
+            } => write!(
+                f,
+                "control plane {namespace} at {ip} (etcd, kube-apiserver, kube-controller-manager, kube-scheduler); kubeconfig {}",
+                kubeconfig.display()
+            ),
+            Event::NodeStarted {
+                name,
+                ip,
+                agent,
+                kubelet,
+            } => {
+                write!(f, "node {name:<8} {:<14}", ip.to_string())?;
+                let processes = [("kubelet", kubelet), ("agent", agent)];
+                let started: Vec<String> = processes
+                    .iter()
+                    .filter_map(|(what, pid)| pid.map(|pid| format!("{what} pid {pid}")))
+                    .collect();
+                write!(f, " {}", started.join(", "))
             }
             Event::LabUp {
                 name,
@@ -286,9 +315,19 @@ mod tests {
                 Event::NodeStarted {
                     name: "node-1".into(),
                     ip: "198.18.0.11".parse().unwrap(),
-                    pid: 42,
+                    agent: Some(42),
+                    kubelet: None,
                 },
                 "node node-1   198.18.0.11    agent pid 42",
+            ),
+            (
+                Event::NodeStarted {
+                    name: "node-1".into(),
+                    ip: "198.18.0.11".parse().unwrap(),
+                    agent: None,
+                    kubelet: Some(43),
+                },
+                "node node-1   198.18.0.11    kubelet pid 43",
             ),
             (
                 Event::PodCreated {

@@ -259,8 +259,9 @@ impl AgentArgs {
 /// error, with what it does about it.
 const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
 
-pub fn run(a: AgentArgs) -> Result<()> {
-    a.check_periods()?;
+/// Logs to stdout, filtered by RUST_LOG or else [`DEFAULT_LOG_FILTER`]
+/// (the agent's and the lab kubelet's).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
@@ -268,6 +269,11 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .init();
+}
+
+pub fn run(a: AgentArgs) -> Result<()> {
+    a.check_periods()?;
+    init_logging();
     if a.cleanup {
         return cleanup(&a);
     }

@@ -66,6 +66,21 @@ pub enum LabCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run a lab node's kubelet against the lab's Kubernetes control plane
+    /// (started by `weft lab up --control-plane kubernetes`; not for users).
+    #[command(hide = true)]
+    Kubelet {
+        #[arg(long)]
+        lab: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// Print the path of the admin kubeconfig of a lab whose control plane
+    /// is Kubernetes (for kubectl on this machine).
+    Kubeconfig {
+        #[arg(long, default_value = DEFAULT_LAB)]
+        name: String,
+    },
     /// Create a lab: underlay, nodes, one real agent per node.
     Up {
         #[arg(long, default_value = DEFAULT_LAB)]
@@ -85,6 +100,11 @@ pub enum LabCmd {
         /// LoadBalancer addresses, inside the underlay [default: its last 16 addresses, 198.18.0.240/28].
         #[arg(long)]
         lb_cidr: Option<String>,
+        /// What holds the cluster's state: weft's embedded store, or
+        /// Kubernetes' own etcd, kube-apiserver, kube-controller-manager and
+        /// kube-scheduler (from `./scripts/setup.sh --peers`), driven with kubectl.
+        #[arg(long, value_enum, default_value = "embedded")]
+        control_plane: ControlPlaneArg,
     },
     /// Remove a lab (or all) with every namespace, process and file.
     Down {
@@ -194,6 +214,12 @@ pub enum LabCmd {
     Status,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlPlaneArg {
+    Embedded,
+    Kubernetes,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OutputArg {
     Wide,
@@ -246,6 +272,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             underlay_cidr,
             service_cidr,
             lb_cidr,
+            control_plane,
         } => ops::up(
             &UpOptions {
                 name,
@@ -255,6 +282,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 underlay: underlay_cidr,
                 service_cidr,
                 lb_cidr,
+                kubernetes: control_plane == ControlPlaneArg::Kubernetes,
             },
             &Binaries::beside_current_exe()?,
             &mut print_event,
@@ -429,6 +457,15 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 .with_context(|| format!("opening network namespace {netns}"))?;
             let forwarder = weft_lab::forward::Forwarder::bind(listen, ns, to)?;
             forwarder.serve()
+        }
+        LabCmd::Kubelet { lab, node } => {
+            crate::agent::init_logging();
+            let bins = Binaries::beside_current_exe()?;
+            weft_lab::node_kubelet::run(&lab, &node, bins.weft, bins.plugin)
+        }
+        LabCmd::Kubeconfig { name } => {
+            println!("{}", ops::kubeconfig(&name)?.display());
+            Ok(())
         }
         LabCmd::Supervise {
             lab,

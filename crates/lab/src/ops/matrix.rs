@@ -153,7 +153,7 @@ fn origins(lab: &Lab, pods: &[Pod], from: &[String]) -> Result<Vec<Origin>> {
     let pod_origin = |p: &Pod| -> Result<Origin> {
         Ok(Origin {
             label: key(p).1,
-            netns: pod_netns(p)?,
+            netns: pod_netns(&lab.layout, p)?,
         })
     };
     if from.is_empty() {

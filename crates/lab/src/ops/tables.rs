@@ -39,7 +39,7 @@ pub fn get_services(name: &str, namespace: Option<&str>, output: Output) -> Resu
 /// ADDRESSTYPE, PORTS, ENDPOINTS (the ready ones); wide adds SERVICE.
 pub fn get_endpointslices(name: &str, namespace: Option<&str>, output: Output) -> Result<String> {
     let lab = Lab::open(name)?;
-    let items = in_namespace(lab.store.list_typed::<EndpointSlice>()?.0, namespace);
+    let items = in_namespace(lab.cluster.list::<EndpointSlice>()?, namespace);
     let mut headers = vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"];
     if output == Output::Wide {
         headers.push("SERVICE");

@@ -1,0 +1,412 @@
+//! The kubelet process of a lab node whose control plane is Kubernetes
+//! (`weft lab kubelet`, started by the lab in the node's namespace): it
+//! authenticates with the node's own certificate, registers the Node and
+//! renews its Lease ([`crate::node_registration`]), watches the Pods bound
+//! to the node and runs them with the lab's [`Kubelet`] (CNI ADD through
+//! weft-cni, containers under supervisors that report to the API server),
+//! writes their status through `pods/status`, and on deletion stops them,
+//! runs CNI DEL and removes the object (grace period 0, as the kubelet
+//! does once the containers are gone).
+//!
+//! What to do is decided by [`plan`] (pure: the pods bound here against
+//! the pods running here); this module only carries it out. It must not
+//! schedule pods or touch other nodes' pods.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::kubelet::Kubelet;
+use crate::layout::{LabState, Layout, NodeRecord};
+use crate::objects::key;
+use crate::{kube_control_plane, node_registration, procs};
+
+/// How often the Lease is renewed (the kubelet's default).
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How often the Node's status is posted again.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+/// How often the pods are reconciled without a change to them.
+const RESYNC_EVERY: Duration = Duration::from_secs(2);
+/// How long containers get after SIGTERM when the pod says nothing.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+pub fn owner(layout: &Layout, node: &str) -> String {
+    format!("{}/kubelet/{node}", layout.lab)
+}
+
+/// Starts `weft lab kubelet` for `node` in its namespace, detached.
+pub fn start(
+    layout: &Layout,
+    weft: &std::path::Path,
+    node: &str,
+    ns: &weft_datapath::NetNs,
+) -> std::io::Result<u32> {
+    let args: Vec<String> = ["lab", "kubelet", "--lab", &layout.lab, "--node", node]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    procs::spawn(
+        Some(ns),
+        weft,
+        &args,
+        &owner(layout, node),
+        &layout.node_dir(node).join("kubelet.log"),
+    )
+}
+
+/// What the kubelet does next to one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Run it here.
+    Start(Pod),
+    /// Stop it here; `remove_object`: then delete it from the API (it was
+    /// being deleted), else it is already gone from there.
+    Stop { pod: Pod, remove_object: bool },
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+/// The actions that bring `running` (pods running here, by UID) to
+/// `bound` (the pods the API server binds to this node): new pods start,
+/// pods being deleted stop and are removed, pods gone from the API stop.
+/// Pods that finished (Succeeded, Failed) are not run again.
+pub fn plan(bound: &[Pod], running: &BTreeMap<String, Pod>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for pod in bound {
+        let here = running.contains_key(&uid(pod));
+        if pod.metadata.deletion_timestamp.is_some() {
+            actions.push(Action::Stop {
+                pod: pod.clone(),
+                remove_object: true,
+            });
+        } else if !here && !finished(pod) {
+            actions.push(Action::Start(pod.clone()));
+        }
+    }
+    for (id, pod) in running {
+        if !bound.iter().any(|p| uid(p) == *id) {
+            actions.push(Action::Stop {
+                pod: pod.clone(),
+                remove_object: false,
+            });
+        }
+    }
+    actions
+}
+
+fn finished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// How long a deleted pod's containers get to stop.
+fn grace_of(pod: &Pod) -> Duration {
+    let seconds = pod.metadata.deletion_grace_period_seconds.or(pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds));
+    seconds.map_or(DEFAULT_GRACE, |s| Duration::from_secs(s.max(0) as u64))
+}
+
+/// The kubelet of `node` in lab `lab`, until the process is ended.
+pub fn run(lab: &str, node: &str, weft: PathBuf, plugin: PathBuf) -> Result<()> {
+    let layout = Layout::new(lab)?;
+    let state = layout.load()?;
+    let record = state
+        .node(node)
+        .cloned()
+        .with_context(|| format!("node {node} is not part of lab {lab}"))?;
+    let kubeconfig = kube_control_plane::node_kubeconfig(&layout, &state, node)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = kube_control_plane::client_of(&kubeconfig).await?;
+        register(&client, &record).await;
+        tokio::spawn(keep_alive(client.clone(), record.clone()));
+        let node = NodeKubelet {
+            client,
+            layout,
+            state,
+            record,
+            weft,
+            plugin,
+            kubeconfig,
+        };
+        node.serve().await
+    })
+}
+
+/// Registers the Node, trying again until the API server answers.
+async fn register(client: &Client, node: &NodeRecord) {
+    loop {
+        match node_registration::register(client, &node.name, node.ip).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the node failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Renews the Lease every [`RENEW_EVERY`] and posts the status every
+/// [`STATUS_EVERY`].
+async fn keep_alive(client: Client, node: NodeRecord) {
+    let mut since_status = Duration::ZERO;
+    loop {
+        if let Err(e) = node_registration::renew(&client, &node.name).await {
+            tracing::warn!(error = %e, "renewing the node's Lease failed");
+        }
+        tokio::time::sleep(RENEW_EVERY).await;
+        since_status += RENEW_EVERY;
+        if since_status >= STATUS_EVERY {
+            since_status = Duration::ZERO;
+            if let Err(e) = node_registration::register(&client, &node.name, node.ip).await {
+                tracing::warn!(error = %e, "posting the node's status failed");
+            }
+        }
+    }
+}
+
+/// What became of an action.
+enum Done {
+    Started(String, Box<Pod>),
+    Stopped(String),
+    Failed,
+}
+
+struct NodeKubelet {
+    client: Client,
+    layout: Layout,
+    state: LabState,
+    record: NodeRecord,
+    weft: PathBuf,
+    plugin: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl NodeKubelet {
+    fn kubelet(&self) -> Kubelet<'_> {
+        Kubelet {
+            layout: &self.layout,
+            weft: self.weft.clone(),
+            plugin: self.plugin.clone(),
+            kubeconfig: Some(self.kubeconfig.clone()),
+        }
+    }
+
+    /// Watches the pods bound here and reconciles at every change (and
+    /// every [`RESYNC_EVERY`]), one pass at a time.
+    async fn serve(self) -> Result<()> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let selector = format!("spec.nodeName={}", self.record.name);
+        let (reader, writer) = reflector::store();
+        let changed = Arc::new(Notify::new());
+        let notify = changed.clone();
+        let stream = reflector(
+            writer,
+            watcher(pods, watcher::Config::default().fields(&selector)),
+        )
+        .default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "watching this node's pods failed; retrying");
+                }
+                notify.notify_one();
+            }
+        });
+        reader.wait_until_ready().await?;
+        let this = Arc::new(self);
+        let mut running = this.adopt(&reader.state());
+        loop {
+            let bound: Vec<Pod> = reader.state().iter().map(|p| (**p).clone()).collect();
+            let passes = plan(&bound, &running)
+                .into_iter()
+                .map(|action| this.clone().carry_out(action));
+            for done in futures::future::join_all(passes).await {
+                match done {
+                    Done::Started(id, pod) => {
+                        running.insert(id, *pod);
+                    }
+                    Done::Stopped(id) => {
+                        running.remove(&id);
+                    }
+                    Done::Failed => {}
+                }
+            }
+            let _ = tokio::time::timeout(RESYNC_EVERY, changed.notified()).await;
+        }
+    }
+
+    /// Pods bound here whose containers already run (a kubelet that was
+    /// restarted): they are kept, not started again.
+    fn adopt(&self, bound: &[Arc<Pod>]) -> BTreeMap<String, Pod> {
+        bound
+            .iter()
+            .filter(|p| {
+                let (namespace, name) = key(p.as_ref());
+                !procs::owned_by(&crate::kubelet::pod_owner_prefix(
+                    &self.layout,
+                    &namespace,
+                    &name,
+                ))
+                .is_empty()
+            })
+            .map(|p| (uid(p), (**p).clone()))
+            .collect()
+    }
+
+    /// Carries out `action` on a blocking thread (pods start and stop
+    /// side by side); a failure is logged and tried again at the next pass.
+    async fn carry_out(self: Arc<Self>, action: Action) -> Done {
+        let what = match &action {
+            Action::Start(pod) => format!("starting pod {:?}", key(pod)),
+            Action::Stop { pod, .. } => format!("stopping pod {:?}", key(pod)),
+        };
+        match tokio::task::spawn_blocking(move || self.blocking(action)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "{what} failed");
+                Done::Failed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} panicked");
+                Done::Failed
+            }
+        }
+    }
+
+    /// Runs one action; a started pod comes back to be recorded.
+    fn blocking(&self, action: Action) -> Result<Done> {
+        let handle = tokio::runtime::Handle::current();
+        match action {
+            Action::Start(pod) => {
+                let id = uid(&pod);
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key(&pod).0);
+                let started = self.kubelet().run(&self.record, pod, |pod| {
+                    let status = json!({"status": pod.status});
+                    handle
+                        .block_on(pods.patch_status(
+                            &key(pod).1,
+                            &PatchParams::default(),
+                            &Patch::Merge(&status),
+                        ))
+                        .map(drop)
+                        .context("writing the pod's status")
+                })?;
+                Ok(Done::Started(id, Box::new(started)))
+            }
+            Action::Stop { pod, remove_object } => {
+                self.kubelet().stop(&self.state, &pod, grace_of(&pod))?;
+                if remove_object {
+                    let (namespace, name) = key(&pod);
+                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+                    let params = DeleteParams {
+                        grace_period_seconds: Some(0),
+                        preconditions: Some(Preconditions {
+                            uid: pod.metadata.uid.clone(),
+                            resource_version: None,
+                        }),
+                        ..DeleteParams::default()
+                    };
+                    match handle.block_on(pods.delete(&name, &params)) {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+                        Err(e) => return Err(e).context("removing the deleted pod"),
+                    }
+                }
+                Ok(Done::Stopped(uid(&pod)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(uid: &str, extra: serde_json::Value) -> Pod {
+        let mut value = json!({
+            "metadata": {"name": format!("p-{uid}"), "namespace": "default", "uid": uid},
+            "spec": {"containers": [{"name": "c"}], "nodeName": "node-1"},
+        });
+        if let (Some(base), Some(more)) = (value.as_object_mut(), extra.as_object()) {
+            for (k, v) in more {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn running(pods: &[&Pod]) -> BTreeMap<String, Pod> {
+        pods.iter().map(|p| (uid(p), (*p).clone())).collect()
+    }
+
+    #[test]
+    fn new_pods_start_and_running_ones_are_left_alone() {
+        let (a, b) = (pod("a", json!({})), pod("b", json!({})));
+        let actions = plan(&[a.clone(), b.clone()], &running(&[&a]));
+        assert_eq!(actions, vec![Action::Start(b)]);
+    }
+
+    #[test]
+    fn pods_being_deleted_stop_and_are_removed_and_pods_gone_stop() {
+        let deleting = pod(
+            "a",
+            json!({"metadata": {"name": "p-a", "namespace": "default", "uid": "a",
+                "deletionTimestamp": "2026-12-01T00:00:00Z", "deletionGracePeriodSeconds": 5}}),
+        );
+        let gone = pod("b", json!({}));
+        let actions = plan(
+            std::slice::from_ref(&deleting),
+            &running(&[&deleting, &gone]),
+        );
+        assert_eq!(
+            actions,
+            vec![
+                Action::Stop {
+                    pod: deleting.clone(),
+                    remove_object: true
+                },
+                Action::Stop {
+                    pod: gone,
+                    remove_object: false
+                },
+            ]
+        );
+        assert_eq!(grace_of(&deleting), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn finished_pods_are_not_run_again() {
+        let done = pod("a", json!({"status": {"phase": "Succeeded"}}));
+        assert!(plan(&[done], &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn the_grace_period_is_the_deletions_else_the_pods_else_30s() {
+        let own = pod(
+            "a",
+            json!({"spec": {"containers": [{"name": "c"}], "terminationGracePeriodSeconds": 7}}),
+        );
+        assert_eq!(grace_of(&own), Duration::from_secs(7));
+        assert_eq!(grace_of(&pod("b", json!({}))), DEFAULT_GRACE);
+    }
+}
