@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{text, wait_until, Lab, MANIFEST, WEFT};
+use common::{text, wait_until, Lab, Mode, MANIFEST, WEFT};
+use rstest::rstest;
 use serde_json::Value;
 use weft_datapath::netns;
 
-fn mesh_test(tag: &str, backend: &str) {
-    let lab = Lab::up(tag, 3, backend);
+fn mesh_test(mode: Mode, tag: &str, backend: &str) {
+    let lab = Lab::up_in(mode, tag, 3, backend);
     let nodes = lab.json(&["get", "nodes", "-o", "json"]);
     assert_eq!(nodes["kind"], "NodeList");
     let items = nodes["items"].as_array().unwrap();
@@ -55,36 +56,34 @@ fn mesh_test(tag: &str, backend: &str) {
         }
     }
     // UDP too (agnhost netexec's --udp-port), between the Deployment's pods.
+    let web = lab.app_pods("web");
     let out = lab.weft(&[
-        "probe",
-        "--protocol",
-        "udp",
-        "--from",
-        "web-0",
-        "--to",
-        "web-1",
-        "--to",
-        "web-2",
-        "-o",
+        "probe", "--protocol", "udp", "--from", &web[0], "--to", &web[1], "--to", &web[2], "-o",
         "json",
     ]);
     let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
     assert!(v["allOk"].as_bool().unwrap(), "UDP across nodes: {v:#}");
 }
 
-#[test]
-fn three_node_vxlan_lab_full_mesh() {
-    mesh_test("vx", "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn three_node_vxlan_lab_full_mesh(#[case] mode: Mode) {
+    mesh_test(mode, "vx", "vxlan");
 }
 
-#[test]
-fn three_node_host_gw_lab_full_mesh() {
-    mesh_test("hg", "host-gw");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn three_node_host_gw_lab_full_mesh(#[case] mode: Mode) {
+    mesh_test(mode, "hg", "host-gw");
 }
 
-#[test]
-fn containers_share_localhost_and_host_network_pods_use_the_node() {
-    let lab = Lab::up("loc", 2, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn containers_share_localhost_and_host_network_pods_use_the_node(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "loc", 2, "vxlan");
     lab.ok(&["apply", "-f", MANIFEST]);
     let out = lab.ok(&[
         "exec", "-n", "demo", "sidecar", "--", "bash", "-c",
@@ -118,7 +117,8 @@ fn containers_share_localhost_and_host_network_pods_use_the_node() {
         node2,
         "a hostNetwork pod has its node's IP"
     );
-    let out = lab.weft(&["probe", "--from", "web-0", "--to", "hostnet", "-o", "json"]);
+    let web = &lab.app_pods("web")[0];
+    let out = lab.weft(&["probe", "--from", web, "--to", "hostnet", "-o", "json"]);
     let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
     assert!(
         v["allOk"].as_bool().unwrap(),
@@ -131,12 +131,26 @@ fn containers_share_localhost_and_host_network_pods_use_the_node() {
         .all(|p| p["metadata"]["name"] != "hostnet"));
 }
 
-#[test]
-fn agent_restart_keeps_an_established_tcp_stream() {
-    let lab = Lab::up("rst", 2, "vxlan");
+/// Two pods of the Deployment `app` on different nodes.
+fn pods_on_two_nodes(lab: &Lab, app: &str) -> (String, String) {
+    let node = |pod: &str| lab.pod(pod)["spec"]["nodeName"].clone();
+    let pods = lab.app_pods(app);
+    let other = pods
+        .iter()
+        .find(|p| node(p) != node(&pods[0]))
+        .expect("the pods are spread over the nodes");
+    (pods[0].clone(), other.clone())
+}
+
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn agent_restart_keeps_an_established_tcp_stream(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "rst", 2, "vxlan");
     lab.ok(&["apply", "-f", MANIFEST]);
-    let (client_ns, server_ns) = (lab.pod_netns("web-0"), lab.pod_netns("web-1"));
-    let server_ip = lab.pod_ip("web-1");
+    let (client, server) = pods_on_two_nodes(&lab, "web");
+    let (client_ns, server_ns) = (lab.pod_netns(&client), lab.pod_netns(&server));
+    let server_ip = lab.pod_ip(&server);
     let listener = server_ns
         .run_in(|| TcpListener::bind("0.0.0.0:7000"))
         .unwrap()
@@ -203,9 +217,11 @@ fn agent_restart_keeps_an_established_tcp_stream() {
     lab.full_mesh();
 }
 
-#[test]
-fn drift_is_repaired_and_leases_survive_restarts() {
-    let lab = Lab::up("dri", 3, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn drift_is_repaired_and_leases_survive_restarts(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "dri", 3, "vxlan");
     lab.ok(&["apply", "-f", MANIFEST]);
     let cidr_before =
         lab.json(&["get", "nodes", "-o", "json"])["items"][0]["spec"]["podCIDR"].clone();
@@ -245,9 +261,11 @@ fn drift_is_repaired_and_leases_survive_restarts() {
     );
 }
 
-#[test]
-fn a_removed_node_disappears_from_every_route_within_two_seconds() {
-    let lab = Lab::up("rm", 3, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn a_removed_node_disappears_from_every_route_within_two_seconds(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "rm", 3, "vxlan");
     let node3 = lab.json(&["get", "nodes", "-o", "json"])["items"][2]["spec"]["podCIDR"]
         .as_str()
         .unwrap()
@@ -286,9 +304,11 @@ fn a_removed_node_disappears_from_every_route_within_two_seconds() {
     );
 }
 
-#[test]
-fn lab_down_leaves_nothing_and_overlapping_ranges_are_refused() {
-    let lab = Lab::up("dn", 2, "host-gw");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn lab_down_leaves_nothing_and_overlapping_ranges_are_refused(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "dn", 2, "host-gw");
     lab.ok(&["apply", "-f", MANIFEST]);
     let prefix = format!("wl-{}-", lab.name);
     assert!(netns::list_named().iter().any(|n| n.starts_with(&prefix)));
@@ -335,9 +355,7 @@ fn lab_down_leaves_nothing_and_overlapping_ranges_are_refused() {
         .find(|d| *d != "default" && d.contains('/') && !d.starts_with("127."))
         .map(String::from);
     if let Some(net) = host_net {
-        let bad = Lab {
-            name: format!("ov{}", std::process::id() % 100_000),
-        };
+        let bad = Lab::named_in(mode, "ov");
         let out = bad.weft(&["up", "--nodes", "1", "--underlay-cidr", &net]);
         assert!(!out.status.success());
         assert!(

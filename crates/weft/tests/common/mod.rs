@@ -17,25 +17,58 @@ use weft_datapath::NetNs;
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 pub const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pods.yaml");
 
+/// What holds a lab's cluster state: the suites that hold in both run in
+/// both (`#[rstest]` cases), the others name theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Embedded,
+    Kubernetes,
+}
+
+impl Mode {
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Kubernetes => "kubernetes",
+        }
+    }
+}
+
 pub struct Lab {
     pub name: String,
+    pub mode: Mode,
 }
 
 impl Lab {
     pub fn up(tag: &str, nodes: u32, backend: &str) -> Lab {
-        Lab::up_with(tag, &["--nodes", &nodes.to_string(), "--backend", backend])
+        Lab::up_in(Mode::Embedded, tag, nodes, backend)
+    }
+
+    /// A lab of `nodes` on `backend` whose control plane is `mode`'s.
+    pub fn up_in(mode: Mode, tag: &str, nodes: u32, backend: &str) -> Lab {
+        let nodes = nodes.to_string();
+        Lab::up_with_in(mode, tag, &["--nodes", &nodes, "--backend", backend])
     }
 
     /// `weft lab up ARGS` under the name `<tag><pid>`.
     pub fn up_with(tag: &str, args: &[&str]) -> Lab {
-        Lab::up_with_env(tag, args, &[])
+        Lab::up_with_in(Mode::Embedded, tag, args)
+    }
+
+    /// `weft lab up ARGS` in `mode`, named `<tag>[k]<pid>`.
+    pub fn up_with_in(mode: Mode, tag: &str, args: &[&str]) -> Lab {
+        Lab::up_with_env_in(mode, tag, args, &[])
     }
 
     /// The same with extra environment for `weft lab up` (and so for the
     /// agents it starts).
     pub fn up_with_env(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Lab {
-        let lab = Lab::named(tag);
-        let mut all = vec!["up"];
+        Lab::up_with_env_in(Mode::Embedded, tag, args, env)
+    }
+
+    pub fn up_with_env_in(mode: Mode, tag: &str, args: &[&str], env: &[(&str, &str)]) -> Lab {
+        let lab = Lab::named_in(mode, tag);
+        let mut all = vec!["up", "--control-plane", mode.flag()];
         all.extend_from_slice(args);
         let out = lab.weft_env(&all, env);
         assert!(
@@ -49,10 +82,54 @@ impl Lab {
 
     /// A handle on the lab `<tag><pid>` without creating it.
     pub fn named(tag: &str) -> Lab {
+        Lab::named_in(Mode::Embedded, tag)
+    }
+
+    /// Kubernetes-mode labs end their tag with `k`, so a test's two
+    /// cases run side by side.
+    pub fn named_in(mode: Mode, tag: &str) -> Lab {
         assert!(tag.len() <= 6);
+        let k = if mode == Mode::Kubernetes { "k" } else { "" };
         Lab {
-            name: format!("{tag}{}", std::process::id() % 100_000),
+            name: format!("{tag}{k}{}", std::process::id() % 100_000),
+            mode,
         }
+    }
+
+    /// kubectl of the peers cache as the lab's admin (Kubernetes mode).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let kubeconfig = self.ok(&["kubeconfig"]);
+        Command::new(weft_lab::control_plane::peer("kubectl").unwrap())
+            .arg("--kubeconfig")
+            .arg(kubeconfig.trim())
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// [`Lab::kubectl`] that must succeed; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// The names of the pods labelled `app=<app>`, sorted (a Deployment's
+    /// pods: `web-0…` in the embedded mode, `web-<hash>-<id>` on Kubernetes).
+    pub fn app_pods(&self, app: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pods()
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == app)
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn weft(&self, args: &[&str]) -> Output {
@@ -102,18 +179,17 @@ impl Lab {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
+    /// The pod's network namespace: its node's for hostNetwork pods,
+    /// else its own, named after its UID (as the lab's kubelet names it).
     pub fn pod_netns(&self, pod: &str) -> NetNs {
-        let p = self
-            .pods()
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == pod)
-            .expect("pod exists");
-        NetNs::open(
-            p["metadata"]["annotations"]["weft.dev/netns"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap()
+        let p = self.pod(pod);
+        let name = if p["spec"]["hostNetwork"] == true {
+            self.node_ns(p["spec"]["nodeName"].as_str().unwrap())
+        } else {
+            let uid = p["metadata"]["uid"].as_str().unwrap();
+            format!("wl-{}-pod-{}", self.name, &uid[..uid.len().min(12)])
+        };
+        NetNs::open(weft_datapath::netns::named_path(&name)).unwrap()
     }
 
     pub fn pod_ip(&self, pod: &str) -> String {
