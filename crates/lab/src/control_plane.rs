@@ -267,7 +267,7 @@ pub(crate) fn generate_keys(dir: &Path, addresses: &[Ipv4Addr]) -> Result<()> {
     let ca = [
         &["req", "-x509"][..],
         &ec,
-        &["-days", "1", "-subj", "/CN=weft-test-ca"],
+        &["-days", VALID_DAYS, "-subj", "/CN=weft-ca"],
     ]
     .concat();
     openssl(
@@ -302,6 +302,10 @@ pub(crate) fn generate_keys(dir: &Path, addresses: &[Ipv4Addr]) -> Result<()> {
     ])
 }
 
+/// How long the authority and certificates are valid (a lab may run
+/// for long).
+const VALID_DAYS: &str = "365";
+
 /// What a serving certificate may do.
 const SERVER_AUTH: &str =
     "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n";
@@ -329,6 +333,7 @@ fn issue(dir: &Path, stem: &str, subject: &str, extensions: &str) -> Result<()> 
     ])?;
     fs::write(path("ext"), extensions).map_err(io("writing the certificate extensions"))?;
     let authority = |name: &str| dir.join(name).display().to_string();
+    let serial = format!("0x{}", crate::objects::random_uid().replace('-', ""));
     openssl(&[
         "x509",
         "-req",
@@ -338,9 +343,12 @@ fn issue(dir: &Path, stem: &str, subject: &str, extensions: &str) -> Result<()> 
         &authority("ca.crt"),
         "-CAkey",
         &authority("ca.key"),
-        "-CAcreateserial",
+        // A random serial: kubelets of several nodes issue theirs at once,
+        // and `-CAcreateserial` would race on the shared serial file.
+        "-set_serial",
+        &serial,
         "-days",
-        "1",
+        VALID_DAYS,
         "-extfile",
         &path("ext"),
         "-out",

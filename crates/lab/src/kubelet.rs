@@ -308,10 +308,11 @@ impl Kubelet<'_> {
         let agnhost = c.image.as_deref().is_some_and(|i| i.contains("agnhost"));
         if agnhost && c.command.is_none() {
             if let Some(cfg) = crate::netexec::parse_agnhost_args(&args) {
-                return (
-                    self.weft.clone(),
-                    netexec_args(pod, &cfg.http_ports, &cfg.udp_ports),
-                );
+                let mut args = netexec_args(pod, &cfg.http_ports, &cfg.udp_ports);
+                if cfg.delay_shutdown > 0 {
+                    args.extend(["--delay-shutdown".into(), cfg.delay_shutdown.to_string()]);
+                }
+                return (self.weft.clone(), args);
             }
         }
         if let Some(cmd) = c.command.clone().filter(|c| !c.is_empty()) {

@@ -40,6 +40,9 @@ pub struct NetexecConfig {
     pub http_ports: Vec<u16>,
     pub udp_ports: Vec<u16>,
     pub hostname: String,
+    /// agnhost's `--delay-shutdown`: seconds it keeps serving after
+    /// SIGTERM (a pod whose endpoint stays serving while it terminates).
+    pub delay_shutdown: u64,
 }
 
 /// Serves until the future is dropped. Binds 0.0.0.0 and [::] on every port
@@ -65,27 +68,31 @@ pub fn parse_agnhost_args(args: &[String]) -> Option<NetexecConfig> {
     }
     let mut http_ports = vec![DEFAULT_HTTP_PORT];
     let mut udp_ports = vec![DEFAULT_UDP_PORT];
+    let mut delay_shutdown = 0;
     let mut rest = flags.iter();
     while let Some(arg) = rest.next() {
         let Some((name, inline)) = split_flag(arg) else {
             continue;
         };
-        let target = match name {
-            "http-port" => &mut http_ports,
-            "udp-port" => &mut udp_ports,
-            _ => continue,
-        };
+        if !matches!(name, "http-port" | "udp-port" | "delay-shutdown") {
+            continue;
+        }
         let value = match inline {
             Some(value) => value,
             None => rest.next()?.as_str(),
         };
         // Go's flag package lets the last occurrence win.
-        *target = parse_port(value)?;
+        match name {
+            "http-port" => http_ports = parse_port(value)?,
+            "udp-port" => udp_ports = parse_port(value)?,
+            _ => delay_shutdown = value.parse().ok()?,
+        }
     }
     Some(NetexecConfig {
         http_ports,
         udp_ports,
         hostname: String::new(),
+        delay_shutdown,
     })
 }
 
@@ -534,6 +541,7 @@ pub(crate) async fn spawn_test_server(hostname: &str) -> (u16, u16) {
         http_ports: vec![0],
         udp_ports: vec![0],
         hostname: hostname.to_string(),
+        delay_shutdown: 0,
     };
     let bound = Bound::bind(&config).unwrap();
     let (tcp, udp) = bound.local_addrs().unwrap();
@@ -559,6 +567,7 @@ mod tests {
             http_ports: http.to_vec(),
             udp_ports: udp.to_vec(),
             hostname: String::new(),
+            delay_shutdown: 0,
         })
     }
 
@@ -685,6 +694,7 @@ mod tests {
             http_ports: vec![taken.local_addr().unwrap().port()],
             udp_ports: vec![],
             hostname: "x".into(),
+            delay_shutdown: 0,
         };
         let err = serve(config).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
@@ -694,6 +704,7 @@ mod tests {
             http_ports: vec![],
             udp_ports: vec![],
             hostname: "x".into(),
+            delay_shutdown: 0,
         };
         let err = serve(empty).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
@@ -715,7 +726,10 @@ mod tests {
         );
         assert_eq!(
             parse_agnhost_args(&args(&["netexec", "-udp-port", "-1", "--delay-shutdown=5"])),
-            ports(&[8080], &[])
+            Some(NetexecConfig {
+                delay_shutdown: 5,
+                ..ports(&[8080], &[]).unwrap()
+            })
         );
         assert_eq!(
             parse_agnhost_args(&args(&["netexec", "--http-port=1", "--http-port=2"])),

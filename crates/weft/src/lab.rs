@@ -533,6 +533,9 @@ pub struct NetexecArgs {
     http_port: Vec<u16>,
     #[arg(long)]
     udp_port: Vec<u16>,
+    /// Seconds to keep serving after SIGTERM (agnhost's flag).
+    #[arg(long, default_value_t = 0)]
+    delay_shutdown: u64,
 }
 
 /// The built-in test server a lab container runs; with no ports it idles.
@@ -542,15 +545,33 @@ pub fn netexec(a: NetexecArgs) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        if a.http_port.is_empty() && a.udp_port.is_empty() {
-            std::future::pending::<()>().await;
-        }
-        let config = weft_lab::netexec::NetexecConfig {
-            http_ports: a.http_port,
-            udp_ports: a.udp_port,
-            hostname: a.hostname,
+        let serving = async {
+            if a.http_port.is_empty() && a.udp_port.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            let config = weft_lab::netexec::NetexecConfig {
+                http_ports: a.http_port,
+                udp_ports: a.udp_port,
+                hostname: a.hostname,
+                delay_shutdown: a.delay_shutdown,
+            };
+            weft_lab::netexec::serve(config).await
         };
-        weft_lab::netexec::serve(config).await?;
+        if a.delay_shutdown == 0 {
+            // SIGTERM ends it at once (the default action), as agnhost.
+            return Ok(serving.await?);
+        }
+        let mut terminated =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => served?,
+            _ = terminated.recv() => {
+                // Still serving meanwhile, as agnhost does.
+                let delay = std::time::Duration::from_secs(a.delay_shutdown);
+                let _ = tokio::time::timeout(delay, &mut serving).await;
+            }
+        }
         Ok(())
     })
 }

@@ -58,7 +58,16 @@ fn mesh_test(mode: Mode, tag: &str, backend: &str) {
     // UDP too (agnhost netexec's --udp-port), between the Deployment's pods.
     let web = lab.app_pods("web");
     let out = lab.weft(&[
-        "probe", "--protocol", "udp", "--from", &web[0], "--to", &web[1], "--to", &web[2], "-o",
+        "probe",
+        "--protocol",
+        "udp",
+        "--from",
+        &web[0],
+        "--to",
+        &web[1],
+        "--to",
+        &web[2],
+        "-o",
         "json",
     ]);
     let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap();

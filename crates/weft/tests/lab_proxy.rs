@@ -10,7 +10,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{text, wait_until, Lab, MANIFEST};
+use common::{text, wait_until, Lab, Mode, MANIFEST};
+use rstest::rstest;
 use serde_json::Value;
 use weft_datapath::NetNs;
 
@@ -53,25 +54,34 @@ fn service(lab: &Lab, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no service {name}"))
 }
 
+/// The Service's LoadBalancer address, once it has one (on Kubernetes
+/// the agents' allocator writes it a moment after the Service is created).
 fn load_balancer_ip(lab: &Lab, name: &str) -> String {
-    service(lab, name)["status"]["loadBalancer"]["ingress"][0]["ip"]
-        .as_str()
-        .expect("an ingress address")
-        .to_string()
+    let mut ip = None;
+    wait_until(Duration::from_secs(5), || {
+        ip = service(lab, name)["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .map(String::from);
+        ip.is_some()
+    });
+    ip.expect("an ingress address")
 }
 
-#[test]
-fn cluster_ip_spreads_keeps_the_source_and_hairpins() {
-    let lab = Lab::up("pxcl", 3, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn cluster_ip_spreads_keeps_the_source_and_hairpins(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxcl", 3, "vxlan");
     demo(&lab);
     reachable(&lab, "demo/sidecar", "svc/demo/web");
 
     let seen: BTreeSet<String> = answers(&lab, "demo/sidecar", "svc/demo/web", 30)
         .into_iter()
         .collect();
+    let web = lab.app_pods("web");
     assert_eq!(
         seen,
-        ["web-0", "web-1", "web-2"].map(String::from).into(),
+        web.iter().cloned().collect(),
         "not spread over every endpoint"
     );
 
@@ -93,7 +103,7 @@ fn cluster_ip_spreads_keeps_the_source_and_hairpins() {
     // Hairpin: every pod reaches the Service, including when it picks itself
     // (30 random picks of 3 miss oneself with probability (2/3)^30 ≈ 5e-6
     // per pod; with 15, (2/3)^15 ≈ 0.2 %, it failed once).
-    for pod in ["web-0", "web-1", "web-2"] {
+    for pod in &web {
         let got = answers(&lab, &format!("demo/{pod}"), "svc/demo/web", 30);
         assert!(
             got.iter().any(|a| a == pod),
@@ -105,9 +115,11 @@ fn cluster_ip_spreads_keeps_the_source_and_hairpins() {
     answers(&lab, "node/node-1", "svc/demo/web", 3);
 }
 
-#[test]
-fn affinity_sticks_and_services_without_endpoints_refuse() {
-    let lab = Lab::up("pxaf", 2, "host-gw");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn affinity_sticks_and_services_without_endpoints_refuse(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxaf", 2, "host-gw");
     demo(&lab);
     lab.apply_ok("apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: demo}\nspec:\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nothing, namespace: demo}\nspec:\n  selector: {app: nothing}\n  ports: [{name: t, port: 80, targetPort: 8080}, {name: u, port: 81, protocol: UDP, targetPort: 8081}]\n",
     );
@@ -145,9 +157,11 @@ fn affinity_sticks_and_services_without_endpoints_refuse() {
     );
 }
 
-#[test]
-fn node_ports_load_balancers_and_external_traffic_policy_local() {
-    let lab = Lab::up("pxnp", 2, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn node_ports_load_balancers_and_external_traffic_policy_local(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxnp", 2, "vxlan");
     lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: only, namespace: demo, labels: {app: only}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cluster, namespace: demo}\nspec:\n  type: NodePort\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30100}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: only}\n  ports: [{port: 80, targetPort: http, nodePort: 30101}]\n",
     );
     let (n1, n2) = (lab.node_ip("node-1"), lab.node_ip("node-2"));
@@ -212,9 +226,11 @@ fn node_ports_load_balancers_and_external_traffic_policy_local() {
     reachable(&lab, "external", &format!("{lb}:80"));
 }
 
-#[test]
-fn external_ips_and_internal_traffic_policy_local() {
-    let lab = Lab::up("pxit", 2, "host-gw");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn external_ips_and_internal_traffic_policy_local(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxit", 2, "host-gw");
     lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: near, namespace: demo}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: far, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\nspec:\n  internalTrafficPolicy: Local\n  externalIPs: [198.19.0.80]\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
     reachable(&lab, "demo/near", "svc/demo/local");
@@ -237,9 +253,11 @@ fn external_ips_and_internal_traffic_policy_local() {
     );
 }
 
-#[test]
-fn headless_and_foreign_services_are_not_programmed() {
-    let lab = Lab::up("pxhl", 1, "host-gw");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn headless_and_foreign_services_are_not_programmed(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxhl", 1, "host-gw");
     demo(&lab);
     lab.apply_ok("apiVersion: v1\nkind: Service\nmetadata: {name: headless, namespace: demo}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: foreign\n  namespace: demo\n  labels: {service.kubernetes.io/service-proxy-name: other}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n",
     );
@@ -268,9 +286,11 @@ fn headless_and_foreign_services_are_not_programmed() {
     assert!(!table.contains(&foreign_ip));
 }
 
-#[test]
-fn load_balancer_address_moves_when_its_node_stops() {
-    let lab = Lab::up("pxlb", 3, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn load_balancer_address_moves_when_its_node_stops(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxlb", 3, "vxlan");
     demo(&lab);
     let lb = load_balancer_ip(&lab, "web-lb");
     // From outside, svc/NAME means the Service's LoadBalancer address.
@@ -297,9 +317,11 @@ fn load_balancer_address_moves_when_its_node_stops() {
     assert_ne!(lab.external_neighbour(&lb), Some(owner_mac));
 }
 
-#[test]
-fn udp_clients_move_on_when_their_endpoint_is_replaced() {
-    let lab = Lab::up("pxud", 2, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn udp_clients_move_on_when_their_endpoint_is_replaced(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxud", 2, "vxlan");
     lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: dns-a, namespace: demo, labels: {app: dns}}\nspec:\n  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 5353, protocol: UDP}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: demo}\nspec:\n  selector: {app: dns}\n  ports: [{name: dns, port: 53, protocol: UDP, targetPort: dns}]\n",
     );
     reachable(&lab, "demo/client", "svc/demo/dns");
@@ -339,10 +361,23 @@ fn udp_clients_move_on_when_their_endpoint_is_replaced() {
     }
 }
 
-#[test]
-fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
-    let lab = Lab::up("pxte", 2, "host-gw");
-    lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: demo}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n    spec:\n      containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app, namespace: demo}\nspec:\n  selector: {app: app}\n  ports: [{port: 80, targetPort: http}]\n",
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn terminating_endpoints_serve_only_when_no_ready_one_is_left(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxte", 2, "host-gw");
+    // Pods, not a Deployment, whose controller would replace them; they
+    // keep serving 4 s after SIGTERM (agnhost's --delay-shutdown), as
+    // long as their grace period.
+    let app = |name: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: demo, labels: {{app: app}}}}\nspec:\n  containers: [{{name: c, image: agnhost, args: [netexec, --http-port=8080, --udp-port=-1, --delay-shutdown=4], ports: [{{name: http, containerPort: 8080}}]}}]\n")
+    };
+    lab.apply_ok(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: demo}}\n{}{}",
+        app("app-0"),
+        app("app-1")
+    ));
+    lab.apply_ok("apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app, namespace: demo}\nspec:\n  selector: {app: app}\n  ports: [{port: 80, targetPort: http}]\n",
     );
     reachable(&lab, "demo/client", "svc/demo/app");
     let slow_delete = |pod: &'static str| {
@@ -388,9 +423,11 @@ fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
     assert!(refused.is_some(), "a Service without endpoints must refuse");
 }
 
-#[test]
-fn agent_restart_keeps_service_traffic_and_converges() {
-    let lab = Lab::up("pxrs", 2, "vxlan");
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn agent_restart_keeps_service_traffic_and_converges(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "pxrs", 2, "vxlan");
     demo(&lab);
     let node_port = format!("{}:30080", lab.node_ip("node-1"));
     reachable(&lab, "demo/sidecar", "svc/demo/web");
@@ -430,9 +467,12 @@ fn agent_restart_keeps_service_traffic_and_converges() {
     answers(&lab, "demo/sidecar", "svc/demo/web", 5);
 }
 
-#[test]
-fn the_periodic_full_sync_restores_a_map_element_deleted_by_hand() {
-    let lab = Lab::up_with_env(
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn the_periodic_full_sync_restores_a_map_element_deleted_by_hand(#[case] mode: Mode) {
+    let lab = Lab::up_with_env_in(
+        mode,
         "pxfs",
         &["--nodes", "2", "--backend", "vxlan"],
         &[("WEFT_PROXY_FULL_RESYNC", "2s")],
