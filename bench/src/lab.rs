@@ -25,11 +25,32 @@ pub struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// `kubernetes`: the labs run Kubernetes' own control plane, the pods
+    /// come from `kubectl apply` of a Deployment (lab up and 100 pods only:
+    /// the datapath is the same in both modes).
+    #[arg(long, value_enum, default_value = "embedded")]
+    control_plane: ControlPlane,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControlPlane {
+    Embedded,
+    Kubernetes,
+}
+
+impl ControlPlane {
+    fn flag(self) -> &'static str {
+        match self {
+            ControlPlane::Embedded => "embedded",
+            ControlPlane::Kubernetes => "kubernetes",
+        }
+    }
 }
 
 struct Lab<'a> {
     weft: &'a PathBuf,
     name: String,
+    control_plane: ControlPlane,
 }
 
 impl Lab<'_> {
@@ -82,17 +103,83 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn up<'a>(weft: &'a PathBuf, name: &str, nodes: u32, backend: &str) -> Result<(Lab<'a>, f64)> {
+/// What `weft lab up` took, and (Kubernetes mode) how long of that the
+/// API server took to become ready.
+struct UpTimes {
+    total: f64,
+    apiserver: Option<f64>,
+}
+
+fn up<'a>(
+    weft: &'a PathBuf,
+    control_plane: ControlPlane,
+    name: &str,
+    nodes: u32,
+    backend: &str,
+) -> Result<(Lab<'a>, UpTimes)> {
     let lab = Lab {
         weft,
         name: name.into(),
+        control_plane,
     };
     let t = Instant::now();
-    lab.run(
-        &["up", "--nodes", &nodes.to_string(), "--backend", backend],
+    let nodes = nodes.to_string();
+    let args = ["up", "--nodes", &nodes, "--backend", backend];
+    let out = lab.run(
+        &[&args[..], &["--control-plane", control_plane.flag()]].concat(),
         None,
     )?;
-    Ok((lab, t.elapsed().as_secs_f64()))
+    let total = t.elapsed().as_secs_f64();
+    // "kube-apiserver ready after 2.91 s"
+    let apiserver = out
+        .lines()
+        .find_map(|l| l.strip_prefix("kube-apiserver ready after "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+    Ok((lab, UpTimes { total, apiserver }))
+}
+
+impl Lab<'_> {
+    /// A Deployment of `replicas` netexec pods: applied by `weft lab apply`
+    /// (embedded) or `kubectl apply` (Kubernetes); returns once applied.
+    fn deploy(&self, replicas: u32) -> Result<()> {
+        let manifest = deployment(replicas);
+        if self.control_plane == ControlPlane::Embedded {
+            return self.run(&["apply", "-f", "-"], Some(&manifest)).map(drop);
+        }
+        let kubeconfig = self.run(&["kubeconfig"], None)?;
+        let mut kubectl = Command::new(weft_lab::control_plane::peer("kubectl")?)
+            .args(["--kubeconfig", kubeconfig.trim(), "apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        if let Some(mut pipe) = kubectl.stdin.take() {
+            use std::io::Write;
+            pipe.write_all(manifest.as_bytes())?;
+        }
+        if !kubectl.wait()?.success() {
+            bail!("kubectl apply failed");
+        }
+        Ok(())
+    }
+
+    /// Waits until `count` pods run with an address; they come back.
+    fn running_pods(&self, count: usize, limit: Duration) -> Result<Vec<Value>> {
+        let start = Instant::now();
+        loop {
+            let pods: Vec<Value> = self
+                .pods()?
+                .into_iter()
+                .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+                .collect();
+            if pods.len() >= count {
+                return Ok(pods);
+            }
+            if start.elapsed() > limit {
+                bail!("{} of {count} pods running after {limit:?}", pods.len());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn deployment(replicas: u32) -> String {
@@ -135,12 +222,11 @@ fn reachable_from_all(sources: &[PathBuf], target: SocketAddr, limit: Duration) 
     times.into_iter().try_fold(0.0f64, |m, t| Ok(m.max(t?)))
 }
 
-fn netns_of(pod: &Value) -> PathBuf {
-    PathBuf::from(
-        pod["metadata"]["annotations"]["weft.dev/netns"]
-            .as_str()
-            .unwrap_or_default(),
-    )
+/// A pod's network namespace, as the lab's kubelet names it.
+fn netns_of(lab: &Lab, pod: &Value) -> PathBuf {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let layout = weft_lab::layout::Layout::new(&lab.name).expect("a valid lab name");
+    netns::named_path(&layout.pod_ns(uid))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -151,25 +237,41 @@ pub fn run(args: Args) -> Result<()> {
             weft.display()
         );
     }
+    let mode = args.control_plane;
     let id = std::process::id() % 10_000;
-    println!("## lab up (median of {})", args.reps);
+    println!(
+        "## lab up, control plane {} (median of {})",
+        mode.flag(),
+        args.reps
+    );
     for nodes in [3u32, 10] {
-        let mut t = Vec::new();
+        let (mut t, mut api) = (Vec::new(), Vec::new());
         for r in 0..args.reps {
-            let (_lab, secs) = up(weft, &format!("bu{nodes}x{r}{id}"), nodes, "vxlan")?;
-            t.push(secs);
+            let (_lab, times) = up(weft, mode, &format!("bu{nodes}x{r}{id}"), nodes, "vxlan")?;
+            t.push(times.total);
+            api.extend(times.apiserver);
         }
-        println!("lab up, {nodes:>2} nodes (vxlan): {:.3} s", median(t));
+        let apiserver = if api.is_empty() {
+            String::new()
+        } else {
+            format!(" (kube-apiserver ready after {:.2} s of it)", median(api))
+        };
+        println!(
+            "lab up, {nodes:>2} nodes (vxlan): {:.3} s{apiserver}",
+            median(t)
+        );
     }
 
     println!("\n## 10 nodes + 100 pods, from nothing to every pod reachable from every node");
     let mut totals = Vec::new();
+    let mut applied = Vec::new();
     let mut adds = Vec::new();
     for r in 0..args.reps {
         let start = Instant::now();
-        let (lab, _) = up(weft, &format!("bp{r}{id}"), 10, "vxlan")?;
-        lab.run(&["apply", "-f", "-"], Some(&deployment(100)))?;
-        let pods = lab.pods()?;
+        let (lab, _) = up(weft, mode, &format!("bp{r}{id}"), 10, "vxlan")?;
+        let apply = Instant::now();
+        lab.deploy(100)?;
+        let pods = lab.running_pods(100, Duration::from_secs(60))?;
         // One probing pod on each node.
         let mut per_node: std::collections::BTreeMap<String, PathBuf> = Default::default();
         for p in &pods {
@@ -177,7 +279,7 @@ pub fn run(args: Args) -> Result<()> {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            per_node.entry(node).or_insert_with(|| netns_of(p));
+            per_node.entry(node).or_insert_with(|| netns_of(&lab, p));
         }
         if per_node.len() != 10 {
             bail!("expected pods on all 10 nodes, got {}", per_node.len());
@@ -188,7 +290,11 @@ pub fn run(args: Args) -> Result<()> {
                 format!("{}:8080", p["status"]["podIP"].as_str().context("pod IP")?).parse()?;
             reachable_from_all(&sources, target, Duration::from_secs(10))?;
         }
+        applied.push(apply.elapsed().as_secs_f64());
         totals.push(start.elapsed().as_secs_f64());
+        if mode == ControlPlane::Kubernetes {
+            continue;
+        }
         // A new pod on node-1: from ADD returned to reachable from all 10 nodes.
         for k in 0..5 {
             let manifest = format!(
@@ -217,6 +323,14 @@ pub fn run(args: Args) -> Result<()> {
         args.reps
     );
     println!(
+        "100-pod Deployment applied to every pod reachable from every node: {:.2} s (median of {})",
+        median(applied),
+        args.reps
+    );
+    if mode == ControlPlane::Kubernetes {
+        return Ok(());
+    }
+    println!(
         "new pod reachable from all 10 nodes after `apply` returned: median {:.1} ms, max {:.1} ms ({} pods; includes one `get pods` to learn its IP)",
         median(adds.clone()),
         adds.iter().cloned().fold(0.0, f64::max),
@@ -228,7 +342,7 @@ pub fn run(args: Args) -> Result<()> {
         args.seconds
     );
     for backend in ["vxlan", "host-gw"] {
-        let (lab, _) = up(weft, &format!("bi{}{id}", &backend[..1]), 2, backend)?;
+        let (lab, _) = up(weft, mode, &format!("bi{}{id}", &backend[..1]), 2, backend)?;
         let server_pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: srv}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, command: [iperf3, -s]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cli}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x}]\n";
         lab.run(&["apply", "-f", "-"], Some(server_pod))?;
         std::thread::sleep(Duration::from_millis(300));

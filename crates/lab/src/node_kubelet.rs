@@ -150,16 +150,22 @@ pub fn run(lab: &str, node: &str, weft: PathBuf, plugin: PathBuf) -> Result<()> 
     })
 }
 
-/// Registers the Node, trying again until the API server answers.
+/// Registers the Node, trying again until the API server answers (it
+/// starts beside the kubelets); says so every 5 s while it waits.
 async fn register(client: &Client, node: &NodeRecord) {
-    loop {
+    const PAUSE: Duration = Duration::from_millis(200);
+    for attempt in 0u32.. {
         match node_registration::register(client, &node.name, node.ip).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "registering the node failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(()) => {
+                tracing::info!(node = %node.name, attempt, "registered the Node");
+                return;
             }
+            Err(e) if attempt % 25 == 0 => {
+                tracing::info!(error = %e, "waiting for the API server to register the Node")
+            }
+            Err(_) => {}
         }
+        tokio::time::sleep(PAUSE).await;
     }
 }
 

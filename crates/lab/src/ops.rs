@@ -172,6 +172,7 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
             namespace: layout.external_ns(),
             ip: state.external_ip(),
         });
+        let control_plane_started = Instant::now();
         if opts.kubernetes {
             // The API server starts (seconds) while the nodes are made;
             // their kubelets wait for it.
@@ -188,7 +189,7 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
             add_node_to(&layout, &mut state, &format!("node-{i}"), bins, &rt, report)?;
         }
         if opts.kubernetes {
-            kubernetes::bootstrap(&layout, &mut state, bins)?;
+            kubernetes::bootstrap(&layout, &mut state, bins, control_plane_started, report)?;
         }
         wait_ready(&layout, &state, Duration::from_secs(30))?;
         if opts.kubernetes {
@@ -973,7 +974,8 @@ pub fn get_nodes(name: &str) -> Result<(Vec<Node>, Vec<NodeRow>)> {
                 .find(|n| n.metadata.name.as_deref() == Some(record.name.as_str()));
             NodeRow {
                 name: record.name.clone(),
-                ready: agents::is_running(&lab.layout, &record.name, record.agent_pid),
+                ready: agents::is_running(&lab.layout, &record.name, record.agent_pid)
+                    && (!lab.is_kubernetes() || node.is_some_and(is_node_ready)),
                 ip: record.ip.to_string(),
                 pod_cidr: node.and_then(|n| n.spec.as_ref()?.pod_cidr.clone()),
                 backend: lab.state.backend.to_string(),
@@ -981,6 +983,14 @@ pub fn get_nodes(name: &str) -> Result<(Vec<Node>, Vec<NodeRow>)> {
         })
         .collect();
     Ok((nodes, rows))
+}
+
+/// Whether the Node's Ready condition is True (its kubelet reports it).
+fn is_node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|all| all.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// `weft lab get pods`: the Pod objects (for `-o json`) and the table's
@@ -1230,6 +1240,12 @@ pub fn status() -> Vec<LabStatus> {
                 return LabStatus::Damaged { name };
             };
             LabStatus::Running {
+                control_plane: if lab.is_kubernetes() {
+                    "kubernetes"
+                } else {
+                    "embedded"
+                }
+                .into(),
                 backend: lab.state.backend.to_string(),
                 pod_cidr: lab.state.pod_cidr.to_string(),
                 service_cidr: lab.state.service_cidr.to_string(),

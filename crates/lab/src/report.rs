@@ -27,6 +27,11 @@ pub enum Event {
     },
     /// A node's processes started: its agent, and in Kubernetes mode its
     /// kubelet (whose agent starts once the API server is ready).
+    /// Kubernetes mode: the API server answers ready, `seconds` after the
+    /// control plane started.
+    ApiServerReady {
+        seconds: f64,
+    },
     NodeStarted {
         name: String,
         ip: std::net::Ipv4Addr,
@@ -125,6 +130,9 @@ impl fmt::Display for Event {
                 "control plane {namespace} at {ip} (etcd, kube-apiserver, kube-controller-manager, kube-scheduler); kubeconfig {}",
                 kubeconfig.display()
             ),
+            Event::ApiServerReady { seconds } => {
+                write!(f, "kube-apiserver ready after {seconds:.2} s")
+            }
             Event::NodeStarted {
                 name,
                 ip,
@@ -192,6 +200,8 @@ pub enum LabStatus {
     },
     Running {
         name: String,
+        /// `embedded` or `kubernetes`.
+        control_plane: String,
         backend: String,
         pod_cidr: String,
         service_cidr: String,
@@ -214,6 +224,7 @@ pub fn status(labs: &[LabStatus]) -> String {
             }
             LabStatus::Running {
                 name,
+                control_plane,
                 backend,
                 pod_cidr,
                 service_cidr,
@@ -222,7 +233,7 @@ pub fn status(labs: &[LabStatus]) -> String {
                 pods,
                 services,
             } => format!(
-                "lab {name}: backend {backend}, pods from {pod_cidr}, services from {service_cidr}, {agents_running}/{nodes} agents running, {pods} pods, {services} services\n"
+                "lab {name}: {control_plane} control plane, backend {backend}, pods from {pod_cidr}, services from {service_cidr}, {agents_running}/{nodes} agents running, {pods} pods, {services} services\n"
             ),
         })
         .collect()
@@ -385,6 +396,7 @@ mod tests {
             LabStatus::Damaged { name: "old".into() },
             LabStatus::Running {
                 name: "demo".into(),
+                control_plane: "kubernetes".into(),
                 backend: "host-gw".into(),
                 pod_cidr: "10.244.0.0/16".into(),
                 service_cidr: "10.96.0.0/16".into(),
@@ -400,6 +412,7 @@ mod tests {
             text.ends_with("1/2 agents running, 3 pods, 1 services\n"),
             "{text}"
         );
+        assert!(text.contains("lab demo: kubernetes control plane, backend host-gw"));
     }
 
     #[test]

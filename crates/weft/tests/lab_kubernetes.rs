@@ -275,4 +275,10 @@ spec:
             .all(|a| *a == steady_name)
     });
     assert!(quiet.is_some(), "the unready pod still got traffic");
+
+    // The lab's own exec and logs reach the pods the API server holds.
+    let addresses = lab.ok(&["exec", "flaky", "--", "ip", "-4", "-o", "addr"]);
+    assert!(addresses.contains(&flaky_ip), "{addresses}");
+    let logs = lab.ok(&["logs", &steady_name]);
+    assert!(logs.contains("/hostname"), "{logs}");
 }

@@ -47,10 +47,21 @@ fn api(lab: &Lab) -> Result<(&tokio::runtime::Runtime, &Client)> {
 
 /// Once the API server is ready: weft's install manifest, the agents'
 /// token, then one agent per node (their kubelets already run).
-pub(super) fn bootstrap(layout: &Layout, state: &mut LabState, bins: &Binaries) -> Result<()> {
+/// `started` is when the control plane was started, for the report of how
+/// long the API server took.
+pub(super) fn bootstrap(
+    layout: &Layout,
+    state: &mut LabState,
+    bins: &Binaries,
+    started: Instant,
+    report: Report<'_>,
+) -> Result<()> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         kube_control_plane::wait_ready(layout, API_READY_WITHIN).await?;
+        report(Event::ApiServerReady {
+            seconds: started.elapsed().as_secs_f64(),
+        });
         let client = kube_control_plane::admin_client(layout).await?;
         install::apply(&client).await?;
         kube_control_plane::write_agent_kubeconfig(&client, layout, state).await
