@@ -306,7 +306,16 @@ impl Kubelet<'_> {
     fn command_of(&self, c: &Container, pod: &str) -> (PathBuf, Vec<String>) {
         let args = c.args.clone().unwrap_or_default();
         let agnhost = c.image.as_deref().is_some_and(|i| i.contains("agnhost"));
-        if agnhost && c.command.is_none() {
+        // agnhost's image runs `/agnhost ARGS`; a command naming it (as
+        // `kubectl create deployment … -- /agnhost netexec` writes) is the same.
+        let agnhost_args = match c.command.as_deref() {
+            None => Some(args.clone()),
+            Some([entry, rest @ ..]) if Path::new(entry).file_name() == Some("agnhost".as_ref()) => {
+                Some([rest, &args].concat())
+            }
+            Some(_) => None,
+        };
+        if let Some(args) = agnhost_args.filter(|_| agnhost) {
             if let Some(cfg) = crate::netexec::parse_agnhost_args(&args) {
                 let mut args = netexec_args(pod, &cfg.http_ports, &cfg.udp_ports);
                 if cfg.delay_shutdown > 0 {
@@ -435,5 +444,48 @@ fn wait_for_ports(ns: &NetNs, containers: &[Container]) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(spec: serde_json::Value) -> Container {
+        serde_json::from_value(spec).unwrap()
+    }
+
+    #[test]
+    fn agnhost_containers_run_netexec_whether_args_or_command_name_it() {
+        let layout = Layout::new("t").unwrap();
+        let kubelet = Kubelet {
+            layout: &layout,
+            weft: "/w/weft".into(),
+            plugin: "/w/weft-cni".into(),
+            kubeconfig: None,
+        };
+        let netexec = |args: &[&str]| -> (PathBuf, Vec<String>) {
+            let mut all = vec!["netexec", "--hostname", "p"];
+            all.extend_from_slice(args);
+            ("/w/weft".into(), all.iter().map(|s| s.to_string()).collect())
+        };
+        let by_args = container(serde_json::json!({"name": "c", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+            "args": ["netexec", "--http-port=8080", "--udp-port=-1", "--delay-shutdown=3"]}));
+        assert_eq!(
+            kubelet.command_of(&by_args, "p"),
+            netexec(&["--http-port", "8080", "--delay-shutdown", "3"])
+        );
+        let by_command = container(serde_json::json!({"name": "c", "image": "agnhost",
+            "command": ["/agnhost", "netexec", "--http-port=9000"]}));
+        assert_eq!(
+            kubelet.command_of(&by_command, "p"),
+            netexec(&["--http-port", "9000", "--udp-port", "8081"])
+        );
+        let other = container(serde_json::json!({"name": "c", "image": "agnhost",
+            "command": ["sleep", "5"]}));
+        assert_eq!(
+            kubelet.command_of(&other, "p"),
+            ("sleep".into(), vec!["5".to_string()])
+        );
     }
 }
