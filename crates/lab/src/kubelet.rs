@@ -310,7 +310,9 @@ impl Kubelet<'_> {
         // `kubectl create deployment … -- /agnhost netexec` writes) is the same.
         let agnhost_args = match c.command.as_deref() {
             None => Some(args.clone()),
-            Some([entry, rest @ ..]) if Path::new(entry).file_name() == Some("agnhost".as_ref()) => {
+            Some([entry, rest @ ..])
+                if Path::new(entry).file_name() == Some("agnhost".as_ref()) =>
+            {
                 Some([rest, &args].concat())
             }
             Some(_) => None,
@@ -467,10 +469,15 @@ mod tests {
         let netexec = |args: &[&str]| -> (PathBuf, Vec<String>) {
             let mut all = vec!["netexec", "--hostname", "p"];
             all.extend_from_slice(args);
-            ("/w/weft".into(), all.iter().map(|s| s.to_string()).collect())
+            (
+                "/w/weft".into(),
+                all.iter().map(|s| s.to_string()).collect(),
+            )
         };
-        let by_args = container(serde_json::json!({"name": "c", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
-            "args": ["netexec", "--http-port=8080", "--udp-port=-1", "--delay-shutdown=3"]}));
+        let by_args = container(
+            serde_json::json!({"name": "c", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+            "args": ["netexec", "--http-port=8080", "--udp-port=-1", "--delay-shutdown=3"]}),
+        );
         assert_eq!(
             kubelet.command_of(&by_args, "p"),
             netexec(&["--http-port", "8080", "--delay-shutdown", "3"])

@@ -763,22 +763,27 @@ fn apply_resource(
         let pod = kubelet.run(&node, pod, |pod| {
             Ok(lab.store()?.put_typed(pod).map(drop)?)
         })?;
-        report(Event::PodCreated {
-            name: pod_name,
-            node: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            ip: pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .unwrap_or_default(),
-            millis: started.elapsed().as_secs_f64() * 1e3,
-        });
+        report(pod_created(&pod, started));
     }
     Ok(())
+}
+
+/// A pod that runs, `started` being when its apply began.
+fn pod_created(pod: &Pod, started: Instant) -> Event {
+    Event::PodCreated {
+        name: objects::key(pod).1,
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        ip: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default(),
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    }
 }
 
 /// Creates `applied`, or updates the stored Service of that name: the

@@ -14,6 +14,11 @@ use std::time::Duration;
 use common::{wait_until, Lab, Mode};
 use serde_json::Value;
 
+/// An agnhost netexec container serving HTTP on its port `http` (8080), as
+/// the fields of a YAML flow mapping.
+const NETEXEC: &str = "name: netexec, image: registry.k8s.io/e2e-test-images/agnhost:2.53, \
+    args: [netexec, --http-port=8080, --udp-port=-1], ports: [{name: http, containerPort: 8080}]";
+
 /// A Deployment of `replicas` netexec pods and its ClusterIP Service.
 fn web(replicas: u32) -> String {
     format!(
@@ -26,11 +31,7 @@ spec:
   template:
     metadata: {{labels: {{app: web}}}}
     spec:
-      containers:
-      - name: netexec
-        image: registry.k8s.io/e2e-test-images/agnhost:2.53
-        args: [netexec, --http-port=8080, --udp-port=-1]
-        ports: [{{name: http, containerPort: 8080}}]
+      containers: [{{{NETEXEC}}}]
 ---
 apiVersion: v1
 kind: Service
@@ -203,14 +204,7 @@ kind: Pod
 metadata: {{name: flaky, labels: {{app: web}}}}
 spec:
   containers:
-  - name: netexec
-    image: registry.k8s.io/e2e-test-images/agnhost:2.53
-    args: [netexec, --http-port=8080, --udp-port=-1]
-    ports: [{{name: http, containerPort: 8080}}]
-    readinessProbe:
-      exec: {{command: [test, -e, {flag}]}}
-      periodSeconds: 1
-      failureThreshold: 1
+  - {{{NETEXEC}, readinessProbe: {{exec: {{command: [test, -e, {flag}]}}, periodSeconds: 1, failureThreshold: 1}}}}
 ",
             flag = flag.display()
         ),

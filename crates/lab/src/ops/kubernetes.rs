@@ -153,7 +153,7 @@ pub(super) fn apply(lab: &Lab, resources: &[Resource], report: Report<'_>) -> Re
         for what in &awaited {
             for pod in wait_running(client, what).await? {
                 if !before.contains(&key(&pod)) {
-                    report(created(&pod, started));
+                    report(super::pod_created(&pod, started));
                 }
             }
         }
@@ -166,23 +166,6 @@ enum Awaited {
     Pod((String, String)),
     /// All the replicas of a Deployment.
     Deployment((String, String)),
-}
-
-fn created(pod: &Pod, started: Instant) -> Event {
-    Event::PodCreated {
-        name: key(pod).1,
-        node: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        ip: pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default(),
-        millis: started.elapsed().as_secs_f64() * 1e3,
-    }
 }
 
 async fn list_pods(client: &Client) -> Result<Vec<Pod>> {

@@ -109,14 +109,7 @@ impl Lab {
 
     /// [`Lab::kubectl`] that must succeed; its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        succeeded(&format!("kubectl {args:?}"), self.kubectl(args))
     }
 
     /// The names of the pods labelled `app=<app>`, sorted (a Deployment's
@@ -149,14 +142,7 @@ impl Lab {
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.weft(args);
-        assert!(
-            out.status.success(),
-            "weft lab {args:?} failed:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        succeeded(&format!("weft lab {args:?}"), self.weft(args))
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -397,6 +383,17 @@ impl Drop for Lab {
             .args(["lab", "down", "--name", &self.name])
             .output();
     }
+}
+
+/// The stdout of `what`, which must have succeeded.
+pub fn succeeded(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
 }
 
 pub fn text(b: &[u8]) -> String {
