@@ -15,11 +15,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -192,8 +194,66 @@ async fn keep_alive(client: Client, node: NodeRecord) {
 enum Done {
     Started(String, Box<Pod>),
     Stopped(String),
+    /// The pod (by UID) could not start; its status says why.
+    StartFailed(String),
     Failed,
 }
+
+/// Pods whose start failed wait before the next try, as the kubelet's
+/// back-off: 10 s doubling to 5 min.
+#[derive(Default)]
+struct BackOffs(BTreeMap<String, (u32, Instant)>);
+
+impl BackOffs {
+    fn waits(&self, uid: &str, now: Instant) -> bool {
+        self.0.get(uid).is_some_and(|(_, until)| now < *until)
+    }
+
+    fn failed(&mut self, uid: String, now: Instant) {
+        let streak = self.0.get(&uid).map_or(0, |(streak, _)| *streak) + 1;
+        self.0
+            .insert(uid, (streak, now + crate::supervisor::back_off(streak)));
+    }
+
+    fn forget(&mut self, uid: &str) {
+        self.0.remove(uid);
+    }
+}
+
+/// The status of a pod whose sandbox or containers could not start: Pending,
+/// every container waiting with the kubelet's reason and `error`.
+pub fn start_failed(pod: &Pod, error: &str) -> PodStatus {
+    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    PodStatus {
+        phase: Some("Pending".into()),
+        container_statuses: Some(
+            containers
+                .map(|c| ContainerStatus {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    state: Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some(CREATE_ERROR.into()),
+                            message: Some(error.into()),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: Some("ContainersNotReady".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// The waiting reason of a container that could not be created.
+pub const CREATE_ERROR: &str = "CreateContainerError";
 
 struct NodeKubelet {
     client: Client,
@@ -240,19 +300,28 @@ impl NodeKubelet {
         reader.wait_until_ready().await?;
         let this = Arc::new(self);
         let mut running = this.adopt(&reader.state());
+        let mut backing_off = BackOffs::default();
         loop {
             let bound: Vec<Pod> = reader.state().iter().map(|p| (**p).clone()).collect();
+            let now = Instant::now();
             let passes = plan(&bound, &running)
                 .into_iter()
+                .filter(|action| match action {
+                    Action::Start(pod) => !backing_off.waits(&uid(pod), now),
+                    Action::Stop { .. } => true,
+                })
                 .map(|action| this.clone().carry_out(action));
             for done in futures::future::join_all(passes).await {
                 match done {
                     Done::Started(id, pod) => {
+                        backing_off.forget(&id);
                         running.insert(id, *pod);
                     }
                     Done::Stopped(id) => {
+                        backing_off.forget(&id);
                         running.remove(&id);
                     }
+                    Done::StartFailed(id) => backing_off.failed(id, now),
                     Done::Failed => {}
                 }
             }
@@ -305,18 +374,30 @@ impl NodeKubelet {
             Action::Start(pod) => {
                 let id = uid(&pod);
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key(&pod).0);
-                let started = self.kubelet().run(&self.record, pod, |pod| {
-                    let status = json!({"status": pod.status});
+                let write = |status: &Option<PodStatus>| {
+                    let status = json!({"status": status});
+                    let name = key(&pod).1;
                     handle
                         .block_on(pods.patch_status(
-                            &key(pod).1,
+                            &name,
                             &PatchParams::default(),
                             &Patch::Merge(&status),
                         ))
                         .map(drop)
                         .context("writing the pod's status")
-                })?;
-                Ok(Done::Started(id, Box::new(started)))
+                };
+                match self
+                    .kubelet()
+                    .run(&self.record, pod.clone(), |started| write(&started.status))
+                {
+                    Ok(started) => Ok(Done::Started(id, Box::new(started))),
+                    Err(e) => {
+                        let error = format!("{e:#}");
+                        tracing::warn!(pod = ?key(&pod), %error, "the pod could not start; backing off");
+                        write(&Some(start_failed(&pod, &error)))?;
+                        Ok(Done::StartFailed(id))
+                    }
+                }
             }
             Action::Stop { pod, remove_object } => {
                 self.kubelet().stop(&self.state, &pod, grace_of(&pod))?;
@@ -404,6 +485,29 @@ mod tests {
     fn finished_pods_are_not_run_again() {
         let done = pod("a", json!({"status": {"phase": "Succeeded"}}));
         assert!(plan(&[done], &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_waits_with_the_reason_and_backs_off() {
+        let status = start_failed(&pod("a", json!({})), "sleepy not found in PATH");
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        let waiting = status.container_statuses.unwrap()[0]
+            .state
+            .clone()
+            .unwrap()
+            .waiting
+            .unwrap();
+        assert_eq!(waiting.reason.as_deref(), Some(CREATE_ERROR));
+        assert_eq!(waiting.message.as_deref(), Some("sleepy not found in PATH"));
+        let mut offs = BackOffs::default();
+        let now = Instant::now();
+        offs.failed("a".into(), now);
+        assert!(offs.waits("a", now + Duration::from_secs(9)));
+        assert!(!offs.waits("a", now + Duration::from_secs(10)));
+        offs.failed("a".into(), now);
+        assert!(offs.waits("a", now + Duration::from_secs(19)));
+        offs.forget("a");
+        assert!(!offs.waits("a", now));
     }
 
     #[test]

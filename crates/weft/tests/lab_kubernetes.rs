@@ -270,6 +270,26 @@ spec:
     });
     assert!(quiet.is_some(), "the unready pod still got traffic");
 
+    // A container whose program does not exist: `weft lab apply` says so
+    // (from the pod's status, which its kubelet wrote) instead of waiting.
+    let out = lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n  containers: [{name: c, image: x, command: [/nonexistent/server]}]\n");
+    let error = common::text(&out.stderr);
+    assert!(
+        !out.status.success() && error.contains("cannot start"),
+        "{error}"
+    );
+    assert!(
+        error.contains("/nonexistent/server is not an executable file"),
+        "{error}"
+    );
+    let listed = lab.ok(&["get", "pods"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("broken") && l.contains("CreateContainerError")),
+        "{listed}"
+    );
+
     // The lab's own exec and logs reach the pods the API server holds.
     let addresses = lab.ok(&["exec", "flaky", "--", "ip", "-4", "-o", "addr"]);
     assert!(addresses.contains(&flaky_ip), "{addresses}");

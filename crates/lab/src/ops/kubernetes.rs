@@ -29,7 +29,7 @@ use crate::layout::{LabState, Layout};
 use crate::manifest::Resource;
 use crate::objects::key;
 use crate::report::{Event, Outcome, Report};
-use crate::{agents, install, kube_control_plane};
+use crate::{agents, install, kube_control_plane, node_kubelet};
 
 /// The field manager of the lab's writes.
 const MANAGER: &str = "weft-lab";
@@ -183,6 +183,16 @@ fn is_running(pod: &Pod) -> bool {
         && status.and_then(|s| s.pod_ip.as_ref()).is_some()
 }
 
+/// Why its kubelet could not start `pod`, if that is what it reported.
+fn cannot_start(pod: &Pod) -> Option<String> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        (waiting.reason.as_deref() == Some(node_kubelet::CREATE_ERROR))
+            .then(|| waiting.message.clone().unwrap_or_default())
+    })
+}
+
 /// Waits until the pods `what` stands for run; they come back. A pod
 /// that does not run in [`POD_WAIT`] fails the wait with its status.
 async fn wait_running(client: &Client, what: &Awaited) -> Result<Vec<Pod>> {
@@ -205,6 +215,12 @@ async fn wait_running(client: &Client, what: &Awaited) -> Result<Vec<Pod>> {
         let running: Vec<Pod> = pods.iter().filter(|p| is_running(p)).cloned().collect();
         if running.len() >= wanted {
             return Ok(running);
+        }
+        if let Some((pod, why)) = pods.iter().find_map(|p| Some((p, cannot_start(p)?))) {
+            bail!(
+                "{name}: pod {} cannot start: {why} (its kubelet tries again with a back-off; fix the manifest and apply it again)",
+                key(pod).1
+            );
         }
         if Instant::now() > deadline {
             let states: Vec<String> = pods
