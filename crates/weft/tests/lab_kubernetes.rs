@@ -176,6 +176,19 @@ fn kubectl_drives_a_deployment_reachable_from_every_node_and_replaces_deleted_po
             == names
     });
     assert!(heard.is_some(), "the replacement pod never answered");
+
+    // `weft lab delete -f` of the same manifest: the Deployment, its pods
+    // (their kubelets ran CNI DEL) and the Service are gone.
+    let manifest = std::env::temp_dir().join(format!("{}-web.yaml", lab.name));
+    std::fs::write(&manifest, web(6)).unwrap();
+    let deleted = lab.ok(&["delete", "-f", manifest.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&manifest);
+    assert!(deleted.contains("deployment/web deleted"), "{deleted}");
+    assert!(lab.pods().is_empty(), "{:#?}", lab.pods());
+    let pod_namespaces = format!("wl-{}-pod-", lab.name);
+    assert!(!weft_datapath::netns::list_named()
+        .iter()
+        .any(|n| n.starts_with(&pod_namespaces)));
 }
 
 #[test]
