@@ -7,6 +7,11 @@
 //! `/readyz` also lists, one line each after `ok`, the Services the proxy
 //! left out because nft rejected their rules: one user's broken Service
 //! must not take the node out of service, but the operator must see it.
+//!
+//! [`serve_proxy`] is kube-proxy's health endpoint (port 10256), which
+//! cloud load balancers probe for `externalTrafficPolicy: Cluster`
+//! Services: 200 while the Service proxy has synced within a minute, 503
+//! otherwise, with kube-proxy's JSON body.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,8 @@ pub struct Health {
     heartbeat_ms: AtomicU64,
     /// "Service ns/name not programmed: reason" lines.
     rejected_services: Mutex<Vec<String>>,
+    /// When the Service proxy last had its table in sync (0: never).
+    proxy_synced_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -32,6 +39,7 @@ impl Default for Health {
             unready: Mutex::new(Some("the datapath has not converged yet".into())),
             heartbeat_ms: AtomicU64::new(0),
             rejected_services: Mutex::default(),
+            proxy_synced_ms: AtomicU64::new(0),
         }
     }
 }
@@ -78,6 +86,10 @@ impl Health {
             .iter()
             .fold("ok\n".to_string(), |body, line| body + line + "\n")
     }
+    /// The Service proxy's table is in sync now.
+    pub fn proxy_synced(&self) {
+        self.proxy_synced_ms.store(now_ms(), Ordering::Relaxed);
+    }
     /// Alive when the loop beat within `stale`.
     pub fn is_alive(&self, stale: Duration) -> bool {
         now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
@@ -99,6 +111,51 @@ fn answer(health: &Health, path: &str, stale: Duration) -> (&'static str, String
             Some(why) => (FAILED, format!("not ready: {why}\n")),
         },
         _ => ("404 Not Found", "not found\n".into()),
+    }
+}
+
+/// How long the proxy may go without being in sync before its health
+/// endpoint fails (kube-proxy: twice its 30 s sync period).
+pub const PROXY_STALE: Duration = Duration::from_secs(60);
+
+/// The proxy health endpoint's answer at `now_ms` (kube-proxy's shape).
+fn proxy_answer(health: &Health, path: &str, now_ms: u64) -> (&'static str, String) {
+    if path != "/healthz" && path != "/livez" {
+        return ("404 Not Found", "not found\n".into());
+    }
+    let synced = health.proxy_synced_ms.load(Ordering::Relaxed);
+    let healthy = synced != 0 && now_ms.saturating_sub(synced) <= PROXY_STALE.as_millis() as u64;
+    let time = |ms: u64| {
+        let at = UNIX_EPOCH + Duration::from_millis(ms);
+        k8s_openapi::jiff::Timestamp::try_from(at)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    let body = serde_json::json!({
+        "lastUpdated": time(synced),
+        "currentTime": time(now_ms),
+        "nodeEligible": true,
+        "healthy": healthy,
+    });
+    let status = if healthy {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    (status, body.to_string())
+}
+
+/// Serves the proxy's health endpoint until the task is dropped.
+pub async fn serve_proxy(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let health = health.clone();
+        tokio::spawn(async move {
+            let path = read_path(&mut conn).await;
+            let (status, body) = proxy_answer(&health, &path, now_ms());
+            respond(&mut conn, status, "application/json", &body).await;
+        });
     }
 }
 
@@ -148,6 +205,29 @@ mod tests {
         assert_eq!(
             answer(&health, "/healthz", Duration::from_secs(1)).0,
             "200 OK"
+        );
+    }
+
+    #[test]
+    fn the_proxy_is_healthy_while_its_table_synced_within_a_minute() {
+        let health = Health::default();
+        let (status, body) = proxy_answer(&health, "/healthz", now_ms());
+        assert!(status.starts_with("503"), "{status}");
+        assert!(body.contains("\"healthy\":false"), "{body}");
+        health.proxy_synced();
+        let (status, body) = proxy_answer(&health, "/healthz", now_ms());
+        assert_eq!(status, "200 OK");
+        assert!(
+            body.contains("\"healthy\":true") && body.contains("\"nodeEligible\":true"),
+            "{body}"
+        );
+        let later = now_ms() + PROXY_STALE.as_millis() as u64 + 1000;
+        assert!(proxy_answer(&health, "/healthz", later)
+            .0
+            .starts_with("503"));
+        assert_eq!(
+            proxy_answer(&health, "/metrics", now_ms()).0,
+            "404 Not Found"
         );
     }
 

@@ -28,6 +28,7 @@ use weft_datapath::arp::ArpResponder;
 use weft_datapath::Netlink;
 use weft_proxy::health::HealthServers;
 use weft_proxy::model::UNWATCHED_LABELS;
+use weft_proxy::plan::NodePortAddresses;
 use weft_proxy::{NodeContext, Proxier, ServiceKey, SyncReport};
 
 use crate::health::Health;
@@ -38,8 +39,10 @@ use crate::speaker;
 pub struct ProxyOptions {
     /// Where the Services nft rejected are shown (`/readyz`).
     pub health: Arc<Health>,
-    /// The agent's `/healthz` port, which no externalIP may take.
-    pub health_port: u16,
+    /// Where NodePorts answer.
+    pub nodeport_addresses: NodePortAddresses,
+    /// The agent's health ports, which no externalIP may take.
+    pub reserved_ports: std::collections::BTreeSet<u16>,
     /// `--external-ip-cidrs`: where externalIPs may lie (empty: anywhere).
     pub external_ip_cidrs: Vec<Ipv4Net>,
     pub node: String,
@@ -154,6 +157,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
         let ctx = NodeContext {
             node: opts.node.clone(),
             cluster_cidrs: opts.cluster_cidrs.clone(),
+            nodeport_addresses: opts.nodeport_addresses.clone(),
         };
         let arp = match ArpResponder::start(&opts.iface) {
             Ok(a) => Some(a),
@@ -167,7 +171,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
             cluster,
             proxier: Proxier::new(ctx.clone()),
             ctx,
-            state: ServiceState::new(opts.external_ip_cidrs.clone(), [opts.health_port].into()),
+            state: ServiceState::new(opts.external_ip_cidrs.clone(), opts.reserved_ports.clone()),
             nodes: Cache::new(object_key),
             local_addresses: BTreeSet::new(),
             services_listed: false,
@@ -222,6 +226,9 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
                 self.take_ready(&mut watches);
             }
             self.sync().await?;
+            if self.proxier.is_synced() {
+                self.opts.health.proxy_synced();
+            }
         }
     }
 

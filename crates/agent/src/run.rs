@@ -32,6 +32,7 @@ use crate::health::{self, Health};
 use crate::proxy::ProxyOptions;
 use crate::reconcile::Reconciler;
 use crate::{files, masq, subnets};
+use weft_proxy::plan::NodePortAddresses;
 
 /// Everything `weft agent` is told on its command line.
 #[derive(Debug, Clone)]
@@ -51,6 +52,11 @@ pub struct Options {
     pub health_stale_after: Duration,
     /// Run the Service proxy (kube-proxy's job) in this agent.
     pub proxy: bool,
+    /// Where the proxy's kube-proxy-style health endpoint listens.
+    pub proxy_health: Option<SocketAddr>,
+    /// NodePorts answer on the node's primary address only (kube-proxy's
+    /// default), or on every local address.
+    pub nodeport_addresses: NodePortsOn,
     /// Node heartbeat period (LoadBalancer failover takes ~3 of these).
     pub heartbeat: Duration,
     /// How often the Service proxy checks its table for drift.
@@ -59,6 +65,15 @@ pub struct Options {
     pub proxy_full_resync: Duration,
     /// Where Services' externalIPs may lie (empty: anywhere).
     pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
+}
+
+/// `--nodeport-addresses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePortsOn {
+    /// The underlay address (the one in the node's lease).
+    Primary,
+    /// Every local address but loopback.
+    All,
 }
 
 /// The parts of the node that do not change while the agent runs.
@@ -308,6 +323,14 @@ impl<C: ClusterState> Agent<C> {
     }
 
     fn spawn_proxy(&self, health: Arc<Health>) -> Result<()> {
+        if let Some(addr) = self.opts.proxy_health {
+            let served = health.clone();
+            tokio::spawn(async move {
+                if let Err(e) = health::serve_proxy(addr, served).await {
+                    tracing::warn!(%addr, error = %e, "the proxy's health endpoint is not served");
+                }
+            });
+        }
         crate::proxy::spawn(
             self.cluster.clone(),
             ProxyOptions {
@@ -321,7 +344,16 @@ impl<C: ClusterState> Agent<C> {
                 heartbeat: self.opts.heartbeat,
                 full_resync: self.opts.proxy_full_resync,
                 health,
-                health_port: self.opts.health.port(),
+                nodeport_addresses: match (self.opts.nodeport_addresses, self.node.local.public_ip)
+                {
+                    (NodePortsOn::Primary, IpAddr::V4(ip)) => NodePortAddresses::Only(vec![ip]),
+                    (NodePortsOn::Primary, IpAddr::V6(_)) => NodePortAddresses::Only(Vec::new()),
+                    (NodePortsOn::All, _) => NodePortAddresses::EveryLocal,
+                },
+                reserved_ports: [self.opts.health.port()]
+                    .into_iter()
+                    .chain(self.opts.proxy_health.map(|a| a.port()))
+                    .collect(),
                 external_ip_cidrs: self.opts.external_ip_cidrs.clone(),
             },
         )

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use weft_datapath::NetNs;
 
-use crate::layout::{ControlPlane, LabState, Layout};
+use crate::layout::{ControlPlane, LabState, Layout, Proxy};
 use crate::{kube_control_plane, procs};
 
 /// The port every agent serves /healthz and /readyz on (inside its node).
@@ -59,6 +59,9 @@ pub fn start(
     .map(|s| s.to_string())
     .collect();
     args.extend(cluster);
+    if state.proxy == Proxy::KubeProxy {
+        args.push("--no-proxy".into());
+    }
     procs::spawn(
         Some(ns),
         weft,

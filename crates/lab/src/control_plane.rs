@@ -486,13 +486,17 @@ pub(crate) fn node_credentials(dir: &Path, node: &str) -> Result<String> {
             output: reason,
         }
     })?;
-    let stem = format!("node-{node}");
-    issue(
+    client_credentials(
         dir,
-        &stem,
+        &format!("node-{node}"),
         &format!("/O=system:nodes/CN=system:node:{node}"),
-        CLIENT_AUTH,
-    )?;
+    )
+}
+
+/// A client certificate `<stem>.crt` for `subject`, signed by the
+/// authority in `dir`; the kubeconfig `user` naming it.
+pub(crate) fn client_credentials(dir: &Path, stem: &str, subject: &str) -> Result<String> {
+    issue(dir, stem, subject, CLIENT_AUTH)?;
     let path = |ext: &str| dir.join(format!("{stem}.{ext}")).display().to_string();
     Ok(format!(
         "client-certificate: {}\n    client-key: {}",

@@ -239,6 +239,22 @@ pub fn node_kubeconfig(layout: &Layout, state: &LabState, node: &str) -> Result<
     Ok(path)
 }
 
+/// A kubeconfig for kube-proxy (user `system:kube-proxy`, which
+/// Kubernetes' default RBAC binds to `system:node-proxier`), dialling the
+/// API server over the underlay; issued once, for every node.
+pub fn kube_proxy_kubeconfig(layout: &Layout, state: &LabState) -> Result<PathBuf> {
+    let dir = layout.control_plane_dir();
+    let path = dir.join("kube-proxy.kubeconfig");
+    if !path.exists() {
+        let credentials = peers::client_credentials(&dir, "kube-proxy", "/CN=system:kube-proxy")?;
+        std::fs::write(
+            &path,
+            peers::kubeconfig_text(&server_in_lab(state), &dir.join("ca.crt"), &credentials),
+        )?;
+    }
+    Ok(path)
+}
+
 /// Has the TokenRequest API issue a token of the agents' ServiceAccount
 /// (from `deploy/weft.yaml`, applied before) and writes the agents'
 /// kubeconfig with it, dialling the API server over the underlay.

@@ -83,6 +83,20 @@ pub struct NodeRecord {
     /// The node's kubelet process (Kubernetes mode only).
     #[serde(default)]
     pub kubelet_pid: Option<u32>,
+    /// The node's kube-proxy (labs with `--proxy kube-proxy` only).
+    #[serde(default)]
+    pub kube_proxy_pid: Option<u32>,
+}
+
+/// What implements Services on the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proxy {
+    /// weft's, in every agent.
+    #[default]
+    Weft,
+    /// kube-proxy (Kubernetes mode only), for comparing the two.
+    KubeProxy,
 }
 
 /// What holds a lab's cluster state.
@@ -116,6 +130,8 @@ pub struct LabState {
     pub lb_pool: Option<Ipv4Net>,
     #[serde(default)]
     pub control_plane: ControlPlane,
+    #[serde(default)]
+    pub proxy: Proxy,
 }
 
 fn default_service_cidr() -> Ipv4Net {
@@ -465,6 +481,7 @@ mod tests {
             service_cidr: DEFAULT_SERVICE_CIDR.parse().unwrap(),
             lb_pool: None,
             control_plane: ControlPlane::Embedded,
+            proxy: Proxy::Weft,
         }
     }
 
@@ -476,6 +493,7 @@ mod tests {
             index,
             agent_pid: None,
             kubelet_pid: None,
+            kube_proxy_pid: None,
         });
     }
 

@@ -11,11 +11,16 @@
 //! - [`agents`]: one `weft agent` per node.
 //! - [`control_plane`]: Kubernetes' own etcd and kube-apiserver in a
 //!   namespace (the Kubernetes tests and `weft-bench services --kube`).
+//! - [`kube_control_plane`]: a lab's own Kubernetes control plane
+//!   (`--control-plane kubernetes`), its credentials and the host's door.
+//! - [`node_kubelet`]: the kubelet process of a node in that mode.
 //! - [`manifest`]: Kubernetes manifests → Kubernetes types.
 //! - [`objects`]: keys, UIDs and timestamps of stored objects.
 //! - [`kubelet`]: runs pods (CNI + containers) and writes their status.
 //! - [`supervisor`]: watches one container, restarts it as its pod's
 //!   restartPolicy says and records its status.
+//! - [`kube_proxies`]: kube-proxy instead of weft's proxy on the nodes (to
+//!   compare the two).
 //! - [`forward`]: TCP from a host loopback address into a lab namespace.
 //! - [`install`]: `deploy/weft.yaml` but its DaemonSet, for a lab whose
 //!   control plane is Kubernetes.
@@ -40,6 +45,7 @@ pub mod endpointslices;
 pub mod forward;
 pub mod install;
 pub mod kube_control_plane;
+pub mod kube_proxies;
 pub mod kubelet;
 pub mod layout;
 pub mod manifest;

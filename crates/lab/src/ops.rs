@@ -32,7 +32,10 @@ use crate::layout::{self, ControlPlane, LabState, Layout, NodeRecord};
 use crate::manifest::{self, Resource};
 use crate::report::{Event, LabStatus, NodeRow, Outcome, PodRow, Report};
 use crate::services::{self, Pools};
-use crate::{agents, endpointslices, kube_control_plane, node_kubelet, objects, procs, underlay};
+use crate::{
+    agents, endpointslices, kube_control_plane, kube_proxies, node_kubelet, objects, procs,
+    underlay,
+};
 use cluster::Cluster;
 
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
@@ -80,6 +83,8 @@ pub struct UpOptions {
     pub lb_cidr: Option<String>,
     /// Kubernetes' own control plane instead of the embedded store.
     pub kubernetes: bool,
+    /// What implements Services (kube-proxy only with `kubernetes`).
+    pub proxy: layout::Proxy,
 }
 
 fn parse_net<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T>
@@ -100,6 +105,11 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
             "lab {} already exists; remove it with `weft lab down --name {}` first",
             opts.name,
             opts.name
+        );
+    }
+    if opts.proxy == layout::Proxy::KubeProxy && !opts.kubernetes {
+        bail!(
+            "--proxy kube-proxy needs --control-plane kubernetes (kube-proxy reads an API server)"
         );
     }
     if !matches!(opts.backend.as_str(), "vxlan" | "host-gw") {
@@ -124,6 +134,7 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
         service_cidr,
         lb_pool: Some(lb_pool),
         control_plane: ControlPlane::Embedded,
+        proxy: opts.proxy,
     };
     let ranges = underlay::Ranges {
         underlay: underlay_net,
@@ -271,6 +282,7 @@ fn add_node_to(
         index,
         agent_pid: None,
         kubelet_pid: None,
+        kube_proxy_pid: None,
     });
     layout.save(state)?;
     let record = start_node(layout, state, name, &ns, bins)?;
@@ -304,8 +316,24 @@ fn start_node(
             return Ok(record);
         }
     }
-    record.agent_pid = Some(agents::start(layout, state, &bins.weft, name, ns)?);
+    start_network(layout, state, &mut record, ns, bins)?;
     Ok(record)
+}
+
+/// Starts the node's agent and, in labs that compare proxies, its
+/// kube-proxy.
+fn start_network(
+    layout: &Layout,
+    state: &LabState,
+    record: &mut NodeRecord,
+    ns: &NetNs,
+    bins: &Binaries,
+) -> Result<()> {
+    record.agent_pid = Some(agents::start(layout, state, &bins.weft, &record.name, ns)?);
+    if state.proxy == layout::Proxy::KubeProxy {
+        record.kube_proxy_pid = Some(kube_proxies::start(layout, state, &record.name, ns)?);
+    }
+    Ok(())
 }
 
 /// Waits until every node's agent holds a subnet (it wrote its conflist
@@ -1142,6 +1170,9 @@ pub fn node(
             if let Some(pid) = record.agent_pid.take() {
                 procs::crash(pid, &agents::owner(&lab.layout, node));
             }
+            if let Some(pid) = record.kube_proxy_pid.take() {
+                procs::crash(pid, &kube_proxies::owner(&lab.layout, node));
+            }
             lab.layout.save(&lab.state)?;
             report(Event::AgentKilled { node: node.into() });
         }
@@ -1155,9 +1186,15 @@ pub fn node(
             if agents::is_running(&lab.layout, node, current) {
                 bail!("the agent of {node} is already running");
             }
-            let pid = agents::start(&lab.layout, &lab.state, &bins.weft, node, &ns)?;
-            if let Some(record) = lab.state.nodes.iter_mut().find(|n| n.name == node) {
-                record.agent_pid = Some(pid);
+            let mut record = lab
+                .state
+                .node(node)
+                .cloned()
+                .context("the node is recorded")?;
+            start_network(&lab.layout, &lab.state, &mut record, &ns, bins)?;
+            let pid = record.agent_pid.unwrap_or_default();
+            if let Some(r) = lab.state.nodes.iter_mut().find(|n| n.name == node) {
+                *r = record;
             }
             lab.layout.save(&lab.state)?;
             report(Event::AgentStarted {

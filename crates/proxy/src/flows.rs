@@ -5,7 +5,8 @@
 //! "flow" lives as long as the client keeps sending, so conntrack would keep
 //! NATing it to an endpoint that is gone; kube-proxy deletes those entries,
 //! and so does this proxy. When a UDP Service gets its first endpoint, flows
-//! created while it had none are deleted too, so they are NATed afresh.
+//! created while it had none (to its addresses and to its NodePort) are
+//! deleted too, so they are NATed afresh.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -44,6 +45,12 @@ pub fn stale(old: &UdpPorts, new: &UdpPorts) -> Vec<FlowFilter> {
         if had_none && !after.endpoints.is_empty() {
             for dst in &after.destinations {
                 out.push(filter(Some(IpAddr::V4(*dst)), after.port, None));
+            }
+            // Flows to the NodePort from before (on any of the node's
+            // addresses, as kube-proxy clears them) would otherwise stay
+            // un-NATed for as long as their client keeps sending.
+            if let Some(np) = after.node_port {
+                out.push(filter(None, np, None));
             }
         }
     }
@@ -92,11 +99,18 @@ mod tests {
     }
 
     #[test]
-    fn first_endpoint_clears_flows_to_the_service_address() {
+    fn first_endpoint_clears_flows_to_the_service_address_and_node_port() {
         let filters = stale(&port(&[]), &port(&[[10, 244, 1, 2]]));
-        assert_eq!(filters.len(), 1);
-        assert_eq!(filters[0].reply_src, None);
-        assert!(stale(&BTreeMap::new(), &port(&[[10, 244, 1, 2]])).len() == 1);
+        assert_eq!(filters.len(), 2);
+        assert_eq!(
+            (filters[0].original_dst_port, filters[0].reply_src),
+            (Some(53), None)
+        );
+        assert_eq!(
+            (filters[1].original_dst, filters[1].original_dst_port),
+            (None, Some(30053))
+        );
+        assert!(stale(&BTreeMap::new(), &port(&[[10, 244, 1, 2]])).len() == 2);
     }
 
     #[test]

@@ -35,6 +35,19 @@ pub struct NodeContext {
     /// The pod network(s): traffic from elsewhere to a ClusterIP is
     /// masqueraded so replies come back through this node.
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// Where NodePorts answer.
+    pub nodeport_addresses: NodePortAddresses,
+}
+
+/// The node addresses NodePorts answer on (kube-proxy's
+/// `--nodeport-addresses`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every local address but loopback (the pod bridge's and the VXLAN
+    /// device's too).
+    EveryLocal,
+    /// These addresses only (kube-proxy's default: the node's primary).
+    Only(Vec<std::net::Ipv4Addr>),
 }
 
 /// One element of one of the table's shared maps or sets.
@@ -563,6 +576,7 @@ mod tests {
         NodeContext {
             node: "node-1".into(),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            nodeport_addresses: NodePortAddresses::EveryLocal,
         }
     }
 

@@ -24,7 +24,7 @@ use weft_datapath::nft::Family;
 use weft_datapath::nft_script::{Hook, Script, SetKind};
 
 use crate::model::Protocol;
-use crate::plan::NodeContext;
+use crate::plan::{NodeContext, NodePortAddresses};
 
 pub const FAMILY: &str = "ip";
 pub const TABLE: &str = "weft-proxy";
@@ -240,24 +240,29 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<Hook>, Vec<String
         (
             "services",
             None,
-            vec![
+            [
                 format!("ip daddr @{CLUSTER_IPS} jump {MARK_IF_OFF_CLUSTER}"),
                 format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
-                format!("ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"),
-            ],
+            ]
+            .into_iter()
+            .chain(node_ports(ctx, SERVICE_NODEPORTS))
+            .collect(),
         ),
         (
             "endpoints-check",
             None,
-            vec![
-                format!("ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
-                format!("ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"),
-            ],
+            std::iter::once(format!(
+                "ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"
+            ))
+            .chain(node_ports(ctx, NO_ENDPOINT_NODEPORTS))
+            .collect(),
         ),
         (
             "firewall-check",
             None,
-            vec![format!("ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}")],
+            vec![format!(
+                "ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}"
+            )],
         ),
         (
             "cluster-ips-check",
@@ -286,6 +291,20 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<Hook>, Vec<String
             ],
         ),
     ]
+}
+
+/// The rule that sends NodePort traffic through `map`, on the addresses
+/// `ctx` says; none when there is no such address.
+fn node_ports(ctx: &NodeContext, map: Collection) -> Option<String> {
+    let to = match &ctx.nodeport_addresses {
+        NodePortAddresses::EveryLocal => "ip daddr != 127.0.0.0/8 fib daddr type local".to_string(),
+        NodePortAddresses::Only(ips) if ips.is_empty() => return None,
+        NodePortAddresses::Only(ips) => {
+            let ips: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+            format!("ip daddr {{ {} }}", ips.join(", "))
+        }
+    };
+    Some(format!("{to} meta l4proto . th dport vmap @{map}"))
 }
 
 /// Names of the fixed chains (a full sync never deletes these).
@@ -325,6 +344,7 @@ mod tests {
         let ctx = NodeContext {
             node: "n".into(),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            nodeport_addresses: NodePortAddresses::EveryLocal,
         };
         let script = base_script(&ctx);
         for (name, _, _) in COLLECTIONS {
@@ -339,10 +359,35 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_answer_on_the_addresses_asked_for() {
+        let mut ctx = NodeContext {
+            node: "n".into(),
+            cluster_cidrs: vec![],
+            nodeport_addresses: NodePortAddresses::Only(vec![
+                "198.18.0.11".parse().unwrap(),
+                "198.18.1.11".parse().unwrap(),
+            ]),
+        };
+        let script = base_script(&ctx);
+        assert!(
+            script.contains("ip daddr { 198.18.0.11, 198.18.1.11 } meta l4proto . th dport vmap @service-nodeports"),
+            "{script}"
+        );
+        assert!(!script.contains("fib daddr type local"), "{script}");
+        ctx.nodeport_addresses = NodePortAddresses::Only(Vec::new());
+        assert!(!base_script(&ctx).contains("@service-nodeports"));
+        ctx.nodeport_addresses = NodePortAddresses::EveryLocal;
+        assert!(base_script(&ctx).contains(
+            "ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports"
+        ));
+    }
+
+    #[test]
     fn without_a_cluster_cidr_nothing_is_marked_for_cluster_ips() {
         let ctx = NodeContext {
             node: "n".into(),
             cluster_cidrs: vec![],
+            nodeport_addresses: NodePortAddresses::EveryLocal,
         };
         assert!(!base_script(&ctx).contains("mark-if-off-cluster jump"));
     }

@@ -75,6 +75,15 @@ pub struct AgentArgs {
     /// Do not run the Service proxy (leave Services to kube-proxy).
     #[arg(long)]
     no_proxy: bool,
+    /// Where the Service proxy's health endpoint listens (kube-proxy's
+    /// /healthz, which load balancers probe); empty: nowhere.
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = optional_address)]
+    proxy_health: OptionalAddress,
+    /// Where NodePorts answer: `primary`, the node's own address on the
+    /// underlay (kube-proxy's default), or `all` local addresses (the pod
+    /// bridge's and the VXLAN device's too).
+    #[arg(long, value_enum, default_value = "primary")]
+    nodeport_addresses: NodePortsArg,
     /// Node heartbeat period (LoadBalancer address failover happens after
     /// three missed beats).
     #[arg(long, env = "WEFT_HEARTBEAT", default_value = "1s", value_parser = period::between(ms(100), secs(60)))]
@@ -261,6 +270,26 @@ const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
 
 /// Logs to stdout, filtered by RUST_LOG or else [`DEFAULT_LOG_FILTER`]
 /// (the agent's and the lab kubelet's).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NodePortsArg {
+    Primary,
+    All,
+}
+
+/// An address, or none for empty text (a newtype: clap reads a bare
+/// `Option` field as "may be absent").
+#[derive(Debug, Clone)]
+struct OptionalAddress(Option<SocketAddr>);
+
+fn optional_address(text: &str) -> Result<OptionalAddress, String> {
+    if text.is_empty() {
+        return Ok(OptionalAddress(None));
+    }
+    text.parse().map(|a| OptionalAddress(Some(a))).map_err(|e| {
+        format!("{text:?} is not an address:port ({e}); give e.g. 0.0.0.0:10256, or \"\" for none")
+    })
+}
+
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -296,6 +325,11 @@ pub fn run(a: AgentArgs) -> Result<()> {
         resync: a.resync,
         health_stale_after: a.health_stale_after,
         proxy: !a.no_proxy,
+        proxy_health: a.proxy_health.0,
+        nodeport_addresses: match a.nodeport_addresses {
+            NodePortsArg::Primary => weft_agent::run::NodePortsOn::Primary,
+            NodePortsArg::All => weft_agent::run::NodePortsOn::All,
+        },
         heartbeat: a.heartbeat,
         proxy_drift_check: a.proxy_drift_check,
         proxy_full_resync: a.proxy_full_resync,
@@ -345,6 +379,25 @@ pub fn run(a: AgentArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn the_proxy_health_address_defaults_to_kube_proxys_and_empty_means_none() {
+        use clap::Parser;
+        let default = Cli::try_parse_from(["weft", "--node", "n"])
+            .unwrap()
+            .agent
+            .proxy_health
+            .0;
+        assert_eq!(default, Some("0.0.0.0:10256".parse().unwrap()));
+        let none = Cli::try_parse_from(["weft", "--node", "n", "--proxy-health", ""]).unwrap();
+        assert_eq!(none.agent.proxy_health.0, None);
+    }
 
     #[test]
     fn external_ip_cidrs_read_as_a_list_and_empty_means_none() {

@@ -105,6 +105,11 @@ pub enum LabCmd {
         /// kube-scheduler (from `./scripts/setup.sh --peers`), driven with kubectl.
         #[arg(long, value_enum, default_value = "embedded")]
         control_plane: ControlPlaneArg,
+        /// What implements Services on the nodes: weft's proxy in every
+        /// agent, or kube-proxy v1.36.3 (nftables mode, from the peers
+        /// cache; needs `--control-plane kubernetes`), to compare the two.
+        #[arg(long, value_enum, default_value = "weft")]
+        proxy: ProxyArg,
     },
     /// Remove a lab (or all) with every namespace, process and file.
     Down {
@@ -215,6 +220,12 @@ pub enum LabCmd {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyArg {
+    Weft,
+    KubeProxy,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ControlPlaneArg {
     Embedded,
     Kubernetes,
@@ -273,6 +284,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             service_cidr,
             lb_cidr,
             control_plane,
+            proxy,
         } => ops::up(
             &UpOptions {
                 name,
@@ -283,6 +295,10 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 service_cidr,
                 lb_cidr,
                 kubernetes: control_plane == ControlPlaneArg::Kubernetes,
+                proxy: match proxy {
+                    ProxyArg::Weft => weft_lab::layout::Proxy::Weft,
+                    ProxyArg::KubeProxy => weft_lab::layout::Proxy::KubeProxy,
+                },
             },
             &Binaries::beside_current_exe()?,
             &mut print_event,

@@ -29,7 +29,7 @@ use crate::layout::{LabState, Layout};
 use crate::manifest::Resource;
 use crate::objects::key;
 use crate::report::{Event, Outcome, Report};
-use crate::{agents, install, kube_control_plane, node_kubelet};
+use crate::{install, kube_control_plane, node_kubelet};
 
 /// The field manager of the lab's writes.
 const MANAGER: &str = "weft-lab";
@@ -67,11 +67,16 @@ pub(super) fn bootstrap(
         kube_control_plane::write_agent_kubeconfig(&client, layout, state).await
     })?;
     for i in 0..state.nodes.len() {
-        let node = state.nodes[i].name.clone();
-        let ns =
-            weft_datapath::NetNs::open(weft_datapath::netns::named_path(&layout.node_ns(&node)))?;
-        let pid = agents::start(layout, state, &bins.weft, &node, &ns)?;
-        state.nodes[i].agent_pid = Some(pid);
+        let mut record = state.nodes[i].clone();
+        let path = weft_datapath::netns::named_path(&layout.node_ns(&record.name));
+        super::start_network(
+            layout,
+            state,
+            &mut record,
+            &weft_datapath::NetNs::open(path)?,
+            bins,
+        )?;
+        state.nodes[i] = record;
     }
     layout.save(state)?;
     Ok(())

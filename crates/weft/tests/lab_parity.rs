@@ -1,0 +1,297 @@
+//! weft's Service proxy against kube-proxy, differentially: the same
+//! scenarios run in two Kubernetes-mode labs that differ only in what
+//! implements Services — weft's proxy in the agents, or kube-proxy v1.36.3
+//! in nftables mode (`--proxy kube-proxy`) — and what clients observe is
+//! compared: answered or not (refused, timed out), by which endpoints, and
+//! the source address the endpoint saw. A difference fails the test
+//! unless docs/proxy-differences.md lists it under its scenario's name;
+//! a listed difference that is gone fails it too, so the document stays
+//! true.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{wait_until, Lab, Mode};
+
+const DIFFERENCES: &str = include_str!("../../../docs/proxy-differences.md");
+
+/// Two servers on two nodes, a client beside the first, a Service of each
+/// kind the scenarios need.
+const MANIFEST: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: server-a, labels: {app: server}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: agnhost, args: [netexec, --http-port=8080, --udp-port=8081], ports: [{containerPort: 8080}, {containerPort: 8081, protocol: UDP}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-b, labels: {app: server, local: only}}
+spec:
+  nodeName: node-2
+  containers: [{name: c, image: agnhost, args: [netexec, --http-port=8080, --udp-port=8081], ports: [{containerPort: 8080}, {containerPort: 8081, protocol: UDP}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, protocol: UDP, targetPort: 8081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec:
+  type: NodePort
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30100}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {local: only}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30101}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nothing}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+/// A UDP NodePort Service and its one pod, applied after a client sent
+/// to the port.
+const LATE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: udp-late}
+spec:
+  type: NodePort
+  selector: {app: late}
+  ports: [{port: 53, protocol: UDP, targetPort: 8081, nodePort: 30153}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: late, labels: {app: late}}
+spec:
+  nodeName: node-2
+  containers: [{name: c, image: agnhost, args: [netexec, --http-port=8080, --udp-port=8081], ports: [{containerPort: 8081, protocol: UDP}]}]
+";
+
+/// What clients of `lab` observe, per scenario.
+fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
+    lab.apply_ok(MANIFEST);
+    // Both servers answer through the ClusterIP from a pod and a node, and
+    // the NodePorts answer: every node's proxy has the Services.
+    let both = "ok server-a, ok server-b";
+    let ready = wait_until(Duration::from_secs(20), || {
+        answers(lab, "client", "svc/default/web", 8, "/hostname") == both
+            && answers(lab, "node/node-2", "svc/default/web", 8, "/hostname") == both
+            && outcomes(lab, "external", "198.18.0.11:30100", 1) == "ok"
+            && outcomes(lab, "external", "198.18.0.12:30101", 1) == "ok"
+    });
+    assert!(ready.is_some(), "{}: the Services never answered", lab.name);
+    let cluster_ip = lab.json(&["get", "services", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == "web")
+        .and_then(|s| s["spec"]["clusterIP"].as_str().map(String::from))
+        .unwrap();
+    let client_ip = lab.pod_ip("client");
+    let mut seen = BTreeMap::new();
+    seen.insert(
+        "clusterip-endpoints",
+        answers(lab, "client", "svc/default/web", 20, "/hostname"),
+    );
+    seen.insert(
+        "clusterip-udp-endpoints",
+        answers(lab, "client", "svc/default/web:dns", 20, "/hostname"),
+    );
+    seen.insert(
+        "clusterip-source",
+        sources(lab, "client", "svc/default/web", &client_ip),
+    );
+    seen.insert(
+        "clusterip-from-node",
+        answers(lab, "node/node-2", "svc/default/web", 20, "/hostname"),
+    );
+    seen.insert(
+        "clusterip-hairpin",
+        answers(lab, "server-a", "svc/default/web", 20, "/hostname"),
+    );
+    seen.insert(
+        "nodeport-cluster-from-outside",
+        sources(lab, "external", "198.18.0.11:30100", "198.18.0.2"),
+    );
+    seen.insert(
+        "nodeport-local-endpoint-node",
+        sources(lab, "external", "198.18.0.12:30101", "198.18.0.2"),
+    );
+    seen.insert(
+        "nodeport-local-other-node",
+        outcomes(lab, "external", "198.18.0.11:30101", 2),
+    );
+    seen.insert(
+        "nodeport-from-pod-via-other-node",
+        outcomes(lab, "server-a", "198.18.0.12:30100", 12),
+    );
+    seen.insert(
+        "no-endpoints",
+        outcomes(lab, "client", "svc/default/empty", 2),
+    );
+    seen.insert(
+        "clusterip-unknown-port",
+        outcomes(lab, "client", &format!("{cluster_ip}:81"), 2),
+    );
+    seen.insert(
+        "unallocated-clusterip",
+        outcomes(lab, "client", "10.96.255.254:80", 2),
+    );
+    // NodePorts on an address of the node other than its InternalIP: the
+    // gateway of the client's pod subnet (node-1's bridge).
+    let gateway = format!("{}.1", client_ip.rsplit_once('.').unwrap().0);
+    seen.insert(
+        "nodeport-on-another-node-address",
+        outcomes(lab, "client", &format!("{gateway}:30100"), 2),
+    );
+    // What a cloud load balancer probes for externalTrafficPolicy: Cluster.
+    let healthz = lab.probe_http("external", "198.18.0.11:10256", 1, "/healthz");
+    seen.insert(
+        "proxy-healthz-port-10256",
+        match &healthz[0] {
+            (ok, body) if ok == "ok" && body.contains("\"healthy\":true") => "ok, healthy".into(),
+            (outcome, body) => format!("{outcome} {body}"),
+        },
+    );
+    seen.insert("udp-nodeport-after-first-endpoint", udp_first_endpoint(lab));
+    seen
+}
+
+/// A UDP client that sent to a NodePort before its Service and endpoint
+/// existed (one source port throughout, as a resolver's socket; the
+/// kernel's conntrack entry for the unanswered flow stays): is it
+/// answered once they are there?
+fn udp_first_endpoint(lab: &Lab) -> String {
+    let external = weft_datapath::netns::named_path(&format!("wl-{}-external", lab.name));
+    let socket = weft_datapath::NetNs::open(external)
+        .unwrap()
+        .run_in(|| std::net::UdpSocket::bind("198.18.0.2:40053"))
+        .unwrap()
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target: std::net::SocketAddr = "198.18.0.11:30153".parse().unwrap();
+    let ask = || -> bool {
+        let _ = socket.send_to(b"hostname", target);
+        let mut buf = [0u8; 64];
+        socket.recv_from(&mut buf).is_ok()
+    };
+    for _ in 0..3 {
+        assert!(!ask(), "answered without a Service");
+    }
+    lab.apply_ok(LATE);
+    match wait_until(Duration::from_secs(5), ask) {
+        Some(_) => "answered".into(),
+        None => "not answered within 5 s".into(),
+    }
+}
+
+/// The distinct answers of `count` attempts, each with its outcome.
+fn answers(lab: &Lab, from: &str, to: &str, count: u32, path: &str) -> String {
+    let distinct: BTreeSet<String> = lab
+        .probe_http(from, to, count, path)
+        .into_iter()
+        .map(|(outcome, answer)| format!("{outcome} {}", answer.trim()))
+        .collect();
+    distinct.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+/// The distinct outcomes of `count` attempts.
+fn outcomes(lab: &Lab, from: &str, to: &str, count: u32) -> String {
+    let distinct: BTreeSet<String> = lab
+        .probe_http(from, to, count, "/hostname")
+        .into_iter()
+        .map(|(outcome, _)| outcome)
+        .collect();
+    distinct.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+/// Whether the endpoints saw the client's own address (`own`) or another.
+fn sources(lab: &Lab, from: &str, to: &str, own: &str) -> String {
+    let distinct: BTreeSet<String> = lab
+        .probe_http(from, to, 5, "/clientip")
+        .into_iter()
+        .map(|(outcome, answer)| match outcome.as_str() {
+            "ok" if answer.starts_with(&format!("{own}:")) => "ok, client's address".into(),
+            "ok" => "ok, another address".into(),
+            other => other.to_string(),
+        })
+        .collect();
+    distinct.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+/// The scenarios docs/proxy-differences.md lists (lines `` - `name`: ``).
+fn listed() -> BTreeSet<String> {
+    DIFFERENCES
+        .lines()
+        .filter_map(|l| l.strip_prefix("- `")?.split_once("`:"))
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+#[test]
+fn weft_and_kube_proxy_look_the_same_to_clients_but_where_listed() {
+    let observed: Vec<BTreeMap<&str, String>> = std::thread::scope(|s| {
+        let labs = [("pweft", false), ("pkube", true)].map(|(tag, kube_proxy)| {
+            s.spawn(move || {
+                let proxy = if kube_proxy { "kube-proxy" } else { "weft" };
+                let lab = Lab::up_with_in(
+                    Mode::Kubernetes,
+                    tag,
+                    &["--nodes", "2", "--backend", "vxlan", "--proxy", proxy],
+                );
+                observe(&lab)
+            })
+        });
+        labs.map(|l| l.join().expect("observing a lab")).into()
+    });
+    let (weft, kube_proxy) = (&observed[0], &observed[1]);
+    let differing: BTreeSet<String> = weft
+        .iter()
+        .filter(|(scenario, seen)| kube_proxy.get(*scenario) != Some(seen))
+        .map(|(scenario, _)| scenario.to_string())
+        .collect();
+    let report: Vec<String> = weft
+        .iter()
+        .map(|(scenario, seen)| {
+            format!(
+                "{scenario}:\n    weft:       {seen}\n    kube-proxy: {}",
+                kube_proxy[scenario]
+            )
+        })
+        .collect();
+    // Shown with --nocapture: what the comparison saw.
+    println!("{}", report.join("\n"));
+    let listed = listed();
+    let unlisted: Vec<&String> = differing.difference(&listed).collect();
+    let stale: Vec<&String> = listed.difference(&differing).collect();
+    assert!(
+        unlisted.is_empty() && stale.is_empty(),
+        "differences not in docs/proxy-differences.md: {unlisted:?}; listed there but gone: {stale:?}\n{}",
+        report.join("\n")
+    );
+}
