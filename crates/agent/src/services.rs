@@ -363,10 +363,13 @@ impl ServiceState {
             let Some(port) = info.health_check_node_port else {
                 continue;
             };
+            // Ready ones only, as kube-proxy: a node whose last local
+            // endpoint terminates answers 503, so load balancers drain it.
             let eps = self.endpoints(key);
             let local: BTreeSet<_> = eps
                 .values()
-                .flat_map(|list| model::usable(list.iter().filter(|e| e.is_local(node))))
+                .flatten()
+                .filter(|e| e.is_local(node) && e.ready)
                 .map(|e| e.ip)
                 .collect();
             out.insert(port, (key.clone(), local.len()));
@@ -559,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn health_ports_count_local_usable_endpoints() {
+    fn health_ports_count_local_ready_endpoints() {
         let mut s = ServiceState::default();
         s.service(
             &svc(json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100})),
@@ -568,6 +571,18 @@ mod tests {
         s.slice(&slice("web-1", "web", &["10.244.1.2", "10.244.1.3"]), false);
         assert_eq!(s.health_ports("node-1")[&32100], (key("web"), 2));
         assert_eq!(s.health_ports("node-2")[&32100], (key("web"), 0));
+        // The last local endpoint terminating (still serving): 0, so a
+        // load balancer drains the node, as with kube-proxy.
+        let terminating: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "demo", "name": "web-1", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.1.2"], "nodeName": "node-1",
+                "conditions": {"ready": false, "serving": true, "terminating": true}}]
+        }))
+        .unwrap();
+        s.slice(&terminating, false);
+        assert_eq!(s.health_ports("node-1")[&32100], (key("web"), 0));
     }
 
     fn added(namespace: &str, name: &str, spec: serde_json::Value) -> Event<Service> {

@@ -210,7 +210,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
     };
     let external_ips = ipv4_list(spec.external_ips.iter().flatten().map(String::as_str));
     let load_balancer_ips = if kind == "LoadBalancer" {
-        let mut ips = ingress_ips(svc);
+        let mut ips = proxied_ingress_ips(svc);
         ips.sort();
         ips.dedup();
         ips
@@ -277,6 +277,19 @@ pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// The ingress addresses the node proxies: all but those whose `ipMode`
+/// is `Proxy` (the load balancer itself forwards to the nodes then, to
+/// their NodePorts, and must get the packets; kube-proxy skips them too).
+fn proxied_ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    svc.status
+        .iter()
+        .flat_map(|s| s.load_balancer.iter())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
 fn ipv4_list<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<Ipv4Addr> {
     let mut ips: Vec<Ipv4Addr> = texts.filter_map(|t| t.parse().ok()).collect();
     ips.sort();
@@ -338,12 +351,14 @@ pub fn endpoints_by_port(slices: &[&EndpointSlice]) -> PortEndpoints {
                 .or_default();
             for ep in slice.endpoints.iter().flatten() {
                 let conditions = ep.conditions.clone().unwrap_or_default();
-                // Kubernetes: a nil `ready` means ready; nil `serving` means
-                // whatever `ready` says; nil `terminating` means not.
+                // As kube-proxy reads them: a nil `ready` or `serving`
+                // means true, a nil `terminating` false.
                 let ready = conditions.ready.unwrap_or(true);
-                let serving = conditions.serving.unwrap_or(ready);
+                let serving = conditions.serving.unwrap_or(true);
                 let terminating = conditions.terminating.unwrap_or(false);
-                for ip in ep.addresses.iter().filter_map(|a| a.parse().ok()) {
+                // Only the first address, as kube-proxy: the others are
+                // the same pod's, not more endpoints.
+                if let Some(ip) = ep.addresses.first().and_then(|a| a.parse().ok()) {
                     list.push(Endpoint {
                         ip,
                         port: number,
@@ -385,10 +400,17 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = &'a PackedEndpoints>) -> PortEn
     out
 }
 
+/// One endpoint per address and port: when a pod's address is reused
+/// while the old pod still terminates, the ready copy wins (then the
+/// serving one), as in kube-proxy.
 fn dedup(ports: &mut PortEndpoints) {
     for list in ports.values_mut() {
-        list.sort();
-        list.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+        list.sort_by(|a, b| {
+            (a.ip, a.port, !a.ready, !a.serving, a.terminating)
+                .cmp(&(b.ip, b.port, !b.ready, !b.serving, b.terminating))
+                .then_with(|| a.cmp(b))
+        });
+        list.dedup_by(|later, kept| later.ip == kept.ip && later.port == kept.port);
     }
 }
 
@@ -469,13 +491,22 @@ mod tests {
             "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}]
         }));
-        svc.status =
-            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.18.0.240"}]}}))
-                .unwrap();
+        svc.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "198.18.0.240"}, {"ip": "198.18.0.241", "ipMode": "VIP"},
+            {"ip": "198.18.0.242", "ipMode": "Proxy"}
+        ]}}))
+        .unwrap();
         let info = service_info(&svc).unwrap();
         let p = &info.ports[0];
         assert_eq!(p.node_port, Some(30080));
-        assert_eq!(p.load_balancer_ips, vec![Ipv4Addr::new(198, 18, 0, 240)]);
+        // ipMode Proxy: the load balancer's own address, not the node's.
+        assert_eq!(
+            p.load_balancer_ips,
+            vec![
+                Ipv4Addr::new(198, 18, 0, 240),
+                Ipv4Addr::new(198, 18, 0, 241)
+            ]
+        );
         assert_eq!(p.external_ips, vec![Ipv4Addr::new(198, 18, 0, 99)]);
         assert_eq!(p.affinity_seconds, Some(30));
         assert_eq!(
@@ -528,6 +559,40 @@ mod tests {
             ]
         }));
         (a, b)
+    }
+
+    #[test]
+    fn endpoints_are_read_as_kube_proxy_reads_them() {
+        let one = slice(json!({
+            "metadata": {"name": "web-a", "namespace": "demo"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                // Terminating, serving unset: serving.
+                {"addresses": ["10.244.1.2"], "conditions": {"ready": false, "terminating": true}},
+                // Two addresses: the first is the endpoint.
+                {"addresses": ["10.244.1.3", "10.244.1.4"]},
+                // An address reused while its old pod terminates: the
+                // ready copy wins, whichever comes first.
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": false, "serving": false, "terminating": true}},
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": true}}
+            ]
+        }));
+        let by_port = endpoints_by_port(&[&one]);
+        let eps = &by_port[&("http".to_string(), Protocol::Tcp)];
+        let got: Vec<(String, bool, bool)> = eps
+            .iter()
+            .map(|e| (e.ip.to_string(), e.ready, e.serving))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.244.1.2", false, true),
+                ("10.244.1.3", true, true),
+                ("10.244.1.5", true, true)
+            ]
+            .map(|(a, r, s)| (a.to_string(), r, s))
+        );
     }
 
     #[test]
