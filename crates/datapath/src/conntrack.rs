@@ -66,6 +66,9 @@ pub struct FlowFilter {
     pub original_dst_port: Option<u16>,
     /// The address that answers (the endpoint, after DNAT).
     pub reply_src: Option<IpAddr>,
+    /// The answering address is none of these (the endpoints a Service has
+    /// now: what answers from elsewhere is stale); empty: no condition.
+    pub reply_src_not_in: Vec<IpAddr>,
 }
 
 impl FlowFilter {
@@ -76,6 +79,9 @@ impl FlowFilter {
                 .original_dst_port
                 .is_none_or(|p| e.orig.dst_port == Some(p))
             && self.reply_src.is_none_or(|s| e.reply.src == Some(s))
+            && e.reply
+                .src
+                .is_none_or(|s| !self.reply_src_not_in.contains(&s))
     }
 
     /// The address families this filter can match: an entry's tuples are
@@ -384,6 +390,7 @@ mod tests {
             original_dst: dst.map(|d| d.parse().unwrap()),
             original_dst_port: port,
             reply_src: reply_src.map(|d| d.parse().unwrap()),
+            reply_src_not_in: Vec::new(),
         }
     }
 
@@ -422,6 +429,14 @@ mod tests {
         assert!(!udp(None, None, Some("10.244.1.8")).matches(&e));
         // The client's own address is not the endpoint.
         assert!(!udp(None, None, Some("198.18.250.1")).matches(&e));
+        // Answered by none of the current endpoints: stale.
+        let not_in = |ips: &[&str]| FlowFilter {
+            reply_src_not_in: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            ..udp(Some("10.96.0.10"), Some(53), None)
+        };
+        assert!(not_in(&["10.244.1.8"]).matches(&e));
+        assert!(not_in(&[]).matches(&e));
+        assert!(!not_in(&["10.244.1.8", "10.244.1.7"]).matches(&e));
         let tcp = FlowFilter {
             protocol: 6,
             ..udp(None, None, None)
@@ -482,6 +497,7 @@ mod tests {
             original_dst: Some("fd00::10".parse().unwrap()),
             original_dst_port: Some(38412),
             reply_src: Some("fd00:1::7".parse().unwrap()),
+            reply_src_not_in: Vec::new(),
         };
         assert!(f.matches(&e));
         // An IPv4 filter never matches an IPv6 entry.

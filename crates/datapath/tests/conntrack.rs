@@ -42,6 +42,7 @@ fn udp(dst: Option<&str>, port: Option<u16>, reply_src: Option<&str>) -> FlowFil
         original_dst: dst.map(|d| d.parse().unwrap()),
         original_dst_port: port,
         reply_src: reply_src.map(|d| d.parse().unwrap()),
+        reply_src_not_in: Vec::new(),
     }
 }
 

@@ -19,14 +19,47 @@ use crate::plan::UdpPort;
 /// The UDP ports of one Service, by port id.
 pub type UdpPorts = BTreeMap<String, UdpPort>;
 
+/// UDP flows to `dst` (any address if `None`) on `port`.
+fn to(dst: Option<IpAddr>, port: u16) -> FlowFilter {
+    FlowFilter {
+        protocol: Protocol::Udp.number(),
+        original_dst: dst,
+        original_dst_port: Some(port),
+        reply_src: None,
+        reply_src_not_in: Vec::new(),
+    }
+}
+
+/// Every flow to the UDP ports of `services` that none of their current
+/// endpoints answers: what a full sync clears, since it cannot know what
+/// changed meanwhile (the agent was down, or an incremental apply failed
+/// after computing its own deletions). kube-proxy reconciles the same way.
+pub fn not_answered_by_endpoints<'a>(
+    services: impl IntoIterator<Item = &'a UdpPorts>,
+) -> Vec<FlowFilter> {
+    let mut out = Vec::new();
+    for port in services.into_iter().flat_map(|ports| ports.values()) {
+        let endpoints: Vec<IpAddr> = port.endpoints.iter().map(|ip| IpAddr::V4(*ip)).collect();
+        let stale = |dst: Option<IpAddr>, number: u16| FlowFilter {
+            reply_src_not_in: endpoints.clone(),
+            ..to(dst, number)
+        };
+        out.extend(
+            port.destinations
+                .iter()
+                .map(|d| stale(Some(IpAddr::V4(*d)), port.port)),
+        );
+        out.extend(port.node_port.map(|np| stale(None, np)));
+    }
+    out
+}
+
 pub fn stale(old: &UdpPorts, new: &UdpPorts) -> Vec<FlowFilter> {
     let none = UdpPort::default();
     let mut out = Vec::new();
     let filter = |dst: Option<IpAddr>, port: u16, reply_src: Option<IpAddr>| FlowFilter {
-        protocol: Protocol::Udp.number(),
-        original_dst: dst,
-        original_dst_port: Some(port),
         reply_src,
+        ..to(dst, port)
     };
     for (id, before) in old {
         let after = new.get(id).unwrap_or(&none);
@@ -111,6 +144,23 @@ mod tests {
             (None, Some(30053))
         );
         assert!(stale(&BTreeMap::new(), &port(&[[10, 244, 1, 2]])).len() == 2);
+    }
+
+    #[test]
+    fn a_full_sync_clears_flows_no_current_endpoint_answers() {
+        let filters = not_answered_by_endpoints([&port(&[[10, 244, 1, 2]])]);
+        let endpoint = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2))];
+        assert_eq!(filters.len(), 2);
+        assert_eq!(
+            (filters[0].original_dst, filters[0].original_dst_port),
+            (Some(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))), Some(53))
+        );
+        assert_eq!(filters[0].reply_src_not_in, endpoint);
+        assert_eq!(
+            (filters[1].original_dst, filters[1].original_dst_port),
+            (None, Some(30053))
+        );
+        assert_eq!(filters[1].reply_src_not_in, endpoint);
     }
 
     #[test]

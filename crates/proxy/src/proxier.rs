@@ -310,6 +310,10 @@ impl<K: Kernel> Proxier<K> {
         report.elements_changed += last.elements_changed;
         self.kernel.apply(&last.render())?;
         self.synced = true;
+        let stale = flows::not_answered_by_endpoints(self.udp.values());
+        if !stale.is_empty() {
+            report.flows_deleted = self.kernel.delete_flows(&stale)?;
+        }
         report.elapsed = started.elapsed();
         Ok(report)
     }

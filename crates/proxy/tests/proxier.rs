@@ -176,19 +176,30 @@ fn a_removed_udp_endpoint_has_its_flows_deleted() {
         &["10.244.1.4", "10.244.1.5"],
     )];
     p.sync_all(|| full(&dns)).unwrap();
+    // The full sync (an agent that starts, or one that must resync) clears
+    // the flows none of the Service's endpoints answers: it cannot know
+    // which endpoints went away meanwhile.
+    let endpoints: Vec<std::net::IpAddr> = ["10.244.1.4", "10.244.1.5"]
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    let deleted = p.kernel().flows_deleted.lock().unwrap().clone();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0].reply_src_not_in, endpoints);
+    assert_eq!(deleted[0].original_dst, Some("10.96.0.53".parse().unwrap()));
     p.apply(vec![planned("dns", "10.96.0.53", "UDP", &["10.244.1.5"])])
         .unwrap();
     let deleted = p.kernel().flows_deleted.lock().unwrap().clone();
-    assert_eq!(deleted.len(), 1, "{deleted:?}");
-    assert_eq!(deleted[0].reply_src, Some("10.244.1.4".parse().unwrap()));
-    assert_eq!(deleted[0].original_dst, Some("10.96.0.53".parse().unwrap()));
-    assert_eq!(deleted[0].original_dst_port, Some(80));
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert_eq!(deleted[1].reply_src, Some("10.244.1.4".parse().unwrap()));
+    assert_eq!(deleted[1].original_dst, Some("10.96.0.53".parse().unwrap()));
+    assert_eq!(deleted[1].original_dst_port, Some(80));
     // TCP endpoints going away delete no flows (TCP ends by itself).
     let web = [planned("web", "10.96.0.10", "TCP", &["10.244.1.2"])];
     p.apply(web.to_vec()).unwrap();
     p.apply(vec![planned("web", "10.96.0.10", "TCP", &[])])
         .unwrap();
-    assert_eq!(p.kernel().flows_deleted.lock().unwrap().len(), 1);
+    assert_eq!(p.kernel().flows_deleted.lock().unwrap().len(), 2);
 }
 
 #[test]

@@ -177,7 +177,76 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
         },
     );
     seen.insert("udp-nodeport-after-first-endpoint", udp_first_endpoint(lab));
+    seen.insert(
+        "udp-endpoint-replaced-while-the-proxy-is-down",
+        udp_endpoint_replaced_while_down(lab),
+    );
     seen
+}
+
+/// A UDP Service with one pod on node-2.
+fn dns_pod(name: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: dns}}}}
+spec:
+  nodeName: node-2
+  containers: [{{name: c, image: agnhost, args: [netexec, --http-port=8080, --udp-port=8081], ports: [{{containerPort: 8081, protocol: UDP}}]}}]
+"
+    )
+}
+
+/// A client pod's UDP flow (one socket) to a Service whose only endpoint
+/// is replaced while the proxy of the client's node is down: does the
+/// flow reach the new endpoint once the proxy is back?
+fn udp_endpoint_replaced_while_down(lab: &Lab) -> String {
+    lab.apply_ok(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: dns}}
+spec:
+  selector: {{app: dns}}
+  ports: [{{port: 53, protocol: UDP, targetPort: 8081}}]
+---
+{}",
+        dns_pod("dns-a")
+    ));
+    let vip = lab.json(&["get", "services", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == "dns")
+        .and_then(|s| s["spec"]["clusterIP"].as_str().map(String::from))
+        .unwrap();
+    let target: std::net::SocketAddr = format!("{vip}:53").parse().unwrap();
+    let socket = lab
+        .pod_netns("client")
+        .run_in(|| std::net::UdpSocket::bind("0.0.0.0:40054"))
+        .unwrap()
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let ask = || -> Option<String> {
+        socket.send_to(b"hostname", target).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = wait_until(Duration::from_secs(10), || ask().as_deref() == Some("dns-a"));
+    assert!(first.is_some(), "{}: dns-a never answered", lab.name);
+    lab.ok(&["node", "stop", "node-1"]);
+    lab.apply_ok(&dns_pod("dns-b"));
+    lab.ok(&["delete", "pod", "dns-a"]);
+    for _ in 0..5 {
+        let _ = ask();
+    }
+    lab.ok(&["node", "start", "node-1"]);
+    match wait_until(Duration::from_secs(10), || ask().as_deref() == Some("dns-b")) {
+        Some(_) => "dns-b answers".into(),
+        None => "not answered within 10 s".into(),
+    }
 }
 
 /// A UDP client that sent to a NodePort before its Service and endpoint
