@@ -105,6 +105,7 @@ pub struct UdpPort {
     pub destinations: Vec<Ipv4Addr>,
     pub port: u16,
     pub node_port: Option<u16>,
+    /// The endpoints still serving (flows to others are stale).
     pub endpoints: BTreeSet<Ipv4Addr>,
 }
 
@@ -295,7 +296,10 @@ fn plan_port(
                     .collect(),
                 port: port.port,
                 node_port: port.node_port,
-                endpoints: all.iter().map(|e| e.ip).collect(),
+                // Every endpoint still serving, used or not: a flow to a
+                // pod that terminates keeps going while the pod serves, as
+                // with kube-proxy; it is stale once the pod stops serving.
+                endpoints: eps.iter().filter(|e| e.serving).map(|e| e.ip).collect(),
             },
         );
     }
@@ -962,6 +966,40 @@ mod tests {
             .0
             .contains("eps-udp-1 { typeof ip daddr . udp dport"));
         assert_eq!(rules.udp.len(), 1);
+    }
+
+    #[test]
+    fn udp_flows_to_a_terminating_pod_are_kept_while_it_serves() {
+        let mut p = port();
+        p.protocol = Protocol::Udp;
+        let terminating = |serving| Endpoint {
+            serving,
+            terminating: true,
+            ..ep("10.244.2.3", "node-2", false)
+        };
+        let plan = |second: Endpoint| {
+            let list = vec![ep("10.244.2.2", "node-2", true), second];
+            plan_service(
+                &svc(p.clone()),
+                &[(("http".to_string(), Protocol::Udp), list)].into(),
+                &ctx(),
+            )
+        };
+        let serving = plan(terminating(true));
+        let kept: Vec<String> = serving
+            .udp
+            .values()
+            .next()
+            .unwrap()
+            .endpoints
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(kept, ["10.244.2.2", "10.244.2.3"]);
+        // New flows go to the ready pod only.
+        assert_eq!(serving.picks.iter().next().map(|p| p.n), Some(1));
+        let stopped = plan(terminating(false));
+        assert_eq!(stopped.udp.values().next().unwrap().endpoints.len(), 1);
     }
 
     #[test]

@@ -234,7 +234,9 @@ spec:
         let (n, _) = socket.recv_from(&mut buf).ok()?;
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     };
-    let first = wait_until(Duration::from_secs(10), || ask().as_deref() == Some("dns-a"));
+    let first = wait_until(Duration::from_secs(10), || {
+        ask().as_deref() == Some("dns-a")
+    });
     assert!(first.is_some(), "{}: dns-a never answered", lab.name);
     lab.ok(&["node", "stop", "node-1"]);
     lab.apply_ok(&dns_pod("dns-b"));
@@ -243,7 +245,9 @@ spec:
         let _ = ask();
     }
     lab.ok(&["node", "start", "node-1"]);
-    match wait_until(Duration::from_secs(10), || ask().as_deref() == Some("dns-b")) {
+    match wait_until(Duration::from_secs(10), || {
+        ask().as_deref() == Some("dns-b")
+    }) {
         Some(_) => "dns-b answers".into(),
         None => "not answered within 10 s".into(),
     }
