@@ -147,28 +147,32 @@ fn proxy_answer(health: &Health, path: &str, now_ms: u64) -> (&'static str, Stri
 
 /// Serves the proxy's health endpoint until the task is dropped.
 pub async fn serve_proxy(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let health = health.clone();
-        tokio::spawn(async move {
-            let path = read_path(&mut conn).await;
-            let (status, body) = proxy_answer(&health, &path, now_ms());
-            respond(&mut conn, status, "application/json", &body).await;
-        });
-    }
+    serve_with(addr, "application/json", move |path| {
+        proxy_answer(&health, path, now_ms())
+    })
+    .await
 }
 
 /// Serves until the task is dropped.
 pub async fn serve(addr: SocketAddr, health: Arc<Health>, stale: Duration) -> std::io::Result<()> {
+    serve_with(addr, "text/plain", move |path| answer(&health, path, stale)).await
+}
+
+/// Answers every request on `addr` with `answer(path)`.
+async fn serve_with(
+    addr: SocketAddr,
+    content_type: &'static str,
+    answer: impl Fn(&str) -> (&'static str, String) + Send + Sync + 'static,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
+    let answer = Arc::new(answer);
     loop {
         let (mut conn, _) = listener.accept().await?;
-        let health = health.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let path = read_path(&mut conn).await;
-            let (status, body) = answer(&health, &path, stale);
-            respond(&mut conn, status, "text/plain", &body).await;
+            let (status, body) = answer(&path);
+            respond(&mut conn, status, content_type, &body).await;
         });
     }
 }

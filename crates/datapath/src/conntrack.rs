@@ -95,6 +95,38 @@ impl FlowFilter {
     }
 }
 
+/// Filters grouped by the destination port they name, so each entry is
+/// checked against the few for its port: a full sync reconciles every UDP
+/// Service port at once, and the table may hold many thousands of entries.
+struct FiltersByPort<'a> {
+    by_port: std::collections::HashMap<u16, Vec<&'a FlowFilter>>,
+    any_port: Vec<&'a FlowFilter>,
+}
+
+impl<'a> FiltersByPort<'a> {
+    fn new(filters: &'a [FlowFilter]) -> Self {
+        let mut by_port: std::collections::HashMap<u16, Vec<&FlowFilter>> = Default::default();
+        let mut any_port = Vec::new();
+        for f in filters {
+            match f.original_dst_port {
+                Some(port) => by_port.entry(port).or_default().push(f),
+                None => any_port.push(f),
+            }
+        }
+        FiltersByPort { by_port, any_port }
+    }
+
+    fn any_matches(&self, e: &Entry) -> bool {
+        let same_port = e
+            .orig
+            .dst_port
+            .and_then(|p| self.by_port.get(&p))
+            .into_iter()
+            .flatten();
+        same_port.chain(&self.any_port).any(|f| f.matches(e))
+    }
+}
+
 /// Deletes every entry matching any filter, in the calling thread's
 /// namespace; returns how many were deleted. Entries that vanish between
 /// the dump and the delete (expired, or deleted by someone else) are not
@@ -113,11 +145,9 @@ pub fn delete_flows(filters: &[FlowFilter]) -> Result<usize, ConntrackError> {
     };
     let mut sock = NfnlSocket::open().map_err(ConntrackError::Socket)?;
     let entries = dump(&mut sock, family)?;
+    let by_port = FiltersByPort::new(filters);
     let mut deleted = 0;
-    for entry in entries
-        .iter()
-        .filter(|e| filters.iter().any(|f| f.matches(e)))
-    {
+    for entry in entries.iter().filter(|e| by_port.any_matches(e)) {
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
         let msg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
         let answer = sock
@@ -392,6 +422,19 @@ mod tests {
             reply_src: reply_src.map(|d| d.parse().unwrap()),
             reply_src_not_in: Vec::new(),
         }
+    }
+
+    #[test]
+    fn filters_grouped_by_port_match_as_the_list_does() {
+        let e = parse_entry(&kernel_v4_entry()).unwrap().unwrap();
+        let filters = [
+            udp(Some("10.96.0.11"), Some(53), None),
+            udp(Some("10.96.0.10"), Some(54), None),
+        ];
+        assert!(!FiltersByPort::new(&filters).any_matches(&e));
+        let hit = [filters[0].clone(), udp(Some("10.96.0.10"), Some(53), None)];
+        assert!(FiltersByPort::new(&hit).any_matches(&e));
+        assert!(FiltersByPort::new(&[udp(None, None, Some("10.244.1.7"))]).any_matches(&e));
     }
 
     #[test]

@@ -103,13 +103,7 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
             && outcomes(lab, "external", "198.18.0.12:30101", 1) == "ok"
     });
     assert!(ready.is_some(), "{}: the Services never answered", lab.name);
-    let cluster_ip = lab.json(&["get", "services", "-o", "json"])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["metadata"]["name"] == "web")
-        .and_then(|s| s["spec"]["clusterIP"].as_str().map(String::from))
-        .unwrap();
+    let cluster_ip = cluster_ip(lab, "web");
     let client_ip = lab.pod_ip("client");
     let mut seen = BTreeMap::new();
     seen.insert(
@@ -212,13 +206,7 @@ spec:
 {}",
         dns_pod("dns-a")
     ));
-    let vip = lab.json(&["get", "services", "-o", "json"])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["metadata"]["name"] == "dns")
-        .and_then(|s| s["spec"]["clusterIP"].as_str().map(String::from))
-        .unwrap();
+    let vip = cluster_ip(lab, "dns");
     let target: std::net::SocketAddr = format!("{vip}:53").parse().unwrap();
     let socket = lab
         .pod_netns("client")
@@ -281,6 +269,17 @@ fn udp_first_endpoint(lab: &Lab) -> String {
         Some(_) => "answered".into(),
         None => "not answered within 5 s".into(),
     }
+}
+
+/// The clusterIP of Service `default/<name>`.
+fn cluster_ip(lab: &Lab, name: &str) -> String {
+    lab.json(&["get", "services", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == name)
+        .and_then(|s| s["spec"]["clusterIP"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no Service {name} with a clusterIP"))
 }
 
 /// The distinct answers of `count` attempts, each with its outcome.
