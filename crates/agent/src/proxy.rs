@@ -41,6 +41,10 @@ pub struct ProxyOptions {
     pub health: Arc<Health>,
     /// Where NodePorts answer.
     pub nodeport_addresses: NodePortAddresses,
+    /// Program Services in nftables; `false` (`--no-proxy`, kube-proxy
+    /// programs them): only announce LoadBalancer addresses, as MetalLB
+    /// beside kube-proxy.
+    pub program: bool,
     /// The agent's health ports, which no externalIP may take.
     pub reserved_ports: std::collections::BTreeSet<u16>,
     /// `--external-ip-cidrs`: where externalIPs may lie (empty: anywhere).
@@ -200,7 +204,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
                 e = watches.slices.next() => self.take_slice(e),
                 e = watches.nodes.next() => self.take_node(e),
                 _ = check.tick() => {
-                    if !self.proxier.is_synced() || self.proxier.drifted()? {
+                    if self.opts.program && (!self.proxier.is_synced() || self.proxier.drifted()?) {
                         tracing::warn!("the Service table differs from what was applied; full sync");
                         self.full_sync_due = true;
                     }
@@ -226,7 +230,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
                 self.take_ready(&mut watches);
             }
             self.sync().await?;
-            if self.proxier.is_synced() {
+            if self.opts.program && self.proxier.is_synced() {
                 self.opts.health.proxy_synced();
             }
         }
@@ -280,6 +284,11 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
     async fn sync(&mut self) -> Result<()> {
         if !(self.services_listed && self.slices_listed) || self.state.is_listing() {
             return Ok(());
+        }
+        if !self.opts.program {
+            self.dirty.clear();
+            self.full_sync_due = false;
+            return self.announce().await;
         }
         if !self.full_sync_due {
             let dirty = std::mem::take(&mut self.dirty);

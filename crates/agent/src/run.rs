@@ -278,9 +278,9 @@ impl<C: ClusterState> Agent<C> {
         health_state: Arc<Health>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
-        if self.opts.proxy {
-            self.spawn_proxy(health_state.clone())?;
-        }
+        // Without the proxy (kube-proxy programs Services) the loop still
+        // runs, to announce LoadBalancer addresses.
+        self.spawn_proxy(health_state.clone())?;
         let mut leases = self.cluster.watch_leases();
         let mut known = lease_cache();
         let mut resync = tokio::time::interval(self.opts.resync);
@@ -323,7 +323,7 @@ impl<C: ClusterState> Agent<C> {
     }
 
     fn spawn_proxy(&self, health: Arc<Health>) -> Result<()> {
-        if let Some(addr) = self.opts.proxy_health {
+        if let Some(addr) = self.opts.proxy_health.filter(|_| self.opts.proxy) {
             let served = health.clone();
             tokio::spawn(async move {
                 if let Err(e) = health::serve_proxy(addr, served).await {
@@ -344,6 +344,7 @@ impl<C: ClusterState> Agent<C> {
                 heartbeat: self.opts.heartbeat,
                 full_resync: self.opts.proxy_full_resync,
                 health,
+                program: self.opts.proxy,
                 nodeport_addresses: match (self.opts.nodeport_addresses, self.node.local.public_ip)
                 {
                     (NodePortsOn::Primary, IpAddr::V4(ip)) => NodePortAddresses::Only(vec![ip]),

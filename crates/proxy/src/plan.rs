@@ -322,6 +322,9 @@ fn plan_port(
                 verdict.clone(),
             ));
         }
+        // Clients outside the source ranges are dropped before the reject,
+        // as kube-proxy does: they must not learn the Service is there.
+        plan_firewall(rules, &names, port);
         return;
     }
 
@@ -940,6 +943,16 @@ mod tests {
         );
         // No usable range (an unreadable entry): every client is dropped.
         assert_eq!(firewall(vec![]), vec![drop]);
+        // Without endpoints too: the drop comes before the reject.
+        let mut p = port();
+        p.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 0, 240)];
+        p.source_ranges = SourceRanges::Only(vec!["198.18.0.2/32".parse().unwrap()]);
+        let rules = plan_service(&svc(p), &eps(vec![]), &ctx());
+        assert!(values(&rules, table::FIREWALL_IPS)[0]
+            .starts_with("198.18.0.240 . tcp . 80 : goto fw-"));
+        assert!(values(&rules, table::NO_ENDPOINT_SERVICES)
+            .iter()
+            .any(|v| v.starts_with("198.18.0.240 . tcp . 80 : goto")));
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub struct AgentArgs {
     /// wake the agent (no inotify instance left).
     #[arg(long, default_value = "20ms", value_parser = period::between(ms(1), secs(60)))]
     watch_poll: Duration,
-    /// Do not run the Service proxy (leave Services to kube-proxy).
+    /// Do not program Services (leave them to kube-proxy); LoadBalancer
+    /// addresses are still announced.
     #[arg(long)]
     no_proxy: bool,
     /// Where the Service proxy's health endpoint listens (kube-proxy's

@@ -175,7 +175,54 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
         "udp-endpoint-replaced-while-the-proxy-is-down",
         udp_endpoint_replaced_while_down(lab),
     );
+    load_balancers(lab, &mut seen);
     seen
+}
+
+/// LoadBalancer Services, their addresses from the agents' allocator and
+/// announced by the agents (also beside kube-proxy, as MetalLB would).
+fn load_balancers(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) {
+    lab.apply_ok(
+        "apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-ranged-empty}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [198.18.0.100/32]
+  selector: {app: nothing}
+  ports: [{port: 80, targetPort: 8080}]
+",
+    );
+    let answered = wait_until(Duration::from_secs(15), || {
+        outcomes(lab, "external", "svc/default/lb", 1) == "ok"
+    });
+    assert!(
+        answered.is_some(),
+        "{}: the LoadBalancer never answered",
+        lab.name
+    );
+    seen.insert(
+        "loadbalancer-from-outside",
+        sources(lab, "external", "svc/default/lb", "198.18.0.2"),
+    );
+    // Wait for its address, then: a client outside its source ranges.
+    wait_until(Duration::from_secs(10), || {
+        !lab.probe_http("external", "svc/default/lb-ranged-empty", 1, "/")[0]
+            .0
+            .is_empty()
+    });
+    seen.insert(
+        "source-ranges-without-endpoints",
+        outcomes(lab, "external", "svc/default/lb-ranged-empty", 2),
+    );
 }
 
 /// A UDP Service with one pod on node-2.
