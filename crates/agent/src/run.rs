@@ -52,6 +52,9 @@ pub struct Options {
     pub health_stale_after: Duration,
     /// Run the Service proxy (kube-proxy's job) in this agent.
     pub proxy: bool,
+    /// Without the proxy, still announce LoadBalancer addresses (weft
+    /// allocates them beside kube-proxy).
+    pub announce_load_balancers: bool,
     /// Where the proxy's kube-proxy-style health endpoint listens.
     pub proxy_health: Option<SocketAddr>,
     /// NodePorts answer on the node's primary address only (kube-proxy's
@@ -279,8 +282,10 @@ impl<C: ClusterState> Agent<C> {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         // Without the proxy (kube-proxy programs Services) the loop still
-        // runs, to announce LoadBalancer addresses.
-        self.spawn_proxy(health_state.clone())?;
+        // runs when it must announce LoadBalancer addresses.
+        if self.opts.proxy || self.opts.announce_load_balancers {
+            self.spawn_proxy(health_state.clone())?;
+        }
         let mut leases = self.cluster.watch_leases();
         let mut known = lease_cache();
         let mut resync = tokio::time::interval(self.opts.resync);

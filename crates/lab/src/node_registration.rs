@@ -67,12 +67,16 @@ pub fn status(name: &str, ip: Ipv4Addr, at: Time) -> NodeStatus {
 /// Creates the node's Node (if it is not there) and writes its status.
 pub async fn register(client: &Client, name: &str, ip: Ipv4Addr) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
+    // Created with its status, as a kubelet does: a Node without the
+    // Ready condition would be tainted not-ready (and skipped by the
+    // scheduler) until the node lifecycle controller looks again.
     let node = Node {
         metadata: ObjectMeta {
             name: Some(name.into()),
             labels: Some([("kubernetes.io/hostname".to_string(), name.to_string())].into()),
             ..ObjectMeta::default()
         },
+        status: Some(status(name, ip, crate::objects::now())),
         ..Node::default()
     };
     match nodes.create(&PostParams::default(), &node).await {

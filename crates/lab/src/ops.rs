@@ -204,7 +204,7 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
         }
         wait_ready(&layout, &state, Duration::from_secs(30))?;
         if opts.kubernetes {
-            kubernetes::wait_default_account(&layout)?;
+            kubernetes::wait_schedulable(&layout, &state)?;
         }
         Ok(())
     })();
@@ -1153,6 +1153,9 @@ pub fn node(
             let rt = runtime()?;
             add_node_to(&lab.layout, &mut lab.state, node, bins, &rt, report)?;
             wait_ready(&lab.layout, &lab.state, Duration::from_secs(30))?;
+            if lab.is_kubernetes() {
+                kubernetes::wait_schedulable(&lab.layout, &lab.state)?;
+            }
             report(Event::NodeAdded { name: node.into() });
         }
         NodeAction::Remove if lab.is_kubernetes() => remove_node(&mut lab, node, bins, report)?,

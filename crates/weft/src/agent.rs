@@ -73,7 +73,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "20ms", value_parser = period::between(ms(1), secs(60)))]
     watch_poll: Duration,
     /// Do not program Services (leave them to kube-proxy); LoadBalancer
-    /// addresses are still announced.
+    /// addresses are still allocated and announced unless
+    /// --no-lb-allocator says another implementation has them.
     #[arg(long)]
     no_proxy: bool,
     /// Where the Service proxy's health endpoint listens (kube-proxy's
@@ -117,7 +118,8 @@ pub struct AgentArgs {
     #[arg(long)]
     load_balancer_class: Option<String>,
     /// On Kubernetes: do not take part in LoadBalancer address allocation
-    /// (another controller, e.g. a cloud provider's, fills their status).
+    /// (another controller, e.g. a cloud provider's, fills their status);
+    /// with --no-proxy, do not announce LoadBalancer addresses either.
     #[arg(long)]
     no_lb_allocator: bool,
     /// How long the elected LoadBalancer allocator's Lease lasts
@@ -326,6 +328,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         resync: a.resync,
         health_stale_after: a.health_stale_after,
         proxy: !a.no_proxy,
+        announce_load_balancers: !a.no_lb_allocator,
         proxy_health: a.proxy_health.0,
         nodeport_addresses: match a.nodeport_addresses {
             NodePortsArg::Primary => weft_agent::run::NodePortsOn::Primary,

@@ -140,15 +140,25 @@ fn containers_share_localhost_and_host_network_pods_use_the_node(#[case] mode: M
         .all(|p| p["metadata"]["name"] != "hostnet"));
 }
 
-/// Two pods of the Deployment `app` on different nodes.
-fn pods_on_two_nodes(lab: &Lab, app: &str) -> (String, String) {
-    let node = |pod: &str| lab.pod(pod)["spec"]["nodeName"].clone();
-    let pods = lab.app_pods(app);
+/// Two pods (not hostNetwork) on different nodes: the scheduler need not
+/// have spread one Deployment's pods in Kubernetes mode.
+fn pods_on_two_nodes(lab: &Lab) -> (String, String) {
+    let pods: Vec<(String, String)> = lab
+        .pods()
+        .iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .filter_map(|p| {
+            let name = p["metadata"]["name"].as_str()?.to_string();
+            Some((name, p["spec"]["nodeName"].as_str()?.to_string()))
+        })
+        .collect();
+    let (first, node) = pods.first().cloned().expect("pods");
     let other = pods
         .iter()
-        .find(|p| node(p) != node(&pods[0]))
-        .expect("the pods are spread over the nodes");
-    (pods[0].clone(), other.clone())
+        .find(|(_, n)| *n != node)
+        .map(|(p, _)| p.clone())
+        .expect("pods on two nodes");
+    (first, other)
 }
 
 #[rstest]
@@ -157,7 +167,7 @@ fn pods_on_two_nodes(lab: &Lab, app: &str) -> (String, String) {
 fn agent_restart_keeps_an_established_tcp_stream(#[case] mode: Mode) {
     let lab = Lab::up_in(mode, "rst", 2, "vxlan");
     lab.ok(&["apply", "-f", MANIFEST]);
-    let (client, server) = pods_on_two_nodes(&lab, "web");
+    let (client, server) = pods_on_two_nodes(&lab);
     let (client_ns, server_ns) = (lab.pod_netns(&client), lab.pod_netns(&server));
     let server_ip = lab.pod_ip(&server);
     let listener = server_ns

@@ -82,23 +82,50 @@ pub(super) fn bootstrap(
     Ok(())
 }
 
-/// Waits until the ServiceAccount controller made namespace `default`'s
-/// account, without which no pod can be created there.
-pub(super) fn wait_default_account(layout: &Layout) -> Result<()> {
+/// Waits until pods can be created and scheduled: the ServiceAccount
+/// controller made namespace `default`'s account, and every node of
+/// `state` is a Node the scheduler takes (no NoSchedule taint, such as
+/// the not-ready one the node lifecycle controller may set at first).
+pub(super) fn wait_schedulable(layout: &Layout, state: &LabState) -> Result<()> {
     super::runtime()?.block_on(async {
         let client = kube_control_plane::admin_client(layout).await?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let nodes: Api<Node> = Api::all(client);
         let deadline = Instant::now() + API_READY_WITHIN;
-        while accounts.get_opt("default").await?.is_none() {
+        loop {
+            let account = accounts.get_opt("default").await?.is_some();
+            let listed = nodes.list(&ListParams::default()).await?.items;
+            let waiting: Vec<&str> = state
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .filter(|name| !listed.iter().any(|n| is_schedulable(n, name)))
+                .collect();
+            if account && waiting.is_empty() {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 bail!(
-                    "kube-controller-manager made no ServiceAccount default/default; see its log"
+                    "not schedulable after {API_READY_WITHIN:?}: {}{}; see kube-controller-manager.log",
+                    if account { "" } else { "no ServiceAccount default/default; " },
+                    waiting.join(", ")
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(())
     })
+}
+
+/// Whether `node` is the Node `name` and takes pods.
+fn is_schedulable(node: &Node, name: &str) -> bool {
+    let spec = node.spec.clone().unwrap_or_default();
+    node.metadata.name.as_deref() == Some(name)
+        && !spec.unschedulable.unwrap_or(false)
+        && !spec
+            .taints
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
 }
 
 /// Server-side apply of `object`; whether it was created, changed or not.
