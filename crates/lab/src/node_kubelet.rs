@@ -218,6 +218,12 @@ impl BackOffs {
     fn forget(&mut self, uid: &str) {
         self.0.remove(uid);
     }
+
+    /// Drops the back-offs of pods no longer bound here (deleted while
+    /// they could not start), so the map does not grow for good.
+    fn keep_only(&mut self, bound: &[Pod]) {
+        self.0.retain(|id, _| bound.iter().any(|p| uid(p) == *id));
+    }
 }
 
 /// The status of a pod whose sandbox or containers could not start: Pending,
@@ -303,6 +309,7 @@ impl NodeKubelet {
         let mut backing_off = BackOffs::default();
         loop {
             let bound: Vec<Pod> = reader.state().iter().map(|p| (**p).clone()).collect();
+            backing_off.keep_only(&bound);
             let now = Instant::now();
             let passes = plan(&bound, &running)
                 .into_iter()
@@ -508,6 +515,10 @@ mod tests {
         assert!(offs.waits("a", now + Duration::from_secs(19)));
         offs.forget("a");
         assert!(!offs.waits("a", now));
+        offs.failed("a".into(), now);
+        offs.failed("gone".into(), now);
+        offs.keep_only(&[pod("a", json!({}))]);
+        assert!(offs.waits("a", now) && !offs.waits("gone", now));
     }
 
     #[test]
