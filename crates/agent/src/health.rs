@@ -5,14 +5,16 @@
 //! reason), no framework.
 //!
 //! `/readyz` also lists, one line each after `ok`, the Services the proxy
-//! left out because nft rejected their rules: one user's broken Service
-//! must not take the node out of service, but the operator must see it.
+//! left out (invalid, or nft rejected their rules): one user's broken
+//! Service must not take the node out of service, but the operator must
+//! see it. `/metrics` serves the agent's [`Metrics`].
 //!
 //! [`serve_proxy`] is kube-proxy's health endpoint (port 10256), which
 //! cloud load balancers probe for `externalTrafficPolicy: Cluster`
 //! Services: 200 while the Service proxy has synced within a minute, 503
 //! otherwise, with kube-proxy's JSON body.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use weft_proxy::health::{read_path, respond};
+use weft_proxy::ServiceKey;
+
+use crate::metrics::{self, Cause, Metrics};
 
 /// Shared between the agent loop (writer) and the server (reader).
 #[derive(Debug)]
@@ -28,9 +33,10 @@ pub struct Health {
     unready: Mutex<Option<String>>,
     heartbeat_ms: AtomicU64,
     /// "Service ns/name not programmed: reason" lines.
-    rejected_services: Mutex<Vec<String>>,
+    not_programmed: Mutex<Vec<String>>,
     /// When the Service proxy last had its table in sync (0: never).
     proxy_synced_ms: AtomicU64,
+    pub metrics: Metrics,
 }
 
 impl Default for Health {
@@ -38,8 +44,9 @@ impl Default for Health {
         Health {
             unready: Mutex::new(Some("the datapath has not converged yet".into())),
             heartbeat_ms: AtomicU64::new(0),
-            rejected_services: Mutex::default(),
+            not_programmed: Mutex::default(),
             proxy_synced_ms: AtomicU64::new(0),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -69,20 +76,30 @@ impl Health {
         // A plain value: a panic elsewhere cannot leave it half-written.
         self.unready.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    /// Replaces the list of Services the proxy left out.
-    pub fn set_rejected_services(&self, lines: Vec<String>) {
+    /// Replaces the Services the proxy left out (on `/readyz` and in the
+    /// metrics).
+    pub fn set_not_programmed(&self, services: &BTreeMap<ServiceKey, (Cause, String)>) {
+        let lines = services
+            .iter()
+            .map(|(key, (_, why))| format!("Service {key} not programmed: {why}"))
+            .collect();
         *self
-            .rejected_services
+            .not_programmed
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = lines;
+        self.metrics.set_not_programmed(
+            services
+                .iter()
+                .map(|(key, (cause, _))| (&*key.namespace, &*key.name, *cause)),
+        );
     }
     /// `/readyz`'s body when ready.
     fn ready_body(&self) -> String {
-        let rejected = self
-            .rejected_services
+        let lines = self
+            .not_programmed
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        rejected
+        lines
             .iter()
             .fold("ok\n".to_string(), |body, line| body + line + "\n")
     }
@@ -97,20 +114,27 @@ impl Health {
     }
 }
 
-/// The status line and body for `path`.
-fn answer(health: &Health, path: &str, stale: Duration) -> (&'static str, String) {
+/// An answer: status line, content type, body.
+type Reply = (&'static str, &'static str, String);
+
+const TEXT: &str = "text/plain";
+
+/// The answer for `path`.
+fn answer(health: &Health, path: &str, stale: Duration) -> Reply {
     const FAILED: &str = "503 Service Unavailable";
     match path {
-        "/healthz" if health.is_alive(stale) => ("200 OK", "ok\n".into()),
+        "/healthz" if health.is_alive(stale) => ("200 OK", TEXT, "ok\n".into()),
         "/healthz" => (
             FAILED,
+            TEXT,
             "not alive: the agent's loop stopped beating\n".into(),
         ),
         "/readyz" => match health.unready() {
-            None => ("200 OK", health.ready_body()),
-            Some(why) => (FAILED, format!("not ready: {why}\n")),
+            None => ("200 OK", TEXT, health.ready_body()),
+            Some(why) => (FAILED, TEXT, format!("not ready: {why}\n")),
         },
-        _ => ("404 Not Found", "not found\n".into()),
+        "/metrics" => ("200 OK", metrics::CONTENT_TYPE, health.metrics.encode()),
+        _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
 }
 
@@ -119,9 +143,9 @@ fn answer(health: &Health, path: &str, stale: Duration) -> (&'static str, String
 pub const PROXY_STALE: Duration = Duration::from_secs(60);
 
 /// The proxy health endpoint's answer at `now_ms` (kube-proxy's shape).
-fn proxy_answer(health: &Health, path: &str, now_ms: u64) -> (&'static str, String) {
+fn proxy_answer(health: &Health, path: &str, now_ms: u64) -> Reply {
     if path != "/healthz" && path != "/livez" {
-        return ("404 Not Found", "not found\n".into());
+        return ("404 Not Found", TEXT, "not found\n".into());
     }
     let synced = health.proxy_synced_ms.load(Ordering::Relaxed);
     let healthy = synced != 0 && now_ms.saturating_sub(synced) <= PROXY_STALE.as_millis() as u64;
@@ -142,27 +166,23 @@ fn proxy_answer(health: &Health, path: &str, now_ms: u64) -> (&'static str, Stri
     } else {
         "503 Service Unavailable"
     };
-    (status, body.to_string())
+    (status, "application/json", body.to_string())
 }
 
 /// Serves the proxy's health endpoint until the task is dropped.
 pub async fn serve_proxy(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
-    serve_with(addr, "application/json", move |path| {
-        proxy_answer(&health, path, now_ms())
-    })
-    .await
+    serve_with(addr, move |path| proxy_answer(&health, path, now_ms())).await
 }
 
 /// Serves until the task is dropped.
 pub async fn serve(addr: SocketAddr, health: Arc<Health>, stale: Duration) -> std::io::Result<()> {
-    serve_with(addr, "text/plain", move |path| answer(&health, path, stale)).await
+    serve_with(addr, move |path| answer(&health, path, stale)).await
 }
 
 /// Answers every request on `addr` with `answer(path)`.
 async fn serve_with(
     addr: SocketAddr,
-    content_type: &'static str,
-    answer: impl Fn(&str) -> (&'static str, String) + Send + Sync + 'static,
+    answer: impl Fn(&str) -> Reply + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let answer = Arc::new(answer);
@@ -171,7 +191,7 @@ async fn serve_with(
         let answer = answer.clone();
         tokio::spawn(async move {
             let path = read_path(&mut conn).await;
-            let (status, body) = answer(&path);
+            let (status, content_type, body) = answer(&path);
             respond(&mut conn, status, content_type, &body).await;
         });
     }
@@ -185,15 +205,18 @@ mod tests {
     fn readyz_fails_until_ready_and_gives_the_reason() {
         let health = Health::default();
         let long = Duration::from_secs(60);
-        let (status, body) = answer(&health, "/readyz", long);
+        let (status, _, body) = answer(&health, "/readyz", long);
         assert!(
             status.starts_with("503") && body.contains("not converged"),
             "{body}"
         );
         health.set_ready();
-        assert_eq!(answer(&health, "/readyz", long), ("200 OK", "ok\n".into()));
+        assert_eq!(
+            answer(&health, "/readyz", long),
+            ("200 OK", TEXT, "ok\n".into())
+        );
         health.set_unready("the store was removed".into());
-        let (status, body) = answer(&health, "/readyz", long);
+        let (status, _, body) = answer(&health, "/readyz", long);
         assert!(status.starts_with("503"), "{status}");
         assert_eq!(body, "not ready: the store was removed\n");
         assert_eq!(answer(&health, "/other", long).0, "404 Not Found");
@@ -215,11 +238,12 @@ mod tests {
     #[test]
     fn the_proxy_is_healthy_while_its_table_synced_within_a_minute() {
         let health = Health::default();
-        let (status, body) = proxy_answer(&health, "/healthz", now_ms());
+        let (status, _, body) = proxy_answer(&health, "/healthz", now_ms());
         assert!(status.starts_with("503"), "{status}");
         assert!(body.contains("\"healthy\":false"), "{body}");
         health.proxy_synced();
-        let (status, body) = proxy_answer(&health, "/healthz", now_ms());
+        let (status, content_type, body) = proxy_answer(&health, "/healthz", now_ms());
+        assert_eq!(content_type, "application/json");
         assert_eq!(status, "200 OK");
         assert!(
             body.contains("\"healthy\":true") && body.contains("\"nodeEligible\":true"),
@@ -236,13 +260,31 @@ mod tests {
     }
 
     #[test]
-    fn readyz_lists_the_services_the_proxy_left_out() {
+    fn readyz_and_metrics_list_the_services_the_proxy_left_out() {
         let health = Health::default();
+        health.set_ready();
+        let long = Duration::from_secs(60);
         assert_eq!(health.ready_body(), "ok\n");
-        health.set_rejected_services(vec!["Service demo/bad not programmed: syntax error".into()]);
+        let key = ServiceKey {
+            namespace: "demo".into(),
+            name: "bad".into(),
+        };
+        let why = (Cause::NftRejected, "syntax error".to_string());
+        health.set_not_programmed(&[(key, why)].into());
         assert_eq!(
-            health.ready_body(),
+            answer(&health, "/readyz", long).2,
             "ok\nService demo/bad not programmed: syntax error\n"
         );
+        let (status, content_type, body) = answer(&health, "/metrics", long);
+        assert_eq!((status, content_type), ("200 OK", metrics::CONTENT_TYPE));
+        assert!(
+            body.contains(
+                "services_not_programmed{namespace=\"demo\",name=\"bad\",cause=\"NftRejected\"} 1"
+            ),
+            "{body}"
+        );
+        health.set_not_programmed(&BTreeMap::new());
+        assert_eq!(health.ready_body(), "ok\n");
+        assert!(!answer(&health, "/metrics", long).2.contains("demo"));
     }
 }

@@ -25,6 +25,7 @@ pub mod files;
 pub mod health;
 pub mod lb_allocator;
 pub mod masq;
+pub mod metrics;
 pub mod proxy;
 pub mod reconcile;
 pub mod run;

@@ -4,15 +4,16 @@
 //! renews the node heartbeat, announces the LoadBalancer addresses this
 //! node owns (ARP) and serves the healthCheckNodePorts. No externalIP may
 //! take a node's InternalIP (from the Nodes) or one of this node's
-//! addresses (read at each heartbeat); the Services nft rejected are shown
-//! on the agent's `/readyz`.
+//! addresses (read at each heartbeat). The Services it leaves out (invalid,
+//! or rejected by nft) are shown on the agent's `/readyz` and `/metrics`
+//! and in an Event on each.
 //!
 //! It runs on its own thread so `nft` runs never delay the lease loop. A
 //! failed incremental apply, drift found by the periodic check, a re-list
 //! of either kind and the (hourly by default) full-resync timer lead to a
 //! full sync from what the proxy holds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use weft_cluster::cache::{object_key, Cache};
-use weft_cluster::{ClusterError, ClusterState, Event, EventStream};
+use weft_cluster::{ClusterError, ClusterState, Event, EventStream, Warning};
 use weft_datapath::arp::ArpResponder;
 use weft_datapath::Netlink;
 use weft_proxy::health::HealthServers;
@@ -32,6 +33,7 @@ use weft_proxy::plan::NodePortAddresses;
 use weft_proxy::{NodeContext, Proxier, ServiceKey, SyncReport};
 
 use crate::health::Health;
+use crate::metrics::{Cause, Metrics, SyncKind};
 use crate::services::ServiceState;
 use crate::speaker;
 
@@ -154,6 +156,8 @@ struct Proxy<'a, C> {
     arp: Option<ArpResponder>,
     /// Reads this node's addresses (no externalIP may take one).
     netlink: Netlink,
+    /// The Services an Event says are left out, and why.
+    warned: BTreeMap<ServiceKey, String>,
 }
 
 impl<'a, C: ClusterState> Proxy<'a, C> {
@@ -185,6 +189,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
             health: HealthServers::default(),
             arp,
             netlink: Netlink::connect().context("connecting to rtnetlink")?,
+            warned: BTreeMap::new(),
         })
     }
 
@@ -298,6 +303,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
             match self.apply(dirty) {
                 Ok(()) => return self.after_sync().await,
                 Err(e) => {
+                    self.opts.health.metrics.partial_sync_failed();
                     tracing::warn!(error = %format!("{e:#}"), "incremental Service sync failed; full sync");
                 }
             }
@@ -306,7 +312,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
         self.dirty.clear();
         let (state, ctx) = (&self.state, &self.ctx);
         let report = self.proxier.sync_all(|| state.plan_all(ctx))?;
-        log_report(&report);
+        log_report(&report, &self.opts.health.metrics);
         release_freed_memory();
         self.after_sync().await
     }
@@ -358,7 +364,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
                 .map(|k| (k.clone(), self.state.plan(k, &self.ctx)))
                 .collect();
             let report = self.proxier.apply(changes)?;
-            log_report(&report);
+            log_report(&report, &self.opts.health.metrics);
             // Services refused an address another held may take it now.
             dirty = self.proxier.take_refused();
             if dirty.is_empty() {
@@ -368,16 +374,57 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
     }
 
     async fn after_sync(&mut self) -> Result<()> {
-        let rejected = self
-            .proxier
-            .rejected()
-            .into_iter()
-            .map(|(key, reason)| format!("Service {key} not programmed: {reason}"))
-            .collect();
-        self.opts.health.set_rejected_services(rejected);
+        let not_programmed = self.not_programmed();
+        self.opts.health.set_not_programmed(&not_programmed);
+        self.warn_owners(not_programmed).await;
         self.health
             .update(&self.state.health_ports(&self.opts.node));
         self.announce().await
+    }
+
+    /// The Services left out: broken ones, and those nft rejected.
+    fn not_programmed(&self) -> BTreeMap<ServiceKey, (Cause, String)> {
+        let mut out: BTreeMap<_, _> = self
+            .state
+            .faulty()
+            .into_iter()
+            .map(|(key, why)| (key, (Cause::Invalid, why)))
+            .collect();
+        for (key, why) in self.proxier.rejected() {
+            out.insert(key, (Cause::NftRejected, why));
+        }
+        out
+    }
+
+    /// Records an Event on each Service newly left out (or left out for a
+    /// new reason); a failure is logged and tried again at the next sync.
+    async fn warn_owners(&mut self, now: BTreeMap<ServiceKey, (Cause, String)>) {
+        self.warned.retain(|key, _| now.contains_key(key));
+        for (key, (cause, why)) in now {
+            if self.warned.get(&key) == Some(&why) {
+                continue;
+            }
+            let warning = Warning {
+                reason: match cause {
+                    Cause::Invalid => "InvalidService",
+                    Cause::NftRejected => "FailedToProgram",
+                },
+                note: format!("not programmed on node {}: {why}", self.opts.node),
+                node: self.opts.node.clone(),
+            };
+            match self
+                .cluster
+                .warn_service(&key.namespace, &key.name, &warning)
+                .await
+            {
+                Ok(()) => {
+                    self.warned.insert(key, why);
+                }
+                Err(e) => {
+                    tracing::warn!(service = %key, error = %e, "recording an Event on the Service failed; trying again at the next sync");
+                }
+            }
+        }
     }
 
     async fn announce(&mut self) -> Result<()> {
@@ -409,7 +456,14 @@ fn release_freed_memory() {
     }
 }
 
-fn log_report(report: &SyncReport) {
+/// Logs a sync and counts it in the metrics.
+fn log_report(report: &SyncReport, metrics: &Metrics) {
+    let kind = if report.full {
+        SyncKind::Full
+    } else {
+        SyncKind::Partial
+    };
+    metrics.synced(kind, report.elapsed);
     if report.full {
         tracing::info!(
             services = report.services,

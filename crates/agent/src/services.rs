@@ -153,20 +153,10 @@ impl ServiceState {
             key: key.clone(),
             ..info
         });
-        let before = self.services.get(&key);
-        match &info {
-            Err(why) => {
-                if before.and_then(|i| i.as_ref().err()) != Some(why) {
-                    tracing::info!(service = %key, reason = %why, "Service not proxied");
-                }
-            }
-            Ok(now) => {
-                let said = before.and_then(|i| i.as_ref().ok()).map(|i| &i.warnings);
-                if said != Some(&now.warnings) {
-                    for warning in &now.warnings {
-                        tracing::warn!(service = %key, "{warning}");
-                    }
-                }
+        if let Err(why) = &info {
+            let said = self.services.get(&key).and_then(|i| i.as_ref().err());
+            if said != Some(why) {
+                log_skipped(&key, why);
             }
         }
         if let Ok(now) = &info {
@@ -177,6 +167,17 @@ impl ServiceState {
         }
         self.services.insert(key.clone(), info);
         key
+    }
+
+    /// The Services left out because they are broken, with the reason.
+    pub fn faulty(&self) -> BTreeMap<ServiceKey, String> {
+        self.services
+            .iter()
+            .filter_map(|(key, info)| match info {
+                Err(why) if why.is_fault() => Some((key.clone(), why.to_string())),
+                _ => None,
+            })
+            .collect()
     }
 
     fn remove_service(&mut self, key: &ServiceKey) {
@@ -411,6 +412,16 @@ impl ServiceState {
     }
 }
 
+/// Logs why a Service is not programmed: a warning when the Service is
+/// broken (the operator has to fix it), a note when skipping it is normal.
+fn log_skipped(key: &ServiceKey, why: &Skipped) {
+    if why.is_fault() {
+        tracing::warn!(service = %key, reason = %why, "Service not proxied");
+    } else {
+        tracing::info!(service = %key, reason = %why, "Service not proxied");
+    }
+}
+
 /// Counts `key` in (`add`) or out of `counts`; true when it appeared or
 /// vanished.
 fn count<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, add: bool) -> bool {
@@ -506,6 +517,33 @@ mod tests {
         assert_eq!(s.endpoints(&key("web")).values().next().unwrap().len(), 1);
         assert_eq!(s.slice(&slice("web-1", "web", &[]), true), vec![key("web")]);
         assert!(s.endpoints(&key("web")).is_empty());
+    }
+
+    /// A Service the API server would refuse (written to a store around
+    /// it) is left out with the reason; the others are planned, and the
+    /// fixed Service is planned again.
+    #[test]
+    fn an_invalid_service_is_left_out_and_blocks_no_other() {
+        let mut s = ServiceState::default();
+        let mut bad = svc(json!({"externalIPs": ["198.18.0.99", "not-an-address"]}));
+        bad.metadata.name = Some("bad".into());
+        s.service(&bad, false);
+        s.service(&svc(json!({})), false);
+        s.slice(&slice("bad-1", "bad", &["10.244.1.2"]), false);
+        s.slice(&slice("web-1", "web", &["10.244.1.3"]), false);
+        assert!(s.plan(&key("bad"), &ctx()).is_none());
+        let faulty = s.faulty();
+        assert_eq!(faulty.keys().collect::<Vec<_>>(), [&key("bad")]);
+        let why = &faulty[&key("bad")];
+        assert!(
+            why.contains("spec.externalIPs[1]") && why.contains("not-an-address"),
+            "{why}"
+        );
+        assert_eq!(s.plan(&key("web"), &ctx()).unwrap().picks.len(), 1);
+        bad.spec.as_mut().unwrap().external_ips = Some(vec!["198.18.0.99".into()]);
+        s.service(&bad, false);
+        assert_eq!(s.plan(&key("bad"), &ctx()).unwrap().picks.len(), 1);
+        assert!(s.faulty().is_empty());
     }
 
     /// What a consumer sees when its watch lists again: a Service and a

@@ -14,11 +14,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease as Heartbeat;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::jiff::Timestamp;
 use weft_store::{EventKind, Lease, Object, Store, StoreError, Watcher, LEASE_KIND};
 
 use crate::leases::{self, LeaseRequest, NodePublication, SubnetLease, SubnetManager};
 use crate::liveness::{self, Liveness, HEARTBEAT_NAMESPACE};
+use crate::warnings::{self, Warning, Warnings};
 use crate::{Cluster, ClusterError, Event, EventStream, Watched, RETRY_PAUSE};
 
 /// The store kind heartbeats are kept under.
@@ -180,6 +182,22 @@ impl Liveness for Embedded {
         let (objects, _) = self.store.list(HEARTBEAT_KIND)?;
         let beats: Vec<Heartbeat> = objects.iter().filter_map(decode).collect();
         Ok(liveness::live(&beats, liveness::now()))
+    }
+}
+
+impl Warnings for Embedded {
+    async fn warn_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        warning: &Warning,
+    ) -> Result<(), ClusterError> {
+        let Some(service) = self.store.get_typed::<Service>(namespace, name)? else {
+            return Ok(());
+        };
+        let event = warnings::event(&service, warning, Timestamp::now());
+        self.store.put_typed(&event)?;
+        Ok(())
     }
 }
 

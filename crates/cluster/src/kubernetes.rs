@@ -41,6 +41,7 @@ use crate::liveness::{self, Liveness, HEARTBEAT_NAMESPACE};
 use crate::load_balancers::{
     AllocationEvent, LoadBalancerAllocation, ALLOCATOR_LEASE, POOLS_CONFIGMAP, POOLS_KEY,
 };
+use crate::warnings::{self, Warning, Warnings};
 use crate::{Cluster, ClusterError, Event, EventStream, Watched, RETRY_PAUSE};
 
 /// The field manager weft's writes are recorded under.
@@ -494,6 +495,41 @@ impl LoadBalancerAllocation for Kubernetes {
             secondary: None,
         };
         self.recorder
+            .publish(&event, &service.object_ref(&()))
+            .await
+            .map_err(|e| api_error("recording an Event on a Service", e))
+    }
+}
+
+impl Warnings for Kubernetes {
+    async fn warn_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        warning: &Warning,
+    ) -> Result<(), ClusterError> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("reading Service {namespace}/{name} to record a warning on it");
+        let Some(service) = services
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(&what, e))?
+        else {
+            return Ok(());
+        };
+        // One reporter per node, as kube-proxy reports from each node.
+        let reporter = Reporter {
+            controller: warnings::REPORTER.into(),
+            instance: Some(warning.node.clone()),
+        };
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: warning.reason.into(),
+            note: Some(warning.note.clone()),
+            action: warnings::ACTION.into(),
+            secondary: None,
+        };
+        Recorder::new(self.client.clone(), reporter)
             .publish(&event, &service.object_ref(&()))
             .await
             .map_err(|e| api_error("recording an Event on a Service", e))

@@ -14,6 +14,7 @@
 //! - [`Liveness`]: node heartbeats, for LoadBalancer announcement;
 //! - [`LoadBalancerAllocation`]: an elected allocator's pools and the
 //!   Services' `status.loadBalancer` (leadership decided in [`election`]);
+//! - [`Warnings`]: Events on Services the proxy cannot program;
 //! - [`cache`]: what consumers keep from a stream (buffered from `Init` to
 //!   `InitDone`, then swapped in);
 //! - [`embedded`]: all of it on weft's SQLite store.
@@ -40,12 +41,14 @@ pub mod kubernetes;
 pub mod leases;
 pub mod liveness;
 pub mod load_balancers;
+pub mod warnings;
 
 pub use error::ClusterError;
 pub use kube::runtime::watcher::Event;
 pub use leases::{NodePublication, SubnetLease, SubnetManager};
 pub use liveness::Liveness;
 pub use load_balancers::LoadBalancerAllocation;
+pub use warnings::{Warning, Warnings};
 
 /// A watch: every object on `Init`…`InitDone`, then each change.
 pub type EventStream<K> = BoxStream<'static, Result<Event<K>, ClusterError>>;
@@ -81,6 +84,6 @@ pub trait Cluster: Clone + Send + Sync + 'static {
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Everything an agent needs from the cluster, in one bound.
-pub trait ClusterState: Cluster + SubnetManager + Liveness {}
+pub trait ClusterState: Cluster + SubnetManager + Liveness + Warnings {}
 
-impl<C: Cluster + SubnetManager + Liveness> ClusterState for C {}
+impl<C: Cluster + SubnetManager + Liveness + Warnings> ClusterState for C {}

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::events::v1::Event as KubeEvent;
 use serde_json::json;
 use weft_cluster::embedded::Embedded;
 use weft_cluster::leases::{LeaseRequest, NodePublication};
-use weft_cluster::{Cluster, Event, Liveness, SubnetManager};
+use weft_cluster::{Cluster, Event, Liveness, SubnetManager, Warning, Warnings};
 use weft_store::Store;
 
 const POLL: Duration = Duration::from_millis(20);
@@ -243,4 +244,41 @@ async fn a_scoped_watch_leaves_out_labelled_objects_and_drops_those_that_gain_th
     );
     store.put_typed(&service("demo", "back")).unwrap();
     assert_eq!(name_of(&next(&mut stream).await), "back");
+}
+
+#[tokio::test]
+async fn a_warning_is_an_event_on_the_service_and_a_repeat_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cluster) = open(&dir);
+    let mut svc = service("demo", "web");
+    svc.metadata.uid = Some("uid-web".into());
+    store.put_typed(&svc).unwrap();
+    let warning = |note: &str| Warning {
+        reason: "FailedToProgram",
+        note: note.into(),
+        node: "node-1".into(),
+    };
+    cluster
+        .warn_service("demo", "web", &warning("first"))
+        .await
+        .unwrap();
+    cluster
+        .warn_service("demo", "web", &warning("second"))
+        .await
+        .unwrap();
+    // A Service that is gone gets none.
+    cluster
+        .warn_service("demo", "gone", &warning("lost"))
+        .await
+        .unwrap();
+    let (events, _) = store.list_typed::<KubeEvent>().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event.note.as_deref(), Some("second"));
+    assert_eq!(event.metadata.namespace.as_deref(), Some("demo"));
+    let regarding = event.regarding.clone().unwrap();
+    assert_eq!(
+        (regarding.name.as_deref(), regarding.uid.as_deref()),
+        (Some("web"), Some("uid-web"))
+    );
 }

@@ -39,7 +39,7 @@ use crate::{
 use cluster::Cluster;
 
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
-pub use tables::{get_endpointslices, get_services};
+pub use tables::{get_endpointslices, get_events, get_services};
 
 /// The external client's port on the underlay bridge.
 const EXTERNAL_PORT: &str = "ext";

@@ -134,7 +134,6 @@ mod tests {
                 })
                 .collect(),
             health_check_node_port: None,
-            warnings: vec![],
             cluster_ip: Some(ip("10.96.0.99")),
         }
     }

@@ -16,6 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use weft_validation::objects::validate_service;
 
 /// Services carrying this label belong to another proxy and are skipped.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -123,11 +124,12 @@ pub enum SourceRanges {
 }
 
 impl SourceRanges {
-    /// Reads the entries; `Err` names the first unreadable one (and the
-    /// ranges are then [`SourceRanges::Only`] nothing).
-    fn parse(entries: &[String]) -> (SourceRanges, Option<String>) {
+    /// Reads entries [`validate_service`] accepted. Should an unreadable
+    /// one get here all the same, the ranges are [`SourceRanges::Only`]
+    /// nothing: failing closed, never open.
+    fn parse(entries: &[String]) -> SourceRanges {
         if entries.is_empty() {
-            return (SourceRanges::Any, None);
+            return SourceRanges::Any;
         }
         let mut v4 = Vec::new();
         for entry in entries {
@@ -135,13 +137,10 @@ impl SourceRanges {
                 Ok(IpNet::V4(net)) => v4.push(net),
                 // Restricts IPv6 clients only; it admits no IPv4 one.
                 Ok(IpNet::V6(_)) => {}
-                Err(_) => {
-                    let why = format!("loadBalancerSourceRanges entry {entry:?} is not a CIDR (such as 198.18.1.99/32): its LoadBalancer addresses admit nobody until it is fixed");
-                    return (SourceRanges::Only(Vec::new()), Some(why));
-                }
+                Err(_) => return SourceRanges::Only(Vec::new()),
             }
         }
-        (SourceRanges::Only(v4), None)
+        SourceRanges::Only(v4)
     }
 }
 
@@ -161,9 +160,6 @@ pub struct ServiceInfo {
     pub cluster_ip: Option<Ipv4Addr>,
     pub ports: Vec<ServicePortInfo>,
     pub health_check_node_port: Option<u16>,
-    /// What was read differently from what the Service asks, and why (for
-    /// the log).
-    pub warnings: Vec<String>,
 }
 
 /// Why a Service is not programmed (logged once, so nothing is dropped
@@ -182,10 +178,26 @@ pub enum Skipped {
     Protocol(String, String),
     #[error("port {0:?}: {1} is not a valid port number")]
     PortNumber(String, i32),
+    /// What the API server would have refused (a store written around it,
+    /// or a field this proxy turns into rules that must not be guessed at).
+    #[error("invalid, as the API server would say: {0}")]
+    Invalid(String),
+}
+
+impl Skipped {
+    /// Whether the Service is broken (its owner has to fix it), rather
+    /// than one that is not proxied by design.
+    pub fn is_fault(&self) -> bool {
+        !matches!(
+            self,
+            Skipped::Headless | Skipped::OtherProxy | Skipped::ExternalName
+        )
+    }
 }
 
 /// Reads a Service; `Err` says why it is not programmed.
 pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
+    validate_service(svc).map_err(|errors| Skipped::Invalid(errors.to_string()))?;
     let meta = &svc.metadata;
     let key = ServiceKey::of(meta);
     if meta
@@ -228,7 +240,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
     });
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let (source_ranges, source_ranges_warning) = SourceRanges::parse(
+    let source_ranges = SourceRanges::parse(
         spec.load_balancer_source_ranges
             .as_deref()
             .unwrap_or_default(),
@@ -263,7 +275,6 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
         cluster_ip,
         ports,
         health_check_node_port,
-        warnings: source_ranges_warning.into_iter().collect(),
     })
 }
 
@@ -475,7 +486,14 @@ mod tests {
             Err(Skipped::NotIpv4("fd00::1".into()))
         );
         let bad = basic(json!({"ports": [{"port": 80, "protocol": "ICMP"}]}));
-        assert!(matches!(service_info(&bad), Err(Skipped::Protocol(..))));
+        assert!(
+            matches!(service_info(&bad), Err(Skipped::Invalid(why)) if why.contains("spec.ports[0].protocol"))
+        );
+        let mut bad = basic(json!({}));
+        bad.metadata.name = Some("bad name".into());
+        assert!(
+            matches!(service_info(&bad), Err(Skipped::Invalid(why)) if why.contains("metadata.name"))
+        );
         let bad = basic(json!({"ports": [{"port": 70000}]}));
         assert!(matches!(
             service_info(&bad),
@@ -516,7 +534,6 @@ mod tests {
                 "198.18.0.8/29".parse().unwrap()
             ])
         );
-        assert!(info.warnings.is_empty(), "{:?}", info.warnings);
         assert!(p.external_local);
         assert_eq!(info.health_check_node_port, Some(32000));
     }
@@ -660,28 +677,36 @@ mod tests {
         assert!(endpoints_by_port(&[&s]).is_empty());
     }
 
-    fn ranges(list: serde_json::Value) -> (SourceRanges, Vec<String>) {
+    fn ranges(list: serde_json::Value) -> Result<SourceRanges, Skipped> {
         let svc = basic(json!({"type": "LoadBalancer", "loadBalancerSourceRanges": list}));
-        let info = service_info(&svc).unwrap();
-        (info.ports[0].source_ranges.clone(), info.warnings)
+        service_info(&svc).map(|info| info.ports[0].source_ranges.clone())
     }
 
+    /// The Service is not programmed at all: its LoadBalancer addresses
+    /// admit nobody, rather than everybody.
     #[test]
-    fn an_unreadable_source_range_lets_nobody_in() {
-        assert_eq!(ranges(json!([])), (SourceRanges::Any, vec![]));
+    fn an_unreadable_source_range_leaves_the_service_out() {
+        assert_eq!(ranges(json!([])), Ok(SourceRanges::Any));
         for bad in ["198.18.1.99", "junk", "", "198.18.1.0/33", "300.1.1.0/24"] {
-            let (got, warnings) = ranges(json!(["198.18.0.0/30", bad]));
-            assert_eq!(got, SourceRanges::Only(vec![]), "{bad:?}");
-            assert_eq!(warnings.len(), 1, "{bad:?}");
-            assert!(warnings[0].contains(&format!("{bad:?}")), "{warnings:?}");
-            assert!(warnings[0].contains("nobody"), "{warnings:?}");
+            let Err(Skipped::Invalid(why)) = ranges(json!(["198.18.0.0/30", bad])) else {
+                panic!("{bad:?} was accepted");
+            };
+            assert!(why.contains("loadBalancerSourceRanges[1]"), "{why}");
+            assert!(why.contains(&format!("{bad:?}")), "{why}");
         }
     }
 
     #[test]
+    fn a_source_range_that_still_cannot_be_read_fails_closed() {
+        let entries = ["198.18.0.0/30".to_string(), "junk".to_string()];
+        assert_eq!(SourceRanges::parse(&entries), SourceRanges::Only(vec![]));
+    }
+
+    #[test]
     fn ipv6_source_ranges_admit_no_ipv4_client() {
-        let (got, warnings) = ranges(json!(["2001:db8::/64"]));
-        assert_eq!(got, SourceRanges::Only(vec![]));
-        assert!(warnings.is_empty());
+        assert_eq!(
+            ranges(json!(["2001:db8::/64"])),
+            Ok(SourceRanges::Only(vec![]))
+        );
     }
 }

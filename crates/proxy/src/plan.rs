@@ -611,7 +611,6 @@ mod tests {
             },
             ports: vec![port],
             health_check_node_port: None,
-            warnings: vec![],
             cluster_ip: None,
         }
     }
@@ -1065,7 +1064,6 @@ mod tests {
             },
             ports: vec![p],
             health_check_node_port: None,
-            warnings: vec![],
             cluster_ip: None,
         };
         let by_port = [(

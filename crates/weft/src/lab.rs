@@ -140,11 +140,11 @@ pub enum LabCmd {
         /// `pod NAME` | `service NAME`
         what: Vec<String>,
     },
-    /// List nodes, pods, services or endpointslices.
+    /// List nodes, pods, services, endpointslices or events.
     Get {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
-        /// nodes | pods | services (svc) | endpointslices
+        /// nodes | pods | services (svc) | endpointslices | events (ev)
         resource: String,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
@@ -374,8 +374,9 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 }
                 "services" | "service" | "svc" => ops::get_services(&name, ns, output)?,
                 "endpointslices" | "endpointslice" => ops::get_endpointslices(&name, ns, output)?,
+                "events" | "event" | "ev" => ops::get_events(&name, ns, output)?,
                 other => {
-                    bail!("cannot get {other:?}: use nodes, pods, services (svc) or endpointslices")
+                    bail!("cannot get {other:?}: use nodes, pods, services (svc), endpointslices or events (ev)")
                 }
             };
             print!("{text}");

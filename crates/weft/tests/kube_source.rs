@@ -14,11 +14,14 @@ use std::time::Duration;
 use common::control_plane::ControlPlane;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
-use weft_cluster::{Cluster, Event, EventStream, Liveness, LoadBalancerAllocation, SubnetManager};
+use weft_cluster::{
+    Cluster, Event, EventStream, Liveness, LoadBalancerAllocation, SubnetManager, Warning, Warnings,
+};
 use weft_proxy::model::{SERVICE_PROXY_NAME_LABEL, UNWATCHED_LABELS};
 
 fn service(name: &str) -> Service {
@@ -106,6 +109,48 @@ fn a_kubernetes_watch_lists_then_follows_the_api_server() {
             assert!(listed.contains(&"after".to_string()), "{listed:?}");
             assert!(!listed.contains(&"theirs".to_string()), "{listed:?}");
         }
+    });
+}
+
+/// The proxy's warning about a Service is an Event regarding it (its UID
+/// included, so `kubectl describe` shows it), reported by the node; none
+/// for a Service that is gone.
+#[test]
+fn a_warning_is_an_event_regarding_the_service() {
+    let cp = ControlPlane::start();
+    cp.with_cluster(|cluster| async move {
+        let api: Api<Service> = Api::namespaced(cluster.client().clone(), "default");
+        let created = api
+            .create(&PostParams::default(), &service("broken"))
+            .await
+            .unwrap();
+        let warning = Warning {
+            reason: "FailedToProgram",
+            note: "not programmed on node node-1: nft said no".into(),
+            node: "node-1".into(),
+        };
+        cluster
+            .warn_service("default", "broken", &warning)
+            .await
+            .unwrap();
+        cluster
+            .warn_service("default", "gone", &warning)
+            .await
+            .unwrap();
+        let events: Api<KubeEvent> = Api::namespaced(cluster.client().clone(), "default");
+        let list = events.list(&Default::default()).await.unwrap();
+        assert_eq!(list.items.len(), 1, "{:?}", list.items);
+        let event = &list.items[0];
+        let regarding = event.regarding.clone().unwrap();
+        assert_eq!(
+            (regarding.name.as_deref(), regarding.uid.as_ref()),
+            (Some("broken"), created.metadata.uid.as_ref())
+        );
+        assert_eq!(event.reason.as_deref(), Some("FailedToProgram"));
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert_eq!(event.note.as_deref(), Some(warning.note.as_str()));
+        assert_eq!(event.reporting_controller.as_deref(), Some("weft-proxy"));
+        assert_eq!(event.reporting_instance.as_deref(), Some("node-1"));
     });
 }
 

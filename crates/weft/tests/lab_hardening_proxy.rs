@@ -1,6 +1,6 @@
 //! The Service proxy against hostile Services, end to end: Services with
-//! names nft cannot take written straight into the store (as objects that
-//! never passed validation can be), and a lab whose agents run with an
+//! names no API server would take, written straight into the store (as
+//! objects that never passed validation can be), and a lab whose agents run with an
 //! externalIP allow-list where a Service in another namespace lists a
 //! victim's ClusterIP, a node's address and the agents' health port among
 //! its externalIPs.
@@ -106,6 +106,11 @@ fn put_unvalidated(store: &Store, name: &str, cluster_ip: &str, server_ip: &str)
         .unwrap();
 }
 
+/// Services no API server would have stored (a name with a space, a
+/// 250-character name) are left out, say so on every node (`/readyz`,
+/// `/metrics`, an Event each) and stop nothing else: the longest valid
+/// name, whose affinity set name nft could not take whole, is programmed,
+/// and so is a Service created after them.
 #[test]
 fn services_named_anything_do_not_stop_the_ones_created_after_them() {
     let lab = Lab::up("hpname", 2, "host-gw");
@@ -113,18 +118,40 @@ fn services_named_anything_do_not_stop_the_ones_created_after_them() {
     reachable(&lab, "demo/client", "svc/demo/victim", "/hostname");
     let server = lab.pod_ip("server");
     let store = Store::open(&weft_lab::layout::Layout::new(&lab.name).unwrap().store()).unwrap();
+    let long_bad = "a".repeat(250);
     put_unvalidated(&store, "bad name", "10.96.200.1", &server);
-    put_unvalidated(&store, &"a".repeat(250), "10.96.200.2", &server);
+    put_unvalidated(&store, &long_bad, "10.96.200.2", &server);
+    put_unvalidated(&store, &"b".repeat(63), "10.96.200.3", &server);
 
     lab.apply_ok("apiVersion: v1\nkind: Service\nmetadata: {name: later, namespace: demo}\nspec:\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n");
     reachable(&lab, "demo/client", "svc/demo/later", "/hostname");
+    reachable(&lab, "demo/client", "10.96.200.3:80", "/hostname");
     for ip in ["10.96.200.1", "10.96.200.2"] {
-        reachable(&lab, "demo/client", &format!("{ip}:80"), "/hostname");
+        let got = outcome(&lab, "demo/client", &format!("{ip}:80"), "/hostname");
+        assert_ne!(got, "ok", "the invalid Service at {ip} was programmed");
     }
     for node in ["node-1", "node-2"] {
-        assert_eq!(
-            lab.agent_http(node, "/readyz").expect("the agent answers"),
-            (200, "ok\n".to_string())
-        );
+        let (status, body) = lab.agent_http(node, "/readyz").expect("the agent answers");
+        assert_eq!(status, 200, "{body}");
+        for name in ["bad name", &long_bad] {
+            let line = format!("Service demo/{name} not programmed: invalid");
+            assert!(body.contains(&line), "{node}: {line:?} not in {body}");
+        }
+        let (_, metrics) = lab.agent_http(node, "/metrics").expect("the agent answers");
+        let series = "weft_proxy_services_not_programmed{namespace=\"demo\",name=\"bad name\",cause=\"Invalid\"} 1";
+        assert!(metrics.contains(series), "{node}: {metrics}");
+        assert!(!metrics.contains(&"b".repeat(63)), "{node}: {metrics}");
     }
+    let events = lab.ok(&["get", "events", "-n", "demo"]);
+    for node in ["node-1", "node-2"] {
+        let on_node = format!("not programmed on node {node}: invalid");
+        let found = events.lines().any(|l| {
+            l.contains("Warning")
+                && l.contains("InvalidService")
+                && l.contains("service/bad name")
+                && l.contains(&on_node)
+        });
+        assert!(found, "no Event for demo/bad name from {node} in\n{events}");
+    }
+    assert_eq!(events.matches("InvalidService").count(), 4, "{events}");
 }

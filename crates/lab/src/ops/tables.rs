@@ -1,11 +1,13 @@
-//! `weft lab get services|endpointslices`: kubectl's columns, or the
-//! objects as a v1 `List`. The cells are pure functions of one object; only
-//! [`get_services`] and [`get_endpointslices`] read the store; they return
+//! `weft lab get services|endpointslices|events`: kubectl's columns, or
+//! the objects as a v1 `List`. The cells are pure functions of one object
+//! (and the time); only the `get_*` functions read the cluster; they return
 //! the text for the CLI to print.
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
 use super::{Lab, Output};
@@ -58,6 +60,57 @@ pub fn get_endpointslices(name: &str, namespace: Option<&str>, output: Output) -
         }
         row
     })
+}
+
+/// `weft lab get events` (`events.k8s.io/v1`, oldest first): NAMESPACE
+/// (all namespaces only), LAST SEEN, TYPE, REASON, OBJECT, MESSAGE.
+pub fn get_events(name: &str, namespace: Option<&str>, output: Output) -> Result<String> {
+    let lab = Lab::open(name)?;
+    let mut items = in_namespace(lab.cluster.list::<Event>()?, namespace);
+    items.sort_by_key(last_seen);
+    let headers = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"];
+    let now = Timestamp::now();
+    render_objects(&items, namespace, output, &headers, |e| event_row(e, now))
+}
+
+/// When an Event was last seen: its series' last observation, else its
+/// time (or the deprecated fields older writers fill in).
+fn last_seen(event: &Event) -> Option<Timestamp> {
+    event
+        .series
+        .as_ref()
+        .map(|s| s.last_observed_time.0)
+        .or(event.event_time.as_ref().map(|t| t.0))
+        .or(event.deprecated_last_timestamp.as_ref().map(|t| t.0))
+}
+
+fn event_row(event: &Event, now: Timestamp) -> Vec<String> {
+    let or_none = |v: Option<&String>| v.cloned().unwrap_or_else(|| "<none>".into());
+    let object = event.regarding.as_ref().map(|r| {
+        format!(
+            "{}/{}",
+            r.kind.as_deref().unwrap_or_default().to_lowercase(),
+            r.name.as_deref().unwrap_or_default()
+        )
+    });
+    vec![
+        last_seen(event).map_or_else(|| "<unknown>".into(), |t| age(now, t)),
+        or_none(event.type_.as_ref()),
+        or_none(event.reason.as_ref()),
+        or_none(object.as_ref()),
+        or_none(event.note.as_ref()),
+    ]
+}
+
+/// kubectl's short age: `42s`, `5m`, `3h`, `2d`.
+fn age(now: Timestamp, then: Timestamp) -> String {
+    let seconds = now.as_second().saturating_sub(then.as_second()).max(0);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
 }
 
 fn in_namespace<K>(items: Vec<K>, namespace: Option<&str>) -> Vec<K>
@@ -253,6 +306,39 @@ mod tests {
     fn svc(spec: serde_json::Value, status: serde_json::Value) -> Service {
         serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec, "status": status}))
             .unwrap()
+    }
+
+    #[test]
+    fn event_rows_read_like_kubectl() {
+        let event: Event = serde_json::from_value(json!({
+            "metadata": {"namespace": "demo", "name": "weft-proxy.1"},
+            "eventTime": "2026-12-01T08:00:00.000000Z", "type": "Warning",
+            "reason": "InvalidService", "note": "not programmed on node node-1: bad",
+            "regarding": {"kind": "Service", "name": "web"}
+        }))
+        .unwrap();
+        let now: Timestamp = "2026-12-01T08:05:30Z".parse().unwrap();
+        assert_eq!(
+            event_row(&event, now),
+            [
+                "5m",
+                "Warning",
+                "InvalidService",
+                "service/web",
+                "not programmed on node node-1: bad"
+            ]
+        );
+        let then: Timestamp = "2026-12-01T08:00:00Z".parse().unwrap();
+        let ages: Vec<String> = [0, 119, 120, 7199, 7200, 172_800]
+            .iter()
+            .map(|s| {
+                age(
+                    then + k8s_openapi::jiff::SignedDuration::from_secs(*s),
+                    then,
+                )
+            })
+            .collect();
+        assert_eq!(ages, ["0s", "119s", "2m", "119m", "2h", "2d"]);
     }
 
     #[test]
