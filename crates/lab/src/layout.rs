@@ -281,7 +281,7 @@ impl Layout {
     }
 
     pub fn underlay_ns(&self) -> String {
-        format!("wl-{}-underlay", self.lab)
+        format!("wl-{}-{UNDERLAY}", self.lab)
     }
     pub fn node_ns(&self, node: &str) -> String {
         format!("wl-{}-{node}", self.lab)
@@ -458,9 +458,53 @@ pub fn labs() -> Vec<String> {
     v
 }
 
+/// The underlay namespace's name after the lab's prefix.
+const UNDERLAY: &str = "underlay";
+
+/// The lab names found in `dirs`, underlay namespace names and process
+/// owner tags (`<lab>/…`): every lab anything is left of. Only names a lab
+/// can have.
+pub fn labs_left(
+    dirs: Vec<String>,
+    namespaces: &[String],
+    owners: &[String],
+) -> std::collections::BTreeSet<String> {
+    let from_namespaces = namespaces.iter().filter_map(|ns| {
+        ns.strip_prefix("wl-")?
+            .strip_suffix(&format!("-{UNDERLAY}"))
+            .map(str::to_owned)
+    });
+    let from_owners = owners
+        .iter()
+        .filter_map(|owner| owner.split_once('/').map(|(lab, _)| lab.to_owned()));
+    dirs.into_iter()
+        .chain(from_namespaces)
+        .chain(from_owners)
+        .filter(|lab| Layout::new(lab).is_ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labs_are_found_by_directory_namespace_or_process() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let found = labs_left(
+            strings(&["a"]),
+            &strings(&[
+                "wl-b-underlay",
+                "wl-b-node-1",
+                "wl-c-d-underlay",
+                "other",
+                "wl-Bad_-underlay",
+            ]),
+            &strings(&["e/agent/node-1", "a/pod/x", "no-slash", "../x/y"]),
+        );
+        assert_eq!(found, ["a", "b", "c-d", "e"].map(String::from).into());
+        assert_eq!(Layout::new("c-d").unwrap().underlay_ns(), "wl-c-d-underlay");
+    }
 
     #[test]
     fn names_are_checked_and_derived() {

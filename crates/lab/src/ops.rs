@@ -486,9 +486,12 @@ pub fn down(name: &str, report: Report<'_>) -> Result<()> {
 /// start takes at most a few seconds) before tearing down regardless.
 const DOWN_WAITS_FOR_LOCK: Duration = Duration::from_secs(10);
 
-/// `weft lab down --all`.
+/// `weft lab down --all`: every lab anything is left of — its directory,
+/// its underlay namespace or a process carrying its owner tag (a lab whose
+/// directory was deleted by hand still has the others).
 pub fn down_all(report: Report<'_>) -> Result<()> {
-    for lab in layout::labs() {
+    let labs = layout::labs_left(layout::labs(), &netns::list_named(), &procs::owners());
+    for lab in labs {
         down(&lab, report)?;
     }
     Ok(())

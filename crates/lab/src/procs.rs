@@ -76,19 +76,35 @@ pub fn stop(pid: u32, owner: &str, grace: Duration) -> bool {
 /// (e.g. `<lab>/` for a whole lab), found in /proc rather than in the
 /// lab's records, which a crash or a deleted store can leave incomplete.
 pub fn owned_by(prefix: &str) -> Vec<u32> {
+    tagged()
+        .into_iter()
+        .filter(|(_, owner)| owner.starts_with(prefix))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The owner tags of every live tagged process (e.g. to find the labs
+/// whose directory is gone but whose processes are not).
+pub fn owners() -> Vec<String> {
+    tagged().into_iter().map(|(_, owner)| owner).collect()
+}
+
+/// Every live process carrying an owner tag, with the tag.
+fn tagged() -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let tag = format!("{OWNER_ENV}={prefix}");
+    let tag = format!("{OWNER_ENV}=");
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|b| *b == 0)
-                    .any(|kv| kv.starts_with(tag.as_bytes()))
-            })
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let owner = env
+                .split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(tag.as_bytes()))?;
+            Some((pid, String::from_utf8_lossy(owner).into_owned()))
         })
-        .filter(|pid| !is_zombie(*pid))
+        .filter(|(pid, _)| !is_zombie(*pid))
         .collect()
 }
 
@@ -158,6 +174,7 @@ mod tests {
         want.sort();
         assert_eq!(found, want);
         assert_eq!(owned_by(&format!("{prefix}pod/")), vec![b]);
+        assert!(owners().contains(&other_owner), "{:?}", owners());
         assert_eq!(stop_owned(&prefix, Duration::from_secs(2)), 2);
         assert!(owned_by(&prefix).is_empty());
         // Left alone (read again briefly: a CI run once saw it not yet
