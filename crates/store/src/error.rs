@@ -71,6 +71,8 @@ pub enum StoreError {
         held: IpNet,
         holder: String,
     },
+    #[error("a subnet lease for node {node} must last longer than 0 s: a lease that expires as it is written can be taken over at once; give a positive time to live")]
+    ZeroTtl { node: String },
     #[error("node {node} no longer holds its subnet lease (it was released, or it expired and another node took the subnet); acquire a new lease and reconfigure the node's pods")]
     LeaseLost { node: String },
     #[error("changes after revision {requested} are gone: the event log was compacted up to revision {oldest}; list again and watch from the list's revision")]

@@ -182,6 +182,7 @@ impl Store {
         choose: impl FnOnce(&[IpNet]) -> Option<IpNet>,
     ) -> Result<Lease, StoreError> {
         check_lease_key(network, node)?;
+        check_ttl(node, ttl)?;
         self.write_changing(LEASE_KIND, "acquire a subnet lease", |transaction| {
             let now = time::now_ms();
             let expires_at_ms = time::expiry_ms(now, ttl);
@@ -238,6 +239,7 @@ impl Store {
         node: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
+        check_ttl(node, ttl)?;
         self.write_changing(LEASE_KIND, "renew a subnet lease", |transaction| {
             let held =
                 lease_of(transaction, network, node)?.ok_or_else(|| StoreError::LeaseLost {
@@ -314,6 +316,15 @@ fn check_lease_key(network: &str, node: &str) -> Result<(), StoreError> {
         key: lease_key(network, node).to_string(),
         reason,
     })
+}
+
+fn check_ttl(node: &str, ttl: Duration) -> Result<(), StoreError> {
+    if ttl.is_zero() {
+        return Err(StoreError::ZeroTtl {
+            node: node.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn overlaps(a: IpNet, b: IpNet) -> bool {

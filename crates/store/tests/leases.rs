@@ -403,3 +403,31 @@ fn a_huge_ttl_does_not_overflow() {
     let events = store.events_since(LEASE_KIND, 0).expect("events");
     assert_eq!(events[0].object.value["expiresAt"], "9999-12-30T22:00:00Z");
 }
+
+#[test]
+fn a_lease_of_no_time_is_refused_and_changes_nothing() {
+    let (_dir, store) = temp_store();
+    acquire(&store, "node-a", LONG);
+    let before = store.revision().expect("revision");
+    let error = store
+        .acquire_lease(
+            NETWORK,
+            "node-b",
+            ip("192.168.1.3"),
+            &json!({}),
+            Duration::ZERO,
+            pod_network,
+        )
+        .expect_err("zero TTL");
+    assert!(
+        matches!(&error, StoreError::ZeroTtl { node } if node == "node-b"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("positive"), "{error}");
+    let error = store
+        .renew_lease(NETWORK, "node-a", Duration::ZERO)
+        .expect_err("zero TTL");
+    assert!(matches!(error, StoreError::ZeroTtl { .. }), "{error}");
+    assert_eq!(store.revision().expect("revision"), before);
+    assert_eq!(live_subnets(&store).len(), 1);
+}
