@@ -42,7 +42,7 @@ pub struct ProxyOptions {
     /// Where the Services nft rejected are shown (`/readyz`).
     pub health: Arc<Health>,
     /// Where NodePorts answer.
-    pub nodeport_addresses: NodePortAddresses,
+    pub nodeport_addresses: NodePorts,
     /// Program Services in nftables; `false` (`--no-proxy`, kube-proxy
     /// programs them): only announce LoadBalancer addresses, as MetalLB
     /// beside kube-proxy.
@@ -51,6 +51,9 @@ pub struct ProxyOptions {
     pub reserved_ports: std::collections::BTreeSet<u16>,
     /// `--external-ip-cidrs`: where externalIPs may lie (empty: anywhere).
     pub external_ip_cidrs: Vec<Ipv4Net>,
+    /// The `loadBalancerClass` whose addresses this node announces
+    /// (`None`: Services without one).
+    pub load_balancer_class: Option<String>,
     pub node: String,
     /// Where LoadBalancer addresses are announced (the node's underlay).
     pub iface: String,
@@ -61,6 +64,30 @@ pub struct ProxyOptions {
     /// How often the table is rebuilt regardless (element drift is
     /// invisible to the cheap check).
     pub full_resync: Duration,
+}
+
+/// Where NodePorts answer: addresses known at start, or this node's
+/// addresses in some CIDRs, followed as they come and go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePorts {
+    Fixed(NodePortAddresses),
+    InCidrs(Vec<Ipv4Net>),
+}
+
+impl NodePorts {
+    /// The addresses, given the node's `local` ones.
+    fn resolve(&self, local: &BTreeSet<Ipv4Addr>) -> NodePortAddresses {
+        match self {
+            NodePorts::Fixed(addresses) => addresses.clone(),
+            NodePorts::InCidrs(cidrs) => NodePortAddresses::Only(
+                local
+                    .iter()
+                    .filter(|ip| !ip.is_loopback() && cidrs.iter().any(|c| c.contains(*ip)))
+                    .copied()
+                    .collect(),
+            ),
+        }
+    }
 }
 
 /// How long after a change the proxy waits for its companion (the
@@ -165,7 +192,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
         let ctx = NodeContext {
             node: opts.node.clone(),
             cluster_cidrs: opts.cluster_cidrs.clone(),
-            nodeport_addresses: opts.nodeport_addresses.clone(),
+            nodeport_addresses: opts.nodeport_addresses.resolve(&BTreeSet::new()),
         };
         let arp = match ArpResponder::start(&opts.iface) {
             Ok(a) => Some(a),
@@ -197,6 +224,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
     async fn follow(mut self) -> Result<()> {
         self.beat().await;
         self.local_addresses = self.local_addresses().await?;
+        self.refresh_nodeport_addresses();
         let mut watches = Watches::new(&self.cluster);
         let mut check = tokio::time::interval(self.opts.drift_check);
         let mut beat = tokio::time::interval(self.opts.heartbeat);
@@ -224,6 +252,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
                     // This node's addresses change rarely: read at the heartbeat's pace.
                     self.local_addresses = self.local_addresses().await?;
                     self.refresh_node_addresses();
+                    self.refresh_nodeport_addresses();
                 }
             }
             self.take_ready(&mut watches);
@@ -335,6 +364,19 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
         self.dirty.extend(dirty);
     }
 
+    /// Follows this node's addresses where NodePorts answer on those in
+    /// some CIDRs: a change rewrites the table.
+    fn refresh_nodeport_addresses(&mut self) {
+        let wanted = self.opts.nodeport_addresses.resolve(&self.local_addresses);
+        if wanted == self.ctx.nodeport_addresses {
+            return;
+        }
+        tracing::info!(addresses = ?wanted, "NodePorts answer on new addresses; full sync");
+        self.ctx.nodeport_addresses = wanted;
+        self.proxier.set_context(self.ctx.clone());
+        self.full_sync_due = true;
+    }
+
     /// Every IPv4 address of this node.
     async fn local_addresses(&self) -> Result<BTreeSet<Ipv4Addr>> {
         let mut out = BTreeSet::new();
@@ -431,7 +473,9 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
         let Some(arp) = &self.arp else {
             return Ok(());
         };
-        let addresses = self.state.load_balancer_ips();
+        let addresses = self
+            .state
+            .load_balancer_ips(self.opts.load_balancer_class.as_deref());
         if addresses.is_empty() && arp.announced().is_empty() {
             // No LoadBalancer anywhere: spare the read on every sync.
             return Ok(());
@@ -483,5 +527,37 @@ fn log_report(report: &SyncReport, metrics: &Metrics) {
             ms = report.elapsed.as_secs_f64() * 1e3,
             "Services synced"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodeports_in_cidrs_follow_the_local_addresses_in_them() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let local: BTreeSet<Ipv4Addr> =
+            [ip("127.0.0.1"), ip("198.18.0.11"), ip("10.244.1.1")].into();
+        let in_cidrs = NodePorts::InCidrs(vec![
+            "198.18.0.0/24".parse().unwrap(),
+            "127.0.0.0/8".parse().unwrap(),
+        ]);
+        assert_eq!(
+            in_cidrs.resolve(&local),
+            NodePortAddresses::Only(vec![ip("198.18.0.11")]),
+            "loopback never"
+        );
+        assert_eq!(
+            in_cidrs.resolve(&BTreeSet::new()),
+            NodePortAddresses::Only(vec![])
+        );
+        let all = NodePorts::InCidrs(vec!["0.0.0.0/0".parse().unwrap()]);
+        assert_eq!(
+            all.resolve(&local),
+            NodePortAddresses::Only(vec![ip("10.244.1.1"), ip("198.18.0.11")])
+        );
+        let fixed = NodePorts::Fixed(NodePortAddresses::EveryLocal);
+        assert_eq!(fixed.resolve(&local), NodePortAddresses::EveryLocal);
     }
 }

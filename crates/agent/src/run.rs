@@ -29,7 +29,7 @@ use weft_datapath::{sysctl, Netlink};
 use crate::backend::{self, Desired, LocalNode, Peer};
 use crate::config::{Backend, NetConf};
 use crate::health::{self, Health};
-use crate::proxy::ProxyOptions;
+use crate::proxy::{NodePorts, ProxyOptions};
 use crate::reconcile::Reconciler;
 use crate::{files, masq, subnets};
 use weft_proxy::plan::NodePortAddresses;
@@ -68,15 +68,20 @@ pub struct Options {
     pub proxy_full_resync: Duration,
     /// Where Services' externalIPs may lie (empty: anywhere).
     pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
+    /// The `loadBalancerClass` this agent allocates and announces
+    /// addresses for (`None`: Services without one).
+    pub load_balancer_class: Option<String>,
 }
 
 /// `--nodeport-addresses`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodePortsOn {
     /// The underlay address (the one in the node's lease).
     Primary,
     /// Every local address but loopback.
     All,
+    /// The local addresses (but loopback) in these CIDRs.
+    Cidrs(Vec<ipnet::Ipv4Net>),
 }
 
 /// The parts of the node that do not change while the agent runs.
@@ -350,17 +355,23 @@ impl<C: ClusterState> Agent<C> {
                 full_resync: self.opts.proxy_full_resync,
                 health,
                 program: self.opts.proxy,
-                nodeport_addresses: match (self.opts.nodeport_addresses, self.node.local.public_ip)
+                nodeport_addresses: match (&self.opts.nodeport_addresses, self.node.local.public_ip)
                 {
-                    (NodePortsOn::Primary, IpAddr::V4(ip)) => NodePortAddresses::Only(vec![ip]),
-                    (NodePortsOn::Primary, IpAddr::V6(_)) => NodePortAddresses::Only(Vec::new()),
-                    (NodePortsOn::All, _) => NodePortAddresses::EveryLocal,
+                    (NodePortsOn::Primary, IpAddr::V4(ip)) => {
+                        NodePorts::Fixed(NodePortAddresses::Only(vec![ip]))
+                    }
+                    (NodePortsOn::Primary, IpAddr::V6(_)) => {
+                        NodePorts::Fixed(NodePortAddresses::Only(Vec::new()))
+                    }
+                    (NodePortsOn::All, _) => NodePorts::Fixed(NodePortAddresses::EveryLocal),
+                    (NodePortsOn::Cidrs(cidrs), _) => NodePorts::InCidrs(cidrs.clone()),
                 },
                 reserved_ports: [self.opts.health.port()]
                     .into_iter()
                     .chain(self.opts.proxy_health.map(|a| a.port()))
                     .collect(),
                 external_ip_cidrs: self.opts.external_ip_cidrs.clone(),
+                load_balancer_class: self.opts.load_balancer_class.clone(),
             },
         )
         .context("starting the Service proxy thread")?;

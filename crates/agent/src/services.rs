@@ -378,15 +378,21 @@ impl ServiceState {
         out
     }
 
-    /// LoadBalancer addresses and the nodes allowed to announce each: every
-    /// node, or with `externalTrafficPolicy: Local` only nodes with a usable
-    /// local endpoint (`Some(set)`).
-    pub fn load_balancer_ips(&self) -> BTreeMap<std::net::Ipv4Addr, Option<BTreeSet<String>>> {
+    /// The LoadBalancer addresses of Services of `class` (`None`: those
+    /// without a `loadBalancerClass`; another class is another
+    /// implementation's to announce) and the nodes allowed to announce
+    /// each: every node, or with `externalTrafficPolicy: Local` only nodes
+    /// with a usable local endpoint (`Some(set)`).
+    pub fn load_balancer_ips(
+        &self,
+        class: Option<&str>,
+    ) -> BTreeMap<std::net::Ipv4Addr, Option<BTreeSet<String>>> {
         let mut out = BTreeMap::new();
         for (key, info) in self
             .services
             .iter()
             .filter_map(|(k, i)| Some((k, i.as_ref().ok()?)))
+            .filter(|(_, i)| i.load_balancer_class.as_deref() == class)
         {
             for port in &info.ports {
                 if port.load_balancer_ips.is_empty() {
@@ -544,6 +550,31 @@ mod tests {
         s.service(&bad, false);
         assert_eq!(s.plan(&key("bad"), &ctx()).unwrap().picks.len(), 1);
         assert!(s.faulty().is_empty());
+    }
+
+    /// Each implementation announces its own class's addresses only (a
+    /// MetalLB beside weft would otherwise see weft answer ARP for its).
+    #[test]
+    fn load_balancer_addresses_are_announced_for_their_class_only() {
+        let mut s = ServiceState::default();
+        let mut lb = |name: &str, ip: &str, class: Option<&str>| {
+            let mut svc = svc(json!({"type": "LoadBalancer", "loadBalancerClass": class}));
+            svc.metadata.name = Some(name.into());
+            svc.status =
+                serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": ip}]}})).unwrap();
+            s.service(&svc, false);
+        };
+        lb("ours", "198.18.0.240", None);
+        lb("metallb", "198.18.0.241", Some("metallb.io/metallb"));
+        let announced = |class| {
+            s.load_balancer_ips(class)
+                .into_keys()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(announced(None), ["198.18.0.240"]);
+        assert_eq!(announced(Some("metallb.io/metallb")), ["198.18.0.241"]);
+        assert!(announced(Some("example.com/other")).is_empty());
     }
 
     /// What a consumer sees when its watch lists again: a Service and a

@@ -134,6 +134,7 @@ mod tests {
                 })
                 .collect(),
             health_check_node_port: None,
+            load_balancer_class: None,
             cluster_ip: Some(ip("10.96.0.99")),
         }
     }

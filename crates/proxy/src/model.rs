@@ -160,6 +160,9 @@ pub struct ServiceInfo {
     pub cluster_ip: Option<Ipv4Addr>,
     pub ports: Vec<ServicePortInfo>,
     pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerClass`: which implementation announces its
+    /// LoadBalancer addresses (`None`: the cluster's default one).
+    pub load_balancer_class: Option<String>,
 }
 
 /// Why a Service is not programmed (logged once, so nothing is dropped
@@ -275,6 +278,7 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, Skipped> {
         cluster_ip,
         ports,
         health_check_node_port,
+        load_balancer_class: spec.load_balancer_class.clone(),
     })
 }
 

@@ -611,6 +611,7 @@ mod tests {
             },
             ports: vec![port],
             health_check_node_port: None,
+            load_balancer_class: None,
             cluster_ip: None,
         }
     }
@@ -1064,6 +1065,7 @@ mod tests {
             },
             ports: vec![p],
             health_check_node_port: None,
+            load_balancer_class: None,
             cluster_ip: None,
         };
         let by_port = [(

@@ -140,6 +140,12 @@ impl<K: Kernel> Proxier<K> {
         std::mem::take(&mut self.refused)
     }
 
+    /// Replaces what the proxier knows of its node; the next full sync
+    /// writes the table for it.
+    pub fn set_context(&mut self, ctx: NodeContext) {
+        self.ctx = ctx;
+    }
+
     /// The Services left out because nft rejected their rules, with nft's
     /// reason.
     pub fn rejected(&self) -> BTreeMap<ServiceKey, String> {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_agent::lb_allocator::{self, parse_pools, AllocatorOptions, Pool};
-use weft_agent::run::Options;
+use weft_agent::run::{NodePortsOn, Options};
 use weft_cluster::embedded::Embedded;
 use weft_cluster::kubernetes::{ApiAccess, Kubernetes};
 
@@ -82,10 +82,12 @@ pub struct AgentArgs {
     #[arg(long, default_value = "0.0.0.0:10256", value_parser = optional_address)]
     proxy_health: OptionalAddress,
     /// Where NodePorts answer: `primary`, the node's own address on the
-    /// underlay (kube-proxy's default), or `all` local addresses (the pod
-    /// bridge's and the VXLAN device's too).
-    #[arg(long, value_enum, default_value = "primary")]
-    nodeport_addresses: NodePortsArg,
+    /// underlay (kube-proxy's default); `all` local addresses (the pod
+    /// bridge's and the VXLAN device's too); or the local addresses in
+    /// these comma-separated IPv4 CIDRs, as kube-proxy's
+    /// --nodeport-addresses (followed as addresses come and go).
+    #[arg(long, env = "WEFT_NODEPORT_ADDRESSES", default_value = "primary", value_parser = nodeport_addresses)]
+    nodeport_addresses: NodePortsOn,
     /// Node heartbeat period (LoadBalancer address failover happens after
     /// three missed beats).
     #[arg(long, env = "WEFT_HEARTBEAT", default_value = "1s", value_parser = period::between(ms(100), secs(60)))]
@@ -113,8 +115,10 @@ pub struct AgentArgs {
     /// ranges, comma-separated) besides the ConfigMap weft-lb-pools.
     #[arg(long, env = "WEFT_LB_CIDR", default_value = "", value_parser = lb_pools)]
     lb_cidr: LbPools,
-    /// On Kubernetes: serve LoadBalancer Services of this
-    /// loadBalancerClass (by default those without a class).
+    /// Serve LoadBalancer Services of this loadBalancerClass (by default
+    /// those without a class): allocate their addresses (on Kubernetes)
+    /// and announce them; another class's addresses are left to its
+    /// implementation.
     #[arg(long)]
     load_balancer_class: Option<String>,
     /// On Kubernetes: do not take part in LoadBalancer address allocation
@@ -271,12 +275,22 @@ impl AgentArgs {
 /// error, with what it does about it.
 const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
 
-/// Logs to stdout, filtered by RUST_LOG or else [`DEFAULT_LOG_FILTER`]
-/// (the agent's and the lab kubelet's).
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum NodePortsArg {
-    Primary,
-    All,
+/// `--nodeport-addresses`: `primary`, `all`, or comma-separated IPv4
+/// CIDRs (kube-proxy's form).
+fn nodeport_addresses(text: &str) -> Result<NodePortsOn, String> {
+    match text.trim() {
+        "primary" => Ok(NodePortsOn::Primary),
+        "all" => Ok(NodePortsOn::All),
+        list => {
+            let CidrList(cidrs) = cidr_list(list).map_err(|e| {
+                format!("{e}; give primary, all, or IPv4 CIDRs such as 198.18.0.0/24,10.0.0.0/8")
+            })?;
+            if cidrs.is_empty() {
+                return Err("give primary, all, or IPv4 CIDRs such as 198.18.0.0/24".into());
+            }
+            Ok(NodePortsOn::Cidrs(cidrs))
+        }
+    }
 }
 
 /// An address, or none for empty text (a newtype: clap reads a bare
@@ -293,6 +307,8 @@ fn optional_address(text: &str) -> Result<OptionalAddress, String> {
     })
 }
 
+/// Logs to stdout, filtered by RUST_LOG or else [`DEFAULT_LOG_FILTER`]
+/// (the agent's and the lab kubelet's).
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -330,14 +346,12 @@ pub fn run(a: AgentArgs) -> Result<()> {
         proxy: !a.no_proxy,
         announce_load_balancers: !a.no_lb_allocator,
         proxy_health: a.proxy_health.0,
-        nodeport_addresses: match a.nodeport_addresses {
-            NodePortsArg::Primary => weft_agent::run::NodePortsOn::Primary,
-            NodePortsArg::All => weft_agent::run::NodePortsOn::All,
-        },
+        nodeport_addresses: a.nodeport_addresses,
         heartbeat: a.heartbeat,
         proxy_drift_check: a.proxy_drift_check,
         proxy_full_resync: a.proxy_full_resync,
         external_ip_cidrs: a.external_ip_cidrs.0,
+        load_balancer_class: a.load_balancer_class.clone(),
     };
     // One thread: netlink sockets and namespaces are per thread anyway.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -410,5 +424,25 @@ mod tests {
         assert_eq!(list.len(), 2);
         let err = cidr_list("198.18.0.0/24,198.18.1.99").unwrap_err();
         assert!(err.contains("\"198.18.1.99\""), "{err}");
+    }
+
+    #[test]
+    fn nodeport_addresses_are_primary_all_or_cidrs_as_kube_proxy_takes_them() {
+        assert_eq!(nodeport_addresses("primary"), Ok(NodePortsOn::Primary));
+        assert_eq!(nodeport_addresses("all"), Ok(NodePortsOn::All));
+        assert_eq!(
+            nodeport_addresses("198.18.0.0/24,10.244.0.0/16"),
+            Ok(NodePortsOn::Cidrs(vec![
+                "198.18.0.0/24".parse().unwrap(),
+                "10.244.0.0/16".parse().unwrap()
+            ]))
+        );
+        for bad in ["", "everywhere", "198.18.0.1", "fd00::/64"] {
+            let err = nodeport_addresses(bad).unwrap_err();
+            assert!(
+                err.contains("primary, all, or IPv4 CIDRs"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

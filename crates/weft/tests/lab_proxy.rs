@@ -513,3 +513,23 @@ fn the_periodic_full_sync_restores_a_map_element_deleted_by_hand(#[case] mode: M
     assert!(restored.is_some(), "the deleted element never came back");
     reachable(&lab, "demo/sidecar", "svc/demo/web");
 }
+
+/// `--nodeport-addresses` as CIDRs (kube-proxy's form): the agents'
+/// NodePorts answer on the node addresses in them (here the pod
+/// network's: the bridge, a pod's gateway) and on no other (the underlay).
+#[test]
+fn node_ports_answer_on_the_addresses_in_the_nodeport_cidrs() {
+    let lab = Lab::up_with_env(
+        "npcidr",
+        &["--nodes", "2", "--backend", "host-gw"],
+        &[("WEFT_NODEPORT_ADDRESSES", "10.244.0.0/16")],
+    );
+    lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec:\n  nodeName: node-2\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 9}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  type: NodePort\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30100}]\n");
+    let client = lab.pod_ip("client");
+    let gateway = format!("{}.1:30100", client.rsplit_once('.').unwrap().0);
+    reachable(&lab, "demo/client", &gateway);
+    let underlay = format!("{}:30100", lab.node_ip("node-1"));
+    for (outcome, _) in probe(&lab, "external", &underlay, 2, "/hostname") {
+        assert_ne!(outcome, "ok", "the NodePort answered on the underlay");
+    }
+}
