@@ -90,6 +90,9 @@ impl NodePorts {
     }
 }
 
+/// The Node label naming its zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// How long after a change the proxy waits for its companion (the
 /// EndpointSlice of a new Service, or the reverse) before applying: a
 /// writer puts them one after the other, well within this.
@@ -193,6 +196,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
             node: opts.node.clone(),
             cluster_cidrs: opts.cluster_cidrs.clone(),
             nodeport_addresses: opts.nodeport_addresses.resolve(&BTreeSet::new()),
+            zone: None,
         };
         let arp = match ArpResponder::start(&opts.iface) {
             Ok(a) => Some(a),
@@ -309,6 +313,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
     fn take_node(&mut self, item: Option<Result<Event<Node>, ClusterError>>) {
         if event(item).is_some_and(|event| self.nodes.apply(event)) {
             self.refresh_node_addresses();
+            self.refresh_zone();
         }
     }
 
@@ -368,11 +373,37 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
     /// some CIDRs: a change rewrites the table.
     fn refresh_nodeport_addresses(&mut self) {
         let wanted = self.opts.nodeport_addresses.resolve(&self.local_addresses);
-        if wanted == self.ctx.nodeport_addresses {
-            return;
+        if wanted != self.ctx.nodeport_addresses {
+            tracing::info!(addresses = ?wanted, "NodePorts answer on new addresses; full sync");
+            let ctx = NodeContext {
+                nodeport_addresses: wanted,
+                ..self.ctx.clone()
+            };
+            self.change_context(ctx);
         }
-        tracing::info!(addresses = ?wanted, "NodePorts answer on new addresses; full sync");
-        self.ctx.nodeport_addresses = wanted;
+    }
+
+    /// Follows this node's zone (its Node's `topology.kubernetes.io/zone`
+    /// label), which topology hints are read against.
+    fn refresh_zone(&mut self) {
+        let zone = self
+            .nodes
+            .values()
+            .find(|node| node.metadata.name.as_deref() == Some(self.opts.node.as_str()))
+            .and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+        if zone != self.ctx.zone {
+            tracing::info!(zone = ?zone, "this node's zone changed; full sync");
+            let ctx = NodeContext {
+                zone,
+                ..self.ctx.clone()
+            };
+            self.change_context(ctx);
+        }
+    }
+
+    /// Plans with `ctx` from now on; a full sync rewrites the table for it.
+    fn change_context(&mut self, ctx: NodeContext) {
+        self.ctx = ctx;
         self.proxier.set_context(self.ctx.clone());
         self.full_sync_due = true;
     }

@@ -457,6 +457,7 @@ mod tests {
             node: "node-1".into(),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             nodeport_addresses: weft_proxy::plan::NodePortAddresses::EveryLocal,
+            zone: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weft_validation::objects::validate_service;
 
@@ -338,6 +338,47 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// Its topology hints, when the EndpointSlice controller gave any
+    /// (`trafficDistribution`); shared by the endpoint's ports.
+    pub hints: Option<Arc<Hints>>,
+}
+
+/// Which zones' and nodes' traffic an endpoint should take
+/// (`hints.forZones`, `hints.forNodes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hints {
+    pub zones: Box<[Arc<str>]>,
+    pub nodes: Box<[Arc<str>]>,
+}
+
+impl Hints {
+    /// The hints of `hints`; `None` when it names no zone and no node.
+    fn read(hints: Option<&EndpointHints>) -> Option<Arc<Hints>> {
+        let hints = hints?;
+        let zones = hints
+            .for_zones
+            .iter()
+            .flatten()
+            .map(|z| Arc::from(z.name.as_str()));
+        let nodes = hints
+            .for_nodes
+            .iter()
+            .flatten()
+            .map(|n| Arc::from(n.name.as_str()));
+        let read = Hints {
+            zones: zones.collect(),
+            nodes: nodes.collect(),
+        };
+        (!read.zones.is_empty() || !read.nodes.is_empty()).then(|| Arc::new(read))
+    }
+
+    fn zones(hints: &Option<Arc<Hints>>) -> &[Arc<str>] {
+        hints.as_ref().map_or(&[], |h| &h.zones)
+    }
+
+    fn nodes(hints: &Option<Arc<Hints>>) -> &[Arc<str>] {
+        hints.as_ref().map_or(&[], |h| &h.nodes)
+    }
 }
 
 impl Endpoint {
@@ -371,6 +412,7 @@ pub fn endpoints_by_port(slices: &[&EndpointSlice]) -> PortEndpoints {
                 let ready = conditions.ready.unwrap_or(true);
                 let serving = conditions.serving.unwrap_or(true);
                 let terminating = conditions.terminating.unwrap_or(false);
+                let hints = Hints::read(ep.hints.as_ref());
                 // Only the first address, as kube-proxy: the others are
                 // the same pod's, not more endpoints.
                 if let Some(ip) = ep.addresses.first().and_then(|a| a.parse().ok()) {
@@ -381,6 +423,7 @@ pub fn endpoints_by_port(slices: &[&EndpointSlice]) -> PortEndpoints {
                         ready,
                         serving,
                         terminating,
+                        hints,
                     });
                 }
             }
@@ -441,6 +484,64 @@ pub fn usable<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint>) -> Vec<&'a 
     all.into_iter()
         .filter(|e| e.serving && e.terminating)
         .collect()
+}
+
+/// Where a node prefers to send traffic, from the endpoints' topology
+/// hints (kube-proxy's rules): to the endpoints hinted for this node when
+/// every ready endpoint has node hints and one is for this node; else to
+/// those hinted for this node's zone when every ready endpoint has zone
+/// hints and one is for this zone; else anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology<'a> {
+    Anywhere,
+    SameNode(&'a str),
+    SameZone(&'a str),
+}
+
+impl<'a> Topology<'a> {
+    fn of(ready: &[&Endpoint], node: &'a str, zone: Option<&'a str>) -> Topology<'a> {
+        let hinted_for = |hints: fn(&Option<Arc<Hints>>) -> &[Arc<str>], place: &str| {
+            ready.iter().all(|e| !hints(&e.hints).is_empty())
+                && ready
+                    .iter()
+                    .any(|e| hints(&e.hints).iter().any(|h| &**h == place))
+        };
+        if ready.is_empty() {
+            Topology::Anywhere
+        } else if hinted_for(Hints::nodes, node) {
+            Topology::SameNode(node)
+        } else if let Some(zone) = zone.filter(|zone| hinted_for(Hints::zones, zone)) {
+            Topology::SameZone(zone)
+        } else {
+            Topology::Anywhere
+        }
+    }
+
+    fn admits(self, endpoint: &Endpoint) -> bool {
+        let has = |hints: &[Arc<str>], place: &str| hints.iter().any(|h| &**h == place);
+        match self {
+            Topology::Anywhere => true,
+            Topology::SameNode(node) => has(Hints::nodes(&endpoint.hints), node),
+            Topology::SameZone(zone) => has(Hints::zones(&endpoint.hints), zone),
+        }
+    }
+}
+
+/// The endpoints a node in `zone` sends cluster-wide traffic to (traffic
+/// policy `Cluster`): the ready ones its topology hints leave (see
+/// [`Topology`]), or — only when none is ready anywhere — the ones still
+/// serving while terminating, as [`usable`].
+pub fn cluster_endpoints<'a>(
+    endpoints: &'a [Endpoint],
+    node: &str,
+    zone: Option<&str>,
+) -> Vec<&'a Endpoint> {
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return usable(endpoints);
+    }
+    let topology = Topology::of(&ready, node, zone);
+    ready.into_iter().filter(|e| topology.admits(e)).collect()
 }
 
 #[cfg(test)]
@@ -658,6 +759,69 @@ mod tests {
             ..only_terminating[0].clone()
         };
         assert!(usable(&[not_serving]).is_empty());
+    }
+
+    /// Endpoints a (node-1, zone-a) and b (node-2, zone-b) with the hints
+    /// given, plus c (node-3) not ready and unhinted.
+    fn hinted(a: serde_json::Value, b: serde_json::Value) -> Vec<Endpoint> {
+        let s = slice(json!({
+            "metadata": {"name": "web-1"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.244.1.2"], "nodeName": "node-1", "hints": a},
+                {"addresses": ["10.244.2.2"], "nodeName": "node-2", "hints": b},
+                {"addresses": ["10.244.3.2"], "nodeName": "node-3", "conditions": {"ready": false}}
+            ]
+        }));
+        endpoints_by_port(&[&s])
+            .remove(&("http".to_string(), Protocol::Tcp))
+            .unwrap()
+    }
+
+    fn chosen(eps: &[Endpoint], node: &str, zone: Option<&str>) -> Vec<String> {
+        cluster_endpoints(eps, node, zone)
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn topology_hints_keep_traffic_in_the_zone_or_on_the_node_when_they_can() {
+        const A: &str = "10.244.1.2";
+        const B: &str = "10.244.2.2";
+        let zones = hinted(
+            json!({"forZones": [{"name": "zone-a"}]}),
+            json!({"forZones": [{"name": "zone-b"}]}),
+        );
+        assert_eq!(chosen(&zones, "node-1", Some("zone-a")), [A]);
+        assert_eq!(chosen(&zones, "node-9", Some("zone-b")), [B]);
+        // No endpoint for the node's zone, or a node without a zone: all.
+        assert_eq!(chosen(&zones, "node-9", Some("zone-c")), [A, B]);
+        assert_eq!(chosen(&zones, "node-1", None), [A, B]);
+        // One ready endpoint without hints: the hints are not used at all.
+        let partial = hinted(json!({"forZones": [{"name": "zone-a"}]}), json!(null));
+        assert_eq!(chosen(&partial, "node-1", Some("zone-a")), [A, B]);
+        // Node hints come first, and fall back to zone hints.
+        let both = hinted(
+            json!({"forNodes": [{"name": "node-1"}], "forZones": [{"name": "zone-x"}]}),
+            json!({"forNodes": [{"name": "node-2"}], "forZones": [{"name": "zone-x"}]}),
+        );
+        assert_eq!(chosen(&both, "node-2", Some("zone-x")), [B]);
+        assert_eq!(chosen(&both, "node-9", Some("zone-x")), [A, B]);
+        assert_eq!(chosen(&both, "node-9", Some("zone-y")), [A, B]);
+        // Nothing ready: the terminating fallback ignores topology.
+        let draining: Vec<Endpoint> = zones
+            .iter()
+            .map(|e| Endpoint {
+                ready: false,
+                terminating: true,
+                ..e.clone()
+            })
+            .collect();
+        assert_eq!(
+            chosen(&draining, "node-1", Some("zone-a")),
+            [A, B, "10.244.3.2"]
+        );
     }
 
     #[test]

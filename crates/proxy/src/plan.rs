@@ -24,7 +24,8 @@ use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 use crate::model::{
-    usable, Endpoint, PortEndpoints, Protocol, ServiceInfo, ServicePortInfo, SourceRanges,
+    cluster_endpoints, usable, Endpoint, PortEndpoints, Protocol, ServiceInfo, ServicePortInfo,
+    SourceRanges,
 };
 use crate::table::{self, Collection, Pick};
 
@@ -37,6 +38,8 @@ pub struct NodeContext {
     pub cluster_cidrs: Vec<Ipv4Net>,
     /// Where NodePorts answer.
     pub nodeport_addresses: NodePortAddresses,
+    /// The node's `topology.kubernetes.io/zone`, for topology hints.
+    pub zone: Option<String>,
 }
 
 /// The node addresses NodePorts answer on (kube-proxy's
@@ -265,7 +268,7 @@ fn plan_port(
 ) {
     let names = PortNames::new(svc, port);
     let proto = port.protocol.nft();
-    let all = usable(eps);
+    let all = cluster_endpoints(eps, &ctx.node, ctx.zone.as_deref());
     let local = usable(eps.iter().filter(|e| e.is_local(&ctx.node)));
     rules.hairpin.extend(local.iter().map(|e| e.ip));
     if let Some(ip) = port.cluster_ip {
@@ -584,6 +587,7 @@ mod tests {
             node: "node-1".into(),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             nodeport_addresses: NodePortAddresses::EveryLocal,
+            zone: None,
         }
     }
 
@@ -624,6 +628,7 @@ mod tests {
             ready,
             serving: ready,
             terminating: false,
+            hints: None,
         }
     }
 

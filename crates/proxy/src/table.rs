@@ -345,6 +345,7 @@ mod tests {
             node: "n".into(),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             nodeport_addresses: NodePortAddresses::EveryLocal,
+            zone: None,
         };
         let script = base_script(&ctx);
         for (name, _, _) in COLLECTIONS {
@@ -367,6 +368,7 @@ mod tests {
                 "198.18.0.11".parse().unwrap(),
                 "198.18.1.11".parse().unwrap(),
             ]),
+            zone: None,
         };
         let script = base_script(&ctx);
         assert!(
@@ -388,6 +390,7 @@ mod tests {
             node: "n".into(),
             cluster_cidrs: vec![],
             nodeport_addresses: NodePortAddresses::EveryLocal,
+            zone: None,
         };
         assert!(!base_script(&ctx).contains("mark-if-off-cluster jump"));
     }

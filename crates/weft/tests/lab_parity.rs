@@ -66,6 +66,22 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-close}
+spec:
+  trafficDistribution: PreferClose
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-same-node}
+spec:
+  trafficDistribution: PreferSameNode
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: empty}
 spec:
   selector: {app: nothing}
@@ -92,6 +108,16 @@ spec:
 
 /// What clients of `lab` observe, per scenario.
 fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
+    // Two zones, labelled before any endpoint exists: the EndpointSlice
+    // controller hints each endpoint with its node's zone (and node).
+    for (node, zone) in [("node-1", "zone-a"), ("node-2", "zone-b")] {
+        lab.kubectl_ok(&[
+            "label",
+            "node",
+            node,
+            &format!("topology.kubernetes.io/zone={zone}"),
+        ]);
+    }
     lab.apply_ok(MANIFEST);
     // Both servers answer through the ClusterIP from a pod and a node, and
     // the NodePorts answer: every node's proxy has the Services.
@@ -103,6 +129,18 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
             && outcomes(lab, "external", "198.18.0.12:30101", 1) == "ok"
     });
     assert!(ready.is_some(), "{}: the Services never answered", lab.name);
+    // The hinted Services answer from their own zone's or node's server
+    // once the hints are written (and read); give them that moment.
+    wait_until(Duration::from_secs(10), || {
+        answers(lab, "client", "svc/default/web-close", 8, "/hostname") == "ok server-a"
+            && answers(
+                lab,
+                "node/node-2",
+                "svc/default/web-same-node",
+                8,
+                "/hostname",
+            ) == "ok server-b"
+    });
     let cluster_ip = cluster_ip(lab, "web");
     let client_ip = lab.pod_ip("client");
     let mut seen = BTreeMap::new();
@@ -141,6 +179,20 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
     seen.insert(
         "nodeport-from-pod-via-other-node",
         outcomes(lab, "server-a", "198.18.0.12:30100", 12),
+    );
+    seen.insert(
+        "topology-prefer-close-from-zone-a",
+        answers(lab, "client", "svc/default/web-close", 20, "/hostname"),
+    );
+    seen.insert(
+        "topology-prefer-same-node-from-node-2",
+        answers(
+            lab,
+            "node/node-2",
+            "svc/default/web-same-node",
+            20,
+            "/hostname",
+        ),
     );
     seen.insert(
         "no-endpoints",

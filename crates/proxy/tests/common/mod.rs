@@ -11,6 +11,7 @@ pub fn ctx() -> NodeContext {
         node: "node-1".into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         nodeport_addresses: weft_proxy::plan::NodePortAddresses::EveryLocal,
+        zone: None,
     }
 }
 
