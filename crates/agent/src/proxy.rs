@@ -1,6 +1,6 @@
 //! The Service proxy's loop inside the agent: follow Services,
-//! EndpointSlices and Nodes through the cluster seam, fully sync once both
-//! lists are complete, then apply only the Services that changed. Also
+//! EndpointSlices, Nodes and ServiceCIDRs through the cluster seam, fully
+//! sync once the Service and EndpointSlice lists are complete, then apply only the Services that changed. Also
 //! renews the node heartbeat, announces the LoadBalancer addresses this
 //! node owns (ARP) and serves the healthCheckNodePorts. No externalIP may
 //! take a node's InternalIP (from the Nodes) or one of this node's
@@ -23,6 +23,7 @@ use futures::{FutureExt, StreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use weft_cluster::cache::{object_key, Cache};
 use weft_cluster::{ClusterError, ClusterState, Event, EventStream, Warning};
 use weft_datapath::arp::ArpResponder;
@@ -122,11 +123,12 @@ fn run<C: ClusterState>(cluster: &C, opts: &ProxyOptions) -> Result<()> {
     rt.block_on(async { Proxy::start(cluster.clone(), opts)?.follow().await })
 }
 
-/// The three watches the proxy follows.
+/// The watches the proxy follows.
 struct Watches {
     services: EventStream<Service>,
     slices: EventStream<EndpointSlice>,
     nodes: EventStream<Node>,
+    service_cidrs: EventStream<ServiceCIDR>,
 }
 
 impl Watches {
@@ -136,6 +138,7 @@ impl Watches {
             services: cluster.watch_without(UNWATCHED_LABELS),
             slices: cluster.watch_without(UNWATCHED_LABELS),
             nodes: cluster.watch(),
+            service_cidrs: cluster.watch(),
         }
     }
 }
@@ -173,6 +176,8 @@ struct Proxy<'a, C> {
     proxier: Proxier,
     state: ServiceState,
     nodes: Cache<Node>,
+    /// The service ranges: addresses in them no Service has are dropped.
+    service_cidrs: Cache<ServiceCIDR>,
     /// This node's own IPv4 addresses (read at each heartbeat).
     local_addresses: BTreeSet<Ipv4Addr>,
     /// Which lists have completed at least once.
@@ -197,6 +202,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
             cluster_cidrs: opts.cluster_cidrs.clone(),
             nodeport_addresses: opts.nodeport_addresses.resolve(&BTreeSet::new()),
             zone: None,
+            service_cidrs: vec![],
         };
         let arp = match ArpResponder::start(&opts.iface) {
             Ok(a) => Some(a),
@@ -212,6 +218,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
             ctx,
             state: ServiceState::new(opts.external_ip_cidrs.clone(), opts.reserved_ports.clone()),
             nodes: Cache::new(object_key),
+            service_cidrs: Cache::new(object_key),
             local_addresses: BTreeSet::new(),
             services_listed: false,
             slices_listed: false,
@@ -240,6 +247,7 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
                 e = watches.services.next() => self.take_service(e),
                 e = watches.slices.next() => self.take_slice(e),
                 e = watches.nodes.next() => self.take_node(e),
+                e = watches.service_cidrs.next() => self.take_service_cidr(e),
                 _ = check.tick() => {
                     if self.opts.program && (!self.proxier.is_synced() || self.proxier.drifted()?) {
                         tracing::warn!("the Service table differs from what was applied; full sync");
@@ -288,6 +296,10 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
             }
             while let Some(e) = watches.nodes.next().now_or_never() {
                 self.take_node(e);
+                took = true;
+            }
+            while let Some(e) = watches.service_cidrs.next().now_or_never() {
+                self.take_service_cidr(e);
                 took = true;
             }
             if !took {
@@ -349,6 +361,28 @@ impl<'a, C: ClusterState> Proxy<'a, C> {
         log_report(&report, &self.opts.health.metrics);
         release_freed_memory();
         self.after_sync().await
+    }
+
+    fn take_service_cidr(&mut self, item: Option<Result<Event<ServiceCIDR>, ClusterError>>) {
+        if !event(item).is_some_and(|event| self.service_cidrs.apply(event)) {
+            return;
+        }
+        let mut cidrs: Vec<Ipv4Net> = self
+            .service_cidrs
+            .values()
+            .flat_map(|c| c.spec.iter().flat_map(|s| s.cidrs.iter().flatten()))
+            .filter_map(|text| text.parse().ok())
+            .collect();
+        cidrs.sort();
+        cidrs.dedup();
+        if cidrs != self.ctx.service_cidrs {
+            tracing::info!(?cidrs, "the service ranges changed; full sync");
+            let ctx = NodeContext {
+                service_cidrs: cidrs,
+                ..self.ctx.clone()
+            };
+            self.change_context(ctx);
+        }
     }
 
     /// Every node's InternalIP and ExternalIP (from the Nodes) and this

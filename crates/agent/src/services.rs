@@ -458,6 +458,7 @@ mod tests {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             nodeport_addresses: weft_proxy::plan::NodePortAddresses::EveryLocal,
             zone: None,
+            service_cidrs: vec![],
         }
     }
 

@@ -171,7 +171,8 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
     layout.save(&state)?;
     let result = (|| -> Result<()> {
         if !opts.kubernetes {
-            Store::open(&layout.store())?;
+            let store = Store::open(&layout.store())?;
+            store.put_typed(&services::default_service_cidr(service_cidr))?;
         }
         rt.block_on(underlay::create(&layout.underlay_ns()))?;
         report(Event::UnderlayCreated {

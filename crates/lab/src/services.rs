@@ -20,6 +20,8 @@ use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
     ServiceStatus, SessionAffinityConfig,
 };
+use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use weft_proxy::model::ingress_ips;
@@ -34,6 +36,22 @@ const DEFAULT_AFFINITY_SECONDS: i32 = 10_800;
 const MAX_AFFINITY_SECONDS: i32 = 86_400;
 /// `clusterIP: None`.
 pub const HEADLESS: &str = "None";
+
+/// The ServiceCIDR holding the lab's service range, named as the API
+/// server names the one it makes from `--service-cluster-ip-range`. The
+/// agents drop traffic to addresses of it that no Service has.
+pub fn default_service_cidr(cidr: Ipv4Net) -> ServiceCIDR {
+    ServiceCIDR {
+        metadata: ObjectMeta {
+            name: Some("kubernetes".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceCIDRSpec {
+            cidrs: Some(vec![cidr.to_string()]),
+        }),
+        status: None,
+    }
+}
 
 /// Where the allocators take from.
 #[derive(Debug, Clone)]

@@ -40,6 +40,9 @@ pub struct NodeContext {
     pub nodeport_addresses: NodePortAddresses,
     /// The node's `topology.kubernetes.io/zone`, for topology hints.
     pub zone: Option<String>,
+    /// The service ranges (ServiceCIDRs): new connections to an address in
+    /// them that no Service has are dropped.
+    pub service_cidrs: Vec<Ipv4Net>,
 }
 
 /// The node addresses NodePorts answer on (kube-proxy's
@@ -588,6 +591,7 @@ mod tests {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             nodeport_addresses: NodePortAddresses::EveryLocal,
             zone: None,
+            service_cidrs: vec![],
         }
     }
 

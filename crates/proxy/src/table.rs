@@ -267,7 +267,9 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<Hook>, Vec<String
         (
             "cluster-ips-check",
             None,
-            vec![format!("ip daddr @{CLUSTER_IPS} goto {REJECT_CHAIN}")],
+            std::iter::once(format!("ip daddr @{CLUSTER_IPS} goto {REJECT_CHAIN}"))
+                .chain(unallocated_cluster_ips(ctx))
+                .collect(),
         ),
         (
             REJECT_CHAIN,
@@ -291,6 +293,17 @@ fn base_chains(ctx: &NodeContext) -> Vec<(&'static str, Option<Hook>, Vec<String
             ],
         ),
     ]
+}
+
+/// The rule that drops new connections to an address of the service
+/// ranges that no Service has (they would leave the node by its default
+/// route); none when the ranges are unknown.
+fn unallocated_cluster_ips(ctx: &NodeContext) -> Option<String> {
+    if ctx.service_cidrs.is_empty() {
+        return None;
+    }
+    let cidrs: Vec<String> = ctx.service_cidrs.iter().map(|c| c.to_string()).collect();
+    Some(format!("ip daddr {{ {} }} drop", cidrs.join(", ")))
 }
 
 /// The rule that sends NodePort traffic through `map`, on the addresses
@@ -346,6 +359,7 @@ mod tests {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             nodeport_addresses: NodePortAddresses::EveryLocal,
             zone: None,
+            service_cidrs: vec![],
         };
         let script = base_script(&ctx);
         for (name, _, _) in COLLECTIONS {
@@ -357,6 +371,31 @@ mod tests {
         assert!(script.contains(
             "add rule ip weft-proxy mark-if-off-cluster ip saddr 10.244.0.0/16 return\nadd rule ip weft-proxy mark-if-off-cluster jump mark-for-masquerade\n"
         ));
+        assert!(
+            !script.contains(" drop"),
+            "no service ranges known: {script}"
+        );
+    }
+
+    #[test]
+    fn unallocated_cluster_ips_of_the_service_ranges_are_dropped_after_the_known_ones() {
+        let ctx = NodeContext {
+            node: "n".into(),
+            cluster_cidrs: vec![],
+            nodeport_addresses: NodePortAddresses::EveryLocal,
+            zone: None,
+            service_cidrs: vec![
+                "10.96.0.0/16".parse().unwrap(),
+                "10.97.0.0/24".parse().unwrap(),
+            ],
+        };
+        let script = base_script(&ctx);
+        assert!(
+            script.contains(
+                "add rule ip weft-proxy cluster-ips-check ip daddr @cluster-ips goto reject-chain\nadd rule ip weft-proxy cluster-ips-check ip daddr { 10.96.0.0/16, 10.97.0.0/24 } drop\n"
+            ),
+            "{script}"
+        );
     }
 
     #[test]
@@ -369,6 +408,7 @@ mod tests {
                 "198.18.1.11".parse().unwrap(),
             ]),
             zone: None,
+            service_cidrs: vec![],
         };
         let script = base_script(&ctx);
         assert!(
@@ -391,6 +431,7 @@ mod tests {
             cluster_cidrs: vec![],
             nodeport_addresses: NodePortAddresses::EveryLocal,
             zone: None,
+            service_cidrs: vec![],
         };
         assert!(!base_script(&ctx).contains("mark-if-off-cluster jump"));
     }

@@ -58,6 +58,7 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
         ("patch", "nodes/status", "default"),
         ("watch", "services", "default"),
         ("watch", "endpointslices.discovery.k8s.io", "default"),
+        ("watch", "servicecidrs.networking.k8s.io", "default"),
         ("patch", "services/status", "default"),
         ("create", "events.events.k8s.io", "default"),
         ("create", "leases.coordination.k8s.io", "kube-node-lease"),

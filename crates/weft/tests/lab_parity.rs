@@ -206,6 +206,18 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
         "unallocated-clusterip",
         outcomes(lab, "client", "10.96.255.254:80", 2),
     );
+    // From a node a drop shows: the datagram is not sent (EPERM) rather
+    // than lost on the way.
+    seen.insert(
+        "unallocated-clusterip-udp-from-node",
+        lab.probe_udp("node/node-2", "10.96.255.254:53", 2)
+            .into_iter()
+            .map(|(outcome, answer)| format!("{outcome} {answer}"))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     // NodePorts on an address of the node other than its InternalIP: the
     // gateway of the client's pod subnet (node-1's bridge).
     let gateway = format!("{}.1", client_ip.rsplit_once('.').unwrap().0);

@@ -147,6 +147,16 @@ fn affinity_sticks_and_services_without_endpoints_refuse(#[case] mode: Mode) {
         );
     }
 
+    // An address of the service range no Service has: dropped, so a
+    // node's datagram is not even sent (it would leave by the node's
+    // routes otherwise).
+    for (outcome, why) in lab.probe_udp("node/node-1", "10.96.255.254:53", 2) {
+        assert!(
+            outcome == "error" && why.contains("Operation not permitted"),
+            "{outcome} {why}"
+        );
+    }
+
     // The Service existed first; its first endpoint arrives now.
     lab.apply_ok("apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: demo, labels: {app: nothing}}\nspec:\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}, {containerPort: 8081, protocol: UDP}]}]\n",
     );

@@ -12,6 +12,7 @@ pub fn ctx() -> NodeContext {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         nodeport_addresses: weft_proxy::plan::NodePortAddresses::EveryLocal,
         zone: None,
+        service_cidrs: vec![],
     }
 }
 

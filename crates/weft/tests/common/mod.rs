@@ -327,20 +327,30 @@ impl Lab {
         count: u32,
         path: &str,
     ) -> Vec<(String, String)> {
+        self.probe_with(from, to, count, &["--http-path", path])
+    }
+
+    /// `count` UDP probes (netexec's `hostname` command), as
+    /// [`Lab::probe_http`].
+    pub fn probe_udp(&self, from: &str, to: &str, count: u32) -> Vec<(String, String)> {
+        self.probe_with(from, to, count, &["--protocol", "udp"])
+    }
+
+    /// `weft lab probe` with `extra` arguments: each attempt's outcome and
+    /// answer.
+    fn probe_with(
+        &self,
+        from: &str,
+        to: &str,
+        count: u32,
+        extra: &[&str],
+    ) -> Vec<(String, String)> {
         let count = count.to_string();
-        let out = self.weft(&[
-            "probe",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--count",
-            &count,
-            "--http-path",
-            path,
-            "-o",
-            "json",
-        ]);
+        let mut args = vec![
+            "probe", "--from", from, "--to", to, "--count", &count, "-o", "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.weft(&args);
         let v: Value = serde_json::from_str(&text(&out.stdout))
             .unwrap_or_else(|_| panic!("probe JSON: {}{}", text(&out.stdout), text(&out.stderr)));
         v["results"]
