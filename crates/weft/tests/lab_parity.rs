@@ -240,7 +240,224 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
         udp_endpoint_replaced_while_down(lab),
     );
     load_balancers(lab, &mut seen);
+    policies_and_addresses(lab, &mut seen);
+    health_check_node_ports(lab, &mut seen);
     seen
+}
+
+/// Affinity, externalIPs, internalTrafficPolicy, hairpin through a
+/// LoadBalancer address and LoadBalancer ingress `ipMode`.
+const POLICIES: &str = "apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: server}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  selector: {app: server}
+  externalIPs: [198.19.0.80]
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext-node}
+spec:
+  selector: {app: server}
+  externalIPs: [198.18.0.12]
+  ports: [{port: 8888, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp-local}
+spec:
+  selector: {local: only}
+  internalTrafficPolicy: Local
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mode-proxy}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: example.com/elsewhere
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mode-vip}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: example.com/elsewhere
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+fn policies_and_addresses(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) {
+    lab.apply_ok(POLICIES);
+    // Another implementation's load balancer writes these (a class no
+    // allocator here serves): one whose address it proxies itself.
+    for (name, ip, mode) in [
+        ("mode-proxy", "198.18.0.200", "Proxy"),
+        ("mode-vip", "198.18.0.201", "VIP"),
+    ] {
+        let status = format!(
+            r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{ip}","ipMode":"{mode}"}}]}}}}}}"#
+        );
+        lab.kubectl_ok(&[
+            "patch",
+            "service",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    }
+    let ready = wait_until(Duration::from_secs(10), || {
+        outcomes(lab, "client", "svc/default/sticky", 1) == "ok"
+            && outcomes(lab, "client", "198.18.0.201:80", 1) == "ok"
+    });
+    assert!(
+        ready.is_some(),
+        "{}: the policy Services never answered",
+        lab.name
+    );
+    let sticky = lab.probe_http("client", "svc/default/sticky", 12, "/hostname");
+    let servers: BTreeSet<&String> = sticky.iter().map(|(_, answer)| answer).collect();
+    seen.insert(
+        "affinity-client-ip",
+        format!("{} distinct answer(s)", servers.len()),
+    );
+    seen.insert(
+        "externalip-from-pod",
+        outcomes(lab, "client", "198.19.0.80:80", 2),
+    );
+    seen.insert(
+        "externalip-on-a-node-address",
+        outcomes(lab, "external", "198.18.0.12:8888", 2),
+    );
+    seen.insert(
+        "internal-traffic-policy-local-without-local-endpoint",
+        outcomes(lab, "client", "svc/default/itp-local", 2),
+    );
+    seen.insert(
+        "internal-traffic-policy-local-with-local-endpoint",
+        answers(lab, "node/node-2", "svc/default/itp-local", 6, "/hostname"),
+    );
+    let lb = load_balancer_ip(lab, "lb");
+    seen.insert(
+        "loadbalancer-hairpin",
+        answers(lab, "server-a", &format!("{lb}:80"), 12, "/hostname"),
+    );
+    seen.insert(
+        "loadbalancer-hairpin-source",
+        sources(
+            lab,
+            "server-a",
+            &format!("{lb}:80"),
+            &lab.pod_ip("server-a"),
+        ),
+    );
+    seen.insert(
+        "loadbalancer-ipmode-vip-from-pod",
+        outcomes(lab, "client", "198.18.0.201:80", 2),
+    );
+    seen.insert(
+        "loadbalancer-ipmode-proxy-from-pod",
+        outcomes(lab, "client", "198.18.0.200:80", 2),
+    );
+}
+
+/// `externalTrafficPolicy: Local` LoadBalancers' healthCheckNodePorts, as
+/// a cloud load balancer probes them: on a node with a ready local
+/// endpoint, on one without, and while the last local endpoint terminates
+/// (still serving).
+fn health_check_node_ports(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) {
+    lab.apply_ok(
+        "apiVersion: v1
+kind: Service
+metadata: {name: lb-local}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  selector: {local: only}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-draining}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32101
+  selector: {app: draining}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: draining, labels: {app: draining}}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 30
+  containers: [{name: c, image: agnhost, args: [netexec, --http-port=8080, --delay-shutdown=20], ports: [{containerPort: 8080}]}]
+",
+    );
+    let health = |node: &str, port: u16| -> String {
+        let (outcome, answer) = lab
+            .probe_http("external", &format!("{node}:{port}"), 1, "/")
+            .remove(0);
+        match outcome.as_str() {
+            "ok" => "200".into(),
+            _ if answer.contains("HTTP 503") => "503".into(),
+            _ => format!("{outcome} {answer}"),
+        }
+    };
+    let ready = wait_until(Duration::from_secs(10), || {
+        health("198.18.0.12", 32100) == "200" && health("198.18.0.11", 32101) == "200"
+    });
+    assert!(
+        ready.is_some(),
+        "{}: the healthCheckNodePorts never answered 200",
+        lab.name
+    );
+    seen.insert(
+        "health-check-node-port",
+        format!(
+            "with a local endpoint {}, without {}",
+            health("198.18.0.12", 32100),
+            health("198.18.0.11", 32100)
+        ),
+    );
+    lab.kubectl_ok(&["delete", "pod", "draining", "--wait=false"]);
+    wait_until(Duration::from_secs(10), || {
+        health("198.18.0.11", 32101) != "200"
+    });
+    seen.insert(
+        "health-check-node-port-while-terminating",
+        health("198.18.0.11", 32101),
+    );
+}
+
+/// The first LoadBalancer address of Service `default/<name>`.
+fn load_balancer_ip(lab: &Lab, name: &str) -> String {
+    lab.json(&["get", "services", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == name)
+        .and_then(|s| {
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(String::from)
+        })
+        .unwrap_or_else(|| panic!("no Service {name} with a LoadBalancer address"))
 }
 
 /// LoadBalancer Services, their addresses from the agents' allocator and
