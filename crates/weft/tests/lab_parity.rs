@@ -239,6 +239,10 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
         "udp-endpoint-replaced-while-the-proxy-is-down",
         udp_endpoint_replaced_while_down(lab),
     );
+    seen.insert(
+        "udp-flow-to-a-terminating-endpoint",
+        udp_flow_to_terminating(lab),
+    );
     load_balancers(lab, &mut seen);
     policies_and_addresses(lab, &mut seen);
     health_check_node_ports(lab, &mut seen);
@@ -567,6 +571,63 @@ spec:
         Some(_) => "dns-b answers".into(),
         None => "not answered within 10 s".into(),
     }
+}
+
+/// A client pod's UDP flow (one socket) to a pod that starts terminating
+/// (still serving, for 15 s) while another pod of the Service is ready:
+/// which pod answers the flow in the seconds after?
+fn udp_flow_to_terminating(lab: &Lab) -> String {
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: udp-drain}}}}
+spec:
+  nodeName: node-2
+  terminationGracePeriodSeconds: 30
+  containers: [{{name: c, image: agnhost, args: [netexec, --http-port=8080, --udp-port=8081, --delay-shutdown=15], ports: [{{containerPort: 8081, protocol: UDP}}]}}]
+"
+        )
+    };
+    lab.apply_ok(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: udp-drain}}
+spec:
+  selector: {{app: udp-drain}}
+  ports: [{{port: 53, protocol: UDP, targetPort: 8081}}]
+---
+{}",
+        pod("udp-old")
+    ));
+    let vip = cluster_ip(lab, "udp-drain");
+    let target: std::net::SocketAddr = format!("{vip}:53").parse().unwrap();
+    let socket = lab
+        .pod_netns("client")
+        .run_in(|| std::net::UdpSocket::bind("0.0.0.0:40055"))
+        .unwrap()
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let ask = || -> Option<String> {
+        socket.send_to(b"hostname", target).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = wait_until(Duration::from_secs(10), || {
+        ask().as_deref() == Some("udp-old")
+    });
+    assert!(first.is_some(), "{}: udp-old never answered", lab.name);
+    lab.apply_ok(&pod("udp-new"));
+    lab.kubectl_ok(&["delete", "pod", "udp-old", "--wait=false"]);
+    // Both proxies have seen the change well within this.
+    std::thread::sleep(Duration::from_secs(3));
+    let answers: BTreeSet<String> = (0..4)
+        .map(|_| ask().unwrap_or_else(|| "no answer".into()))
+        .collect();
+    answers.into_iter().collect::<Vec<_>>().join(", ")
 }
 
 /// A UDP client that sent to a NodePort before its Service and endpoint
