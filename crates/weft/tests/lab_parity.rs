@@ -235,10 +235,7 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
         },
     );
     seen.insert("udp-nodeport-after-first-endpoint", udp_first_endpoint(lab));
-    seen.insert(
-        "udp-endpoint-replaced-while-the-proxy-is-down",
-        udp_endpoint_replaced_while_down(lab),
-    );
+    proxy_restart(lab, &mut seen);
     seen.insert(
         "udp-flow-to-a-terminating-endpoint",
         udp_flow_to_terminating(lab),
@@ -523,10 +520,11 @@ spec:
     )
 }
 
-/// A client pod's UDP flow (one socket) to a Service whose only endpoint
-/// is replaced while the proxy of the client's node is down: does the
-/// flow reach the new endpoint once the proxy is back?
-fn udp_endpoint_replaced_while_down(lab: &Lab) -> String {
+/// The proxy of the client's node stopped and started again: do Services
+/// keep answering while it is down, and does a client pod's UDP flow (one
+/// socket) to a Service whose only endpoint is replaced meanwhile reach
+/// the new endpoint once the proxy is back?
+fn proxy_restart(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) {
     lab.apply_ok(&format!(
         "apiVersion: v1
 kind: Service
@@ -559,18 +557,27 @@ spec:
     });
     assert!(first.is_some(), "{}: dns-a never answered", lab.name);
     lab.ok(&["node", "stop", "node-1"]);
+    seen.insert(
+        "clusterip-while-the-proxy-is-down",
+        answers(lab, "client", "svc/default/web", 12, "/hostname"),
+    );
     lab.apply_ok(&dns_pod("dns-b"));
     lab.ok(&["delete", "pod", "dns-a"]);
     for _ in 0..5 {
         let _ = ask();
     }
     lab.ok(&["node", "start", "node-1"]);
-    match wait_until(Duration::from_secs(10), || {
+    let replaced = match wait_until(Duration::from_secs(10), || {
         ask().as_deref() == Some("dns-b")
     }) {
         Some(_) => "dns-b answers".into(),
         None => "not answered within 10 s".into(),
-    }
+    };
+    seen.insert("udp-endpoint-replaced-while-the-proxy-is-down", replaced);
+    seen.insert(
+        "clusterip-after-the-proxy-restarts",
+        answers(lab, "client", "svc/default/web", 12, "/hostname"),
+    );
 }
 
 /// A client pod's UDP flow (one socket) to a pod that starts terminating
