@@ -24,8 +24,8 @@ use weft_cluster::cache::Relist;
 use weft_cluster::Event;
 use weft_proxy::external::{ExternalIpPolicy, Refused};
 use weft_proxy::model::{
-    self, endpoints_by_port, PackedEndpoints, PortEndpoints, ServiceInfo, ServiceKey, Skipped,
-    SERVICE_NAME_LABEL,
+    self, endpoints_by_port, PackedEndpoints, Place, PortEndpoints, ServiceInfo, ServiceKey,
+    Skipped, SERVICE_NAME_LABEL,
 };
 use weft_proxy::plan::{plan_service, NodeContext, ServiceRules};
 
@@ -38,8 +38,8 @@ pub struct ServiceState {
     slices: HashMap<SliceId, (ServiceKey, PackedEndpoints)>,
     /// Each Service's slice names (usually one).
     slices_of: HashMap<ServiceKey, Vec<Arc<str>>>,
-    /// Node names, one copy each, shared by the endpoints.
-    nodes: HashSet<Arc<str>>,
+    /// Endpoints' places (node, hints), one copy each, shared.
+    places: HashSet<Arc<Place>>,
     /// The externalIP rules; its reserved ports are the agent's own plus
     /// every healthCheckNodePort.
     policy: ExternalIpPolicy,
@@ -267,7 +267,7 @@ impl ServiceState {
                 .push(id.name.clone());
             let mut endpoints = endpoints_by_port(&[slice]);
             for ep in endpoints.values_mut().flatten() {
-                ep.node = ep.node.take().map(|n| self.node_name(n));
+                ep.place = self.shared_place(ep.place.clone());
             }
             self.slices
                 .insert(id, (key.clone(), model::pack(endpoints)));
@@ -300,13 +300,13 @@ impl ServiceState {
             .unwrap_or(key)
     }
 
-    /// The shared copy of a node's name.
-    fn node_name(&mut self, name: Arc<str>) -> Arc<str> {
-        if let Some(known) = self.nodes.get(&name) {
+    /// The shared copy of an endpoint's place.
+    fn shared_place(&mut self, place: Arc<Place>) -> Arc<Place> {
+        if let Some(known) = self.places.get(&place) {
             return known.clone();
         }
-        self.nodes.insert(name.clone());
-        name
+        self.places.insert(place.clone());
+        place
     }
 
     pub fn info(&self, key: &ServiceKey) -> Option<&ServiceInfo> {
@@ -406,7 +406,7 @@ impl ServiceState {
                         .unwrap_or_default();
                     model::usable(&list)
                         .into_iter()
-                        .filter_map(|e| e.node.as_deref().map(String::from))
+                        .filter_map(|e| e.node().map(String::from))
                         .collect::<BTreeSet<String>>()
                 });
                 for ip in &port.load_balancer_ips {

@@ -333,57 +333,49 @@ fn port_number(p: &ServicePort, n: i32) -> Result<u16, Skipped> {
 pub struct Endpoint {
     pub ip: Ipv4Addr,
     pub port: u16,
-    /// Shared: 100,000 endpoints name a few hundred nodes.
-    pub node: Option<Arc<str>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// Its topology hints, when the EndpointSlice controller gave any
-    /// (`trafficDistribution`); shared by the endpoint's ports.
-    pub hints: Option<Arc<Hints>>,
-}
-
-/// Which zones' and nodes' traffic an endpoint should take
-/// (`hints.forZones`, `hints.forNodes`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Hints {
-    pub zones: Box<[Arc<str>]>,
-    pub nodes: Box<[Arc<str>]>,
-}
-
-impl Hints {
-    /// The hints of `hints`; `None` when it names no zone and no node.
-    fn read(hints: Option<&EndpointHints>) -> Option<Arc<Hints>> {
-        let hints = hints?;
-        let zones = hints
-            .for_zones
-            .iter()
-            .flatten()
-            .map(|z| Arc::from(z.name.as_str()));
-        let nodes = hints
-            .for_nodes
-            .iter()
-            .flatten()
-            .map(|n| Arc::from(n.name.as_str()));
-        let read = Hints {
-            zones: zones.collect(),
-            nodes: nodes.collect(),
-        };
-        (!read.zones.is_empty() || !read.nodes.is_empty()).then(|| Arc::new(read))
-    }
-
-    fn zones(hints: &Option<Arc<Hints>>) -> &[Arc<str>] {
-        hints.as_ref().map_or(&[], |h| &h.zones)
-    }
-
-    fn nodes(hints: &Option<Arc<Hints>>) -> &[Arc<str>] {
-        hints.as_ref().map_or(&[], |h| &h.nodes)
-    }
+    pub place: Arc<Place>,
 }
 
 impl Endpoint {
+    /// The node it runs on, when known.
+    pub fn node(&self) -> Option<&str> {
+        self.place.node.as_deref()
+    }
+
     pub fn is_local(&self, node: &str) -> bool {
-        self.node.as_deref() == Some(node)
+        self.node() == Some(node)
+    }
+}
+
+/// Where an endpoint is: its node, and the topology hints the
+/// EndpointSlice controller gave it (`hints.forZones`, `hints.forNodes`,
+/// from `trafficDistribution`), which follow from that node. Shared:
+/// 100,000 endpoints are in a few hundred places.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Place {
+    pub node: Option<Box<str>>,
+    pub zone_hints: Box<[Box<str>]>,
+    pub node_hints: Box<[Box<str>]>,
+}
+
+impl Place {
+    /// The place of an endpoint on `node` with `hints`.
+    pub fn read(node: Option<&str>, hints: Option<&EndpointHints>) -> Arc<Place> {
+        let zones = hints.iter().flat_map(|h| h.for_zones.iter().flatten());
+        let nodes = hints.iter().flat_map(|h| h.for_nodes.iter().flatten());
+        Arc::new(Place {
+            node: node.map(Box::from),
+            zone_hints: zones.map(|z| Box::from(z.name.as_str())).collect(),
+            node_hints: nodes.map(|n| Box::from(n.name.as_str())).collect(),
+        })
+    }
+
+    /// The place of an endpoint on `node`, without hints.
+    pub fn on(node: &str) -> Arc<Place> {
+        Place::read(Some(node), None)
     }
 }
 
@@ -395,6 +387,12 @@ pub type PortEndpoints = BTreeMap<(String, Protocol), Vec<Endpoint>>;
 pub fn endpoints_by_port(slices: &[&EndpointSlice]) -> PortEndpoints {
     let mut out = PortEndpoints::new();
     for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let places: Vec<Arc<Place>> = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .map(|ep| Place::read(ep.node_name.as_deref(), ep.hints.as_ref()))
+            .collect();
         for port in slice.ports.iter().flatten() {
             let (Some(number), Some(protocol)) = (
                 port.port.and_then(|p| u16::try_from(p).ok()),
@@ -405,25 +403,23 @@ pub fn endpoints_by_port(slices: &[&EndpointSlice]) -> PortEndpoints {
             let list = out
                 .entry((port.name.clone().unwrap_or_default(), protocol))
                 .or_default();
-            for ep in slice.endpoints.iter().flatten() {
+            for (ep, place) in slice.endpoints.iter().flatten().zip(&places) {
                 let conditions = ep.conditions.clone().unwrap_or_default();
                 // As kube-proxy reads them: a nil `ready` or `serving`
                 // means true, a nil `terminating` false.
                 let ready = conditions.ready.unwrap_or(true);
                 let serving = conditions.serving.unwrap_or(true);
                 let terminating = conditions.terminating.unwrap_or(false);
-                let hints = Hints::read(ep.hints.as_ref());
                 // Only the first address, as kube-proxy: the others are
                 // the same pod's, not more endpoints.
                 if let Some(ip) = ep.addresses.first().and_then(|a| a.parse().ok()) {
                     list.push(Endpoint {
                         ip,
                         port: number,
-                        node: ep.node_name.as_deref().map(Arc::from),
                         ready,
                         serving,
                         terminating,
-                        hints,
+                        place: place.clone(),
                     });
                 }
             }
@@ -500,17 +496,17 @@ enum Topology<'a> {
 
 impl<'a> Topology<'a> {
     fn of(ready: &[&Endpoint], node: &'a str, zone: Option<&'a str>) -> Topology<'a> {
-        let hinted_for = |hints: fn(&Option<Arc<Hints>>) -> &[Arc<str>], place: &str| {
-            ready.iter().all(|e| !hints(&e.hints).is_empty())
+        let hinted_for = |hints: fn(&Place) -> &[Box<str>], place: &str| {
+            ready.iter().all(|e| !hints(&e.place).is_empty())
                 && ready
                     .iter()
-                    .any(|e| hints(&e.hints).iter().any(|h| &**h == place))
+                    .any(|e| hints(&e.place).iter().any(|h| &**h == place))
         };
         if ready.is_empty() {
             Topology::Anywhere
-        } else if hinted_for(Hints::nodes, node) {
+        } else if hinted_for(|p| &p.node_hints, node) {
             Topology::SameNode(node)
-        } else if let Some(zone) = zone.filter(|zone| hinted_for(Hints::zones, zone)) {
+        } else if let Some(zone) = zone.filter(|zone| hinted_for(|p| &p.zone_hints, zone)) {
             Topology::SameZone(zone)
         } else {
             Topology::Anywhere
@@ -518,11 +514,11 @@ impl<'a> Topology<'a> {
     }
 
     fn admits(self, endpoint: &Endpoint) -> bool {
-        let has = |hints: &[Arc<str>], place: &str| hints.iter().any(|h| &**h == place);
+        let has = |hints: &[Box<str>], place: &str| hints.iter().any(|h| &**h == place);
         match self {
             Topology::Anywhere => true,
-            Topology::SameNode(node) => has(Hints::nodes(&endpoint.hints), node),
-            Topology::SameZone(zone) => has(Hints::zones(&endpoint.hints), zone),
+            Topology::SameNode(node) => has(&endpoint.place.node_hints, node),
+            Topology::SameZone(zone) => has(&endpoint.place.zone_hints, zone),
         }
     }
 }

@@ -628,11 +628,10 @@ mod tests {
         Endpoint {
             ip: ip.parse().unwrap(),
             port: 8080,
-            node: Some(node.into()),
             ready,
             serving: ready,
             terminating: false,
-            hints: None,
+            place: crate::model::Place::on(node),
         }
     }
 

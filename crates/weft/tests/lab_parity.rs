@@ -242,6 +242,7 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
     );
     load_balancers(lab, &mut seen);
     policies_and_addresses(lab, &mut seen);
+    hand_written_slices(lab, &mut seen);
     health_check_node_ports(lab, &mut seen);
     seen
 }
@@ -373,6 +374,67 @@ fn policies_and_addresses(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) 
         "loadbalancer-ipmode-proxy-from-pod",
         outcomes(lab, "client", "198.18.0.200:80", 2),
     );
+}
+
+/// EndpointSlices written by hand (as another controller may), for
+/// Services without a selector, to reach what the EndpointSlice
+/// controller rarely writes: a pod's address reused while the old pod
+/// terminates (two slices), an endpoint with several addresses, and one
+/// with `serving` unset while it terminates.
+fn hand_written_slices(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) {
+    let (a, b) = (lab.pod_ip("server-a"), lab.pod_ip("server-b"));
+    let service = |name: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80, targetPort: 8080}}]\n")
+    };
+    let slice = |name: &str, service: &str, endpoints: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  labels: {{kubernetes.io/service-name: {service}, endpointslice.kubernetes.io/managed-by: parity-test}}
+addressType: IPv4
+ports: [{{port: 8080, protocol: TCP}}]
+endpoints: {endpoints}
+"
+        )
+    };
+    let manifest = [
+        service("reused"),
+        slice(
+            "reused-old",
+            "reused",
+            &format!("[{{addresses: [{a}], conditions: {{ready: false, serving: false, terminating: true}}}}]"),
+        ),
+        slice("reused-new", "reused", &format!("[{{addresses: [{a}], conditions: {{ready: true}}}}]")),
+        service("several"),
+        slice("several-1", "several", &format!("[{{addresses: [{b}, {a}]}}]")),
+        service("serving-unset"),
+        slice(
+            "serving-unset-1",
+            "serving-unset",
+            &format!("[{{addresses: [{a}], conditions: {{ready: false, terminating: true}}}}]"),
+        ),
+    ]
+    .join("---\n");
+    // EndpointSlices are not among `weft lab apply`'s kinds: kubectl's.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), manifest).unwrap();
+    lab.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    wait_until(Duration::from_secs(10), || {
+        outcomes(lab, "client", "svc/default/several", 1) == "ok"
+    });
+    for (scenario, service) in [
+        ("endpointslice-reused-address", "reused"),
+        ("endpointslice-several-addresses", "several"),
+        (
+            "endpointslice-serving-unset-while-terminating",
+            "serving-unset",
+        ),
+    ] {
+        let to = format!("svc/default/{service}");
+        seen.insert(scenario, answers(lab, "client", &to, 8, "/hostname"));
+    }
 }
 
 /// `externalTrafficPolicy: Local` LoadBalancers' healthCheckNodePorts, as
