@@ -582,42 +582,64 @@ spec:
     )
 }
 
+/// A client pod's UDP flow: one socket, one source port throughout, as a
+/// resolver keeps one, to a Service's clusterIP.
+struct UdpFlow {
+    socket: std::net::UdpSocket,
+    target: std::net::SocketAddr,
+}
+
+impl UdpFlow {
+    /// Creates UDP Service `name` (port 53, selecting `app: <name>`) with
+    /// `pod` (`first`, labelled so) as its endpoint; the flow from
+    /// `source_port`, once `first` answers it.
+    fn to_new_service(lab: &Lab, name: &str, pod: &str, first: &str, source_port: u16) -> UdpFlow {
+        lab.apply_ok(&format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: 53, protocol: UDP, targetPort: 8081}}]
+---
+{pod}"
+        ));
+        let vip = cluster_ip(lab, name);
+        let socket = lab
+            .pod_netns("client")
+            .run_in(|| std::net::UdpSocket::bind(("0.0.0.0", source_port)))
+            .unwrap()
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let flow = UdpFlow {
+            socket,
+            target: format!("{vip}:53").parse().unwrap(),
+        };
+        let answered = wait_until(Duration::from_secs(10), || {
+            flow.ask().as_deref() == Some(first)
+        });
+        assert!(answered.is_some(), "{}: {first} never answered", lab.name);
+        flow
+    }
+
+    /// netexec's `hostname` over the flow, or `None` without an answer.
+    fn ask(&self) -> Option<String> {
+        self.socket.send_to(b"hostname", self.target).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = self.socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
 /// The proxy of the client's node stopped and started again: do Services
 /// keep answering while it is down, and does a client pod's UDP flow (one
 /// socket) to a Service whose only endpoint is replaced meanwhile reach
 /// the new endpoint once the proxy is back?
 fn proxy_restart(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) {
-    lab.apply_ok(&format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: dns}}
-spec:
-  selector: {{app: dns}}
-  ports: [{{port: 53, protocol: UDP, targetPort: 8081}}]
----
-{}",
-        dns_pod("dns-a")
-    ));
-    let vip = cluster_ip(lab, "dns");
-    let target: std::net::SocketAddr = format!("{vip}:53").parse().unwrap();
-    let socket = lab
-        .pod_netns("client")
-        .run_in(|| std::net::UdpSocket::bind("0.0.0.0:40054"))
-        .unwrap()
-        .unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let ask = || -> Option<String> {
-        socket.send_to(b"hostname", target).ok()?;
-        let mut buf = [0u8; 64];
-        let (n, _) = socket.recv_from(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    };
-    let first = wait_until(Duration::from_secs(10), || {
-        ask().as_deref() == Some("dns-a")
-    });
-    assert!(first.is_some(), "{}: dns-a never answered", lab.name);
+    let flow = UdpFlow::to_new_service(lab, "dns", &dns_pod("dns-a"), "dns-a", 40054);
+    let ask = || flow.ask();
     lab.ok(&["node", "stop", "node-1"]);
     seen.insert(
         "clusterip-while-the-proxy-is-down",
@@ -658,37 +680,8 @@ spec:
 "
         )
     };
-    lab.apply_ok(&format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: udp-drain}}
-spec:
-  selector: {{app: udp-drain}}
-  ports: [{{port: 53, protocol: UDP, targetPort: 8081}}]
----
-{}",
-        pod("udp-old")
-    ));
-    let vip = cluster_ip(lab, "udp-drain");
-    let target: std::net::SocketAddr = format!("{vip}:53").parse().unwrap();
-    let socket = lab
-        .pod_netns("client")
-        .run_in(|| std::net::UdpSocket::bind("0.0.0.0:40055"))
-        .unwrap()
-        .unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let ask = || -> Option<String> {
-        socket.send_to(b"hostname", target).ok()?;
-        let mut buf = [0u8; 64];
-        let (n, _) = socket.recv_from(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    };
-    let first = wait_until(Duration::from_secs(10), || {
-        ask().as_deref() == Some("udp-old")
-    });
-    assert!(first.is_some(), "{}: udp-old never answered", lab.name);
+    let flow = UdpFlow::to_new_service(lab, "udp-drain", &pod("udp-old"), "udp-old", 40055);
+    let ask = || flow.ask();
     lab.apply_ok(&pod("udp-new"));
     lab.kubectl_ok(&["delete", "pod", "udp-old", "--wait=false"]);
     // Both proxies have seen the change well within this.
