@@ -181,6 +181,10 @@ fn observe(lab: &Lab) -> BTreeMap<&'static str, String> {
         outcomes(lab, "server-a", "198.18.0.12:30100", 12),
     );
     seen.insert(
+        "nodeport-from-pod-via-own-node",
+        answers(lab, "server-a", "198.18.0.11:30100", 12, "/hostname"),
+    );
+    seen.insert(
         "topology-prefer-close-from-zone-a",
         answers(lab, "client", "svc/default/web-close", 20, "/hostname"),
     );
@@ -543,6 +547,24 @@ spec:
   loadBalancerSourceRanges: [198.18.0.100/32]
   selector: {app: nothing}
   ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-ranged-out}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [198.18.0.100/32]
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-ranged-in}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [198.18.0.0/30]
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
 ",
     );
     let answered = wait_until(Duration::from_secs(15), || {
@@ -566,6 +588,18 @@ spec:
     seen.insert(
         "source-ranges-without-endpoints",
         outcomes(lab, "external", "svc/default/lb-ranged-empty", 2),
+    );
+    // With endpoints: a client outside the ranges, and one inside.
+    wait_until(Duration::from_secs(10), || {
+        outcomes(lab, "external", "svc/default/lb-ranged-in", 1) == "ok"
+    });
+    seen.insert(
+        "source-ranges-client-outside",
+        outcomes(lab, "external", "svc/default/lb-ranged-out", 2),
+    );
+    seen.insert(
+        "source-ranges-client-inside",
+        outcomes(lab, "external", "svc/default/lb-ranged-in", 2),
     );
 }
 
