@@ -1,11 +1,13 @@
 //! Kubernetes manifests as the lab accepts them: multi-document YAML (or
-//! JSON) with Namespaces, Pods, Deployments, Services and Lists of those,
+//! JSON) with Namespaces, Pods, Deployments, Services, NetworkPolicies and
+//! Lists of those,
 //! decoded into Kubernetes' own types. Deployments are expanded into their
 //! Pods here, the way the ReplicaSet controller would; Services are checked
 //! and completed by [`crate::services`] when they are applied.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,7 +23,7 @@ pub enum ManifestError {
         name: String,
         message: String,
     },
-    #[error("document {doc}: kind {kind:?} is not supported by the lab yet (supported: Namespace, Pod, Deployment, Service, List)")]
+    #[error("document {doc}: kind {kind:?} is not supported by the lab yet (supported: Namespace, Pod, Deployment, Service, NetworkPolicy, List)")]
     Unsupported { doc: usize, kind: String },
     #[error("document {doc}: a {kind} needs metadata.name")]
     NoName { doc: usize, kind: String },
@@ -43,6 +45,7 @@ pub enum Resource {
     Pod(Pod),
     Deployment(Deployment),
     Service(Service),
+    NetworkPolicy(NetworkPolicy),
 }
 
 impl Resource {
@@ -54,6 +57,7 @@ impl Resource {
             Resource::Namespace(n) => v::validate_namespace(n),
             Resource::Pod(p) => v::validate_pod(p),
             Resource::Service(s) => v::validate_service(s),
+            Resource::NetworkPolicy(np) => v::validate_network_policy(np),
             Resource::Deployment(d) => {
                 v::validate_deployment(d)?;
                 expand_deployment(d).iter().try_for_each(v::validate_pod)
@@ -74,11 +78,15 @@ impl Resource {
             Resource::Service(s) => {
                 format!("service/{}", s.metadata.name.as_deref().unwrap_or(""))
             }
+            Resource::NetworkPolicy(np) => format!(
+                "networkpolicy.networking.k8s.io/{}",
+                np.metadata.name.as_deref().unwrap_or("")
+            ),
         }
     }
 }
 
-const KINDS: [&str; 4] = ["Namespace", "Pod", "Deployment", "Service"];
+const KINDS: [&str; 5] = ["Namespace", "Pod", "Deployment", "Service", "NetworkPolicy"];
 
 /// Parses and validates every document of `text`, as the API server would
 /// each object: any problem in any document refuses the whole manifest,
@@ -151,6 +159,7 @@ fn decode(doc: usize, kind: String, value: Value) -> Result<Resource, ManifestEr
         "Pod" => Resource::Pod(serde_json::from_value(value).map_err(invalid)?),
         "Deployment" => Resource::Deployment(serde_json::from_value(value).map_err(invalid)?),
         "Service" => Resource::Service(serde_json::from_value(value).map_err(invalid)?),
+        "NetworkPolicy" => Resource::NetworkPolicy(serde_json::from_value(value).map_err(invalid)?),
         _ => unreachable!("kinds are checked above"),
     };
     Ok(resource)

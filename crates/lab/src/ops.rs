@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::Resource as _;
 use nix::fcntl::Flock;
 use serde_json::json;
@@ -39,7 +40,7 @@ use crate::{
 use cluster::Cluster;
 
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
-pub use tables::{get_endpointslices, get_events, get_services};
+pub use tables::{get_endpointslices, get_events, get_network_policies, get_services};
 
 /// The external client's port on the underlay bridge.
 const EXTERNAL_PORT: &str = "ext";
@@ -655,6 +656,7 @@ impl Lab {
                 Resource::Pod(p) => objects::key(p).0,
                 Resource::Deployment(d) => objects::key(d).0,
                 Resource::Service(s) => objects::key(s).0,
+                Resource::NetworkPolicy(np) => objects::key(np).0,
             };
             let exists = BUILT_IN_NAMESPACES.contains(&namespace.as_str())
                 || created.contains(&namespace)
@@ -701,11 +703,20 @@ pub fn apply(name: &str, text: &str, bins: &Binaries, report: Report<'_>) -> Res
     let lab = Lab::open(name)?;
     let resources = manifest::parse(text)?;
     lab.check_namespaces(&resources)?;
+    if resources
+        .iter()
+        .any(|r| matches!(r, Resource::NetworkPolicy(_)))
+    {
+        report(Event::PoliciesNotEnforced);
+    }
     if lab.is_kubernetes() {
         return kubernetes::apply(&lab, &resources, report);
     }
     lab.then_sync(apply_resources(&lab, resources, bins, report))
 }
+
+/// The label the API server gives every namespace: its name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Namespaces every cluster has from the start.
 const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -763,10 +774,18 @@ fn apply_resource(
         Resource::Service(svc) => {
             return apply_service(lab, svc, report);
         }
+        Resource::NetworkPolicy(np) => return apply_network_policy(lab, np, report),
         Resource::Namespace(ns) => {
             let ns_name = ns.metadata.name.clone().unwrap_or_default();
             if !lab.cluster.namespace_exists(&ns_name)? {
-                lab.store()?.put_typed(ns)?;
+                // As the API server labels every namespace with its name
+                // (what NetworkPolicy namespaceSelectors match on).
+                let mut ns = ns.clone();
+                ns.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(NAMESPACE_NAME_LABEL.into(), ns_name.clone());
+                lab.store()?.put_typed(&ns)?;
                 report(applied(Outcome::Created));
             } else {
                 report(applied(Outcome::Unchanged));
@@ -821,6 +840,40 @@ fn pod_created(pod: &Pod, started: Instant) -> Event {
 /// Creates `applied`, or updates the stored Service of that name: the
 /// allocators run under the controller lock, so two commands never hand
 /// out the same address or port.
+/// Stores a NetworkPolicy as given (the API server defaults nothing in it
+/// that weft reads; `policyTypes` is defaulted where it is read).
+fn apply_network_policy(lab: &Lab, applied: &NetworkPolicy, report: Report<'_>) -> Result<()> {
+    let mut applied = applied.clone();
+    let (namespace, name) = objects::key(&applied);
+    applied.metadata.namespace = Some(namespace.clone());
+    let _lock = lab.lock()?;
+    let current = lab.cluster.get::<NetworkPolicy>(&namespace, &name)?;
+    let outcome = match &current {
+        None => Outcome::Created,
+        Some(c) if c.spec == applied.spec && c.metadata.labels == applied.metadata.labels => {
+            Outcome::Unchanged
+        }
+        Some(_) => Outcome::Configured,
+    };
+    let meta = &mut applied.metadata;
+    meta.uid = current
+        .as_ref()
+        .and_then(|c| c.metadata.uid.clone())
+        .or_else(|| Some(objects::random_uid()));
+    meta.creation_timestamp = current
+        .as_ref()
+        .and_then(|c| c.metadata.creation_timestamp.clone())
+        .or_else(|| Some(objects::now()));
+    if outcome != Outcome::Unchanged {
+        lab.store()?.put_typed(&applied)?;
+    }
+    report(Event::Applied {
+        object: format!("networkpolicy.networking.k8s.io/{name}"),
+        outcome,
+    });
+    Ok(())
+}
+
 fn apply_service(lab: &Lab, applied: &Service, report: Report<'_>) -> Result<()> {
     let mut applied = applied.clone();
     let id = objects::key(&applied);
@@ -876,28 +929,44 @@ pub fn delete_manifest(
     report: Report<'_>,
 ) -> Result<()> {
     let lab = Lab::open(name)?;
-    let mut services = Vec::new();
-    let mut pods = Vec::new();
-    let mut deployments = Vec::new();
+    let mut doomed = Deletions::default();
     for resource in manifest::parse(text)? {
         match &resource {
             Resource::Namespace(_) => {}
-            Resource::Service(s) => services.push(objects::key(s)),
-            Resource::Pod(p) => pods.push(objects::key(p)),
-            Resource::Deployment(d) if lab.is_kubernetes() => deployments.push(objects::key(d)),
-            Resource::Deployment(d) => {
-                pods.extend(manifest::expand_deployment(d).iter().map(objects::key))
+            Resource::Service(s) => doomed.services.push(objects::key(s)),
+            Resource::NetworkPolicy(np) => doomed.policies.push(objects::key(np)),
+            Resource::Pod(p) => doomed.pods.push(objects::key(p)),
+            Resource::Deployment(d) if lab.is_kubernetes() => {
+                doomed.deployments.push(objects::key(d))
             }
+            Resource::Deployment(d) => doomed
+                .pods
+                .extend(manifest::expand_deployment(d).iter().map(objects::key)),
         }
     }
     if lab.is_kubernetes() {
-        return kubernetes::delete(&lab, &services, &deployments, &pods, grace, report);
+        return kubernetes::delete(&lab, &doomed, grace, report);
     }
-    let work = services
+    let work = doomed
+        .services
         .iter()
         .try_for_each(|(namespace, svc)| delete_service_in(&lab, namespace, svc, report))
-        .and_then(|()| delete_pods(&lab, bins, &pods, grace, report));
+        .and_then(|()| {
+            doomed.policies.iter().try_for_each(|(namespace, policy)| {
+                delete_network_policy_in(&lab, namespace, policy, report)
+            })
+        })
+        .and_then(|()| delete_pods(&lab, bins, &doomed.pods, grace, report));
     lab.then_sync(work)
+}
+
+/// What one delete removes, each as (namespace, name).
+#[derive(Debug, Default)]
+pub(crate) struct Deletions {
+    pub services: Vec<(String, String)>,
+    pub policies: Vec<(String, String)>,
+    pub deployments: Vec<(String, String)>,
+    pub pods: Vec<(String, String)>,
 }
 
 /// `weft lab delete pod NAME`: with a grace period, the pod is first marked
@@ -916,7 +985,11 @@ pub fn delete_pod(
     let lab = Lab::open(name)?;
     let key = (namespace.to_string(), pod.to_string());
     if lab.is_kubernetes() {
-        return kubernetes::delete(&lab, &[], &[], &[key], grace, report);
+        let doomed = Deletions {
+            pods: vec![key],
+            ..Deletions::default()
+        };
+        return kubernetes::delete(&lab, &doomed, grace, report);
     }
     let work = delete_pods(&lab, bins, &[(namespace.into(), pod.into())], grace, report);
     lab.then_sync(work)
@@ -927,11 +1000,50 @@ pub fn delete_service(name: &str, namespace: &str, svc: &str, report: Report<'_>
     check_name("service", namespace, svc, names::dns1035_label)?;
     let lab = Lab::open(name)?;
     if lab.is_kubernetes() {
-        let key = (namespace.to_string(), svc.to_string());
-        return kubernetes::delete(&lab, &[key], &[], &[], Duration::ZERO, report);
+        let doomed = Deletions {
+            services: vec![(namespace.to_string(), svc.to_string())],
+            ..Deletions::default()
+        };
+        return kubernetes::delete(&lab, &doomed, Duration::ZERO, report);
     }
     let work = delete_service_in(&lab, namespace, svc, report);
     lab.then_sync(work)
+}
+
+/// `weft lab delete networkpolicy NAME`.
+pub fn delete_network_policy(
+    name: &str,
+    namespace: &str,
+    policy: &str,
+    report: Report<'_>,
+) -> Result<()> {
+    check_name("networkpolicy", namespace, policy, names::dns1123_subdomain)?;
+    let lab = Lab::open(name)?;
+    if lab.is_kubernetes() {
+        let doomed = Deletions {
+            policies: vec![(namespace.to_string(), policy.to_string())],
+            ..Deletions::default()
+        };
+        return kubernetes::delete(&lab, &doomed, Duration::ZERO, report);
+    }
+    delete_network_policy_in(&lab, namespace, policy, report)
+}
+
+fn delete_network_policy_in(
+    lab: &Lab,
+    namespace: &str,
+    policy: &str,
+    report: Report<'_>,
+) -> Result<()> {
+    let found = lab
+        .store()?
+        .delete(NetworkPolicy::KIND, namespace, policy)?
+        .is_some();
+    report(Event::Deleted {
+        object: format!("networkpolicy/{policy}"),
+        found,
+    });
+    Ok(())
 }
 
 fn delete_service_in(lab: &Lab, namespace: &str, svc: &str, report: Report<'_>) -> Result<()> {

@@ -52,6 +52,8 @@ pub enum Event {
         namespaces: usize,
         processes: usize,
     },
+    /// NetworkPolicies are stored, and nothing enforces them yet.
+    PoliciesNotEnforced,
     /// A manifest object other than a pod: `kind/name` and what happened.
     Applied {
         object: String,
@@ -164,6 +166,10 @@ impl fmt::Display for Event {
                 namespaces,
                 processes,
             } => write!(f, "lab {name} removed ({namespaces} namespaces, {processes} processes)"),
+            Event::PoliciesNotEnforced => f.write_str(
+                "note: NetworkPolicies are stored but not enforced yet (weft's policy datapath is \
+                 not built): traffic is not filtered by them",
+            ),
             Event::Applied { object, outcome } => write!(f, "{object} {outcome}"),
             Event::PodUnchanged { name } => write!(f, "pod/{name} unchanged"),
             Event::PodCreated {

@@ -1,6 +1,7 @@
 //! The API server's checks of the objects weft takes from users:
-//! Namespaces, Pods (and Deployments' pod templates), Deployments and the
-//! fields of Services that weft programs as addresses. Each `validate_*`
+//! Namespaces, Pods (and Deployments' pod templates), Deployments,
+//! NetworkPolicies and the fields of Services that weft programs as
+//! addresses. Each `validate_*`
 //! returns every error of the object, not just the first.
 
 use std::collections::BTreeSet;
@@ -9,7 +10,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, Service};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::{labels, names, Errors};
 
@@ -222,6 +225,157 @@ pub fn validate_service(svc: &Service) -> Result<(), Errors> {
     errors.into_result()
 }
 
+/// A NetworkPolicy as the API server checks it: its name, selectors,
+/// `policyTypes`, each peer (exactly one of ipBlock or selectors; CIDRs,
+/// exceptions inside their block) and each port (protocol, number or
+/// name, `endPort` only after a number and not below it).
+pub fn validate_network_policy(np: &NetworkPolicy) -> Result<(), Errors> {
+    let mut errors = Errors::default();
+    metadata(&np.metadata, names::dns1123_subdomain, true, &mut errors);
+    let Some(spec) = &np.spec else {
+        return errors.into_result();
+    };
+    if let Some(selector) = &spec.pod_selector {
+        labels::validate_selector(selector, "spec.podSelector", &mut errors);
+    }
+    for (i, kind) in spec.policy_types.iter().flatten().enumerate() {
+        if kind != "Ingress" && kind != "Egress" {
+            errors.invalid(
+                format!("spec.policyTypes[{i}]"),
+                kind,
+                "must be Ingress or Egress",
+            );
+        }
+    }
+    let directions = [
+        (
+            "ingress",
+            "from",
+            spec.ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "egress",
+            "to",
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                .collect(),
+        ),
+    ];
+    for (direction, peers_field, rules) in directions {
+        for (i, (peers, ports)) in rules.into_iter().enumerate() {
+            let at = format!("spec.{direction}[{i}]");
+            for (j, peer) in peers.unwrap_or_default().iter().enumerate() {
+                policy_peer(peer, &format!("{at}.{peers_field}[{j}]"), &mut errors);
+            }
+            for (j, port) in ports.unwrap_or_default().iter().enumerate() {
+                policy_port(port, &format!("{at}.ports[{j}]"), &mut errors);
+            }
+        }
+    }
+    errors.into_result()
+}
+
+fn policy_peer(peer: &NetworkPolicyPeer, at: &str, errors: &mut Errors) {
+    let selectors = [
+        ("podSelector", &peer.pod_selector),
+        ("namespaceSelector", &peer.namespace_selector),
+    ];
+    for (field, selector) in selectors {
+        if let Some(selector) = selector {
+            labels::validate_selector(selector, &format!("{at}.{field}"), errors);
+        }
+    }
+    let has_selector = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
+    match &peer.ip_block {
+        None if !has_selector => errors.required(
+            at.to_string(),
+            "must specify a peer: podSelector, namespaceSelector or ipBlock",
+        ),
+        None => {}
+        Some(_) if has_selector => errors.invalid(
+            format!("{at}.ipBlock"),
+            "ipBlock",
+            "may not be specified with podSelector or namespaceSelector",
+        ),
+        Some(block) => ip_block(
+            &block.cidr,
+            block.except.as_deref(),
+            &format!("{at}.ipBlock"),
+            errors,
+        ),
+    }
+}
+
+fn ip_block(cidr: &str, except: Option<&[String]>, at: &str, errors: &mut Errors) {
+    let Ok(block) = cidr.parse::<IpNet>() else {
+        errors.invalid(
+            format!("{at}.cidr"),
+            cidr,
+            "must be a CIDR such as 10.0.0.0/8",
+        );
+        return;
+    };
+    for (i, text) in except.unwrap_or_default().iter().enumerate() {
+        let field = format!("{at}.except[{i}]");
+        match text.parse::<IpNet>() {
+            Err(_) => errors.invalid(field, text, "must be a CIDR such as 10.0.1.0/24"),
+            Ok(net) if !block.contains(&net) || net.prefix_len() == block.prefix_len() => errors
+                .invalid(
+                    field,
+                    text,
+                    format!("must be a strict subset of `cidr` {cidr}"),
+                ),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn policy_port(port: &NetworkPolicyPort, at: &str, errors: &mut Errors) {
+    protocol(port.protocol.as_deref(), &format!("{at}.protocol"), errors);
+    match (&port.port, port.end_port) {
+        (Some(IntOrString::Int(n)), end) => {
+            if !(1..=65535).contains(n) {
+                errors.invalid(
+                    format!("{at}.port"),
+                    n,
+                    "must be between 1 and 65535, inclusive",
+                );
+            }
+            if let Some(end) = end {
+                if !(1..=65535).contains(&end) || end < *n {
+                    errors.invalid(
+                        format!("{at}.endPort"),
+                        end,
+                        "must be a port number not below `port`",
+                    );
+                }
+            }
+        }
+        (Some(IntOrString::String(name)), end) => {
+            errors.check(format!("{at}.port"), name, names::port_name);
+            if end.is_some() {
+                errors.invalid(
+                    format!("{at}.endPort"),
+                    name,
+                    "may not be used with a named port",
+                );
+            }
+        }
+        (None, Some(end)) => errors.invalid(
+            format!("{at}.endPort"),
+            end,
+            "may not be specified without `port`",
+        ),
+        (None, None) => {}
+    }
+}
+
 /// An address a Service may claim for traffic from outside: a valid IP,
 /// and not unspecified, loopback, link-local or multicast (as the API
 /// server's `ValidateNonSpecialIP`).
@@ -372,5 +526,81 @@ mod tests {
         let named: Service =
             serde_json::from_value(json!({"metadata": {"name": "bad name"}})).unwrap();
         assert!(errors_of(validate_service(&named)).contains("metadata.name"));
+    }
+
+    fn network_policy(spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"name": "np", "namespace": "x"}, "spec": spec}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_complete_network_policy_passes() {
+        let np = network_policy(json!({
+            "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a"]}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {}},
+                {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}
+            ], "ports": [{"port": 80}, {"port": "serve-81-tcp", "protocol": "TCP"}, {"port": 8000, "endPort": 8080, "protocol": "SCTP"}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"protocol": "UDP"}]}]
+        }));
+        assert_eq!(validate_network_policy(&np), Ok(()));
+    }
+
+    #[test]
+    fn network_policies_are_refused_as_the_api_server_refuses_them() {
+        for (spec, field) in [
+            (json!({"policyTypes": ["Sideways"]}), "spec.policyTypes[0]"),
+            (
+                json!({"ingress": [{"from": [{}]}]}),
+                "spec.ingress[0].from[0]",
+            ),
+            (
+                json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]}),
+                "spec.ingress[0].from[0].ipBlock",
+            ),
+            (
+                json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.1"}}]}]}),
+                "spec.egress[0].to[0].ipBlock.cidr",
+            ),
+            (
+                json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}),
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
+                json!({"ingress": [{"ports": [{"port": 0}]}]}),
+                "spec.ingress[0].ports[0].port",
+            ),
+            (
+                json!({"ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}),
+                "spec.ingress[0].ports[0].endPort",
+            ),
+            (
+                json!({"ingress": [{"ports": [{"port": "http", "endPort": 90}]}]}),
+                "spec.ingress[0].ports[0].endPort",
+            ),
+            (
+                json!({"ingress": [{"ports": [{"endPort": 90}]}]}),
+                "spec.ingress[0].ports[0].endPort",
+            ),
+            (
+                json!({"ingress": [{"ports": [{"port": "Not_A_Name"}]}]}),
+                "spec.ingress[0].ports[0].port",
+            ),
+            (
+                json!({"ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
+                "spec.ingress[0].ports[0].protocol",
+            ),
+            (
+                json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}),
+                "spec.podSelector.matchExpressions[0].values",
+            ),
+        ] {
+            let errors = errors_of(validate_network_policy(&network_policy(spec.clone())));
+            assert!(errors.contains(field), "{spec}: {errors}");
+        }
+        let mut named = network_policy(json!({}));
+        named.metadata.name = Some("Bad_Name".into());
+        assert!(errors_of(validate_network_policy(&named)).contains("metadata.name"));
     }
 }

@@ -126,7 +126,7 @@ pub enum LabCmd {
         #[arg(short = 'f', long)]
         file: String,
     },
-    /// Delete the Services and pods of a manifest (`-f FILE`), one pod (`pod NAME`) or one Service (`service NAME`).
+    /// Delete the Services, NetworkPolicies and pods of a manifest (`-f FILE`), one pod (`pod NAME`), one Service (`service NAME`) or one NetworkPolicy (`networkpolicy NAME`).
     Delete {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
@@ -137,14 +137,14 @@ pub enum LabCmd {
         /// Seconds a deleted pod keeps running, its endpoints terminating (the command waits).
         #[arg(long, default_value_t = 0)]
         grace_period: u64,
-        /// `pod NAME` | `service NAME`
+        /// `pod NAME` | `service NAME` | `networkpolicy NAME`
         what: Vec<String>,
     },
-    /// List nodes, pods, services, endpointslices or events.
+    /// List nodes, pods, services, endpointslices, events or networkpolicies.
     Get {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
-        /// nodes | pods | services (svc) | endpointslices | events (ev)
+        /// nodes | pods | services (svc) | endpointslices | events (ev) | networkpolicies (netpol)
         resource: String,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
@@ -339,8 +339,11 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 (None, [kind, svc]) if matches!(kind.as_str(), "service" | "services" | "svc") => {
                     ops::delete_service(&name, &namespace, svc, &mut print_event)
                 }
+                (None, [kind, policy]) if matches!(kind.as_str(), "networkpolicy" | "networkpolicies" | "netpol") => {
+                    ops::delete_network_policy(&name, &namespace, policy, &mut print_event)
+                }
                 _ => bail!(
-                    "use `weft lab delete -f FILE`, `weft lab delete pod NAME` or `weft lab delete service NAME`"
+                    "use `weft lab delete -f FILE`, `weft lab delete pod NAME`, `weft lab delete service NAME` or `weft lab delete networkpolicy NAME`"
                 ),
             }
         }
@@ -375,8 +378,11 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 "services" | "service" | "svc" => ops::get_services(&name, ns, output)?,
                 "endpointslices" | "endpointslice" => ops::get_endpointslices(&name, ns, output)?,
                 "events" | "event" | "ev" => ops::get_events(&name, ns, output)?,
+                "networkpolicies" | "networkpolicy" | "netpol" => {
+                    ops::get_network_policies(&name, ns, output)?
+                }
                 other => {
-                    bail!("cannot get {other:?}: use nodes, pods, services (svc), endpointslices or events (ev)")
+                    bail!("cannot get {other:?}: use nodes, pods, services (svc), endpointslices, events (ev) or networkpolicies (netpol)")
                 }
             };
             print!("{text}");

@@ -387,3 +387,72 @@ fn lab_down_leaves_nothing_and_overlapping_ranges_are_refused(#[case] mode: Mode
             .any(|n| n.starts_with(&format!("wl-{}-", bad.name))));
     }
 }
+
+/// NetworkPolicies are applied (validated as the API server does), listed
+/// and deleted in both modes, and `apply` says that nothing enforces them
+/// yet.
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn network_policies_are_applied_listed_and_deleted(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "netpol", 1, "host-gw");
+    let policy = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}], ports: [{port: 80}]}]
+";
+    let out = lab.apply_ok(policy);
+    assert!(
+        out.contains("networkpolicy.networking.k8s.io/deny-web created"),
+        "{out}"
+    );
+    assert!(out.contains("not enforced yet"), "{out}");
+    let again = lab.apply_ok(policy);
+    assert!(
+        again.contains("networkpolicy.networking.k8s.io/deny-web unchanged"),
+        "{again}"
+    );
+    let listed = lab.ok(&["get", "networkpolicies"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("deny-web") && l.ends_with("app=web")),
+        "{listed}"
+    );
+    let bad = lab.apply_fails(&policy.replace("port: 80", "port: 80, endPort: 70"));
+    assert!(bad.contains("spec.ingress[0].ports[0].endPort"), "{bad}");
+    let deleted = lab.ok(&["delete", "networkpolicy", "deny-web"]);
+    assert!(
+        deleted.contains("networkpolicy/deny-web deleted"),
+        "{deleted}"
+    );
+    assert!(!lab.ok(&["get", "netpol"]).contains("deny-web"));
+
+    // Namespaces carry their name as a label, which namespaceSelectors
+    // match on (the API server adds it; so does the lab).
+    lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a, labels: {team: a}}\n");
+    let labels = match mode {
+        Mode::Kubernetes => lab.kubectl_ok(&[
+            "get",
+            "namespace",
+            "team-a",
+            "-o",
+            "jsonpath={.metadata.labels}",
+        ]),
+        Mode::Embedded => {
+            let store =
+                weft_store::Store::open(&weft_lab::layout::Layout::new(&lab.name).unwrap().store())
+                    .unwrap();
+            let ns: k8s_openapi::api::core::v1::Namespace =
+                store.get_typed("", "team-a").unwrap().unwrap();
+            serde_json::to_string(&ns.metadata.labels).unwrap()
+        }
+    };
+    assert!(
+        labels.contains(r#""kubernetes.io/metadata.name":"team-a""#)
+            && labels.contains(r#""team":"a""#),
+        "{labels}"
+    );
+}

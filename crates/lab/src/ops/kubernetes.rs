@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, NamespaceResourceScope};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -24,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::cluster::Cluster;
-use super::{Binaries, Lab};
+use super::{Binaries, Deletions, Lab};
 use crate::layout::{LabState, Layout};
 use crate::manifest::Resource;
 use crate::objects::key;
@@ -168,6 +169,7 @@ pub(super) fn apply(lab: &Lab, resources: &[Resource], report: Report<'_>) -> Re
                 Resource::Service(s) => apply_one(&namespaced(client, s), s).await,
                 Resource::Pod(p) => apply_one(&namespaced(client, p), p).await,
                 Resource::Deployment(d) => apply_one(&namespaced(client, d), d).await,
+                Resource::NetworkPolicy(np) => apply_one(&namespaced(client, np), np).await,
             }
             .with_context(|| format!("applying {object}"))?;
             match resource {
@@ -300,19 +302,28 @@ async fn deployment_pods(
 /// pods are gone, which is when their kubelet stopped them and ran CNI DEL.
 pub(super) fn delete(
     lab: &Lab,
-    services: &[(String, String)],
-    deployments: &[(String, String)],
-    pods: &[(String, String)],
+    doomed: &Deletions,
     grace: Duration,
     report: Report<'_>,
 ) -> Result<()> {
     let (runtime, client) = api(lab)?;
+    let Deletions {
+        services,
+        policies,
+        deployments,
+        pods,
+    } = doomed;
     runtime.block_on(async {
         let mut gone = Vec::new();
         for (namespace, name) in services {
             let api: Api<Service> = Api::namespaced(client.clone(), namespace);
             let found = delete_one(&api, name, &DeleteParams::default()).await?;
             report(Event::Deleted { object: format!("service/{name}"), found });
+        }
+        for (namespace, name) in policies {
+            let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+            let found = delete_one(&api, name, &DeleteParams::default()).await?;
+            report(Event::Deleted { object: format!("networkpolicy/{name}"), found });
         }
         for (namespace, name) in deployments {
             let (pods, _) = deployment_pods(client, namespace, name).await?;

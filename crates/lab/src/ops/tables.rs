@@ -1,4 +1,4 @@
-//! `weft lab get services|endpointslices|events`: kubectl's columns, or
+//! `weft lab get services|endpointslices|events|networkpolicies`: kubectl's columns, or
 //! the objects as a v1 `List`. The cells are pure functions of one object
 //! (and the time); only the `get_*` functions read the cluster; they return
 //! the text for the CLI to print.
@@ -7,6 +7,7 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
@@ -60,6 +61,44 @@ pub fn get_endpointslices(name: &str, namespace: Option<&str>, output: Output) -
         }
         row
     })
+}
+
+/// `weft lab get networkpolicies`: NAMESPACE (all namespaces only), NAME,
+/// POD-SELECTOR, as kubectl shows them.
+pub fn get_network_policies(name: &str, namespace: Option<&str>, output: Output) -> Result<String> {
+    let lab = Lab::open(name)?;
+    let items = in_namespace(lab.cluster.list::<NetworkPolicy>()?, namespace);
+    render_objects(&items, namespace, output, &["NAME", "POD-SELECTOR"], |np| {
+        vec![key(np).1, pod_selector(np)]
+    })
+}
+
+/// kubectl's POD-SELECTOR: `k=v,…` and the expressions, `<none>` for all.
+fn pod_selector(np: &NetworkPolicy) -> String {
+    let selector = np
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_selector.clone())
+        .unwrap_or_default();
+    let labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"));
+    let expressions = selector.match_expressions.iter().flatten().map(|e| {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        match e.operator.as_str() {
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            op => format!("{} {} ({values})", e.key, op.to_lowercase()),
+        }
+    });
+    let all: Vec<String> = labels.chain(expressions).collect();
+    if all.is_empty() {
+        "<none>".into()
+    } else {
+        all.join(",")
+    }
 }
 
 /// `weft lab get events` (`events.k8s.io/v1`, oldest first): NAMESPACE
