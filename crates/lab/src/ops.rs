@@ -9,6 +9,7 @@
 //! - `tables`: `weft lab get services|endpointslices`.
 
 mod cluster;
+mod explain;
 mod kubernetes;
 mod matrix;
 mod tables;
@@ -39,6 +40,7 @@ use crate::{
 };
 use cluster::Cluster;
 
+pub use explain::{explain, ExplainOptions};
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
 pub use tables::{get_endpointslices, get_events, get_network_policies, get_services};
 
@@ -715,9 +717,6 @@ pub fn apply(name: &str, text: &str, bins: &Binaries, report: Report<'_>) -> Res
     lab.then_sync(apply_resources(&lab, resources, bins, report))
 }
 
-/// The label the API server gives every namespace: its name.
-const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-
 /// Namespaces every cluster has from the start.
 const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -784,7 +783,10 @@ fn apply_resource(
                 ns.metadata
                     .labels
                     .get_or_insert_with(Default::default)
-                    .insert(NAMESPACE_NAME_LABEL.into(), ns_name.clone());
+                    .insert(
+                        weft_policy::model::NAMESPACE_NAME_LABEL.into(),
+                        ns_name.clone(),
+                    );
                 lab.store()?.put_typed(&ns)?;
                 report(applied(Outcome::Created));
             } else {

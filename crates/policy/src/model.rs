@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod as ApiPod};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
 };
@@ -147,6 +148,62 @@ pub struct Pod {
     /// as their node's address.
     pub host_network: bool,
 }
+
+impl Pod {
+    /// Reads the API's Pod: its address from `status.podIP`, its named
+    /// container ports (unnamed ones cannot be referred to by name).
+    pub fn read(pod: &ApiPod) -> Pod {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone()?,
+                    port: u16::try_from(p.container_port).ok()?,
+                    protocol: Protocol::parse(p.protocol.as_deref())?,
+                })
+            })
+            .collect();
+        Pod {
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse().ok()),
+            ports,
+            host_network: spec.host_network.unwrap_or(false),
+        }
+    }
+}
+
+/// Each namespace's labels; a namespace is labelled with its name
+/// (`kubernetes.io/metadata.name`) as the API server labels it, also when
+/// the object does not say so.
+pub fn namespace_labels<'a>(
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+) -> NamespaceLabels {
+    namespaces
+        .into_iter()
+        .filter_map(|ns| {
+            let name = ns.metadata.name.clone()?;
+            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+            labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+            Some((name, labels))
+        })
+        .collect()
+}
+
+/// The label the API server gives every namespace: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 impl fmt::Display for Pod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

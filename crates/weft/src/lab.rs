@@ -207,6 +207,22 @@ pub enum LabCmd {
         #[arg(short = 'o', long, value_enum)]
         output: Option<OutputArg>,
     },
+    /// The NetworkPolicy verdict on a connection, per direction, with the policy and rule that decided (what weft's model decides; not enforced yet).
+    Explain {
+        #[arg(long, default_value = DEFAULT_LAB)]
+        name: String,
+        /// POD, NAMESPACE/POD, node/NODE or external
+        #[arg(long)]
+        from: String,
+        /// NAMESPACE/POD or svc/[NAMESPACE/]NAME[:PORT]
+        #[arg(long)]
+        to: String,
+        /// The pod's port [default: its first declared port]
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: PolicyProtocolArg,
+    },
     /// Add, remove, stop (kill the agent, keep the datapath) or start a node.
     Node {
         #[arg(long, default_value = DEFAULT_LAB)]
@@ -235,6 +251,13 @@ pub enum ControlPlaneArg {
 pub enum OutputArg {
     Wide,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PolicyProtocolArg {
+    Tcp,
+    Udp,
+    Sctp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -386,6 +409,26 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 }
             };
             print!("{text}");
+            Ok(())
+        }
+        LabCmd::Explain {
+            name,
+            from,
+            to,
+            port,
+            protocol,
+        } => {
+            let opts = ops::ExplainOptions {
+                from,
+                to,
+                port,
+                protocol: match protocol {
+                    PolicyProtocolArg::Tcp => weft_policy::model::Protocol::Tcp,
+                    PolicyProtocolArg::Udp => weft_policy::model::Protocol::Udp,
+                    PolicyProtocolArg::Sctp => weft_policy::model::Protocol::Sctp,
+                },
+            };
+            print!("{}", ops::explain(&name, &opts)?);
             Ok(())
         }
         LabCmd::Exec {

@@ -388,48 +388,14 @@ fn lab_down_leaves_nothing_and_overlapping_ranges_are_refused(#[case] mode: Mode
     }
 }
 
-/// NetworkPolicies are applied (validated as the API server does), listed
-/// and deleted in both modes, and `apply` says that nothing enforces them
-/// yet.
+/// NetworkPolicies are applied (validated as the API server does), listed,
+/// explained and deleted in both modes, and `apply` says that nothing
+/// enforces them yet.
 #[rstest]
 #[case::embedded(Mode::Embedded)]
 #[case::kubernetes(Mode::Kubernetes)]
-fn network_policies_are_applied_listed_and_deleted(#[case] mode: Mode) {
+fn network_policies_are_applied_explained_and_deleted(#[case] mode: Mode) {
     let lab = Lab::up_in(mode, "netpol", 1, "host-gw");
-    let policy = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: deny-web, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}], ports: [{port: 80}]}]
-";
-    let out = lab.apply_ok(policy);
-    assert!(
-        out.contains("networkpolicy.networking.k8s.io/deny-web created"),
-        "{out}"
-    );
-    assert!(out.contains("not enforced yet"), "{out}");
-    let again = lab.apply_ok(policy);
-    assert!(
-        again.contains("networkpolicy.networking.k8s.io/deny-web unchanged"),
-        "{again}"
-    );
-    let listed = lab.ok(&["get", "networkpolicies"]);
-    assert!(
-        listed
-            .lines()
-            .any(|l| l.starts_with("deny-web") && l.ends_with("app=web")),
-        "{listed}"
-    );
-    let bad = lab.apply_fails(&policy.replace("port: 80", "port: 80, endPort: 70"));
-    assert!(bad.contains("spec.ingress[0].ports[0].endPort"), "{bad}");
-    let deleted = lab.ok(&["delete", "networkpolicy", "deny-web"]);
-    assert!(
-        deleted.contains("networkpolicy/deny-web deleted"),
-        "{deleted}"
-    );
-    assert!(!lab.ok(&["get", "netpol"]).contains("deny-web"));
-
     // Namespaces carry their name as a label, which namespaceSelectors
     // match on (the API server adds it; so does the lab).
     lab.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a, labels: {team: a}}\n");
@@ -455,4 +421,90 @@ spec:
             && labels.contains(r#""team":"a""#),
         "{labels}"
     );
+    lab.apply_ok(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other}
+spec:
+  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: team-a}
+spec:
+  containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 8000, targetPort: http}]
+",
+    );
+    let policy = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}], ports: [{port: http}]}]
+";
+    let out = lab.apply_ok(policy);
+    assert!(
+        out.contains("networkpolicy.networking.k8s.io/deny-web created"),
+        "{out}"
+    );
+    assert!(out.contains("not enforced yet"), "{out}");
+    let again = lab.apply_ok(policy);
+    assert!(
+        again.contains("networkpolicy.networking.k8s.io/deny-web unchanged"),
+        "{again}"
+    );
+    let listed = lab.ok(&["get", "networkpolicies"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("deny-web") && l.ends_with("app=web")),
+        "{listed}"
+    );
+    let bad = lab.apply_fails(&policy.replace("port: http", "port: 80, endPort: 70"));
+    assert!(bad.contains("spec.ingress[0].ports[0].endPort"), "{bad}");
+
+    let explain = |from: &str, to: &str| lab.ok(&["explain", "--from", from, "--to", to]);
+    let allowed = explain("team-a/client", "default/web");
+    assert!(
+        allowed.starts_with("allowed team-a/client → default/web:80/TCP: egress of team-a/client is not isolated; ingress of default/web allowed by default/deny-web rule ingress[0]\n"),
+        "{allowed}"
+    );
+    assert!(allowed.contains("not enforced yet"), "{allowed}");
+    let denied = explain("other", "default/web");
+    assert!(
+        denied.starts_with("denied default/other → default/web:80/TCP: egress of default/other is not isolated; ingress of default/web is isolated by default/deny-web and no rule allows default/other\n"),
+        "{denied}"
+    );
+    let node = explain("node/node-1", "web");
+    assert!(
+        node.contains("ingress of default/web allows its own node always"),
+        "{node}"
+    );
+    // Through the Service: its backend, on the port the Service reaches.
+    let via_service = explain("team-a/client", "svc/default/web");
+    assert!(
+        via_service.starts_with("allowed team-a/client → default/web:80/TCP"),
+        "{via_service}"
+    );
+
+    let deleted = lab.ok(&["delete", "networkpolicy", "deny-web"]);
+    assert!(
+        deleted.contains("networkpolicy/deny-web deleted"),
+        "{deleted}"
+    );
+    assert!(!lab.ok(&["get", "netpol"]).contains("deny-web"));
+    assert!(explain("other", "default/web").starts_with("allowed"));
 }

@@ -1,0 +1,240 @@
+//! `weft lab explain`: the NetworkPolicy verdict on a connection between
+//! lab parties, per direction, with the policy and rule that decided —
+//! computed by `weft-policy` from the lab's Pods, Namespaces and
+//! NetworkPolicies. A Service destination is explained for each of its
+//! backends (policy holds after the Service's translation).
+//!
+//! It reads the cluster and decides nothing itself; the verdicts are the
+//! model's.
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use weft_policy::model::{self, namespace_labels, Policy, Protocol};
+use weft_policy::verdict::{verdict, Connection, Party};
+
+use super::Lab;
+use crate::endpointslices::SERVICE_NAME_LABEL;
+use crate::objects::key;
+use crate::targets::{self, Source, Target};
+
+/// What to explain: `from` and `to` as `weft lab probe` spells them.
+#[derive(Debug, Clone)]
+pub struct ExplainOptions {
+    pub from: String,
+    pub to: String,
+    /// The destination port (a pod's first declared port when absent; a
+    /// Service's port otherwise, given in `to`).
+    pub port: Option<u16>,
+    pub protocol: Protocol,
+}
+
+/// The verdicts, one line per destination pod.
+pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
+    let lab = Lab::open(name)?;
+    let pods: Vec<Pod> = lab.cluster.list()?;
+    let namespaces = namespace_labels(&with_built_ins(lab.cluster.list::<Namespace>()?));
+    let policies: Vec<Policy> = lab
+        .cluster
+        .list::<NetworkPolicy>()?
+        .iter()
+        .map(Policy::read)
+        .collect();
+    let model_pods: Vec<(model::Pod, Option<String>)> = pods
+        .iter()
+        .map(|p| {
+            (
+                model::Pod::read(p),
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            )
+        })
+        .collect();
+    let destinations = destinations(&lab, &model_pods, opts)?;
+    let source = parse_source(&lab, &model_pods, &opts.from)?;
+    let mut lines = Vec::new();
+    for (pod, node, port) in destinations {
+        let from = match &source {
+            Side::Pod(p) => Party::Pod(p),
+            Side::Node(name, _) if Some(name) == node.as_ref() => Party::OwnNode,
+            Side::Node(_, ip) | Side::Address(ip) => Party::Address(*ip),
+        };
+        let conn = Connection {
+            from,
+            to: Party::Pod(pod),
+            port,
+            protocol: opts.protocol,
+        };
+        lines.push(verdict(&policies, &namespaces, &conn).explain(&conn));
+    }
+    for policy in &policies {
+        for problem in &policy.problems {
+            lines.push(format!(
+                "note: {}: {problem} (it matches nothing)",
+                policy.key
+            ));
+        }
+    }
+    lines.push(
+        "note: NetworkPolicies are not enforced yet; this is what weft's model decides".into(),
+    );
+    Ok(lines.join("\n") + "\n")
+}
+
+/// The namespaces every cluster has, added when the store has no object
+/// for them (the embedded lab does not store them).
+fn with_built_ins(mut namespaces: Vec<Namespace>) -> Vec<Namespace> {
+    for name in super::BUILT_IN_NAMESPACES {
+        if !namespaces
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(name))
+        {
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some(name.into());
+            namespaces.push(ns);
+        }
+    }
+    namespaces
+}
+
+enum Side<'a> {
+    Pod(&'a model::Pod),
+    Node(String, IpAddr),
+    Address(IpAddr),
+}
+
+fn parse_source<'a>(
+    lab: &Lab,
+    pods: &'a [(model::Pod, Option<String>)],
+    text: &str,
+) -> Result<Side<'a>> {
+    Ok(match targets::parse_source(text)? {
+        Source::External => Side::Address(IpAddr::V4(lab.state.external_ip())),
+        Source::Node(name) => {
+            let node = lab
+                .state
+                .node(&name)
+                .with_context(|| format!("no node {name} in lab {}", lab.state.name))?;
+            Side::Node(name, IpAddr::V4(node.ip))
+        }
+        Source::Pod(text) => Side::Pod(&find_pod(pods, &text)?.0),
+    })
+}
+
+/// "NS/NAME" or "NAME" (in default).
+fn find_pod<'a>(
+    pods: &'a [(model::Pod, Option<String>)],
+    text: &str,
+) -> Result<&'a (model::Pod, Option<String>)> {
+    let (namespace, name) = text.split_once('/').unwrap_or(("default", text));
+    pods.iter()
+        .find(|(p, _)| p.namespace == namespace && p.name == name)
+        .with_context(|| format!("no pod {namespace}/{name} (see `weft lab get pods -A`)"))
+}
+
+/// The destination pods, their nodes and the port each is reached on.
+fn destinations<'a>(
+    lab: &Lab,
+    pods: &'a [(model::Pod, Option<String>)],
+    opts: &ExplainOptions,
+) -> Result<Vec<(&'a model::Pod, Option<String>, u16)>> {
+    match targets::parse_target(&opts.to)? {
+        Target::Pod(text) => {
+            let (pod, node) = find_pod(pods, &text)?;
+            let port = opts
+                .port
+                .or_else(|| pod.ports.first().map(|p| p.port))
+                .with_context(|| format!("pod {pod} declares no port; give --port"))?;
+            Ok(vec![(pod, node.clone(), port)])
+        }
+        Target::Service {
+            namespace,
+            name,
+            port,
+        } => service_backends(
+            lab,
+            pods,
+            namespace.as_deref().unwrap_or("default"),
+            &name,
+            port.as_deref(),
+        ),
+        _ => bail!("explain --to takes a pod (NS/NAME) or a Service (svc/NS/NAME[:PORT])"),
+    }
+}
+
+/// A Service's ready backends, each with the port the Service's chosen
+/// port reaches on it (its EndpointSlices' port of the same name).
+fn service_backends<'a>(
+    lab: &Lab,
+    pods: &'a [(model::Pod, Option<String>)],
+    namespace: &str,
+    name: &str,
+    port: Option<&str>,
+) -> Result<Vec<(&'a model::Pod, Option<String>, u16)>> {
+    let service: Service = lab
+        .cluster
+        .get(namespace, name)?
+        .with_context(|| format!("no Service {namespace}/{name}"))?;
+    let ports = service.spec.and_then(|s| s.ports).unwrap_or_default();
+    let chosen = match port {
+        None => ports.first(),
+        Some(p) => ports.iter().find(|sp| {
+            sp.name.as_deref() == Some(p) || p.parse::<i32>().is_ok_and(|n| n == sp.port)
+        }),
+    }
+    .with_context(|| format!("Service {namespace}/{name} has no port {port:?}"))?;
+    let port_name = chosen.name.clone().unwrap_or_default();
+    let slices: Vec<EndpointSlice> = lab.cluster.list()?;
+    let mut out = Vec::new();
+    for slice in slices.iter().filter(|s| {
+        key(*s).0 == namespace
+            && s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .map(String::as_str)
+                == Some(name)
+    }) {
+        let Some(number) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.clone().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for endpoint in slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        {
+            let Some(ip) = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            if let Some((pod, node)) = pods.iter().find(|(p, _)| p.ip == Some(ip)) {
+                out.push((pod, node.clone(), number));
+            }
+        }
+    }
+    if out.is_empty() {
+        let target = match &chosen.target_port {
+            Some(IntOrString::Int(n)) => n.to_string(),
+            Some(IntOrString::String(s)) => s.clone(),
+            None => chosen.port.to_string(),
+        };
+        bail!(
+            "Service {namespace}/{name} has no ready backend for port {target}: nothing to explain"
+        );
+    }
+    Ok(out)
+}
