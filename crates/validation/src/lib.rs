@@ -7,11 +7,14 @@
 //!
 //! - [`names`]: DNS-1123/1035 labels and subdomains, port names.
 //! - [`labels`]: label keys and values, and label selectors (matching too).
-//! - [`objects`]: Namespaces, Pods, Deployments and Services.
+//! - [`objects`]: Namespaces, Pods, Deployments, Services and
+//!   NetworkPolicies.
+//! - [`protocol`]: the transport protocols those objects name.
 
 pub mod labels;
 pub mod names;
 pub mod objects;
+pub mod protocol;
 
 use std::fmt;
 

@@ -14,9 +14,9 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::protocol::Protocol;
 use crate::{labels, names, Errors};
 
-const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
 const RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
 
 /// `metadata.name` (checked by `name_rule`), `metadata.namespace` (a DNS
@@ -125,7 +125,7 @@ pub fn pod_spec(spec: &PodSpec, field: &str, errors: &mut Errors) {
 }
 
 fn protocol(value: Option<&str>, field: &str, errors: &mut Errors) {
-    if let Some(p) = value.filter(|p| !PROTOCOLS.contains(p)) {
+    if let Some(p) = value.filter(|p| Protocol::parse(Some(p)).is_none()) {
         errors.invalid(field, p, "supported values: \"SCTP\", \"TCP\", \"UDP\"");
     }
 }
