@@ -208,7 +208,8 @@ impl Policy {
                 .enumerate()
                 .map(|(i, r)| {
                     let at = format!("spec.ingress[{i}]");
-                    rule(r.from.as_deref(), r.ports.as_deref(), &at, &mut problems)
+                    let from = (r.from.as_deref(), "from");
+                    rule(from, r.ports.as_deref(), &at, &mut problems)
                 })
                 .collect()
         });
@@ -219,7 +220,8 @@ impl Policy {
                 .enumerate()
                 .map(|(i, r)| {
                     let at = format!("spec.egress[{i}]");
-                    rule(r.to.as_deref(), r.ports.as_deref(), &at, &mut problems)
+                    let to = (r.to.as_deref(), "to");
+                    rule(to, r.ports.as_deref(), &at, &mut problems)
                 })
                 .collect()
         });
@@ -240,8 +242,9 @@ impl Policy {
     }
 }
 
+/// A rule from its peers (and their field, `from` or `to`) and ports.
 fn rule(
-    peers: Option<&[NetworkPolicyPeer]>,
+    (peers, field): (Option<&[NetworkPolicyPeer]>, &str),
     ports: Option<&[NetworkPolicyPort]>,
     at: &str,
     problems: &mut Vec<String>,
@@ -251,7 +254,7 @@ fn rule(
             .unwrap_or_default()
             .iter()
             .enumerate()
-            .map(|(i, p)| peer(p, &format!("{at}.peers[{i}]"), problems))
+            .map(|(i, p)| peer(p, &format!("{at}.{field}[{i}]"), problems))
             .collect(),
         ports: ports
             .unwrap_or_default()

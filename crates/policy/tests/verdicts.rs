@@ -364,7 +364,7 @@ fn parts_that_cannot_be_read_allow_nothing_and_are_reported() {
     );
     assert_eq!(p.problems.len(), 3, "{:?}", p.problems);
     assert!(
-        p.problems[0].contains("spec.ingress[0].peers[0].ipBlock.except"),
+        p.problems[0].contains("spec.ingress[0].from[0].ipBlock.except"),
         "{:?}",
         p.problems
     );
