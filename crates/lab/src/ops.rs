@@ -11,6 +11,7 @@
 mod cluster;
 mod explain;
 mod kubernetes;
+mod labels;
 mod matrix;
 mod tables;
 
@@ -41,6 +42,7 @@ use crate::{
 use cluster::Cluster;
 
 pub use explain::{explain, ExplainOptions};
+pub use labels::{label, LabelChange, Labelled};
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
 pub use tables::{get_endpointslices, get_events, get_network_policies, get_services};
 

@@ -54,6 +54,11 @@ pub enum Event {
     },
     /// NetworkPolicies are stored, and nothing enforces them yet.
     PoliciesNotEnforced,
+    /// `kind/name` relabeled (or left as it was).
+    Labeled {
+        object: String,
+        changed: bool,
+    },
     /// A manifest object other than a pod: `kind/name` and what happened.
     Applied {
         object: String,
@@ -171,6 +176,9 @@ impl fmt::Display for Event {
                  not built): traffic is not filtered by them",
             ),
             Event::Applied { object, outcome } => write!(f, "{object} {outcome}"),
+            Event::Labeled { object, changed } => {
+                write!(f, "{object} {}", if *changed { "labeled" } else { "not labeled" })
+            }
             Event::PodUnchanged { name } => write!(f, "pod/{name} unchanged"),
             Event::PodCreated {
                 name,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use weft_lab::layout::{DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, DEFAULT_UNDERLAY};
-use weft_lab::ops::{self, Binaries, ExecTarget, NodeAction, Output, ProbeOptions, UpOptions};
+use weft_lab::ops::{
+    self, Binaries, ExecTarget, LabelChange, Labelled, NodeAction, Output, ProbeOptions, UpOptions,
+};
 use weft_lab::probe::Protocol;
 use weft_lab::report::{self, Event};
 
@@ -223,6 +225,21 @@ pub enum LabCmd {
         #[arg(long, value_enum, default_value = "tcp")]
         protocol: PolicyProtocolArg,
     },
+    /// Change a pod's or a namespace's labels (kubectl's rules: KEY=VALUE sets, KEY- removes, a new value needs --overwrite); pods keep running.
+    Label {
+        #[arg(long, default_value = DEFAULT_LAB)]
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        overwrite: bool,
+        /// pod | namespace
+        kind: String,
+        object: String,
+        /// KEY=VALUE or KEY-
+        #[arg(required = true, value_parser = label_change)]
+        changes: Vec<LabelChange>,
+    },
     /// Add, remove, stop (kill the agent, keep the datapath) or start a node.
     Node {
         #[arg(long, default_value = DEFAULT_LAB)]
@@ -251,6 +268,10 @@ pub enum ControlPlaneArg {
 pub enum OutputArg {
     Wide,
     Json,
+}
+
+fn label_change(text: &str) -> Result<LabelChange, String> {
+    LabelChange::parse(text)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -430,6 +451,29 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             };
             print!("{}", ops::explain(&name, &opts)?);
             Ok(())
+        }
+        LabCmd::Label {
+            name,
+            namespace,
+            overwrite,
+            kind,
+            object,
+            changes,
+        } => {
+            let kind = match kind.as_str() {
+                "pod" | "pods" | "po" => Labelled::Pod,
+                "namespace" | "namespaces" | "ns" => Labelled::Namespace,
+                other => bail!("cannot label {other:?}: use pod or namespace"),
+            };
+            ops::label(
+                &name,
+                kind,
+                &namespace,
+                &object,
+                &changes,
+                overwrite,
+                &mut print_event,
+            )
         }
         LabCmd::Exec {
             name,

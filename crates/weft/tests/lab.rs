@@ -500,6 +500,35 @@ spec:
         "{via_service}"
     );
 
+    // Labels change without restarting pods, with kubectl's rules, and
+    // the selectors follow: the namespace, then the pod.
+    let labeled = lab.ok(&["label", "namespace", "default", "team=a"]);
+    assert!(labeled.contains("namespace/default labeled"), "{labeled}");
+    assert!(explain("other", "default/web").starts_with("allowed"));
+    let refused = lab.weft(&["label", "namespace", "default", "team=b"]);
+    assert!(!refused.status.success());
+    let why = text(&refused.stderr);
+    assert!(
+        why.contains("'team' already has a value (a), and --overwrite is false"),
+        "{why}"
+    );
+    lab.ok(&["label", "namespace", "default", "team-"]);
+    assert!(explain("other", "default/web").starts_with("denied"));
+    let labeled = lab.ok(&["label", "pod", "other", "app=web"]);
+    assert!(labeled.contains("pod/other labeled"), "{labeled}");
+    let web_endpoints = || {
+        let slices = lab.json(&["get", "endpointslices", "-o", "json"]);
+        slices["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "web")
+            .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    };
+    let both = wait_until(Duration::from_secs(10), || web_endpoints() == 2);
+    assert!(both.is_some(), "the relabeled pod never joined Service web");
+
     let deleted = lab.ok(&["delete", "networkpolicy", "deny-web"]);
     assert!(
         deleted.contains("networkpolicy/deny-web deleted"),
