@@ -133,6 +133,10 @@ fn containers_share_localhost_and_host_network_pods_use_the_node(#[case] mode: M
         v["allOk"].as_bool().unwrap(),
         "pod -> hostNetwork pod on another node: {v:#}"
     );
+    // Pods are named with their namespace (names repeat across them).
+    let first = &v["results"][0];
+    assert_eq!(first["from"], format!("demo/{web}"), "{v:#}");
+    assert_eq!(first["to"], "default/hostnet", "{v:#}");
     lab.ok(&["delete", "pod", "hostnet"]);
     assert!(lab
         .pods()

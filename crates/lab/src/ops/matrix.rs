@@ -152,7 +152,7 @@ fn named_pods<'a>(pods: &'a [Pod], selector: &str) -> Result<Vec<&'a Pod>> {
 fn origins(lab: &Lab, pods: &[Pod], from: &[String]) -> Result<Vec<Origin>> {
     let pod_origin = |p: &Pod| -> Result<Origin> {
         Ok(Origin {
-            label: key(p).1,
+            label: qualified(p),
             netns: pod_netns(&lab.layout, p)?,
         })
     };
@@ -264,12 +264,19 @@ fn pod_destinations(pods: &[&Pod], opts: &ProbeOptions) -> Vec<Destination> {
             let ip: IpAddr = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
             let port = opts.port.or_else(|| default_port(p, protocol))?;
             Some(Destination {
-                label: key(*p).1,
+                label: qualified(p),
                 addr: SocketAddr::new(ip, port),
                 protocol,
             })
         })
         .collect()
+}
+
+/// A pod as probes name it: `namespace/name` (pods in different
+/// namespaces may share a name).
+fn qualified(pod: &Pod) -> String {
+    let (namespace, name) = key(pod);
+    format!("{namespace}/{name}")
 }
 
 /// The port a pod serves by default: its first declared port of the
