@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP,
-    PodSpec, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStatus, EnvVar, Pod, PodCondition,
+    PodIP, PodSpec, PodStatus,
 };
 use serde_json::{Map, Value};
 use weft_cni::conflist::Conflist;
@@ -318,6 +318,10 @@ impl Kubelet<'_> {
             Some(_) => None,
         };
         if let Some(args) = agnhost_args.filter(|_| agnhost) {
+            if args.first().map(String::as_str) == Some("porter") {
+                let (tcp, udp) = porter_ports(c.env.as_deref().unwrap_or_default());
+                return (self.weft.clone(), netexec_args(pod, &tcp, &udp));
+            }
             if let Some(cfg) = crate::netexec::parse_agnhost_args(&args) {
                 let mut args = netexec_args(pod, &cfg.http_ports, &cfg.udp_ports);
                 if cfg.delay_shutdown > 0 {
@@ -364,6 +368,21 @@ fn resolve(program: &Path) -> Result<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|p| executable(p))
         .with_context(|| format!("{} not found in PATH", program.display()))
+}
+
+/// The ports agnhost `porter` serves, from its environment:
+/// `SERVE_PORT_<N>` (HTTP over TCP) and `SERVE_UDP_PORT_<N>`, as the
+/// upstream NetworkPolicy tests declare them. netexec serves them, so the
+/// answer is the pod's name rather than the variable's value;
+/// `SERVE_SCTP_PORT_<N>` and `SERVE_TLS_PORT_<N>` are not served.
+fn porter_ports(env: &[EnvVar]) -> (Vec<u16>, Vec<u16>) {
+    let ports = |prefix: &str| -> Vec<u16> {
+        env.iter()
+            .filter_map(|v| v.name.strip_prefix(prefix)?.parse().ok())
+            .filter(|port: &u16| *port != 0)
+            .collect()
+    };
+    (ports("SERVE_PORT_"), ports("SERVE_UDP_PORT_"))
 }
 
 fn netexec_args(pod: &str, http: &[u16], udp: &[u16]) -> Vec<String> {
@@ -458,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn agnhost_containers_run_netexec_whether_args_or_command_name_it() {
+    fn agnhost_netexec_and_porter_containers_are_served_by_netexec() {
         let layout = Layout::new("t").unwrap();
         let kubelet = Kubelet {
             layout: &layout,
@@ -487,6 +506,15 @@ mod tests {
         assert_eq!(
             kubelet.command_of(&by_command, "p"),
             netexec(&["--http-port", "9000", "--udp-port", "8081"])
+        );
+        let porter = container(
+            serde_json::json!({"name": "c", "image": "agnhost", "args": ["porter"],
+            "env": [{"name": "SERVE_PORT_80", "value": "foo"}, {"name": "SERVE_UDP_PORT_81", "value": "foo"},
+                    {"name": "SERVE_SCTP_PORT_80", "value": "foo"}, {"name": "OTHER", "value": "x"}]}),
+        );
+        assert_eq!(
+            kubelet.command_of(&porter, "p"),
+            netexec(&["--http-port", "80", "--udp-port", "81"])
         );
         let other = container(serde_json::json!({"name": "c", "image": "agnhost",
             "command": ["sleep", "5"]}));

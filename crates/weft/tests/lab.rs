@@ -533,6 +533,24 @@ spec:
     let both = wait_until(Duration::from_secs(10), || web_endpoints() == 2);
     assert!(both.is_some(), "the relabeled pod never joined Service web");
 
+    // agnhost porter containers, as the upstream NetworkPolicy tests run
+    // them, are served on their SERVE_PORT_N and SERVE_UDP_PORT_N ports.
+    lab.apply_ok("apiVersion: v1
+kind: Pod
+metadata: {name: porter, namespace: team-a}
+spec:
+  containers:
+  - name: c
+    image: registry.k8s.io/e2e-test-images/agnhost:2.53
+    args: [porter]
+    env: [{name: SERVE_PORT_80, value: foo}, {name: SERVE_UDP_PORT_81, value: foo}]
+    ports: [{name: serve-80-tcp, containerPort: 80}, {name: serve-81-udp, containerPort: 81, protocol: UDP}]
+");
+    let tcp = lab.probe_http("team-a/client", "team-a/porter", 1, "/hostname");
+    assert_eq!(tcp, [("ok".to_string(), "porter".to_string())]);
+    let udp = lab.probe_udp("team-a/client", "team-a/porter", 1);
+    assert_eq!(udp, [("ok".to_string(), "porter".to_string())]);
+
     let deleted = lab.ok(&["delete", "networkpolicy", "deny-web"]);
     assert!(
         deleted.contains("networkpolicy/deny-web deleted"),
