@@ -26,6 +26,7 @@ pub mod health;
 pub mod lb_allocator;
 pub mod masq;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reconcile;
 pub mod run;

@@ -291,6 +291,8 @@ impl<C: ClusterState> Agent<C> {
         if self.opts.proxy || self.opts.announce_load_balancers {
             self.spawn_proxy(health_state.clone())?;
         }
+        crate::policy::spawn(self.cluster.clone(), self.opts.node.clone())
+            .context("starting NetworkPolicy enforcement")?;
         let mut leases = self.cluster.watch_leases();
         let mut known = lease_cache();
         let mut resync = tokio::time::interval(self.opts.resync);

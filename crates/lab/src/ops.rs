@@ -707,20 +707,13 @@ pub fn apply(name: &str, text: &str, bins: &Binaries, report: Report<'_>) -> Res
     let lab = Lab::open(name)?;
     let resources = manifest::parse(text)?;
     lab.check_namespaces(&resources)?;
-    if resources
-        .iter()
-        .any(|r| matches!(r, Resource::NetworkPolicy(_)))
-    {
-        report(Event::PoliciesNotEnforced);
-    }
     if lab.is_kubernetes() {
         return kubernetes::apply(&lab, &resources, report);
     }
     lab.then_sync(apply_resources(&lab, resources, bins, report))
 }
 
-/// Namespaces every cluster has from the start.
-const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+use weft_policy::model::BUILT_IN_NAMESPACES;
 
 /// Applies `resources` in order. Validation already passed, so what can
 /// still fail is the lab itself (a pool running out, a pod that cannot

@@ -52,8 +52,6 @@ pub enum Event {
         namespaces: usize,
         processes: usize,
     },
-    /// NetworkPolicies are stored, and nothing enforces them yet.
-    PoliciesNotEnforced,
     /// `kind/name` relabeled (or left as it was).
     Labeled {
         object: String,
@@ -171,10 +169,6 @@ impl fmt::Display for Event {
                 namespaces,
                 processes,
             } => write!(f, "lab {name} removed ({namespaces} namespaces, {processes} processes)"),
-            Event::PoliciesNotEnforced => f.write_str(
-                "note: NetworkPolicies are stored but not enforced yet (weft's policy datapath is \
-                 not built): traffic is not filtered by them",
-            ),
             Event::Applied { object, outcome } => write!(f, "{object} {outcome}"),
             Event::Labeled { object, changed } => {
                 write!(f, "{object} {}", if *changed { "labeled" } else { "not labeled" })

@@ -8,8 +8,11 @@
 //!   which policy and rule decided — the answer `weft lab explain` prints,
 //!   and what the rule generator must agree with.
 //!
-//! It must not touch the kernel, the store or the clock; the datapath turns
-//! these decisions into nftables rules elsewhere.
+//! - [`rules`]: the nftables table that enforces them on one node.
+//!
+//! It must not touch the kernel, the store or the clock: the agent applies
+//! the rules.
 
 pub mod model;
+pub mod rules;
 pub mod verdict;

@@ -118,6 +118,8 @@ pub struct Pod {
     /// hostNetwork pods are not subject to policies and are seen by them
     /// as their node's address.
     pub host_network: bool,
+    /// The node it runs on (`spec.nodeName`), once scheduled.
+    pub node: Option<String>,
 }
 
 impl Pod {
@@ -152,26 +154,36 @@ impl Pod {
                 .and_then(|ip| ip.parse().ok()),
             ports,
             host_network: spec.host_network.unwrap_or(false),
+            node: spec.node_name.clone(),
         }
     }
 }
 
 /// Each namespace's labels; a namespace is labelled with its name
 /// (`kubernetes.io/metadata.name`) as the API server labels it, also when
-/// the object does not say so.
+/// the object does not say so, and the namespaces every cluster has are
+/// there even when no object is stored for them (the embedded store).
 pub fn namespace_labels<'a>(
     namespaces: impl IntoIterator<Item = &'a Namespace>,
 ) -> NamespaceLabels {
-    namespaces
-        .into_iter()
-        .filter_map(|ns| {
-            let name = ns.metadata.name.clone()?;
-            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-            labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-            Some((name, labels))
-        })
-        .collect()
+    let mut out: NamespaceLabels = BUILT_IN_NAMESPACES
+        .iter()
+        .map(|name| (name.to_string(), Labels::new()))
+        .collect();
+    for ns in namespaces {
+        if let Some(name) = &ns.metadata.name {
+            out.insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
+        }
+    }
+    for (name, labels) in &mut out {
+        labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+    }
+    out
 }
+
+/// The namespaces every cluster has from the start.
+pub const BUILT_IN_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// The label the API server gives every namespace: its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

@@ -35,6 +35,7 @@ fn pod(ns: &str, name: &str) -> Pod {
             port("serve-81-udp", 81, Protocol::Udp),
         ],
         host_network: false,
+        node: Some(format!("node-{n}")),
     }
 }
 

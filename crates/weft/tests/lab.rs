@@ -393,8 +393,8 @@ fn lab_down_leaves_nothing_and_overlapping_ranges_are_refused(#[case] mode: Mode
 }
 
 /// NetworkPolicies are applied (validated as the API server does), listed,
-/// explained and deleted in both modes, and `apply` says that nothing
-/// enforces them yet.
+/// explained, enforced as explained (directly and through a Service, and
+/// following label changes) and deleted, in both modes.
 #[rstest]
 #[case::embedded(Mode::Embedded)]
 #[case::kubernetes(Mode::Kubernetes)]
@@ -464,7 +464,6 @@ spec:
         out.contains("networkpolicy.networking.k8s.io/deny-web created"),
         "{out}"
     );
-    assert!(out.contains("not enforced yet"), "{out}");
     let again = lab.apply_ok(policy);
     assert!(
         again.contains("networkpolicy.networking.k8s.io/deny-web unchanged"),
@@ -486,7 +485,14 @@ spec:
         allowed.starts_with("allowed team-a/client → default/web:80/TCP: egress of team-a/client is not isolated; ingress of default/web allowed by default/deny-web rule ingress[0]\n"),
         "{allowed}"
     );
-    assert!(allowed.contains("not enforced yet"), "{allowed}");
+    // Enforced as explained: directly and through the Service.
+    let reaches = |from: &str, to: &str| lab.probe_http(from, to, 1, "/hostname")[0].0 == "ok";
+    let enforced = wait_until(Duration::from_secs(10), || !reaches("other", "default/web"));
+    assert!(enforced.is_some(), "default/other still reaches web");
+    assert!(reaches("team-a/client", "default/web"));
+    assert!(reaches("team-a/client", "svc/default/web"));
+    assert!(!reaches("other", "svc/default/web"));
+    assert!(reaches("other", "team-a/client"), "only web is isolated");
     let denied = explain("other", "default/web");
     assert!(
         denied.starts_with("denied default/other → default/web:80/TCP: egress of default/other is not isolated; ingress of default/web is isolated by default/deny-web and no rule allows default/other\n"),
@@ -509,6 +515,11 @@ spec:
     let labeled = lab.ok(&["label", "namespace", "default", "team=a"]);
     assert!(labeled.contains("namespace/default labeled"), "{labeled}");
     assert!(explain("other", "default/web").starts_with("allowed"));
+    let followed = wait_until(Duration::from_secs(10), || reaches("other", "default/web"));
+    assert!(
+        followed.is_some(),
+        "the namespace label did not open web to other"
+    );
     let refused = lab.weft(&["label", "namespace", "default", "team=b"]);
     assert!(!refused.status.success());
     let why = text(&refused.stderr);
@@ -518,6 +529,11 @@ spec:
     );
     lab.ok(&["label", "namespace", "default", "team-"]);
     assert!(explain("other", "default/web").starts_with("denied"));
+    let closed = wait_until(Duration::from_secs(10), || !reaches("other", "default/web"));
+    assert!(
+        closed.is_some(),
+        "removing the label did not close web again"
+    );
     let labeled = lab.ok(&["label", "pod", "other", "app=web"]);
     assert!(labeled.contains("pod/other labeled"), "{labeled}");
     let web_endpoints = || {
@@ -558,4 +574,9 @@ spec:
     );
     assert!(!lab.ok(&["get", "netpol"]).contains("deny-web"));
     assert!(explain("other", "default/web").starts_with("allowed"));
+    let open = wait_until(Duration::from_secs(10), || reaches("other", "default/web"));
+    assert!(
+        open.is_some(),
+        "web stayed isolated after its policy was deleted"
+    );
 }

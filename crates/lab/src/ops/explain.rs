@@ -37,29 +37,21 @@ pub struct ExplainOptions {
 pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
     let lab = Lab::open(name)?;
     let pods: Vec<Pod> = lab.cluster.list()?;
-    let namespaces = namespace_labels(&with_built_ins(lab.cluster.list::<Namespace>()?));
+    let namespaces = namespace_labels(&lab.cluster.list::<Namespace>()?);
     let policies: Vec<Policy> = lab
         .cluster
         .list::<NetworkPolicy>()?
         .iter()
         .map(Policy::read)
         .collect();
-    let model_pods: Vec<(model::Pod, Option<String>)> = pods
-        .iter()
-        .map(|p| {
-            (
-                model::Pod::read(p),
-                p.spec.as_ref().and_then(|s| s.node_name.clone()),
-            )
-        })
-        .collect();
+    let model_pods: Vec<model::Pod> = pods.iter().map(model::Pod::read).collect();
     let destinations = destinations(&lab, &model_pods, opts)?;
     let source = parse_source(&lab, &model_pods, &opts.from)?;
     let mut lines = Vec::new();
-    for (pod, node, port) in destinations {
+    for (pod, port) in destinations {
         let from = match &source {
             Side::Pod(p) => Party::Pod(p),
-            Side::Node(name, _) if Some(name) == node.as_ref() => Party::OwnNode,
+            Side::Node(name, _) if Some(name) == pod.node.as_ref() => Party::OwnNode,
             Side::Node(_, ip) | Side::Address(ip) => Party::Address(*ip),
         };
         let conn = Connection {
@@ -78,26 +70,7 @@ pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
             ));
         }
     }
-    lines.push(
-        "note: NetworkPolicies are not enforced yet; this is what weft's model decides".into(),
-    );
     Ok(lines.join("\n") + "\n")
-}
-
-/// The namespaces every cluster has, added when the store has no object
-/// for them (the embedded lab does not store them).
-fn with_built_ins(mut namespaces: Vec<Namespace>) -> Vec<Namespace> {
-    for name in super::BUILT_IN_NAMESPACES {
-        if !namespaces
-            .iter()
-            .any(|n| n.metadata.name.as_deref() == Some(name))
-        {
-            let mut ns = Namespace::default();
-            ns.metadata.name = Some(name.into());
-            namespaces.push(ns);
-        }
-    }
-    namespaces
 }
 
 enum Side<'a> {
@@ -106,11 +79,7 @@ enum Side<'a> {
     Address(IpAddr),
 }
 
-fn parse_source<'a>(
-    lab: &Lab,
-    pods: &'a [(model::Pod, Option<String>)],
-    text: &str,
-) -> Result<Side<'a>> {
+fn parse_source<'a>(lab: &Lab, pods: &'a [model::Pod], text: &str) -> Result<Side<'a>> {
     Ok(match targets::parse_source(text)? {
         Source::External => Side::Address(IpAddr::V4(lab.state.external_ip())),
         Source::Node(name) => {
@@ -120,35 +89,32 @@ fn parse_source<'a>(
                 .with_context(|| format!("no node {name} in lab {}", lab.state.name))?;
             Side::Node(name, IpAddr::V4(node.ip))
         }
-        Source::Pod(text) => Side::Pod(&find_pod(pods, &text)?.0),
+        Source::Pod(text) => Side::Pod(find_pod(pods, &text)?),
     })
 }
 
 /// "NS/NAME" or "NAME" (in default).
-fn find_pod<'a>(
-    pods: &'a [(model::Pod, Option<String>)],
-    text: &str,
-) -> Result<&'a (model::Pod, Option<String>)> {
+fn find_pod<'a>(pods: &'a [model::Pod], text: &str) -> Result<&'a model::Pod> {
     let (namespace, name) = text.split_once('/').unwrap_or(("default", text));
     pods.iter()
-        .find(|(p, _)| p.namespace == namespace && p.name == name)
+        .find(|p| p.namespace == namespace && p.name == name)
         .with_context(|| format!("no pod {namespace}/{name} (see `weft lab get pods -A`)"))
 }
 
-/// The destination pods, their nodes and the port each is reached on.
+/// The destination pods and the port each is reached on.
 fn destinations<'a>(
     lab: &Lab,
-    pods: &'a [(model::Pod, Option<String>)],
+    pods: &'a [model::Pod],
     opts: &ExplainOptions,
-) -> Result<Vec<(&'a model::Pod, Option<String>, u16)>> {
+) -> Result<Vec<(&'a model::Pod, u16)>> {
     match targets::parse_target(&opts.to)? {
         Target::Pod(text) => {
-            let (pod, node) = find_pod(pods, &text)?;
+            let pod = find_pod(pods, &text)?;
             let port = opts
                 .port
                 .or_else(|| pod.ports.first().map(|p| p.port))
                 .with_context(|| format!("pod {pod} declares no port; give --port"))?;
-            Ok(vec![(pod, node.clone(), port)])
+            Ok(vec![(pod, port)])
         }
         Target::Service {
             namespace,
@@ -169,11 +135,11 @@ fn destinations<'a>(
 /// port reaches on it (its EndpointSlices' port of the same name).
 fn service_backends<'a>(
     lab: &Lab,
-    pods: &'a [(model::Pod, Option<String>)],
+    pods: &'a [model::Pod],
     namespace: &str,
     name: &str,
     port: Option<&str>,
-) -> Result<Vec<(&'a model::Pod, Option<String>, u16)>> {
+) -> Result<Vec<(&'a model::Pod, u16)>> {
     let service: Service = lab
         .cluster
         .get(namespace, name)?
@@ -221,8 +187,8 @@ fn service_backends<'a>(
             else {
                 continue;
             };
-            if let Some((pod, node)) = pods.iter().find(|(p, _)| p.ip == Some(ip)) {
-                out.push((pod, node.clone(), number));
+            if let Some(pod) = pods.iter().find(|p| p.ip == Some(ip)) {
+                out.push((pod, number));
             }
         }
     }
