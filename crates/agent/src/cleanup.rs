@@ -1,7 +1,7 @@
 //! `weft agent --cleanup`: removes what the agent put on this node, as
 //! `kube-proxy --cleanup` does — its VXLAN devices (their neighbours and
 //! FDB entries go with them), its routes (tagged with weft's route
-//! protocol), its nftables tables (masquerade, Service proxy) and the files
+//! protocol), its nftables tables (masquerade, Service proxy, NetworkPolicy) and the files
 //! it wrote for the CNI plugin. It leaves weft-cni's per-pod rules (pods
 //! still running need them; the plugin removes them at DEL) and its lease
 //! (the cluster's record, released by removing the node).
@@ -43,10 +43,11 @@ impl fmt::Display for Removed {
     }
 }
 
-/// The agent's tables: masquerade, and the Service proxy's.
-const TABLES: [(Family, &str); 2] = [
+/// The agent's tables: masquerade, the Service proxy's and NetworkPolicy's.
+const TABLES: [(Family, &str); 3] = [
     (Family::Inet, masq::TABLE),
     (Family::Ip, weft_proxy::table::TABLE),
+    (Family::Ip, weft_policy::rules::TABLE),
 ];
 
 /// Whether `name` is a device the agent makes (`weft.<VNI>`).
