@@ -16,8 +16,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use weft_cluster::cache::{object_key, Cache};
 use weft_cluster::{Cluster, ClusterError, Event, Watched};
 use weft_datapath::nft::{self, Family};
-use weft_policy::model::{self, namespace_labels, Policy};
+use weft_policy::model::{self, namespace_labels, NamespaceLabels, Policy};
 use weft_policy::rules;
+
+use crate::proxy::event;
 
 /// How often the table is checked for drift.
 const DRIFT_CHECK: Duration = Duration::from_secs(10);
@@ -54,9 +56,14 @@ impl State {
         self.policies.is_synced() && self.pods.is_synced() && self.namespaces.is_synced()
     }
 
-    /// The table for `node` as the caches stand.
+    /// The table for `node` as the caches stand. Without policies it does
+    /// not depend on pods: they are not read then (a pod event on a node
+    /// without policies costs nothing).
     fn script(&self, node: &str) -> String {
         let policies: Vec<Policy> = self.policies.values().map(Policy::read).collect();
+        if policies.is_empty() {
+            return rules::script(&[], &[], &NamespaceLabels::new(), node);
+        }
         for policy in &policies {
             for problem in &policy.problems {
                 tracing::debug!(policy = %policy.key, %problem, "part of a NetworkPolicy matches nothing");
@@ -121,19 +128,12 @@ async fn follow<C: Cluster>(cluster: &C, node: &str) -> Result<()> {
     }
 }
 
-/// Takes one watch item into `cache`; errors are logged (the watch retries
-/// by itself).
+/// Takes one watch item into `cache` (errors are logged by [`event`]).
 fn take<K: Watched + PartialEq>(
     cache: &mut Cache<K>,
     item: Option<Result<Event<K>, ClusterError>>,
 ) {
-    match item {
-        Some(Ok(event)) => {
-            cache.apply(event);
-        }
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, kind = K::KIND, "watching the cluster failed; retrying")
-        }
-        None => tracing::error!(kind = K::KIND, "a cluster watch ended"),
+    if let Some(event) = event(item) {
+        cache.apply(event);
     }
 }

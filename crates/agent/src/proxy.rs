@@ -154,7 +154,7 @@ fn list_done<K>(event: &Event<K>, listed: &mut bool) -> bool {
 /// A watch's next item, or `None` with the reason logged: an error (the
 /// watch retries by itself) or, what a source never does while it lives,
 /// the end of the stream.
-fn event<K>(item: Option<Result<Event<K>, ClusterError>>) -> Option<Event<K>> {
+pub(crate) fn event<K>(item: Option<Result<Event<K>, ClusterError>>) -> Option<Event<K>> {
     match item {
         Some(Ok(event)) => Some(event),
         Some(Err(e)) => {

@@ -243,7 +243,7 @@ pub fn service_address(
 
 /// By number (preferring the port of `protocol` when a number has two), by
 /// name, or the first.
-fn select_port<'a>(
+pub(crate) fn select_port<'a>(
     ports: &'a [ServicePort],
     wanted: Option<&str>,
     protocol_override: Option<Protocol>,

@@ -107,6 +107,12 @@ fn only_this_nodes_isolated_pods_get_chains() {
     assert!(!text.contains("10.244.2.2 jump"), "{text}");
     let on_node_2 = script(&every_kind(), &pods(), &namespaces, "node-2");
     assert!(!on_node_2.contains("jump ingress-"), "{on_node_2}");
+    // Without policies the table does not depend on pods (the agent then
+    // skips reading them).
+    assert_eq!(
+        script(&[], &pods(), &namespaces, "node-1"),
+        script(&[], &[], &Default::default(), "node-1")
+    );
 }
 
 #[test]

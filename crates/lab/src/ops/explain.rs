@@ -145,13 +145,8 @@ fn service_backends<'a>(
         .get(namespace, name)?
         .with_context(|| format!("no Service {namespace}/{name}"))?;
     let ports = service.spec.and_then(|s| s.ports).unwrap_or_default();
-    let chosen = match port {
-        None => ports.first(),
-        Some(p) => ports.iter().find(|sp| {
-            sp.name.as_deref() == Some(p) || p.parse::<i32>().is_ok_and(|n| n == sp.port)
-        }),
-    }
-    .with_context(|| format!("Service {namespace}/{name} has no port {port:?}"))?;
+    let chosen = targets::select_port(&ports, port, None)
+        .with_context(|| format!("Service {namespace}/{name} has no port {port:?}"))?;
     let port_name = chosen.name.clone().unwrap_or_default();
     let slices: Vec<EndpointSlice> = lab.cluster.list()?;
     let mut out = Vec::new();

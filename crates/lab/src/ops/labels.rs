@@ -12,9 +12,9 @@ use weft_validation::labels;
 use weft_validation::names;
 
 use super::cluster::Cluster;
-use super::{check_name, Lab, BUILT_IN_NAMESPACES};
+use super::{check_name, Lab};
 use crate::report::{Event, Report};
-use weft_policy::model::{Labels, NAMESPACE_NAME_LABEL};
+use weft_policy::model::{namespace_labels, Labels, NAMESPACE_NAME_LABEL};
 
 /// One change: set a key to a value, or remove it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,19 +188,7 @@ fn current_labels(
             .cluster
             .get::<Pod>(namespace, object)?
             .map(|p| p.metadata.labels.unwrap_or_default()),
-        Labelled::Namespace => {
-            let stored = lab
-                .cluster
-                .list::<Namespace>()?
-                .into_iter()
-                .find(|n| n.metadata.name.as_deref() == Some(object));
-            let known = stored.is_some() || BUILT_IN_NAMESPACES.contains(&object);
-            known.then(|| {
-                let mut labels = stored.and_then(|n| n.metadata.labels).unwrap_or_default();
-                labels.insert(NAMESPACE_NAME_LABEL.into(), object.into());
-                labels
-            })
-        }
+        Labelled::Namespace => namespace_labels(&lab.cluster.list::<Namespace>()?).remove(object),
     })
 }
 
