@@ -491,6 +491,8 @@ impl Bed {
             &p("net.d"),
             "--ipam-dir",
             &p("ipam"),
+            "--policy-socket",
+            &p("policy.sock"),
             "--health",
             "0.0.0.0:10254",
         ])

@@ -57,7 +57,11 @@ fn is_agent_device(name: &str) -> bool {
 }
 
 /// Removes it all; what was not there is no error.
-pub async fn cleanup(subnet_file: &Path, cni_conf_dir: &Path) -> anyhow::Result<Removed> {
+pub async fn cleanup(
+    subnet_file: &Path,
+    cni_conf_dir: &Path,
+    policy_socket: Option<&Path>,
+) -> anyhow::Result<Removed> {
     let netlink = Netlink::connect()?;
     let mut removed = Removed::default();
     for v6 in [false, true] {
@@ -81,10 +85,11 @@ pub async fn cleanup(subnet_file: &Path, cni_conf_dir: &Path) -> anyhow::Result<
             removed.tables.push(format!("{} {table}", family.word()));
         }
     }
-    for file in [
+    let files = [
         subnet_file.to_owned(),
         cni_conf_dir.join(crate::files::CONFLIST),
-    ] {
+    ];
+    for file in files.into_iter().chain(policy_socket.map(Path::to_owned)) {
         match std::fs::remove_file(&file) {
             Ok(()) => removed.files.push(file),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -12,8 +12,13 @@ use serde_json::{json, Value};
 /// The node's CNI configuration, in the CNI config directory.
 pub const CONFLIST: &str = "10-weft.conflist";
 
-pub fn conflist(network: &str, subnet_file: &Path, ipam_dir: &Path) -> Value {
-    json!({
+pub fn conflist(
+    network: &str,
+    subnet_file: &Path,
+    ipam_dir: &Path,
+    policy_socket: Option<&Path>,
+) -> Value {
+    let mut conflist = json!({
         "cniVersion": "1.1.0",
         "name": network,
         "plugins": [{
@@ -24,7 +29,11 @@ pub fn conflist(network: &str, subnet_file: &Path, ipam_dir: &Path) -> Value {
             "ipam": {"subnetFile": subnet_file, "dataDir": ipam_dir},
             "capabilities": {"portMappings": true, "ips": true, "mac": true}
         }]
-    })
+    });
+    if let Some(socket) = policy_socket {
+        conflist["plugins"][0]["policySocket"] = json!(socket);
+    }
+    conflist
 }
 
 /// Makes `path` hold exactly `data`, writing it only when it is missing or
@@ -61,8 +70,10 @@ mod tests {
             "weft",
             Path::new("/run/weft/subnet.env"),
             Path::new("/var/lib/cni/weft"),
+            Some(Path::new("/run/weft/policy.sock")),
         );
         assert_eq!(c["plugins"][0]["type"], "weft-cni");
+        assert_eq!(c["plugins"][0]["policySocket"], "/run/weft/policy.sock");
         assert_eq!(
             c["plugins"][0]["ipam"]["subnetFile"],
             "/run/weft/subnet.env"

@@ -45,6 +45,9 @@ pub struct Options {
     pub subnet_file: PathBuf,
     pub cni_conf_dir: PathBuf,
     pub ipam_dir: PathBuf,
+    /// Where weft-cni asks the agent to protect a new pod before it
+    /// starts; `None`: pods start without waiting for their policy.
+    pub policy_socket: Option<PathBuf>,
     pub health: SocketAddr,
     pub lease_ttl: Duration,
     pub resync: Duration,
@@ -291,8 +294,12 @@ impl<C: ClusterState> Agent<C> {
         if self.opts.proxy || self.opts.announce_load_balancers {
             self.spawn_proxy(health_state.clone())?;
         }
-        crate::policy::spawn(self.cluster.clone(), self.opts.node.clone())
-            .context("starting NetworkPolicy enforcement")?;
+        crate::policy::spawn(
+            self.cluster.clone(),
+            self.opts.node.clone(),
+            self.opts.policy_socket.clone(),
+        )
+        .context("starting NetworkPolicy enforcement")?;
         let mut leases = self.cluster.watch_leases();
         let mut known = lease_cache();
         let mut resync = tokio::time::interval(self.opts.resync);
@@ -547,7 +554,12 @@ fn parse_mac(text: &str) -> Option<Vec<u8>> {
 /// (re)write.
 fn ensure_cni_files(opts: &Options, node: &NodeState) -> Result<Vec<PathBuf>> {
     let env = subnets::subnet_env(&node.conf, Some(node.local.subnet), None, node.mtu, true);
-    let conflist = files::conflist(&opts.network, &opts.subnet_file, &opts.ipam_dir);
+    let conflist = files::conflist(
+        &opts.network,
+        &opts.subnet_file,
+        &opts.ipam_dir,
+        opts.policy_socket.as_deref(),
+    );
     let conflist = serde_json::to_string_pretty(&conflist)?;
     let wanted = [
         (opts.subnet_file.clone(), env),

@@ -84,6 +84,10 @@ impl<K: PartialEq> Cache<K> {
     pub fn values(&self) -> impl Iterator<Item = &K> {
         self.current.values()
     }
+
+    pub fn get(&self, key: &str) -> Option<&K> {
+        self.current.get(key)
+    }
 }
 
 /// Tracks one re-list for a consumer with a reduced model.

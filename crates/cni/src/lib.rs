@@ -6,6 +6,7 @@
 //! - [`plan`]: configuration → the network to wire (pure).
 //! - [`firewall`]: the nftables rule sets (pure generation).
 //! - [`antispoof`]: a pod sends only as itself (rules, per-pod set elements).
+//! - [`policy_gate`]: ADD waits for the agent to protect the new pod.
 //! - [`conflist`]: conflist files as a runtime reads them.
 //! - [`invoke`]: the runtime side — running a CNI plugin as a runtime does.
 //! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION — where the plan
@@ -17,4 +18,5 @@ pub mod conflist;
 pub mod firewall;
 pub mod invoke;
 pub mod plan;
+pub mod policy_gate;
 pub mod spec;

@@ -40,6 +40,8 @@ pub struct Network {
     pub dns: Option<Dns>,
     /// Destinations never masqueraded (the cluster networks from subnet.env).
     pub cluster_networks: Vec<IpNet>,
+    /// Where the agent that must protect a new pod listens.
+    pub policy_socket: Option<PathBuf>,
 }
 
 impl Network {
@@ -55,6 +57,13 @@ impl Network {
             }
         }
         let bridge = conf.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        let policy_socket = conf.policy_socket.clone();
+        if let Some(path) = policy_socket.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(CniError::invalid_config(format!(
+                "policySocket {} is not an absolute path: give the agent's socket, e.g. /run/weft/policy.sock",
+                path.display()
+            )));
+        }
         crate::spec::env::validate_ifname(&bridge)
             .map_err(|e| CniError::invalid_config(e.msg.replace("CNI_IFNAME", "bridge")))?;
         let subnet_env = match (&ipam.subnet_file, ranges) {
@@ -111,6 +120,7 @@ impl Network {
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             dns: conf.dns.clone(),
             cluster_networks,
+            policy_socket,
         })
     }
 

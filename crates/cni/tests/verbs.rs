@@ -407,6 +407,40 @@ fn every_error_code_with_a_useful_message() {
     assert!(!Node::ip(other.file_name().unwrap().to_str().unwrap(), &["link"]).contains("net9"));
 }
 
+/// With `policySocket`, ADD of a pod returns only once the node's agent
+/// has put the pod's policy in place: no agent is "try again later", and
+/// the failed ADD leaves nothing behind. A container that is not a pod
+/// (no K8S_POD_NAME) does not wait.
+#[test]
+fn add_waits_for_the_agent_to_protect_the_pod() {
+    let mut node = Node::new("gate");
+    let pod = node.pod("p");
+    let conf = node.conf(json!({"name": "testnet-gate", "bridge": "wtbr3", "policySocket": "/nonexistent/weft/policy.sock", "ipam": {"ranges": [[{"subnet": "10.91.0.0/24"}]]}}));
+    let asked = node
+        .call("ADD", "gate1", Some(&pod))
+        .with_args("K8S_POD_NAMESPACE=default;K8S_POD_NAME=p");
+    expect_code(
+        &node,
+        asked,
+        &conf,
+        11,
+        "does not answer at /nonexistent/weft/policy.sock",
+    );
+    assert!(node.reserved("testnet-gate").is_empty());
+    assert!(!Node::ip(pod.file_name().unwrap().to_str().unwrap(), &["link"]).contains("eth0"));
+
+    let not_a_pod = node.run("ADD", "gate2", Some(&pod), &conf);
+    assert!(not_a_pod.ok(), "{}", not_a_pod.stdout);
+    let relative = node.conf(json!({"policySocket": "policy.sock"}));
+    expect_code(
+        &node,
+        node.call("ADD", "gate3", Some(&pod)),
+        &relative,
+        7,
+        "absolute",
+    );
+}
+
 #[test]
 fn a_repeated_add_fails_without_breaking_the_live_pod() {
     let mut node = Node::new("again");

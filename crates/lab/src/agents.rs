@@ -52,6 +52,8 @@ pub fn start(
         &dir.join("net.d").display().to_string(),
         "--ipam-dir",
         &dir.join("ipam").display().to_string(),
+        "--policy-socket",
+        &dir.join("policy.sock").display().to_string(),
         "--health",
         &format!("0.0.0.0:{HEALTH_PORT}"),
     ]

@@ -806,14 +806,34 @@ fn apply_resource(
         }
         let started = Instant::now();
         let node = lab.schedule(&pod)?;
-        let mut pod = pod;
-        pod.metadata.uid = Some(objects::random_uid());
-        let pod = kubelet.run(&node, pod, |pod| {
+        let pod = scheduled(pod, &namespace, &node.name);
+        // Stored before its node starts it, as the API server and the
+        // scheduler have it: the agent must know the pod (its labels)
+        // when weft-cni asks it to protect the pod.
+        lab.store()?.put_typed(&pod)?;
+        let ran = kubelet.run(&node, pod, |pod| {
             Ok(lab.store()?.put_typed(pod).map(drop)?)
+        });
+        let pod = ran.inspect_err(|_| {
+            if let Err(e) = lab.store().and_then(|s| Ok(s.delete("Pod", &namespace, &pod_name)?)) {
+                tracing::warn!(error = %format!("{e:#}"), pod = %pod_name, "cannot remove the pod whose start failed");
+            }
         })?;
         report(pod_created(&pod, started));
     }
     Ok(())
+}
+
+/// `pod` given its UID and bound to `node`, waiting to start.
+fn scheduled(mut pod: Pod, namespace: &str, node: &str) -> Pod {
+    pod.metadata.uid = Some(objects::random_uid());
+    pod.metadata.namespace = Some(namespace.into());
+    pod.spec.get_or_insert_with(Default::default).node_name = Some(node.into());
+    pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    });
+    pod
 }
 
 /// A pod that runs, `started` being when its apply began.

@@ -55,6 +55,11 @@ pub struct AgentArgs {
     cni_conf_dir: PathBuf,
     #[arg(long, default_value = "/var/lib/cni/weft")]
     ipam_dir: PathBuf,
+    /// Where weft-cni asks the agent to put a new pod's NetworkPolicy in
+    /// place before the pod starts (ADD fails with "try again later"
+    /// while the agent is down); empty: pods start without waiting.
+    #[arg(long, default_value = "/run/weft/policy.sock")]
+    policy_socket: String,
     /// Where /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:10254")]
     health: SocketAddr,
@@ -133,6 +138,14 @@ pub struct AgentArgs {
     lb_allocator_term: Duration,
 }
 
+impl AgentArgs {
+    fn policy_socket(&self) -> Option<PathBuf> {
+        Some(&self.policy_socket)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }
+}
+
 /// `weft agent --cleanup`.
 fn cleanup(a: &AgentArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -141,6 +154,7 @@ fn cleanup(a: &AgentArgs) -> Result<()> {
     let removed = rt.block_on(weft_agent::cleanup::cleanup(
         &a.subnet_file,
         &a.cni_conf_dir,
+        a.policy_socket().as_deref(),
     ))?;
     println!("{removed}");
     Ok(())
@@ -331,6 +345,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         .context("--node (or NODE_NAME) names this node")?;
     let net_conf = weft_agent::run::read_net_conf(&a.net_conf)?;
     let source = Source::of(&a)?;
+    let policy_socket = a.policy_socket();
     let opts = Options {
         node,
         net_conf,
@@ -339,6 +354,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         subnet_file: a.subnet_file,
         cni_conf_dir: a.cni_conf_dir,
         ipam_dir: a.ipam_dir,
+        policy_socket,
         health: a.health,
         lease_ttl: a.lease_ttl,
         resync: a.resync,

@@ -96,6 +96,8 @@ impl Node {
             .arg(self.path("net.d"))
             .arg("--ipam-dir")
             .arg(self.path("ipam"))
+            .arg("--policy-socket")
+            .arg(self.path("policy.sock"))
             .args(extra)
             .env("RUST_BACKTRACE", "0");
         cmd
@@ -423,6 +425,8 @@ fn cleanup_removes_what_the_agent_put_on_the_node() {
             .arg(node.subnet_env())
             .arg("--cni-conf-dir")
             .arg(node.path("net.d"))
+            .arg("--policy-socket")
+            .arg(node.path("policy.sock"))
             .output()
             .unwrap()
     };

@@ -1,5 +1,6 @@
 //! ADD: reserve addresses, wire bridge + veth + addresses + routes, add
-//! masquerade/hostPort rules, and answer with the result. Any failure after
+//! masquerade/hostPort rules, wait for the agent to protect the pod, and
+//! answer with the result. Any failure after
 //! the reservation runs the same teardown as DEL, so a failed ADD leaves
 //! nothing behind.
 
@@ -14,7 +15,7 @@ use weft_ipam::{Allocation, Owner, Store};
 use super::{del, masquerade_chain, runtime, Invocation};
 use crate::plan::{self, Network};
 use crate::spec::{CniError, CniResult, Interface, IpConfig, PortMapping};
-use crate::{antispoof, firewall};
+use crate::{antispoof, firewall, policy_gate};
 
 pub fn add(inv: &Invocation, net: &Network, store: &Store) -> Result<Value, CniError> {
     let netns_path = inv.env.netns.as_ref().expect("ADD requires CNI_NETNS");
@@ -29,7 +30,8 @@ pub fn add(inv: &Invocation, net: &Network, store: &Store) -> Result<Value, CniE
     if !fresh {
         refuse_if_attached(&inv.env.container_id, &inv.env.ifname)?;
     }
-    let wired = wire(inv, net, &netns, &allocations, mac, port_mappings);
+    let wired = wire(inv, net, &netns, &allocations, mac, port_mappings)
+        .and_then(|result| protect(inv, net, &result).map(|()| result));
     match wired {
         Ok(result) => Ok(result.to_json(inv.version)),
         Err(err) => {
@@ -45,6 +47,25 @@ pub fn add(inv: &Invocation, net: &Network, store: &Store) -> Result<Value, CniE
             Err(err)
         }
     }
+}
+
+/// Waits for the node's agent to put the pod's NetworkPolicy in place
+/// (when the configuration names its socket and the runtime names the
+/// pod: a container that is not a pod is selected by no policy).
+fn protect(inv: &Invocation, net: &Network, result: &CniResult) -> Result<(), CniError> {
+    let (Some(socket), Some(namespace), Some(name)) = (
+        &net.policy_socket,
+        &inv.env.args.pod_namespace,
+        &inv.env.args.pod_name,
+    ) else {
+        return Ok(());
+    };
+    let request = policy_gate::Request {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        ips: result.ips.iter().map(|ip| ip.address.addr()).collect(),
+    };
+    policy_gate::ask(socket, &request, policy_gate::ANSWER_TIMEOUT)
 }
 
 /// Reserves the attachment's addresses; `false` in the answer means it

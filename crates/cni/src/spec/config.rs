@@ -33,6 +33,9 @@ pub struct NetConf {
     pub ip_masq: Option<bool>,
     /// Hairpin mode on the host port (default true): a pod can reach itself through a Service.
     pub hairpin_mode: Option<bool>,
+    /// The node agent's socket: ADD answers only once the agent has put
+    /// the pod's NetworkPolicy in place (see `policy_gate`).
+    pub policy_socket: Option<PathBuf>,
     #[serde(default)]
     pub ipam: IpamConf,
     pub dns: Option<Dns>,

@@ -112,6 +112,8 @@ pub fn start_agent_in(
         .arg(dir.join("net.d"))
         .arg("--ipam-dir")
         .arg(dir.join("ipam"))
+        .arg("--policy-socket")
+        .arg(dir.join("policy.sock"))
         .args(["--health", "127.0.0.1:10259"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -243,11 +245,11 @@ pub fn add_pod_on(host: &NetNs, dir: &Path, scratch: &mut Namespaces, name: &str
         .unwrap();
     let plugin: PathBuf = Path::new(WEFT).with_file_name("weft-cni");
     let netns = weft_datapath::netns::named_path(&ns_name);
-    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+    // A container, not a pod: there is no Pod in the API for the agent
+    // to protect (so ADD does not wait for it).
     let reply = Call {
         container_id: &ns_name,
         netns: Some(&netns),
-        args: &args,
         host: Some(host),
         ..Call::new(&plugin, "ADD")
     }

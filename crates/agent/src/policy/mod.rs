@@ -1,0 +1,330 @@
+//! NetworkPolicy enforcement on this node: follow NetworkPolicies, Pods
+//! and Namespaces through the cluster seam and keep table `ip
+//! weft-policy` equal to what `weft_policy::rules` makes of them, written
+//! whole in one transaction whenever the result changes, and again when
+//! the table is found missing (drift).
+//!
+//! New pods pass through [`gate`]: weft-cni's ADD waits until the rules
+//! that hold for the pod are written with its address, which the agent
+//! learns there before the Pod's status shows it. Until the status does,
+//! the address weft-cni reported is the pod's (and no other pod's).
+//!
+//! It runs on its own thread (`nft` runs must not delay the lease loop)
+//! and decides nothing itself.
+
+pub mod gate;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use weft_cluster::cache::{object_key, Cache};
+use weft_cluster::{Cluster, ClusterError, Event, Watched};
+use weft_datapath::nft::{self, Family};
+use weft_policy::model::{self, namespace_labels, NamespaceLabels, Policy};
+use weft_policy::rules;
+
+use crate::proxy::event;
+use gate::{Asked, Gate};
+
+/// How often the table is checked for drift.
+const DRIFT_CHECK: Duration = Duration::from_secs(10);
+
+/// Starts enforcement for `node`, answering new pods at `socket` (if
+/// any); it retries after errors and never returns while the agent runs.
+pub fn spawn<C: Cluster>(
+    cluster: C,
+    node: String,
+    socket: Option<PathBuf>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("policy".into())
+        .spawn(move || loop {
+            if let Err(e) = run(&cluster, &node, socket.as_deref()) {
+                tracing::error!(error = %format!("{e:#}"), "NetworkPolicy enforcement failed; starting over in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+}
+
+fn run<C: Cluster>(cluster: &C, node: &str, socket: Option<&Path>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let gate = match socket {
+            Some(path) => Some(
+                Gate::bind(path)
+                    .with_context(|| format!("listening for new pods at {}", path.display()))?,
+            ),
+            None => None,
+        };
+        follow(cluster, node, gate).await
+    })
+}
+
+/// The caches of the three kinds, and the addresses of pods started
+/// since their status last said where they are.
+struct State {
+    policies: Cache<NetworkPolicy>,
+    pods: Cache<Pod>,
+    namespaces: Cache<Namespace>,
+    started: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl State {
+    fn synced(&self) -> bool {
+        self.policies.is_synced() && self.pods.is_synced() && self.namespaces.is_synced()
+    }
+
+    /// The table for `node` as the caches stand. Without policies it does
+    /// not depend on pods: they are not read then (a pod event on a node
+    /// without policies costs nothing).
+    fn script(&self, node: &str) -> String {
+        let policies: Vec<Policy> = self.policies.values().map(Policy::read).collect();
+        if policies.is_empty() {
+            return rules::script(&[], &[], &NamespaceLabels::new(), node);
+        }
+        for policy in &policies {
+            for problem in &policy.problems {
+                tracing::debug!(policy = %policy.key, %problem, "part of a NetworkPolicy matches nothing");
+            }
+        }
+        let namespaces = namespace_labels(self.namespaces.values());
+        rules::script(&policies, &self.pods(), &namespaces, node)
+    }
+
+    /// The pods with their addresses: a started pod's is the one weft-cni
+    /// reported, which no other pod holds any more (its earlier owner is
+    /// gone, whatever its stale status says).
+    fn pods(&self) -> Vec<model::Pod> {
+        let claimed: HashSet<IpAddr> = self.started.values().flatten().copied().collect();
+        self.pods
+            .values()
+            .map(|api| {
+                let mut pod = model::Pod::read(api);
+                match self.started.get(&object_key(api)) {
+                    Some(ips) => {
+                        pod.ip = ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()).copied()
+                    }
+                    None if pod.ip.is_some_and(|ip| claimed.contains(&ip)) => pod.ip = None,
+                    None => {}
+                }
+                pod
+            })
+            .collect()
+    }
+
+    /// Takes in the waiting pods the caches know (`(admitted, still
+    /// waiting)`), and forgets started pods whose status caught up or
+    /// that are gone.
+    fn admit(&mut self, waiting: Vec<Asked>) -> (Vec<Asked>, Vec<Asked>) {
+        let (known, unknown): (Vec<Asked>, Vec<Asked>) = waiting
+            .into_iter()
+            .partition(|asked| self.synced() && self.pods.get(&asked.key).is_some());
+        for asked in &known {
+            self.started.insert(asked.key.clone(), asked.ips.clone());
+        }
+        self.settle();
+        (known, unknown)
+    }
+
+    /// Forgets the started pods whose status shows their address, or
+    /// that are gone.
+    fn settle(&mut self) {
+        let pods = &self.pods;
+        self.started.retain(|key, ips| {
+            pods.get(key).is_some_and(|pod| {
+                let status = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+                !status.is_some_and(|ip| ips.iter().any(|own| own.to_string() == ip))
+            })
+        });
+    }
+}
+
+async fn follow<C: Cluster>(cluster: &C, node: &str, mut gate: Option<Gate>) -> Result<()> {
+    let mut policies = cluster.watch::<NetworkPolicy>();
+    let mut pods = cluster.watch::<Pod>();
+    let mut namespaces = cluster.watch::<Namespace>();
+    let mut state = State {
+        policies: Cache::new(object_key),
+        pods: Cache::new(object_key),
+        namespaces: Cache::new(object_key),
+        started: BTreeMap::new(),
+    };
+    let mut waiting: Vec<Asked> = Vec::new();
+    let mut applied: Option<String> = None;
+    let mut check = tokio::time::interval(DRIFT_CHECK);
+    loop {
+        let next_deadline = waiting.iter().map(|a| a.deadline).min();
+        tokio::select! {
+            e = policies.next() => take(&mut state.policies, e),
+            e = pods.next() => take(&mut state.pods, e),
+            e = namespaces.next() => take(&mut state.namespaces, e),
+            asked = next_asked(&mut gate) => waiting.push(asked),
+            _ = until(next_deadline) => {}
+            _ = check.tick() => {
+                if !nft::chain_exists(Family::Ip, rules::TABLE, "forward")? {
+                    applied = None;
+                }
+            }
+        }
+        // Take in whatever else is there, then write once.
+        loop {
+            let mut took = false;
+            while let Some(e) = policies.next().now_or_never() {
+                take(&mut state.policies, e);
+                took = true;
+            }
+            while let Some(e) = pods.next().now_or_never() {
+                take(&mut state.pods, e);
+                took = true;
+            }
+            while let Some(e) = namespaces.next().now_or_never() {
+                take(&mut state.namespaces, e);
+                took = true;
+            }
+            if !took {
+                break;
+            }
+        }
+        let (admitted, unknown) = state.admit(std::mem::take(&mut waiting));
+        waiting = refuse_overdue(unknown, state.synced());
+        if !state.synced() {
+            continue;
+        }
+        let script = state.script(node);
+        if applied.as_ref() != Some(&script) {
+            nft::apply(&script, None).context("writing the NetworkPolicy table")?;
+            tracing::info!("NetworkPolicy table written");
+            applied = Some(script);
+        }
+        for asked in admitted {
+            tracing::debug!(pod = %asked.key, "new pod's NetworkPolicy in place");
+            asked.admit();
+        }
+    }
+}
+
+/// The next pod asking to start, or never without a gate.
+async fn next_asked(gate: &mut Option<Gate>) -> Asked {
+    match gate {
+        Some(gate) => gate.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Refuses the waiting pods whose patience ran out; the rest wait on.
+fn refuse_overdue(waiting: Vec<Asked>, synced: bool) -> Vec<Asked> {
+    let now = tokio::time::Instant::now();
+    let (overdue, rest): (Vec<Asked>, Vec<Asked>) =
+        waiting.into_iter().partition(|a| a.deadline <= now);
+    for asked in overdue {
+        let why = if synced {
+            format!(
+                "pod {} is not in the agent's view of the cluster after {:?} (is the API server slow or unreachable?)",
+                asked.key,
+                gate::PATIENCE
+            )
+        } else {
+            "the agent is still reading the cluster's NetworkPolicies, Pods and Namespaces".into()
+        };
+        asked.refuse(why);
+    }
+    rest
+}
+
+/// Takes one watch item into `cache` (errors are logged by [`event`]).
+fn take<K: Watched + PartialEq>(
+    cache: &mut Cache<K>,
+    item: Option<Result<Event<K>, ClusterError>>,
+) {
+    if let Some(event) = event(item) {
+        cache.apply(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(name: &str, ip: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some("prod".into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: ip.map(|ip| PodStatus {
+                pod_ip: Some(ip.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn state(pods: Vec<Pod>) -> State {
+        let mut state = State {
+            policies: Cache::new(object_key),
+            pods: Cache::new(object_key),
+            namespaces: Cache::new(object_key),
+            started: BTreeMap::new(),
+        };
+        state.pods.apply(Event::Init);
+        for p in pods {
+            state.pods.apply(Event::InitApply(p));
+        }
+        state.pods.apply(Event::InitDone);
+        state
+    }
+
+    fn ip_of(state: &State, name: &str) -> Option<IpAddr> {
+        state.pods().into_iter().find(|p| p.name == name)?.ip
+    }
+
+    #[test]
+    fn a_started_pod_has_the_address_weft_cni_reported_and_nobody_else_does() {
+        // `old` left 10.244.1.5 behind in a stale status; `new` got it.
+        let mut state = state(vec![pod("old", Some("10.244.1.5")), pod("new", None)]);
+        let reported: IpAddr = "10.244.1.5".parse().unwrap();
+        state.started.insert("prod/new".into(), vec![reported]);
+        state.settle();
+        assert_eq!(ip_of(&state, "new"), Some(reported));
+        assert_eq!(ip_of(&state, "old"), None);
+
+        // The status catches up: the report is no longer needed.
+        state
+            .pods
+            .apply(Event::Apply(pod("new", Some("10.244.1.5"))));
+        state.settle();
+        assert!(state.started.is_empty());
+        assert_eq!(ip_of(&state, "new"), Some(reported));
+    }
+
+    #[test]
+    fn a_started_pod_that_is_gone_is_forgotten() {
+        let mut state = state(vec![pod("new", None)]);
+        state
+            .started
+            .insert("prod/new".into(), vec!["10.244.1.6".parse().unwrap()]);
+        state.settle();
+        assert_eq!(state.started.len(), 1, "forgotten while still starting");
+        state.pods.apply(Event::Delete(pod("new", None)));
+        state.settle();
+        assert!(state.started.is_empty());
+    }
+}
