@@ -184,7 +184,7 @@ pub enum LabCmd {
         #[arg(short = 'c', long)]
         container: Option<String>,
     },
-    /// Reachability matrix: every --from tries every --to (1 s timeout per attempt).
+    /// Reachability matrix: every --from tries every --to, all targets at once (1 s timeout per attempt).
     Probe {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,

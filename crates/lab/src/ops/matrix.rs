@@ -96,7 +96,9 @@ pub fn probe_matrix(name: &str, opts: &ProbeOptions) -> Result<Vec<ProbeResult>>
     Ok(results.into_iter().flatten().collect())
 }
 
-/// Every attempt from one origin, made on this thread inside its namespace.
+/// Every attempt from one origin, made on this thread inside its
+/// namespace: the destinations side by side (a denied one costs a
+/// timeout, not one per destination), each one's attempts in turn.
 fn run_from(
     origin: &Origin,
     destinations: &[Destination],
@@ -105,16 +107,12 @@ fn run_from(
     let ns = NetNs::open(&origin.netns)?;
     ns.run_in(|| -> Result<Vec<ProbeResult>> {
         let rt = runtime()?;
-        let mut cells = Vec::new();
-        for d in destinations {
+        let each = destinations.iter().map(|d| async move {
+            let mut cells = Vec::new();
             for attempt in 1..=opts.count {
                 let started = Instant::now();
-                let outcome = rt.block_on(probe::attempt(
-                    d.addr,
-                    d.protocol,
-                    &opts.http_path,
-                    opts.timeout,
-                ));
+                let outcome =
+                    probe::attempt(d.addr, d.protocol, &opts.http_path, opts.timeout).await;
                 cells.push(ProbeResult {
                     from: origin.label.clone(),
                     to: d.label.clone(),
@@ -125,8 +123,10 @@ fn run_from(
                     elapsed: started.elapsed(),
                 });
             }
-        }
-        Ok(cells)
+            cells
+        });
+        let cells = rt.block_on(futures::future::join_all(each));
+        Ok(cells.into_iter().flatten().collect())
     })?
 }
 
