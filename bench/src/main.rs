@@ -4,6 +4,7 @@
 
 mod cni;
 mod lab;
+mod policy;
 mod services;
 
 use anyhow::Result;
@@ -25,6 +26,8 @@ enum Bench {
     Cni(cni::Args),
     /// The node agent and its backends, in weft lab.
     Lab(lab::Args),
+    /// NetworkPolicy: 1,000 policies over 1,000 pods against none, same run.
+    Policy(policy::Args),
     /// The Service proxy with 10,000 Services × 10 endpoints (with --kube: side by side with kube-proxy).
     Services(services::Args),
 }
@@ -33,6 +36,7 @@ fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Cni(args) => cni::run(args),
         Bench::Lab(args) => lab::run(args),
+        Bench::Policy(args) => policy::run(args),
         Bench::Services(args) => services::run(args),
     }
 }

@@ -490,345 +490,253 @@ fn case(lab: &Lab, world: &World, name: &str, policies: &[Value], expected: Expe
     delete_policies(lab, policies);
 }
 
+/// Everything allowed, except that only `from` reach `to`.
+fn ingress_only(to: &str, from: &[&str]) -> Reach {
+    from.iter()
+        .fold(Reach::all(true).set("*/*", to, false), |r, f| {
+            r.set(f, to, true)
+        })
+}
+
+/// Everything allowed, except that `from` reaches only `to`.
+fn egress_only(from: &str, to: &[&str]) -> Reach {
+    to.iter()
+        .fold(Reach::all(true).set(from, "*/*", false), |r, t| {
+            r.set(from, t, true)
+        })
+}
+
+/// Policy `name` in x selecting x/a, with `ingress` rules.
+fn x_a_ingress(name: &str, ingress: Value) -> Vec<Value> {
+    vec![policy(
+        "x",
+        name,
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": ingress}),
+    )]
+}
+
 fn upstream_cases(lab: &Lab, world: &World) {
     let allow_all = Reach::all(true);
-    let empty = json!({});
-
-    case(
-        lab,
-        world,
-        "default-deny-ingress",
-        &[policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        )],
-        Expected::everywhere(allow_all.clone().set("*/*", "x/*", false)),
-    );
-    case(
-        lab,
-        world,
-        "default-deny-all",
-        &[policy(
-            "x",
-            "deny-all",
-            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/*", false)
-                .set("x/*", "*/*", false),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "allow-all-ingress",
-        &[policy(
-            "x",
-            "allow-all",
-            json!({"podSelector": {}, "ingress": [empty]}),
-        )],
-        Expected::everywhere(allow_all.clone()),
-    );
-    case(
-        lab,
-        world,
-        "allow-x/a-from-x/b",
-        &[policy(
-            "x",
-            "a-from-b",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("x/b", "x/a", true),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "namespace-selector",
-        &[policy(
-            "x",
-            "a-from-y",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("y/*", "x/a", true),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "pod-and-namespace-selector",
-        &[policy(
-            "x",
-            "a-from-y-b",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"from": [{
-                       "namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y"]}]},
-                       "podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("y/b", "x/a", true),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "peers-are-ored",
-        &[policy(
-            "x",
-            "a-from-y-or-b",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"from": [
-                       {"namespaceSelector": {"matchLabels": {"ns": "y"}}},
-                       {"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("y/*", "x/a", true)
-                .set("x/b", "x/a", true),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "namespace-not-in",
-        &[policy(
-            "x",
-            "a-from-elsewhere",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [
-                       {"key": "ns", "operator": "NotIn", "values": ["x"]}]}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("y/*", "x/a", true)
-                .set("z/*", "x/a", true),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "default-namespace-label",
-        &[policy(
-            "x",
-            "a-from-z",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "z"}}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("z/*", "x/a", true),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "any-namespace-pod-c",
-        &[policy(
-            "x",
-            "a-from-any-c",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "c"}}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("*/c", "x/a", true),
-        ),
-    );
-    let a_closed = allow_all.clone().set("*/*", "x/a", false);
-    case(
-        lab,
-        world,
-        "port-81-only",
-        &[policy(
-            "x",
-            "a-on-81",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [{"port": 81}]}]}),
-        )],
-        Expected::everywhere(a_closed.clone()).with(81, "TCP", allow_all.clone()),
-    );
-    case(
-        lab,
-        world,
-        "named-port-udp",
-        &[policy(
-            "x",
-            "a-on-serve-81-udp",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"ports": [{"port": "serve-81-udp", "protocol": "UDP"}]}]}),
-        )],
-        Expected::everywhere(a_closed.clone()).with(81, "UDP", allow_all.clone()),
-    );
-    case(
-        lab,
-        world,
-        "end-port",
-        &[policy(
-            "x",
-            "a-on-80-to-81",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                   "ingress": [{"ports": [{"port": 80, "endPort": 81, "protocol": "TCP"}]}]}),
-        )],
-        Expected::everywhere(a_closed.clone())
-            .with(80, "TCP", allow_all.clone())
-            .with(81, "TCP", allow_all.clone()),
-    );
-    case(
-        lab,
-        world,
-        "protocol-only",
-        &[policy(
-            "x",
-            "a-any-udp",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [{"protocol": "UDP"}]}]}),
-        )],
-        Expected::everywhere(a_closed.clone())
-            .with(80, "UDP", allow_all.clone())
-            .with(81, "UDP", allow_all.clone()),
-    );
-    case(
-        lab,
-        world,
-        "sctp-is-not-tcp",
-        &[policy(
-            "x",
-            "a-sctp",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [{"port": 80, "protocol": "SCTP"}]}]}),
-        )],
-        Expected::everywhere(a_closed.clone()),
-    );
-    case(
-        lab,
-        world,
-        "egress-to-x/b",
-        &[policy(
-            "x",
-            "a-to-b",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                   "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
-        )],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("x/a", "*/*", false)
-                .set("x/a", "x/b", true),
-        ),
-    );
-    case(
-        lab,
-        world,
-        "egress-denied-although-ingress-allowed",
-        &[
-            policy(
-                "x",
-                "a-no-egress",
-                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]}),
-            ),
-            policy(
-                "y",
-                "allow-all",
-                json!({"podSelector": {}, "ingress": [empty]}),
-            ),
-        ],
-        Expected::everywhere(allow_all.clone().set("x/a", "*/*", false)),
-    );
+    let a_closed = ingress_only("x/a", &[]);
+    let only_on = |keys: &[(u16, &'static str)]| {
+        keys.iter().fold(
+            Expected::everywhere(a_closed.clone()),
+            |e, (port, protocol)| e.with(*port, protocol, allow_all.clone()),
+        )
+    };
     let b_ip = std::net::Ipv4Addr::from(world.ips["y/b"]);
-    case(
-        lab,
-        world,
-        "egress-ip-block-except",
-        &[policy(
-            "x",
-            "a-to-block",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                   "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": [format!("{b_ip}/32")]}}]}]}),
-        )],
-        Expected::everywhere(allow_all.clone().set("x/a", "y/b", false)),
-    );
-    case(
-        lab,
-        world,
-        "policies-add-up",
-        &[
-            policy(
+    let cases: Vec<(&str, Vec<Value>, Expected)> = vec![
+        (
+            "default-deny-ingress",
+            vec![policy(
                 "x",
                 "deny-ingress",
                 json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-            ),
-            policy(
-                "x",
-                "a-from-y",
-                json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                       "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
-            ),
-        ],
-        Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/*", false)
-                .set("y/*", "x/a", true),
+            )],
+            Expected::everywhere(allow_all.clone().set("*/*", "x/*", false)),
         ),
-    );
+        (
+            "default-deny-all",
+            vec![policy(
+                "x",
+                "deny-all",
+                json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+            )],
+            Expected::everywhere(
+                allow_all
+                    .clone()
+                    .set("*/*", "x/*", false)
+                    .set("x/*", "*/*", false),
+            ),
+        ),
+        (
+            "allow-all-ingress",
+            vec![policy(
+                "x",
+                "allow-all",
+                json!({"podSelector": {}, "ingress": [{}]}),
+            )],
+            Expected::everywhere(allow_all.clone()),
+        ),
+        (
+            "allow-x/a-from-x/b",
+            x_a_ingress(
+                "a-from-b",
+                json!([{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]),
+            ),
+            Expected::everywhere(ingress_only("x/a", &["x/b"])),
+        ),
+        (
+            "namespace-selector",
+            x_a_ingress(
+                "a-from-y",
+                json!([{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]),
+            ),
+            Expected::everywhere(ingress_only("x/a", &["y/*"])),
+        ),
+        (
+            "pod-and-namespace-selector",
+            x_a_ingress(
+                "a-from-y-b",
+                json!([{"from": [{
+                "namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y"]}]},
+                "podSelector": {"matchLabels": {"pod": "b"}}}]}]),
+            ),
+            Expected::everywhere(ingress_only("x/a", &["y/b"])),
+        ),
+        (
+            "peers-are-ored",
+            x_a_ingress(
+                "a-from-y-or-b",
+                json!([{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "y"}}},
+                {"podSelector": {"matchLabels": {"pod": "b"}}}]}]),
+            ),
+            Expected::everywhere(ingress_only("x/a", &["y/*", "x/b"])),
+        ),
+        (
+            "namespace-not-in",
+            x_a_ingress(
+                "a-from-elsewhere",
+                json!([{"from": [{"namespaceSelector": {"matchExpressions": [
+                {"key": "ns", "operator": "NotIn", "values": ["x"]}]}}]}]),
+            ),
+            Expected::everywhere(ingress_only("x/a", &["y/*", "z/*"])),
+        ),
+        (
+            "default-namespace-label",
+            x_a_ingress(
+                "a-from-z",
+                json!([{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "z"}}}]}]),
+            ),
+            Expected::everywhere(ingress_only("x/a", &["z/*"])),
+        ),
+        (
+            "any-namespace-pod-c",
+            x_a_ingress(
+                "a-from-any-c",
+                json!([{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "c"}}}]}]),
+            ),
+            Expected::everywhere(ingress_only("x/a", &["*/c"])),
+        ),
+        (
+            "port-81-only",
+            x_a_ingress("a-on-81", json!([{"ports": [{"port": 81}]}])),
+            only_on(&[(81, "TCP")]),
+        ),
+        (
+            "named-port-udp",
+            x_a_ingress(
+                "a-on-serve-81-udp",
+                json!([{"ports": [{"port": "serve-81-udp", "protocol": "UDP"}]}]),
+            ),
+            only_on(&[(81, "UDP")]),
+        ),
+        (
+            "end-port",
+            x_a_ingress(
+                "a-on-80-to-81",
+                json!([{"ports": [{"port": 80, "endPort": 81, "protocol": "TCP"}]}]),
+            ),
+            only_on(&[(80, "TCP"), (81, "TCP")]),
+        ),
+        (
+            "protocol-only",
+            x_a_ingress("a-any-udp", json!([{"ports": [{"protocol": "UDP"}]}])),
+            only_on(&[(80, "UDP"), (81, "UDP")]),
+        ),
+        (
+            "sctp-is-not-tcp",
+            x_a_ingress(
+                "a-sctp",
+                json!([{"ports": [{"port": 80, "protocol": "SCTP"}]}]),
+            ),
+            only_on(&[]),
+        ),
+        (
+            "egress-to-x/b",
+            vec![policy(
+                "x",
+                "a-to-b",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+                "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+            )],
+            Expected::everywhere(egress_only("x/a", &["x/b"])),
+        ),
+        (
+            "egress-denied-although-ingress-allowed",
+            vec![
+                policy(
+                    "x",
+                    "a-no-egress",
+                    json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]}),
+                ),
+                policy(
+                    "y",
+                    "allow-all",
+                    json!({"podSelector": {}, "ingress": [{}]}),
+                ),
+            ],
+            Expected::everywhere(egress_only("x/a", &[])),
+        ),
+        (
+            "egress-ip-block-except",
+            vec![policy(
+                "x",
+                "a-to-block",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": [format!("{b_ip}/32")]}}]}]}),
+            )],
+            Expected::everywhere(allow_all.clone().set("x/a", "y/b", false)),
+        ),
+        (
+            "policies-add-up",
+            [
+                vec![policy(
+                    "x",
+                    "deny-ingress",
+                    json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+                )],
+                x_a_ingress(
+                    "a-from-y",
+                    json!([{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]),
+                ),
+            ]
+            .concat(),
+            Expected::everywhere(
+                allow_all
+                    .clone()
+                    .set("*/*", "x/*", false)
+                    .set("y/*", "x/a", true),
+            ),
+        ),
+    ];
+    for (name, policies, expected) in cases {
+        case(lab, world, name, &policies, expected);
+    }
 
     // An update takes effect; a delete reopens.
-    let from_y = policy(
-        "x",
+    let from_y = x_a_ingress(
         "changing",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-               "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        json!([{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]),
     );
-    let from_b = policy(
-        "x",
+    let from_b = x_a_ingress(
         "changing",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-               "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+        json!([{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]),
     );
-    apply_policies(lab, std::slice::from_ref(&from_y));
+    apply_policies(lab, &from_y);
     assert_reach(
         lab,
         "update: before",
-        &Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("y/*", "x/a", true),
-        ),
+        &Expected::everywhere(ingress_only("x/a", &["y/*"])),
     );
-    apply_policies(lab, std::slice::from_ref(&from_b));
+    apply_policies(lab, &from_b);
     assert_reach(
         lab,
         "update: after",
-        &Expected::everywhere(
-            allow_all
-                .clone()
-                .set("*/*", "x/a", false)
-                .set("*/b", "x/a", true),
-        ),
+        &Expected::everywhere(ingress_only("x/a", &["*/b"])),
     );
-    delete_policies(lab, &[from_b]);
+    delete_policies(lab, &from_b);
     assert_reach(lab, "update: deleted", &Expected::everywhere(allow_all));
 }
 
