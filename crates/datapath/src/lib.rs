@@ -1,7 +1,8 @@
 //! weft's kernel layer: everything that changes or reads kernel network state
 //! lives here, behind small typed wrappers — network namespaces ([`netns`]),
 //! rtnetlink ([`netlink`]), `/proc/sys` knobs ([`sysctl`]), nftables rule
-//! sets ([`nft`]) and set elements ([`nft_sets`]), conntrack entries
+//! sets ([`nft`]) and set elements ([`nft_sets`]), packets nftables logs
+//! ([`nflog`]), conntrack entries
 //! ([`conntrack`]) and ARP answers for addresses no interface owns
 //! ([`arp`]).
 //!
@@ -15,6 +16,7 @@ pub mod conntrack;
 pub mod neighbours;
 pub mod netlink;
 pub mod netns;
+pub mod nflog;
 pub mod nft;
 pub mod nft_model;
 pub mod nft_script;

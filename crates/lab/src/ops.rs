@@ -6,9 +6,11 @@
 //! EndpointSlices, as the cluster's controllers would.
 //!
 //! - `matrix`: `weft lab probe`.
+//! - `denials`: `weft lab denials`.
 //! - `tables`: `weft lab get services|endpointslices`.
 
 mod cluster;
+mod denials;
 mod explain;
 mod kubernetes;
 mod labels;
@@ -41,6 +43,7 @@ use crate::{
 };
 use cluster::Cluster;
 
+pub use denials::{denials, DenialsOptions};
 pub use explain::{explain, ExplainOptions};
 pub use labels::{label, LabelChange, Labelled};
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};

@@ -8,7 +8,7 @@
 //! traffic; the input hook sees a pod's traffic to its own node. Traffic
 //! the node itself sends (kubelet probes) passes neither, so it is always
 //! allowed. Replies pass as established connections; a denied new
-//! connection is dropped.
+//! connection is logged to [`LOG_GROUP`] (rate-limited) and dropped.
 //!
 //! Every allowed case is one rule built from the same model the verdicts
 //! use: its peers as addresses (pods by their current IPs, blocks with
@@ -24,6 +24,14 @@ use weft_datapath::nft_script::{Hook, Script};
 use crate::model::{NamespaceLabels, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule};
 
 pub const TABLE: &str = "weft-policy";
+
+/// The nfnetlink_log group denied packets are logged to (the agent reads
+/// it and explains each denial).
+pub const LOG_GROUP: u16 = 2713;
+
+/// Denials logged per second and chain, at most (a flood of denied
+/// packets must not flood the agent).
+const LOG_RATE: &str = "limit rate 10/second burst 20 packets";
 
 /// Which side of a connection a chain checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +110,9 @@ pub fn script(
                 })
                 .map(|expr| format!("{expr}{verdict}"))
                 .collect();
+            body.push(format!(
+                "{LOG_RATE} log prefix \"{name}\" group {LOG_GROUP}"
+            ));
             body.push("counter drop".into());
             chains.push((chain, None, body));
         }

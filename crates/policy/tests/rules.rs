@@ -87,8 +87,12 @@ fn only_this_nodes_isolated_pods_get_chains() {
         text.contains("add rule ip weft-policy ingress ip daddr 10.244.1.2 jump ingress-0\n"),
         "{text}"
     );
+    // Denials are logged for the agent (rate-limited), then dropped.
     assert!(
-        text.contains("add rule ip weft-policy ingress-0 counter drop\n"),
+        text.contains(
+            "add rule ip weft-policy ingress-0 limit rate 10/second burst 20 packets log prefix \"ingress\" group 2713\n\
+             add rule ip weft-policy ingress-0 counter drop\n"
+        ),
         "{text}"
     );
     // x/b: from y's pods or the block, on its named port, a range, any UDP, SCTP 9.

@@ -184,6 +184,17 @@ pub enum LabCmd {
         #[arg(short = 'c', long)]
         container: Option<String>,
     },
+    /// Denied connections, as the nodes' agents logged and explained them.
+    Denials {
+        #[arg(long, default_value = DEFAULT_LAB)]
+        name: String,
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+        /// Keep printing new denials until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Reachability matrix: every --from tries every --to, all targets at once (1 s timeout per attempt).
     Probe {
         #[arg(long, default_value = DEFAULT_LAB)]
@@ -504,6 +515,15 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 ops::logs(&name, &namespace, &pod, container.as_deref())?
             );
             Ok(())
+        }
+        LabCmd::Denials { name, node, follow } => {
+            let opts = ops::DenialsOptions { node, follow };
+            ops::denials(&name, &opts, &mut |line| {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            })
         }
         LabCmd::Probe {
             name,

@@ -12,6 +12,7 @@
 //! It runs on its own thread (`nft` runs must not delay the lease loop)
 //! and decides nothing itself.
 
+pub mod denials;
 pub mod gate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,8 +24,10 @@ use anyhow::{Context, Result};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tokio::sync::mpsc;
 use weft_cluster::cache::{object_key, Cache};
 use weft_cluster::{Cluster, ClusterError, Event, Watched};
+use weft_datapath::nflog::Flow;
 use weft_datapath::nft::{self, Family};
 use weft_policy::model::{self, namespace_labels, NamespaceLabels, Policy};
 use weft_policy::rules;
@@ -44,15 +47,23 @@ pub fn spawn<C: Cluster>(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("policy".into())
-        .spawn(move || loop {
-            if let Err(e) = run(&cluster, &node, socket.as_deref()) {
-                tracing::error!(error = %format!("{e:#}"), "NetworkPolicy enforcement failed; starting over in 1 s");
-                std::thread::sleep(Duration::from_secs(1));
+        .spawn(move || {
+            let mut denied = denials::follow();
+            loop {
+                if let Err(e) = run(&cluster, &node, socket.as_deref(), &mut denied) {
+                    tracing::error!(error = %format!("{e:#}"), "NetworkPolicy enforcement failed; starting over in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
         })
 }
 
-fn run<C: Cluster>(cluster: &C, node: &str, socket: Option<&Path>) -> Result<()> {
+fn run<C: Cluster>(
+    cluster: &C,
+    node: &str,
+    socket: Option<&Path>,
+    denied: &mut mpsc::UnboundedReceiver<Flow>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -64,7 +75,7 @@ fn run<C: Cluster>(cluster: &C, node: &str, socket: Option<&Path>) -> Result<()>
             ),
             None => None,
         };
-        follow(cluster, node, gate).await
+        follow(cluster, node, gate, denied).await
     })
 }
 
@@ -120,6 +131,17 @@ impl State {
             .collect()
     }
 
+    /// Logs why `flow` was denied, unless it was lately.
+    fn report_denial(&self, flow: Flow, recent: &mut denials::Recent) {
+        if !self.synced() || !recent.is_new(flow, std::time::Instant::now()) {
+            return;
+        }
+        let policies: Vec<Policy> = self.policies.values().map(Policy::read).collect();
+        let namespaces = namespace_labels(self.namespaces.values());
+        let line = denials::explain(&flow, &policies, &self.pods(), &namespaces);
+        tracing::warn!(target: denials::TARGET, "{line}");
+    }
+
     /// Takes in the waiting pods the caches know (`(admitted, still
     /// waiting)`), and forgets started pods whose status caught up or
     /// that are gone.
@@ -147,7 +169,12 @@ impl State {
     }
 }
 
-async fn follow<C: Cluster>(cluster: &C, node: &str, mut gate: Option<Gate>) -> Result<()> {
+async fn follow<C: Cluster>(
+    cluster: &C,
+    node: &str,
+    mut gate: Option<Gate>,
+    denied: &mut mpsc::UnboundedReceiver<Flow>,
+) -> Result<()> {
     let mut policies = cluster.watch::<NetworkPolicy>();
     let mut pods = cluster.watch::<Pod>();
     let mut namespaces = cluster.watch::<Namespace>();
@@ -158,6 +185,7 @@ async fn follow<C: Cluster>(cluster: &C, node: &str, mut gate: Option<Gate>) -> 
         started: BTreeMap::new(),
     };
     let mut waiting: Vec<Asked> = Vec::new();
+    let mut recent = denials::Recent::default();
     let mut applied: Option<String> = None;
     let mut check = tokio::time::interval(DRIFT_CHECK);
     loop {
@@ -168,6 +196,11 @@ async fn follow<C: Cluster>(cluster: &C, node: &str, mut gate: Option<Gate>) -> 
             e = namespaces.next() => take(&mut state.namespaces, e),
             asked = next_asked(&mut gate) => waiting.push(asked),
             _ = until(next_deadline) => {}
+            Some(flow) = denied.recv() => {
+                // Changes nothing: explained, and on.
+                state.report_denial(flow, &mut recent);
+                continue;
+            }
             _ = check.tick() => {
                 if !nft::chain_exists(Family::Ip, rules::TABLE, "forward")? {
                     applied = None;

@@ -17,9 +17,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_policy::model::{self, namespace_labels, Policy, Protocol};
 use weft_policy::verdict::{verdict, Connection, Party};
 
+use super::matrix::default_port;
 use super::Lab;
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::objects::key;
+use crate::probe;
 use crate::targets::{self, Source, Target};
 
 /// What to explain: `from` and `to` as `weft lab probe` spells them.
@@ -45,7 +47,7 @@ pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
         .map(Policy::read)
         .collect();
     let model_pods: Vec<model::Pod> = pods.iter().map(model::Pod::read).collect();
-    let destinations = destinations(&lab, &model_pods, opts)?;
+    let destinations = destinations(&lab, &pods, &model_pods, opts)?;
     let source = parse_source(&lab, &model_pods, &opts.from)?;
     let mut lines = Vec::new();
     for (pod, port) in destinations {
@@ -104,15 +106,26 @@ fn find_pod<'a>(pods: &'a [model::Pod], text: &str) -> Result<&'a model::Pod> {
 /// The destination pods and the port each is reached on.
 fn destinations<'a>(
     lab: &Lab,
+    api_pods: &[Pod],
     pods: &'a [model::Pod],
     opts: &ExplainOptions,
 ) -> Result<Vec<(&'a model::Pod, u16)>> {
     match targets::parse_target(&opts.to)? {
         Target::Pod(text) => {
             let pod = find_pod(pods, &text)?;
+            // As `probe` picks it: the first declared port of the protocol.
+            let probed = match opts.protocol {
+                Protocol::Udp => probe::Protocol::Udp,
+                Protocol::Tcp | Protocol::Sctp => probe::Protocol::Tcp,
+            };
             let port = opts
                 .port
-                .or_else(|| pod.ports.first().map(|p| p.port))
+                .or_else(|| {
+                    let api = api_pods
+                        .iter()
+                        .find(|p| key(*p) == (pod.namespace.clone(), pod.name.clone()))?;
+                    default_port(api, probed)
+                })
                 .with_context(|| format!("pod {pod} declares no port; give --port"))?;
             Ok(vec![(pod, port)])
         }

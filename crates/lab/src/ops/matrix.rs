@@ -281,7 +281,7 @@ fn qualified(pod: &Pod) -> String {
 
 /// The port a pod serves by default: its first declared port of the
 /// protocol, or agnhost netexec's.
-fn default_port(pod: &Pod, protocol: Protocol) -> Option<u16> {
+pub(super) fn default_port(pod: &Pod, protocol: Protocol) -> Option<u16> {
     let want = if protocol == Protocol::Tcp {
         "TCP"
     } else {
