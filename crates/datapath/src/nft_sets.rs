@@ -46,6 +46,8 @@ pub enum KeyPart<'a> {
     Mac([u8; 6]),
     /// An address (`ipv4_addr` or `ipv6_addr`, network byte order).
     Ip(IpAddr),
+    /// A port (`inet_service`, network byte order).
+    Port(u16),
 }
 
 /// The key bytes of the concatenation `parts`, or `None` for an interface
@@ -65,6 +67,7 @@ pub fn key(parts: &[KeyPart]) -> Option<Vec<u8>> {
             KeyPart::Mac(mac) => out.extend_from_slice(mac),
             KeyPart::Ip(IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
             KeyPart::Ip(IpAddr::V6(v6)) => out.extend_from_slice(&v6.octets()),
+            KeyPart::Port(port) => out.extend_from_slice(&port.to_be_bytes()),
         }
         out.resize(crate::nft::align4(out.len()), 0);
     }
@@ -122,6 +125,12 @@ impl Sets {
             .unwrap_or(u64::MAX)
             .max(1);
         self.write(changes, NFT_MSG_NEWSETELEM, flags, Some(ms))
+    }
+
+    /// Adds every element of `changes` for good (sets without `flags
+    /// timeout`), in one transaction; elements already there stay.
+    pub fn add(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
+        self.write(changes, NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE as u16, None)
     }
 
     /// Removes every element of `changes` in one transaction (see
@@ -367,6 +376,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(v6.len(), 32);
+        // A port is 2 bytes in network order, padded to 4.
+        let pair = key(&[
+            KeyPart::Ip("10.0.0.5".parse().unwrap()),
+            KeyPart::Port(8080),
+        ])
+        .unwrap();
+        assert_eq!(pair, [10, 0, 0, 5, 0x1f, 0x90, 0, 0]);
     }
 
     #[test]

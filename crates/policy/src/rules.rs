@@ -1,6 +1,6 @@
 //! The nftables rules that enforce the policies on one node (pure): table
-//! `ip weft-policy`, written whole, checked on this node's pods only —
-//! ingress where the destination runs, egress where the source runs.
+//! `ip weft-policy`, checked on this node's pods only — ingress where the
+//! destination runs, egress where the source runs.
 //!
 //! Where it hooks (measured, see docs/policy-design.md): the ip family's
 //! forward hook sees, after Service DNAT, traffic bridged between pods of
@@ -10,16 +10,28 @@
 //! allowed. Replies pass as established connections; a denied new
 //! connection is logged to [`LOG_GROUP`] (rate-limited) and dropped.
 //!
-//! Every allowed case is one rule built from the same model the verdicts
-//! use: its peers as addresses (pods by their current IPs, blocks with
-//! their exceptions) and its ports as numbers (named ports resolved on
-//! the destination pod).
+//! The table comes in two parts ([`Table`]). Its *structure* — chains,
+//! rules, set declarations — depends on the policies and on which
+//! policies select this node's pods, not on pod addresses. Its
+//! *elements* are addresses:
+//! - every peer selector of a policy is one set (`peer-N`) of the
+//!   addresses of the pods it selects, shared by every rule naming it;
+//! - egress to a named port is a set (`named-N`) of address and port
+//!   pairs of the pods that have it;
+//! - local pods with the same rules share one chain per direction
+//!   (`ingress-N`, `egress-N`), reached through a set of their addresses
+//!   (`ingress-N-pods`).
+//!
+//! So a pod appearing, going or moving between selectors changes
+//! elements only, which the agent writes without touching a chain.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use weft_datapath::nft::Family;
-use weft_datapath::nft_script::{Hook, Script};
+use weft_datapath::nft_script::{Hook, Script, SetKind};
 
 use crate::model::{NamespaceLabels, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule};
 
@@ -33,14 +45,61 @@ pub const LOG_GROUP: u16 = 2713;
 /// packets must not flood the agent).
 const LOG_RATE: &str = "limit rate 10/second burst 20 packets";
 
+/// One element of a named set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Element {
+    Addr(Ipv4Addr),
+    AddrPort(Ipv4Addr, u16),
+}
+
+impl Element {
+    fn nft(&self) -> String {
+        match self {
+            Element::Addr(ip) => ip.to_string(),
+            Element::AddrPort(ip, port) => format!("{ip} . {port}"),
+        }
+    }
+}
+
+/// The table for one node: what only a whole rewrite changes, and the
+/// sets' elements, which can change alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// Everything but elements, as an `nft -f` script that replaces the
+    /// table (`add table`, `delete table`, then the new one).
+    pub structure: String,
+    /// Every set's elements, by set name.
+    pub elements: BTreeMap<String, BTreeSet<Element>>,
+}
+
+impl Table {
+    /// The whole table in one transaction: the structure, then every
+    /// element.
+    pub fn script(&self) -> String {
+        let mut s = Script::new(Family::Ip, TABLE);
+        for (set, elements) in self.elements.iter().filter(|(_, e)| !e.is_empty()) {
+            let list: Vec<String> = elements.iter().map(Element::nft).collect();
+            s.add_elements(set, &list.join(", "));
+        }
+        format!("{}{}", self.structure, s.into_string())
+    }
+}
+
 /// Which side of a connection a chain checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Direction {
     Ingress,
     Egress,
 }
 
 impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
     /// The address field of the pod the chain is for, and of its peers.
     fn fields(self) -> (&'static str, &'static str) {
         match self {
@@ -50,54 +109,20 @@ impl Direction {
     }
 }
 
-/// The whole table for node `node`: delete and recreate in one
-/// transaction (the caller adds `add table` first when the table may be
-/// missing, so the delete cannot fail).
-pub fn script(
-    policies: &[Policy],
-    pods: &[Pod],
-    namespaces: &NamespaceLabels,
-    node: &str,
-) -> String {
-    let filter = |hook: &'static str| Hook {
-        chain_type: "filter",
-        hook,
-        priority: "filter".into(),
-        policy: Some("accept"),
-    };
-    let accepted = "ct state established,related accept".to_string();
-    let mut chains: Vec<(String, Option<Hook>, Vec<String>)> = vec![
-        (
-            "forward".into(),
-            Some(filter("forward")),
-            vec![
-                accepted.clone(),
-                "jump egress".into(),
-                "jump ingress".into(),
-            ],
-        ),
-        (
-            "input".into(),
-            Some(filter("input")),
-            vec![accepted, "jump egress".into()],
-        ),
-    ];
-    let mut dispatch = [("ingress", Vec::new()), ("egress", Vec::new())];
+/// The table for node `node`.
+pub fn table(policies: &[Policy], pods: &[Pod], namespaces: &NamespaceLabels, node: &str) -> Table {
+    let mut sets = Sets::new(pods, namespaces);
+    // Local pods by the rules each direction holds for them.
+    let mut chains: BTreeMap<(Direction, Vec<String>), BTreeSet<Element>> = BTreeMap::new();
     let local = pods
         .iter()
         .filter(|p| !p.host_network && p.node.as_deref() == Some(node))
-        .filter_map(|p| Some((p, p.ip?)));
-    for (i, (pod, ip)) in local.enumerate() {
-        for (direction, (name, jumps)) in [Direction::Ingress, Direction::Egress]
-            .into_iter()
-            .zip(dispatch.iter_mut())
-        {
+        .filter_map(|p| Some((p, v4(p.ip?)?)));
+    for (pod, ip) in local {
+        for direction in [Direction::Ingress, Direction::Egress] {
             let Some(rules) = rules_for(policies, pod, direction) else {
                 continue;
             };
-            let chain = format!("{name}-{i}");
-            let (own, _) = direction.fields();
-            jumps.push(format!("ip {own} {ip} jump {chain}"));
             // Egress that is allowed goes on to the destination's ingress.
             let verdict = match direction {
                 Direction::Ingress => "accept",
@@ -105,33 +130,89 @@ pub fn script(
             };
             let mut body: Vec<String> = rules
                 .into_iter()
-                .flat_map(|(policy_ns, rule)| {
-                    allow(rule, policy_ns, pod, direction, pods, namespaces)
-                })
+                .flat_map(|(policy_ns, rule)| sets.allow(rule, policy_ns, pod, direction))
                 .map(|expr| format!("{expr}{verdict}"))
                 .collect();
             body.push(format!(
-                "{LOG_RATE} log prefix \"{name}\" group {LOG_GROUP}"
+                "{LOG_RATE} log prefix \"{}\" group {LOG_GROUP}",
+                direction.name()
             ));
             body.push("counter drop".into());
-            chains.push((chain, None, body));
+            chains
+                .entry((direction, body))
+                .or_default()
+                .insert(Element::Addr(ip));
         }
     }
-    for (name, jumps) in dispatch {
-        chains.push((name.into(), None, jumps));
+
+    let filter = |hook: &'static str| Hook {
+        chain_type: "filter",
+        hook,
+        priority: "filter".into(),
+        policy: Some("accept"),
+    };
+    let accepted = "ct state established,related accept";
+    let mut script = Script::new(Family::Ip, TABLE);
+    script.add_table().delete_table().add_table();
+    let mut elements = sets.elements;
+    for (name, declaration) in &sets.declarations {
+        script.add_set(SetKind::Set, name, declaration);
     }
-    let mut s = Script::new(Family::Ip, TABLE);
-    s.add_table().delete_table().add_table();
+    let mut numbered: BTreeMap<Direction, usize> = BTreeMap::new();
+    let mut named_chains = Vec::new();
+    for ((direction, body), members) in chains {
+        let n = numbered.entry(direction).or_default();
+        let chain = format!("{}-{n}", direction.name());
+        *n += 1;
+        let members_set = format!("{chain}-pods");
+        script.add_set(SetKind::Set, &members_set, "type ipv4_addr ;");
+        elements.insert(members_set.clone(), members);
+        named_chains.push((direction, chain, members_set, body));
+    }
     // Every chain before any rule: rules jump to chains made later.
-    for (name, hook, _) in &chains {
-        s.add_chain(name, hook.as_ref());
+    script.add_chain("forward", Some(&filter("forward")));
+    script.add_chain("input", Some(&filter("input")));
+    script.add_chain("ingress", None).add_chain("egress", None);
+    for (_, chain, _, _) in &named_chains {
+        script.add_chain(chain, None);
     }
-    for (name, _, rules) in &chains {
-        for rule in rules {
-            s.add_rule(name, rule);
+    script
+        .add_rule("forward", accepted)
+        .add_rule("forward", "jump egress")
+        .add_rule("forward", "jump ingress")
+        .add_rule("input", accepted)
+        .add_rule("input", "jump egress");
+    for (direction, chain, members_set, body) in &named_chains {
+        let (own, _) = direction.fields();
+        script.add_rule(
+            direction.name(),
+            &format!("ip {own} @{members_set} jump {chain}"),
+        );
+        for rule in body {
+            script.add_rule(chain, rule);
         }
     }
-    s.into_string()
+    Table {
+        structure: script.into_string(),
+        elements,
+    }
+}
+
+/// The whole table for node `node` as one script (see [`table`]).
+pub fn script(
+    policies: &[Policy],
+    pods: &[Pod],
+    namespaces: &NamespaceLabels,
+    node: &str,
+) -> String {
+    table(policies, pods, namespaces, node).script()
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
 }
 
 /// The rules (with their policy's namespace) that apply to `pod` in
@@ -156,165 +237,254 @@ fn rules_for<'p>(
     isolated.then_some(out)
 }
 
-/// The match expressions (each ending in a space, ready for a verdict)
-/// that together allow what `rule` allows for `pod` in `direction`.
-fn allow(
-    rule: &Rule,
-    policy_ns: &str,
-    pod: &Pod,
-    direction: Direction,
-    pods: &[Pod],
-    namespaces: &NamespaceLabels,
-) -> Vec<String> {
-    let (_, peer_field) = direction.fields();
-    // Each peer as (match text, the pods it stands for when it is pods).
-    let peers: Vec<(String, Option<Vec<&Pod>>)> = if rule.peers.is_empty() {
-        vec![(String::new(), None)]
-    } else {
-        rule.peers
-            .iter()
-            .filter_map(|peer| peer_match(peer, policy_ns, peer_field, pods, namespaces))
-            .collect()
-    };
-    let ports: Vec<&PortMatch> = rule.ports.iter().collect();
-    let mut out = Vec::new();
-    for (peer_text, peer_pods) in &peers {
-        if ports.is_empty() {
-            out.push(peer_text.clone());
-            continue;
-        }
-        for port in &ports {
-            let Some(protocol) = port.protocol else {
-                continue;
-            };
-            let l4 = format!("meta l4proto {} ", protocol.nft());
-            match &port.port {
-                PortSpec::Any => out.push(format!("{peer_text}{l4}")),
-                PortSpec::Range(a, b) if a == b => {
-                    out.push(format!("{peer_text}{l4}th dport {a} "))
-                }
-                PortSpec::Range(a, b) => out.push(format!("{peer_text}{l4}th dport {a}-{b} ")),
-                PortSpec::Named(name) => out.extend(named(
-                    name,
-                    protocol,
-                    peer_text,
-                    peer_pods.as_deref(),
-                    pod,
-                    direction,
-                    pods,
-                )),
-                PortSpec::Nothing => {}
-            }
-        }
-    }
-    out
-}
-
-/// A named port: on ingress, the pod's own port of that name; on egress,
-/// each destination pod's (the peer's pods, or every pod when the rule
-/// names no peer), as address and port pairs.
-fn named(
-    name: &str,
-    protocol: Protocol,
-    peer_text: &str,
-    peer_pods: Option<&[&Pod]>,
-    pod: &Pod,
-    direction: Direction,
-    pods: &[Pod],
-) -> Vec<String> {
-    let port_of = |p: &Pod| {
-        p.ports
-            .iter()
-            .find(|n| n.name == name && n.protocol == protocol)
-            .map(|n| n.port)
-    };
-    let l4 = format!("meta l4proto {} ", protocol.nft());
-    match direction {
-        Direction::Ingress => port_of(pod)
-            .map(|port| format!("{peer_text}{l4}th dport {port} "))
-            .into_iter()
-            .collect(),
-        Direction::Egress => {
-            // A block of addresses has no named ports.
-            if peer_pods.is_none() && !peer_text.is_empty() {
-                return Vec::new();
-            }
-            let candidates: Vec<&Pod> = match peer_pods {
-                Some(list) => list.to_vec(),
-                None => pods.iter().filter(|p| !p.host_network).collect(),
-            };
-            let pairs: BTreeSet<String> = candidates
-                .iter()
-                .filter_map(|p| Some(format!("{} . {}", p.ip?, port_of(p)?)))
-                .collect();
-            if pairs.is_empty() {
-                return Vec::new();
-            }
-            let list: Vec<String> = pairs.into_iter().collect();
-            vec![format!(
-                "{l4}ip daddr . th dport {{ {} }} ",
-                list.join(", ")
-            )]
-        }
-    }
-}
-
-/// One peer as a match on the other side's address (`field`), and the
-/// pods it stands for; `None` when it matches nothing now.
-fn peer_match<'a>(
-    peer: &Peer,
-    policy_ns: &str,
-    field: &str,
+/// The named sets the rules refer to, made as they are first named: one
+/// per distinct peer selector (with the namespace it is read in) and per
+/// distinct egress named port.
+struct Sets<'a> {
     pods: &'a [Pod],
-    namespaces: &NamespaceLabels,
-) -> Option<(String, Option<Vec<&'a Pod>>)> {
-    match peer {
-        Peer::Pods {
-            namespaces: selector,
-            pods: pod_selector,
-        } => {
-            let chosen: Vec<&Pod> = pods
-                .iter()
-                .filter(|p| !p.host_network && p.ip.is_some())
-                .filter(|p| match selector {
-                    None => p.namespace == policy_ns,
-                    Some(selector) => namespaces
-                        .get(&p.namespace)
-                        .is_some_and(|labels| weft_validation::labels::matches(selector, labels)),
-                })
-                .filter(|p| weft_validation::labels::matches(pod_selector, &p.labels))
-                .collect();
-            if chosen.is_empty() {
-                return None;
-            }
-            let ips: BTreeSet<String> = chosen
-                .iter()
-                .filter_map(|p| p.ip)
-                .map(|ip| ip.to_string())
-                .collect();
-            let list: Vec<String> = ips.into_iter().collect();
-            Some((
-                format!("ip {field} {{ {} }} ", list.join(", ")),
-                Some(chosen),
-            ))
+    /// The pods (not hostNetwork) of each namespace.
+    by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
+    namespaces: &'a NamespaceLabels,
+    /// Set name by what it stands for.
+    names: BTreeMap<String, String>,
+    declarations: BTreeMap<String, &'static str>,
+    elements: BTreeMap<String, BTreeSet<Element>>,
+}
+
+impl<'a> Sets<'a> {
+    fn new(pods: &'a [Pod], namespaces: &'a NamespaceLabels) -> Self {
+        let mut by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for pod in pods.iter().filter(|p| !p.host_network) {
+            by_namespace.entry(&pod.namespace).or_default().push(pod);
         }
-        Peer::Block { cidr, except } => {
-            let cidr = match cidr {
-                ipnet::IpNet::V4(v4) => v4,
-                // The table is IPv4: an IPv6 block admits nothing here.
-                ipnet::IpNet::V6(_) => return None,
-            };
-            let mut text = format!("ip {field} {cidr} ");
-            let v4: Vec<String> = except
-                .iter()
-                .filter(|e| e.addr().is_ipv4())
-                .map(|e| e.to_string())
-                .collect();
-            if !v4.is_empty() {
-                let _ = write!(text, "ip {field} != {{ {} }} ", v4.join(", "));
-            }
-            Some((text, None))
+        Sets {
+            pods,
+            by_namespace,
+            namespaces,
+            names: BTreeMap::new(),
+            declarations: BTreeMap::new(),
+            elements: BTreeMap::new(),
         }
-        Peer::Nothing => None,
     }
+
+    /// The set standing for `identity` (`prefix-N`), made with `fill`'s
+    /// elements the first time.
+    fn named(
+        &mut self,
+        prefix: &str,
+        identity: String,
+        declaration: &'static str,
+        fill: impl FnOnce() -> BTreeSet<Element>,
+    ) -> String {
+        if let Some(name) = self.names.get(&identity) {
+            return name.clone();
+        }
+        let count = self
+            .declarations
+            .keys()
+            .filter(|n| n.starts_with(&format!("{prefix}-")))
+            .count();
+        let name = format!("{prefix}-{count}");
+        self.names.insert(identity, name.clone());
+        self.declarations.insert(name.clone(), declaration);
+        self.elements.insert(name.clone(), fill());
+        name
+    }
+
+    /// The pods `peer` (of a policy in `policy_ns`) selects now: by
+    /// namespace first, so a peer costs its namespaces' pods, not all.
+    fn selected(
+        &self,
+        policy_ns: &str,
+        selector: Option<&LabelSelector>,
+        pods: &LabelSelector,
+    ) -> Vec<&'a Pod> {
+        let in_namespace = |ns: &str| {
+            self.by_namespace
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .filter(|p| weft_validation::labels::matches(pods, &p.labels))
+                .copied()
+                .collect::<Vec<&'a Pod>>()
+        };
+        match selector {
+            None => in_namespace(policy_ns),
+            Some(selector) => self
+                .namespaces
+                .iter()
+                .filter(|(_, labels)| weft_validation::labels::matches(selector, labels))
+                .flat_map(|(ns, _)| in_namespace(ns))
+                .collect(),
+        }
+    }
+
+    /// The match expressions (each ending in a space, ready for a verdict)
+    /// that together allow what `rule` allows for `pod` in `direction`.
+    fn allow(
+        &mut self,
+        rule: &Rule,
+        policy_ns: &str,
+        pod: &Pod,
+        direction: Direction,
+    ) -> Vec<String> {
+        let (_, peer_field) = direction.fields();
+        // Each peer as (match text, the identity of its pods when it is pods).
+        let peers: Vec<(String, PeerPods<'a>)> = if rule.peers.is_empty() {
+            vec![(String::new(), PeerPods::Any)]
+        } else {
+            rule.peers
+                .iter()
+                .filter_map(|peer| self.peer_match(peer, policy_ns, peer_field))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (peer_text, peer_pods) in &peers {
+            if rule.ports.is_empty() {
+                out.push(peer_text.clone());
+                continue;
+            }
+            for port in &rule.ports {
+                out.extend(self.port_match(port, peer_text, peer_pods, pod, direction));
+            }
+        }
+        out
+    }
+
+    fn port_match(
+        &mut self,
+        port: &PortMatch,
+        peer_text: &str,
+        peer_pods: &PeerPods<'a>,
+        pod: &Pod,
+        direction: Direction,
+    ) -> Option<String> {
+        let protocol = port.protocol?;
+        let l4 = format!("meta l4proto {} ", protocol.nft());
+        match &port.port {
+            PortSpec::Any => Some(format!("{peer_text}{l4}")),
+            PortSpec::Range(a, b) if a == b => Some(format!("{peer_text}{l4}th dport {a} ")),
+            PortSpec::Range(a, b) => Some(format!("{peer_text}{l4}th dport {a}-{b} ")),
+            PortSpec::Named(name) => match direction {
+                // On ingress, the pod's own port of that name.
+                Direction::Ingress => port_named(pod, name, protocol)
+                    .map(|number| format!("{peer_text}{l4}th dport {number} ")),
+                // On egress, each destination pod's, as address and port
+                // pairs: the peer's pods, or every pod when the rule names
+                // no peer (a block of addresses has no named ports).
+                Direction::Egress => {
+                    let set = self.named_ports(peer_pods, name, protocol)?;
+                    Some(format!("{l4}ip daddr . th dport @{set} "))
+                }
+            },
+            PortSpec::Nothing => None,
+        }
+    }
+
+    /// The set of (address, port) pairs of the pods behind `peer_pods`
+    /// that have port `name`.
+    fn named_ports(
+        &mut self,
+        peer_pods: &PeerPods<'a>,
+        name: &str,
+        protocol: Protocol,
+    ) -> Option<String> {
+        let candidates: Vec<&'a Pod> = match peer_pods {
+            PeerPods::Block => return None,
+            PeerPods::Any => self.pods.iter().filter(|p| !p.host_network).collect(),
+            PeerPods::Selected { pods, .. } => pods.clone(),
+        };
+        let identity = match peer_pods {
+            PeerPods::Selected { identity, .. } => format!("{identity} port {name}/{protocol:?}"),
+            _ => format!("any port {name}/{protocol:?}"),
+        };
+        Some(
+            self.named("named", identity, "type ipv4_addr . inet_service ;", || {
+                candidates
+                    .iter()
+                    .filter_map(|p| {
+                        Some(Element::AddrPort(
+                            v4(p.ip?)?,
+                            port_named(p, name, protocol)?,
+                        ))
+                    })
+                    .collect()
+            }),
+        )
+    }
+
+    /// One peer as a match on the other side's address (`field`), and the
+    /// pods it stands for; `None` when it can match nothing.
+    fn peer_match(
+        &mut self,
+        peer: &Peer,
+        policy_ns: &str,
+        field: &str,
+    ) -> Option<(String, PeerPods<'a>)> {
+        match peer {
+            Peer::Pods {
+                namespaces: selector,
+                pods: pod_selector,
+            } => {
+                let chosen = self.selected(policy_ns, selector.as_ref(), pod_selector);
+                // The namespace matters only when the selector is the
+                // policy's own namespace.
+                let identity = match selector {
+                    None => format!("in {policy_ns}: {pod_selector:?}"),
+                    Some(s) => format!("{s:?}: {pod_selector:?}"),
+                };
+                let set = self.named("peer", identity.clone(), "type ipv4_addr ;", || {
+                    chosen
+                        .iter()
+                        .filter_map(|p| Some(Element::Addr(v4(p.ip?)?)))
+                        .collect()
+                });
+                Some((
+                    format!("ip {field} @{set} "),
+                    PeerPods::Selected {
+                        identity,
+                        pods: chosen,
+                    },
+                ))
+            }
+            Peer::Block { cidr, except } => {
+                let ipnet::IpNet::V4(cidr) = cidr else {
+                    // The table is IPv4: an IPv6 block admits nothing here.
+                    return None;
+                };
+                let mut text = format!("ip {field} {cidr} ");
+                let v4: Vec<String> = except
+                    .iter()
+                    .filter(|e| e.addr().is_ipv4())
+                    .map(|e| e.to_string())
+                    .collect();
+                if !v4.is_empty() {
+                    let _ = write!(text, "ip {field} != {{ {} }} ", v4.join(", "));
+                }
+                Some((text, PeerPods::Block))
+            }
+            Peer::Nothing => None,
+        }
+    }
+}
+
+/// What a rule's peer stands for, for egress named ports.
+enum PeerPods<'a> {
+    /// No peer: every pod.
+    Any,
+    /// A block of addresses.
+    Block,
+    /// The pods a selector chose (`identity` names the selector).
+    Selected {
+        identity: String,
+        pods: Vec<&'a Pod>,
+    },
+}
+
+/// `pod`'s port named `name` for `protocol`.
+fn port_named(pod: &Pod, name: &str, protocol: Protocol) -> Option<u16> {
+    pod.ports
+        .iter()
+        .find(|n| n.name == name && n.protocol == protocol)
+        .map(|n| n.port)
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use weft_datapath::nft;
 use weft_datapath::scratch::Namespaces;
 use weft_policy::model::{namespace_labels, NamedPort, Pod, Policy, Protocol};
-use weft_policy::rules::{script, TABLE};
+use weft_policy::rules::{script, table, TABLE};
 
 fn pod(ns: &str, name: &str, ip: &str, node: &str) -> Pod {
     Pod {
@@ -82,33 +82,33 @@ fn every_kind() -> Vec<Policy> {
 fn only_this_nodes_isolated_pods_get_chains() {
     let namespaces = namespaces();
     let text = script(&every_kind(), &pods(), &namespaces, "node-1");
-    // x/a: isolated for ingress, no rule: everything new is dropped.
-    assert!(
-        text.contains("add rule ip weft-policy ingress ip daddr 10.244.1.2 jump ingress-0\n"),
-        "{text}"
-    );
-    // Denials are logged for the agent (rate-limited), then dropped.
-    assert!(
-        text.contains(
-            "add rule ip weft-policy ingress-0 limit rate 10/second burst 20 packets log prefix \"ingress\" group 2713\n\
-             add rule ip weft-policy ingress-0 counter drop\n"
-        ),
-        "{text}"
-    );
-    // x/b: from y's pods or the block, on its named port, a range, any UDP, SCTP 9.
+    // x/a: isolated for ingress, no rule: everything new is logged (for
+    // the agent, rate-limited), then dropped.
+    for line in [
+        "add rule ip weft-policy ingress ip daddr @ingress-1-pods jump ingress-1\n",
+        "add rule ip weft-policy ingress-1 limit rate 10/second burst 20 packets log prefix \"ingress\" group 2713\n\
+         add rule ip weft-policy ingress-1 counter drop\n",
+        "add element ip weft-policy ingress-1-pods { 10.244.1.2 }\n",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    // x/b: from y's pods (a set) or the block, on its named port, a range,
+    // any UDP, SCTP 9.
     for rule in [
-        "ip saddr { 10.244.2.2 } meta l4proto tcp th dport 80 accept",
-        "ip saddr 198.18.0.0/24 ip saddr != { 198.18.0.2/32 } meta l4proto tcp th dport 8000-8100 accept",
-        "ip saddr { 10.244.2.2 } meta l4proto udp accept",
-        "ip saddr 198.18.0.0/24 ip saddr != { 198.18.0.2/32 } meta l4proto sctp th dport 9 accept",
+        "ingress-0 ip saddr @peer-0 meta l4proto tcp th dport 80 accept",
+        "ingress-0 ip saddr 198.18.0.0/24 ip saddr != { 198.18.0.2/32 } meta l4proto tcp th dport 8000-8100 accept",
+        "ingress-0 ip saddr @peer-0 meta l4proto udp accept",
+        "ingress-0 ip saddr 198.18.0.0/24 ip saddr != { 198.18.0.2/32 } meta l4proto sctp th dport 9 accept",
+        "add element ip weft-policy peer-0 { 10.244.2.2 }",
         // Egress: the named port of every pod that has it, as pairs.
-        "meta l4proto udp ip daddr . th dport { 10.244.1.2 . 81, 10.244.1.3 . 81, 10.244.2.2 . 81 } return",
-        "meta l4proto udp th dport 53 return",
+        "egress-0 meta l4proto udp ip daddr . th dport @named-0 return",
+        "add element ip weft-policy named-0 { 10.244.1.2 . 81, 10.244.1.3 . 81, 10.244.2.2 . 81 }",
+        "egress-0 meta l4proto udp th dport 53 return",
     ] {
         assert!(text.contains(rule), "{rule} missing:\n{text}");
     }
     // y/a runs on node-2: nothing of it here.
-    assert!(!text.contains("10.244.2.2 jump"), "{text}");
+    assert!(!text.contains("-pods { 10.244.2.2"), "{text}");
     let on_node_2 = script(&every_kind(), &pods(), &namespaces, "node-2");
     assert!(!on_node_2.contains("jump ingress-"), "{on_node_2}");
     // Without policies the table does not depend on pods (the agent then
@@ -117,6 +117,30 @@ fn only_this_nodes_isolated_pods_get_chains() {
         script(&[], &pods(), &namespaces, "node-1"),
         script(&[], &[], &Default::default(), "node-1")
     );
+}
+
+/// Pods coming, going and changing labels change set elements only: the
+/// structure (what needs a rewrite) stays while the chains' rules do.
+#[test]
+fn pods_change_elements_not_chains() {
+    let namespaces = namespaces();
+    let before = table(&every_kind(), &pods(), &namespaces, "node-1");
+    let mut more = pods();
+    more.push(pod("y", "new", "10.244.2.9", "node-2"));
+    more.push(pod("x", "b2", "10.244.1.9", "node-1"));
+    more[4].labels = [("pod".to_string(), "b".to_string())].into();
+    let after = table(&every_kind(), &more, &namespaces, "node-1");
+    assert_eq!(before.structure, after.structure);
+    assert_ne!(before.elements, after.elements);
+    let local_b: Vec<String> = after.elements["ingress-0-pods"]
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    assert_eq!(local_b, ["Addr(10.244.1.3)", "Addr(10.244.1.9)"]);
+    assert!(after.elements["peer-0"].len() == 2, "{:?}", after.elements);
+    // A policy change is a structural change.
+    let fewer = table(&every_kind()[..1], &more, &namespaces, "node-1");
+    assert_ne!(fewer.structure, after.structure);
 }
 
 #[test]
@@ -132,4 +156,5 @@ fn nft_takes_the_table_and_a_rewrite_of_it() {
     let listed = nft::run(&["list", "table", "ip", TABLE], Some(&ns)).unwrap();
     assert!(!listed.contains("8000-8100"), "{listed}");
     assert!(listed.contains("jump ingress-0"), "{listed}");
+    assert!(listed.contains("elements = { 10.244.1.2 }"), "{listed}");
 }

@@ -30,6 +30,15 @@ spec:
     )
 }
 
+/// The log of node-1's agent.
+fn agent_log(lab: &Lab) -> String {
+    std::fs::read_to_string(format!(
+        "/run/weft/labs/{}/nodes/node-1/agent.log",
+        lab.name
+    ))
+    .unwrap_or_default()
+}
+
 /// A lab where policy `guard` isolates pods labelled `app: guarded`, with
 /// pods `client` and `other`.
 fn isolating_lab(mode: Mode, tag: &str, nodes: u32, backend: &str, other: String) -> Lab {
@@ -146,6 +155,45 @@ fn a_new_pod_is_isolated_from_its_first_packet(#[case] mode: Mode) {
         into_open > 0,
         "the probe never reached a pod no policy selects"
     );
+
+    // A second isolated pod has the rules of the first: the agent adds its
+    // address to set elements (no rewrite of the table), also before ADD
+    // returns; a new pod a policy allows in joins a peer set the same way.
+    let rewrites = || {
+        agent_log(&lab)
+            .matches("NetworkPolicy table written")
+            .count()
+    };
+    let before = rewrites();
+    let into_second = probe_while_starting(&lab, "guarded2", "guarded", next(3));
+    assert_eq!(
+        into_second, 0,
+        "the second isolated pod accepted connections"
+    );
+    assert_eq!(
+        rewrites(),
+        before,
+        "the table was rewritten for a pod:\n{}",
+        agent_log(&lab)
+    );
+    lab.apply_ok(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: friends}
+spec:
+  podSelector: {matchLabels: {app: guarded}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: friend}}}]}]
+",
+    );
+    lab.apply_ok(&pod("friend", "friend"));
+    let friend_in = wait_until(Duration::from_secs(10), || {
+        lab.probe_http("friend", "default/guarded2", 1, "/hostname")[0].0 == "ok"
+    });
+    assert!(
+        friend_in.is_some(),
+        "a new pod the policy allows does not get in"
+    );
+    assert!(lab.probe_http("client", "default/guarded2", 1, "/hostname")[0].0 != "ok");
 
     // Without its agent a node starts no pod; with it back, it does.
     lab.ok(&["node", "stop", "node-1"]);

@@ -1,8 +1,9 @@
 //! NetworkPolicy enforcement on this node: follow NetworkPolicies, Pods
 //! and Namespaces through the cluster seam and keep table `ip
-//! weft-policy` equal to what `weft_policy::rules` makes of them, written
-//! whole in one transaction whenever the result changes, and again when
-//! the table is found missing (drift).
+//! weft-policy` equal to what `weft_policy::rules` makes of them: written
+//! whole in one transaction when its structure changes (and again when
+//! the table is found missing), else only its changed set elements
+//! ([`writer`]).
 //!
 //! New pods pass through [`gate`]: weft-cni's ADD waits until the rules
 //! that hold for the pod are written with its address, which the agent
@@ -14,6 +15,7 @@
 
 pub mod denials;
 pub mod gate;
+pub mod writer;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -96,10 +98,10 @@ impl State {
     /// The table for `node` as the caches stand. Without policies it does
     /// not depend on pods: they are not read then (a pod event on a node
     /// without policies costs nothing).
-    fn script(&self, node: &str) -> String {
+    fn table(&self, node: &str) -> rules::Table {
         let policies: Vec<Policy> = self.policies.values().map(Policy::read).collect();
         if policies.is_empty() {
-            return rules::script(&[], &[], &NamespaceLabels::new(), node);
+            return rules::table(&[], &[], &NamespaceLabels::new(), node);
         }
         for policy in &policies {
             for problem in &policy.problems {
@@ -107,7 +109,7 @@ impl State {
             }
         }
         let namespaces = namespace_labels(self.namespaces.values());
-        rules::script(&policies, &self.pods(), &namespaces, node)
+        rules::table(&policies, &self.pods(), &namespaces, node)
     }
 
     /// The pods with their addresses: a started pod's is the one weft-cni
@@ -186,7 +188,7 @@ async fn follow<C: Cluster>(
     };
     let mut waiting: Vec<Asked> = Vec::new();
     let mut recent = denials::Recent::default();
-    let mut applied: Option<String> = None;
+    let mut applied: Option<rules::Table> = None;
     let mut check = tokio::time::interval(DRIFT_CHECK);
     loop {
         let next_deadline = waiting.iter().map(|a| a.deadline).min();
@@ -231,11 +233,15 @@ async fn follow<C: Cluster>(
         if !state.synced() {
             continue;
         }
-        let script = state.script(node);
-        if applied.as_ref() != Some(&script) {
-            nft::apply(&script, None).context("writing the NetworkPolicy table")?;
-            tracing::info!("NetworkPolicy table written");
-            applied = Some(script);
+        let table = state.table(node);
+        if applied.as_ref() != Some(&table) {
+            let written = writer::write(applied.as_ref(), &table)
+                .context("writing the NetworkPolicy table")?;
+            match written {
+                writer::Written::Whole => tracing::info!("NetworkPolicy table written"),
+                other => tracing::debug!(?other, "NetworkPolicy set elements written"),
+            }
+            applied = Some(table);
         }
         for asked in admitted {
             tracing::debug!(pod = %asked.key, "new pod's NetworkPolicy in place");
