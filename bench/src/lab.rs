@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ControlPlane {
+pub(crate) enum ControlPlane {
     Embedded,
     Kubernetes,
 }
@@ -47,14 +47,14 @@ impl ControlPlane {
     }
 }
 
-struct Lab<'a> {
+pub(crate) struct Lab<'a> {
     weft: &'a PathBuf,
-    name: String,
+    pub(crate) name: String,
     control_plane: ControlPlane,
 }
 
 impl Lab<'_> {
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
         let mut cmd = Command::new(self.weft);
         cmd.arg("lab")
             .arg(args[0])
@@ -83,7 +83,7 @@ impl Lab<'_> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn pods(&self) -> Result<Vec<Value>> {
+    pub(crate) fn pods(&self) -> Result<Vec<Value>> {
         let v: Value =
             serde_json::from_str(&self.run(&["get", "pods", "-A", "-o", "json"], None)?)?;
         Ok(v["items"].as_array().cloned().unwrap_or_default())
@@ -98,19 +98,19 @@ impl Drop for Lab<'_> {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
 /// What `weft lab up` took, and (Kubernetes mode) how long of that the
 /// API server took to become ready.
-struct UpTimes {
+pub(crate) struct UpTimes {
     total: f64,
     apiserver: Option<f64>,
 }
 
-fn up<'a>(
+pub(crate) fn up<'a>(
     weft: &'a PathBuf,
     control_plane: ControlPlane,
     name: &str,
@@ -223,7 +223,7 @@ fn reachable_from_all(sources: &[PathBuf], target: SocketAddr, limit: Duration) 
 }
 
 /// A pod's network namespace, as the lab's kubelet names it.
-fn netns_of(lab: &Lab, pod: &Value) -> PathBuf {
+pub(crate) fn netns_of(lab: &Lab, pod: &Value) -> PathBuf {
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
     let layout = weft_lab::layout::Layout::new(&lab.name).expect("a valid lab name");
     netns::named_path(&layout.pod_ns(uid))
@@ -384,7 +384,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn iperf(lab: &Lab, target: &[&str], server: &str, seconds: u32) -> Result<f64> {
+pub(crate) fn iperf(lab: &Lab, target: &[&str], server: &str, seconds: u32) -> Result<f64> {
     let secs = seconds.to_string();
     let mut args = vec!["exec"];
     args.extend_from_slice(target);

@@ -13,6 +13,8 @@
 //! each the median of `--runs`, next to the same step without policies.
 
 use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,11 +28,26 @@ use weft_datapath::NetNs;
 use weft_policy::model::{NamedPort, NamespaceLabels, Pod, Policy, Protocol};
 use weft_policy::rules;
 
+use crate::lab;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Repetitions of each step (the median is reported).
     #[arg(long, default_value_t = 15)]
     runs: usize,
+    /// Also measure connect latency, throughput and agent memory in a
+    /// two-node lab with and without the 1,000 policies.
+    #[arg(long)]
+    lab: bool,
+    /// The weft binary for --lab.
+    #[arg(long, default_value = "target/release/weft")]
+    weft: PathBuf,
+    /// Seconds per iperf3 run (--lab).
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+    /// TCP connects per latency sample (--lab).
+    #[arg(long, default_value_t = 500)]
+    connects: usize,
 }
 
 const NAMESPACES: usize = 100;
@@ -109,6 +126,22 @@ fn pod(i: usize) -> Pod {
 /// egress with an ipBlock, ranges and UDP.
 fn namespace_policies(n: usize) -> Vec<Policy> {
     let ns = format!("ns-{n}");
+    namespace_specs(n)
+        .into_iter()
+        .enumerate()
+        .map(|(k, spec)| {
+            let api: NetworkPolicy = serde_json::from_value(json!({
+                "metadata": {"name": format!("p{k}"), "namespace": ns},
+                "spec": spec,
+            }))
+            .expect("a valid policy");
+            Policy::read(&api)
+        })
+        .collect()
+}
+
+/// The specs of namespace `n`'s ten policies.
+fn namespace_specs(n: usize) -> Vec<serde_json::Value> {
     let app = |a: usize| json!({"matchLabels": {"app": format!("app-{a}")}});
     let tier = |t: &str| json!({"matchLabels": {"tier": t}});
     let specs = [
@@ -125,18 +158,7 @@ fn namespace_policies(n: usize) -> Vec<Policy> {
         json!({"podSelector": app(3), "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 53, "protocol": "UDP"}]}]}),
         json!({"podSelector": tier("backend"), "ingress": [{"from": [{"ipBlock": {"cidr": "198.18.0.0/15"}}]}]}),
     ];
-    specs
-        .into_iter()
-        .enumerate()
-        .map(|(k, spec)| {
-            let api: NetworkPolicy = serde_json::from_value(json!({
-                "metadata": {"name": format!("p{k}"), "namespace": ns},
-                "spec": spec,
-            }))
-            .expect("a valid policy");
-            Policy::read(&api)
-        })
-        .collect()
+    specs.into()
 }
 
 /// Builds the table and writes it as the agent does after `applied`;
@@ -271,8 +293,17 @@ pub fn run(args: Args) -> Result<()> {
     let steps_with = measure(&mut with, &netns, runs)?;
     let steps_without = measure(&mut without, &netns, runs)?;
     remove_table(&netns)?;
+    drop(scratch);
+    print_steps(&steps_with, &steps_without, runs);
+    if args.lab {
+        under_policy(&args)?;
+    }
+    Ok(())
+}
+
+fn print_steps(steps_with: &[Step], steps_without: &[Step], runs: usize) {
     println!("median of {runs} runs, ms: build + write = total (how the last run wrote); without policies");
-    for (a, b) in steps_with.iter().zip(&steps_without) {
+    for (a, b) in steps_with.iter().zip(steps_without) {
         let (build, write, total) = a.medians();
         let (_, _, base) = b.medians();
         let how = a.how.map(|h| format!("{h:?}")).unwrap_or_default();
@@ -280,6 +311,144 @@ pub fn run(args: Args) -> Result<()> {
             "{:<26} {build:>7.2} + {write:>7.2} = {total:>7.2} ({how})   {base:>6.2}",
             a.name
         );
+    }
+}
+
+/// The lab's pods: an iperf3 and netexec server on node-2, a client on
+/// node-1.
+const LAB_PODS: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: srv, labels: {app: srv, tier: db}}
+spec:
+  nodeName: node-2
+  containers:
+  - {name: iperf, image: x, command: [iperf3, -s]}
+  - {name: web, image: x, ports: [{name: http, containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli, labels: {app: cli}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: x}]
+";
+
+/// 100 namespaces with the bench's 990 policies (the first 99 namespaces'
+/// ten each), and ten in `default` selecting the server: nine that do
+/// not admit the client, the last one that does.
+fn lab_policies() -> String {
+    let mut docs: Vec<String> = (0..NAMESPACES)
+        .map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{n}, labels: {{team: t{}}}}}\n", n % 10))
+        .collect();
+    for n in 0..NAMESPACES - 1 {
+        for (k, spec) in namespace_specs(n).into_iter().enumerate() {
+            docs.push(policy_document(&format!("ns-{n}"), &format!("p{k}"), spec));
+        }
+    }
+    let srv = json!({"matchLabels": {"app": "srv"}});
+    for k in 0..9 {
+        let spec = json!({"podSelector": srv, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("t{k}")}}}], "ports": [{"port": 9000 + k}]}]});
+        docs.push(policy_document("default", &format!("srv-{k}"), spec));
+    }
+    let from_cli = json!({"podSelector": srv, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "cli"}}}], "ports": [{"port": 8080}, {"port": 5201}]}]});
+    docs.push(policy_document("default", "srv-from-cli", from_cli));
+    docs.join("---\n")
+}
+
+fn policy_document(ns: &str, name: &str, spec: serde_json::Value) -> String {
+    let doc = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    format!("{doc}\n")
+}
+
+/// `connects` TCP connects from `netns` to `target`: (median, p99) in µs.
+fn connect_latency(netns: &NetNs, target: SocketAddr, connects: usize) -> Result<(f64, f64)> {
+    let mut micros = netns.run_in(|| -> Result<Vec<f64>> {
+        (0..connects)
+            .map(|_| {
+                let started = Instant::now();
+                TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                    .with_context(|| format!("connecting to {target}"))?;
+                Ok(started.elapsed().as_secs_f64() * 1e6)
+            })
+            .collect()
+    })??;
+    micros.sort_by(f64::total_cmp);
+    let p99 = micros[(micros.len() * 99 / 100).min(micros.len() - 1)];
+    Ok((lab::median(micros), p99))
+}
+
+/// The resident memory of node `node`'s agent, in MiB.
+fn agent_rss(lab: &lab::Lab, node: &str) -> Result<f64> {
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!(
+        "/run/weft/labs/{}/lab.json",
+        lab.name
+    ))?)?;
+    let pid = state["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["agent_pid"].as_u64())
+        .context("the agent's pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+/// Without and with the policies, twice in turn: connect latency,
+/// throughput and the server node's agent memory.
+fn under_policy(args: &Args) -> Result<()> {
+    let name = format!("bp{}", std::process::id() % 100_000);
+    let (lab, _) = lab::up(&args.weft, lab::ControlPlane::Embedded, &name, 2, "vxlan")?;
+    lab.run(&["apply", "-f", "-"], Some(LAB_PODS))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let pods = lab.pods()?;
+    let pod = |name: &str| pods.iter().find(|p| p["metadata"]["name"] == name).cloned();
+    let srv = pod("srv").context("pod srv")?;
+    let srv_ip: std::net::Ipv4Addr = srv["status"]["podIP"]
+        .as_str()
+        .context("srv's IP")?
+        .parse()?;
+    let cli_ns = NetNs::open(lab::netns_of(&lab, &pod("cli").context("pod cli")?))?;
+    let policies = lab_policies();
+    println!("\n## Under policy: 2-node vxlan lab, cli (node-1) → srv (node-2)");
+    println!("policies | connect median µs | p99 µs | iperf3 Gbit/s | agent RSS (srv's node) MiB");
+    for round in 0..2 {
+        for with in [false, true] {
+            if with {
+                lab.run(&["apply", "-f", "-"], Some(&policies))?;
+            } else if round > 0 {
+                lab.run(&["delete", "-f", "-"], Some(&policies))?;
+            }
+            // Let the agents take it in, and check that srv is isolated
+            // exactly when the policies are there.
+            std::thread::sleep(Duration::from_secs(3));
+            let node2 = NetNs::open(weft_datapath::netns::named_path(&format!(
+                "wl-{}-node-2",
+                lab.name
+            )))?;
+            let listed = nft::run(&["list", "table", "ip", rules::TABLE], Some(&node2))?;
+            let isolated =
+                listed.contains("jump ingress-0") && listed.contains(&srv_ip.to_string());
+            anyhow::ensure!(
+                isolated == with,
+                "srv isolated: {isolated}, policies applied: {with}\n{listed}"
+            );
+            let (median, p99) =
+                connect_latency(&cli_ns, SocketAddr::from((srv_ip, 8080)), args.connects)?;
+            let bps = lab::iperf(&lab, &["cli"], &srv_ip.to_string(), args.seconds)?;
+            let rss = agent_rss(&lab, "node-2")?;
+            println!(
+                "{:>8} | {median:>17.0} | {p99:>6.0} | {:>13.2} | {rss:>6.1}",
+                if with { "1,000" } else { "none" },
+                bps / 1e9
+            );
+        }
     }
     Ok(())
 }

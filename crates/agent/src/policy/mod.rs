@@ -2,8 +2,8 @@
 //! and Namespaces through the cluster seam and keep table `ip
 //! weft-policy` equal to what `weft_policy::rules` makes of them: written
 //! whole in one transaction when its structure changes (and again when
-//! the table is found missing), else only its changed set elements
-//! ([`writer`]).
+//! the table is found missing, and every five minutes), else only its
+//! changed set elements ([`writer`]).
 //!
 //! New pods pass through [`gate`]: weft-cni's ADD waits until the rules
 //! that hold for the pod are written with its address, which the agent
@@ -40,6 +40,11 @@ use gate::{Asked, Gate};
 /// How often the table is checked for drift.
 const DRIFT_CHECK: Duration = Duration::from_secs(10);
 
+/// How often the table is written whole anyway: repairs set elements
+/// changed by hand, which the drift check of chains cannot see (the
+/// rewrite is one transaction, so traffic is not disturbed).
+const FULL_RESYNC: Duration = Duration::from_secs(300);
+
 /// Starts enforcement for `node`, answering new pods at `socket` (if
 /// any); it retries after errors and never returns while the agent runs.
 pub fn spawn<C: Cluster>(
@@ -69,6 +74,7 @@ fn run<C: Cluster>(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    check_bridge_netfilter();
     rt.block_on(async {
         let gate = match socket {
             Some(path) => Some(
@@ -79,6 +85,49 @@ fn run<C: Cluster>(
         };
         follow(cluster, node, gate, denied).await
     })
+}
+
+/// Pods of one node talk across its bridge; the table's hooks see that
+/// traffic only while br_netfilter passes it to them.
+const BRIDGE_NETFILTER: &str = "net/bridge/bridge-nf-call-iptables";
+
+/// What [`check_bridge_netfilter`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum BridgeNetfilter {
+    On,
+    TurnedOn,
+    /// br_netfilter is not loaded.
+    Missing,
+    CannotTurnOn(String),
+}
+
+/// Turns on bridge-nf-call-iptables in this namespace when it is off,
+/// and says loudly when it cannot: policies would then hold only between
+/// nodes.
+fn check_bridge_netfilter() -> BridgeNetfilter {
+    let found = match weft_datapath::sysctl::read(BRIDGE_NETFILTER) {
+        None => BridgeNetfilter::Missing,
+        Some(on) if on == "1" => BridgeNetfilter::On,
+        Some(_) => match weft_datapath::sysctl::ensure(BRIDGE_NETFILTER, "1") {
+            Ok(()) => BridgeNetfilter::TurnedOn,
+            Err(e) => BridgeNetfilter::CannotTurnOn(e.to_string()),
+        },
+    };
+    match &found {
+        BridgeNetfilter::On => {}
+        BridgeNetfilter::TurnedOn => {
+            tracing::info!("turned on {BRIDGE_NETFILTER}: NetworkPolicy must see traffic between pods of this node")
+        }
+        BridgeNetfilter::Missing => tracing::error!(
+            "br_netfilter is not loaded: NetworkPolicy is not enforced between pods of this node; \
+             load it (modprobe br_netfilter, and add it to /etc/modules-load.d) and restart the agent"
+        ),
+        BridgeNetfilter::CannotTurnOn(e) => tracing::error!(
+            error = %e,
+            "NetworkPolicy is not enforced between pods of this node until {BRIDGE_NETFILTER} is 1"
+        ),
+    }
+    found
 }
 
 /// The caches of the three kinds, and the addresses of pods started
@@ -190,6 +239,7 @@ async fn follow<C: Cluster>(
     let mut recent = denials::Recent::default();
     let mut applied: Option<rules::Table> = None;
     let mut check = tokio::time::interval(DRIFT_CHECK);
+    let mut written_whole = std::time::Instant::now();
     loop {
         let next_deadline = waiting.iter().map(|a| a.deadline).min();
         tokio::select! {
@@ -204,7 +254,9 @@ async fn follow<C: Cluster>(
                 continue;
             }
             _ = check.tick() => {
-                if !nft::chain_exists(Family::Ip, rules::TABLE, "forward")? {
+                if !nft::chain_exists(Family::Ip, rules::TABLE, "forward")?
+                    || written_whole.elapsed() >= FULL_RESYNC
+                {
                     applied = None;
                 }
             }
@@ -238,7 +290,10 @@ async fn follow<C: Cluster>(
             let written = writer::write(applied.as_ref(), &table)
                 .context("writing the NetworkPolicy table")?;
             match written {
-                writer::Written::Whole => tracing::info!("NetworkPolicy table written"),
+                writer::Written::Whole => {
+                    written_whole = std::time::Instant::now();
+                    tracing::info!("NetworkPolicy table written")
+                }
                 other => tracing::debug!(?other, "NetworkPolicy set elements written"),
             }
             applied = Some(table);
@@ -352,6 +407,31 @@ mod tests {
         state.settle();
         assert!(state.started.is_empty());
         assert_eq!(ip_of(&state, "new"), Some(reported));
+    }
+
+    #[test]
+    fn bridged_traffic_is_turned_over_to_the_table() {
+        let mut scratch = weft_datapath::scratch::Namespaces::new("wag-brnf");
+        let (_, ns) = scratch.add("n");
+        let found = ns
+            .run_in(|| {
+                weft_datapath::sysctl::ensure(BRIDGE_NETFILTER, "0").unwrap();
+                let first = check_bridge_netfilter();
+                (
+                    first,
+                    check_bridge_netfilter(),
+                    weft_datapath::sysctl::read(BRIDGE_NETFILTER),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            found,
+            (
+                BridgeNetfilter::TurnedOn,
+                BridgeNetfilter::On,
+                Some("1".into())
+            )
+        );
     }
 
     #[test]
