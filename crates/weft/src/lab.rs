@@ -227,14 +227,15 @@ pub enum LabCmd {
         /// POD, NAMESPACE/POD, node/NODE or external
         #[arg(long)]
         from: String,
-        /// NAMESPACE/POD or svc/[NAMESPACE/]NAME[:PORT]
+        /// NAMESPACE/POD[:PORT][/PROTO] or svc/[NAMESPACE/]NAME[:PORT][/PROTO]
         #[arg(long)]
         to: String,
         /// The pod's port [default: its first declared port]
         #[arg(long)]
         port: Option<u16>,
-        #[arg(long, value_enum, default_value = "tcp")]
-        protocol: PolicyProtocolArg,
+        /// [default: tcp]
+        #[arg(long, value_enum)]
+        protocol: Option<PolicyProtocolArg>,
     },
     /// Change a pod's or a namespace's labels (kubectl's rules: KEY=VALUE sets, KEY- removes, a new value needs --overwrite); pods keep running.
     Label {
@@ -454,11 +455,11 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 from,
                 to,
                 port,
-                protocol: match protocol {
+                protocol: protocol.map(|p| match p {
                     PolicyProtocolArg::Tcp => weft_policy::model::Protocol::Tcp,
                     PolicyProtocolArg::Udp => weft_policy::model::Protocol::Udp,
                     PolicyProtocolArg::Sctp => weft_policy::model::Protocol::Sctp,
-                },
+                }),
             };
             print!("{}", ops::explain(&name, &opts)?);
             Ok(())

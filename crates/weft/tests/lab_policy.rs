@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -142,8 +143,14 @@ fn probe_while_starting(lab: &Lab, name: &str, app: &str, address: Ipv4Addr) -> 
 #[case::kubernetes(Mode::Kubernetes)]
 fn a_new_pod_is_isolated_from_its_first_packet(#[case] mode: Mode) {
     let lab = isolating_lab(mode, "start", 1, "host-gw", pod("marker", "marker"));
-    let marker: Ipv4Addr = lab.pod_ip("marker").parse().unwrap();
-    let next = |n: u32| Ipv4Addr::from(u32::from(marker) + n);
+    // The node hands out addresses in order: the next pods get the ones
+    // after the highest so far (client and marker start in either order).
+    let highest = ["client", "marker"]
+        .iter()
+        .map(|p| u32::from(lab.pod_ip(p).parse::<Ipv4Addr>().unwrap()))
+        .max()
+        .unwrap();
+    let next = |n: u32| Ipv4Addr::from(highest + n);
 
     let into_guarded = probe_while_starting(&lab, "guarded", "guarded", next(1));
     assert_eq!(
@@ -228,6 +235,17 @@ fn denials_are_logged_and_explained(#[case] mode: Mode) {
                ingress of default/guarded is isolated by default/guard and no rule allows default/client";
     let explained = lab.ok(&["explain", "--from", "client", "--to", "default/guarded"]);
     assert!(explained.starts_with(why), "{explained}");
+    let udp = lab.ok(&[
+        "explain",
+        "--from",
+        "client",
+        "--to",
+        "default/guarded:80/udp",
+    ]);
+    assert!(
+        udp.starts_with("denied default/client → default/guarded:80/UDP"),
+        "{udp}"
+    );
     let denied = wait_until(Duration::from_secs(10), || {
         lab.probe_http("client", "default/guarded", 1, "/hostname")[0].0 != "ok"
     });
@@ -280,4 +298,53 @@ fn isolation_holds_while_the_agent_is_down_and_restarts(#[case] mode: Mode) {
         back.is_some(),
         "allowed traffic does not flow after the restarts"
     );
+}
+
+/// A policy holds for new connections: one established before it keeps
+/// carrying data both ways (conntrack), a new one is denied, as with
+/// Calico and Cilium.
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::kubernetes(Mode::Kubernetes)]
+fn established_connections_outlive_a_new_policy(#[case] mode: Mode) {
+    let lab = Lab::up_in(mode, "estab", 1, "host-gw");
+    lab.apply_ok(&format!(
+        "{}---\n{}",
+        pod("client", "client"),
+        pod("guarded", "guarded")
+    ));
+    let target: SocketAddr = format!("{}:7000", lab.pod_ip("guarded")).parse().unwrap();
+    let listener = lab
+        .pod_netns("guarded")
+        .run_in(|| std::net::TcpListener::bind("0.0.0.0:7000"))
+        .unwrap()
+        .unwrap();
+    let client_ns = lab.pod_netns("client");
+    let connect = || {
+        client_ns
+            .run_in(|| TcpStream::connect_timeout(&target, Duration::from_millis(500)))
+            .unwrap()
+    };
+    let mut stream = connect().expect("connecting before the policy");
+    let (mut accepted, _) = listener.accept().unwrap();
+    for s in [&stream, &accepted] {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    }
+    lab.apply_ok(ISOLATE_GUARDED);
+    let enforced = wait_until(Duration::from_secs(10), || {
+        lab.probe_http("client", "default/guarded", 1, "/hostname")[0].0 != "ok"
+    });
+    assert!(enforced.is_some(), "the policy never took effect");
+    let mut buf = [0u8; 4];
+    stream.write_all(b"ping").unwrap();
+    accepted
+        .read_exact(&mut buf)
+        .expect("the established connection stalled");
+    assert_eq!(&buf, b"ping");
+    accepted.write_all(b"pong").unwrap();
+    stream
+        .read_exact(&mut buf)
+        .expect("no reply on the established connection");
+    assert_eq!(&buf, b"pong");
+    assert!(connect().is_err(), "a new connection got in");
 }

@@ -28,11 +28,64 @@ use crate::targets::{self, Source, Target};
 #[derive(Debug, Clone)]
 pub struct ExplainOptions {
     pub from: String,
+    /// `NS/POD[:PORT][/PROTO]` or `svc/NS/NAME[:PORT][/PROTO]`.
     pub to: String,
     /// The destination port (a pod's first declared port when absent; a
     /// Service's port otherwise, given in `to`).
     pub port: Option<u16>,
-    pub protocol: Protocol,
+    /// TCP unless `to` or this says otherwise.
+    pub protocol: Option<Protocol>,
+}
+
+/// The destination as asked: `to` without its port (for a pod) and
+/// protocol suffixes, and the port and protocol from either place.
+#[derive(Debug, PartialEq, Eq)]
+struct Query {
+    to: String,
+    port: Option<u16>,
+    protocol: Protocol,
+}
+
+impl Query {
+    fn of(opts: &ExplainOptions) -> Result<Query> {
+        let mut to = opts.to.as_str();
+        // A protocol is a last path segment after the full name (names
+        // hold no `/`): NS/POD/PROTO or svc/NS/NAME/PROTO.
+        let full = if to.starts_with("svc/") { 3 } else { 2 };
+        let mut protocol = opts.protocol;
+        if to.matches('/').count() == full {
+            let (rest, suffix) = to.rsplit_once('/').expect("counted");
+            let named = Protocol::parse(Some(&suffix.to_ascii_uppercase())).with_context(|| {
+                format!("{suffix:?} in --to is not a protocol: write tcp, udp or sctp")
+            })?;
+            if protocol.is_some_and(|p| p != named) {
+                bail!("--to says {suffix} but --protocol says otherwise");
+            }
+            protocol = Some(named);
+            to = rest;
+        }
+        let mut port = opts.port;
+        if !to.starts_with("svc/") {
+            if let Some((pod, number)) = to.split_once(':') {
+                let number: u16 = number
+                    .parse()
+                    .with_context(|| format!("the port in --to {:?} is not a number", opts.to))?;
+                if port.is_some_and(|p| p != number) {
+                    bail!(
+                        "--to says port {number} but --port says {}",
+                        port.unwrap_or_default()
+                    );
+                }
+                port = Some(number);
+                to = pod;
+            }
+        }
+        Ok(Query {
+            to: to.into(),
+            port,
+            protocol: protocol.unwrap_or(Protocol::Tcp),
+        })
+    }
 }
 
 /// The verdicts, one line per destination pod.
@@ -47,7 +100,8 @@ pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
         .map(Policy::read)
         .collect();
     let model_pods: Vec<model::Pod> = pods.iter().map(model::Pod::read).collect();
-    let destinations = destinations(&lab, &pods, &model_pods, opts)?;
+    let query = Query::of(opts)?;
+    let destinations = destinations(&lab, &pods, &model_pods, &query)?;
     let source = parse_source(&lab, &model_pods, &opts.from)?;
     let mut lines = Vec::new();
     for (pod, port) in destinations {
@@ -60,7 +114,7 @@ pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
             from,
             to: Party::Pod(pod),
             port,
-            protocol: opts.protocol,
+            protocol: query.protocol,
         };
         lines.push(verdict(&policies, &namespaces, &conn).explain(&conn));
     }
@@ -108,17 +162,17 @@ fn destinations<'a>(
     lab: &Lab,
     api_pods: &[Pod],
     pods: &'a [model::Pod],
-    opts: &ExplainOptions,
+    query: &Query,
 ) -> Result<Vec<(&'a model::Pod, u16)>> {
-    match targets::parse_target(&opts.to)? {
+    match targets::parse_target(&query.to)? {
         Target::Pod(text) => {
             let pod = find_pod(pods, &text)?;
             // As `probe` picks it: the first declared port of the protocol.
-            let probed = match opts.protocol {
+            let probed = match query.protocol {
                 Protocol::Udp => probe::Protocol::Udp,
                 Protocol::Tcp | Protocol::Sctp => probe::Protocol::Tcp,
             };
-            let port = opts
+            let port = query
                 .port
                 .or_else(|| {
                     let api = api_pods
@@ -211,4 +265,63 @@ fn service_backends<'a>(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(to: &str, port: Option<u16>, protocol: Option<Protocol>) -> Result<Query> {
+        Query::of(&ExplainOptions {
+            from: "a".into(),
+            to: to.into(),
+            port,
+            protocol,
+        })
+    }
+
+    fn ok(to: &str, port: Option<u16>, protocol: Protocol) -> Query {
+        Query {
+            to: to.into(),
+            port,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn to_takes_a_port_and_a_protocol_after_the_name() {
+        assert_eq!(
+            query("prod/db", None, None).unwrap(),
+            ok("prod/db", None, Protocol::Tcp)
+        );
+        assert_eq!(
+            query("prod/db:5432/UDP", None, None).unwrap(),
+            ok("prod/db", Some(5432), Protocol::Udp)
+        );
+        assert_eq!(
+            query("prod/db/sctp", Some(9), None).unwrap(),
+            ok("prod/db", Some(9), Protocol::Sctp)
+        );
+        // A Service's port stays in its name for the Service's own rules.
+        assert_eq!(
+            query("svc/prod/db:pg/udp", None, None).unwrap(),
+            ok("svc/prod/db:pg", None, Protocol::Udp)
+        );
+        assert_eq!(
+            query("svc/prod/db", None, Some(Protocol::Udp)).unwrap(),
+            ok("svc/prod/db", None, Protocol::Udp)
+        );
+    }
+
+    #[test]
+    fn contradictions_and_nonsense_are_refused() {
+        for (to, port, protocol) in [
+            ("prod/db/icmp", None, None),
+            ("prod/db:80/tcp", Some(81), None),
+            ("prod/db/udp", None, Some(Protocol::Tcp)),
+            ("prod/db:http", None, None),
+        ] {
+            assert!(query(to, port, protocol).is_err(), "{to} accepted");
+        }
+    }
 }
