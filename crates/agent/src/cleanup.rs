@@ -89,7 +89,11 @@ pub async fn cleanup(
         subnet_file.to_owned(),
         cni_conf_dir.join(crate::files::CONFLIST),
     ];
-    for file in files.into_iter().chain(policy_socket.map(Path::to_owned)) {
+    // The socket, and the addresses of starting pods kept beside it.
+    let policy_files = policy_socket
+        .into_iter()
+        .flat_map(|s| [s.to_owned(), s.with_extension("started.json")]);
+    for file in files.into_iter().chain(policy_files) {
         match std::fs::remove_file(&file) {
             Ok(()) => removed.files.push(file),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -4,9 +4,10 @@
 //! in place. This module owns the socket and the exchange; when to answer
 //! is the enforcement loop's decision.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -46,6 +47,10 @@ impl Asked {
 
 pub struct Gate {
     listener: UnixListener,
+    /// Where the addresses weft-cni reported are kept across restarts,
+    /// and what was last kept there.
+    started_file: PathBuf,
+    kept: Started,
     asked_tx: mpsc::UnboundedSender<Asked>,
     asked: mpsc::UnboundedReceiver<Asked>,
 }
@@ -64,11 +69,37 @@ impl Gate {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let (asked_tx, asked) = mpsc::unbounded_channel();
+        let started_file = path.with_extension("started.json");
+        let kept = load_started(&started_file);
         Ok(Gate {
             listener,
+            started_file,
+            kept,
             asked_tx,
             asked,
         })
+    }
+
+    /// The addresses of started pods kept by the agent's previous run:
+    /// a restart between a pod's ADD and its status does not lose them.
+    pub fn started(&self) -> Started {
+        self.kept.clone()
+    }
+
+    /// Keeps `started` for the next run (written when it changed).
+    pub fn keep(&mut self, started: &Started) {
+        if *started == self.kept {
+            return;
+        }
+        let text = serde_json::to_vec(started).expect("addresses always serialize");
+        match crate::files::write_atomically(&self.started_file, &text) {
+            Ok(()) => self.kept = started.clone(),
+            Err(e) => tracing::warn!(
+                error = %e,
+                file = %self.started_file.display(),
+                "cannot keep the addresses of starting pods; a restart now forgets them until their status shows them"
+            ),
+        }
     }
 
     /// The next valid request (cancel-safe: connections accepted meanwhile
@@ -135,6 +166,30 @@ fn restarting() -> Answer {
     }
 }
 
+/// Started pods' addresses by `namespace/name`.
+pub type Started = BTreeMap<String, Vec<IpAddr>>;
+
+/// What a previous run kept; entries that are not a pod's name and one or
+/// two addresses are dropped.
+fn load_started(path: &Path) -> Started {
+    let Ok(text) = std::fs::read(path) else {
+        return Started::new();
+    };
+    let kept: Started = serde_json::from_slice(&text).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, file = %path.display(), "ignoring unreadable addresses of starting pods");
+        Started::new()
+    });
+    kept.into_iter()
+        .filter(|(key, ips)| {
+            let valid = key.split_once('/').is_some_and(|(ns, name)| {
+                weft_validation::names::dns1123_label(ns).is_ok()
+                    && weft_validation::names::dns1123_subdomain(name).is_ok()
+            });
+            valid && !ips.is_empty() && ips.len() <= MAX_ADDRESSES
+        })
+        .collect()
+}
+
 /// A request as weft-cni sends it, its names checked as the API checks
 /// them before they reach a log or a map.
 fn parse(line: &str) -> Result<Request, String> {
@@ -170,6 +225,26 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn started_addresses_outlive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.sock");
+        let mut gate = Gate::bind(&path).unwrap();
+        assert!(gate.started().is_empty());
+        let started: Started =
+            [("prod/db".to_string(), vec!["10.244.1.5".parse().unwrap()])].into();
+        gate.keep(&started);
+        drop(gate);
+        assert_eq!(Gate::bind(&path).unwrap().started(), started);
+        // What is not a pod and its addresses is dropped.
+        std::fs::write(
+            dir.path().join("policy.started.json"),
+            r#"{"prod/db": ["10.244.1.5"], "../x": ["10.0.0.1"], "prod/none": []}"#,
+        )
+        .unwrap();
+        assert_eq!(Gate::bind(&path).unwrap().started(), started);
     }
 
     #[tokio::test]

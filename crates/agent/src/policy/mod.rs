@@ -17,7 +17,7 @@ pub mod denials;
 pub mod gate;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -136,7 +136,7 @@ struct State {
     policies: Cache<NetworkPolicy>,
     pods: Cache<Pod>,
     namespaces: Cache<Namespace>,
-    started: BTreeMap<String, Vec<IpAddr>>,
+    started: gate::Started,
 }
 
 impl State {
@@ -203,7 +203,10 @@ impl State {
         for asked in &known {
             self.started.insert(asked.key.clone(), asked.ips.clone());
         }
-        self.settle();
+        // Before the pods are listed, every started pod would look gone.
+        if self.synced() {
+            self.settle();
+        }
         (known, unknown)
     }
 
@@ -233,7 +236,7 @@ async fn follow<C: Cluster>(
         policies: Cache::new(object_key),
         pods: Cache::new(object_key),
         namespaces: Cache::new(object_key),
-        started: BTreeMap::new(),
+        started: gate.as_ref().map(Gate::started).unwrap_or_default(),
     };
     let mut waiting: Vec<Asked> = Vec::new();
     let mut recent = denials::Recent::default();
@@ -281,6 +284,9 @@ async fn follow<C: Cluster>(
             }
         }
         let (admitted, unknown) = state.admit(std::mem::take(&mut waiting));
+        if let Some(gate) = gate.as_mut() {
+            gate.keep(&state.started);
+        }
         waiting = refuse_overdue(unknown, state.synced());
         if !state.synced() {
             continue;
@@ -376,7 +382,7 @@ mod tests {
             policies: Cache::new(object_key),
             pods: Cache::new(object_key),
             namespaces: Cache::new(object_key),
-            started: BTreeMap::new(),
+            started: gate::Started::new(),
         };
         state.pods.apply(Event::Init);
         for p in pods {
@@ -431,6 +437,22 @@ mod tests {
                 BridgeNetfilter::On,
                 Some("1".into())
             )
+        );
+    }
+
+    #[test]
+    fn kept_addresses_wait_for_the_pods_to_be_listed() {
+        let mut state = state(vec![pod("new", None)]);
+        state.pods = Cache::new(object_key);
+        state
+            .started
+            .insert("prod/new".into(), vec!["10.244.1.6".parse().unwrap()]);
+        let (admitted, waiting) = state.admit(Vec::new());
+        assert!(admitted.is_empty() && waiting.is_empty());
+        assert_eq!(
+            state.started.len(),
+            1,
+            "forgotten before the pods were listed"
         );
     }
 
