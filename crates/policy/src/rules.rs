@@ -329,13 +329,21 @@ impl<'a> Sets<'a> {
         direction: Direction,
     ) -> Vec<String> {
         let (_, peer_field) = direction.fields();
+        // Egress to named ports matches address and port pairs, not the
+        // peer's addresses: a rule with only those needs no peer set.
+        let pairs_only = direction == Direction::Egress
+            && !rule.ports.is_empty()
+            && rule
+                .ports
+                .iter()
+                .all(|p| matches!(p.port, PortSpec::Named(_)));
         // Each peer as (match text, the identity of its pods when it is pods).
         let peers: Vec<(String, PeerPods<'a>)> = if rule.peers.is_empty() {
             vec![(String::new(), PeerPods::Any)]
         } else {
             rule.peers
                 .iter()
-                .filter_map(|peer| self.peer_match(peer, policy_ns, peer_field))
+                .filter_map(|peer| self.peer_match(peer, policy_ns, peer_field, !pairs_only))
                 .collect()
         };
         let mut out = Vec::new();
@@ -413,13 +421,15 @@ impl<'a> Sets<'a> {
         )
     }
 
-    /// One peer as a match on the other side's address (`field`), and the
-    /// pods it stands for; `None` when it can match nothing.
+    /// One peer as a match on the other side's address (`field`; its set
+    /// is made only when `with_set`), and the pods it stands for; `None`
+    /// when it can match nothing.
     fn peer_match(
         &mut self,
         peer: &Peer,
         policy_ns: &str,
         field: &str,
+        with_set: bool,
     ) -> Option<(String, PeerPods<'a>)> {
         match peer {
             Peer::Pods {
@@ -433,14 +443,19 @@ impl<'a> Sets<'a> {
                     None => format!("in {policy_ns}: {pod_selector:?}"),
                     Some(s) => format!("{s:?}: {pod_selector:?}"),
                 };
-                let set = self.named("peer", identity.clone(), "type ipv4_addr ;", || {
-                    chosen
-                        .iter()
-                        .filter_map(|p| Some(Element::Addr(v4(p.ip?)?)))
-                        .collect()
-                });
+                let text = if with_set {
+                    let set = self.named("peer", identity.clone(), "type ipv4_addr ;", || {
+                        chosen
+                            .iter()
+                            .filter_map(|p| Some(Element::Addr(v4(p.ip?)?)))
+                            .collect()
+                    });
+                    format!("ip {field} @{set} ")
+                } else {
+                    String::new()
+                };
                 Some((
-                    format!("ip {field} @{set} "),
+                    text,
                     PeerPods::Selected {
                         identity,
                         pods: chosen,

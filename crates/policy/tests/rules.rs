@@ -107,6 +107,9 @@ fn only_this_nodes_isolated_pods_get_chains() {
     ] {
         assert!(text.contains(rule), "{rule} missing:\n{text}");
     }
+    // The egress rule to named ports only needs its pairs, not its peer's
+    // addresses: no set for that peer.
+    assert!(!text.contains("peer-1"), "{text}");
     // y/a runs on node-2: nothing of it here.
     assert!(!text.contains("-pods { 10.244.2.2"), "{text}");
     let on_node_2 = script(&every_kind(), &pods(), &namespaces, "node-2");
