@@ -29,6 +29,10 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Request {
     pub namespace: String,
     pub name: String,
+    /// The pod's UID (`K8S_POD_UID`), when the runtime gives it: a pod of
+    /// the same name that the agent still knows is another pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     pub ips: Vec<IpAddr>,
 }
 
@@ -100,6 +104,7 @@ mod tests {
         Request {
             namespace: "prod".into(),
             name: "db".into(),
+            uid: Some("0b7c-uid".into()),
             ips: vec!["10.244.1.5".parse().unwrap()],
         }
     }

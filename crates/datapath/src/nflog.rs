@@ -167,6 +167,9 @@ pub fn parse_ipv4(packet: &[u8]) -> Option<Flow> {
         return None;
     }
     let header = usize::from(first & 0x0f) * 4;
+    if header < 20 {
+        return None;
+    }
     let protocol = packet[9];
     let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
@@ -227,5 +230,8 @@ mod tests {
         long_header[0] = 0x4f;
         assert_eq!(parse_ipv4(&long_header).unwrap().dport, None);
         assert!(parse_batch(&[1, 2, 3]).is_empty());
+        let mut short_header = ipv4(6, 5, 0);
+        short_header[0] = 0x44;
+        assert_eq!(parse_ipv4(&short_header), None, "IHL below 5");
     }
 }

@@ -128,6 +128,13 @@ impl Script {
         self.line(format_args!("add {} {t} {{ {declaration} }}", kind.word()))
     }
 
+    /// A named limit (a token bucket rules share with `limit name`);
+    /// `declaration` goes between its braces (`rate 10/second ;`).
+    pub fn add_limit(&mut self, name: &str, declaration: &str) -> &mut Self {
+        let t = self.named(name);
+        self.line(format_args!("add limit {t} {{ {declaration} }}"))
+    }
+
     pub fn flush_set(&mut self, kind: SetKind, name: &str) -> &mut Self {
         let t = self.named(name);
         self.line(format_args!("flush {} {t}", kind.word()))

@@ -127,18 +127,25 @@ impl Sets {
         self.write(changes, NFT_MSG_NEWSETELEM, flags, Some(ms))
     }
 
-    /// Adds every element of `changes` for good (sets without `flags
-    /// timeout`), in one transaction; elements already there stay.
-    pub fn add(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
-        self.write(changes, NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE as u16, None)
-    }
-
     /// Removes every element of `changes` in one transaction (see
     /// [`Sets::put`] for what that costs later). An element that is not
     /// there fails the whole transaction (ENOENT, see [`NftError::errno`]):
     /// list the set first.
     pub fn delete(&mut self, changes: &[SetElements]) -> Result<(), NftError> {
         self.write(changes, NFT_MSG_DELSETELEM, 0, None)
+    }
+
+    /// Adds `added` for good and removes `removed`, in one transaction:
+    /// lookups see the sets before or after, never in between.
+    pub fn change(
+        &mut self,
+        added: &[SetElements],
+        removed: &[SetElements],
+    ) -> Result<(), NftError> {
+        let mut messages =
+            self.messages(added, NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE as u16, None);
+        messages.extend(self.messages(removed, NFT_MSG_DELSETELEM, 0, None));
+        self.send(messages)
     }
 
     fn write(
@@ -148,8 +155,19 @@ impl Sets {
         flags: u16,
         timeout_ms: Option<u64>,
     ) -> Result<(), NftError> {
+        let messages = self.messages(changes, msg, flags, timeout_ms);
+        self.send(messages)
+    }
+
+    fn messages(
+        &self,
+        changes: &[SetElements],
+        msg: u16,
+        flags: u16,
+        timeout_ms: Option<u64>,
+    ) -> Vec<(u16, u16, Vec<u8>)> {
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
-        let messages: Vec<(u16, u16, Vec<u8>)> = changes
+        changes
             .iter()
             .flat_map(|c| {
                 c.keys
@@ -160,7 +178,11 @@ impl Sets {
                 let payload = element_list(self.family, &self.table, set, keys, timeout_ms);
                 (kind, flags, payload)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Sends `messages` as one batch (one transaction).
+    fn send(&mut self, messages: Vec<(u16, u16, Vec<u8>)>) -> Result<(), NftError> {
         if messages.is_empty() {
             return Ok(());
         }

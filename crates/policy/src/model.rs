@@ -122,6 +122,14 @@ pub struct Pod {
     pub node: Option<String>,
 }
 
+/// Whether `pod` has finished (Succeeded or Failed): it keeps its
+/// `status.podIP`, which a new pod may hold by now, so it stands for no
+/// address.
+pub fn is_finished(pod: &ApiPod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
 impl Pod {
     /// Reads the API's Pod: its address from `status.podIP`, its named
     /// container ports (unnamed ones cannot be referred to by name).

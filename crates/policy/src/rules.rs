@@ -8,7 +8,8 @@
 //! traffic; the input hook sees a pod's traffic to its own node. Traffic
 //! the node itself sends (kubelet probes) passes neither, so it is always
 //! allowed. Replies pass as established connections; a denied new
-//! connection is logged to [`LOG_GROUP`] (rate-limited) and dropped.
+//! connection is logged to [`LOG_GROUP`] (through one rate limit for the
+//! node) and dropped.
 //!
 //! The table comes in two parts ([`Table`]). Its *structure* — chains,
 //! rules, set declarations — depends on the policies and on which
@@ -41,9 +42,11 @@ pub const TABLE: &str = "weft-policy";
 /// it and explains each denial).
 pub const LOG_GROUP: u16 = 2713;
 
-/// Denials logged per second and chain, at most (a flood of denied
-/// packets must not flood the agent).
-const LOG_RATE: &str = "limit rate 10/second burst 20 packets";
+/// The token bucket every chain's denials are logged through: at most
+/// this many a second on the whole node, so a flood of denied packets
+/// (a port scan over many pods) cannot flood the agent.
+const LOG_LIMIT: &str = "denials";
+const LOG_RATE: &str = "rate 20/second burst 40 packets ;";
 
 /// One element of a named set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,7 +137,7 @@ pub fn table(policies: &[Policy], pods: &[Pod], namespaces: &NamespaceLabels, no
                 .map(|expr| format!("{expr}{verdict}"))
                 .collect();
             body.push(format!(
-                "{LOG_RATE} log prefix \"{}\" group {LOG_GROUP}",
+                "limit name \"{LOG_LIMIT}\" log prefix \"{}\" group {LOG_GROUP}",
                 direction.name()
             ));
             body.push("counter drop".into());
@@ -154,6 +157,7 @@ pub fn table(policies: &[Policy], pods: &[Pod], namespaces: &NamespaceLabels, no
     let accepted = "ct state established,related accept";
     let mut script = Script::new(Family::Ip, TABLE);
     script.add_table().delete_table().add_table();
+    script.add_limit(LOG_LIMIT, LOG_RATE);
     let mut elements = sets.elements;
     for (name, declaration) in &sets.declarations {
         script.add_set(SetKind::Set, name, declaration);

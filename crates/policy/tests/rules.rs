@@ -86,9 +86,10 @@ fn only_this_nodes_isolated_pods_get_chains() {
     // the agent, rate-limited), then dropped.
     for line in [
         "add rule ip weft-policy ingress ip daddr @ingress-1-pods jump ingress-1\n",
-        "add rule ip weft-policy ingress-1 limit rate 10/second burst 20 packets log prefix \"ingress\" group 2713\n\
+        "add rule ip weft-policy ingress-1 limit name \"denials\" log prefix \"ingress\" group 2713\n\
          add rule ip weft-policy ingress-1 counter drop\n",
         "add element ip weft-policy ingress-1-pods { 10.244.1.2 }\n",
+        "add limit ip weft-policy denials { rate 20/second burst 40 packets ; }\n",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }

@@ -227,7 +227,7 @@ pub enum LabCmd {
         /// POD, NAMESPACE/POD, node/NODE or external
         #[arg(long)]
         from: String,
-        /// NAMESPACE/POD[:PORT][/PROTO] or svc/[NAMESPACE/]NAME[:PORT][/PROTO]
+        /// NAMESPACE/POD[:PORT][/PROTO] or svc/NAMESPACE/NAME[:PORT][/PROTO] (svc/NAME[:PORT] in default)
         #[arg(long)]
         to: String,
         /// The pod's port [default: its first declared port]

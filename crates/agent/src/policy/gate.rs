@@ -28,6 +28,8 @@ const MAX_ADDRESSES: usize = 2;
 pub struct Asked {
     /// `namespace/name`, the pod's cache key.
     pub key: String,
+    /// The pod's UID, when the runtime gave it.
+    pub uid: Option<String>,
     pub ips: Vec<IpAddr>,
     pub deadline: Instant,
     answer: oneshot::Sender<Answer>,
@@ -37,6 +39,20 @@ impl Asked {
     /// Lets the pod start.
     pub fn admit(self) {
         let _ = self.answer.send(Answer::default());
+    }
+
+    /// A request as the loop sees it, and where its answer goes.
+    #[cfg(test)]
+    pub fn new(key: &str, uid: Option<&str>, ips: &[&str]) -> (Asked, oneshot::Receiver<Answer>) {
+        let (answer, answered) = oneshot::channel();
+        let asked = Asked {
+            key: key.into(),
+            uid: uid.map(String::from),
+            ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            deadline: Instant::now() + PATIENCE,
+            answer,
+        };
+        (asked, answered)
     }
 
     /// Fails its ADD (weft-cni turns this into "try again later").
@@ -61,6 +77,14 @@ impl Gate {
     pub fn bind(path: &Path) -> std::io::Result<Gate> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
+        }
+        // A socket left by a run that ended is replaced; one that answers
+        // belongs to an agent still running, which keeps it.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another agent answers there; stop it, or give this one another --policy-socket",
+            ));
         }
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -150,6 +174,7 @@ async fn wait(request: Request, asked: &mpsc::UnboundedSender<Asked>) -> Answer 
     let (answer, answered) = oneshot::channel();
     let sent = asked.send(Asked {
         key: format!("{}/{}", request.namespace, request.name),
+        uid: request.uid,
         ips: request.ips,
         deadline: Instant::now() + PATIENCE,
         answer,
@@ -227,6 +252,28 @@ mod tests {
         }
     }
 
+    fn db_request() -> weft_cni::policy_gate::Request {
+        weft_cni::policy_gate::Request {
+            namespace: "prod".into(),
+            name: "db".into(),
+            uid: Some("0b7c-uid".into()),
+            ips: vec!["10.244.1.5".parse().unwrap()],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_another_agent_answers_on_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.sock");
+        let first = Gate::bind(&path).unwrap();
+        let err = Gate::bind(&path)
+            .err()
+            .expect("a second agent took the socket");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(first);
+        Gate::bind(&path).expect("a socket nobody answers on is replaced");
+    }
+
     #[tokio::test]
     async fn started_addresses_outlive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -252,11 +299,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.sock");
         let mut gate = Gate::bind(&path).unwrap();
-        let request = weft_cni::policy_gate::Request {
-            namespace: "prod".into(),
-            name: "db".into(),
-            ips: vec!["10.244.1.5".parse().unwrap()],
-        };
+        let request = db_request();
         let client = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
@@ -265,6 +308,7 @@ mod tests {
         };
         let asked = gate.next().await;
         assert_eq!(asked.key, "prod/db");
+        assert_eq!(asked.uid.as_deref(), Some("0b7c-uid"));
         asked.admit();
         client.await.unwrap().unwrap();
 
@@ -272,12 +316,7 @@ mod tests {
         for refuse in [true, false] {
             let path = path.clone();
             let client = tokio::task::spawn_blocking(move || {
-                let request = weft_cni::policy_gate::Request {
-                    namespace: "prod".into(),
-                    name: "db".into(),
-                    ips: vec!["10.244.1.5".parse().unwrap()],
-                };
-                weft_cni::policy_gate::ask(&path, &request, Duration::from_secs(5))
+                weft_cni::policy_gate::ask(&path, &db_request(), Duration::from_secs(5))
             });
             let asked = gate.next().await;
             if refuse {

@@ -76,13 +76,15 @@ fn run<C: Cluster>(
         .build()?;
     check_bridge_netfilter();
     rt.block_on(async {
-        let gate = match socket {
-            Some(path) => Some(
-                Gate::bind(path)
-                    .with_context(|| format!("listening for new pods at {}", path.display()))?,
-            ),
-            None => None,
-        };
+        // Without its socket no pod can start here (weft-cni answers
+        // "try again later"), but the pods already running keep their rules.
+        let gate = socket.and_then(|path| match Gate::bind(path) {
+            Ok(gate) => Some(gate),
+            Err(e) => {
+                tracing::error!(error = %e, socket = %path.display(), "cannot listen for new pods; none can start on this node until this is fixed");
+                None
+            }
+        });
         follow(cluster, node, gate, denied).await
     })
 }
@@ -168,6 +170,7 @@ impl State {
         let claimed: HashSet<IpAddr> = self.started.values().flatten().copied().collect();
         self.pods
             .values()
+            .filter(|api| !model::is_finished(api))
             .map(|api| {
                 let mut pod = model::Pod::read(api);
                 match self.started.get(&object_key(api)) {
@@ -196,11 +199,15 @@ impl State {
     /// Takes in the waiting pods the caches know (`(admitted, still
     /// waiting)`), and forgets started pods whose status caught up or
     /// that are gone.
-    fn admit(&mut self, waiting: Vec<Asked>) -> (Vec<Asked>, Vec<Asked>) {
+    fn admit(&mut self, waiting: Vec<Asked>, node: &str) -> (Vec<Asked>, Vec<Asked>) {
         let (known, unknown): (Vec<Asked>, Vec<Asked>) = waiting
             .into_iter()
-            .partition(|asked| self.synced() && self.pods.get(&asked.key).is_some());
+            .partition(|asked| self.synced() && self.knows(asked, node));
         for asked in &known {
+            // An address belongs to one pod: one that held it before
+            // (its ADD failed, or it was deleted) is not it any more.
+            self.started
+                .retain(|_, ips| !ips.iter().any(|ip| asked.ips.contains(ip)));
             self.started.insert(asked.key.clone(), asked.ips.clone());
         }
         // Before the pods are listed, every started pod would look gone.
@@ -208,6 +215,20 @@ impl State {
             self.settle();
         }
         (known, unknown)
+    }
+
+    /// Whether the cache holds the pod `asked` is for, as bound to `node`
+    /// (the watch may not show the binding yet) and, when weft-cni named
+    /// its UID, that very pod (not an earlier one of the same name).
+    fn knows(&self, asked: &Asked, node: &str) -> bool {
+        self.pods.get(&asked.key).is_some_and(|pod| {
+            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+            let same = asked
+                .uid
+                .as_ref()
+                .is_none_or(|uid| pod.metadata.uid.as_ref() == Some(uid));
+            bound && same
+        })
     }
 
     /// Forgets the started pods whose status shows their address, or
@@ -283,7 +304,7 @@ async fn follow<C: Cluster>(
                 break;
             }
         }
-        let (admitted, unknown) = state.admit(std::mem::take(&mut waiting));
+        let (admitted, unknown) = state.admit(std::mem::take(&mut waiting), node);
         if let Some(gate) = gate.as_mut() {
             gate.keep(&state.started);
         }
@@ -359,6 +380,7 @@ fn take<K: Watched + PartialEq>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gate::Asked;
     use k8s_openapi::api::core::v1::PodStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -389,6 +411,11 @@ mod tests {
             state.pods.apply(Event::InitApply(p));
         }
         state.pods.apply(Event::InitDone);
+        // No policies, no namespaces: listed, and empty.
+        state.policies.apply(Event::Init);
+        state.policies.apply(Event::InitDone);
+        state.namespaces.apply(Event::Init);
+        state.namespaces.apply(Event::InitDone);
         state
     }
 
@@ -440,6 +467,54 @@ mod tests {
         );
     }
 
+    fn bound(name: &str, uid: &str, node: &str) -> Pod {
+        let mut p = pod(name, None);
+        p.metadata.uid = Some(uid.into());
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some(node.into()),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn a_new_pod_is_admitted_once_it_is_bound_here_and_is_the_pod_asked_for() {
+        let mut state = state(vec![
+            bound("here", "u1", "node-1"),
+            bound("elsewhere", "u2", "node-2"),
+            pod("unbound", None),
+        ]);
+        let asks = [
+            Asked::new("prod/here", Some("u1"), &["10.244.1.7"]).0,
+            Asked::new("prod/here", Some("older"), &["10.244.1.8"]).0,
+            Asked::new("prod/elsewhere", None, &["10.244.1.9"]).0,
+            Asked::new("prod/unbound", None, &["10.244.1.10"]).0,
+        ];
+        let (admitted, waiting) = state.admit(asks.into(), "node-1");
+        let keys = |v: &[Asked]| v.iter().map(|a| a.ips[0].to_string()).collect::<Vec<_>>();
+        assert_eq!(keys(&admitted), ["10.244.1.7"]);
+        assert_eq!(waiting.len(), 3);
+    }
+
+    #[test]
+    fn an_address_belongs_to_the_pod_that_got_it_last() {
+        let mut state = state(vec![bound("a", "ua", "node-1"), bound("b", "ub", "node-1")]);
+        let (a, _) = Asked::new("prod/a", None, &["10.244.1.7"]);
+        let (b, _) = Asked::new("prod/b", None, &["10.244.1.7"]);
+        state.admit(vec![a], "node-1");
+        state.admit(vec![b], "node-1");
+        assert_eq!(state.started.keys().collect::<Vec<_>>(), ["prod/b"]);
+        assert_eq!(ip_of(&state, "a"), None);
+    }
+
+    #[test]
+    fn finished_pods_stand_for_no_address() {
+        let mut done = pod("job", Some("10.244.1.5"));
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let state = state(vec![done]);
+        assert!(state.pods().is_empty());
+    }
+
     #[test]
     fn kept_addresses_wait_for_the_pods_to_be_listed() {
         let mut state = state(vec![pod("new", None)]);
@@ -447,7 +522,7 @@ mod tests {
         state
             .started
             .insert("prod/new".into(), vec!["10.244.1.6".parse().unwrap()]);
-        let (admitted, waiting) = state.admit(Vec::new());
+        let (admitted, waiting) = state.admit(Vec::new(), "node-1");
         assert!(admitted.is_empty() && waiting.is_empty());
         assert_eq!(
             state.started.len(),

@@ -1,7 +1,7 @@
 //! Writing table `ip weft-policy`: whole, with one `nft -f`, when its
 //! structure (chains, rules, sets) changed or nothing was written yet;
 //! otherwise only the set elements that changed, over NETLINK_NETFILTER
-//! in two transactions (additions, then removals). No `nft` process is
+//! in one transaction. No `nft` process is
 //! started then, which is what keeps a new pod's ADD short. It works in
 //! the calling thread's network namespace and decides nothing: the table
 //! is `weft_policy::rules`'.
@@ -37,10 +37,8 @@ pub fn write(previous: Option<&Table>, table: &Table) -> Result<Written, NftErro
         added: count(&added),
         removed: count(&removed),
     };
-    let elementwise = Sets::open(Family::Ip, TABLE).and_then(|mut sets| {
-        sets.add(&added)?;
-        sets.delete(&removed)
-    });
+    let elementwise =
+        Sets::open(Family::Ip, TABLE).and_then(|mut sets| sets.change(&added, &removed));
     match elementwise {
         Ok(()) => Ok(written),
         Err(e) => {

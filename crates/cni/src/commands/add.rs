@@ -63,6 +63,7 @@ fn protect(inv: &Invocation, net: &Network, result: &CniResult) -> Result<(), Cn
     let request = policy_gate::Request {
         namespace: namespace.clone(),
         name: name.clone(),
+        uid: inv.env.args.pod_uid.clone(),
         ips: result.ips.iter().map(|ip| ip.address.addr()).collect(),
     };
     policy_gate::ask(socket, &request, policy_gate::ANSWER_TIMEOUT)

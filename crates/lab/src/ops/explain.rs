@@ -28,7 +28,9 @@ use crate::targets::{self, Source, Target};
 #[derive(Debug, Clone)]
 pub struct ExplainOptions {
     pub from: String,
-    /// `NS/POD[:PORT][/PROTO]` or `svc/NS/NAME[:PORT][/PROTO]`.
+    /// `NS/POD[:PORT][/PROTO]` or `svc/NS/NAME[:PORT][/PROTO]` (a
+    /// protocol needs the namespace: `svc/NAME/udp` would be Service
+    /// `udp` in namespace `NAME`).
     pub to: String,
     /// The destination port (a pod's first declared port when absent; a
     /// Service's port otherwise, given in `to`).
@@ -51,7 +53,8 @@ impl Query {
         let mut to = opts.to.as_str();
         // A protocol is a last path segment after the full name (names
         // hold no `/`): NS/POD/PROTO or svc/NS/NAME/PROTO.
-        let full = if to.starts_with("svc/") { 3 } else { 2 };
+        let service = to.starts_with("svc/") || to.starts_with("service/");
+        let full = if service { 3 } else { 2 };
         let mut protocol = opts.protocol;
         if to.matches('/').count() == full {
             let (rest, suffix) = to.rsplit_once('/').expect("counted");
@@ -65,7 +68,7 @@ impl Query {
             to = rest;
         }
         let mut port = opts.port;
-        if !to.starts_with("svc/") {
+        if !service {
             if let Some((pod, number)) = to.split_once(':') {
                 let number: u16 = number
                     .parse()
@@ -310,6 +313,10 @@ mod tests {
         assert_eq!(
             query("svc/prod/db", None, Some(Protocol::Udp)).unwrap(),
             ok("svc/prod/db", None, Protocol::Udp)
+        );
+        assert_eq!(
+            query("service/prod/db:80/udp", None, None).unwrap(),
+            ok("service/prod/db:80", None, Protocol::Udp)
         );
     }
 
