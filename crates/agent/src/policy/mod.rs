@@ -75,18 +75,22 @@ fn run<C: Cluster>(
         .enable_all()
         .build()?;
     check_bridge_netfilter();
-    rt.block_on(async {
-        // Without its socket no pod can start here (weft-cni answers
-        // "try again later"), but the pods already running keep their rules.
-        let gate = socket.and_then(|path| match Gate::bind(path) {
-            Ok(gate) => Some(gate),
-            Err(e) => {
-                tracing::error!(error = %e, socket = %path.display(), "cannot listen for new pods; none can start on this node until this is fixed");
-                None
-            }
-        });
-        follow(cluster, node, gate, denied).await
-    })
+    rt.block_on(follow(cluster, node, socket, denied))
+}
+
+/// The gate at `socket`, if there is to be one and it can be had.
+/// Without it no pod can start here (weft-cni answers "try again later"),
+/// but the pods already running keep their rules; it is tried again at
+/// every drift check.
+fn bind_gate(socket: Option<&Path>) -> Option<Gate> {
+    let path = socket?;
+    match Gate::bind(path) {
+        Ok(gate) => Some(gate),
+        Err(e) => {
+            tracing::error!(error = %e, socket = %path.display(), "cannot listen for new pods; none can start on this node until this is fixed");
+            None
+        }
+    }
 }
 
 /// Pods of one node talk across its bridge; the table's hooks see that
@@ -247,9 +251,10 @@ impl State {
 async fn follow<C: Cluster>(
     cluster: &C,
     node: &str,
-    mut gate: Option<Gate>,
+    socket: Option<&Path>,
     denied: &mut mpsc::UnboundedReceiver<Flow>,
 ) -> Result<()> {
+    let mut gate = bind_gate(socket);
     let mut policies = cluster.watch::<NetworkPolicy>();
     let mut pods = cluster.watch::<Pod>();
     let mut namespaces = cluster.watch::<Namespace>();
@@ -282,6 +287,12 @@ async fn follow<C: Cluster>(
                     || written_whole.elapsed() >= FULL_RESYNC
                 {
                     applied = None;
+                }
+                if gate.is_none() {
+                    gate = bind_gate(socket);
+                    for (pod, ips) in gate.iter().flat_map(Gate::started) {
+                        state.started.entry(pod).or_insert(ips);
+                    }
                 }
             }
         }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use weft_datapath::NetNs;
@@ -96,6 +97,9 @@ pub fn probe_matrix(name: &str, opts: &ProbeOptions) -> Result<Vec<ProbeResult>>
     Ok(results.into_iter().flatten().collect())
 }
 
+/// Attempts one origin has in flight at most.
+const PROBES_AT_ONCE: usize = 256;
+
 /// Every attempt from one origin, made on this thread inside its
 /// namespace: the destinations side by side (a denied one costs a
 /// timeout, not one per destination), each one's attempts in turn.
@@ -125,7 +129,12 @@ fn run_from(
             }
             cells
         });
-        let cells = rt.block_on(futures::future::join_all(each));
+        // In order, and not more at once than a process has sockets for.
+        let cells: Vec<Vec<ProbeResult>> = rt.block_on(
+            futures::stream::iter(each)
+                .buffered(PROBES_AT_ONCE)
+                .collect(),
+        );
         Ok(cells.into_iter().flatten().collect())
     })?
 }
