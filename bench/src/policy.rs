@@ -198,11 +198,7 @@ struct Step {
 
 impl Step {
     fn medians(&self) -> (f64, f64, f64) {
-        let ms = |v: &[Duration]| {
-            let mut v: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let ms = |v: &[Duration]| lab::median(v.iter().map(|d| d.as_secs_f64() * 1e3).collect());
         let total: Vec<Duration> = self
             .build
             .iter()
@@ -380,24 +376,14 @@ fn connect_latency(netns: &NetNs, target: SocketAddr, connects: usize) -> Result
 
 /// The resident memory of node `node`'s agent, in MiB.
 fn agent_rss(lab: &lab::Lab, node: &str) -> Result<f64> {
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!(
-        "/run/weft/labs/{}/lab.json",
-        lab.name
-    ))?)?;
-    let pid = state["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["name"] == node)
-        .and_then(|n| n["agent_pid"].as_u64())
+    let state = weft_lab::layout::Layout::new(&lab.name)?.load()?;
+    let pid = state
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.agent_pid)
         .context("the agent's pid")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024.0)
+    Ok(crate::services::Memory::of(pid)?.rss_mib())
 }
 
 /// Without and with the policies, twice in turn: connect latency,

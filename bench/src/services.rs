@@ -273,13 +273,13 @@ impl Drop for Agent {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Memory {
+pub(crate) struct Memory {
     rss_kib: u64,
     hwm_kib: u64,
 }
 
 impl Memory {
-    fn of(pid: u32) -> Result<Memory> {
+    pub(crate) fn of(pid: u32) -> Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let field = |name: &str| -> Result<u64> {
             status
@@ -294,7 +294,7 @@ impl Memory {
             hwm_kib: field("VmHWM:")?,
         })
     }
-    fn rss_mib(&self) -> f64 {
+    pub(crate) fn rss_mib(&self) -> f64 {
         self.rss_kib as f64 / 1024.0
     }
     fn hwm_mib(&self) -> f64 {
