@@ -51,6 +51,7 @@ PEERS=${WEFT_PEERS:-/var/cache/weft/peers}
 KUBERNETES_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 CRICTL_VERSION=v1.37.0
+NETWORK_POLICY_API_VERSION=v0.3.0
 
 go=$(command -v go || echo /usr/local/go/bin/go)
 # Static binaries, as Kubernetes' own release builds them.
@@ -84,7 +85,8 @@ install_peers() {
 }
 
 # Field $3 (GoMod: the path of its go.mod; Info: of its JSON with the time it
-# was published) of module $1 at version $2, downloaded into the module cache.
+# was published; Dir: its files) of module $1 at version $2, downloaded into
+# the module cache.
 module_field() {
   "$go" mod download -json "$1@$2" | sed -n "s/^[[:space:]]*\"$3\": \"\\(.*\\)\",\$/\\1/p"
 }
@@ -160,6 +162,23 @@ build_crictl() {
   install_peers "$work/crictl" "$CRICTL_VERSION" crictl
 }
 
+# ClusterNetworkPolicy's CRD (policy.networking.k8s.io/v1beta1, standard
+# channel), which the lab installs in its Kubernetes control plane: copied
+# from the sigs.k8s.io/network-policy-api module (downloaded, not built) to
+# a folder of its version, with a stable link in crds/.
+fetch_network_policy_crd() {
+  local crd=policy.networking.k8s.io_clusternetworkpolicies.yaml
+  local dir=$PEERS/network-policy-api-$NETWORK_POLICY_API_VERSION module
+  [ -f "$dir/$crd" ] && [ -L "$PEERS/crds/$crd" ] && return
+  echo "fetching sigs.k8s.io/network-policy-api $NETWORK_POLICY_API_VERSION (the ClusterNetworkPolicy CRD) into $PEERS"
+  module=$(module_field sigs.k8s.io/network-policy-api "$NETWORK_POLICY_API_VERSION" Dir)
+  mkdir -p "$dir" "$PEERS/crds"
+  # The module cache is read-only: a writable copy, moved in whole.
+  install -m 0644 "$module/config/crd/standard/$crd" "$dir/$crd.tmp"
+  mv -f "$dir/$crd.tmp" "$dir/$crd"
+  ln -sfn "../network-policy-api-$NETWORK_POLICY_API_VERSION/$crd" "$PEERS/crds/$crd"
+}
+
 if [ ! -x "$go" ]; then
   echo "go not found: crictl and the Kubernetes peers are not built, so the tests that need them will fail and say so" >&2
   [ "$build_peers" -eq 0 ] || exit 1
@@ -177,4 +196,5 @@ build_crictl
 if [ "$build_peers" -eq 1 ]; then
   build_etcd
   build_kubernetes
+  fetch_network_policy_crd
 fi

@@ -25,7 +25,7 @@ use weft_datapath::nft::{self, Family};
 use weft_datapath::nft_script::Script;
 use weft_datapath::scratch::Namespaces;
 use weft_datapath::NetNs;
-use weft_policy::model::{NamedPort, NamespaceLabels, Pod, Policy, Protocol};
+use weft_policy::model::{NamedPort, NamespaceLabels, Pod, Policies, Policy, Protocol};
 use weft_policy::rules;
 
 use crate::lab;
@@ -57,7 +57,7 @@ const NODE: &str = "node-0";
 
 /// The cluster the rules are made from.
 struct Cluster {
-    policies: Vec<Policy>,
+    policies: Policies,
     pods: Vec<Pod>,
     namespaces: NamespaceLabels,
 }
@@ -75,11 +75,11 @@ impl Cluster {
             })
             .collect();
         let pods = (0..NAMESPACES * PODS_PER_NAMESPACE).map(pod).collect();
-        let policies = if with_policies {
+        let policies = Policies::network(if with_policies {
             (0..NAMESPACES).flat_map(namespace_policies).collect()
         } else {
             Vec::new()
-        };
+        });
         Cluster {
             policies,
             pods,
@@ -238,7 +238,7 @@ fn measure(cluster: &mut Cluster, netns: &NetNs, runs: usize) -> Result<Vec<Step
         let mut applied = None;
         record(0, cluster, &mut applied)?;
         // One policy changes what it selects and allows (back and forth).
-        if let Some(policy) = cluster.policies.get_mut(1) {
+        if let Some(policy) = cluster.policies.network.get_mut(1) {
             *policy = namespace_policies(0).swap_remove(if run % 2 == 0 { 2 } else { 1 });
         }
         record(1, cluster, &mut applied)?;
@@ -277,7 +277,7 @@ pub fn run(args: Args) -> Result<()> {
     let script = with.table().script();
     println!(
         "{} policies, {} pods ({} on the node measured); table: {} lines, {} KiB",
-        with.policies.len(),
+        with.policies.network.len(),
         with.pods.len(),
         with.pods
             .iter()

@@ -2,7 +2,9 @@
 //! kube-runtime's watchers (which list again by themselves after 410
 //! Gone), retried with back-off while the API server is away; the last
 //! failure is the source's [`Cluster::problem`] until a watch succeeds
-//! again.
+//! again. A kind the API server does not serve (a CRD not installed) is
+//! watched as a kind with no objects until it is served
+//! ([`none_while_unserved`]).
 //!
 //! Subnets follow flannel's `--kube-subnet-mgr` ([`crate::flannel`]): a
 //! node's subnet is its Node's podCIDR (node IPAM's choice), its data is
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
@@ -135,7 +137,7 @@ impl Cluster for Kubernetes {
         if !selector.is_empty() {
             config = config.labels(&selector.join(","));
         }
-        watcher(api, config)
+        let watch = watcher(api, config)
             // 410 Gone: the watcher lists again on its next poll; pausing
             // first would only delay the catching up.
             .filter(move |item| {
@@ -144,8 +146,14 @@ impl Cluster for Kubernetes {
                     tracing::info!(kind, "the API server no longer has this watch's version (410 Gone); listing again");
                 }
                 futures::future::ready(!gone)
-            })
+            });
+        // Before the back-off, so it still pauses after each 404 (and only
+        // 404s reach it while the kind stays unserved: it backs off up to
+        // its longest pause); after it, the 404s are dropped: not serving
+        // a kind is how the cluster is, not a problem of the source.
+        none_while_unserved(watch)
             .backoff(RetrySoon::default())
+            .filter(|item| futures::future::ready(!matches!(item, Err(e) if is_unserved(e))))
             .map(move |item| {
                 let mut held = problem.lock().unwrap_or_else(PoisonError::into_inner);
                 match item {
@@ -169,6 +177,71 @@ impl Cluster for Kubernetes {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+/// Whether a watch failed because the API server does not serve its kind
+/// at all: listing it, or watching it again after its CRD was deleted (the
+/// watcher then retries the watch, not the list), is 404 Not Found.
+fn is_unserved(e: &watcher::Error) -> bool {
+    use watcher::Error::{InitialListFailed, WatchStartFailed};
+    matches!(e, InitialListFailed(kube::Error::Api(status)) | WatchStartFailed(kube::Error::Api(status)) if status.code == 404)
+}
+
+/// A watch of a kind the API server does not serve, as a watch of a kind
+/// with no objects: consumers wait for a synced view (`InitDone`) before
+/// acting, and a cluster without a CRD (ClusterNetworkPolicy's, say) has
+/// none of its objects, so must not hold them up. At the first 404 the
+/// stream yields an empty list (`Init`, `InitDone`) and warns once; while
+/// the kind stays unserved, the watcher's retries (an `Init`, which it
+/// yields before each list, then the 404) pass on only as the 404, so
+/// consumers see nothing more. A list or watch that succeeds (the CRD
+/// installed) comes through as usual, and a later 404 (the CRD deleted:
+/// its objects are gone with it) is a new empty list.
+///
+/// The 404s stay in the stream (for the back-off); `Init` is held back
+/// until the item after it, which is how a failed list's `Init` is known.
+fn none_while_unserved<K, S>(watch: S) -> impl Stream<Item = Result<Event<K>, watcher::Error>>
+where
+    K: k8s_openapi::Resource,
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    #[derive(Default)]
+    struct Seen {
+        /// An `Init` not passed on yet.
+        init: bool,
+        /// The empty list was yielded, and the kind not seen served since.
+        unserved: bool,
+    }
+    watch
+        .scan(Seen::default(), |seen, item| {
+            let out = match item {
+                Ok(Event::Init) => {
+                    seen.init = true;
+                    Vec::new()
+                }
+                Err(e) if is_unserved(&e) => {
+                    seen.init = false;
+                    if std::mem::replace(&mut seen.unserved, true) {
+                        vec![Err(e)]
+                    } else {
+                        let (kind, plural) = (K::KIND, K::URL_PATH_SEGMENT);
+                        tracing::warn!(
+                            kind,
+                            "the API server does not serve {plural} (is the CRD of {kind} installed?): treating them as none until it does"
+                        );
+                        vec![Ok(Event::Init), Ok(Event::InitDone), Err(e)]
+                    }
+                }
+                other => {
+                    // Anything but an error is the kind served.
+                    seen.unserved &= other.is_err();
+                    let init = std::mem::take(&mut seen.init).then_some(Ok(Event::Init));
+                    init.into_iter().chain([other]).collect()
+                }
+            };
+            futures::future::ready(Some(futures::stream::iter(out)))
+        })
+        .flatten()
 }
 
 /// The configuration of the kubeconfig at `path`.
@@ -568,6 +641,103 @@ mod tests {
             assert_eq!(name.len(), 253, "{name}");
             weft_validation::names::dns1123_subdomain(&name).unwrap();
         }
+    }
+
+    /// A list's failure with HTTP status `code`, as kube-rs reports it
+    /// when the body is not a Status (kube-apiserver answers a resource it
+    /// does not serve with a plain `404 page not found`).
+    fn list_failed(code: u16) -> watcher::Error {
+        watcher::Error::InitialListFailed(api_failure(code))
+    }
+
+    fn api_failure(code: u16) -> kube::Error {
+        let status = kube::core::Status::failure("page not found", "Failed to parse error data")
+            .with_code(code);
+        kube::Error::Api(status.boxed())
+    }
+
+    fn config_map(name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    /// What `items` become through [`none_while_unserved`], in words.
+    fn through(items: Vec<Result<Event<ConfigMap>, watcher::Error>>) -> String {
+        let out = none_while_unserved(futures::stream::iter(items));
+        let words: Vec<String> = futures::executor::block_on(out.collect::<Vec<_>>())
+            .into_iter()
+            .map(|item| match item {
+                Ok(event) => event.to_string(),
+                Err(e) if is_unserved(&e) => "404".into(),
+                Err(_) => "error".into(),
+            })
+            .collect();
+        words.join(" ")
+    }
+
+    #[test]
+    fn an_unserved_kind_is_one_empty_list_until_it_is_served() {
+        let unserved = || vec![Ok(Event::Init), Err(list_failed(404))];
+        let mut items = Vec::new();
+        // Unserved, retried three times: one empty list, then only the
+        // 404s (for the back-off, dropped after it).
+        for _ in 0..3 {
+            items.extend(unserved());
+        }
+        // The API server away meanwhile: its errors pass as before.
+        items.extend([Ok(Event::Init), Err(list_failed(500))]);
+        items.extend(unserved());
+        // The CRD installed: its objects listed as usual.
+        items.extend([
+            Ok(Event::Init),
+            Ok(Event::InitApply(config_map("a"))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(config_map("b"))),
+        ]);
+        // Gone again, found by a list: one empty list again.
+        items.extend(unserved());
+        items.extend(unserved());
+        assert_eq!(
+            through(items),
+            "Init InitDone 404 404 404 Init error 404 \
+             Init InitApply(a) InitDone Apply(b) Init InitDone 404 404"
+        );
+    }
+
+    #[test]
+    fn a_kind_whose_crd_is_deleted_while_watched_is_one_empty_list() {
+        // The watch ends with the CRD; the watcher starts it again (it
+        // does not list again) and fails until the CRD is back.
+        let watch_failed = || Err(watcher::Error::WatchStartFailed(api_failure(404)));
+        let items = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(config_map("a"))),
+            Ok(Event::InitDone),
+            watch_failed(),
+            watch_failed(),
+            Ok(Event::Apply(config_map("b"))),
+        ];
+        assert_eq!(
+            through(items),
+            "Init InitApply(a) InitDone Init InitDone 404 404 Apply(b)"
+        );
+    }
+
+    #[test]
+    fn a_served_kind_passes_unchanged() {
+        let items = vec![
+            Ok(Event::Init),
+            Err(list_failed(500)),
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(config_map("a"))),
+        ];
+        assert_eq!(through(items), "Init error Init InitDone Delete(a)");
     }
 
     #[test]

@@ -24,6 +24,11 @@ use weft_datapath::{netns, NetNs, NetNsError, Netlink, NetlinkError};
 
 /// Where `scripts/setup.sh --peers` links the built components.
 pub const PEERS_BIN: &str = "/var/cache/weft/peers/bin";
+/// Where it links the CRDs it fetches (from their Go modules).
+pub const PEERS_CRDS: &str = "/var/cache/weft/peers/crds";
+/// ClusterNetworkPolicy's CRD (`policy.networking.k8s.io/v1beta1`, from
+/// sigs.k8s.io/network-policy-api v0.3.0's standard channel).
+pub const CLUSTER_NETWORK_POLICY_CRD: &str = "policy.networking.k8s.io_clusternetworkpolicies.yaml";
 /// The release the peers are pinned to.
 pub const KUBERNETES_VERSION: &str = "v1.36.3";
 /// The apiserver's port.
@@ -39,6 +44,8 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 pub enum ControlPlaneError {
     #[error("{} is missing: build Kubernetes' components with `./scripts/setup.sh --peers`", .0.display())]
     MissingPeer(PathBuf),
+    #[error("{} is missing: fetch it with `./scripts/setup.sh --peers`", .0.display())]
+    MissingCrd(PathBuf),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -78,6 +85,17 @@ pub fn peer(name: &str) -> Result<PathBuf> {
         Ok(path)
     } else {
         Err(ControlPlaneError::MissingPeer(path))
+    }
+}
+
+/// The path of the CRD file `name` (e.g. [`CLUSTER_NETWORK_POLICY_CRD`]),
+/// if it was fetched.
+pub fn peer_crd(name: &str) -> Result<PathBuf> {
+    let path = Path::new(PEERS_CRDS).join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(ControlPlaneError::MissingCrd(path))
     }
 }
 

@@ -14,6 +14,10 @@
 //! a client certificate per node for its kubelet (`system:node:<name>`);
 //! a ServiceAccount token of `weft-system/weft` for the agents.
 //!
+//! Once the API server is ready, the CRDs a cluster running weft has
+//! (ClusterNetworkPolicy's, from the peers cache) are installed
+//! ([`install_crds`]).
+//!
 //! It owns those processes and files; the lab's topology (namespaces of
 //! nodes, the underlay) is [`crate::ops`]'s.
 
@@ -24,7 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::PostParams;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use weft_datapath::{netns, NetNs};
 
@@ -45,6 +51,13 @@ const COMPONENTS: [&str; 4] = [
 const AGENT_ACCOUNT: (&str, &str) = ("weft-system", "weft");
 /// How long the agents' token lasts: as long as any lab.
 const AGENT_TOKEN_SECONDS: i64 = 366 * 24 * 3600;
+/// The CRDs installed at `up` (files in the peers cache).
+const CRDS: [&str; 1] = [peers::CLUSTER_NETWORK_POLICY_CRD];
+/// Bounds the wait for a CRD's kind to be served (well under a second on
+/// an idle API server).
+const CRD_ESTABLISHED_WITHIN: Duration = Duration::from_secs(30);
+/// The field manager of the lab's writes.
+const MANAGER: &str = "weft-lab";
 
 fn owner(layout: &Layout, component: &str) -> String {
     format!("{}/control-plane/{component}", layout.lab)
@@ -77,6 +90,9 @@ fn server_in_lab(state: &LabState) -> String {
 pub fn start(layout: &Layout, state: &LabState, weft: &Path) -> Result<u16> {
     for name in COMPONENTS.iter().chain(&["kubectl"]) {
         peers::peer(name)?;
+    }
+    for file in CRDS {
+        peers::peer_crd(file)?;
     }
     let ns = attach(layout, state)?;
     let dir = layout.control_plane_dir();
@@ -216,6 +232,59 @@ pub async fn wait_ready(layout: &Layout, within: Duration) -> Result<Duration> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Installs [`CRDS`] through `client` (an admin's; server-side apply, so
+/// it may be done again) and waits until the API server serves their
+/// kinds (condition `Established`), so the agents find them at once.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in CRDS {
+        let path = peers::peer_crd(file)?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{} is not a CustomResourceDefinition", path.display()))?;
+        // The generated file carries an empty status; it is the server's.
+        crd.status = None;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("installing CRD {name} from {}", path.display()))?;
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        match tokio::time::timeout(CRD_ESTABLISHED_WITHIN, established).await {
+            Ok(done) => {
+                done.with_context(|| format!("waiting for CRD {name} to be established"))?;
+            }
+            Err(_) => {
+                let conditions = api
+                    .get(&name)
+                    .await
+                    .ok()
+                    .and_then(|crd| crd.status?.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}={} ({})",
+                            c.type_,
+                            c.status,
+                            c.message.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                bail!(
+                    "CRD {name} was not established within {CRD_ESTABLISHED_WITHIN:?}; its conditions: {}",
+                    conditions.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The last lines of a component's log.

@@ -1,7 +1,8 @@
 //! Kubernetes manifests as the lab accepts them: multi-document YAML (or
-//! JSON) with Namespaces, Pods, Deployments, Services, NetworkPolicies and
-//! Lists of those,
-//! decoded into Kubernetes' own types. Deployments are expanded into their
+//! JSON) with Namespaces, Pods, Deployments, Services, NetworkPolicies,
+//! ClusterNetworkPolicies (`policy.networking.k8s.io`, either of
+//! [`API_VERSIONS`]) and Lists of those,
+//! decoded into Kubernetes' own types (weft's for ClusterNetworkPolicy). Deployments are expanded into their
 //! Pods here, the way the ReplicaSet controller would; Services are checked
 //! and completed by [`crate::services`] when they are applied.
 
@@ -11,6 +12,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
+use weft_policy::api::{ClusterNetworkPolicy, API_VERSIONS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -23,8 +25,15 @@ pub enum ManifestError {
         name: String,
         message: String,
     },
-    #[error("document {doc}: kind {kind:?} is not supported by the lab yet (supported: Namespace, Pod, Deployment, Service, NetworkPolicy, List)")]
+    #[error("document {doc}: kind {kind:?} is not supported by the lab yet (supported: Namespace, Pod, Deployment, Service, NetworkPolicy, ClusterNetworkPolicy, List)")]
     Unsupported { doc: usize, kind: String },
+    #[error("document {doc}: apiVersion {api_version:?} of {kind} is not served (use {})", .expected.join(" or "))]
+    UnsupportedVersion {
+        doc: usize,
+        kind: String,
+        api_version: String,
+        expected: Vec<&'static str>,
+    },
     #[error("document {doc}: a {kind} needs metadata.name")]
     NoName { doc: usize, kind: String },
     #[error("document {doc}: {what} is invalid: {errors}")]
@@ -46,6 +55,7 @@ pub enum Resource {
     Deployment(Deployment),
     Service(Service),
     NetworkPolicy(NetworkPolicy),
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 impl Resource {
@@ -58,6 +68,9 @@ impl Resource {
             Resource::Pod(p) => v::validate_pod(p),
             Resource::Service(s) => v::validate_service(s),
             Resource::NetworkPolicy(np) => v::validate_network_policy(np),
+            Resource::ClusterNetworkPolicy(cnp) => {
+                weft_policy::validate::validate_cluster_network_policy(cnp)
+            }
             Resource::Deployment(d) => {
                 v::validate_deployment(d)?;
                 expand_deployment(d).iter().try_for_each(v::validate_pod)
@@ -82,11 +95,22 @@ impl Resource {
                 "networkpolicy.networking.k8s.io/{}",
                 np.metadata.name.as_deref().unwrap_or("")
             ),
+            Resource::ClusterNetworkPolicy(cnp) => format!(
+                "clusternetworkpolicy.policy.networking.k8s.io/{}",
+                cnp.metadata.name.as_deref().unwrap_or("")
+            ),
         }
     }
 }
 
-const KINDS: [&str; 5] = ["Namespace", "Pod", "Deployment", "Service", "NetworkPolicy"];
+const KINDS: [&str; 6] = [
+    "Namespace",
+    "Pod",
+    "Deployment",
+    "Service",
+    "NetworkPolicy",
+    "ClusterNetworkPolicy",
+];
 
 /// Parses and validates every document of `text`, as the API server would
 /// each object: any problem in any document refuses the whole manifest,
@@ -144,6 +168,20 @@ fn decode(doc: usize, kind: String, value: Value) -> Result<Resource, ManifestEr
     if !KINDS.contains(&kind.as_str()) {
         return Err(ManifestError::Unsupported { doc, kind });
     }
+    // The built-in kinds are read whatever apiVersion they give (kubectl
+    // would refuse a wrong one); a custom resource is served only in its
+    // own versions, whose schemas are the same.
+    if kind == "ClusterNetworkPolicy" {
+        let api_version = value["apiVersion"].as_str().unwrap_or("");
+        if !API_VERSIONS.contains(&api_version) {
+            return Err(ManifestError::UnsupportedVersion {
+                doc,
+                kind,
+                api_version: api_version.into(),
+                expected: API_VERSIONS.to_vec(),
+            });
+        }
+    }
     let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
     if name.is_empty() {
         return Err(ManifestError::NoName { doc, kind });
@@ -160,6 +198,9 @@ fn decode(doc: usize, kind: String, value: Value) -> Result<Resource, ManifestEr
         "Deployment" => Resource::Deployment(serde_json::from_value(value).map_err(invalid)?),
         "Service" => Resource::Service(serde_json::from_value(value).map_err(invalid)?),
         "NetworkPolicy" => Resource::NetworkPolicy(serde_json::from_value(value).map_err(invalid)?),
+        "ClusterNetworkPolicy" => {
+            Resource::ClusterNetworkPolicy(serde_json::from_value(value).map_err(invalid)?)
+        }
         _ => unreachable!("kinds are checked above"),
     };
     Ok(resource)
@@ -300,6 +341,79 @@ items:
             .contains("no more than 253"));
         let list = "kind: PodList\nitems: [{kind: Pod, metadata: {name: ok}, spec: {containers: [{name: c, image: x}]}}]\n";
         assert_eq!(parse(list).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn cluster_network_policies_in_either_version_and_lists() {
+        let policy = |version: &str, name: &str, priority: i32| {
+            format!(
+                "apiVersion: {version}\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\n\
+                 spec:\n  tier: Admin\n  priority: {priority}\n  \
+                 subject: {{namespaces: {{matchLabels: {{tenant: a}}}}}}\n  \
+                 egress: [{{action: Deny, to: [{{networks: [10.0.0.0/8]}}]}}]\n"
+            )
+        };
+        let text = [
+            policy("policy.networking.k8s.io/v1beta1", "a", 10),
+            policy("policy.networking.k8s.io/v1alpha2", "b", 20),
+        ]
+        .join("---\n");
+        let r = parse(&text).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0].describe(),
+            "clusternetworkpolicy.policy.networking.k8s.io/a"
+        );
+        let Resource::ClusterNetworkPolicy(b) = &r[1] else {
+            panic!("{:?}", r[1])
+        };
+        assert_eq!(b.spec.priority, 20);
+        assert_eq!(
+            b.spec.egress[0].to[0].networks.as_deref(),
+            Some(&["10.0.0.0/8".to_string()][..])
+        );
+        let list = "kind: ClusterNetworkPolicyList\napiVersion: policy.networking.k8s.io/v1beta1\n\
+                    items: [{apiVersion: policy.networking.k8s.io/v1beta1, kind: ClusterNetworkPolicy, \
+                    metadata: {name: c}, spec: {tier: Baseline, priority: 0, subject: {namespaces: {}}}}]\n";
+        assert!(matches!(
+            parse(list).unwrap().as_slice(),
+            [Resource::ClusterNetworkPolicy(_)]
+        ));
+    }
+
+    #[test]
+    fn cluster_network_policies_are_checked_like_the_crd() {
+        let e = parse(
+            "apiVersion: policy.networking.k8s.io/v1\nkind: ClusterNetworkPolicy\nmetadata: {name: a}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "apiVersion \"policy.networking.k8s.io/v1\" of ClusterNetworkPolicy is not served"
+            ) && e
+                .contains("policy.networking.k8s.io/v1beta1 or policy.networking.k8s.io/v1alpha2"),
+            "{e}"
+        );
+        let e = parse(
+            "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\n\
+             metadata: {name: a, namespace: demo}\n\
+             spec: {tier: Admin, priority: 1001, subject: {}, \
+             ingress: [{action: Deny, from: [{networks: [10.0.0.0/8]}]}], \
+             egress: [{action: Deny, to: [{networks: [10.0.0.1/8]}]}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "document 1: clusternetworkpolicy.policy.networking.k8s.io/a is invalid",
+            "metadata.namespace",
+            "spec.priority",
+            "spec.subject: Required value",
+            "spec.ingress[0].from[0].networks",
+            "spec.egress[0].to[0].networks[0]",
+        ] {
+            assert!(e.contains(want), "{want} not in {e}");
+        }
     }
 
     proptest::proptest! {

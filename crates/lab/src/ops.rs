@@ -7,7 +7,7 @@
 //!
 //! - `matrix`: `weft lab probe`.
 //! - `denials`: `weft lab denials`.
-//! - `tables`: `weft lab get services|endpointslices`.
+//! - `tables`: `weft lab get services|endpointslices|events|networkpolicies|clusternetworkpolicies`.
 
 mod cluster;
 mod denials;
@@ -25,10 +25,12 @@ use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Resource as _;
 use nix::fcntl::Flock;
 use serde_json::json;
 use weft_datapath::{netns, NetNs, Netlink};
+use weft_policy::api::ClusterNetworkPolicy;
 use weft_store::Store;
 use weft_validation::names;
 
@@ -47,7 +49,10 @@ pub use denials::{denials, DenialsOptions};
 pub use explain::{explain, ExplainOptions};
 pub use labels::{label, LabelChange, Labelled};
 pub use matrix::{all_ok, matrix_json, matrix_text, probe_matrix, ProbeOptions, ProbeResult};
-pub use tables::{get_endpointslices, get_events, get_network_policies, get_services};
+pub use tables::{
+    get_cluster_network_policies, get_endpointslices, get_events, get_network_policies,
+    get_services,
+};
 
 /// The external client's port on the underlay bridge.
 const EXTERNAL_PORT: &str = "ext";
@@ -659,7 +664,7 @@ impl Lab {
         let mut missing = Vec::new();
         for r in resources {
             let namespace = match r {
-                Resource::Namespace(_) => continue,
+                Resource::Namespace(_) | Resource::ClusterNetworkPolicy(_) => continue,
                 Resource::Pod(p) => objects::key(p).0,
                 Resource::Deployment(d) => objects::key(d).0,
                 Resource::Service(s) => objects::key(s).0,
@@ -772,6 +777,9 @@ fn apply_resource(
             return apply_service(lab, svc, report);
         }
         Resource::NetworkPolicy(np) => return apply_network_policy(lab, np, report),
+        Resource::ClusterNetworkPolicy(cnp) => {
+            return apply_cluster_network_policy(lab, cnp, report)
+        }
         Resource::Namespace(ns) => {
             let ns_name = ns.metadata.name.clone().unwrap_or_default();
             if !lab.cluster.namespace_exists(&ns_name)? {
@@ -866,32 +874,70 @@ fn apply_network_policy(lab: &Lab, applied: &NetworkPolicy, report: Report<'_>) 
     let mut applied = applied.clone();
     let (namespace, name) = objects::key(&applied);
     applied.metadata.namespace = Some(namespace.clone());
+    let object = format!("networkpolicy.networking.k8s.io/{name}");
+    store_policy(lab, applied, |a, b| a.spec == b.spec, object, report)
+}
+
+/// Stores a ClusterNetworkPolicy as given, like a NetworkPolicy but
+/// cluster-scoped: under no namespace, whatever the manifest said (which
+/// validation refuses anyway).
+fn apply_cluster_network_policy(
+    lab: &Lab,
+    applied: &ClusterNetworkPolicy,
+    report: Report<'_>,
+) -> Result<()> {
+    let mut applied = applied.clone();
+    applied.metadata.namespace = None;
+    let name = applied.metadata.name.clone().unwrap_or_default();
+    let object = format!("clusternetworkpolicy.policy.networking.k8s.io/{name}");
+    store_policy(lab, applied, |a, b| a.spec == b.spec, object, report)
+}
+
+/// Stores a policy object unless the stored one has the same spec
+/// (`same_spec`) and labels, keeping the stored one's identity, and
+/// reports it as `object`.
+fn store_policy<K>(
+    lab: &Lab,
+    mut applied: K,
+    same_spec: fn(&K, &K) -> bool,
+    object: String,
+    report: Report<'_>,
+) -> Result<()>
+where
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let meta = applied.metadata();
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
     let _lock = lab.lock()?;
-    let current = lab.cluster.get::<NetworkPolicy>(&namespace, &name)?;
+    let current = lab.store()?.get_typed::<K>(&namespace, &name)?;
     let outcome = match &current {
         None => Outcome::Created,
-        Some(c) if c.spec == applied.spec && c.metadata.labels == applied.metadata.labels => {
+        Some(c) if same_spec(c, &applied) && c.metadata().labels == applied.metadata().labels => {
             Outcome::Unchanged
         }
         Some(_) => Outcome::Configured,
     };
-    let meta = &mut applied.metadata;
-    meta.uid = current
-        .as_ref()
-        .and_then(|c| c.metadata.uid.clone())
-        .or_else(|| Some(objects::random_uid()));
-    meta.creation_timestamp = current
-        .as_ref()
-        .and_then(|c| c.metadata.creation_timestamp.clone())
-        .or_else(|| Some(objects::now()));
+    keep_identity(
+        applied.metadata_mut(),
+        current.as_ref().map(|c| c.metadata()),
+    );
     if outcome != Outcome::Unchanged {
         lab.store()?.put_typed(&applied)?;
     }
-    report(Event::Applied {
-        object: format!("networkpolicy.networking.k8s.io/{name}"),
-        outcome,
-    });
+    report(Event::Applied { object, outcome });
     Ok(())
+}
+
+/// An applied object's UID and creation time: the stored object's, or
+/// new ones for a new object, as the API server keeps them.
+fn keep_identity(meta: &mut ObjectMeta, current: Option<&ObjectMeta>) {
+    meta.uid = current
+        .and_then(|c| c.uid.clone())
+        .or_else(|| Some(objects::random_uid()));
+    meta.creation_timestamp = current
+        .and_then(|c| c.creation_timestamp.clone())
+        .or_else(|| Some(objects::now()));
 }
 
 fn apply_service(lab: &Lab, applied: &Service, report: Report<'_>) -> Result<()> {
@@ -939,8 +985,9 @@ fn apply_service(lab: &Lab, applied: &Service, report: Report<'_>) -> Result<()>
     Ok(())
 }
 
-/// `weft lab delete -f`: deletes the Services, Pods (and Deployments'
-/// Pods) a manifest describes.
+/// `weft lab delete -f`: deletes the Services, NetworkPolicies,
+/// ClusterNetworkPolicies, Pods (and Deployments' Pods) a manifest
+/// describes.
 pub fn delete_manifest(
     name: &str,
     text: &str,
@@ -955,6 +1002,9 @@ pub fn delete_manifest(
             Resource::Namespace(_) => {}
             Resource::Service(s) => doomed.services.push(objects::key(s)),
             Resource::NetworkPolicy(np) => doomed.policies.push(objects::key(np)),
+            Resource::ClusterNetworkPolicy(cnp) => doomed
+                .cluster_policies
+                .push(cnp.metadata.name.clone().unwrap_or_default()),
             Resource::Pod(p) => doomed.pods.push(objects::key(p)),
             Resource::Deployment(d) if lab.is_kubernetes() => {
                 doomed.deployments.push(objects::key(d))
@@ -976,15 +1026,23 @@ pub fn delete_manifest(
                 delete_network_policy_in(&lab, namespace, policy, report)
             })
         })
+        .and_then(|()| {
+            doomed
+                .cluster_policies
+                .iter()
+                .try_for_each(|policy| delete_cluster_network_policy_in(&lab, policy, report))
+        })
         .and_then(|()| delete_pods(&lab, bins, &doomed.pods, grace, report));
     lab.then_sync(work)
 }
 
-/// What one delete removes, each as (namespace, name).
+/// What one delete removes, each as (namespace, name) but the
+/// cluster-scoped ClusterNetworkPolicies (by name).
 #[derive(Debug, Default)]
 pub(crate) struct Deletions {
     pub services: Vec<(String, String)>,
     pub policies: Vec<(String, String)>,
+    pub cluster_policies: Vec<String>,
     pub deployments: Vec<(String, String)>,
     pub pods: Vec<(String, String)>,
 }
@@ -1061,6 +1119,35 @@ fn delete_network_policy_in(
         .is_some();
     report(Event::Deleted {
         object: format!("networkpolicy/{policy}"),
+        found,
+    });
+    Ok(())
+}
+
+/// `weft lab delete clusternetworkpolicy NAME` (cluster-scoped: no
+/// namespace).
+pub fn delete_cluster_network_policy(name: &str, policy: &str, report: Report<'_>) -> Result<()> {
+    names::dns1123_subdomain(policy).map_err(|reason| {
+        anyhow::anyhow!("clusternetworkpolicy name {policy:?} is invalid: {reason}")
+    })?;
+    let lab = Lab::open(name)?;
+    if lab.is_kubernetes() {
+        let doomed = Deletions {
+            cluster_policies: vec![policy.to_string()],
+            ..Deletions::default()
+        };
+        return kubernetes::delete(&lab, &doomed, Duration::ZERO, report);
+    }
+    delete_cluster_network_policy_in(&lab, policy, report)
+}
+
+fn delete_cluster_network_policy_in(lab: &Lab, policy: &str, report: Report<'_>) -> Result<()> {
+    let found = lab
+        .store()?
+        .delete(ClusterNetworkPolicy::KIND, "", policy)?
+        .is_some();
+    report(Event::Deleted {
+        object: format!("clusternetworkpolicy/{policy}"),
         found,
     });
     Ok(())

@@ -13,6 +13,8 @@
 //! It must not touch the kernel, the store or the clock: the agent applies
 //! the rules.
 
+pub mod api;
 pub mod model;
 pub mod rules;
+pub mod validate;
 pub mod verdict;

@@ -20,6 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 pub use weft_validation::protocol::Protocol;
 
+use crate::api::{self, ClusterNetworkPolicy};
+
 /// Labels of one object.
 pub type Labels = BTreeMap<String, String>;
 
@@ -355,5 +357,398 @@ fn port(p: &NetworkPolicyPort, at: &str, problems: &mut Vec<String>) -> PortMatc
     PortMatch {
         protocol,
         port: spec,
+    }
+}
+
+/// A cluster-wide policy's tier: Admin is checked before NetworkPolicy,
+/// Baseline after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Admin,
+    Baseline,
+}
+
+/// What a cluster-wide rule does with what it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// Allowed: the rest of this direction is not checked (on egress the
+    /// destination's ingress still is).
+    Accept,
+    Deny,
+    /// The rest of the tier is skipped: the next tier decides.
+    Pass,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Accept => "Accept",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        })
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Admin => "Admin",
+            Tier::Baseline => "Baseline",
+        })
+    }
+}
+
+/// One ClusterNetworkPolicy (`policy.networking.k8s.io`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterPolicy {
+    pub name: String,
+    pub tier: Tier,
+    pub priority: i32,
+    /// The pods it applies to: those `pods` selects in the namespaces
+    /// `namespaces` selects; `None` when the subject could not be read
+    /// (it then applies to no pod).
+    pub subject: Option<(LabelSelector, LabelSelector)>,
+    pub ingress: Vec<ClusterRule>,
+    pub egress: Vec<ClusterRule>,
+    /// What could not be read, and how it was taken.
+    pub problems: Vec<String>,
+}
+
+/// One rule of a cluster-wide policy, in its policy's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRule {
+    pub name: Option<String>,
+    pub action: Action,
+    /// What it matches, with NetworkPolicy's meaning of the fields.
+    pub matches: Rule,
+}
+
+impl ClusterPolicy {
+    /// Reads `cnp`; an error when its tier is not one weft knows (it is
+    /// then enforced in no tier, and the caller reports why).
+    ///
+    /// A part that cannot be read *fails closed*, as the API asks: in an
+    /// Accept rule it matches nothing; in a Deny or Pass rule an unread
+    /// peer matches every peer and an unread protocol every port.
+    pub fn read(cnp: &ClusterNetworkPolicy) -> Result<ClusterPolicy, String> {
+        let name = cnp.metadata.name.clone().unwrap_or_default();
+        let spec = &cnp.spec;
+        let tier = match spec.tier.as_str() {
+            "Admin" => Tier::Admin,
+            "Baseline" => Tier::Baseline,
+            other => return Err(format!("spec.tier: {other:?} is not Admin or Baseline")),
+        };
+        let mut problems = Vec::new();
+        let subject = match (&spec.subject.namespaces, &spec.subject.pods) {
+            (Some(namespaces), None) => Some((namespaces.clone(), LabelSelector::default())),
+            (None, Some(pods)) => {
+                Some((pods.namespace_selector.clone(), pods.pod_selector.clone()))
+            }
+            _ => {
+                problems.push(
+                    "spec.subject: needs exactly one of namespaces or pods; it applies to no pod"
+                        .into(),
+                );
+                None
+            }
+        };
+        let ingress: Vec<RuleParts> = (spec.ingress.iter())
+            .map(|r| {
+                (
+                    &r.name,
+                    r.action.as_str(),
+                    &r.from[..],
+                    r.protocols.as_deref(),
+                )
+            })
+            .collect();
+        let egress: Vec<RuleParts> = (spec.egress.iter())
+            .map(|r| {
+                (
+                    &r.name,
+                    r.action.as_str(),
+                    &r.to[..],
+                    r.protocols.as_deref(),
+                )
+            })
+            .collect();
+        let mut read = |direction: &str, rules: Vec<RuleParts>| -> Vec<ClusterRule> {
+            let egress = direction == "egress";
+            rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, parts)| {
+                    let at = format!("spec.{direction}[{i}]");
+                    cluster_rule(parts, egress, &at, &mut problems)
+                })
+                .collect()
+        };
+        let (ingress, egress) = (read("ingress", ingress), read("egress", egress));
+        Ok(ClusterPolicy {
+            name,
+            tier,
+            priority: spec.priority,
+            subject,
+            ingress,
+            egress,
+            problems,
+        })
+    }
+
+    /// Whether it applies to `pod` (never to hostNetwork pods).
+    pub fn selects(&self, pod: &Pod, namespaces: &NamespaceLabels) -> bool {
+        let Some((namespace_selector, pod_selector)) = &self.subject else {
+            return false;
+        };
+        !pod.host_network
+            && namespaces
+                .get(&pod.namespace)
+                .is_some_and(|labels| weft_validation::labels::matches(namespace_selector, labels))
+            && weft_validation::labels::matches(pod_selector, &pod.labels)
+    }
+
+    /// Its rules for one direction.
+    pub fn rules(&self, ingress: bool) -> &[ClusterRule] {
+        if ingress {
+            &self.ingress
+        } else {
+            &self.egress
+        }
+    }
+}
+
+/// A cluster-wide rule's name, action, peers and protocols (ingress and
+/// egress rules differ only in naming their peers `from` or `to`).
+type RuleParts<'a> = (
+    &'a Option<String>,
+    &'a str,
+    &'a [api::Peer],
+    Option<&'a [api::ProtocolMatch]>,
+);
+
+/// One cluster-wide rule (`networks` peers only on `egress`).
+fn cluster_rule(
+    (name, action, peers, protocols): RuleParts,
+    egress: bool,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> ClusterRule {
+    let action = match action {
+        "Accept" => Action::Accept,
+        "Pass" => Action::Pass,
+        "Deny" => Action::Deny,
+        other => {
+            problems.push(format!(
+                "{at}.action: {other:?} is not Accept, Deny or Pass; taken as Deny"
+            ));
+            Action::Deny
+        }
+    };
+    // How an unread part is taken ("fails closed").
+    let (peers_taken, ports_taken) = match action {
+        Action::Accept => ("it matches nothing", "it matches nothing"),
+        _ => ("taken as every peer", "taken as every port"),
+    };
+    let mut unread = false;
+    let mut read_peers = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        match cluster_peer(peer, egress) {
+            Ok(mut each) => read_peers.append(&mut each),
+            Err(why) => {
+                problems.push(format!("{at}: peer {i}: {why}; {peers_taken}"));
+                unread = true;
+            }
+        }
+    }
+    if read_peers.is_empty() && !unread {
+        problems.push(format!("{at}: needs at least one peer; {peers_taken}"));
+        unread = true;
+    }
+    let mut ports = Vec::new();
+    let mut unread_port = false;
+    for (i, p) in protocols.unwrap_or_default().iter().enumerate() {
+        match cluster_port(p) {
+            Some(port) => ports.push(port),
+            None => {
+                problems.push(format!("{at}.protocols[{i}]: needs exactly one of tcp, udp or sctp with a port number or range; {ports_taken}"));
+                unread_port = true;
+            }
+        }
+    }
+    let matches = match action {
+        // Matches nothing: the unread peer or protocol is left out, and a
+        // rule left with none matches nothing.
+        Action::Accept
+            if (unread && read_peers.is_empty()) || (unread_port && ports.is_empty()) =>
+        {
+            Rule {
+                peers: vec![Peer::Nothing],
+                ports: Vec::new(),
+            }
+        }
+        Action::Accept => Rule {
+            peers: read_peers,
+            ports,
+        },
+        // Matches everything the unread part could have named.
+        _ => Rule {
+            peers: if unread { Vec::new() } else { read_peers },
+            ports: if unread_port { Vec::new() } else { ports },
+        },
+    };
+    ClusterRule {
+        name: name.clone(),
+        action,
+        matches,
+    }
+}
+
+/// A cluster-wide peer as NetworkPolicy peers (networks: one block each).
+fn cluster_peer(peer: &api::Peer, networks_allowed: bool) -> Result<Vec<Peer>, String> {
+    match (&peer.namespaces, &peer.pods, &peer.networks) {
+        (Some(namespaces), None, None) => Ok(vec![Peer::Pods {
+            namespaces: Some(namespaces.clone()),
+            pods: LabelSelector::default(),
+        }]),
+        (None, Some(pods), None) => Ok(vec![Peer::Pods {
+            namespaces: Some(pods.namespace_selector.clone()),
+            pods: pods.pod_selector.clone(),
+        }]),
+        (None, None, Some(networks)) if networks_allowed => networks
+            .iter()
+            .map(|text| match text.trim().parse::<IpNet>() {
+                Ok(cidr) => Ok(Peer::Block {
+                    cidr,
+                    except: Vec::new(),
+                }),
+                Err(_) => Err(format!("{text:?} is not a CIDR")),
+            })
+            .collect(),
+        _ => Err("needs exactly one of namespaces, pods or (egress) networks".into()),
+    }
+}
+
+/// One protocol entry; `None` when it is not exactly one protocol with
+/// a readable port.
+fn cluster_port(p: &api::ProtocolMatch) -> Option<PortMatch> {
+    let (protocol, port) = match (&p.tcp, &p.udp, &p.sctp) {
+        (Some(port), None, None) => (Protocol::Tcp, port),
+        (None, Some(port), None) => (Protocol::Udp, port),
+        (None, None, Some(port)) => (Protocol::Sctp, port),
+        _ => return None,
+    };
+    let number = |n: i32| u16::try_from(n).ok().filter(|n| *n != 0);
+    let port = match &port.destination_port {
+        None => PortSpec::Any,
+        Some(api::Port {
+            number: Some(n),
+            range: None,
+        }) => {
+            let n = number(*n)?;
+            PortSpec::Range(n, n)
+        }
+        Some(api::Port {
+            number: None,
+            range: Some(range),
+        }) => {
+            let (start, end) = (number(range.start)?, number(range.end)?);
+            if start > end {
+                return None;
+            }
+            PortSpec::Range(start, end)
+        }
+        Some(_) => return None,
+    };
+    Some(PortMatch {
+        protocol: Some(protocol),
+        port,
+    })
+}
+
+/// Every policy that holds on the cluster: the cluster-wide ones in the
+/// order they are checked (tier, priority, then name, so that equal
+/// priorities are decided the same way every time).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policies {
+    pub network: Vec<Policy>,
+    pub cluster: Vec<ClusterPolicy>,
+    /// Cluster-wide policies enforced in no tier, and why.
+    pub left_out: Vec<String>,
+}
+
+impl Policies {
+    pub fn new(network: Vec<Policy>, mut cluster: Vec<ClusterPolicy>) -> Policies {
+        cluster.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+        Policies {
+            network,
+            cluster,
+            left_out: Vec::new(),
+        }
+    }
+
+    /// Reads the API's objects.
+    pub fn read<'a>(
+        network: impl IntoIterator<Item = &'a NetworkPolicy>,
+        cluster: impl IntoIterator<Item = &'a ClusterNetworkPolicy>,
+    ) -> Policies {
+        let mut left_out = Vec::new();
+        let cluster = cluster
+            .into_iter()
+            .filter_map(|cnp| {
+                ClusterPolicy::read(cnp)
+                    .map_err(|why| {
+                        let name = cnp.metadata.name.as_deref().unwrap_or_default();
+                        left_out.push(format!(
+                            "ClusterNetworkPolicy {name}: {why}; it is not enforced"
+                        ));
+                    })
+                    .ok()
+            })
+            .collect();
+        let network = network.into_iter().map(Policy::read).collect();
+        Policies {
+            left_out,
+            ..Policies::new(network, cluster)
+        }
+    }
+
+    /// Everything that could not be read, one line each, naming the
+    /// policy and what was made of it.
+    pub fn problems(&self) -> Vec<String> {
+        let network = self.network.iter().flat_map(|p| {
+            p.problems.iter().map(move |problem| {
+                format!("NetworkPolicy {}: {problem} (it matches nothing)", p.key)
+            })
+        });
+        let cluster = self.cluster.iter().flat_map(|p| {
+            p.problems
+                .iter()
+                .map(move |problem| format!("ClusterNetworkPolicy {}: {problem}", p.name))
+        });
+        network
+            .chain(cluster)
+            .chain(self.left_out.iter().cloned())
+            .collect()
+    }
+
+    /// NetworkPolicies only.
+    pub fn network(network: Vec<Policy>) -> Policies {
+        Policies::new(network, Vec::new())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.network.is_empty() && self.cluster.is_empty()
+    }
+
+    /// The cluster-wide policies of `tier` that apply to `pod`, in order.
+    pub fn cluster_selecting<'a>(
+        &'a self,
+        tier: Tier,
+        pod: &'a Pod,
+        namespaces: &'a NamespaceLabels,
+    ) -> impl Iterator<Item = &'a ClusterPolicy> + 'a {
+        self.cluster
+            .iter()
+            .filter(move |p| p.tier == tier && p.selects(pod, namespaces))
     }
 }

@@ -34,7 +34,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use weft_datapath::nft::Family;
 use weft_datapath::nft_script::{Hook, Script, SetKind};
 
-use crate::model::{NamespaceLabels, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule};
+use crate::model::{
+    Action, NamespaceLabels, Peer, Pod, Policies, Policy, PortMatch, PortSpec, Protocol, Rule, Tier,
+};
 
 pub const TABLE: &str = "weft-policy";
 
@@ -103,6 +105,11 @@ impl Direction {
         }
     }
 
+    /// The chain that logs and drops what a cluster-wide rule denies.
+    fn denied_chain(self) -> String {
+        format!("{}-denied", self.name())
+    }
+
     /// The address field of the pod the chain is for, and of its peers.
     fn fields(self) -> (&'static str, &'static str) {
         match self {
@@ -112,41 +119,58 @@ impl Direction {
     }
 }
 
+/// What one direction checks for one local pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Checks {
+    /// The Admin tier's lines: a match and its verdict, `None` for Pass
+    /// (to the other tiers, which then need a chain of their own).
+    admin: Vec<(String, Option<String>)>,
+    /// NetworkPolicy's lines (ending in the denial tail) when it isolates
+    /// the pod, else the Baseline tier's; falling off the end allows.
+    rest: Vec<String>,
+}
+
 /// The table for node `node`.
-pub fn table(policies: &[Policy], pods: &[Pod], namespaces: &NamespaceLabels, node: &str) -> Table {
+pub fn table(policies: &Policies, pods: &[Pod], namespaces: &NamespaceLabels, node: &str) -> Table {
     let mut sets = Sets::new(pods, namespaces);
-    // Local pods by the rules each direction holds for them.
-    let mut chains: BTreeMap<(Direction, Vec<String>), BTreeSet<Element>> = BTreeMap::new();
+    // Local pods by what each direction checks for them.
+    let mut checked: BTreeMap<(Direction, Checks), BTreeSet<Element>> = BTreeMap::new();
     let local = pods
         .iter()
         .filter(|p| !p.host_network && p.node.as_deref() == Some(node))
         .filter_map(|p| Some((p, v4(p.ip?)?)));
     for (pod, ip) in local {
         for direction in [Direction::Ingress, Direction::Egress] {
-            let Some(rules) = rules_for(policies, pod, direction) else {
-                continue;
-            };
-            // Egress that is allowed goes on to the destination's ingress.
-            let verdict = match direction {
-                Direction::Ingress => "accept",
-                Direction::Egress => "return",
-            };
-            let mut body: Vec<String> = rules
-                .into_iter()
-                .flat_map(|(policy_ns, rule)| sets.allow(rule, policy_ns, pod, direction))
-                .map(|expr| format!("{expr}{verdict}"))
-                .collect();
-            body.push(format!(
-                "limit name \"{LOG_LIMIT}\" log prefix \"{}\" group {LOG_GROUP}",
-                direction.name()
-            ));
-            body.push("counter drop".into());
-            chains
-                .entry((direction, body))
-                .or_default()
-                .insert(Element::Addr(ip));
+            if let Some(checks) = checks(policies, pod, namespaces, direction, &mut sets) {
+                checked
+                    .entry((direction, checks))
+                    .or_default()
+                    .insert(Element::Addr(ip));
+            }
         }
     }
+    let denying: BTreeSet<Direction> = checked
+        .keys()
+        .filter(|(d, checks)| {
+            let target = d.denied_chain();
+            let admin = checks.admin.iter().filter_map(|(_, v)| v.as_ref());
+            admin.chain(&checks.rest).any(|l| l.ends_with(&target))
+        })
+        .map(|(d, _)| *d)
+        .collect();
+    // Where a Pass goes: the other tiers' lines as a chain of their own.
+    let passed_to: BTreeMap<(Direction, Vec<String>), String> = checked
+        .keys()
+        .filter(|(_, checks)| checks.admin.iter().any(|(_, v)| v.is_none()))
+        .map(|(d, checks)| (*d, checks.rest.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (d, rest))| {
+            let name = format!("{}-passed-{i}", d.name());
+            ((d, rest), name)
+        })
+        .collect();
 
     let filter = |hook: &'static str| Hook {
         chain_type: "filter",
@@ -164,19 +188,44 @@ pub fn table(policies: &[Policy], pods: &[Pod], namespaces: &NamespaceLabels, no
     }
     let mut numbered: BTreeMap<Direction, usize> = BTreeMap::new();
     let mut named_chains = Vec::new();
-    for ((direction, body), members) in chains {
+    for ((direction, checks), members) in checked {
         let n = numbered.entry(direction).or_default();
         let chain = format!("{}-{n}", direction.name());
         *n += 1;
         let members_set = format!("{chain}-pods");
         script.add_set(SetKind::Set, &members_set, "type ipv4_addr ;");
         elements.insert(members_set.clone(), members);
+        let body = match passed_to.get(&(direction, checks.rest.clone())) {
+            Some(passed) => {
+                let then = |v: &Option<String>| v.clone().unwrap_or(format!("goto {passed}"));
+                let mut body: Vec<String> = checks
+                    .admin
+                    .iter()
+                    .map(|(m, v)| format!("{m}{}", then(v)))
+                    .collect();
+                body.push(format!("goto {passed}"));
+                body
+            }
+            None => {
+                let admin = checks
+                    .admin
+                    .iter()
+                    .map(|(m, v)| format!("{m}{}", v.as_deref().unwrap_or_default()));
+                admin.chain(checks.rest).collect()
+            }
+        };
         named_chains.push((direction, chain, members_set, body));
     }
     // Every chain before any rule: rules jump to chains made later.
     script.add_chain("forward", Some(&filter("forward")));
     script.add_chain("input", Some(&filter("input")));
     script.add_chain("ingress", None).add_chain("egress", None);
+    for direction in &denying {
+        script.add_chain(&direction.denied_chain(), None);
+    }
+    for chain in passed_to.values() {
+        script.add_chain(chain, None);
+    }
     for (_, chain, _, _) in &named_chains {
         script.add_chain(chain, None);
     }
@@ -186,6 +235,16 @@ pub fn table(policies: &[Policy], pods: &[Pod], namespaces: &NamespaceLabels, no
         .add_rule("forward", "jump ingress")
         .add_rule("input", accepted)
         .add_rule("input", "jump egress");
+    for direction in &denying {
+        for rule in denial_tail(*direction) {
+            script.add_rule(&direction.denied_chain(), &rule);
+        }
+    }
+    for ((_, rest), chain) in &passed_to {
+        for rule in rest {
+            script.add_rule(chain, rule);
+        }
+    }
     for (direction, chain, members_set, body) in &named_chains {
         let (own, _) = direction.fields();
         script.add_rule(
@@ -202,9 +261,84 @@ pub fn table(policies: &[Policy], pods: &[Pod], namespaces: &NamespaceLabels, no
     }
 }
 
+/// The rules that log (rate-limited) and drop a denied new connection.
+fn denial_tail(direction: Direction) -> [String; 2] {
+    [
+        format!(
+            "limit name \"{LOG_LIMIT}\" log prefix \"{}\" group {LOG_GROUP}",
+            direction.name()
+        ),
+        "counter drop".into(),
+    ]
+}
+
+/// What `direction` checks for local `pod`, tier by tier; `None` when no
+/// policy of any tier applies to it there.
+fn checks<'a>(
+    policies: &Policies,
+    pod: &Pod,
+    namespaces: &NamespaceLabels,
+    direction: Direction,
+    sets: &mut Sets<'a>,
+) -> Option<Checks> {
+    // Allowed egress goes on to the destination's ingress.
+    let allow = match direction {
+        Direction::Ingress => "accept",
+        Direction::Egress => "return",
+    };
+    let cluster_lines = |tier: Tier, sets: &mut Sets<'a>| -> Vec<(String, Action)> {
+        policies
+            .cluster_selecting(tier, pod, namespaces)
+            .flat_map(|p| p.rules(direction == Direction::Ingress))
+            .flat_map(|rule| {
+                let matches = sets.allow(&rule.matches, "", pod, direction);
+                matches.into_iter().map(|m| (m, rule.action))
+            })
+            .collect()
+    };
+    let admin = cluster_lines(Tier::Admin, sets);
+    let baseline = cluster_lines(Tier::Baseline, sets);
+    let network = rules_for(&policies.network, pod, direction);
+    if admin.is_empty() && baseline.is_empty() && network.is_none() {
+        return None;
+    }
+    let denied = format!("goto {}", direction.denied_chain());
+    let rest = match network {
+        Some(rules) => {
+            let mut lines: Vec<String> = rules
+                .into_iter()
+                .flat_map(|(policy_ns, rule)| sets.allow(rule, policy_ns, pod, direction))
+                .map(|m| format!("{m}{allow}"))
+                .collect();
+            lines.extend(denial_tail(direction));
+            lines
+        }
+        None => baseline
+            .into_iter()
+            .map(|(m, action)| match action {
+                Action::Deny => format!("{m}{denied}"),
+                // Pass from the last tier: nothing else decides.
+                Action::Accept | Action::Pass => format!("{m}{allow}"),
+            })
+            .collect(),
+    };
+    let admin = admin
+        .into_iter()
+        .map(|(m, action)| {
+            let then = match action {
+                Action::Accept => Some(allow.to_string()),
+                Action::Deny => Some(denied.clone()),
+                Action::Pass => None,
+            };
+            (m, then)
+        })
+        .collect();
+    Some(Checks { admin, rest })
+}
+
 /// The whole table for node `node` as one script (see [`table`]).
 pub fn script(
-    policies: &[Policy],
+    policies: &Policies,
     pods: &[Pod],
     namespaces: &NamespaceLabels,
     node: &str,

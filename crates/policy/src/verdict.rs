@@ -1,16 +1,28 @@
 //! Whether one connection is allowed: the source's egress and the
-//! destination's ingress are decided apart, and both must allow it. A pod
-//! no policy selects for a direction is not isolated in it; a pod that
-//! some policy isolates accepts only what a rule of any policy selecting
-//! it allows (policies add up). Traffic from the destination's own node
-//! is always allowed (kubelet probes). Replies are not connections: the
+//! destination's ingress are decided apart, and both must allow it.
+//!
+//! Each direction is decided by tiers, as `policy.networking.k8s.io`
+//! orders them:
+//! 1. the Admin tier's ClusterNetworkPolicies that apply to the pod, by
+//!    priority: the first rule that matches Accepts or Denies, or Passes
+//!    to the next tier;
+//! 2. NetworkPolicy: a pod no policy selects for the direction is not
+//!    isolated in it; a pod that some policy isolates accepts only what a
+//!    rule of any policy selecting it allows (policies add up), and
+//!    nothing further is asked;
+//! 3. the Baseline tier, as the Admin tier (Pass: allowed);
+//! 4. allowed.
+//!
+//! Traffic from the destination's own node is always allowed (kubelet
+//! probes; the datapath never sees it). Replies are not connections: the
 //! datapath lets them through by connection tracking.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use crate::model::{
-    NamespaceLabels, Peer, Pod, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
+    Action, ClusterPolicy, NamespaceLabels, Peer, Pod, Policies, Policy, PolicyKey, PortMatch,
+    PortSpec, Protocol, Rule, Tier,
 };
 
 /// One side of a connection.
@@ -73,11 +85,26 @@ pub enum Decision {
     OwnNode,
     /// Isolated by these policies, and no rule of theirs allows it.
     Denied { isolated_by: Vec<PolicyKey> },
+    /// A ClusterNetworkPolicy's rule Accepted or Denied it.
+    Cluster {
+        policy: String,
+        tier: Tier,
+        /// The rule's index and name.
+        rule: (usize, Option<String>),
+        action: Action,
+    },
 }
 
 impl Decision {
     pub fn allows(&self) -> bool {
-        !matches!(self, Decision::Denied { .. })
+        !matches!(
+            self,
+            Decision::Denied { .. }
+                | Decision::Cluster {
+                    action: Action::Deny,
+                    ..
+                }
+        )
     }
 }
 
@@ -97,32 +124,85 @@ impl Verdict {
 }
 
 /// Decides `conn` under `policies`, with the namespaces' labels.
-pub fn verdict(policies: &[Policy], namespaces: &NamespaceLabels, conn: &Connection) -> Verdict {
+pub fn verdict(policies: &Policies, namespaces: &NamespaceLabels, conn: &Connection) -> Verdict {
     let egress = match conn.from.subject() {
-        Some(pod) => decide(
-            policies,
-            pod,
-            |p| p.egress.as_deref(),
-            |policy, rule| allows(rule, &policy.key.namespace, &conn.to, conn, namespaces),
-        ),
+        Some(pod) => decide(policies, namespaces, pod, false, |policy_ns, rule| {
+            allows(rule, policy_ns, &conn.to, conn, namespaces)
+        }),
         None => Decision::NotIsolated,
     };
     let ingress = match (conn.to.subject(), conn.from) {
         (Some(_), Party::OwnNode) => Decision::OwnNode,
-        (Some(pod), _) => decide(
-            policies,
-            pod,
-            |p| p.ingress.as_deref(),
-            |policy, rule| allows(rule, &policy.key.namespace, &conn.from, conn, namespaces),
-        ),
+        (Some(pod), _) => decide(policies, namespaces, pod, true, |policy_ns, rule| {
+            allows(rule, policy_ns, &conn.from, conn, namespaces)
+        }),
         (None, _) => Decision::NotIsolated,
     };
     Verdict { egress, ingress }
 }
 
-/// One direction of `pod`: the policies selecting it that isolate the
-/// direction (`rules_of`), and the first of their rules that `allows`.
+/// One direction of `pod`, tier by tier; `allows(policy namespace,
+/// rule)` says whether a rule matches the connection.
 fn decide<'p>(
+    policies: &'p Policies,
+    namespaces: &NamespaceLabels,
+    pod: &Pod,
+    ingress: bool,
+    allows: impl Fn(&str, &Rule) -> bool,
+) -> Decision {
+    let cluster_tier = |tier| {
+        let selecting = policies.cluster_selecting(tier, pod, namespaces);
+        cluster_decision(selecting, ingress, tier, &allows)
+    };
+    if let Some(decided) = cluster_tier(Tier::Admin) {
+        return decided;
+    }
+    let rules_of = |p: &'p Policy| match ingress {
+        true => p.ingress.as_deref(),
+        false => p.egress.as_deref(),
+    };
+    match network_decision(&policies.network, pod, rules_of, |p, rule| {
+        allows(&p.key.namespace, rule)
+    }) {
+        Decision::NotIsolated => cluster_tier(Tier::Baseline).unwrap_or(Decision::NotIsolated),
+        decided => decided,
+    }
+}
+
+/// The first Accept or Deny of one tier's policies (in order) whose rule
+/// matches; `None` when none does or one Passes.
+fn cluster_decision<'p>(
+    policies: impl Iterator<Item = &'p ClusterPolicy>,
+    ingress: bool,
+    tier: Tier,
+    allows: impl Fn(&str, &Rule) -> bool,
+) -> Option<Decision> {
+    for policy in policies {
+        let rules = policy.rules(ingress);
+        let Some((i, rule)) = rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| allows("", &r.matches))
+        else {
+            continue;
+        };
+        return match rule.action {
+            Action::Pass => None,
+            action => Some(Decision::Cluster {
+                policy: policy.name.clone(),
+                tier,
+                rule: (i, rule.name.clone()),
+                action,
+            }),
+        };
+    }
+    None
+}
+
+/// The NetworkPolicy tier for `pod`: the policies selecting it that
+/// isolate the direction (`rules_of`), and the first of their rules that
+/// `allows`.
+fn network_decision<'p>(
     policies: &'p [Policy],
     pod: &Pod,
     rules_of: impl Fn(&'p Policy) -> Option<&'p [Rule]>,
@@ -241,6 +321,24 @@ fn direction(which: &str, pod: &Party, peer: &Party, decision: &Decision) -> Str
         Decision::OwnNode => format!("{which} of {pod} allows its own node always"),
         Decision::Allowed { policy, rule } => {
             format!("{which} of {pod} allowed by {policy} rule {which}[{rule}]")
+        }
+        Decision::Cluster {
+            policy,
+            tier,
+            rule: (i, name),
+            action,
+        } => {
+            let verb = match action {
+                Action::Deny => "denied",
+                _ => "allowed",
+            };
+            let name = name
+                .as_ref()
+                .map(|n| format!(" ({n:?})"))
+                .unwrap_or_default();
+            format!(
+                "{which} of {pod} {verb} by ClusterNetworkPolicy {policy} ({tier} tier) rule {which}[{i}]{name}"
+            )
         }
         Decision::Denied { isolated_by } => {
             let names: Vec<String> = isolated_by.iter().map(ToString::to_string).collect();

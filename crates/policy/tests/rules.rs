@@ -8,7 +8,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 use weft_datapath::nft;
 use weft_datapath::scratch::Namespaces;
-use weft_policy::model::{namespace_labels, NamedPort, Pod, Policy, Protocol};
+use weft_policy::api::ClusterNetworkPolicy;
+use weft_policy::model::{
+    namespace_labels, ClusterPolicy, NamedPort, Pod, Policies, Policy, Protocol,
+};
 use weft_policy::rules::{script, table, TABLE};
 
 fn pod(ns: &str, name: &str, ip: &str, node: &str) -> Pod {
@@ -81,7 +84,12 @@ fn every_kind() -> Vec<Policy> {
 #[test]
 fn only_this_nodes_isolated_pods_get_chains() {
     let namespaces = namespaces();
-    let text = script(&every_kind(), &pods(), &namespaces, "node-1");
+    let text = script(
+        &Policies::network(every_kind()),
+        &pods(),
+        &namespaces,
+        "node-1",
+    );
     // x/a: isolated for ingress, no rule: everything new is logged (for
     // the agent, rate-limited), then dropped.
     for line in [
@@ -113,13 +121,18 @@ fn only_this_nodes_isolated_pods_get_chains() {
     assert!(!text.contains("peer-1"), "{text}");
     // y/a runs on node-2: nothing of it here.
     assert!(!text.contains("-pods { 10.244.2.2"), "{text}");
-    let on_node_2 = script(&every_kind(), &pods(), &namespaces, "node-2");
+    let on_node_2 = script(
+        &Policies::network(every_kind()),
+        &pods(),
+        &namespaces,
+        "node-2",
+    );
     assert!(!on_node_2.contains("jump ingress-"), "{on_node_2}");
     // Without policies the table does not depend on pods (the agent then
     // skips reading them).
     assert_eq!(
-        script(&[], &pods(), &namespaces, "node-1"),
-        script(&[], &[], &Default::default(), "node-1")
+        script(&Policies::default(), &pods(), &namespaces, "node-1"),
+        script(&Policies::default(), &[], &Default::default(), "node-1")
     );
 }
 
@@ -128,12 +141,22 @@ fn only_this_nodes_isolated_pods_get_chains() {
 #[test]
 fn pods_change_elements_not_chains() {
     let namespaces = namespaces();
-    let before = table(&every_kind(), &pods(), &namespaces, "node-1");
+    let before = table(
+        &Policies::network(every_kind()),
+        &pods(),
+        &namespaces,
+        "node-1",
+    );
     let mut more = pods();
     more.push(pod("y", "new", "10.244.2.9", "node-2"));
     more.push(pod("x", "b2", "10.244.1.9", "node-1"));
     more[4].labels = [("pod".to_string(), "b".to_string())].into();
-    let after = table(&every_kind(), &more, &namespaces, "node-1");
+    let after = table(
+        &Policies::network(every_kind()),
+        &more,
+        &namespaces,
+        "node-1",
+    );
     assert_eq!(before.structure, after.structure);
     assert_ne!(before.elements, after.elements);
     let local_b: Vec<String> = after.elements["ingress-0-pods"]
@@ -143,7 +166,12 @@ fn pods_change_elements_not_chains() {
     assert_eq!(local_b, ["Addr(10.244.1.3)", "Addr(10.244.1.9)"]);
     assert!(after.elements["peer-0"].len() == 2, "{:?}", after.elements);
     // A policy change is a structural change.
-    let fewer = table(&every_kind()[..1], &more, &namespaces, "node-1");
+    let fewer = table(
+        &Policies::network(every_kind()[..1].to_vec()),
+        &more,
+        &namespaces,
+        "node-1",
+    );
     assert_ne!(fewer.structure, after.structure);
 }
 
@@ -152,13 +180,79 @@ fn nft_takes_the_table_and_a_rewrite_of_it() {
     let mut guard = Namespaces::new("wpol-rules");
     let (_, ns) = guard.add("n");
     let namespaces = namespaces();
-    let text = script(&every_kind(), &pods(), &namespaces, "node-1");
+    let text = script(
+        &Policies::network(every_kind()),
+        &pods(),
+        &namespaces,
+        "node-1",
+    );
     nft::apply(&text, Some(&ns)).unwrap_or_else(|e| panic!("{e}\n{text}"));
     // Written again whole (another policy set): one transaction replaces it.
-    let fewer = script(&every_kind()[..1], &pods(), &namespaces, "node-1");
+    let fewer = script(
+        &Policies::network(every_kind()[..1].to_vec()),
+        &pods(),
+        &namespaces,
+        "node-1",
+    );
     nft::apply(&fewer, Some(&ns)).unwrap();
     let listed = nft::run(&["list", "table", "ip", TABLE], Some(&ns)).unwrap();
     assert!(!listed.contains("8000-8100"), "{listed}");
     assert!(listed.contains("jump ingress-0"), "{listed}");
     assert!(listed.contains("elements = { 10.244.1.2 }"), "{listed}");
+}
+
+/// Cluster-wide policies: Admin rules first, a Pass going to the pod's
+/// NetworkPolicy (or Baseline) chain, Deny to the shared log-and-drop
+/// chain; nft takes it.
+fn tiers() -> Policies {
+    let cnp = |name: &str, spec: serde_json::Value| {
+        let cnp: ClusterNetworkPolicy =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        ClusterPolicy::read(&cnp).unwrap()
+    };
+    let x = json!({"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}});
+    let admin = cnp(
+        "admin",
+        json!({"tier": "Admin", "priority": 5, "subject": x, "ingress": [
+            {"action": "Pass", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}]},
+            {"action": "Accept", "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}}],
+             "protocols": [{"tcp": {"destinationPort": {"range": {"start": 80, "end": 81}}}}]},
+            {"action": "Deny", "from": [{"namespaces": {}}]}],
+          "egress": [{"action": "Deny", "to": [{"networks": ["198.18.0.0/15"]}]}]}),
+    );
+    let baseline = cnp(
+        "baseline",
+        json!({"tier": "Baseline", "priority": 0, "subject": x,
+               "egress": [{"action": "Deny", "to": [{"namespaces": {}}], "protocols": [{"udp": {}}]}]}),
+    );
+    Policies::new(every_kind(), vec![baseline, admin])
+}
+
+#[test]
+fn cluster_wide_tiers_come_around_network_policy() {
+    let namespaces = namespaces();
+    let text = script(&tiers(), &pods(), &namespaces, "node-1");
+    for line in [
+        // x/a (NetworkPolicy: deny all): Admin first, a Pass goes to its
+        // NetworkPolicy chain, which ends in its own denial tail. The
+        // Pass's peer (namespace y) is the set x/b's NetworkPolicy uses.
+        "add rule ip weft-policy ingress-1 ip saddr @peer-0 goto ingress-passed-1",
+        "add rule ip weft-policy ingress-1 ip saddr @peer-1 meta l4proto tcp th dport 80-81 accept",
+        "add rule ip weft-policy ingress-1 ip saddr @peer-2 goto ingress-denied",
+        "add rule ip weft-policy ingress-1 goto ingress-passed-1",
+        "add rule ip weft-policy ingress-passed-1 limit name \"denials\" log prefix \"ingress\" group 2713",
+        "add rule ip weft-policy ingress-denied counter drop",
+        // Egress of x/a (no NetworkPolicy egress): Admin's deny of the
+        // block, then Baseline's.
+        "add rule ip weft-policy egress-0 ip daddr 198.18.0.0/15 goto egress-denied",
+        "add rule ip weft-policy egress-0 ip daddr @peer-2 meta l4proto udp goto egress-denied",
+        // x/b's egress is its NetworkPolicy's: Baseline is not asked.
+        "add rule ip weft-policy egress-1 ip daddr 198.18.0.0/15 goto egress-denied\n\
+         add rule ip weft-policy egress-1 meta l4proto udp ip daddr . th dport @named-0 return",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    let mut guard = Namespaces::new("wpol-tiers");
+    let (_, ns) = guard.add("n");
+    nft::apply(&text, Some(&ns)).unwrap_or_else(|e| panic!("{e}\n{text}"));
 }

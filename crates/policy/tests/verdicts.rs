@@ -9,7 +9,10 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
-use weft_policy::model::{NamedPort, NamespaceLabels, Pod, Policy, Protocol};
+use weft_policy::api::ClusterNetworkPolicy;
+use weft_policy::model::{
+    ClusterPolicy, NamedPort, NamespaceLabels, Pod, Policies, Policy, Protocol,
+};
 use weft_policy::verdict::{verdict, Connection, Decision, Party};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
@@ -67,6 +70,11 @@ fn named(text: &str) -> Pod {
 }
 
 fn allowed(policies: &[Policy], from: &str, to: &str, port: u16, protocol: Protocol) -> bool {
+    let policies = Policies::network(policies.to_vec());
+    allowed_under(&policies, from, to, port, protocol)
+}
+
+fn allowed_under(policies: &Policies, from: &str, to: &str, port: u16, protocol: Protocol) -> bool {
     let (from, to) = (named(from), named(to));
     let conn = Connection {
         from: Party::Pod(&from),
@@ -80,6 +88,10 @@ fn allowed(policies: &[Policy], from: &str, to: &str, port: u16, protocol: Proto
 /// The 9×9 matrix on one port and protocol: the pairs (from, to) that are
 /// denied.
 fn denied(policies: &[Policy], port: u16, protocol: Protocol) -> Vec<String> {
+    denied_under(&Policies::network(policies.to_vec()), port, protocol)
+}
+
+fn denied_under(policies: &Policies, port: u16, protocol: Protocol) -> Vec<String> {
     let all: Vec<String> = NAMESPACES
         .iter()
         .flat_map(|ns| PODS.iter().map(move |p| format!("{ns}/{p}")))
@@ -87,7 +99,7 @@ fn denied(policies: &[Policy], port: u16, protocol: Protocol) -> Vec<String> {
     let mut out = Vec::new();
     for from in &all {
         for to in &all {
-            if !allowed(policies, from, to, port, protocol) {
+            if !allowed_under(policies, from, to, port, protocol) {
                 out.push(format!("{from}→{to}"));
             }
         }
@@ -155,7 +167,7 @@ fn the_own_node_always_reaches_an_isolated_pod() {
         port: 80,
         protocol: Protocol::Tcp,
     };
-    let v = verdict(&p, &namespaces(), &from_node);
+    let v = verdict(&Policies::network(p.to_vec()), &namespaces(), &from_node);
     assert_eq!(v.ingress, Decision::OwnNode);
     assert!(v.allowed());
     // Another address (a node masquerading NodePort traffic) is not it.
@@ -163,7 +175,7 @@ fn the_own_node_always_reaches_an_isolated_pod() {
         from: Party::Address("198.18.0.12".parse().unwrap()),
         ..from_node
     };
-    assert!(!verdict(&p, &namespaces(), &masqueraded).allowed());
+    assert!(!verdict(&Policies::network(p.to_vec()), &namespaces(), &masqueraded).allowed());
 }
 
 #[test]
@@ -244,8 +256,18 @@ fn ip_blocks_with_exceptions() {
         port: 80,
         protocol: Protocol::Tcp,
     };
-    assert!(verdict(&p, &namespaces(), &from_outside("10.244.3.200")).allowed());
-    assert!(!verdict(&p, &namespaces(), &from_outside("198.18.0.2")).allowed());
+    assert!(verdict(
+        &Policies::network(p.to_vec()),
+        &namespaces(),
+        &from_outside("10.244.3.200")
+    )
+    .allowed());
+    assert!(!verdict(
+        &Policies::network(p.to_vec()),
+        &namespaces(),
+        &from_outside("198.18.0.2")
+    )
+    .allowed());
 }
 
 #[test]
@@ -343,13 +365,13 @@ fn host_network_pods_are_not_subject_and_not_selected_as_pods() {
         port: 80,
         protocol: Protocol::Tcp,
     };
-    assert!(verdict(&p, &namespaces(), &conn).allowed());
+    assert!(verdict(&Policies::network(p.to_vec()), &namespaces(), &conn).allowed());
     let same_ns = [policy(
         "y",
         "from-x-pods",
         json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]}),
     )];
-    assert!(!verdict(&same_ns, &namespaces(), &conn).allowed());
+    assert!(!verdict(&Policies::network(same_ns.to_vec()), &namespaces(), &conn).allowed());
 }
 
 #[test]
@@ -395,18 +417,238 @@ fn explanations_name_the_policies_and_rules() {
     };
     let denied = conn(&ya, &xa, 80);
     assert_eq!(
-        verdict(&p, &namespaces(), &denied).explain(&denied),
+        verdict(&Policies::network(p.to_vec()), &namespaces(), &denied).explain(&denied),
         "denied y/a → x/a:80/TCP: egress of y/a is not isolated; ingress of x/a is isolated by x/default-deny and no rule allows y/a"
     );
     let allowed = conn(&ya, &xb, 81);
     assert_eq!(
-        verdict(&p, &namespaces(), &allowed).explain(&allowed),
+        verdict(&Policies::network(p.to_vec()), &namespaces(), &allowed).explain(&allowed),
         "allowed y/a → x/b:81/TCP: egress of y/a is not isolated; ingress of x/b allowed by x/allow-b rule ingress[0]"
     );
     let still = conn(&ya, &xb, 80);
-    let text = verdict(&p, &namespaces(), &still).explain(&still);
+    let text = verdict(&Policies::network(p.to_vec()), &namespaces(), &still).explain(&still);
     assert!(
         text.contains("isolated by x/default-deny, x/allow-b"),
         "{text}"
+    );
+}
+
+// ClusterNetworkPolicy tiers: Admin → NetworkPolicy → Baseline → allow.
+
+fn cluster(name: &str, tier: &str, priority: i32, rest: serde_json::Value) -> ClusterPolicy {
+    let mut spec = json!({"tier": tier, "priority": priority});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(rest.as_object().unwrap().clone());
+    let cnp: ClusterNetworkPolicy =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    ClusterPolicy::read(&cnp).unwrap()
+}
+
+/// Subject: namespace `ns`.
+fn in_ns(ns: &str) -> serde_json::Value {
+    json!({"namespaces": {"matchLabels": {"ns": ns}}})
+}
+
+#[test]
+fn an_admin_deny_cannot_be_reopened_by_a_network_policy() {
+    let deny = cluster(
+        "deny-y-to-x",
+        "Admin",
+        10,
+        json!({"subject": in_ns("x"), "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    let allow_all = policy(
+        "x",
+        "allow-all",
+        json!({"podSelector": {}, "ingress": [{}]}),
+    );
+    let p = Policies::new(vec![allow_all], vec![deny]);
+    assert_eq!(
+        denied_under(&p, 80, Protocol::Tcp),
+        pairs(&["y/a", "y/b", "y/c"], &["x/a", "x/b", "x/c"])
+    );
+    let (ya, xa) = (pod("y", "a"), pod("x", "a"));
+    let conn = Connection {
+        from: Party::Pod(&ya),
+        to: Party::Pod(&xa),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    assert_eq!(
+        verdict(&p, &namespaces(), &conn).explain(&conn),
+        "denied y/a → x/a:80/TCP: egress of y/a is not isolated; ingress of x/a denied by ClusterNetworkPolicy deny-y-to-x (Admin tier) rule ingress[0]"
+    );
+}
+
+#[test]
+fn an_admin_pass_leaves_the_decision_to_network_policy_then_baseline() {
+    // Admin: pass from z, deny from everything else (x itself included).
+    let admin = cluster(
+        "pass-z",
+        "Admin",
+        1,
+        json!({"subject": in_ns("x"), "ingress": [
+            {"action": "Pass", "from": [{"namespaces": {"matchLabels": {"ns": "z"}}}]},
+            {"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    // x/a only from z/a by NetworkPolicy; the rest of x by Baseline: deny z/c.
+    let np = policy(
+        "x",
+        "a-from-z-a",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {"ns": "z"}}, "podSelector": {"matchLabels": {"pod": "a"}}}]}]}),
+    );
+    let baseline = cluster(
+        "baseline",
+        "Baseline",
+        1,
+        json!({"subject": in_ns("x"), "ingress": [{"action": "Deny", "from": [
+            {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "c"}}}}]}]}),
+    );
+    let p = Policies::new(vec![np], vec![baseline, admin]);
+    let mut want = pairs(
+        &["x/a", "x/b", "x/c", "y/a", "y/b", "y/c"],
+        &["x/a", "x/b", "x/c"],
+    );
+    want.extend(pairs(&["z/b", "z/c"], &["x/a"]));
+    want.extend(pairs(&["z/c"], &["x/b", "x/c"]));
+    want.sort();
+    let mut got = denied_under(&p, 80, Protocol::Tcp);
+    got.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_network_policy_overrides_a_baseline_deny() {
+    let baseline = cluster(
+        "default-deny",
+        "Baseline",
+        0,
+        json!({"subject": {"pods": {"namespaceSelector": {}, "podSelector": {}}},
+               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    let np = policy(
+        "y",
+        "allow-x",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]}),
+    );
+    let p = Policies::new(vec![np], vec![baseline]);
+    // Every pod is denied everything, except y's pods, which take x's.
+    let mut want = pairs(&ALL, &["x/a", "x/b", "x/c", "z/a", "z/b", "z/c"]);
+    want.extend(pairs(
+        &["y/a", "y/b", "y/c", "z/a", "z/b", "z/c"],
+        &["y/a", "y/b", "y/c"],
+    ));
+    want.sort();
+    let mut got = denied_under(&p, 80, Protocol::Tcp);
+    got.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn priorities_then_names_then_rule_order_decide() {
+    let from_y = json!([{"namespaces": {"matchLabels": {"ns": "y"}}}]);
+    let rule = |action: &str| json!({"action": action, "from": from_y});
+    let accept_81 = json!({"action": "Accept", "from": from_y, "protocols": [{"tcp": {"destinationPort": {"number": 81}}}]});
+    // Lower priority first, whatever the order given.
+    let deny = cluster(
+        "b-deny",
+        "Admin",
+        20,
+        json!({"subject": in_ns("x"), "ingress": [rule("Deny")]}),
+    );
+    let accept = cluster(
+        "a-accept",
+        "Admin",
+        30,
+        json!({"subject": in_ns("x"), "ingress": [rule("Accept")]}),
+    );
+    let p = Policies::new(vec![], vec![accept.clone(), deny.clone()]);
+    assert!(!allowed_under(&p, "y/a", "x/a", 80, Protocol::Tcp));
+    let mut first = accept.clone();
+    first.priority = 10;
+    let p = Policies::new(vec![], vec![deny.clone(), first]);
+    assert!(allowed_under(&p, "y/a", "x/a", 80, Protocol::Tcp));
+    // Equal priorities: by name.
+    let mut tied = accept.clone();
+    tied.priority = 20;
+    let p = Policies::new(vec![], vec![deny, tied]);
+    assert!(
+        allowed_under(&p, "y/a", "x/a", 80, Protocol::Tcp),
+        "a-accept sorts before b-deny"
+    );
+    // Within a policy, the first matching rule.
+    let ordered = cluster(
+        "ordered",
+        "Admin",
+        0,
+        json!({"subject": in_ns("x"), "ingress": [accept_81, rule("Deny")]}),
+    );
+    let p = Policies::new(vec![], vec![ordered]);
+    assert!(allowed_under(&p, "y/a", "x/a", 81, Protocol::Tcp));
+    assert!(!allowed_under(&p, "y/a", "x/a", 80, Protocol::Tcp));
+    assert!(!allowed_under(&p, "y/a", "x/a", 81, Protocol::Udp));
+}
+
+#[test]
+fn egress_to_networks_and_an_accepted_egress_still_needs_the_ingress() {
+    let to_z = cluster(
+        "x-only-to-node-3",
+        "Admin",
+        0,
+        json!({"subject": in_ns("x"), "egress": [
+            {"action": "Accept", "to": [{"networks": ["10.244.3.0/24"]}]},
+            {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}),
+    );
+    let z_denies_a = policy(
+        "z",
+        "deny-a",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}}),
+    );
+    let p = Policies::new(vec![z_denies_a], vec![to_z]);
+    let mut want = pairs(
+        &["x/a", "x/b", "x/c"],
+        &["x/a", "x/b", "x/c", "y/a", "y/b", "y/c"],
+    );
+    want.extend(pairs(&ALL, &["z/a"]));
+    want.sort();
+    want.dedup();
+    let mut got = denied_under(&p, 80, Protocol::Tcp);
+    got.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn unreadable_peers_fail_closed() {
+    // `nodes` is not in the standard channel: the peer reads empty.
+    let accept = cluster(
+        "accept-nodes",
+        "Admin",
+        0,
+        json!({"subject": in_ns("x"), "egress": [{"action": "Accept", "to": [{"nodes": {}}]}],
+               "ingress": [{"action": "Accept", "from": [{"namespaces": {}}], "protocols": [{"destinationNamedPort": "serve-80-tcp"}]}]}),
+    );
+    assert!(!accept.problems.is_empty());
+    let deny_all = policy(
+        "x",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+    );
+    // The Accepts match nothing: NetworkPolicy still denies.
+    let p = Policies::new(vec![deny_all], vec![accept]);
+    assert!(!allowed_under(&p, "x/a", "y/a", 80, Protocol::Tcp));
+    assert!(!allowed_under(&p, "y/a", "x/a", 80, Protocol::Tcp));
+    // A Deny with an unread peer denies every peer.
+    let deny = cluster(
+        "deny-nodes",
+        "Admin",
+        0,
+        json!({"subject": in_ns("x"), "egress": [{"action": "Deny", "to": [{"domainNames": ["example.org"]}]}]}),
+    );
+    let p = Policies::new(vec![], vec![deny]);
+    assert_eq!(
+        denied_under(&p, 80, Protocol::Tcp),
+        pairs(&["x/a", "x/b", "x/c"], &ALL)
     );
 }

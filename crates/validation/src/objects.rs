@@ -21,7 +21,7 @@ const RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
 
 /// `metadata.name` (checked by `name_rule`), `metadata.namespace` (a DNS
 /// label when set; cluster-scoped kinds pass `namespaced: false`) and labels.
-fn metadata(
+pub fn metadata(
     meta: &ObjectMeta,
     name_rule: fn(&str) -> Result<(), String>,
     namespaced: bool,

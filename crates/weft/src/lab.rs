@@ -120,7 +120,7 @@ pub enum LabCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Create the objects of a manifest (Namespace, Pod, Deployment, Service); Services are updated.
+    /// Create the objects of a manifest (Namespace, Pod, Deployment, Service, NetworkPolicy, ClusterNetworkPolicy); Services and policies are updated.
     Apply {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
@@ -128,7 +128,7 @@ pub enum LabCmd {
         #[arg(short = 'f', long)]
         file: String,
     },
-    /// Delete the Services, NetworkPolicies and pods of a manifest (`-f FILE`), one pod (`pod NAME`), one Service (`service NAME`) or one NetworkPolicy (`networkpolicy NAME`).
+    /// Delete the Services, NetworkPolicies, ClusterNetworkPolicies and pods of a manifest (`-f FILE`), one pod (`pod NAME`), one Service (`service NAME`), one NetworkPolicy (`networkpolicy NAME`) or one ClusterNetworkPolicy (`clusternetworkpolicy NAME`, cluster-scoped: no -n).
     Delete {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
@@ -139,14 +139,14 @@ pub enum LabCmd {
         /// Seconds a deleted pod keeps running, its endpoints terminating (the command waits).
         #[arg(long, default_value_t = 0)]
         grace_period: u64,
-        /// `pod NAME` | `service NAME` | `networkpolicy NAME`
+        /// `pod NAME` | `service NAME` | `networkpolicy NAME` | `clusternetworkpolicy NAME` (cnp)
         what: Vec<String>,
     },
-    /// List nodes, pods, services, endpointslices, events or networkpolicies.
+    /// List nodes, pods, services, endpointslices, events, networkpolicies or clusternetworkpolicies.
     Get {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
-        /// nodes | pods | services (svc) | endpointslices | events (ev) | networkpolicies (netpol)
+        /// nodes | pods | services (svc) | endpointslices | events (ev) | networkpolicies (netpol) | clusternetworkpolicies (cnp)
         resource: String,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
@@ -220,7 +220,7 @@ pub enum LabCmd {
         #[arg(short = 'o', long, value_enum)]
         output: Option<OutputArg>,
     },
-    /// The NetworkPolicy verdict on a connection, per direction, with the policy and rule that decided (what weft's model decides; not enforced yet).
+    /// The policy verdict on a connection, per direction (ClusterNetworkPolicy Admin tier, NetworkPolicy, Baseline tier), with the policy and rule that decided: the model the agents enforce.
     Explain {
         #[arg(long, default_value = DEFAULT_LAB)]
         name: String,
@@ -398,8 +398,16 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 (None, [kind, policy]) if matches!(kind.as_str(), "networkpolicy" | "networkpolicies" | "netpol") => {
                     ops::delete_network_policy(&name, &namespace, policy, &mut print_event)
                 }
+                (None, [kind, policy])
+                    if matches!(
+                        kind.as_str(),
+                        "clusternetworkpolicy" | "clusternetworkpolicies" | "cnp"
+                    ) =>
+                {
+                    ops::delete_cluster_network_policy(&name, policy, &mut print_event)
+                }
                 _ => bail!(
-                    "use `weft lab delete -f FILE`, `weft lab delete pod NAME`, `weft lab delete service NAME` or `weft lab delete networkpolicy NAME`"
+                    "use `weft lab delete -f FILE`, `weft lab delete pod NAME`, `weft lab delete service NAME`, `weft lab delete networkpolicy NAME` or `weft lab delete clusternetworkpolicy NAME`"
                 ),
             }
         }
@@ -437,8 +445,11 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 "networkpolicies" | "networkpolicy" | "netpol" => {
                     ops::get_network_policies(&name, ns, output)?
                 }
+                "clusternetworkpolicies" | "clusternetworkpolicy" | "cnp" => {
+                    ops::get_cluster_network_policies(&name, output)?
+                }
                 other => {
-                    bail!("cannot get {other:?}: use nodes, pods, services (svc), endpointslices, events (ev) or networkpolicies (netpol)")
+                    bail!("cannot get {other:?}: use nodes, pods, services (svc), endpointslices, events (ev), networkpolicies (netpol) or clusternetworkpolicies (cnp)")
                 }
             };
             print!("{text}");

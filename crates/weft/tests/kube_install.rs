@@ -53,6 +53,11 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
         assert!(dry.contains(object), "{object} missing: {dry}");
     }
     cp.kubectl_ok(&["apply", "-f", MANIFEST]);
+    // A cluster that has ClusterNetworkPolicies has their CRD.
+    let crd =
+        weft_lab::control_plane::peer_crd(weft_lab::control_plane::CLUSTER_NETWORK_POLICY_CRD)
+            .unwrap();
+    cp.kubectl_ok(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
     for (verb, resource, namespace) in [
         ("watch", "nodes", "default"),
         ("patch", "nodes/status", "default"),
@@ -60,6 +65,11 @@ fn the_install_manifest_is_accepted_and_its_role_is_least_privilege() {
         ("watch", "endpointslices.discovery.k8s.io", "default"),
         ("watch", "servicecidrs.networking.k8s.io", "default"),
         ("watch", "networkpolicies.networking.k8s.io", "default"),
+        (
+            "watch",
+            "clusternetworkpolicies.policy.networking.k8s.io",
+            "default",
+        ),
         ("watch", "pods", "default"),
         ("watch", "namespaces", "default"),
         ("patch", "services/status", "default"),

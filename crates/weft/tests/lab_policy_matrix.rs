@@ -170,7 +170,7 @@ impl World {
         };
         let mut isolated = false;
         let mut allowed = false;
-        for policy in policies {
+        for policy in policies.iter().filter(|p| p["kind"] == "NetworkPolicy") {
             if policy["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or("default")
@@ -203,10 +203,110 @@ impl World {
         isolated.then_some(allowed)
     }
 
+    /// One ClusterNetworkPolicy tier for one direction of `pod`: `Some`
+    /// when an Accept (true) or Deny (false) rule matches first, `None`
+    /// when none matches or a Pass does.
+    fn tier(
+        &self,
+        policies: &[Value],
+        tier: &str,
+        pod: &str,
+        peer: &str,
+        (port, protocol): (u16, &str),
+        egress: bool,
+    ) -> Option<bool> {
+        let (list_key, peers_key) = if egress {
+            ("egress", "to")
+        } else {
+            ("ingress", "from")
+        };
+        let mut in_tier: Vec<&Value> = policies
+            .iter()
+            .filter(|p| p["kind"] == "ClusterNetworkPolicy" && p["spec"]["tier"] == tier)
+            .collect();
+        in_tier.sort_by_key(|p| {
+            (
+                p["spec"]["priority"].as_i64(),
+                p["metadata"]["name"].to_string(),
+            )
+        });
+        for policy in in_tier {
+            let spec = &policy["spec"];
+            if !self.cluster_peer_matches(&spec["subject"], pod) {
+                continue;
+            }
+            for rule in spec[list_key].as_array().into_iter().flatten() {
+                let peers = rule[peers_key].as_array().unwrap();
+                if peers.iter().any(|p| self.cluster_peer_matches(p, peer))
+                    && Self::protocols_match(&rule["protocols"], port, protocol)
+                {
+                    return match rule["action"].as_str().unwrap() {
+                        "Accept" => Some(true),
+                        "Deny" => Some(false),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        None
+    }
+
+    /// A ClusterNetworkPolicy subject or peer (namespaces, pods or
+    /// networks) against pod `other`.
+    fn cluster_peer_matches(&self, peer: &Value, other: &str) -> bool {
+        let (ns, _) = split(other);
+        if let Some(selector) = peer.get("namespaces") {
+            return selects(selector, &namespace_labels(ns));
+        }
+        if let Some(pods) = peer.get("pods") {
+            return selects(&pods["namespaceSelector"], &namespace_labels(ns))
+                && selects(&pods["podSelector"], &pod_labels(other));
+        }
+        let networks = peer["networks"].as_array().unwrap();
+        networks
+            .iter()
+            .any(|n| in_cidr(self.ips[other], n.as_str().unwrap()))
+    }
+
+    /// A ClusterNetworkPolicy rule's `protocols` (absent: every one).
+    fn protocols_match(protocols: &Value, port: u16, protocol: &str) -> bool {
+        let Some(list) = protocols.as_array() else {
+            return true;
+        };
+        list.iter().any(|p| {
+            let Some(matched) = p.get(protocol.to_lowercase()) else {
+                return false;
+            };
+            let wanted = &matched["destinationPort"];
+            match (wanted["number"].as_u64(), wanted.get("range")) {
+                (Some(n), _) => n == u64::from(port),
+                (None, Some(range)) => (range["start"].as_u64().unwrap()
+                    ..=range["end"].as_u64().unwrap())
+                    .contains(&u64::from(port)),
+                (None, None) => true,
+            }
+        })
+    }
+
+    /// One direction through the tiers: Admin, NetworkPolicy, Baseline,
+    /// then allowed.
+    fn decides(
+        &self,
+        policies: &[Value],
+        pod: &str,
+        peer: &str,
+        (port, protocol): (u16, &str),
+        egress: bool,
+    ) -> bool {
+        self.tier(policies, "Admin", pod, peer, (port, protocol), egress)
+            .or_else(|| self.direction(policies, pod, peer, port, protocol, egress))
+            .or_else(|| self.tier(policies, "Baseline", pod, peer, (port, protocol), egress))
+            .unwrap_or(true)
+    }
+
     fn allows(&self, policies: &[Value], from: &str, to: &str, port: u16, protocol: &str) -> bool {
-        let egress = self.direction(policies, from, to, port, protocol, true);
-        let ingress = self.direction(policies, to, from, port, protocol, false);
-        egress.unwrap_or(true) && ingress.unwrap_or(true)
+        self.decides(policies, from, to, (port, protocol), true)
+            && self.decides(policies, to, from, (port, protocol), false)
     }
 }
 
@@ -467,10 +567,167 @@ fn apply_policies(lab: &Lab, policies: &[Value]) {
 
 fn delete_policies(lab: &Lab, policies: &[Value]) {
     for p in policies {
-        let ns = p["metadata"]["namespace"].as_str().unwrap();
         let name = p["metadata"]["name"].as_str().unwrap();
-        lab.ok(&["delete", "-n", ns, "networkpolicy", name]);
+        match p["metadata"]["namespace"].as_str() {
+            Some(ns) => lab.ok(&["delete", "-n", ns, "networkpolicy", name]),
+            None => lab.ok(&["delete", "clusternetworkpolicy", name]),
+        };
     }
+}
+
+/// A ClusterNetworkPolicy named `name` in `tier` at `priority`, with the
+/// rest of its spec in `spec` (subject and rules).
+fn cluster_policy(name: &str, tier: &str, priority: u32, mut spec: Value) -> Value {
+    spec["tier"] = json!(tier);
+    spec["priority"] = json!(priority);
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1beta1",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// The namespaces labelled `ns: NAME`, as a selector.
+fn ns_is(name: &str) -> Value {
+    json!({"matchLabels": {"ns": name}})
+}
+
+/// The tiers of ClusterNetworkPolicy around NetworkPolicy: each case's
+/// matrix written by hand from the API's documentation.
+fn cluster_cases(lab: &Lab, world: &World) {
+    let allow_all_in_x = policy(
+        "x",
+        "allow-all",
+        json!({"podSelector": {}, "ingress": [{}]}),
+    );
+    let deny_y = cluster_policy(
+        "deny-y-to-x",
+        "Admin",
+        20,
+        json!({"subject": {"namespaces": ns_is("x")},
+               "ingress": [{"action": "Deny", "from": [{"namespaces": ns_is("y")}]}]}),
+    );
+    case(
+        lab,
+        world,
+        "admin deny that a NetworkPolicy cannot reopen",
+        &[allow_all_in_x.clone(), deny_y.clone()],
+        Expected::everywhere(Reach::all(true).set("y/*", "x/*", false)),
+    );
+
+    // Priority 10 before 20; within a policy, rule order.
+    let accept_y_b = cluster_policy(
+        "accept-y-b",
+        "Admin",
+        10,
+        json!({"subject": {"namespaces": ns_is("x")},
+               "ingress": [
+                 {"action": "Accept", "from": [{"pods": {"namespaceSelector": ns_is("y"), "podSelector": {"matchLabels": {"pod": "b"}}}}],
+                  "protocols": [{"tcp": {"destinationPort": {"number": 80}}}, {"udp": {"destinationPort": {"range": {"start": 80, "end": 81}}}}]},
+                 {"action": "Deny", "from": [{"pods": {"namespaceSelector": ns_is("y"), "podSelector": {"matchLabels": {"pod": "b"}}}}]}]}),
+    );
+    let y_b_only_some = Reach::all(true)
+        .set("y/a", "x/*", false)
+        .set("y/c", "x/*", false);
+    case(
+        lab,
+        world,
+        "admin priorities and rule order",
+        &[deny_y, accept_y_b],
+        Expected::everywhere(y_b_only_some.clone().set("y/b", "x/*", false))
+            .with(80, "TCP", y_b_only_some.clone())
+            .with(80, "UDP", y_b_only_some.clone())
+            .with(81, "UDP", y_b_only_some),
+    );
+
+    // Admin passes z to NetworkPolicy (which lets only z/a into x/a) and
+    // denies the rest; x/b and x/c have no NetworkPolicy, so Baseline
+    // decides for them: it denies z/c.
+    let pass_z = cluster_policy(
+        "pass-z",
+        "Admin",
+        1,
+        json!({"subject": {"namespaces": ns_is("x")},
+               "ingress": [{"action": "Pass", "from": [{"namespaces": ns_is("z")}]},
+                           {"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    let a_from_z_a = policy(
+        "x",
+        "a-from-z-a",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"namespaceSelector": ns_is("z"), "podSelector": {"matchLabels": {"pod": "a"}}}]}]}),
+    );
+    let baseline_deny_c = cluster_policy(
+        "baseline-deny-c",
+        "Baseline",
+        1,
+        json!({"subject": {"namespaces": ns_is("x")},
+               "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "c"}}}}]}]}),
+    );
+    case(
+        lab,
+        world,
+        "admin pass to NetworkPolicy, then Baseline",
+        &[pass_z, a_from_z_a, baseline_deny_c],
+        Expected::everywhere(
+            Reach::all(true)
+                .set("*/*", "x/*", false)
+                .set("z/a", "x/*", true)
+                .set("z/b", "x/b", true)
+                .set("z/b", "x/c", true),
+        ),
+    );
+
+    // Baseline denies ingress to x and y; y's NetworkPolicy overrides it
+    // for x's pods.
+    let baseline_deny = cluster_policy(
+        "baseline-deny",
+        "Baseline",
+        5,
+        json!({"subject": {"namespaces": {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["x", "y"]}]}},
+               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    let y_from_x = policy(
+        "y",
+        "from-x",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("x")}]}]}),
+    );
+    case(
+        lab,
+        world,
+        "a NetworkPolicy overrides a Baseline deny",
+        &[baseline_deny, y_from_x],
+        Expected::everywhere(
+            Reach::all(true)
+                .set("*/*", "x/*", false)
+                .set("*/*", "y/*", false)
+                .set("x/*", "y/*", true),
+        ),
+    );
+
+    // Egress by networks: z reaches x/a alone (an Accept of its /32 before
+    // a Deny of the pod network).
+    let x_a = std::net::Ipv4Addr::from(world.ips["x/a"]);
+    let z_to_x_a = cluster_policy(
+        "z-to-x-a",
+        "Admin",
+        3,
+        json!({"subject": {"namespaces": ns_is("z")},
+               "egress": [{"action": "Accept", "to": [{"networks": [format!("{x_a}/32")]}]},
+                          {"action": "Deny", "to": [{"networks": ["10.244.0.0/16"]}]}]}),
+    );
+    case(
+        lab,
+        world,
+        "admin egress to networks",
+        &[z_to_x_a],
+        Expected::everywhere(
+            Reach::all(true)
+                .set("z/*", "*/*", false)
+                .set("z/*", "x/a", true),
+        ),
+    );
 }
 
 /// Runs a case: applies `policies`, checks the hand-written expectation
@@ -850,5 +1107,6 @@ fn the_upstream_matrix_and_generated_cases_hold(#[case] mode: Mode) {
     let world = setup(&lab);
     assert_reach(&lab, "no policies", &Expected::everywhere(Reach::all(true)));
     upstream_cases(&lab, &world);
+    cluster_cases(&lab, &world);
     generated_cases(&lab, &world, 12);
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use weft_datapath::nflog::{Flow, LogGroup};
-use weft_policy::model::{NamespaceLabels, Pod, Policy, Protocol};
+use weft_policy::model::{NamespaceLabels, Pod, Policies, Protocol};
 use weft_policy::rules::LOG_GROUP;
 use weft_policy::verdict::{verdict, Connection, Party};
 
@@ -84,7 +84,7 @@ impl Recent {
 /// now.
 pub fn explain(
     flow: &Flow,
-    policies: &[Policy],
+    policies: &Policies,
     pods: &[Pod],
     namespaces: &NamespaceLabels,
 ) -> String {
@@ -101,7 +101,7 @@ pub fn explain(
     };
     let (Some(protocol), Some(port)) = (protocol, flow.dport) else {
         return format!(
-            "denied {from} → {to} (IP protocol {}): no NetworkPolicy rule allows it",
+            "denied {from} → {to} (IP protocol {}): no policy rule allows it",
             flow.protocol
         );
     };
@@ -147,7 +147,12 @@ mod tests {
 
     #[test]
     fn unknown_addresses_and_protocols_are_still_explained() {
-        let line = explain(&flow(80), &[], &[], &NamespaceLabels::new());
+        let line = explain(
+            &flow(80),
+            &Policies::default(),
+            &[],
+            &NamespaceLabels::new(),
+        );
         assert!(
             line.starts_with(
                 "denied by rules since replaced; now allowed 10.244.1.2 → 10.244.2.3:80/TCP"
@@ -159,10 +164,10 @@ mod tests {
             dport: None,
             ..flow(0)
         };
-        let line = explain(&icmp, &[], &[], &NamespaceLabels::new());
+        let line = explain(&icmp, &Policies::default(), &[], &NamespaceLabels::new());
         assert_eq!(
             line,
-            "denied 10.244.1.2 → 10.244.2.3 (IP protocol 1): no NetworkPolicy rule allows it"
+            "denied 10.244.1.2 → 10.244.2.3 (IP protocol 1): no policy rule allows it"
         );
     }
 }

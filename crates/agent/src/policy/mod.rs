@@ -31,7 +31,8 @@ use weft_cluster::cache::{object_key, Cache};
 use weft_cluster::{Cluster, ClusterError, Event, Watched};
 use weft_datapath::nflog::Flow;
 use weft_datapath::nft::{self, Family};
-use weft_policy::model::{self, namespace_labels, NamespaceLabels, Policy};
+use weft_policy::api::ClusterNetworkPolicy;
+use weft_policy::model::{self, namespace_labels, NamespaceLabels, Policies};
 use weft_policy::rules;
 
 use crate::proxy::event;
@@ -136,10 +137,11 @@ fn check_bridge_netfilter() -> BridgeNetfilter {
     found
 }
 
-/// The caches of the three kinds, and the addresses of pods started
+/// The caches of the four kinds, and the addresses of pods started
 /// since their status last said where they are.
 struct State {
     policies: Cache<NetworkPolicy>,
+    cluster_policies: Cache<ClusterNetworkPolicy>,
     pods: Cache<Pod>,
     namespaces: Cache<Namespace>,
     started: gate::Started,
@@ -147,21 +149,26 @@ struct State {
 
 impl State {
     fn synced(&self) -> bool {
-        self.policies.is_synced() && self.pods.is_synced() && self.namespaces.is_synced()
+        self.policies.is_synced()
+            && self.cluster_policies.is_synced()
+            && self.pods.is_synced()
+            && self.namespaces.is_synced()
+    }
+
+    fn policies(&self) -> Policies {
+        Policies::read(self.policies.values(), self.cluster_policies.values())
     }
 
     /// The table for `node` as the caches stand. Without policies it does
     /// not depend on pods: they are not read then (a pod event on a node
     /// without policies costs nothing).
     fn table(&self, node: &str) -> rules::Table {
-        let policies: Vec<Policy> = self.policies.values().map(Policy::read).collect();
+        let policies = self.policies();
         if policies.is_empty() {
-            return rules::table(&[], &[], &NamespaceLabels::new(), node);
+            return rules::table(&policies, &[], &NamespaceLabels::new(), node);
         }
-        for policy in &policies {
-            for problem in &policy.problems {
-                tracing::debug!(policy = %policy.key, %problem, "part of a NetworkPolicy matches nothing");
-            }
+        for problem in policies.problems() {
+            tracing::debug!(%problem, "part of a policy could not be read");
         }
         let namespaces = namespace_labels(self.namespaces.values());
         rules::table(&policies, &self.pods(), &namespaces, node)
@@ -194,9 +201,8 @@ impl State {
         if !self.synced() || !recent.is_new(flow, std::time::Instant::now()) {
             return;
         }
-        let policies: Vec<Policy> = self.policies.values().map(Policy::read).collect();
         let namespaces = namespace_labels(self.namespaces.values());
-        let line = denials::explain(&flow, &policies, &self.pods(), &namespaces);
+        let line = denials::explain(&flow, &self.policies(), &self.pods(), &namespaces);
         tracing::warn!(target: denials::TARGET, "{line}");
     }
 
@@ -256,10 +262,12 @@ async fn follow<C: Cluster>(
 ) -> Result<()> {
     let mut gate = bind_gate(socket);
     let mut policies = cluster.watch::<NetworkPolicy>();
+    let mut cluster_policies = cluster.watch::<ClusterNetworkPolicy>();
     let mut pods = cluster.watch::<Pod>();
     let mut namespaces = cluster.watch::<Namespace>();
     let mut state = State {
         policies: Cache::new(object_key),
+        cluster_policies: Cache::new(object_key),
         pods: Cache::new(object_key),
         namespaces: Cache::new(object_key),
         started: gate.as_ref().map(Gate::started).unwrap_or_default(),
@@ -273,6 +281,7 @@ async fn follow<C: Cluster>(
         let next_deadline = waiting.iter().map(|a| a.deadline).min();
         tokio::select! {
             e = policies.next() => take(&mut state.policies, e),
+            e = cluster_policies.next() => take(&mut state.cluster_policies, e),
             e = pods.next() => take(&mut state.pods, e),
             e = namespaces.next() => take(&mut state.namespaces, e),
             asked = next_asked(&mut gate) => waiting.push(asked),
@@ -301,6 +310,10 @@ async fn follow<C: Cluster>(
             let mut took = false;
             while let Some(e) = policies.next().now_or_never() {
                 take(&mut state.policies, e);
+                took = true;
+            }
+            while let Some(e) = cluster_policies.next().now_or_never() {
+                take(&mut state.cluster_policies, e);
                 took = true;
             }
             while let Some(e) = pods.next().now_or_never() {
@@ -371,7 +384,7 @@ fn refuse_overdue(waiting: Vec<Asked>, synced: bool) -> Vec<Asked> {
                 gate::PATIENCE
             )
         } else {
-            "the agent is still reading the cluster's NetworkPolicies, Pods and Namespaces".into()
+            "the agent is still reading the cluster's policies, Pods and Namespaces".into()
         };
         asked.refuse(why);
     }
@@ -413,6 +426,7 @@ mod tests {
     fn state(pods: Vec<Pod>) -> State {
         let mut state = State {
             policies: Cache::new(object_key),
+            cluster_policies: Cache::new(object_key),
             pods: Cache::new(object_key),
             namespaces: Cache::new(object_key),
             started: gate::Started::new(),
@@ -422,9 +436,11 @@ mod tests {
             state.pods.apply(Event::InitApply(p));
         }
         state.pods.apply(Event::InitDone);
-        // No policies, no namespaces: listed, and empty.
+        // No policies of either kind, no namespaces: listed, and empty.
         state.policies.apply(Event::Init);
         state.policies.apply(Event::InitDone);
+        state.cluster_policies.apply(Event::Init);
+        state.cluster_policies.apply(Event::InitDone);
         state.namespaces.apply(Event::Init);
         state.namespaces.apply(Event::InitDone);
         state

@@ -1,4 +1,4 @@
-//! `weft lab explain`: the NetworkPolicy verdict on a connection between
+//! `weft lab explain`: the policy verdict on a connection between
 //! lab parties, per direction, with the policy and rule that decided —
 //! computed by `weft-policy` from the lab's Pods, Namespaces and
 //! NetworkPolicies. A Service destination is explained for each of its
@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use weft_policy::model::{self, namespace_labels, Policy, Protocol};
+use weft_policy::api::ClusterNetworkPolicy;
+use weft_policy::model::{self, namespace_labels, Policies, Protocol};
 use weft_policy::verdict::{verdict, Connection, Party};
 
 use super::matrix::default_port;
@@ -96,12 +97,10 @@ pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
     let lab = Lab::open(name)?;
     let pods: Vec<Pod> = lab.cluster.list()?;
     let namespaces = namespace_labels(&lab.cluster.list::<Namespace>()?);
-    let policies: Vec<Policy> = lab
-        .cluster
-        .list::<NetworkPolicy>()?
-        .iter()
-        .map(Policy::read)
-        .collect();
+    let policies = Policies::read(
+        &lab.cluster.list::<NetworkPolicy>()?,
+        &lab.cluster.list::<ClusterNetworkPolicy>()?,
+    );
     let model_pods: Vec<model::Pod> = pods.iter().map(model::Pod::read).collect();
     let query = Query::of(opts)?;
     let destinations = destinations(&lab, &pods, &model_pods, &query)?;
@@ -121,13 +120,8 @@ pub fn explain(name: &str, opts: &ExplainOptions) -> Result<String> {
         };
         lines.push(verdict(&policies, &namespaces, &conn).explain(&conn));
     }
-    for policy in &policies {
-        for problem in &policy.problems {
-            lines.push(format!(
-                "note: {}: {problem} (it matches nothing)",
-                policy.key
-            ));
-        }
+    for problem in policies.problems() {
+        lines.push(format!("note: {problem}"));
     }
     Ok(lines.join("\n") + "\n")
 }

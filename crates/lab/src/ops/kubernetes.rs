@@ -23,6 +23,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use weft_policy::api::ClusterNetworkPolicy;
 
 use super::cluster::Cluster;
 use super::{Binaries, Deletions, Lab};
@@ -46,8 +47,8 @@ fn api(lab: &Lab) -> Result<(&tokio::runtime::Runtime, &Client)> {
     }
 }
 
-/// Once the API server is ready: weft's install manifest, the agents'
-/// token, then one agent per node (their kubelets already run).
+/// Once the API server is ready: the CRDs, weft's install manifest, the
+/// agents' token, then one agent per node (their kubelets already run).
 /// `started` is when the control plane was started, for the report of how
 /// long the API server took.
 pub(super) fn bootstrap(
@@ -64,6 +65,7 @@ pub(super) fn bootstrap(
             seconds: started.elapsed().as_secs_f64(),
         });
         let client = kube_control_plane::admin_client(layout).await?;
+        kube_control_plane::install_crds(&client).await?;
         install::apply(&client).await?;
         kube_control_plane::write_agent_kubeconfig(&client, layout, state).await
     })?;
@@ -170,6 +172,9 @@ pub(super) fn apply(lab: &Lab, resources: &[Resource], report: Report<'_>) -> Re
                 Resource::Pod(p) => apply_one(&namespaced(client, p), p).await,
                 Resource::Deployment(d) => apply_one(&namespaced(client, d), d).await,
                 Resource::NetworkPolicy(np) => apply_one(&namespaced(client, np), np).await,
+                Resource::ClusterNetworkPolicy(cnp) => {
+                    apply_one(&Api::<ClusterNetworkPolicy>::all(client.clone()), cnp).await
+                }
             }
             .with_context(|| format!("applying {object}"))?;
             match resource {
@@ -297,8 +302,9 @@ async fn deployment_pods(
     Ok((list.items, replicas))
 }
 
-/// `weft lab delete` in Kubernetes mode: Services, Deployments (with
-/// their pods) and Pods, each deleted as kubectl does; waits until the
+/// `weft lab delete` in Kubernetes mode: Services, NetworkPolicies,
+/// ClusterNetworkPolicies, Deployments (with their pods) and Pods, each
+/// deleted as kubectl does; waits until the
 /// pods are gone, which is when their kubelet stopped them and ran CNI DEL.
 pub(super) fn delete(
     lab: &Lab,
@@ -310,6 +316,7 @@ pub(super) fn delete(
     let Deletions {
         services,
         policies,
+        cluster_policies,
         deployments,
         pods,
     } = doomed;
@@ -324,6 +331,11 @@ pub(super) fn delete(
             let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
             let found = delete_one(&api, name, &DeleteParams::default()).await?;
             report(Event::Deleted { object: format!("networkpolicy/{name}"), found });
+        }
+        for name in cluster_policies {
+            let api: Api<ClusterNetworkPolicy> = Api::all(client.clone());
+            let found = delete_one(&api, name, &DeleteParams::default()).await?;
+            report(Event::Deleted { object: format!("clusternetworkpolicy/{name}"), found });
         }
         for (namespace, name) in deployments {
             let (pods, _) = deployment_pods(client, namespace, name).await?;

@@ -1,4 +1,5 @@
-//! `weft lab get services|endpointslices|events|networkpolicies`: kubectl's columns, or
+//! `weft lab get services|endpointslices|events|networkpolicies|clusternetworkpolicies`:
+//! kubectl's columns, or
 //! the objects as a v1 `List`. The cells are pure functions of one object
 //! (and the time); only the `get_*` functions read the cluster; they return
 //! the text for the CLI to print.
@@ -10,6 +11,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
+use weft_policy::api::ClusterNetworkPolicy;
 
 use super::{Lab, Output};
 use crate::endpointslices::SERVICE_NAME_LABEL;
@@ -71,6 +73,36 @@ pub fn get_network_policies(name: &str, namespace: Option<&str>, output: Output)
     render_objects(&items, namespace, output, &["NAME", "POD-SELECTOR"], |np| {
         vec![key(np).1, pod_selector(np)]
     })
+}
+
+/// `weft lab get clusternetworkpolicies`: NAME, TIER, PRIORITY, AGE (the
+/// CRD's printer columns, as kubectl shows them); cluster-scoped, so
+/// never a NAMESPACE column and no namespace to filter on.
+pub fn get_cluster_network_policies(name: &str, output: Output) -> Result<String> {
+    let lab = Lab::open(name)?;
+    let items = lab.cluster.list::<ClusterNetworkPolicy>()?;
+    if output == Output::Json {
+        return super::list_json("List", &items).map(|json| json + "\n");
+    }
+    let now = Timestamp::now();
+    let mut rows = vec![["NAME", "TIER", "PRIORITY", "AGE"]
+        .map(String::from)
+        .to_vec()];
+    rows.extend(items.iter().map(|cnp| cluster_policy_row(cnp, now)));
+    Ok(table(&rows))
+}
+
+/// NAME, TIER, PRIORITY, AGE.
+fn cluster_policy_row(cnp: &ClusterNetworkPolicy, now: Timestamp) -> Vec<String> {
+    vec![
+        cnp.metadata.name.clone().unwrap_or_default(),
+        cnp.spec.tier.clone(),
+        cnp.spec.priority.to_string(),
+        cnp.metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or_else(|| "<unknown>".into(), |t| age(now, t.0)),
+    ]
 }
 
 /// kubectl's POD-SELECTOR: `k=v,…` and the expressions, `<none>` for all.
@@ -445,6 +477,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(slice_row(&empty), vec!["e", "IPv4", "<unset>", "<unset>"]);
+    }
+
+    #[test]
+    fn cluster_policy_rows_read_like_kubectl() {
+        let cnp: ClusterNetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "tenant-a", "creationTimestamp": "2026-12-01T08:00:00Z"},
+            "spec": {"tier": "Baseline", "priority": 7, "subject": {"namespaces": {}}}
+        }))
+        .unwrap();
+        let now: Timestamp = "2026-12-01T11:00:00Z".parse().unwrap();
+        assert_eq!(
+            cluster_policy_row(&cnp, now),
+            ["tenant-a", "Baseline", "7", "3h"]
+        );
+        let mut fresh = cnp.clone();
+        fresh.metadata.creation_timestamp = None;
+        assert_eq!(cluster_policy_row(&fresh, now)[3], "<unknown>");
     }
 
     #[test]
