@@ -427,9 +427,9 @@ impl ClusterPolicy {
     /// Reads `cnp`; an error when its tier is not one weft knows (it is
     /// then enforced in no tier, and the caller reports why).
     ///
-    /// A part that cannot be read *fails closed*, as the API asks: in an
-    /// Accept rule it matches nothing; in a Deny or Pass rule an unread
-    /// peer matches every peer and an unread protocol every port.
+    /// A rule with a part that cannot be read *fails closed*, as the API
+    /// asks: an Accept rule matches nothing; a Deny or Pass rule denies
+    /// everything.
     pub fn read(cnp: &ClusterNetworkPolicy) -> Result<ClusterPolicy, String> {
         let name = cnp.metadata.name.clone().unwrap_or_default();
         let spec = &cnp.spec;
@@ -544,10 +544,10 @@ fn cluster_rule(
             Action::Deny
         }
     };
-    // How an unread part is taken ("fails closed").
-    let (peers_taken, ports_taken) = match action {
-        Action::Accept => ("it matches nothing", "it matches nothing"),
-        _ => ("taken as every peer", "taken as every port"),
+    // How a rule with an unread part is taken ("fails closed").
+    let taken = match action {
+        Action::Accept => "the rule matches nothing",
+        _ => "the rule denies everything",
     };
     let mut unread = false;
     let mut read_peers = Vec::new();
@@ -555,13 +555,13 @@ fn cluster_rule(
         match cluster_peer(peer, egress) {
             Ok(mut each) => read_peers.append(&mut each),
             Err(why) => {
-                problems.push(format!("{at}: peer {i}: {why}; {peers_taken}"));
+                problems.push(format!("{at}: peer {i}: {why}; {taken}"));
                 unread = true;
             }
         }
     }
     if read_peers.is_empty() && !unread {
-        problems.push(format!("{at}: needs at least one peer; {peers_taken}"));
+        problems.push(format!("{at}: needs at least one peer; {taken}"));
         unread = true;
     }
     let mut ports = Vec::new();
@@ -570,31 +570,35 @@ fn cluster_rule(
         match cluster_port(p) {
             Some(port) => ports.push(port),
             None => {
-                problems.push(format!("{at}.protocols[{i}]: needs exactly one of tcp, udp or sctp with a port number or range; {ports_taken}"));
+                problems.push(format!("{at}.protocols[{i}]: needs exactly one of tcp, udp or sctp with a port number or range; {taken}"));
                 unread_port = true;
             }
         }
     }
-    let matches = match action {
-        // Matches nothing: the unread peer or protocol is left out, and a
-        // rule left with none matches nothing.
-        Action::Accept
-            if (unread && read_peers.is_empty()) || (unread_port && ports.is_empty()) =>
-        {
+    // Fails closed as the API words it: an Accept rule with a part it
+    // cannot read matches nothing; a Deny or Pass rule is a Deny of all.
+    let (action, matches) = match (action, unread || unread_port) {
+        (_, false) => (
+            action,
+            Rule {
+                peers: read_peers,
+                ports,
+            },
+        ),
+        (Action::Accept, true) => (
+            action,
             Rule {
                 peers: vec![Peer::Nothing],
                 ports: Vec::new(),
-            }
-        }
-        Action::Accept => Rule {
-            peers: read_peers,
-            ports,
-        },
-        // Matches everything the unread part could have named.
-        _ => Rule {
-            peers: if unread { Vec::new() } else { read_peers },
-            ports: if unread_port { Vec::new() } else { ports },
-        },
+            },
+        ),
+        (Action::Deny | Action::Pass, true) => (
+            Action::Deny,
+            Rule {
+                peers: Vec::new(),
+                ports: Vec::new(),
+            },
+        ),
     };
     ClusterRule {
         name: name.clone(),
@@ -604,7 +608,22 @@ fn cluster_rule(
 }
 
 /// A cluster-wide peer as NetworkPolicy peers (networks: one block each).
+/// A selector the API would not accept is unread: the CRD's schema does
+/// not check selectors, and one that matched nothing would let a Deny
+/// fail open.
 fn cluster_peer(peer: &api::Peer, networks_allowed: bool) -> Result<Vec<Peer>, String> {
+    let selectors = [
+        peer.namespaces.as_ref(),
+        peer.pods.as_ref().map(|p| &p.namespace_selector),
+        peer.pods.as_ref().map(|p| &p.pod_selector),
+    ];
+    for selector in selectors.into_iter().flatten() {
+        let mut errors = weft_validation::Errors::default();
+        weft_validation::labels::validate_selector(selector, "selector", &mut errors);
+        if !errors.is_empty() {
+            return Err(format!("an invalid selector ({errors})"));
+        }
+    }
     match (&peer.namespaces, &peer.pods, &peer.networks) {
         (Some(namespaces), None, None) => Ok(vec![Peer::Pods {
             namespaces: Some(namespaces.clone()),

@@ -11,7 +11,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 use weft_policy::api::ClusterNetworkPolicy;
 use weft_policy::model::{
-    ClusterPolicy, NamedPort, NamespaceLabels, Pod, Policies, Policy, Protocol,
+    Action, ClusterPolicy, NamedPort, NamespaceLabels, Pod, Policies, Policy, Protocol,
 };
 use weft_policy::verdict::{verdict, Connection, Decision, Party};
 
@@ -651,4 +651,87 @@ fn unreadable_peers_fail_closed() {
         denied_under(&p, 80, Protocol::Tcp),
         pairs(&["x/a", "x/b", "x/c"], &ALL)
     );
+}
+
+#[test]
+fn a_pass_that_cannot_be_read_denies_everything() {
+    // Pass to NetworkPolicy for `nodes` (experimental), then Deny all:
+    // read as a Pass of everything, the egress would go on to the
+    // (allowing) later tiers; failing closed, it is denied.
+    let admin = cluster(
+        "pass-nodes",
+        "Admin",
+        0,
+        json!({"subject": in_ns("x"), "egress": [
+            {"action": "Pass", "to": [{"nodes": {}}]},
+            {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}),
+    );
+    assert_eq!(admin.egress[0].action, Action::Deny);
+    let p = Policies::new(vec![], vec![admin]);
+    assert!(!allowed_under(&p, "x/a", "y/a", 80, Protocol::Tcp));
+    // So does one with a protocol it cannot read, next to one it can.
+    let named = cluster(
+        "pass-named",
+        "Baseline",
+        0,
+        json!({"subject": in_ns("x"), "ingress": [{"action": "Pass", "from": [{"namespaces": {}}],
+               "protocols": [{"tcp": {"destinationPort": {"number": 80}}}, {"destinationNamedPort": "http"}]}]}),
+    );
+    let p = Policies::new(vec![], vec![named]);
+    assert!(!allowed_under(&p, "y/a", "x/a", 81, Protocol::Udp));
+    // And a Deny whose selector the API would not accept (the CRD's
+    // schema does not check them), which must not match nothing.
+    let bad_selector = cluster(
+        "deny-bad-selector",
+        "Admin",
+        0,
+        json!({"subject": in_ns("x"), "ingress": [{"action": "Deny", "from": [
+            {"namespaces": {"matchExpressions": [{"key": "ns", "operator": "in", "values": ["y"]}]}}]}]}),
+    );
+    let p = Policies::new(vec![], vec![bad_selector]);
+    assert_eq!(
+        denied_under(&p, 80, Protocol::Tcp),
+        pairs(&ALL, &["x/a", "x/b", "x/c"])
+    );
+}
+
+#[test]
+fn an_admin_accept_overrides_a_network_policy_and_egress_still_needs_the_ingress() {
+    // x's pods accept y/a by Admin, whatever x's deny-all says.
+    let accept = cluster(
+        "accept-y-a",
+        "Admin",
+        0,
+        json!({"subject": in_ns("x"), "ingress": [{"action": "Accept", "from": [
+            {"pods": {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "a"}}}}]}],
+               "egress": [{"action": "Accept", "to": [{"namespaces": {}}]}]}),
+    );
+    let deny_all = policy(
+        "x",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+    );
+    let z_deny_all = policy("z", "deny-all", json!({"podSelector": {}}));
+    let p = Policies::new(vec![deny_all, z_deny_all], vec![accept]);
+    assert!(allowed_under(&p, "y/a", "x/b", 80, Protocol::Tcp));
+    assert!(!allowed_under(&p, "y/b", "x/b", 80, Protocol::Tcp));
+    // x's egress is Accepted past its deny-all, to y; z's ingress still
+    // denies it.
+    assert!(allowed_under(&p, "x/a", "y/c", 80, Protocol::Tcp));
+    assert!(!allowed_under(&p, "x/a", "z/c", 80, Protocol::Tcp));
+}
+
+#[test]
+fn a_baseline_pass_allows() {
+    let baseline = cluster(
+        "pass-then-deny",
+        "Baseline",
+        0,
+        json!({"subject": in_ns("x"), "ingress": [
+            {"action": "Pass", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]},
+            {"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    let p = Policies::new(vec![], vec![baseline]);
+    assert!(allowed_under(&p, "y/a", "x/a", 80, Protocol::Tcp));
+    assert!(!allowed_under(&p, "z/a", "x/a", 80, Protocol::Tcp));
 }

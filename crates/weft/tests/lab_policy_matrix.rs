@@ -9,7 +9,8 @@
 //! model: the upstream cases' matrices written here by hand, and an
 //! oracle (below) that reads the policies as plain JSON. The hand-written
 //! matrices are checked against the oracle too, then generated cases
-//! (selectors × peers × ports × protocols, cyclonus-style) are checked
+//! (selectors × peers × ports × protocols, cyclonus-style; and
+//! ClusterNetworkPolicy tiers × actions × peers × protocols) are checked
 //! against the oracle alone. As upstream, a pod probing itself is not
 //! judged (loopback through a Service is not defined by the API).
 
@@ -1068,37 +1069,133 @@ fn generated_policy(rng: &mut Lcg, world: &World, index: usize) -> Value {
     policy(ns, &format!("generated-{index}"), spec)
 }
 
+/// A ClusterNetworkPolicy of either tier with one to three rules per
+/// direction, of every action, peer kind and protocol form.
+fn generated_cluster_policy(rng: &mut Lcg, world: &World, index: usize) -> Value {
+    let pods =
+        |ns: Value, pod: Value| json!({"pods": {"namespaceSelector": ns, "podSelector": pod}});
+    let subjects = [
+        json!({"namespaces": {}}),
+        json!({"namespaces": ns_is("x")}),
+        pods(json!({}), json!({"matchLabels": {"pod": "a"}})),
+        pods(
+            json!({"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y", "z"]}]}),
+            json!({"matchExpressions": [{"key": "pod", "operator": "NotIn", "values": ["c"]}]}),
+        ),
+    ];
+    let ip = |pod: &str| format!("{}/32", std::net::Ipv4Addr::from(world.ips[pod]));
+    let peers = [
+        json!({"namespaces": {}}),
+        json!({"namespaces": ns_is("z")}),
+        pods(json!({}), json!({"matchLabels": {"pod": "b"}})),
+        pods(ns_is("y"), json!({"matchLabels": {"pod": "a"}})),
+    ];
+    let networks = [
+        json!({"networks": [ip("x/a"), ip("z/c")]}),
+        json!({"networks": ["10.244.0.0/16"]}),
+    ];
+    let protocols = [
+        json!(null),
+        json!([{"tcp": {"destinationPort": {"number": 80}}}]),
+        json!([{"udp": {"destinationPort": {"range": {"start": 80, "end": 81}}}}]),
+        json!([{"tcp": {"destinationPort": {"number": 81}}}, {"udp": {"destinationPort": {"number": 80}}}]),
+    ];
+    let tier = *rng.pick(&["Admin", "Baseline"]);
+    let priority = *rng.pick(&[1u32, 5, 5, 9]);
+    let mut spec = json!({"subject": rng.pick(&subjects).clone()});
+    for (direction, peers_key) in rng.pick(&[
+        vec![("ingress", "from")],
+        vec![("egress", "to")],
+        vec![("ingress", "from"), ("egress", "to")],
+    ]) {
+        let rules: Vec<Value> = (0..*rng.pick(&[1usize, 2, 3]))
+            .map(|_| {
+                let mut choices: Vec<&Value> = peers.iter().collect();
+                if *direction == "egress" {
+                    choices.extend(&networks);
+                }
+                let mut rule = json!({
+                    "action": rng.pick(&["Accept", "Deny", "Pass"]),
+                    *peers_key: [*rng.pick(&choices)],
+                });
+                let protocols = rng.pick(&protocols);
+                if !protocols.is_null() {
+                    rule["protocols"] = protocols.clone();
+                }
+                rule
+            })
+            .collect();
+        spec[*direction] = Value::Array(rules);
+    }
+    cluster_policy(&format!("generated-{index}"), tier, priority, spec)
+}
+
+/// Cases of one or two generated ClusterNetworkPolicies and at most one
+/// NetworkPolicy, checked against the oracle alone.
+fn generated_cluster_cases(lab: &Lab, world: &World, count: usize) {
+    let mut rng = Lcg(0xc1_2026);
+    let mut denying = 0;
+    for i in 0..count {
+        let mut policies: Vec<Value> = (0..*rng.pick(&[1usize, 2]))
+            .map(|j| generated_cluster_policy(&mut rng, world, i * 10 + j))
+            .collect();
+        if *rng.pick(&[true, false]) {
+            policies.push(generated_policy(&mut rng, world, i * 10 + 5));
+        }
+        let case = format!("generated cluster-wide {i}");
+        denying += usize::from(generated_case(lab, world, &case, &policies) > 0);
+    }
+    // A generator whose cases deny nothing would test nothing.
+    assert!(
+        denying * 2 >= count,
+        "only {denying} of {count} cases deny anything"
+    );
+}
+
 fn generated_cases(lab: &Lab, world: &World, count: usize) {
     let mut rng = Lcg(0x5eed_2026);
     for i in 0..count {
         let policies: Vec<Value> = (0..*rng.pick(&[1usize, 2, 3]))
             .map(|j| generated_policy(&mut rng, world, i * 10 + j))
             .collect();
-        let expected = Expected(
-            PORTS
-                .iter()
-                .flat_map(|p| PROTOCOLS.iter().map(move |pr| (*p, *pr)))
-                .map(|(port, protocol)| {
-                    (
-                        (port, protocol),
-                        Reach::oracle(world, &policies, port, protocol),
-                    )
-                })
-                .collect(),
-        );
-        let name = format!(
-            "generated {i}: {}",
-            serde_json::to_string(&policies.iter().map(|p| &p["spec"]).collect::<Vec<_>>())
-                .unwrap()
-        );
-        apply_policies(lab, &policies);
-        assert_reach(lab, &name, &expected);
-        delete_policies(lab, &policies);
+        generated_case(lab, world, &format!("generated {i}"), &policies);
     }
 }
 
-/// The upstream cases and 12 generated ones, on two nodes (so that
-/// ingress and egress are enforced by different agents for most pairs).
+/// Applies `policies`, checks every matrix against the oracle, and
+/// deletes them; returns how many probes the oracle expected denied.
+fn generated_case(lab: &Lab, world: &World, case: &str, policies: &[Value]) -> usize {
+    let expected = Expected(
+        PORTS
+            .iter()
+            .flat_map(|p| PROTOCOLS.iter().map(move |pr| (*p, *pr)))
+            .map(|(port, protocol)| {
+                (
+                    (port, protocol),
+                    Reach::oracle(world, policies, port, protocol),
+                )
+            })
+            .collect(),
+    );
+    let name = format!(
+        "{case}: {}",
+        serde_json::to_string(&policies.iter().map(|p| &p["spec"]).collect::<Vec<_>>()).unwrap()
+    );
+    apply_policies(lab, policies);
+    assert_reach(lab, &name, &expected);
+    delete_policies(lab, policies);
+    let denied = (expected.0.values())
+        .flat_map(|r| r.0.iter())
+        .filter(|((from, to), allowed)| from != to && !**allowed)
+        .count();
+    eprintln!("{case}: {denied} of the 288 probes (4 × 72) denied");
+    denied
+}
+
+/// The upstream cases, the ClusterNetworkPolicy tiers' cases, 12
+/// generated NetworkPolicy cases and 8 generated cluster-wide ones, on
+/// two nodes (so that ingress and egress are enforced by different
+/// agents for most pairs).
 #[rstest]
 #[case::embedded(Mode::Embedded)]
 #[case::kubernetes(Mode::Kubernetes)]
@@ -1109,4 +1206,5 @@ fn the_upstream_matrix_and_generated_cases_hold(#[case] mode: Mode) {
     upstream_cases(&lab, &world);
     cluster_cases(&lab, &world);
     generated_cases(&lab, &world, 12);
+    generated_cluster_cases(&lab, &world, 8);
 }
