@@ -10,7 +10,9 @@
 //! - after one policy changed, one pod's labels changed, and one new pod
 //!   (what weft-cni's ADD waits for);
 //!
-//! each the median of `--runs`, next to the same step without policies.
+//! each the median of `--runs`, next to the same step without policies,
+//! and with 20 ClusterNetworkPolicies (an Admin and a Baseline one per
+//! team of namespaces) on top of the 1,000.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
@@ -25,7 +27,10 @@ use weft_datapath::nft::{self, Family};
 use weft_datapath::nft_script::Script;
 use weft_datapath::scratch::Namespaces;
 use weft_datapath::NetNs;
-use weft_policy::model::{NamedPort, NamespaceLabels, Pod, Policies, Policy, Protocol};
+use weft_policy::api::ClusterNetworkPolicy;
+use weft_policy::model::{
+    ClusterPolicy, NamedPort, NamespaceLabels, Pod, Policies, Policy, Protocol,
+};
 use weft_policy::rules;
 
 use crate::lab;
@@ -63,7 +68,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(with_policies: bool) -> Cluster {
+    fn new(with_policies: bool, with_cluster_policies: bool) -> Cluster {
         let namespaces: NamespaceLabels = (0..NAMESPACES)
             .map(|n| {
                 let name = format!("ns-{n}");
@@ -75,11 +80,15 @@ impl Cluster {
             })
             .collect();
         let pods = (0..NAMESPACES * PODS_PER_NAMESPACE).map(pod).collect();
-        let policies = Policies::network(if with_policies {
-            (0..NAMESPACES).flat_map(namespace_policies).collect()
-        } else {
-            Vec::new()
-        });
+        let network = match with_policies {
+            true => (0..NAMESPACES).flat_map(namespace_policies).collect(),
+            false => Vec::new(),
+        };
+        let cluster = match with_cluster_policies {
+            true => (0..TEAMS).flat_map(team_policies).collect(),
+            false => Vec::new(),
+        };
+        let policies = Policies::new(network, cluster);
         Cluster {
             policies,
             pods,
@@ -159,6 +168,43 @@ fn namespace_specs(n: usize) -> Vec<serde_json::Value> {
         json!({"podSelector": tier("backend"), "ingress": [{"from": [{"ipBlock": {"cidr": "198.18.0.0/15"}}]}]}),
     ];
     specs.into()
+}
+
+/// The teams namespaces belong to (label `team: tN`).
+const TEAMS: usize = 10;
+
+/// Team `t`'s two ClusterNetworkPolicies: in the Admin tier, its
+/// namespaces take their own team's traffic, pass the next team's to
+/// NetworkPolicy and deny every other namespace's, and may not reach the
+/// nodes' network; in the Baseline tier, ingress is denied by default
+/// and DNS egress accepted.
+fn team_policies(t: usize) -> Vec<ClusterPolicy> {
+    let team = |t: usize| json!({"matchLabels": {"team": format!("t{}", t % TEAMS)}});
+    let specs = [
+        json!({"tier": "Admin", "priority": 10 + t, "subject": {"namespaces": team(t)},
+               "ingress": [
+                   {"action": "Accept", "from": [{"namespaces": team(t)}]},
+                   {"action": "Pass", "from": [{"namespaces": team(t + 1)}]},
+                   {"action": "Deny", "from": [{"namespaces": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"range": {"start": 1, "end": 1023}}}}]}],
+               "egress": [{"action": "Deny", "to": [{"networks": ["198.18.0.0/15"]}]}]}),
+        json!({"tier": "Baseline", "priority": t, "subject": {"pods": {"namespaceSelector": team(t), "podSelector": {}}},
+               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+               "egress": [{"action": "Accept", "to": [{"networks": ["10.96.0.10/32"]}],
+                           "protocols": [{"udp": {"destinationPort": {"number": 53}}}]}]}),
+    ];
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(k, spec)| {
+            let api: ClusterNetworkPolicy = serde_json::from_value(json!({
+                "metadata": {"name": format!("team-{t}-{k}")},
+                "spec": spec,
+            }))
+            .expect("a valid cluster-wide policy");
+            ClusterPolicy::read(&api).expect("a known tier")
+        })
+        .collect()
 }
 
 /// Builds the table and writes it as the agent does after `applied`;
@@ -272,8 +318,9 @@ pub fn run(args: Args) -> Result<()> {
     let runs = args.runs.max(1);
     let mut scratch = Namespaces::new("wbp");
     let (_, netns) = scratch.add("node");
-    let mut with = Cluster::new(true);
-    let mut without = Cluster::new(false);
+    let mut with = Cluster::new(true, false);
+    let mut without = Cluster::new(false, false);
+    let mut tiers = Cluster::new(true, true);
     let script = with.table().script();
     println!(
         "{} policies, {} pods ({} on the node measured); table: {} lines, {} KiB",
@@ -288,9 +335,16 @@ pub fn run(args: Args) -> Result<()> {
     );
     let steps_with = measure(&mut with, &netns, runs)?;
     let steps_without = measure(&mut without, &netns, runs)?;
+    let steps_tiers = measure(&mut tiers, &netns, runs)?;
     remove_table(&netns)?;
     drop(scratch);
     print_steps(&steps_with, &steps_without, runs);
+    println!(
+        "with {} ClusterNetworkPolicies as well (table: {} lines):",
+        tiers.policies.cluster.len(),
+        tiers.table().script().lines().count()
+    );
+    print_steps(&steps_tiers, &steps_without, runs);
     if args.lab {
         under_policy(&args)?;
     }

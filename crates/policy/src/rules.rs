@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use weft_datapath::nft::Family;
@@ -387,6 +388,8 @@ struct Sets<'a> {
     names: BTreeMap<String, String>,
     declarations: BTreeMap<String, &'static str>,
     elements: BTreeMap<String, BTreeSet<Element>>,
+    /// The pods each peer selector (by identity) selects.
+    selections: BTreeMap<String, Rc<Vec<&'a Pod>>>,
 }
 
 impl<'a> Sets<'a> {
@@ -402,6 +405,7 @@ impl<'a> Sets<'a> {
             names: BTreeMap::new(),
             declarations: BTreeMap::new(),
             elements: BTreeMap::new(),
+            selections: BTreeMap::new(),
         }
     }
 
@@ -538,7 +542,7 @@ impl<'a> Sets<'a> {
         let candidates: Vec<&'a Pod> = match peer_pods {
             PeerPods::Block => return None,
             PeerPods::Any => self.pods.iter().filter(|p| !p.host_network).collect(),
-            PeerPods::Selected { pods, .. } => pods.clone(),
+            PeerPods::Selected { pods, .. } => pods.to_vec(),
         };
         let identity = match peer_pods {
             PeerPods::Selected { identity, .. } => format!("{identity} port {name}/{protocol:?}"),
@@ -574,12 +578,22 @@ impl<'a> Sets<'a> {
                 namespaces: selector,
                 pods: pod_selector,
             } => {
-                let chosen = self.selected(policy_ns, selector.as_ref(), pod_selector);
                 // The namespace matters only when the selector is the
                 // policy's own namespace.
                 let identity = match selector {
                     None => format!("in {policy_ns}: {pod_selector:?}"),
                     Some(s) => format!("{s:?}: {pod_selector:?}"),
+                };
+                // Selected once per table: rules of many local pods name
+                // the same peers.
+                let chosen = match self.selections.get(&identity) {
+                    Some(chosen) => Rc::clone(chosen),
+                    None => {
+                        let chosen =
+                            Rc::new(self.selected(policy_ns, selector.as_ref(), pod_selector));
+                        self.selections.insert(identity.clone(), Rc::clone(&chosen));
+                        chosen
+                    }
                 };
                 let text = if with_set {
                     let set = self.named("peer", identity.clone(), "type ipv4_addr ;", || {
@@ -630,7 +644,7 @@ enum PeerPods<'a> {
     /// The pods a selector chose (`identity` names the selector).
     Selected {
         identity: String,
-        pods: Vec<&'a Pod>,
+        pods: Rc<Vec<&'a Pod>>,
     },
 }
 
