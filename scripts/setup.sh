@@ -27,8 +27,10 @@ fi
 # iperf3: the lab throughput benchmark; containerd, runc and busybox-static:
 # the test that drives weft-cni through a real containerd's CRI (busybox is
 # the whole of its local image: there is no registry); openssl: the keys and
-# certificate of the test that starts the Kubernetes peers.
-packages=(iproute2 nftables iputils-ping containernetworking-plugins iperf3 containerd runc busybox-static openssl)
+# certificate of the test that starts the Kubernetes peers; protobuf-compiler
+# and libprotobuf-dev (its well-known .proto files):
+# protoc, which the etcd client crate (etcd-client) needs to build.
+packages=(iproute2 nftables iputils-ping containernetworking-plugins iperf3 containerd runc busybox-static openssl protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -219,16 +219,27 @@ pub async fn bootstrap<C: ClusterState>(mut opts: Options, cluster: C) -> Result
 
     let (backend_data, mtu) = match &conf.backend {
         Backend::Vxlan { vni, mtu, .. } => {
-            let mac = backend::vxlan::vtep_mac(&opts.node, *vni);
+            let vtep_mac = format_mac(&backend::vxlan::vtep_mac(&opts.node, *vni));
             let mtu = mtu.unwrap_or(underlay.mtu.unwrap_or(1500) - backend::vxlan::OVERHEAD);
-            (json!({"vtepMAC": format_mac(&mac)}), mtu)
+            let data = BackendData::Vxlan {
+                vni: *vni,
+                vtep_mac,
+            };
+            (data, mtu)
         }
-        Backend::HostGw { mtu } => (json!({}), mtu.unwrap_or(underlay.mtu.unwrap_or(1500))),
+        Backend::HostGw { mtu } => (
+            BackendData::HostGw,
+            mtu.unwrap_or(underlay.mtu.unwrap_or(1500)),
+        ),
     };
     let request = LeaseRequest {
         node: opts.node.clone(),
         public_ip: public.addr(),
-        backend: backend_data,
+        backend: match &backend_data {
+            BackendData::Vxlan { vtep_mac, .. } => json!({"vtepMAC": vtep_mac}),
+            BackendData::HostGw => json!({}),
+        },
+        backend_data: backend_data.clone(),
         ttl: opts.lease_ttl,
     };
     let lease = cluster
@@ -261,13 +272,7 @@ pub async fn bootstrap<C: ClusterState>(mut opts: Options, cluster: C) -> Result
             node: node.local.name.clone(),
             subnet: node.local.subnet,
             public_ip: node.local.public_ip,
-            backend: match &node.conf.backend {
-                Backend::Vxlan { vni, .. } => BackendData::Vxlan {
-                    vni: *vni,
-                    vtep_mac: format_mac(&backend::vxlan::vtep_mac(&node.local.name, *vni)),
-                },
-                Backend::HostGw { .. } => BackendData::HostGw,
-            },
+            backend: backend_data,
         })
         .await?;
     Ok(Agent {

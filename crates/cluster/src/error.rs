@@ -7,6 +7,9 @@ pub enum ClusterError {
     /// The API server or the way to it; the text says which and what failed.
     #[error("{0}")]
     Kubernetes(String),
+    /// etcd or the way to it; the text says which and what failed.
+    #[error("{0}")]
+    Etcd(String),
     #[error("cannot encode {what}: {source}")]
     Encode {
         what: String,

@@ -41,7 +41,7 @@ impl BackendData {
     }
 
     /// flannel's JSON: vxlan `{"VNI":1,"VtepMAC":"…"}`, host-gw `null`.
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         match self {
             BackendData::Vxlan { vni, vtep_mac } => json!({"VNI": vni, "VtepMAC": vtep_mac}),
             BackendData::HostGw => Value::Null,

@@ -42,6 +42,8 @@ pub struct LeaseRequest {
     pub node: String,
     pub public_ip: IpAddr,
     pub backend: Value,
+    /// The same as flannel encodes it (etcd leases carry it).
+    pub backend_data: BackendData,
     pub ttl: Duration,
 }
 

@@ -19,6 +19,7 @@
 //!   `InitDone`, then swapped in);
 //! - [`embedded`]: all of it on weft's SQLite store.
 //! - [`kubernetes`]: the watches on a kube-apiserver (kube-rs).
+//! - [`etcd`]: subnet leases in flannel's etcd layout.
 //! - [`flannel`]: flannel's kube subnet manager annotations and how a Node
 //!   reads as a peer (pure; for the Kubernetes source to come).
 //!
@@ -36,6 +37,7 @@ pub mod cache;
 pub mod election;
 pub mod embedded;
 mod error;
+pub mod etcd;
 pub mod flannel;
 pub mod kubernetes;
 pub mod leases;

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use serde_json::json;
 use weft_cluster::embedded::Embedded;
-use weft_cluster::leases::{LeaseRequest, NodePublication};
+use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
 use weft_cluster::{Cluster, Event, Liveness, SubnetManager, Warning, Warnings};
 use weft_store::Store;
 
@@ -128,6 +128,10 @@ async fn leases_are_acquired_renewed_and_followed() {
         node: node.into(),
         public_ip: ip.parse().unwrap(),
         backend: json!({"vtepMAC": "02:00:00:00:00:01"}),
+        backend_data: BackendData::Vxlan {
+            vni: 1,
+            vtep_mac: "02:00:00:00:00:01".into(),
+        },
         ttl: Duration::from_secs(60),
     };
     let first_free = |taken: &[ipnet::IpNet]| {

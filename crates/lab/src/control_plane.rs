@@ -35,7 +35,8 @@ pub const KUBERNETES_VERSION: &str = "v1.36.3";
 pub const APISERVER_PORT: u16 = 6443;
 /// The Services' range the apiserver allocates ClusterIPs from.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
-const ETCD_CLIENT_URL: &str = "http://127.0.0.1:2379";
+/// Where etcd serves its clients, in the control plane's namespace.
+pub const ETCD_CLIENT_URL: &str = "http://127.0.0.1:2379";
 const ADMIN_TOKEN: &str = "weft-peers-admin-token";
 /// Bounds the apiserver's start-up (2.6–5.6 s measured on a 2-core machine).
 const READY_WITHIN: Duration = Duration::from_secs(60);

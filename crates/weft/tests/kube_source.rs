@@ -186,6 +186,7 @@ fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
                     node: "node-a".into(),
                     public_ip: "198.18.0.11".parse().unwrap(),
                     backend: json!({"vtepMAC": "0a:58:c6:12:00:0b"}),
+                    backend_data: BackendData::Vxlan { vni: 1, vtep_mac: "0a:58:c6:12:00:0b".into() },
                     ttl: Duration::from_secs(60),
                 };
                 let lease = cluster.acquire(&request, |_| None).await.unwrap();

@@ -164,6 +164,27 @@ impl ControlPlane {
             .expect("entering the control plane's namespace")
     }
 
+    /// Runs `work` with a client of the control plane's etcd (plain
+    /// etcd-client, for writing what flanneld or an operator would), inside
+    /// the control plane's namespace, to completion.
+    #[allow(dead_code)] // Only etcd_source.rs uses it.
+    pub fn with_etcd<T, F, Fut>(&self, work: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Vec<String>) -> Fut + Send,
+        Fut: std::future::Future<Output = T>,
+    {
+        self.ns()
+            .run_in(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(work(vec![lab::ETCD_CLIENT_URL.to_string()]))
+            })
+            .expect("entering the control plane's namespace")
+    }
+
     /// The namespaces `deploy/weft.yaml` goes in: `weft-system` (a
     /// server-side dry run does not create it) and `kube-node-lease`,
     /// which the API server makes soon after it is ready.

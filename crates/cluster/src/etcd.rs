@@ -1,0 +1,594 @@
+//! flannel's etcd subnet manager, in flannel's layout exactly, so that
+//! flanneld and weft agents can share one etcd (and a node can move from
+//! one to the other keeping its subnet):
+//! - the network config (net-conf.json's text) at `<prefix>/config`;
+//! - one key per node lease at `<prefix>/subnets/<a.b.c.d>-<len>`
+//!   (dual-stack keys, `…&<ipv6>-<len>`, are read for their IPv4 part),
+//!   whose value is flannel's LeaseAttrs JSON (`PublicIP`, `BackendType`,
+//!   `BackendData`, …) bound to an etcd lease of the lease TTL (24 h);
+//! - a key without an etcd lease is a reservation: it is never taken by
+//!   another node;
+//! - a new lease is created only if its key does not exist (one
+//!   transaction), a renewal puts the key again under a new etcd lease;
+//! - leases are followed from the revision they were listed at, listed
+//!   again when etcd compacted that revision away.
+//!
+//! A node finds its own lease as flanneld does, by its public IP. weft adds
+//! its node name to the value ([`NODE_FIELD`]; flanneld ignores fields it
+//! does not know); a flanneld node's lease is named by its public IP.
+//!
+//! The layout is pure ([`subnet_key`], [`parse_subnet_key`],
+//! [`LeaseAttrs`], [`lease_of`]); the rest talks to etcd and decides
+//! nothing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use futures::StreamExt;
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease, SubnetManager};
+use crate::{ClusterError, Event, EventStream, RETRY_PAUSE};
+
+/// flannel's default prefix (`--etcd-prefix`).
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// The field of a lease's value where weft names its node.
+pub const NODE_FIELD: &str = "weft.dev/node";
+
+/// Where the etcd cluster is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// The lease this node holds: what renewing it puts again.
+#[derive(Debug, Clone)]
+struct Held {
+    key: String,
+    value: String,
+    /// A reservation is put again without an etcd lease.
+    reserved: bool,
+}
+
+/// flannel's etcd layout, as a [`SubnetManager`].
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+    held: Arc<Mutex<Option<Held>>>,
+}
+
+fn etcd_error(what: &str, e: etcd_client::Error) -> ClusterError {
+    ClusterError::Etcd(format!("{what}: {e}"))
+}
+
+impl Etcd {
+    /// Connects to `config.endpoints` (TLS when a CA or client certificate
+    /// is given).
+    pub async fn connect(config: &EtcdConfig) -> Result<Etcd, ClusterError> {
+        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+        if config.ca_file.is_some() || config.cert_file.is_some() {
+            options = options.with_tls(tls(config)?);
+        }
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(|e| {
+                etcd_error(
+                    &format!("connecting to etcd at {}", config.endpoints.join(",")),
+                    e,
+                )
+            })?;
+        Ok(Etcd {
+            client,
+            prefix: config.prefix.trim_end_matches('/').to_string(),
+            held: Arc::default(),
+        })
+    }
+
+    /// The network config (`<prefix>/config`): net-conf.json's text.
+    pub async fn network_config(&self) -> Result<String, ClusterError> {
+        let key = format!("{}/config", self.prefix);
+        let response = self
+            .client
+            .kv_client()
+            .get(key.as_str(), None)
+            .await
+            .map_err(|e| etcd_error(&format!("reading {key}"), e))?;
+        let kv = response.kvs().first().ok_or_else(|| {
+            ClusterError::Etcd(format!(
+                "{key} is not set: put the network config there (net-conf.json's JSON, as for flanneld)"
+            ))
+        })?;
+        kv.value_str()
+            .map(str::to_owned)
+            .map_err(|e| etcd_error(&format!("reading {key}"), e))
+    }
+
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    /// Every lease key and value under the prefix, and the revision they
+    /// were read at.
+    async fn list(&self) -> Result<(Vec<KeyValue>, i64), ClusterError> {
+        let prefix = self.subnets_prefix();
+        let response = self
+            .client
+            .kv_client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_error(&format!("listing {prefix}"), e))?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        Ok((response.kvs().to_vec(), revision))
+    }
+
+    /// Puts `held` again: under a new etcd lease of `ttl`, or without one
+    /// for a reservation. Returns when the new lease expires.
+    async fn put(&self, held: &Held, ttl: Duration) -> Result<Option<SystemTime>, ClusterError> {
+        let mut kv = self.client.kv_client();
+        if held.reserved {
+            kv.put(held.key.as_str(), held.value.as_str(), None)
+                .await
+                .map_err(|e| etcd_error(&format!("writing {}", held.key), e))?;
+            return Ok(None);
+        }
+        let (id, expires) = self.grant(ttl).await?;
+        let options = PutOptions::new().with_lease(id);
+        kv.put(held.key.as_str(), held.value.as_str(), Some(options))
+            .await
+            .map_err(|e| etcd_error(&format!("writing {}", held.key), e))?;
+        Ok(Some(expires))
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<(i64, SystemTime), ClusterError> {
+        let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let granted = self
+            .client
+            .lease_client()
+            .grant(seconds, None)
+            .await
+            .map_err(|e| etcd_error("granting an etcd lease", e))?;
+        let expires = SystemTime::now() + Duration::from_secs(granted.ttl().max(0).unsigned_abs());
+        Ok((granted.id(), expires))
+    }
+
+    /// Creates `key` with `value` under a new etcd lease of `ttl`, only if
+    /// the key does not exist; `None` when it does.
+    async fn create(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<SystemTime>, ClusterError> {
+        let (id, expires) = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::version(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let response = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| etcd_error(&format!("creating {key}"), e))?;
+        if response.succeeded() {
+            return Ok(Some(expires));
+        }
+        // Someone else's now: the etcd lease would only expire unused.
+        let _ = self.client.lease_client().revoke(id).await;
+        Ok(None)
+    }
+
+    /// Follows every lease: a listing, then changes from its revision,
+    /// listed again when that revision was compacted away.
+    async fn follow(
+        self,
+        sender: futures::channel::mpsc::UnboundedSender<Result<Event<SubnetLease>, ClusterError>>,
+    ) {
+        loop {
+            let send = |item| sender.unbounded_send(item).is_ok();
+            let (kvs, revision) = match self.list().await {
+                Ok(listed) => listed,
+                Err(e) => {
+                    if !send(Err(e)) {
+                        return;
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            };
+            let listing = std::iter::once(Event::Init)
+                .chain(kvs.iter().filter_map(lease_of_kv).map(Event::InitApply))
+                .chain(std::iter::once(Event::InitDone));
+            for event in listing {
+                if !send(Ok(event)) {
+                    return;
+                }
+            }
+            match self.watch_from(revision + 1, &send).await {
+                Ok(()) => return,
+                Err(e) => {
+                    if !send(Err(e)) {
+                        return;
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Sends each change from `revision` on; returns an error when the
+    /// watch ends (compacted, cancelled or broken: list again), `Ok` when
+    /// the receiver is gone.
+    async fn watch_from(
+        &self,
+        revision: i64,
+        send: &impl Fn(Result<Event<SubnetLease>, ClusterError>) -> bool,
+    ) -> Result<(), ClusterError> {
+        let prefix = self.subnets_prefix();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision)
+            .with_prev_key();
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(prefix.as_str(), Some(options))
+            .await
+            .map_err(|e| etcd_error(&format!("watching {prefix}"), e))?;
+        loop {
+            let response = stream
+                .message()
+                .await
+                .map_err(|e| etcd_error(&format!("watching {prefix}"), e))?
+                .ok_or_else(|| ClusterError::Etcd(format!("the watch of {prefix} ended")))?;
+            if response.compact_revision() != 0 {
+                tracing::info!(
+                    revision,
+                    compacted = response.compact_revision(),
+                    "etcd compacted the leases' watch revision; listing again"
+                );
+                return Err(ClusterError::Etcd(format!(
+                    "the watch of {prefix} was compacted at revision {}",
+                    response.compact_revision()
+                )));
+            }
+            if response.canceled() {
+                return Err(ClusterError::Etcd(format!(
+                    "etcd cancelled the watch of {prefix}: {}",
+                    response.cancel_reason()
+                )));
+            }
+            for event in response.events() {
+                let item = match (event.event_type(), event.kv(), event.prev_kv()) {
+                    (EventType::Put, Some(kv), _) => lease_of_kv(kv).map(Event::Apply),
+                    (EventType::Delete, _, Some(prev)) => lease_of_kv(prev).map(Event::Delete),
+                    _ => None,
+                };
+                if let Some(item) = item {
+                    if !send(Ok(item)) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The TLS options of `config`'s files.
+fn tls(config: &EtcdConfig) -> Result<TlsOptions, ClusterError> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            ClusterError::Etcd(format!("reading the etcd {what} {}: {e}", path.display()))
+        })
+    };
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &config.ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA file")?));
+    }
+    match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "certificate")?,
+                read(key, "key")?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ClusterError::Etcd(
+                "--etcd-certfile and --etcd-keyfile go together".into(),
+            ))
+        }
+    }
+    Ok(tls)
+}
+
+/// A lease's key under `prefix`: flannel's `<a.b.c.d>-<len>`.
+pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
+    format!(
+        "{}/subnets/{}-{}",
+        prefix.trim_end_matches('/'),
+        subnet.network(),
+        subnet.prefix_len()
+    )
+}
+
+/// The IPv4 subnet of a lease key (its last component; a dual-stack key's
+/// `&<ipv6>-<len>` part is ignored); `None` for a key that is no lease.
+pub fn parse_subnet_key(key: &str) -> Option<Ipv4Net> {
+    let name = key.rsplit('/').next()?;
+    let v4 = name.split('&').next()?;
+    let (address, len) = v4.rsplit_once('-')?;
+    let address: Ipv4Addr = address.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let net = Ipv4Net::new(address, len).ok()?;
+    // flannel writes network addresses; anything else is not its key.
+    (net.network() == address).then_some(net)
+}
+
+/// flannel's LeaseAttrs, with weft's node name beside them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(
+        rename = "PublicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<Ipv6Addr>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Value::is_null"
+    )]
+    pub backend_data: Value,
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Value::is_null"
+    )]
+    pub backend_v6_data: Value,
+    #[serde(
+        rename = "weft.dev/node",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node: Option<String>,
+}
+
+impl LeaseAttrs {
+    /// What a weft node puts in its lease.
+    pub fn of(node: &str, public_ip: Ipv4Addr, backend: &BackendData) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend.type_name().into(),
+            backend_data: backend.json(),
+            backend_v6_data: Value::Null,
+            node: Some(node.into()),
+        }
+    }
+
+    /// The node a lease stands for: weft's name, else flanneld's public IP.
+    fn node(&self) -> String {
+        self.node
+            .clone()
+            .unwrap_or_else(|| self.public_ip.to_string())
+    }
+}
+
+/// A lease key and value as a lease; `None` for a key or value that is no
+/// lease (logged: flannel skips such keys too). A key bound to no etcd
+/// lease is a reservation, which never expires.
+pub fn lease_of(key: &str, value: &str) -> Option<SubnetLease> {
+    let subnet = parse_subnet_key(key)?;
+    let attrs: LeaseAttrs = match serde_json::from_str(value) {
+        Ok(attrs) => attrs,
+        Err(e) => {
+            tracing::warn!(key, error = %e, "ignoring an etcd subnet key whose value is not flannel's LeaseAttrs");
+            return None;
+        }
+    };
+    // The agent reads a peer's VTEP MAC under weft's own key.
+    let backend = match attrs.backend_data.get("VtepMAC") {
+        Some(mac) => json!({"vtepMAC": mac}),
+        None => json!({}),
+    };
+    Some(SubnetLease {
+        node: attrs.node(),
+        subnet: IpNet::V4(subnet),
+        public_ip: IpAddr::V4(attrs.public_ip),
+        backend,
+        // etcd removes an expired key itself.
+        expires_at: None,
+    })
+}
+
+fn lease_of_kv(kv: &KeyValue) -> Option<SubnetLease> {
+    lease_of(kv.key_str().ok()?, kv.value_str().ok()?)
+}
+
+impl SubnetManager for Etcd {
+    async fn acquire(
+        &self,
+        request: &LeaseRequest,
+        choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+    ) -> Result<SubnetLease, ClusterError> {
+        let IpAddr::V4(public_ip) = request.public_ip else {
+            return Err(ClusterError::Etcd(format!(
+                "the node's public IP {} is not IPv4 (flannel's etcd leases are keyed by one)",
+                request.public_ip
+            )));
+        };
+        let attrs = LeaseAttrs::of(&request.node, public_ip, &request.backend_data);
+        let value = serde_json::to_string(&attrs).expect("LeaseAttrs serialize");
+        let mut choose = Some(choose);
+        loop {
+            let (kvs, _) = self.list().await?;
+            // Its own lease, as flanneld finds it: by its public IP.
+            let own = kvs
+                .iter()
+                .find(|kv| lease_of_kv(kv).is_some_and(|l| l.public_ip == request.public_ip));
+            if let Some(kv) = own {
+                let held = Held {
+                    key: kv
+                        .key_str()
+                        .map_err(|e| etcd_error("a lease key", e))?
+                        .into(),
+                    value: value.clone(),
+                    reserved: kv.lease() == 0,
+                };
+                let expires_at = self.put(&held, request.ttl).await?;
+                let subnet = parse_subnet_key(&held.key).expect("a listed lease key");
+                *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                return Ok(lease(request, subnet, expires_at));
+            }
+            let taken: Vec<IpNet> = kvs
+                .iter()
+                .filter_map(|kv| parse_subnet_key(kv.key_str().ok()?))
+                .map(IpNet::V4)
+                .collect();
+            let Some(choose) = choose.take() else {
+                // Lost a race for the subnet chosen: `choose` is spent, so
+                // the caller chooses again.
+                return Err(ClusterError::Etcd(
+                    "another node took the subnet chosen at the same moment; try again".into(),
+                ));
+            };
+            let Some(IpNet::V4(subnet)) = choose(&taken) else {
+                return Err(ClusterError::Etcd(
+                    "no free subnet is left in the network".into(),
+                ));
+            };
+            let key = subnet_key(&self.prefix, subnet);
+            if let Some(expires) = self.create(&key, &value, request.ttl).await? {
+                let held = Held {
+                    key,
+                    value,
+                    reserved: false,
+                };
+                *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                return Ok(lease(request, subnet, Some(expires)));
+            }
+        }
+    }
+
+    async fn renew(&self, node: &str, ttl: Duration) -> Result<SubnetLease, ClusterError> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                ClusterError::Etcd(format!("node {node} holds no lease here to renew"))
+            })?;
+        let expires_at = self.put(&held, ttl).await?;
+        let mut lease = lease_of(&held.key, &held.value)
+            .ok_or_else(|| ClusterError::Etcd(format!("{} is not a lease", held.key)))?;
+        lease.expires_at = expires_at;
+        Ok(lease)
+    }
+
+    fn watch_leases(&self) -> EventStream<SubnetLease> {
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        tokio::spawn(self.clone().follow(sender));
+        receiver.boxed()
+    }
+
+    /// Without a Kubernetes API there is no Node to publish on (as for
+    /// flanneld with etcd).
+    async fn publish_node(&self, _publication: &NodePublication) -> Result<(), ClusterError> {
+        Ok(())
+    }
+}
+
+/// The lease `request` got: `subnet` until `expires_at`.
+fn lease(request: &LeaseRequest, subnet: Ipv4Net, expires_at: Option<SystemTime>) -> SubnetLease {
+    SubnetLease {
+        node: request.node.clone(),
+        subnet: IpNet::V4(subnet),
+        public_ip: request.public_ip,
+        backend: request.backend.clone(),
+        expires_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_flannels() {
+        let subnet: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let key = subnet_key("/coreos.com/network/", subnet);
+        assert_eq!(key, "/coreos.com/network/subnets/10.244.3.0-24");
+        assert_eq!(parse_subnet_key(&key), Some(subnet));
+        assert_eq!(
+            parse_subnet_key("/coreos.com/network/subnets/10.244.3.0-24&fc00:0:0:3::-64"),
+            Some(subnet),
+            "a dual-stack key's IPv4 part"
+        );
+        for not_a_lease in [
+            "/coreos.com/network/subnets/10.244.3.1-24",
+            "/coreos.com/network/subnets/10.244.3.0-33",
+            "/coreos.com/network/subnets/garbage",
+            "/coreos.com/network/config",
+        ] {
+            assert_eq!(parse_subnet_key(not_a_lease), None, "{not_a_lease}");
+        }
+    }
+
+    #[test]
+    fn values_are_flannels_lease_attrs() {
+        let vxlan = BackendData::Vxlan {
+            vni: 1,
+            vtep_mac: "0a:58:c6:12:00:0b".into(),
+        };
+        let attrs = LeaseAttrs::of("node-1", "198.18.0.11".parse().unwrap(), &vxlan);
+        assert_eq!(
+            serde_json::to_value(&attrs).unwrap(),
+            json!({"PublicIP": "198.18.0.11", "BackendType": "vxlan",
+                   "BackendData": {"VNI": 1, "VtepMAC": "0a:58:c6:12:00:0b"},
+                   "weft.dev/node": "node-1"})
+        );
+        // As flanneld writes it (v0.28): no node name, named by its IP.
+        let flannel = r#"{"PublicIP":"198.18.0.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ca:fe:00:00:00:01"}}"#;
+        let lease = lease_of("/coreos.com/network/subnets/10.244.7.0-24", flannel).unwrap();
+        assert_eq!(lease.node, "198.18.0.12");
+        assert_eq!(lease.subnet.to_string(), "10.244.7.0/24");
+        assert_eq!(lease.backend, json!({"vtepMAC": "ca:fe:00:00:00:01"}));
+        let hostgw = LeaseAttrs::of(
+            "node-2",
+            "198.18.0.13".parse().unwrap(),
+            &BackendData::HostGw,
+        );
+        assert_eq!(
+            serde_json::to_string(&hostgw).unwrap(),
+            r#"{"PublicIP":"198.18.0.13","BackendType":"host-gw","weft.dev/node":"node-2"}"#
+        );
+        assert!(lease_of("/coreos.com/network/subnets/10.244.8.0-24", "{}").is_none());
+    }
+}

@@ -1,0 +1,212 @@
+//! weft-cluster's etcd subnet manager against a real etcd (the peers'
+//! build, the one a test control plane runs, in a namespace of the test's
+//! own), in flannel's layout: the network config at `<prefix>/config`;
+//! leases created only where no key is, bound to an etcd lease of their
+//! TTL and renewed under a new one; a key without a lease (a reservation)
+//! never taken by another node, and kept a reservation by its own; a
+//! node's lease found again by its public IP; leases written as flanneld
+//! writes them read as peers; the leases followed as they come and go.
+
+mod common;
+
+use std::time::Duration;
+
+use common::control_plane::ControlPlane;
+use etcd_client::{Client, GetOptions, PutOptions};
+use futures::StreamExt;
+use ipnet::IpNet;
+use serde_json::json;
+use weft_cluster::etcd::{Etcd, EtcdConfig};
+use weft_cluster::leases::{BackendData, LeaseRequest, SubnetLease};
+use weft_cluster::{Event, EventStream, SubnetManager};
+
+const PREFIX: &str = "/coreos.com/network";
+
+fn config(endpoints: Vec<String>) -> EtcdConfig {
+    EtcdConfig {
+        endpoints,
+        prefix: PREFIX.into(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    }
+}
+
+fn request(node: &str, ip: &str) -> LeaseRequest {
+    let vtep_mac = format!("0a:58:c6:12:00:{}", &ip[ip.len() - 2..]);
+    LeaseRequest {
+        node: node.into(),
+        public_ip: ip.parse().unwrap(),
+        backend: json!({"vtepMAC": vtep_mac}),
+        backend_data: BackendData::Vxlan { vni: 1, vtep_mac },
+        ttl: Duration::from_secs(86400),
+    }
+}
+
+/// The first /24 of 10.244.0.0/16 not taken.
+fn first_free(taken: &[IpNet]) -> Option<IpNet> {
+    let pool: IpNet = "10.244.0.0/16".parse().unwrap();
+    pool.subnets(24).unwrap().find(|s| !taken.contains(s))
+}
+
+/// The next event, failing the test after 10 s.
+async fn next(stream: &mut EventStream<SubnetLease>) -> Event<SubnetLease> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the watch goes on")
+        .expect("no watch error")
+}
+
+fn said(event: &Event<SubnetLease>) -> String {
+    match event {
+        Event::Init => "<init>".into(),
+        Event::InitDone => "<done>".into(),
+        Event::InitApply(l) => format!("{} {}", l.node, l.subnet),
+        Event::Apply(l) => format!("+{} {}", l.node, l.subnet),
+        Event::Delete(l) => format!("-{} {}", l.node, l.subnet),
+    }
+}
+
+/// The etcd lease a key is bound to (0: none) and its remaining TTL.
+async fn bound(client: &mut Client, key: &str) -> (i64, i64) {
+    let got = client.get(key, None).await.unwrap();
+    let lease = got.kvs()[0].lease();
+    if lease == 0 {
+        return (0, 0);
+    }
+    let ttl = client.lease_time_to_live(lease, None).await.unwrap().ttl();
+    (lease, ttl)
+}
+
+#[test]
+fn leases_follow_flannels_etcd_layout() {
+    let control_plane = ControlPlane::start();
+    control_plane.with_etcd(|endpoints| async move {
+        let mut raw = Client::connect(&endpoints, None).await.unwrap();
+        let etcd = Etcd::connect(&config(endpoints.clone())).await.unwrap();
+
+        // The network config, as flanneld reads it.
+        let missing = etcd.network_config().await.unwrap_err().to_string();
+        assert!(missing.contains("/coreos.com/network/config is not set"), "{missing}");
+        let conf = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+        raw.put(format!("{PREFIX}/config"), conf, None).await.unwrap();
+        assert_eq!(etcd.network_config().await.unwrap(), conf);
+
+        // What is there before: a reservation of 10.244.0.0/24 for a node
+        // at .20, and flanneld's lease of 10.244.1.0/24 for the node at .12.
+        raw.put(
+            format!("{PREFIX}/subnets/10.244.0.0-24"),
+            r#"{"PublicIP":"198.18.0.20","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ca:fe:00:00:00:20"}}"#,
+            None,
+        )
+        .await
+        .unwrap();
+        let flannel_lease = raw.lease_grant(86400, None).await.unwrap().id();
+        raw.put(
+            format!("{PREFIX}/subnets/10.244.1.0-24"),
+            r#"{"PublicIP":"198.18.0.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ca:fe:00:00:00:12"}}"#,
+            Some(PutOptions::new().with_lease(flannel_lease)),
+        )
+        .await
+        .unwrap();
+        let mut leases = etcd.watch_leases();
+        let listed: Vec<String> = [
+            next(&mut leases).await,
+            next(&mut leases).await,
+            next(&mut leases).await,
+            next(&mut leases).await,
+        ]
+        .iter()
+        .map(said)
+        .collect();
+        assert_eq!(
+            listed,
+            ["<init>", "198.18.0.20 10.244.0.0/24", "198.18.0.12 10.244.1.0/24", "<done>"]
+        );
+
+        // A new node gets the first subnet neither reserved nor leased,
+        // bound to an etcd lease of its TTL, in flannel's value.
+        let a = etcd.acquire(&request("node-a", "198.18.0.11"), first_free).await.unwrap();
+        assert_eq!(a.subnet.to_string(), "10.244.2.0/24");
+        let key_a = format!("{PREFIX}/subnets/10.244.2.0-24");
+        let value: serde_json::Value = serde_json::from_str(
+            raw.get(key_a.as_str(), None).await.unwrap().kvs()[0].value_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            value,
+            json!({"PublicIP": "198.18.0.11", "BackendType": "vxlan",
+                   "BackendData": {"VNI": 1, "VtepMAC": "0a:58:c6:12:00:11"},
+                   "weft.dev/node": "node-a"})
+        );
+        let (lease_a, ttl) = bound(&mut raw, &key_a).await;
+        assert!(lease_a != 0 && ttl > 86000, "bound to a 24 h etcd lease: {ttl}");
+        assert_eq!(said(&next(&mut leases).await), "+node-a 10.244.2.0/24");
+
+        // A subnet another node took in between is not taken again: the
+        // key is created only where none is.
+        let b = Etcd::connect(&config(endpoints.clone())).await.unwrap();
+        let lost = b
+            .acquire(&request("node-b", "198.18.0.13"), |_| Some("10.244.2.0/24".parse().unwrap()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(lost.contains("another node took the subnet"), "{lost}");
+        let got_b = b.acquire(&request("node-b", "198.18.0.13"), first_free).await.unwrap();
+        assert_eq!(got_b.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(said(&next(&mut leases).await), "+node-b 10.244.3.0/24");
+
+        // Restarted, node-a finds its lease by its public IP.
+        let a_again = Etcd::connect(&config(endpoints.clone())).await.unwrap();
+        let same = a_again
+            .acquire(&request("node-a", "198.18.0.11"), |_| panic!("nothing to choose"))
+            .await
+            .unwrap();
+        assert_eq!(same.subnet, a.subnet);
+        assert_eq!(said(&next(&mut leases).await), "+node-a 10.244.2.0/24");
+
+        // Renewing puts it under a new etcd lease.
+        let before = bound(&mut raw, &key_a).await.0;
+        a_again.renew("node-a", Duration::from_secs(3600)).await.unwrap();
+        let (after, ttl) = bound(&mut raw, &key_a).await;
+        assert!(after != before && ttl <= 3600 && ttl > 3500, "{before} → {after}, {ttl}");
+        assert_eq!(said(&next(&mut leases).await), "+node-a 10.244.2.0/24");
+
+        // The node the reservation is for takes it, and it stays one.
+        let c = Etcd::connect(&config(endpoints.clone())).await.unwrap();
+        let reserved = c
+            .acquire(&request("node-c", "198.18.0.20"), |_| panic!("it has a reservation"))
+            .await
+            .unwrap();
+        assert_eq!(reserved.subnet.to_string(), "10.244.0.0/24");
+        assert_eq!(bound(&mut raw, &format!("{PREFIX}/subnets/10.244.0.0-24")).await.0, 0);
+        c.renew("node-c", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(bound(&mut raw, &format!("{PREFIX}/subnets/10.244.0.0-24")).await.0, 0);
+        assert_eq!(said(&next(&mut leases).await), "+node-c 10.244.0.0/24");
+        assert_eq!(said(&next(&mut leases).await), "+node-c 10.244.0.0/24");
+
+        // flanneld's lease expiring (its etcd lease revoked) is a delete.
+        raw.lease_revoke(flannel_lease).await.unwrap();
+        assert_eq!(said(&next(&mut leases).await), "-198.18.0.12 10.244.1.0/24");
+
+        // Every key is flannel's: nothing else was written under the prefix.
+        let keys: Vec<String> = raw
+            .get(PREFIX, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .unwrap()
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "/coreos.com/network/config",
+                "/coreos.com/network/subnets/10.244.0.0-24",
+                "/coreos.com/network/subnets/10.244.2.0-24",
+                "/coreos.com/network/subnets/10.244.3.0-24",
+            ]
+        );
+    });
+}
