@@ -151,7 +151,11 @@ pub struct Agent<C> {
 /// Reads net-conf.json and checks that this agent supports it; done
 /// before anything else (the cluster store included) is opened.
 pub fn read_net_conf(path: &Path) -> Result<NetConf> {
-    let conf = NetConf::read(path)?;
+    supported(NetConf::read(path)?)
+}
+
+/// `conf` if this agent supports it.
+pub fn supported(conf: NetConf) -> Result<NetConf> {
     if conf.ipv4.is_none() {
         bail!("net-conf.json: this agent needs an IPv4 Network (IPv6-only clusters are not supported yet)");
     }

@@ -21,6 +21,7 @@
 //! [`LeaseAttrs`], [`lease_of`]); the rest talks to etcd and decides
 //! nothing.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease, SubnetManager};
-use crate::{ClusterError, Event, EventStream, RETRY_PAUSE};
+use crate::{
+    Cluster, ClusterError, Event, EventStream, Liveness, Warning, Warnings, Watched, RETRY_PAUSE,
+};
 
 /// flannel's default prefix (`--etcd-prefix`).
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -69,6 +72,8 @@ pub struct Etcd {
     client: Client,
     prefix: String,
     held: Arc<Mutex<Option<Held>>>,
+    /// The last failure of the leases' watch, until it works again.
+    problem: Arc<Mutex<Option<String>>>,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> ClusterError {
@@ -95,6 +100,7 @@ impl Etcd {
             client,
             prefix: config.prefix.trim_end_matches('/').to_string(),
             held: Arc::default(),
+            problem: Arc::default(),
         })
     }
 
@@ -202,7 +208,12 @@ impl Etcd {
         sender: futures::channel::mpsc::UnboundedSender<Result<Event<SubnetLease>, ClusterError>>,
     ) {
         loop {
-            let send = |item| sender.unbounded_send(item).is_ok();
+            let send = |item: Result<Event<SubnetLease>, ClusterError>| {
+                let mut problem = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
+                *problem = item.as_ref().err().map(ToString::to_string);
+                drop(problem);
+                sender.unbounded_send(item).is_ok()
+            };
             let (kvs, revision) = match self.list().await {
                 Ok(listed) => listed,
                 Err(e) => {
@@ -521,6 +532,49 @@ impl SubnetManager for Etcd {
     /// Without a Kubernetes API there is no Node to publish on (as for
     /// flanneld with etcd).
     async fn publish_node(&self, _publication: &NodePublication) -> Result<(), ClusterError> {
+        Ok(())
+    }
+}
+
+/// etcd holds subnet leases only (as for flanneld with etcd): without a
+/// Kubernetes API there are no Services, NetworkPolicies or Pods to
+/// follow, so every kind is an empty list that never changes, and the
+/// agent runs the overlay alone.
+impl Cluster for Etcd {
+    fn watch_without<K: Watched>(&self, _absent: &'static [&'static str]) -> EventStream<K> {
+        futures::stream::iter([Ok(Event::Init), Ok(Event::InitDone)])
+            .chain(futures::stream::pending())
+            .boxed()
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Heartbeats tell LoadBalancer announcers which nodes are up; with no
+/// Services there is nothing to announce, so none are kept.
+impl Liveness for Etcd {
+    async fn beat(&self, _node: &str, _valid_for: Duration) -> Result<(), ClusterError> {
+        Ok(())
+    }
+
+    async fn live_nodes(&self) -> Result<BTreeSet<String>, ClusterError> {
+        Ok(BTreeSet::new())
+    }
+}
+
+/// No Services, so no warnings about them.
+impl Warnings for Etcd {
+    async fn warn_service(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _warning: &Warning,
+    ) -> Result<(), ClusterError> {
         Ok(())
     }
 }

@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
+use weft_agent::config::NetConf;
 use weft_agent::lb_allocator::{self, parse_pools, AllocatorOptions, Pool};
 use weft_agent::run::{NodePortsOn, Options};
 use weft_cluster::embedded::Embedded;
+use weft_cluster::etcd::{Etcd, EtcdConfig};
 use weft_cluster::kubernetes::{ApiAccess, Kubernetes};
 
 use crate::period::{self, ms, secs, show};
@@ -35,6 +37,25 @@ pub struct AgentArgs {
     /// service-account token (when running as a DaemonSet).
     #[arg(long)]
     in_cluster: bool,
+    /// Lease subnets in etcd, in flannel's layout (flanneld's etcd mode):
+    /// its client URLs, comma-separated. The network config is then read
+    /// from `<--etcd-prefix>/config`, not from --net-conf, and the agent
+    /// runs the overlay alone (no Services or policies without a
+    /// Kubernetes API).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["kubeconfig", "in_cluster"])]
+    etcd_endpoints: Vec<String>,
+    /// The etcd prefix of the network config and leases.
+    #[arg(long, default_value = weft_cluster::etcd::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// The CA certificate that etcd's certificate must be signed by.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// This agent's client certificate for etcd (with --etcd-keyfile).
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// The key of --etcd-certfile.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
     /// The API server's real address (https://HOST:PORT), over the
     /// kubeconfig's server or KUBERNETES_SERVICE_HOST (which is the
     /// `kubernetes` ClusterIP this agent itself programs).
@@ -139,9 +160,11 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
+    /// The policy gate's socket; none with etcd alone, which has no pods
+    /// or policies (a pod would wait for a Pod the agent never sees).
     fn policy_socket(&self) -> Option<PathBuf> {
         Some(&self.policy_socket)
-            .filter(|p| !p.is_empty())
+            .filter(|p| !p.is_empty() && self.etcd_endpoints.is_empty())
             .map(PathBuf::from)
     }
 }
@@ -162,6 +185,7 @@ fn cleanup(a: &AgentArgs) -> Result<()> {
 
 /// Where the agent reads the cluster.
 enum Source {
+    Etcd(EtcdConfig),
     Store {
         path: PathBuf,
         network: String,
@@ -178,6 +202,15 @@ enum Source {
 
 impl Source {
     fn of(a: &AgentArgs) -> Result<Source> {
+        if !a.etcd_endpoints.is_empty() {
+            return Ok(Source::Etcd(EtcdConfig {
+                endpoints: a.etcd_endpoints.clone(),
+                prefix: a.etcd_prefix.clone(),
+                ca_file: a.etcd_cafile.clone(),
+                cert_file: a.etcd_certfile.clone(),
+                key_file: a.etcd_keyfile.clone(),
+            }));
+        }
         let access = match (&a.kubeconfig, a.in_cluster) {
             (Some(path), _) => ApiAccess::Kubeconfig(path.clone()),
             (None, true) => ApiAccess::InCluster,
@@ -343,10 +376,14 @@ pub fn run(a: AgentArgs) -> Result<()> {
         .node
         .clone()
         .context("--node (or NODE_NAME) names this node")?;
-    let net_conf = weft_agent::run::read_net_conf(&a.net_conf)?;
     let source = Source::of(&a)?;
+    // Read before anything else is opened, unless etcd holds it.
+    let file_conf = match source {
+        Source::Etcd(_) => None,
+        _ => Some(weft_agent::run::read_net_conf(&a.net_conf)?),
+    };
     let policy_socket = a.policy_socket();
-    let opts = Options {
+    let options = move |net_conf| Options {
         node,
         net_conf,
         iface: a.iface,
@@ -381,7 +418,19 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
+        let file_conf = || file_conf.context("net-conf.json is read for this source");
         match source {
+            Source::Etcd(config) => {
+                let cluster = Etcd::connect(&config).await?;
+                let text = cluster.network_config().await?;
+                let conf = NetConf::parse(&text)
+                    .map_err(anyhow::Error::from)
+                    .and_then(weft_agent::run::supported)
+                    .with_context(|| {
+                        format!("the network config in etcd at {}/config", config.prefix)
+                    })?;
+                weft_agent::run::run(options(conf), cluster, shutdown).await
+            }
             Source::Store {
                 path,
                 network,
@@ -389,7 +438,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
             } => {
                 let cluster = Embedded::open(&path, &network, poll)
                     .with_context(|| format!("opening the cluster store {}", path.display()))?;
-                weft_agent::run::run(opts, cluster, shutdown).await
+                weft_agent::run::run(options(file_conf()?), cluster, shutdown).await
             }
             Source::Kubernetes {
                 access,
@@ -402,7 +451,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
                     .in_namespace(namespace);
                 let allocating =
                     allocator.map(|opts| tokio::spawn(lb_allocator::run(cluster.clone(), opts)));
-                let outcome = weft_agent::run::run(opts, cluster, shutdown).await;
+                let outcome = weft_agent::run::run(options(file_conf()?), cluster, shutdown).await;
                 allocating.inspect(tokio::task::JoinHandle::abort);
                 outcome
             }

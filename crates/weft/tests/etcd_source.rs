@@ -68,6 +68,21 @@ fn said(event: &Event<SubnetLease>) -> String {
     }
 }
 
+/// The lease of subnet `key_name` (`a.b.c.d-len`) as flanneld v0.28
+/// writes it for its node at 198.18.0.12 (VTEP ca:fe:00:00:00:12), under
+/// a 24 h etcd lease, which is returned.
+async fn flanneld_lease(raw: &mut Client, key_name: &str) -> i64 {
+    let lease = raw.lease_grant(86400, None).await.unwrap().id();
+    raw.put(
+        format!("{PREFIX}/subnets/{key_name}"),
+        r#"{"PublicIP":"198.18.0.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ca:fe:00:00:00:12"}}"#,
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    lease
+}
+
 /// The etcd lease a key is bound to (0: none) and its remaining TTL.
 async fn bound(client: &mut Client, key: &str) -> (i64, i64) {
     let got = client.get(key, None).await.unwrap();
@@ -102,14 +117,7 @@ fn leases_follow_flannels_etcd_layout() {
         )
         .await
         .unwrap();
-        let flannel_lease = raw.lease_grant(86400, None).await.unwrap().id();
-        raw.put(
-            format!("{PREFIX}/subnets/10.244.1.0-24"),
-            r#"{"PublicIP":"198.18.0.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ca:fe:00:00:00:12"}}"#,
-            Some(PutOptions::new().with_lease(flannel_lease)),
-        )
-        .await
-        .unwrap();
+        let flannel_lease = flanneld_lease(&mut raw, "10.244.1.0-24").await;
         let mut leases = etcd.watch_leases();
         let listed: Vec<String> = [
             next(&mut leases).await,
@@ -209,4 +217,117 @@ fn leases_follow_flannels_etcd_layout() {
             ]
         );
     });
+}
+
+/// `weft agent --etcd-endpoints` as node-a (underlay d0, 198.18.0.11, in
+/// the control plane's namespace, where etcd is), beside a flanneld node
+/// at 198.18.0.12 known only by the lease it keeps in etcd: the agent
+/// reads the network config from etcd, leases a subnet there in flannel's
+/// layout, and programs the flannel node's subnet over VXLAN (route, ARP
+/// and FDB entries to its VTEP); when that lease goes, so do they.
+#[test]
+fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
+    use common::kube_node::{ip, underlay, Process};
+    let control_plane = ControlPlane::start();
+    let ns = control_plane.ns_name().to_string();
+    underlay(&control_plane);
+    let flannel_lease = control_plane.with_etcd(|endpoints| async move {
+        let mut raw = Client::connect(&endpoints, None).await.unwrap();
+        let conf = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+        raw.put(format!("{PREFIX}/config"), conf, None)
+            .await
+            .unwrap();
+        flanneld_lease(&mut raw, "10.244.7.0-24").await
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _agent = Process(
+        control_plane
+            .ns()
+            .command(common::WEFT)
+            .args(["agent", "--node", "node-a", "--iface", "d0"])
+            .args(["--etcd-endpoints", "http://127.0.0.1:2379"])
+            .arg("--subnet-file")
+            .arg(dir.path().join("subnet.env"))
+            .arg("--cni-conf-dir")
+            .arg(dir.path().join("net.d"))
+            .arg("--ipam-dir")
+            .arg(dir.path().join("ipam"))
+            .args(["--health", "127.0.0.1:10259"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting weft agent"),
+    );
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let routed = common::wait_until(Duration::from_secs(20), || {
+        ip(&ns, &["route", "show", "10.244.7.0/24"]).contains("onlink")
+    });
+    assert!(
+        routed.is_some(),
+        "no route to flanneld's subnet:\n{}",
+        agent_log()
+    );
+    let route = ip(&ns, &["route", "show", "10.244.7.0/24"]);
+    assert!(route.contains("via 10.244.7.0"), "{route}");
+    let fdb = ip(&ns, &["neigh", "show", "10.244.7.0"]);
+    assert!(
+        fdb.contains("ca:fe:00:00:00:12"),
+        "ARP entry of the VTEP: {fdb}"
+    );
+    let bridge = std::process::Command::new("bridge")
+        .args(["-n", &ns, "fdb", "show", "brport"])
+        .arg(
+            route
+                .split_whitespace()
+                .skip_while(|w| *w != "dev")
+                .nth(1)
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    let bridge = String::from_utf8_lossy(&bridge.stdout);
+    assert!(
+        bridge.contains("ca:fe:00:00:00:12 dst 198.18.0.12"),
+        "FDB entry to the VTEP: {bridge}"
+    );
+    // Its own lease, in flannel's layout, and subnet.env as flanneld's.
+    let own = control_plane.with_etcd(|endpoints| async move {
+        let mut raw = Client::connect(&endpoints, None).await.unwrap();
+        let got = raw
+            .get(
+                format!("{PREFIX}/subnets/"),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        got.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                )
+            })
+            .find(|(_, v)| v.contains("198.18.0.11"))
+    });
+    let (key, value) = own.expect("the agent's lease in etcd");
+    // The first subnet after the network's first, as flannel's SubnetMin.
+    assert_eq!(key, format!("{PREFIX}/subnets/10.244.1.0-24"));
+    assert!(value.contains(r#""BackendType":"vxlan""#), "{value}");
+    let env = std::fs::read_to_string(dir.path().join("subnet.env")).unwrap();
+    assert!(env.contains("FLANNEL_SUBNET=10.244.1.1/24"), "{env}");
+    // flanneld's node leaves (its lease expires): its routes go.
+    control_plane.with_etcd(move |endpoints| async move {
+        let mut raw = Client::connect(&endpoints, None).await.unwrap();
+        raw.lease_revoke(flannel_lease).await.unwrap();
+    });
+    let gone = common::wait_until(Duration::from_secs(20), || {
+        ip(&ns, &["route", "show", "10.244.7.0/24"])
+            .trim()
+            .is_empty()
+    });
+    assert!(gone.is_some(), "the route stayed:\n{}", agent_log());
 }

@@ -21,14 +21,7 @@ use serde_json::json;
 fn the_agent_takes_its_subnet_from_the_node_and_meshes_with_flannel_peers() {
     let cp = ControlPlane::start();
     let ns = cp.ns_name().to_owned();
-    ip(
-        &ns,
-        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-    );
-    ip(&ns, &["addr", "add", "198.18.0.11/24", "dev", "d0"]);
-    for link in ["d0", "d1"] {
-        ip(&ns, &["link", "set", link, "up"]);
-    }
+    underlay(&cp);
     let dir = tempfile::tempdir().unwrap();
     with_api(&cp, |nodes| async move {
         let node_a = node("node-a", "10.244.1.0/24", json!({}));

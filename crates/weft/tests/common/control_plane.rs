@@ -147,19 +147,29 @@ impl ControlPlane {
         Fut: std::future::Future<Output = T>,
     {
         let kubeconfig = kubeconfig.to_path_buf();
+        self.block_on_inside(|| async move {
+            let cluster = weft_cluster::kubernetes::Kubernetes::from_kubeconfig(&kubeconfig)
+                .await
+                .expect("connecting to the API server");
+            work(cluster).await
+        })
+    }
+
+    /// Runs the future `work` makes to completion on a runtime of its own,
+    /// inside the control plane's namespace.
+    fn block_on_inside<T, F, Fut>(&self, work: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = T>,
+    {
         self.ns()
             .run_in(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("a runtime");
-                rt.block_on(async {
-                    let cluster =
-                        weft_cluster::kubernetes::Kubernetes::from_kubeconfig(&kubeconfig)
-                            .await
-                            .expect("connecting to the API server");
-                    work(cluster).await
-                })
+                rt.block_on(work())
             })
             .expect("entering the control plane's namespace")
     }
@@ -174,15 +184,7 @@ impl ControlPlane {
         F: FnOnce(Vec<String>) -> Fut + Send,
         Fut: std::future::Future<Output = T>,
     {
-        self.ns()
-            .run_in(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime");
-                rt.block_on(work(vec![lab::ETCD_CLIENT_URL.to_string()]))
-            })
-            .expect("entering the control plane's namespace")
+        self.block_on_inside(|| work(vec![lab::ETCD_CLIENT_URL.to_string()]))
     }
 
     /// The namespaces `deploy/weft.yaml` goes in: `weft-system` (a

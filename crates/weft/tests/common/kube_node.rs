@@ -127,6 +127,19 @@ pub fn start_agent_in(
 /// plane's namespace) and its Node as a kubelet registers it, with
 /// `pod_cidr` (what node IPAM would give) or without.
 pub fn underlay_and_node_with(cp: &ControlPlane, pod_cidr: Option<&'static str>) {
+    underlay(cp);
+    with_api(cp, move |nodes| async move {
+        let node_a = match pod_cidr {
+            Some(cidr) => node("node-a", cidr, json!({})),
+            None => serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
+        };
+        nodes.create(&PostParams::default(), &node_a).await.unwrap();
+    });
+}
+
+/// The node's underlay: a veth pair (d0, d1) with 198.18.0.11 on d0, in
+/// the control plane's namespace.
+pub fn underlay(cp: &ControlPlane) {
     let ns = cp.ns_name();
     ip(
         ns,
@@ -136,13 +149,6 @@ pub fn underlay_and_node_with(cp: &ControlPlane, pod_cidr: Option<&'static str>)
     for link in ["d0", "d1"] {
         ip(ns, &["link", "set", link, "up"]);
     }
-    with_api(cp, move |nodes| async move {
-        let node_a = match pod_cidr {
-            Some(cidr) => node("node-a", cidr, json!({})),
-            None => serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
-        };
-        nodes.create(&PostParams::default(), &node_a).await.unwrap();
-    });
 }
 
 pub fn underlay_and_node(cp: &ControlPlane) {
