@@ -54,6 +54,7 @@ KUBERNETES_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 CRICTL_VERSION=v1.37.0
 NETWORK_POLICY_API_VERSION=v0.3.0
+FLANNEL_VERSION=v0.28.9
 
 go=$(command -v go || echo /usr/local/go/bin/go)
 # Static binaries, as Kubernetes' own release builds them.
@@ -164,6 +165,24 @@ build_crictl() {
   install_peers "$work/crictl" "$CRICTL_VERSION" crictl
 }
 
+# flanneld (its binary is named flannel), which weft is tested beside and
+# must interoperate with. Built from a copy of its module without the
+# tencentvpc backend: that backend's SDK module (tencentcloud-sdk-go's vpc)
+# is not served by the Go module proxy. Its udp backend needs cgo.
+build_flannel() {
+  peers_present "$FLANNEL_VERSION" flannel && return
+  echo "building flanneld $FLANNEL_VERSION into $PEERS"
+  local dir=$work/flannel module
+  module=$(module_field github.com/flannel-io/flannel "$FLANNEL_VERSION" Dir)
+  cp -r "$module" "$dir"
+  chmod -R u+w "$dir"
+  sed -i '/pkg\/backend\/tencentvpc"/d' "$dir/main.go"
+  (cd "$dir" && CGO_ENABLED=1 "$go" build -trimpath \
+    -ldflags "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$FLANNEL_VERSION" \
+    -o out/flannel .)
+  install_peers "$dir/out" "$FLANNEL_VERSION" flannel
+}
+
 # ClusterNetworkPolicy's CRD (policy.networking.k8s.io/v1beta1, standard
 # channel), which the lab installs in its Kubernetes control plane: copied
 # from the sigs.k8s.io/network-policy-api module (downloaded, not built) to
@@ -199,4 +218,5 @@ if [ "$build_peers" -eq 1 ]; then
   build_etcd
   build_kubernetes
   fetch_network_policy_crd
+  build_flannel
 fi

@@ -375,10 +375,16 @@ fn issue(dir: &Path, stem: &str, subject: &str, extensions: &str) -> Result<()> 
     ])
 }
 
-pub(crate) fn etcd_args(dir: &Path) -> Vec<String> {
+/// etcd's arguments: clients served on `bind` (and always on 127.0.0.1,
+/// where the apiserver reaches it), advertised as 127.0.0.1.
+pub(crate) fn etcd_args(dir: &Path, bind: Ipv4Addr) -> Vec<String> {
+    let listen = match bind {
+        Ipv4Addr::LOCALHOST => ETCD_CLIENT_URL.to_string(),
+        other => format!("http://{other}:2379"),
+    };
     vec![
         format!("--data-dir={}", dir.join("etcd").display()),
-        format!("--listen-client-urls={ETCD_CLIENT_URL}"),
+        format!("--listen-client-urls={listen}"),
         format!("--advertise-client-urls={ETCD_CLIENT_URL}"),
         "--listen-peer-urls=http://127.0.0.1:2380".into(),
         "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
@@ -572,7 +578,7 @@ impl ControlPlane {
             &namespace.ns,
             dir.path(),
             "etcd",
-            &etcd_args(dir.path()),
+            &etcd_args(dir.path(), config.bind),
             config.die_with_thread,
         )?;
         let apiserver = Server::start(

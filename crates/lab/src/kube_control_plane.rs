@@ -130,7 +130,7 @@ pub fn start(layout: &Layout, state: &LabState, weft: &Path) -> Result<u16> {
     };
     let local = local_kubeconfig(layout);
     let args = [
-        peers::etcd_args(&dir),
+        peers::etcd_args(&dir, std::net::Ipv4Addr::LOCALHOST),
         peers::apiserver_args(&dir, &serving),
         peers::controller_manager_args(&dir, &local, &ipam),
         peers::scheduler_args(&local),

@@ -227,7 +227,7 @@ fn leases_follow_flannels_etcd_layout() {
 /// and FDB entries to its VTEP); when that lease goes, so do they.
 #[test]
 fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
-    use common::kube_node::{ip, underlay, Process};
+    use common::kube_node::{ip, start_etcd_agent, underlay};
     let control_plane = ControlPlane::start();
     let ns = control_plane.ns_name().to_string();
     underlay(&control_plane);
@@ -241,25 +241,12 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
     });
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("agent.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _agent = Process(
-        control_plane
-            .ns()
-            .command(common::WEFT)
-            .args(["agent", "--node", "node-a", "--iface", "d0"])
-            .args(["--etcd-endpoints", "http://127.0.0.1:2379"])
-            .arg("--subnet-file")
-            .arg(dir.path().join("subnet.env"))
-            .arg("--cni-conf-dir")
-            .arg(dir.path().join("net.d"))
-            .arg("--ipam-dir")
-            .arg(dir.path().join("ipam"))
-            .args(["--health", "127.0.0.1:10259"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting weft agent"),
+    let _agent = start_etcd_agent(
+        control_plane.ns(),
+        "node-a",
+        "d0",
+        "http://127.0.0.1:2379",
+        dir.path(),
     );
     let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let routed = common::wait_until(Duration::from_secs(20), || {

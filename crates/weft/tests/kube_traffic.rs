@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::control_plane::ControlPlane;
 use common::kube_node::{
-    add_pod, add_pod_on, ip, service_programmed, start_agent_as, start_agent_in, underlay_and_node,
-    with_api, Pod, Process,
+    add_pod, add_pod_on, hostname_via, ip, netexec, plug, service_programmed, start_agent_as,
+    start_agent_in, underlay_and_node, with_api, Pod, Process,
 };
-use common::{wait_until, WEFT};
+use common::wait_until;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
@@ -165,34 +165,6 @@ fn ingress_ips(svc: &Service) -> Vec<String> {
         .flat_map(|lb| lb.ingress.iter().flatten())
         .filter_map(|i| i.ip.clone())
         .collect()
-}
-
-/// `GET /hostname` from inside `ns` to `to`; the answer's body.
-fn hostname_via(ns: &NetNs, to: &str) -> Option<String> {
-    let to: SocketAddr = to.parse().unwrap();
-    ns.run_in(move || {
-        let mut conn = TcpStream::connect_timeout(&to, Duration::from_millis(500)).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        conn.write_all(b"GET /hostname HTTP/1.0\r\n\r\n").ok()?;
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).ok()?;
-        Some(answer.rsplit("\r\n\r\n").next()?.trim().to_owned())
-    })
-    .ok()
-    .flatten()
-}
-
-/// The pod's netexec (HTTP on 8080) answering `/hostname` with `name`.
-fn netexec(pod: &Pod, name: &str) -> Process {
-    let child = pod
-        .ns
-        .command(WEFT)
-        .args(["netexec", "--http-port", "8080", "--hostname", name])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("starting weft netexec");
-    Process(child)
 }
 
 #[test]
@@ -445,26 +417,6 @@ fn streams_survive_an_api_server_outage_and_its_return_is_relisted() {
         log[gone_at.unwrap()..].contains("Service table fully synced"),
         "no full sync after the re-list:\n{log}"
     );
-}
-
-/// A link of the lab-style underlay: `eth0` of namespace `ns` (address
-/// `address`/24) on the bridge `ul` of the control plane's namespace.
-fn plug(cp: &ControlPlane, ns: &str, address: &str) {
-    let host_end = format!("v{}", &address[address.rfind('.').unwrap() + 1..]);
-    let cp_ns = cp.ns_name();
-    ip(
-        cp_ns,
-        &[
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ],
-    );
-    ip(cp_ns, &["link", "set", &host_end, "master", "ul", "up"]);
-    ip(
-        ns,
-        &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
-    );
-    ip(ns, &["link", "set", "eth0", "up"]);
-    ip(ns, &["link", "set", "lo", "up"]);
 }
 
 fn mac_of(ns: &str) -> String {

@@ -7,7 +7,7 @@
 //! map).
 
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -97,23 +97,28 @@ pub fn start_agent_in(
         r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
     )
     .unwrap();
+    let mut args: Vec<std::ffi::OsString> = extra.iter().map(Into::into).collect();
+    args.extend(["--kubeconfig".into(), kubeconfig.into()]);
+    args.extend(["--net-conf".into(), dir.join("net-conf.json").into()]);
+    args.extend(["--policy-socket".into(), dir.join("policy.sock").into()]);
+    spawn_agent(ns, node, dir, &args)
+}
+
+/// `weft agent --node node` in `ns` with `source` (and any other)
+/// arguments, its files and log (`agent.log`) in `dir`, health on
+/// 127.0.0.1:10259.
+fn spawn_agent(ns: &NetNs, node: &str, dir: &Path, source: &[std::ffi::OsString]) -> Process {
     let log = std::fs::File::create(dir.join("agent.log")).unwrap();
     let child = ns
         .command(WEFT)
         .args(["agent", "--node", node])
-        .args(extra)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--net-conf")
-        .arg(dir.join("net-conf.json"))
+        .args(source)
         .arg("--subnet-file")
         .arg(dir.join("subnet.env"))
         .arg("--cni-conf-dir")
         .arg(dir.join("net.d"))
         .arg("--ipam-dir")
         .arg(dir.join("ipam"))
-        .arg("--policy-socket")
-        .arg(dir.join("policy.sock"))
         .args(["--health", "127.0.0.1:10259"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -270,4 +275,66 @@ pub fn add_pod_on(host: &NetNs, dir: &Path, scratch: &mut Namespaces, name: &str
     let address = reply.json["ips"][0]["address"].as_str().unwrap();
     let ip = address.split('/').next().unwrap().parse().unwrap();
     Pod { ns, ip }
+}
+
+/// `GET /hostname` from inside `ns` to `to`; the answer's body.
+pub fn hostname_via(ns: &NetNs, to: &str) -> Option<String> {
+    let to: SocketAddr = to.parse().unwrap();
+    ns.run_in(move || {
+        let mut conn = TcpStream::connect_timeout(&to, Duration::from_millis(500)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        conn.write_all(b"GET /hostname HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).ok()?;
+        Some(answer.rsplit("\r\n\r\n").next()?.trim().to_owned())
+    })
+    .ok()
+    .flatten()
+}
+
+/// The pod's netexec (HTTP on 8080) answering `/hostname` with `name`.
+pub fn netexec(pod: &Pod, name: &str) -> Process {
+    let child = pod
+        .ns
+        .command(WEFT)
+        .args(["netexec", "--http-port", "8080", "--hostname", name])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting weft netexec");
+    Process(child)
+}
+
+/// A link of the lab-style underlay: `eth0` of namespace `ns` (address
+/// `address`/24) on the bridge `ul` of the control plane's namespace.
+pub fn plug(cp: &ControlPlane, ns: &str, address: &str) {
+    let host_end = format!("v{}", &address[address.rfind('.').unwrap() + 1..]);
+    let cp_ns = cp.ns_name();
+    ip(
+        cp_ns,
+        &[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    );
+    ip(cp_ns, &["link", "set", &host_end, "master", "ul", "up"]);
+    ip(
+        ns,
+        &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+    );
+    ip(ns, &["link", "set", "eth0", "up"]);
+    ip(ns, &["link", "set", "lo", "up"]);
+}
+
+/// `weft agent --etcd-endpoints endpoints` as `node` in `ns` (underlay
+/// `iface`), its files and log (`agent.log`) in `dir`.
+#[allow(dead_code)] // Only the etcd tests use it.
+pub fn start_etcd_agent(
+    ns: &NetNs,
+    node: &str,
+    iface: &str,
+    endpoints: &str,
+    dir: &Path,
+) -> Process {
+    let args = ["--iface", iface, "--etcd-endpoints", endpoints];
+    spawn_agent(ns, node, dir, &args.map(Into::into))
 }
