@@ -73,6 +73,16 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("a kubeconfig for node {node}: {e}"))
     }
 
+    /// The admin's kubeconfig for the apiserver at `host` (one of the
+    /// addresses it serves), for processes in other namespaces.
+    #[allow(dead_code)] // Only flannel_interop.rs uses it.
+    pub fn admin_kubeconfig_at(&self, host: std::net::Ipv4Addr) -> PathBuf {
+        let name = format!("admin-at-{host}.kubeconfig");
+        self.inner
+            .write_kubeconfig(&name, self.inner.admin_token(), host)
+            .unwrap_or_else(|e| panic!("an admin kubeconfig for {host}: {e}"))
+    }
+
     /// Starts kube-controller-manager with node IPAM handing out /24s of
     /// `cluster_cidr`.
     pub fn start_controller_manager(&mut self, cluster_cidr: &str) {

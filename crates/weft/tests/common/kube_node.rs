@@ -84,7 +84,8 @@ pub fn start_agent_as(cp: &ControlPlane, kubeconfig: &Path, dir: &Path, extra: &
 }
 
 /// `weft agent --node node --kubeconfig kubeconfig` in `ns`, its files
-/// and log (`agent.log`) in `dir`, vxlan on 10.244.0.0/16.
+/// and log (`agent.log`) in `dir`, vxlan on 10.244.0.0/16 unless `dir`
+/// has a net-conf.json already.
 pub fn start_agent_in(
     ns: &NetNs,
     node: &str,
@@ -92,11 +93,12 @@ pub fn start_agent_in(
     dir: &Path,
     extra: &[&str],
 ) -> Process {
-    std::fs::write(
-        dir.join("net-conf.json"),
-        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
-    )
-    .unwrap();
+    // vxlan, unless the test wrote its own.
+    let net_conf = dir.join("net-conf.json");
+    if !net_conf.exists() {
+        let vxlan = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+        std::fs::write(&net_conf, vxlan).unwrap();
+    }
     let mut args: Vec<std::ffi::OsString> = extra.iter().map(Into::into).collect();
     args.extend(["--kubeconfig".into(), kubeconfig.into()]);
     args.extend(["--net-conf".into(), dir.join("net-conf.json").into()]);
