@@ -579,6 +579,70 @@ impl Warnings for Etcd {
     }
 }
 
+/// A cluster whose subnet leases are in etcd (flannel's layout) and whose
+/// objects — Services, policies, Pods, heartbeats, Events — are
+/// `objects`' (a kube-apiserver): flanneld's etcd mode beside kube-proxy,
+/// in one agent. Nodes are left alone, as flanneld's etcd mode leaves
+/// them (their podCIDR, if any, is node IPAM's).
+#[derive(Clone)]
+pub struct EtcdLeases<C> {
+    pub objects: C,
+    pub leases: Etcd,
+}
+
+impl<C: Cluster> Cluster for EtcdLeases<C> {
+    fn watch_without<K: Watched>(&self, absent: &'static [&'static str]) -> EventStream<K> {
+        self.objects.watch_without(absent)
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.leases.problem().or_else(|| self.objects.problem())
+    }
+}
+
+impl<C: Send + Sync> SubnetManager for EtcdLeases<C> {
+    async fn acquire(
+        &self,
+        request: &LeaseRequest,
+        choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+    ) -> Result<SubnetLease, ClusterError> {
+        self.leases.acquire(request, choose).await
+    }
+
+    async fn renew(&self, node: &str, ttl: Duration) -> Result<SubnetLease, ClusterError> {
+        self.leases.renew(node, ttl).await
+    }
+
+    fn watch_leases(&self) -> EventStream<SubnetLease> {
+        self.leases.watch_leases()
+    }
+
+    async fn publish_node(&self, publication: &NodePublication) -> Result<(), ClusterError> {
+        self.leases.publish_node(publication).await
+    }
+}
+
+impl<C: Liveness + Sync> Liveness for EtcdLeases<C> {
+    async fn beat(&self, node: &str, valid_for: Duration) -> Result<(), ClusterError> {
+        self.objects.beat(node, valid_for).await
+    }
+
+    async fn live_nodes(&self) -> Result<BTreeSet<String>, ClusterError> {
+        self.objects.live_nodes().await
+    }
+}
+
+impl<C: Warnings + Sync> Warnings for EtcdLeases<C> {
+    async fn warn_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        warning: &Warning,
+    ) -> Result<(), ClusterError> {
+        self.objects.warn_service(namespace, name, warning).await
+    }
+}
+
 /// The lease `request` got: `subnet` until `expires_at`.
 fn lease(request: &LeaseRequest, subnet: Ipv4Net, expires_at: Option<SystemTime>) -> SubnetLease {
     SubnetLease {

@@ -11,7 +11,7 @@ use weft_agent::config::NetConf;
 use weft_agent::lb_allocator::{self, parse_pools, AllocatorOptions, Pool};
 use weft_agent::run::{NodePortsOn, Options};
 use weft_cluster::embedded::Embedded;
-use weft_cluster::etcd::{Etcd, EtcdConfig};
+use weft_cluster::etcd::{Etcd, EtcdConfig, EtcdLeases};
 use weft_cluster::kubernetes::{ApiAccess, Kubernetes};
 
 use crate::period::{self, ms, secs, show};
@@ -39,10 +39,11 @@ pub struct AgentArgs {
     in_cluster: bool,
     /// Lease subnets in etcd, in flannel's layout (flanneld's etcd mode):
     /// its client URLs, comma-separated. The network config is then read
-    /// from `<--etcd-prefix>/config`, not from --net-conf, and the agent
-    /// runs the overlay alone (no Services or policies without a
-    /// Kubernetes API).
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["kubeconfig", "in_cluster"])]
+    /// from `<--etcd-prefix>/config`, not from --net-conf. With
+    /// --kubeconfig or --in-cluster too, Services and policies come from
+    /// that API (Nodes are left alone); without, the agent runs the
+    /// overlay alone.
+    #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
     /// The etcd prefix of the network config and leases.
     #[arg(long, default_value = weft_cluster::etcd::DEFAULT_PREFIX)]
@@ -163,8 +164,10 @@ impl AgentArgs {
     /// The policy gate's socket; none with etcd alone, which has no pods
     /// or policies (a pod would wait for a Pod the agent never sees).
     fn policy_socket(&self) -> Option<PathBuf> {
+        let etcd_alone =
+            !self.etcd_endpoints.is_empty() && self.kubeconfig.is_none() && !self.in_cluster;
         Some(&self.policy_socket)
-            .filter(|p| !p.is_empty() && self.etcd_endpoints.is_empty())
+            .filter(|p| !p.is_empty() && !etcd_alone)
             .map(PathBuf::from)
     }
 }
@@ -185,45 +188,39 @@ fn cleanup(a: &AgentArgs) -> Result<()> {
 
 /// Where the agent reads the cluster.
 enum Source {
-    Etcd(EtcdConfig),
     Store {
         path: PathBuf,
         network: String,
         poll: Duration,
     },
-    Kubernetes {
-        access: ApiAccess,
-        server: Option<String>,
-        namespace: String,
-        /// `None`: another controller allocates LoadBalancer addresses.
-        allocator: Option<AllocatorOptions>,
+    Kubernetes(KubeSource),
+    /// Leases in etcd (flannel's layout); the objects from a
+    /// kube-apiserver when one is given, else none.
+    Etcd {
+        config: EtcdConfig,
+        kube: Option<KubeSource>,
     },
 }
 
-impl Source {
-    fn of(a: &AgentArgs) -> Result<Source> {
-        if !a.etcd_endpoints.is_empty() {
-            return Ok(Source::Etcd(EtcdConfig {
-                endpoints: a.etcd_endpoints.clone(),
-                prefix: a.etcd_prefix.clone(),
-                ca_file: a.etcd_cafile.clone(),
-                cert_file: a.etcd_certfile.clone(),
-                key_file: a.etcd_keyfile.clone(),
-            }));
-        }
+/// A kube-apiserver to read the cluster from.
+struct KubeSource {
+    access: ApiAccess,
+    server: Option<String>,
+    namespace: String,
+    /// `None`: another controller allocates LoadBalancer addresses.
+    allocator: Option<AllocatorOptions>,
+}
+
+impl KubeSource {
+    /// The API server of `a`'s flags, if they name one.
+    fn of(a: &AgentArgs) -> Result<Option<KubeSource>> {
         let access = match (&a.kubeconfig, a.in_cluster) {
             (Some(path), _) => ApiAccess::Kubeconfig(path.clone()),
             (None, true) => ApiAccess::InCluster,
             (None, false) if a.kube_api_server.as_deref().is_some_and(|s| !s.is_empty()) => {
                 bail!("--kube-api-server needs --kubeconfig or --in-cluster")
             }
-            (None, false) => {
-                return Ok(Source::Store {
-                    path: a.store.clone(),
-                    network: a.network.clone(),
-                    poll: a.watch_poll,
-                })
-            }
+            (None, false) => return Ok(None),
         };
         // An empty address (the install manifest's ConfigMap left blank)
         // means the kubeconfig's or the in-cluster one.
@@ -234,13 +231,58 @@ impl Source {
             class: a.load_balancer_class.clone(),
             pools: a.lb_cidr.0.clone(),
         });
-        Ok(Source::Kubernetes {
+        Ok(Some(KubeSource {
             access,
             server,
             namespace: a.namespace.clone(),
             allocator,
+        }))
+    }
+
+    async fn connect(&self) -> Result<Kubernetes> {
+        let cluster = Kubernetes::connect(&self.access, self.server.as_deref()).await?;
+        Ok(cluster.in_namespace(self.namespace.clone()))
+    }
+}
+
+impl Source {
+    fn of(a: &AgentArgs) -> Result<Source> {
+        let kube = KubeSource::of(a)?;
+        if !a.etcd_endpoints.is_empty() {
+            let config = EtcdConfig {
+                endpoints: a.etcd_endpoints.clone(),
+                prefix: a.etcd_prefix.clone(),
+                ca_file: a.etcd_cafile.clone(),
+                cert_file: a.etcd_certfile.clone(),
+                key_file: a.etcd_keyfile.clone(),
+            };
+            return Ok(Source::Etcd { config, kube });
+        }
+        Ok(match kube {
+            Some(kube) => Source::Kubernetes(kube),
+            None => Source::Store {
+                path: a.store.clone(),
+                network: a.network.clone(),
+                poll: a.watch_poll,
+            },
         })
     }
+}
+
+/// Runs `agent` with the LoadBalancer allocator beside it (when `kube`
+/// is to run one), stopping the allocator when the agent ends.
+async fn with_allocator(
+    kube: &KubeSource,
+    cluster: &Kubernetes,
+    agent: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let allocating = kube
+        .allocator
+        .clone()
+        .map(|opts| tokio::spawn(lb_allocator::run(cluster.clone(), opts)));
+    let outcome = agent.await;
+    allocating.inspect(tokio::task::JoinHandle::abort);
+    outcome
 }
 
 /// A node name as the API server accepts it: it names the node's lease,
@@ -379,7 +421,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
     let source = Source::of(&a)?;
     // Read before anything else is opened, unless etcd holds it.
     let file_conf = match source {
-        Source::Etcd(_) => None,
+        Source::Etcd { .. } => None,
         _ => Some(weft_agent::run::read_net_conf(&a.net_conf)?),
     };
     let policy_socket = a.policy_socket();
@@ -420,16 +462,25 @@ pub fn run(a: AgentArgs) -> Result<()> {
         };
         let file_conf = || file_conf.context("net-conf.json is read for this source");
         match source {
-            Source::Etcd(config) => {
-                let cluster = Etcd::connect(&config).await?;
-                let text = cluster.network_config().await?;
+            Source::Etcd { config, kube } => {
+                let leases = Etcd::connect(&config).await?;
+                let text = leases.network_config().await?;
                 let conf = NetConf::parse(&text)
                     .map_err(anyhow::Error::from)
                     .and_then(weft_agent::run::supported)
                     .with_context(|| {
                         format!("the network config in etcd at {}/config", config.prefix)
                     })?;
-                weft_agent::run::run(options(conf), cluster, shutdown).await
+                let Some(kube) = kube else {
+                    return weft_agent::run::run(options(conf), leases, shutdown).await;
+                };
+                let objects = kube.connect().await?;
+                let cluster = EtcdLeases {
+                    objects: objects.clone(),
+                    leases,
+                };
+                let agent = weft_agent::run::run(options(conf), cluster, shutdown);
+                with_allocator(&kube, &objects, agent).await
             }
             Source::Store {
                 path,
@@ -440,20 +491,10 @@ pub fn run(a: AgentArgs) -> Result<()> {
                     .with_context(|| format!("opening the cluster store {}", path.display()))?;
                 weft_agent::run::run(options(file_conf()?), cluster, shutdown).await
             }
-            Source::Kubernetes {
-                access,
-                server,
-                namespace,
-                allocator,
-            } => {
-                let cluster = Kubernetes::connect(&access, server.as_deref())
-                    .await?
-                    .in_namespace(namespace);
-                let allocating =
-                    allocator.map(|opts| tokio::spawn(lb_allocator::run(cluster.clone(), opts)));
-                let outcome = weft_agent::run::run(options(file_conf()?), cluster, shutdown).await;
-                allocating.inspect(tokio::task::JoinHandle::abort);
-                outcome
+            Source::Kubernetes(kube) => {
+                let cluster = kube.connect().await?;
+                let agent = weft_agent::run::run(options(file_conf()?), cluster.clone(), shutdown);
+                with_allocator(&kube, &cluster, agent).await
             }
         }
     })

@@ -83,6 +83,23 @@ async fn flanneld_lease(raw: &mut Client, key_name: &str) -> i64 {
     lease
 }
 
+/// Every lease key and value under the prefix.
+async fn leases(endpoints: &[String]) -> Vec<(String, String)> {
+    let mut raw = Client::connect(endpoints, None).await.unwrap();
+    let options = GetOptions::new().with_prefix();
+    let got = raw
+        .get(format!("{PREFIX}/subnets/"), Some(options))
+        .await
+        .unwrap();
+    let text = |kv: &etcd_client::KeyValue| {
+        (
+            kv.key_str().unwrap().to_string(),
+            kv.value_str().unwrap().to_string(),
+        )
+    };
+    got.kvs().iter().map(text).collect()
+}
+
 /// The etcd lease a key is bound to (0: none) and its remaining TTL.
 async fn bound(client: &mut Client, key: &str) -> (i64, i64) {
     let got = client.get(key, None).await.unwrap();
@@ -247,6 +264,7 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
         "d0",
         "http://127.0.0.1:2379",
         dir.path(),
+        &[],
     );
     let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let routed = common::wait_until(Duration::from_secs(20), || {
@@ -282,23 +300,8 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
     );
     // Its own lease, in flannel's layout, and subnet.env as flanneld's.
     let own = control_plane.with_etcd(|endpoints| async move {
-        let mut raw = Client::connect(&endpoints, None).await.unwrap();
-        let got = raw
-            .get(
-                format!("{PREFIX}/subnets/"),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .unwrap();
-        got.kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_string(),
-                    kv.value_str().unwrap().to_string(),
-                )
-            })
-            .find(|(_, v)| v.contains("198.18.0.11"))
+        let leases = leases(&endpoints).await;
+        leases.into_iter().find(|(_, v)| v.contains("198.18.0.11"))
     });
     let (key, value) = own.expect("the agent's lease in etcd");
     // The first subnet after the network's first, as flannel's SubnetMin.
@@ -317,4 +320,52 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
             .is_empty()
     });
     assert!(gone.is_some(), "the route stayed:\n{}", agent_log());
+}
+
+/// With a kubeconfig too, the agent keeps its lease in etcd and takes
+/// Services from the API server (flanneld's etcd mode and kube-proxy in
+/// one), leaving the Nodes alone.
+#[test]
+fn with_a_kubeconfig_leases_stay_in_etcd_and_services_come_from_the_api() {
+    use common::kube_node::{
+        create_service, service_programmed, start_etcd_agent, underlay, with_api,
+    };
+    let control_plane = ControlPlane::start();
+    let ns = control_plane.ns_name().to_string();
+    underlay(&control_plane);
+    control_plane.with_etcd(|endpoints| async move {
+        let mut raw = Client::connect(&endpoints, None).await.unwrap();
+        let conf = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+        raw.put(format!("{PREFIX}/config"), conf, None)
+            .await
+            .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = control_plane.kubeconfig.to_str().unwrap().to_string();
+    let _agent = start_etcd_agent(
+        control_plane.ns(),
+        "node-a",
+        "d0",
+        "http://127.0.0.1:2379",
+        dir.path(),
+        &["--kubeconfig", &kubeconfig],
+    );
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let element = format!(
+        "{} . tcp . 80",
+        create_service(&control_plane, "web", "10.244.1.5")
+    );
+    let programmed = common::wait_until(Duration::from_secs(20), || {
+        service_programmed(&ns, &element)
+    });
+    assert!(programmed.is_some(), "{element} not programmed:\n{}", log());
+    let leased = control_plane.with_etcd(|endpoints| async move {
+        let leases = leases(&endpoints).await;
+        leases.iter().any(|(_, v)| v.contains("198.18.0.11"))
+    });
+    assert!(leased, "no lease in etcd:\n{}", log());
+    let nodes = with_api(&control_plane, |nodes| async move {
+        nodes.list(&Default::default()).await.unwrap().items.len()
+    });
+    assert_eq!(nodes, 0, "a Node was written:\n{}", log());
 }

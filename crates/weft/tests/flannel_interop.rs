@@ -162,7 +162,7 @@ impl Mixed {
                         .unwrap();
                 });
                 flanneld.args(["--etcd-endpoints", ETCD]);
-                start_etcd_agent(&weft.ns, "node-a", "eth0", ETCD, weft.dir.path())
+                start_etcd_agent(&weft.ns, "node-a", "eth0", ETCD, weft.dir.path(), &[])
             }
             Store::Kube => {
                 // Node IPAM's part, done here. The annotation is one a

@@ -328,7 +328,8 @@ pub fn plug(cp: &ControlPlane, ns: &str, address: &str) {
 }
 
 /// `weft agent --etcd-endpoints endpoints` as `node` in `ns` (underlay
-/// `iface`), its files and log (`agent.log`) in `dir`.
+/// `iface`) with `extra` arguments, its files and log (`agent.log`) in
+/// `dir`.
 #[allow(dead_code)] // Only the etcd tests use it.
 pub fn start_etcd_agent(
     ns: &NetNs,
@@ -336,7 +337,9 @@ pub fn start_etcd_agent(
     iface: &str,
     endpoints: &str,
     dir: &Path,
+    extra: &[&str],
 ) -> Process {
     let args = ["--iface", iface, "--etcd-endpoints", endpoints];
-    spawn_agent(ns, node, dir, &args.map(Into::into))
+    let args: Vec<std::ffi::OsString> = args.iter().chain(extra).map(Into::into).collect();
+    spawn_agent(ns, node, dir, &args)
 }
