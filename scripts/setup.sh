@@ -55,6 +55,7 @@ ETCD_VERSION=v3.6.16
 CRICTL_VERSION=v1.37.0
 NETWORK_POLICY_API_VERSION=v0.3.0
 FLANNEL_VERSION=v0.28.9
+CNI_PLUGINS_VERSION=v1.10.0
 
 go=$(command -v go || echo /usr/local/go/bin/go)
 # Static binaries, as Kubernetes' own release builds them.
@@ -183,6 +184,27 @@ build_flannel() {
   install_peers "$dir/out" "$FLANNEL_VERSION" flannel
 }
 
+# The reference CNI plugins weft-cni is measured and tested beside (Debian
+# ships 1.1.1): bridge, host-local, portmap and loopback of
+# github.com/containernetworking/plugins, into one folder of their version
+# with a stable link $PEERS/cni (a CNI_PATH).
+build_cni_plugins() {
+  local dir=$PEERS/cni-plugins-$CNI_PLUGINS_VERSION name
+  local plugins=(main/bridge ipam/host-local meta/portmap main/loopback)
+  if [ -x "$dir/bridge" ] && [ -x "$dir/loopback" ] && [ -L "$PEERS/cni" ]; then
+    return
+  fi
+  echo "building the reference CNI plugins $CNI_PLUGINS_VERSION into $PEERS"
+  for name in "${plugins[@]}"; do
+    GOBIN="$work/cni" "$go" install -trimpath \
+      -ldflags "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" \
+      "github.com/containernetworking/plugins/plugins/$name@$CNI_PLUGINS_VERSION"
+  done
+  mkdir -p "$dir"
+  mv -f "$work"/cni/* "$dir/"
+  ln -sfn "cni-plugins-$CNI_PLUGINS_VERSION" "$PEERS/cni"
+}
+
 # ClusterNetworkPolicy's CRD (policy.networking.k8s.io/v1beta1, standard
 # channel), which the lab installs in its Kubernetes control plane: copied
 # from the sigs.k8s.io/network-policy-api module (downloaded, not built) to
@@ -219,4 +241,5 @@ if [ "$build_peers" -eq 1 ]; then
   build_kubernetes
   fetch_network_policy_crd
   build_flannel
+  build_cni_plugins
 fi

@@ -24,6 +24,8 @@ use weft_datapath::{netns, NetNs, NetNsError, Netlink, NetlinkError};
 
 /// Where `scripts/setup.sh --peers` links the built components.
 pub const PEERS_BIN: &str = "/var/cache/weft/peers/bin";
+/// Where it puts the reference CNI plugins (containernetworking/plugins).
+pub const PEERS_CNI: &str = "/var/cache/weft/peers/cni";
 /// Where it links the CRDs it fetches (from their Go modules).
 pub const PEERS_CRDS: &str = "/var/cache/weft/peers/crds";
 /// ClusterNetworkPolicy's CRD (`policy.networking.k8s.io/v1beta1`, from
@@ -82,6 +84,18 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlaneErr
 /// The path of peer component `name`, if it was built.
 pub fn peer(name: &str) -> Result<PathBuf> {
     let path = Path::new(PEERS_BIN).join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(ControlPlaneError::MissingPeer(path))
+    }
+}
+
+/// The reference CNI plugin `name` (bridge, host-local, portmap,
+/// loopback) that `scripts/setup.sh --peers` built; its folder is their
+/// CNI_PATH.
+pub fn reference_cni_plugin(name: &str) -> Result<PathBuf> {
+    let path = Path::new(PEERS_CNI).join(name);
     if path.exists() {
         Ok(path)
     } else {

@@ -7,8 +7,10 @@
 //! the other's lease, a pod on either node reaches a pod on the other
 //! (over vxlan and over host-gw), and a node that leaves disappears from
 //! the other's routes. node-b's pod is wired as flannel's CNI plugin wires
-//! one: the reference bridge plugin with host-local on the subnet in
-//! flanneld's subnet.env.
+//! one: the reference bridge plugin (v1.10.0, built by setup.sh) with
+//! host-local on the subnet in flanneld's subnet.env. (flannel's CNI plugin
+//! itself, github.com/flannel-io/cni-plugin, is not served by the Go module
+//! proxy.)
 
 mod common;
 
@@ -38,8 +40,8 @@ fn config(backend: &str) -> String {
 }
 
 /// A pod of the flanneld node, wired as flannel's CNI plugin does: the
-/// reference bridge plugin (cni0, the gateway) with host-local on the
-/// node's subnet from flanneld's subnet.env.
+/// reference bridge plugin v1.10.0 (cni0, the gateway) with host-local on
+/// the node's subnet from flanneld's subnet.env.
 fn flannel_pod(host: &NetNs, dir: &Path, scratch: &mut Namespaces, name: &str) -> Pod {
     let env = std::fs::read_to_string(dir.join("subnet.env")).expect("flanneld's subnet.env");
     let field = |key: &str| {
@@ -59,11 +61,12 @@ fn flannel_pod(host: &NetNs, dir: &Path, scratch: &mut Namespaces, name: &str) -
     });
     let (ns_name, ns) = scratch.add(name);
     let netns = weft_datapath::netns::named_path(&ns_name);
+    let bridge = weft_lab::control_plane::reference_cni_plugin("bridge").unwrap();
     let reply = Call {
         container_id: &ns_name,
         netns: Some(&netns),
         host: Some(host),
-        ..Call::new(Path::new("/usr/lib/cni/bridge"), "ADD")
+        ..Call::new(&bridge, "ADD")
     }
     .run(&conf)
     .expect("running the bridge plugin");
