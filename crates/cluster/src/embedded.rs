@@ -112,7 +112,7 @@ impl SubnetManager for Embedded {
     async fn acquire(
         &self,
         request: &LeaseRequest,
-        choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+        choose: impl Fn(&[IpNet]) -> Option<IpNet> + Send,
     ) -> Result<SubnetLease, ClusterError> {
         let lease = self.store.acquire_lease(
             &self.network,

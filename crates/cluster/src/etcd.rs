@@ -84,7 +84,14 @@ impl Etcd {
     /// Connects to `config.endpoints` (TLS when a CA or client certificate
     /// is given).
     pub async fn connect(config: &EtcdConfig) -> Result<Etcd, ClusterError> {
-        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+        // Keepalives find a dead connection (a watch would wait forever);
+        // requiring a leader makes a member cut off from quorum fail the
+        // watch, which is then listed again elsewhere, as flanneld does.
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         if config.ca_file.is_some() || config.cert_file.is_some() {
             options = options.with_tls(tls(config)?);
         }
@@ -143,20 +150,49 @@ impl Etcd {
 
     /// Puts `held` again: under a new etcd lease of `ttl`, or without one
     /// for a reservation. Returns when the new lease expires.
-    async fn put(&self, held: &Held, ttl: Duration) -> Result<Option<SystemTime>, ClusterError> {
-        let mut kv = self.client.kv_client();
-        if held.reserved {
-            kv.put(held.key.as_str(), held.value.as_str(), None)
+    ///
+    /// With `own_only` (renewing), only while the key is still this
+    /// node's: holding our value, or gone (then created again, if still
+    /// free). A key another node wrote since (ours was deleted, and the
+    /// subnet given out) is an error: two nodes must never hand out one
+    /// subnet.
+    async fn put(
+        &self,
+        held: &Held,
+        ttl: Duration,
+        own_only: bool,
+    ) -> Result<Option<SystemTime>, ClusterError> {
+        let (lease, expires) = match held.reserved {
+            true => (None, None),
+            false => {
+                let (id, expires) = self.grant(ttl).await?;
+                (Some(PutOptions::new().with_lease(id)), Some(expires))
+            }
+        };
+        let key = held.key.as_str();
+        let put = TxnOp::put(key, held.value.as_str(), lease);
+        let conditions = match own_only {
+            true => vec![
+                vec![Compare::value(key, CompareOp::Equal, held.value.as_str())],
+                vec![Compare::version(key, CompareOp::Equal, 0)],
+            ],
+            false => vec![Vec::new()],
+        };
+        for when in conditions {
+            let txn = Txn::new().when(when).and_then([put.clone()]);
+            let response = self
+                .client
+                .kv_client()
+                .txn(txn)
                 .await
-                .map_err(|e| etcd_error(&format!("writing {}", held.key), e))?;
-            return Ok(None);
+                .map_err(|e| etcd_error(&format!("writing {key}"), e))?;
+            if response.succeeded() {
+                return Ok(expires);
+            }
         }
-        let (id, expires) = self.grant(ttl).await?;
-        let options = PutOptions::new().with_lease(id);
-        kv.put(held.key.as_str(), held.value.as_str(), Some(options))
-            .await
-            .map_err(|e| etcd_error(&format!("writing {}", held.key), e))?;
-        Ok(Some(expires))
+        Err(ClusterError::Etcd(format!(
+            "{key} now holds another node's lease (this node's was deleted and its subnet given out): restart the agent to lease another"
+        )))
     }
 
     async fn grant(&self, ttl: Duration) -> Result<(i64, SystemTime), ClusterError> {
@@ -287,18 +323,56 @@ impl Etcd {
                 )));
             }
             for event in response.events() {
-                let item = match (event.event_type(), event.kv(), event.prev_kv()) {
-                    (EventType::Put, Some(kv), _) => lease_of_kv(kv).map(Event::Apply),
-                    (EventType::Delete, _, Some(prev)) => lease_of_kv(prev).map(Event::Delete),
-                    _ => None,
+                let prev = event.prev_kv().and_then(lease_of_kv);
+                let items = match (event.event_type(), event.kv().and_then(lease_of_kv)) {
+                    // A key that changed hands (a node took over another's
+                    // subnet, as from flanneld to weft): the former holder
+                    // is gone.
+                    (EventType::Put, Some(now)) => match prev {
+                        Some(prev) if prev.node != now.node => {
+                            vec![Event::Delete(prev), Event::Apply(now)]
+                        }
+                        _ => vec![Event::Apply(now)],
+                    },
+                    (EventType::Delete, _) => prev.map(Event::Delete).into_iter().collect(),
+                    _ => Vec::new(),
                 };
-                if let Some(item) = item {
+                for item in items {
                     if !send(Ok(item)) {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+}
+
+/// How many times acquiring lists and creates again after another node
+/// took the subnet chosen (flannel tries 10 times too).
+const CREATE_ATTEMPTS: usize = 10;
+
+impl Etcd {
+    /// Deletes the leases weft wrote for this node under another public
+    /// IP (its address changed): one node, one lease, or peers would see
+    /// two leases of one node and drop the live one when the old expires.
+    async fn forget_own_old_leases(
+        &self,
+        kvs: &[KeyValue],
+        request: &LeaseRequest,
+    ) -> Result<(), ClusterError> {
+        for kv in kvs {
+            let Some(old) = lease_of_kv(kv) else { continue };
+            if old.node == request.node && old.public_ip != request.public_ip {
+                let key = kv.key_str().map_err(|e| etcd_error("a lease key", e))?;
+                tracing::info!(key, old_ip = %old.public_ip, "deleting this node's lease of its former address");
+                self.client
+                    .kv_client()
+                    .delete(key, None)
+                    .await
+                    .map_err(|e| etcd_error(&format!("deleting {key}"), e))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -446,7 +520,7 @@ impl SubnetManager for Etcd {
     async fn acquire(
         &self,
         request: &LeaseRequest,
-        choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+        choose: impl Fn(&[IpNet]) -> Option<IpNet> + Send,
     ) -> Result<SubnetLease, ClusterError> {
         let IpAddr::V4(public_ip) = request.public_ip else {
             return Err(ClusterError::Etcd(format!(
@@ -456,9 +530,9 @@ impl SubnetManager for Etcd {
         };
         let attrs = LeaseAttrs::of(&request.node, public_ip, &request.backend_data);
         let value = serde_json::to_string(&attrs).expect("LeaseAttrs serialize");
-        let mut choose = Some(choose);
-        loop {
+        for _ in 0..CREATE_ATTEMPTS {
             let (kvs, _) = self.list().await?;
+            self.forget_own_old_leases(&kvs, request).await?;
             // Its own lease, as flanneld finds it: by its public IP.
             let own = kvs
                 .iter()
@@ -472,7 +546,7 @@ impl SubnetManager for Etcd {
                     value: value.clone(),
                     reserved: kv.lease() == 0,
                 };
-                let expires_at = self.put(&held, request.ttl).await?;
+                let expires_at = self.put(&held, request.ttl, false).await?;
                 let subnet = parse_subnet_key(&held.key).expect("a listed lease key");
                 *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
                 return Ok(lease(request, subnet, expires_at));
@@ -482,13 +556,6 @@ impl SubnetManager for Etcd {
                 .filter_map(|kv| parse_subnet_key(kv.key_str().ok()?))
                 .map(IpNet::V4)
                 .collect();
-            let Some(choose) = choose.take() else {
-                // Lost a race for the subnet chosen: `choose` is spent, so
-                // the caller chooses again.
-                return Err(ClusterError::Etcd(
-                    "another node took the subnet chosen at the same moment; try again".into(),
-                ));
-            };
             let Some(IpNet::V4(subnet)) = choose(&taken) else {
                 return Err(ClusterError::Etcd(
                     "no free subnet is left in the network".into(),
@@ -504,7 +571,12 @@ impl SubnetManager for Etcd {
                 *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
                 return Ok(lease(request, subnet, Some(expires)));
             }
+            // Another node created that key first: list again and choose
+            // among what is left.
         }
+        Err(ClusterError::Etcd(format!(
+            "other nodes took the subnet chosen {CREATE_ATTEMPTS} times in a row; try again"
+        )))
     }
 
     async fn renew(&self, node: &str, ttl: Duration) -> Result<SubnetLease, ClusterError> {
@@ -516,7 +588,7 @@ impl SubnetManager for Etcd {
             .ok_or_else(|| {
                 ClusterError::Etcd(format!("node {node} holds no lease here to renew"))
             })?;
-        let expires_at = self.put(&held, ttl).await?;
+        let expires_at = self.put(&held, ttl, true).await?;
         let mut lease = lease_of(&held.key, &held.value)
             .ok_or_else(|| ClusterError::Etcd(format!("{} is not a lease", held.key)))?;
         lease.expires_at = expires_at;
@@ -604,7 +676,7 @@ impl<C: Send + Sync> SubnetManager for EtcdLeases<C> {
     async fn acquire(
         &self,
         request: &LeaseRequest,
-        choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+        choose: impl Fn(&[IpNet]) -> Option<IpNet> + Send,
     ) -> Result<SubnetLease, ClusterError> {
         self.leases.acquire(request, choose).await
     }

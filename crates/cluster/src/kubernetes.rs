@@ -331,7 +331,7 @@ impl SubnetManager for Kubernetes {
     async fn acquire(
         &self,
         request: &LeaseRequest,
-        _choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+        _choose: impl Fn(&[IpNet]) -> Option<IpNet> + Send,
     ) -> Result<SubnetLease, ClusterError> {
         let mut said = false;
         loop {

@@ -104,7 +104,7 @@ pub trait SubnetManager {
     fn acquire(
         &self,
         request: &LeaseRequest,
-        choose: impl FnOnce(&[IpNet]) -> Option<IpNet> + Send,
+        choose: impl Fn(&[IpNet]) -> Option<IpNet> + Send,
     ) -> impl Future<Output = Result<SubnetLease, ClusterError>> + Send;
 
     /// Extends `node`'s lease by `ttl` from now (and clears away leases

@@ -170,16 +170,17 @@ fn leases_follow_flannels_etcd_layout() {
         assert_eq!(said(&next(&mut leases).await), "+node-a 10.244.2.0/24");
 
         // A subnet another node took in between is not taken again: the
-        // key is created only where none is.
+        // key is created only where none is, and the node chooses again.
         let b = Etcd::connect(&config(endpoints.clone())).await.unwrap();
-        let lost = b
-            .acquire(&request("node-b", "198.18.0.13"), |_| Some("10.244.2.0/24".parse().unwrap()))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(lost.contains("another node took the subnet"), "{lost}");
-        let got_b = b.acquire(&request("node-b", "198.18.0.13"), first_free).await.unwrap();
+        let choices = std::sync::atomic::AtomicUsize::new(0);
+        let raced = |taken: &[IpNet]| match choices.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            // What it chose before node-a's key was there.
+            0 => Some("10.244.2.0/24".parse().unwrap()),
+            _ => first_free(taken),
+        };
+        let got_b = b.acquire(&request("node-b", "198.18.0.13"), raced).await.unwrap();
         assert_eq!(got_b.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(choices.into_inner(), 2);
         assert_eq!(said(&next(&mut leases).await), "+node-b 10.244.3.0/24");
 
         // Restarted, node-a finds its lease by its public IP.
@@ -208,8 +209,35 @@ fn leases_follow_flannels_etcd_layout() {
         assert_eq!(bound(&mut raw, &format!("{PREFIX}/subnets/10.244.0.0-24")).await.0, 0);
         c.renew("node-c", Duration::from_secs(60)).await.unwrap();
         assert_eq!(bound(&mut raw, &format!("{PREFIX}/subnets/10.244.0.0-24")).await.0, 0);
+        // The reservation's node, as flanneld named it, makes way for it.
+        assert_eq!(said(&next(&mut leases).await), "-198.18.0.20 10.244.0.0/24");
         assert_eq!(said(&next(&mut leases).await), "+node-c 10.244.0.0/24");
         assert_eq!(said(&next(&mut leases).await), "+node-c 10.244.0.0/24");
+
+        // A renewal never takes back a key another node holds now: node-b's
+        // deleted, and its subnet given to node-d, node-b's renewal fails.
+        let key_b = format!("{PREFIX}/subnets/10.244.3.0-24");
+        raw.delete(key_b.as_str(), None).await.unwrap();
+        assert_eq!(said(&next(&mut leases).await), "-node-b 10.244.3.0/24");
+        let d = Etcd::connect(&config(endpoints.clone())).await.unwrap();
+        let got_d = d.acquire(&request("node-d", "198.18.0.14"), first_free).await.unwrap();
+        assert_eq!(got_d.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(said(&next(&mut leases).await), "+node-d 10.244.3.0/24");
+        let refused = b.renew("node-b", Duration::from_secs(60)).await.unwrap_err().to_string();
+        assert!(refused.contains("now holds another node's lease"), "{refused}");
+        // A key merely gone is written again.
+        raw.delete(key_a.as_str(), None).await.unwrap();
+        assert_eq!(said(&next(&mut leases).await), "-node-a 10.244.2.0/24");
+        a_again.renew("node-a", Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(said(&next(&mut leases).await), "+node-a 10.244.2.0/24");
+
+        // node-a at a new address: its lease of the old one goes, so peers
+        // never see two leases of one node.
+        let moved = a_again.acquire(&request("node-a", "198.18.0.31"), first_free).await.unwrap();
+        // (10.244.1.0/24 is flanneld's node's, still.)
+        assert_eq!(moved.subnet.to_string(), "10.244.4.0/24");
+        assert_eq!(said(&next(&mut leases).await), "-node-a 10.244.2.0/24");
+        assert_eq!(said(&next(&mut leases).await), "+node-a 10.244.4.0/24");
 
         // flanneld's lease expiring (its etcd lease revoked) is a delete.
         raw.lease_revoke(flannel_lease).await.unwrap();
@@ -229,8 +257,8 @@ fn leases_follow_flannels_etcd_layout() {
             [
                 "/coreos.com/network/config",
                 "/coreos.com/network/subnets/10.244.0.0-24",
-                "/coreos.com/network/subnets/10.244.2.0-24",
                 "/coreos.com/network/subnets/10.244.3.0-24",
+                "/coreos.com/network/subnets/10.244.4.0-24",
             ]
         );
     });
