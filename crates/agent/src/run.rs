@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde_json::json;
 use weft_cluster::cache::Cache;
 use weft_cluster::flannel;
-use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
+use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetRange};
 use weft_cluster::{ClusterState, Event, SubnetLease};
 use weft_datapath::netlink::{format_mac, Link, Route, VxlanSpec};
 use weft_datapath::{sysctl, Netlink};
@@ -245,6 +245,10 @@ pub async fn bootstrap<C: ClusterState>(mut opts: Options, cluster: C) -> Result
         },
         backend_data: backend_data.clone(),
         ttl: opts.lease_ttl,
+        allowed: SubnetRange {
+            min: v4.subnet_min,
+            max: v4.subnet_max,
+        },
     };
     let lease = cluster
         .acquire(&request, |taken| subnets::choose(&v4, taken))

@@ -512,6 +512,12 @@ pub fn lease_of(key: &str, value: &str) -> Option<SubnetLease> {
     })
 }
 
+/// Whether the lease `kv` is one of the subnets `request` allows.
+fn fits(kv: &KeyValue, request: &LeaseRequest) -> bool {
+    let subnet = kv.key_str().ok().and_then(parse_subnet_key);
+    subnet.is_some_and(|s| request.allowed.fits(IpNet::V4(s)))
+}
+
 fn lease_of_kv(kv: &KeyValue) -> Option<SubnetLease> {
     lease_of(kv.key_str().ok()?, kv.value_str().ok()?)
 }
@@ -533,10 +539,25 @@ impl SubnetManager for Etcd {
         for _ in 0..CREATE_ATTEMPTS {
             let (kvs, _) = self.list().await?;
             self.forget_own_old_leases(&kvs, request).await?;
-            // Its own lease, as flanneld finds it: by its public IP.
+            // Its own lease, as flanneld finds it: by its public IP; one
+            // the network config no longer allows is deleted, as flanneld
+            // does, and a new one taken.
             let own = kvs
                 .iter()
                 .find(|kv| lease_of_kv(kv).is_some_and(|l| l.public_ip == request.public_ip));
+            if let Some(kv) = own.filter(|kv| !fits(kv, request)) {
+                let key = kv.key_str().map_err(|e| etcd_error("a lease key", e))?;
+                tracing::info!(
+                    key,
+                    "deleting this node's lease: the network config does not allow its subnet"
+                );
+                self.client
+                    .kv_client()
+                    .delete(key, None)
+                    .await
+                    .map_err(|e| etcd_error(&format!("deleting {key}"), e))?;
+                continue;
+            }
             if let Some(kv) = own {
                 let held = Held {
                     key: kv

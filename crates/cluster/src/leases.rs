@@ -45,6 +45,30 @@ pub struct LeaseRequest {
     /// The same as flannel encodes it (etcd leases carry it).
     pub backend_data: BackendData,
     pub ttl: Duration,
+    /// The subnets the network config allows (where the source keeps
+    /// leases of its own, one it finds that does not fit is replaced).
+    pub allowed: SubnetRange,
+}
+
+/// Node subnets from `min` to `max`, both included (net-conf.json's
+/// SubnetMin and SubnetMax, of SubnetLen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetRange {
+    pub min: IpNet,
+    pub max: IpNet,
+}
+
+impl SubnetRange {
+    /// Whether `subnet` is one of the range's subnets.
+    pub fn fits(&self, subnet: IpNet) -> bool {
+        let same_kind = |a: IpNet| {
+            a.prefix_len() == self.min.prefix_len()
+                && a.addr().is_ipv4() == self.min.addr().is_ipv4()
+        };
+        same_kind(subnet)
+            && subnet.network() == subnet.addr()
+            && (self.min.network()..=self.max.network()).contains(&subnet.network())
+    }
 }
 
 /// The node's own data, as Kubernetes shows it on the Node.
@@ -129,6 +153,25 @@ pub trait SubnetManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subnet_fits_when_it_is_one_of_the_range() {
+        let range = SubnetRange {
+            min: "10.244.1.0/24".parse().unwrap(),
+            max: "10.244.255.0/24".parse().unwrap(),
+        };
+        for (subnet, fits) in [
+            ("10.244.1.0/24", true),
+            ("10.244.255.0/24", true),
+            ("10.244.0.0/24", false),
+            ("10.245.0.0/24", false),
+            ("10.244.2.0/25", false),
+            ("10.244.2.0/23", false),
+            ("fd00::/64", false),
+        ] {
+            assert_eq!(range.fits(subnet.parse().unwrap()), fits, "{subnet}");
+        }
+    }
 
     fn publication() -> NodePublication {
         NodePublication {

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use serde_json::json;
 use weft_cluster::embedded::Embedded;
-use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
+use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetRange};
 use weft_cluster::{Cluster, Event, Liveness, SubnetManager, Warning, Warnings};
 use weft_store::Store;
 
@@ -133,6 +133,10 @@ async fn leases_are_acquired_renewed_and_followed() {
             vtep_mac: "02:00:00:00:00:01".into(),
         },
         ttl: Duration::from_secs(60),
+        allowed: SubnetRange {
+            min: "10.244.1.0/24".parse().unwrap(),
+            max: "10.244.255.0/24".parse().unwrap(),
+        },
     };
     let first_free = |taken: &[ipnet::IpNet]| {
         let pool: ipnet::IpNet = "10.244.0.0/16".parse().unwrap();

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use serde_json::json;
 use weft_cluster::etcd::{Etcd, EtcdConfig};
-use weft_cluster::leases::{BackendData, LeaseRequest, SubnetLease};
+use weft_cluster::leases::{BackendData, LeaseRequest, SubnetLease, SubnetRange};
 use weft_cluster::{Event, EventStream, SubnetManager};
 
 const PREFIX: &str = "/coreos.com/network";
@@ -40,6 +40,10 @@ fn request(node: &str, ip: &str) -> LeaseRequest {
         backend: json!({"vtepMAC": vtep_mac}),
         backend_data: BackendData::Vxlan { vni: 1, vtep_mac },
         ttl: Duration::from_secs(86400),
+        allowed: SubnetRange {
+            min: "10.244.0.0/24".parse().unwrap(),
+            max: "10.244.255.0/24".parse().unwrap(),
+        },
     }
 }
 
@@ -239,6 +243,22 @@ fn leases_follow_flannels_etcd_layout() {
         assert_eq!(said(&next(&mut leases).await), "-node-a 10.244.2.0/24");
         assert_eq!(said(&next(&mut leases).await), "+node-a 10.244.4.0/24");
 
+        // A lease the network config no longer allows (from before a
+        // change of Network) is deleted and another taken, as flanneld does.
+        raw.put(
+            format!("{PREFIX}/subnets/10.245.7.0-24"),
+            r#"{"PublicIP":"198.18.0.40","BackendType":"vxlan","weft.dev/node":"node-e"}"#,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(said(&next(&mut leases).await), "+node-e 10.245.7.0/24");
+        let e = Etcd::connect(&config(endpoints.clone())).await.unwrap();
+        let renewed = e.acquire(&request("node-e", "198.18.0.40"), first_free).await.unwrap();
+        assert_eq!(renewed.subnet.to_string(), "10.244.2.0/24");
+        assert_eq!(said(&next(&mut leases).await), "-node-e 10.245.7.0/24");
+        assert_eq!(said(&next(&mut leases).await), "+node-e 10.244.2.0/24");
+
         // flanneld's lease expiring (its etcd lease revoked) is a delete.
         raw.lease_revoke(flannel_lease).await.unwrap();
         assert_eq!(said(&next(&mut leases).await), "-198.18.0.12 10.244.1.0/24");
@@ -257,6 +277,7 @@ fn leases_follow_flannels_etcd_layout() {
             [
                 "/coreos.com/network/config",
                 "/coreos.com/network/subnets/10.244.0.0-24",
+                "/coreos.com/network/subnets/10.244.2.0-24",
                 "/coreos.com/network/subnets/10.244.3.0-24",
                 "/coreos.com/network/subnets/10.244.4.0-24",
             ]

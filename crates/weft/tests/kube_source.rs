@@ -18,7 +18,7 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication};
+use weft_cluster::leases::{BackendData, LeaseRequest, NodePublication, SubnetRange};
 use weft_cluster::{
     Cluster, Event, EventStream, Liveness, LoadBalancerAllocation, SubnetManager, Warning, Warnings,
 };
@@ -188,6 +188,10 @@ fn subnets_and_liveness_follow_flannels_kube_subnet_manager() {
                     backend: json!({"vtepMAC": "0a:58:c6:12:00:0b"}),
                     backend_data: BackendData::Vxlan { vni: 1, vtep_mac: "0a:58:c6:12:00:0b".into() },
                     ttl: Duration::from_secs(60),
+                    allowed: SubnetRange {
+                        min: "10.244.1.0/24".parse().unwrap(),
+                        max: "10.244.255.0/24".parse().unwrap(),
+                    },
                 };
                 let lease = cluster.acquire(&request, |_| None).await.unwrap();
                 assert_eq!(lease.subnet.to_string(), "10.244.1.0/24", "the podCIDR, not a choice");
