@@ -161,13 +161,17 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
+    /// Whether the cluster is etcd alone: leases, and no Kubernetes API
+    /// (no Services, policies or Pods).
+    fn etcd_alone(&self) -> bool {
+        !self.etcd_endpoints.is_empty() && self.kubeconfig.is_none() && !self.in_cluster
+    }
+
     /// The policy gate's socket; none with etcd alone, which has no pods
     /// or policies (a pod would wait for a Pod the agent never sees).
     fn policy_socket(&self) -> Option<PathBuf> {
-        let etcd_alone =
-            !self.etcd_endpoints.is_empty() && self.kubeconfig.is_none() && !self.in_cluster;
         Some(&self.policy_socket)
-            .filter(|p| !p.is_empty() && !etcd_alone)
+            .filter(|p| !p.is_empty() && !self.etcd_alone())
             .map(PathBuf::from)
     }
 }
@@ -266,6 +270,35 @@ impl Source {
                 poll: a.watch_poll,
             },
         })
+    }
+}
+
+/// etcd and the network config in it, waiting (as flanneld does) while
+/// etcd cannot be reached or holds no config yet; a config that is there
+/// but invalid is an error.
+async fn etcd_and_its_config(config: &EtcdConfig) -> Result<(Etcd, NetConf)> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let connected = match Etcd::connect(config).await {
+            Ok(etcd) => etcd.network_config().await.map(|text| (etcd, text)),
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok((etcd, text)) => {
+                let conf = NetConf::parse(&text)
+                    .map_err(anyhow::Error::from)
+                    .and_then(weft_agent::run::supported)
+                    .with_context(|| {
+                        format!("the network config in etcd at {}/config", config.prefix)
+                    })?;
+                return Ok((etcd, conf));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "waiting for etcd and the network config");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -425,6 +458,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         _ => Some(weft_agent::run::read_net_conf(&a.net_conf)?),
     };
     let policy_socket = a.policy_socket();
+    let etcd_alone = a.etcd_alone();
     let options = move |net_conf| Options {
         node,
         net_conf,
@@ -438,7 +472,8 @@ pub fn run(a: AgentArgs) -> Result<()> {
         lease_ttl: a.lease_ttl,
         resync: a.resync,
         health_stale_after: a.health_stale_after,
-        proxy: !a.no_proxy,
+        // With etcd alone there are no Services to program.
+        proxy: !a.no_proxy && !etcd_alone,
         announce_load_balancers: !a.no_lb_allocator,
         proxy_health: a.proxy_health.0,
         nodeport_addresses: a.nodeport_addresses,
@@ -460,17 +495,14 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
+        let mut shutdown = Box::pin(shutdown);
         let file_conf = || file_conf.context("net-conf.json is read for this source");
         match source {
             Source::Etcd { config, kube } => {
-                let leases = Etcd::connect(&config).await?;
-                let text = leases.network_config().await?;
-                let conf = NetConf::parse(&text)
-                    .map_err(anyhow::Error::from)
-                    .and_then(weft_agent::run::supported)
-                    .with_context(|| {
-                        format!("the network config in etcd at {}/config", config.prefix)
-                    })?;
+                let (leases, conf) = tokio::select! {
+                    ready = etcd_and_its_config(&config) => ready?,
+                    _ = &mut shutdown => return Ok(()),
+                };
                 let Some(kube) = kube else {
                     return weft_agent::run::run(options(conf), leases, shutdown).await;
                 };

@@ -297,14 +297,6 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
     let control_plane = ControlPlane::start();
     let ns = control_plane.ns_name().to_string();
     underlay(&control_plane);
-    let flannel_lease = control_plane.with_etcd(|endpoints| async move {
-        let mut raw = Client::connect(&endpoints, None).await.unwrap();
-        let conf = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
-        raw.put(format!("{PREFIX}/config"), conf, None)
-            .await
-            .unwrap();
-        flanneld_lease(&mut raw, "10.244.7.0-24").await
-    });
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("agent.log");
     let _agent = start_etcd_agent(
@@ -316,6 +308,20 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
         &[],
     );
     let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // Started before the network config is in etcd, it waits for it, as
+    // flanneld does.
+    let waiting = common::wait_until(Duration::from_secs(10), || {
+        agent_log().contains("waiting for etcd and the network config")
+    });
+    assert!(waiting.is_some(), "{}", agent_log());
+    let flannel_lease = control_plane.with_etcd(|endpoints| async move {
+        let mut raw = Client::connect(&endpoints, None).await.unwrap();
+        let conf = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+        raw.put(format!("{PREFIX}/config"), conf, None)
+            .await
+            .unwrap();
+        flanneld_lease(&mut raw, "10.244.7.0-24").await
+    });
     let routed = common::wait_until(Duration::from_secs(20), || {
         ip(&ns, &["route", "show", "10.244.7.0/24"]).contains("onlink")
     });
@@ -356,6 +362,21 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
     // The first subnet after the network's first, as flannel's SubnetMin.
     assert_eq!(key, format!("{PREFIX}/subnets/10.244.1.0-24"));
     assert!(value.contains(r#""BackendType":"vxlan""#), "{value}");
+    // With etcd alone there are no Services: no proxy table.
+    let proxy = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "weft-proxy",
+        ])
+        .output()
+        .unwrap();
+    assert!(!proxy.status.success(), "a proxy table with etcd alone");
     let env = std::fs::read_to_string(dir.path().join("subnet.env")).unwrap();
     assert!(env.contains("FLANNEL_SUBNET=10.244.1.1/24"), "{env}");
     // flanneld's node leaves (its lease expires): its routes go.
