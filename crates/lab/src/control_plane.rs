@@ -819,6 +819,23 @@ impl ControlPlane {
         self.wait_ready()
     }
 
+    /// Stops etcd (its data stays), as an outage of the store.
+    pub fn stop_etcd(&mut self) {
+        self.etcd.stop();
+    }
+
+    /// Starts etcd again on its data.
+    pub fn restart_etcd(&mut self) -> Result<()> {
+        self.etcd = Server::start(
+            &self.namespace.ns,
+            self.dir.path(),
+            "etcd",
+            &etcd_args(self.dir.path(), self.config.bind),
+            self.config.die_with_thread,
+        )?;
+        Ok(())
+    }
+
     /// Fails with the server's log unless every server still runs.
     pub fn check_running(&mut self) -> Result<()> {
         for server in [&mut self.controller_manager, &mut self.scheduler]

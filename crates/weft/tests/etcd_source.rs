@@ -439,3 +439,97 @@ fn with_a_kubeconfig_leases_stay_in_etcd_and_services_come_from_the_api() {
     });
     assert_eq!(nodes, 0, "a Node was written:\n{}", log());
 }
+
+/// etcd going away and coming back: the lease watch reports the outage,
+/// then lists again (a new `Init` … `InitDone`, with what changed
+/// meanwhile) and follows on; the history it missed was compacted away
+/// too, so the listing is all it can have.
+#[test]
+fn the_lease_watch_lists_again_after_etcd_comes_back() {
+    let mut control_plane = ControlPlane::start();
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<String>>();
+    // The watch runs on its own thread (in the namespace) while the test
+    // stops and restarts etcd.
+    let ns = weft_datapath::NetNs::open(control_plane.ns().path()).unwrap();
+    let watcher = std::thread::spawn(move || {
+        ns.run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let endpoints = vec![weft_lab::control_plane::ETCD_CLIENT_URL.to_string()];
+                let etcd = Etcd::connect(&config(endpoints)).await.unwrap();
+                let mut leases = etcd.watch_leases();
+                let mut seen = vec![
+                    said(&next(&mut leases).await),
+                    said(&next(&mut leases).await),
+                ];
+                tx.send("listed").unwrap();
+                // Through the outage: errors, then a listing again.
+                let mut errors = 0;
+                loop {
+                    let item = tokio::time::timeout(Duration::from_secs(30), leases.next())
+                        .await
+                        .expect("the watch goes on")
+                        .expect("the stream does not end");
+                    match item {
+                        Err(_) => errors += 1,
+                        Ok(event) => {
+                            let text = said(&event);
+                            // The lease written once etcd was back, by
+                            // the listing again or the watch after it.
+                            let done = text.ends_with("198.18.0.19 10.244.9.0/24");
+                            seen.push(text);
+                            if done {
+                                break;
+                            }
+                        }
+                    }
+                }
+                seen.push(format!("errors: {}", errors > 0));
+                done_tx.send(seen).unwrap();
+            })
+        })
+        .unwrap()
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), "listed");
+    control_plane.stop_etcd();
+    std::thread::sleep(Duration::from_secs(2));
+    control_plane.restart_etcd();
+    // A lease written once etcd is back, and the history compacted.
+    control_plane.with_etcd(|endpoints| async move {
+        let mut raw = loop {
+            if let Ok(mut client) = Client::connect(&endpoints, None).await {
+                if client.status().await.is_ok() {
+                    break client;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let put = raw
+            .put(
+                format!("{PREFIX}/subnets/10.244.9.0-24"),
+                r#"{"PublicIP":"198.18.0.19","BackendType":"host-gw"}"#,
+                None,
+            )
+            .await
+            .unwrap();
+        raw.compact(put.header().unwrap().revision(), None)
+            .await
+            .unwrap();
+    });
+    let seen = done_rx.recv_timeout(Duration::from_secs(40)).unwrap();
+    watcher.join().unwrap();
+    // Either the listing after the outage has the new lease, or the
+    // watch from it brings it: both end in the lease, after a relisting.
+    let relisted = seen.iter().filter(|s| *s == "<init>").count();
+    assert_eq!(relisted, 2, "{seen:?}");
+    assert!(seen.contains(&"errors: true".to_string()), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|s| s.ends_with("198.18.0.19 10.244.9.0/24")),
+        "{seen:?}"
+    );
+}

@@ -111,6 +111,20 @@ impl ControlPlane {
         self.inner.stop_apiserver();
     }
 
+    /// Stops etcd (its data stays).
+    #[allow(dead_code)] // Only etcd_source.rs uses it.
+    pub fn stop_etcd(&mut self) {
+        self.inner.stop_etcd();
+    }
+
+    /// Starts etcd again on its data.
+    #[allow(dead_code)] // Only etcd_source.rs uses it.
+    pub fn restart_etcd(&mut self) {
+        self.inner
+            .restart_etcd()
+            .unwrap_or_else(|e| panic!("restarting etcd: {e}"));
+    }
+
     /// Starts the apiserver again and waits until it is ready.
     pub fn restart_apiserver(&mut self) {
         self.inner
