@@ -9,17 +9,21 @@
 //! - a key without an etcd lease is a reservation: it is never taken by
 //!   another node;
 //! - a new lease is created only if its key does not exist (one
-//!   transaction), a renewal puts the key again under a new etcd lease;
+//!   transaction; a lost race is chosen again), a renewal puts the key
+//!   again under a new etcd lease, only while it is still this node's;
 //! - leases are followed from the revision they were listed at, listed
-//!   again when etcd compacted that revision away.
+//!   again when the watch ends (compacted, cancelled, connection lost);
+//!   a key that changes hands is its former node leaving first.
 //!
-//! A node finds its own lease as flanneld does, by its public IP. weft adds
-//! its node name to the value ([`NODE_FIELD`]; flanneld ignores fields it
-//! does not know); a flanneld node's lease is named by its public IP.
+//! A node finds its own lease as flanneld does, by its public IP (one the
+//! network config no longer allows is replaced). weft adds its node name
+//! to the value ([`NODE_FIELD`]; flanneld ignores fields it does not
+//! know); a flanneld node's lease is named by its public IP.
 //!
-//! The layout is pure ([`subnet_key`], [`parse_subnet_key`],
-//! [`LeaseAttrs`], [`lease_of`]); the rest talks to etcd and decides
-//! nothing.
+//! [`Etcd`] alone is a cluster of leases only; [`EtcdLeases`] adds a
+//! kube-apiserver's objects. The layout is pure ([`subnet_key`],
+//! [`parse_subnet_key`], [`LeaseAttrs`], [`lease_of`]); the rest talks to
+//! etcd and decides nothing.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
