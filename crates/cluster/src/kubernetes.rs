@@ -4,7 +4,7 @@
 //! failure is the source's [`Cluster::problem`] until a watch succeeds
 //! again. A kind the API server does not serve (a CRD not installed) is
 //! watched as a kind with no objects until it is served
-//! ([`none_while_unserved`]).
+//! (`none_while_unserved`).
 //!
 //! Subnets follow flannel's `--kube-subnet-mgr` ([`crate::flannel`]): a
 //! node's subnet is its Node's podCIDR (node IPAM's choice), its data is
