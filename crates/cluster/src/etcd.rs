@@ -42,7 +42,8 @@ use serde_json::{json, Value};
 
 use crate::leases::{BackendData, LeaseRequest, NodePublication, SubnetLease, SubnetManager};
 use crate::{
-    Cluster, ClusterError, Event, EventStream, Liveness, Warning, Warnings, Watched, RETRY_PAUSE,
+    Cluster, ClusterError, Event, EventStream, Liveness, Problem, Warning, Warnings, Watched,
+    RETRY_PAUSE,
 };
 
 /// flannel's default prefix (`--etcd-prefix`).
@@ -77,7 +78,7 @@ pub struct Etcd {
     prefix: String,
     held: Arc<Mutex<Option<Held>>>,
     /// The last failure of the leases' watch, until it works again.
-    problem: Arc<Mutex<Option<String>>>,
+    problem: Problem,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> ClusterError {
@@ -111,7 +112,7 @@ impl Etcd {
             client,
             prefix: config.prefix.trim_end_matches('/').to_string(),
             held: Arc::default(),
-            problem: Arc::default(),
+            problem: Problem::default(),
         })
     }
 
@@ -249,9 +250,8 @@ impl Etcd {
     ) {
         loop {
             let send = |item: Result<Event<SubnetLease>, ClusterError>| {
-                let mut problem = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
-                *problem = item.as_ref().err().map(ToString::to_string);
-                drop(problem);
+                self.problem
+                    .set(item.as_ref().err().map(ToString::to_string));
                 sender.unbounded_send(item).is_ok()
             };
             let (kvs, revision) = match self.list().await {
@@ -645,10 +645,7 @@ impl Cluster for Etcd {
     }
 
     fn problem(&self) -> Option<String> {
-        self.problem
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.problem.get()
     }
 }
 

@@ -16,10 +16,8 @@
 //! weft's own namespace (`weft agent --namespace`, weft-system), read
 //! the pools from a ConfigMap there, and write `services/status`.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -44,6 +42,7 @@ use crate::load_balancers::{
     AllocationEvent, LoadBalancerAllocation, ALLOCATOR_LEASE, POOLS_CONFIGMAP, POOLS_KEY,
 };
 use crate::warnings::{self, Warning, Warnings};
+use crate::Problem;
 use crate::{Cluster, ClusterError, Event, EventStream, Watched, RETRY_PAUSE};
 
 /// The field manager weft's writes are recorded under.
@@ -58,7 +57,7 @@ pub struct Kubernetes {
     /// weft's own namespace (its allocator Lease and pools ConfigMap).
     namespace: String,
     /// The last watch failure, cleared by the next event.
-    problem: Arc<Mutex<Option<String>>>,
+    problem: Problem,
     /// Events on Services (it folds repeats into a series).
     recorder: Recorder,
 }
@@ -110,7 +109,7 @@ impl Kubernetes {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace: config.default_namespace,
-            problem: Arc::default(),
+            problem: Problem::default(),
         })
     }
 
@@ -154,28 +153,22 @@ impl Cluster for Kubernetes {
         none_while_unserved(watch)
             .backoff(RetrySoon::default())
             .filter(|item| futures::future::ready(!matches!(item, Err(e) if is_unserved(e))))
-            .map(move |item| {
-                let mut held = problem.lock().unwrap_or_else(PoisonError::into_inner);
-                match item {
-                    Ok(event) => {
-                        *held = None;
-                        Ok(event)
-                    }
-                    Err(e) => {
-                        let why = format!("watching {kind}s on the API server: {e}");
-                        *held = Some(why.clone());
-                        Err(ClusterError::Kubernetes(why))
-                    }
+            .map(move |item| match item {
+                Ok(event) => {
+                    problem.set(None);
+                    Ok(event)
+                }
+                Err(e) => {
+                    let why = format!("watching {kind}s on the API server: {e}");
+                    problem.set(Some(why.clone()));
+                    Err(ClusterError::Kubernetes(why))
                 }
             })
             .boxed()
     }
 
     fn problem(&self) -> Option<String> {
-        self.problem
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.problem.get()
     }
 }
 

@@ -82,6 +82,27 @@ pub trait Cluster: Clone + Send + Sync + 'static {
     fn problem(&self) -> Option<String>;
 }
 
+/// A source's last failure, shared by its watches, for
+/// [`Cluster::problem`]: set by a failing item, cleared by a good one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Problem(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Problem {
+    pub(crate) fn set(&self, problem: Option<String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
+    }
+
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// How long a source waits before trying again after an error.
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
 

@@ -83,34 +83,28 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlaneErr
 
 /// The path of peer component `name`, if it was built.
 pub fn peer(name: &str) -> Result<PathBuf> {
-    let path = Path::new(PEERS_BIN).join(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(ControlPlaneError::MissingPeer(path))
-    }
+    cached(PEERS_BIN, name, ControlPlaneError::MissingPeer)
 }
 
 /// The reference CNI plugin `name` (bridge, host-local, portmap,
 /// loopback) that `scripts/setup.sh --peers` built; its folder is their
 /// CNI_PATH.
 pub fn reference_cni_plugin(name: &str) -> Result<PathBuf> {
-    let path = Path::new(PEERS_CNI).join(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(ControlPlaneError::MissingPeer(path))
-    }
+    cached(PEERS_CNI, name, ControlPlaneError::MissingPeer)
 }
 
 /// The path of the CRD file `name` (e.g. [`CLUSTER_NETWORK_POLICY_CRD`]),
 /// if it was fetched.
 pub fn peer_crd(name: &str) -> Result<PathBuf> {
-    let path = Path::new(PEERS_CRDS).join(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(ControlPlaneError::MissingCrd(path))
+    cached(PEERS_CRDS, name, ControlPlaneError::MissingCrd)
+}
+
+/// File `name` of the peers' cache folder `dir`, or `missing` of its path.
+fn cached(dir: &str, name: &str, missing: fn(PathBuf) -> ControlPlaneError) -> Result<PathBuf> {
+    let path = Path::new(dir).join(name);
+    match path.exists() {
+        true => Ok(path),
+        false => Err(missing(path)),
     }
 }
 
