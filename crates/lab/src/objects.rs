@@ -11,12 +11,15 @@ use k8s_openapi::Metadata;
 /// The namespace objects without one land in.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// An object's (namespace, name); no namespace means `default`.
+/// An object's (namespace, name); no namespace, or an empty one, means
+/// `default`.
 pub fn key<K: Metadata<Ty = ObjectMeta>>(object: &K) -> (String, String) {
     let meta = object.metadata();
     (
+        // An empty namespace is the default one, as the API server takes it.
         meta.namespace
             .clone()
+            .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         meta.name.clone().unwrap_or_default(),
     )
