@@ -137,6 +137,42 @@ pub struct PortRange {
     pub end: i32,
 }
 
+/// One rule of either direction: ingress and egress rules differ only
+/// in the name of their peers' field.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleView<'a> {
+    pub name: Option<&'a str>,
+    pub action: &'a str,
+    pub peers: &'a [Peer],
+    pub protocols: Option<&'a [ProtocolMatch]>,
+}
+
+/// A direction's rules: which (`ingress`, `egress`), its peers' field
+/// (`from`, `to`) and the rules in order.
+pub type Direction<'a> = (&'static str, &'static str, Vec<RuleView<'a>>);
+
+impl ClusterNetworkPolicySpec {
+    /// Its ingress rules, then its egress rules.
+    pub fn directions(&self) -> [Direction<'_>; 2] {
+        let ingress = self.ingress.iter().map(|r| RuleView {
+            name: r.name.as_deref(),
+            action: &r.action,
+            peers: &r.from,
+            protocols: r.protocols.as_deref(),
+        });
+        let egress = self.egress.iter().map(|r| RuleView {
+            name: r.name.as_deref(),
+            action: &r.action,
+            peers: &r.to,
+            protocols: r.protocols.as_deref(),
+        });
+        [
+            ("ingress", "from", ingress.collect()),
+            ("egress", "to", egress.collect()),
+        ]
+    }
+}
+
 impl k8s_openapi::Resource for ClusterNetworkPolicy {
     const API_VERSION: &'static str = "policy.networking.k8s.io/v1beta1";
     const GROUP: &'static str = "policy.networking.k8s.io";

@@ -452,38 +452,17 @@ impl ClusterPolicy {
                 None
             }
         };
-        let ingress: Vec<RuleParts> = (spec.ingress.iter())
-            .map(|r| {
-                (
-                    &r.name,
-                    r.action.as_str(),
-                    &r.from[..],
-                    r.protocols.as_deref(),
-                )
-            })
-            .collect();
-        let egress: Vec<RuleParts> = (spec.egress.iter())
-            .map(|r| {
-                (
-                    &r.name,
-                    r.action.as_str(),
-                    &r.to[..],
-                    r.protocols.as_deref(),
-                )
-            })
-            .collect();
-        let mut read = |direction: &str, rules: Vec<RuleParts>| -> Vec<ClusterRule> {
+        let [ingress, egress] = spec.directions().map(|(direction, _, rules)| {
             let egress = direction == "egress";
             rules
                 .into_iter()
                 .enumerate()
-                .map(|(i, parts)| {
+                .map(|(i, rule)| {
                     let at = format!("spec.{direction}[{i}]");
-                    cluster_rule(parts, egress, &at, &mut problems)
+                    cluster_rule(rule, egress, &at, &mut problems)
                 })
-                .collect()
-        };
-        let (ingress, egress) = (read("ingress", ingress), read("egress", egress));
+                .collect::<Vec<ClusterRule>>()
+        });
         Ok(ClusterPolicy {
             name,
             tier,
@@ -517,18 +496,14 @@ impl ClusterPolicy {
     }
 }
 
-/// A cluster-wide rule's name, action, peers and protocols (ingress and
-/// egress rules differ only in naming their peers `from` or `to`).
-type RuleParts<'a> = (
-    &'a Option<String>,
-    &'a str,
-    &'a [api::Peer],
-    Option<&'a [api::ProtocolMatch]>,
-);
-
 /// One cluster-wide rule (`networks` peers only on `egress`).
 fn cluster_rule(
-    (name, action, peers, protocols): RuleParts,
+    api::RuleView {
+        name,
+        action,
+        peers,
+        protocols,
+    }: api::RuleView,
     egress: bool,
     at: &str,
     problems: &mut Vec<String>,
@@ -601,7 +576,7 @@ fn cluster_rule(
         ),
     };
     ClusterRule {
-        name: name.clone(),
+        name: name.map(str::to_owned),
         action,
         matches,
     }

@@ -42,36 +42,11 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Result<(),
         );
     }
     subject(&spec.subject, &mut errors);
-    let directions = [
-        (
-            "ingress",
-            "from",
-            spec.ingress
-                .iter()
-                .map(|r| {
-                    (
-                        r.name.as_deref(),
-                        &r.action,
-                        &r.from,
-                        r.protocols.as_deref(),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        ),
-        (
-            "egress",
-            "to",
-            spec.egress
-                .iter()
-                .map(|r| (r.name.as_deref(), &r.action, &r.to, r.protocols.as_deref()))
-                .collect(),
-        ),
-    ];
-    for (direction, peers_field, rules) in directions {
+    for (direction, peers_field, rules) in spec.directions() {
         count(&format!("spec.{direction}"), rules.len(), 0, &mut errors);
-        for (i, (name, action, peers, protocols)) in rules.into_iter().enumerate() {
+        for (i, rule) in rules.into_iter().enumerate() {
             let at = format!("spec.{direction}[{i}]");
-            if let Some(name) = name {
+            if let Some(name) = rule.name {
                 if name.chars().count() > RULE_NAME_MAX {
                     errors.invalid(
                         format!("{at}.name"),
@@ -80,10 +55,10 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Result<(),
                     );
                 }
             }
-            one_of(&format!("{at}.action"), action, &ACTIONS, &mut errors);
+            one_of(&format!("{at}.action"), rule.action, &ACTIONS, &mut errors);
             let field = format!("{at}.{peers_field}");
-            count(&field, peers.len(), 1, &mut errors);
-            for (j, p) in peers.iter().enumerate() {
+            count(&field, rule.peers.len(), 1, &mut errors);
+            for (j, p) in rule.peers.iter().enumerate() {
                 peer(
                     p,
                     &format!("{field}[{j}]"),
@@ -91,7 +66,7 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Result<(),
                     &mut errors,
                 );
             }
-            if let Some(protocols) = protocols {
+            if let Some(protocols) = rule.protocols {
                 let field = format!("{at}.protocols");
                 count(&field, protocols.len(), 1, &mut errors);
                 for (j, p) in protocols.iter().enumerate() {
