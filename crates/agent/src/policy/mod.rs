@@ -167,8 +167,11 @@ impl State {
         if policies.is_empty() {
             return rules::table(&policies, &[], &NamespaceLabels::new(), node);
         }
-        for problem in policies.problems() {
-            tracing::debug!(%problem, "part of a policy could not be read");
+        // Worded only when someone reads it: this runs on every change.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for problem in policies.problems() {
+                tracing::debug!(%problem, "part of a policy could not be read");
+            }
         }
         let namespaces = namespace_labels(self.namespaces.values());
         rules::table(&policies, &self.pods(), &namespaces, node)
