@@ -491,6 +491,8 @@ impl Bed {
             &p("net.d"),
             "--ipam-dir",
             &p("ipam"),
+            "--host-local-dir",
+            &p("ipam/cbr0"),
             "--policy-socket",
             &p("policy.sock"),
             "--health",

@@ -1,10 +1,11 @@
 //! `weft agent --cleanup`: removes what the agent put on this node, as
-//! `kube-proxy --cleanup` does — its VXLAN devices (their neighbours and
-//! FDB entries go with them), its routes (tagged with weft's route
-//! protocol), its nftables tables (masquerade, Service proxy, NetworkPolicy) and the files
-//! it wrote for the CNI plugin. It leaves weft-cni's per-pod rules (pods
-//! still running need them; the plugin removes them at DEL) and its lease
-//! (the cluster's record, released by removing the node).
+//! `kube-proxy --cleanup` does — its VXLAN devices, including one taken
+//! over from flanneld (their neighbours and FDB entries go with them), its
+//! routes (tagged with weft's route protocol), its nftables tables
+//! (masquerade, Service proxy, NetworkPolicy) and the files it wrote for
+//! the CNI plugin. It leaves weft-cni's per-pod rules (pods still running
+//! need them; the plugin removes them at DEL) and its lease (the cluster's
+//! record, released by removing the node).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,10 +51,13 @@ const TABLES: [(Family, &str); 3] = [
     (Family::Ip, weft_policy::rules::TABLE),
 ];
 
-/// Whether `name` is a device the agent makes (`weft.<VNI>`).
+/// Whether `name` is a VXLAN device the agent makes (`weft.<VNI>`) or
+/// took over from flanneld (`flannel.<VNI>`).
 fn is_agent_device(name: &str) -> bool {
-    name.strip_prefix("weft.")
-        .is_some_and(|vni| !vni.is_empty() && vni.chars().all(|c| c.is_ascii_digit()))
+    ["weft.", "flannel."].iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .is_some_and(|vni| !vni.is_empty() && vni.chars().all(|c| c.is_ascii_digit()))
+    })
 }
 
 /// Removes it all; what was not there is no error.
@@ -113,7 +117,8 @@ mod tests {
     fn only_the_agents_own_devices_are_its_own() {
         assert!(is_agent_device("weft.1"));
         assert!(is_agent_device("weft.4096"));
-        for other in ["weft.", "weft.x", "weft-cni0", "weft", "eth0", "flannel.1"] {
+        assert!(is_agent_device("flannel.1"), "taken over from flanneld");
+        for other in ["weft.", "weft.x", "weft-cni0", "weft", "eth0", "flannel.x"] {
             assert!(!is_agent_device(other), "{other}");
         }
     }

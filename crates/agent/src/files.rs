@@ -7,30 +7,37 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-/// The node's conflist: weft-cni on bridge `cni0` with its subnet from
-/// `subnet_file`. Masquerade stays with the agent (FLANNEL_IPMASQ=true).
 /// The node's CNI configuration, in the CNI config directory.
 pub const CONFLIST: &str = "10-weft.conflist";
 
-pub fn conflist(
-    network: &str,
-    subnet_file: &Path,
-    ipam_dir: &Path,
-    policy_socket: Option<&Path>,
-) -> Value {
+/// What the conflist tells weft-cni.
+pub struct CniPlugin<'a> {
+    pub network: &'a str,
+    pub subnet_file: &'a Path,
+    pub ipam_dir: &'a Path,
+    pub host_local_dir: Option<&'a Path>,
+    pub policy_socket: Option<&'a Path>,
+}
+
+/// The node's conflist: weft-cni on bridge `cni0` with its subnet from the
+/// subnet file. Masquerade stays with the agent (FLANNEL_IPMASQ=true).
+pub fn conflist(plugin: &CniPlugin) -> Value {
     let mut conflist = json!({
         "cniVersion": "1.1.0",
-        "name": network,
+        "name": plugin.network,
         "plugins": [{
             "type": "weft-cni",
             "bridge": "cni0",
             "hairpinMode": true,
             "isDefaultGateway": true,
-            "ipam": {"subnetFile": subnet_file, "dataDir": ipam_dir},
+            "ipam": {"subnetFile": plugin.subnet_file, "dataDir": plugin.ipam_dir},
             "capabilities": {"portMappings": true, "ips": true, "mac": true}
         }]
     });
-    if let Some(socket) = policy_socket {
+    if let Some(dir) = plugin.host_local_dir {
+        conflist["plugins"][0]["ipam"]["hostLocalDir"] = json!(dir);
+    }
+    if let Some(socket) = plugin.policy_socket {
         conflist["plugins"][0]["policySocket"] = json!(socket);
     }
     conflist
@@ -66,14 +73,19 @@ mod tests {
 
     #[test]
     fn conflist_points_weft_cni_at_the_subnet_file() {
-        let c = conflist(
-            "weft",
-            Path::new("/run/weft/subnet.env"),
-            Path::new("/var/lib/cni/weft"),
-            Some(Path::new("/run/weft/policy.sock")),
-        );
+        let c = conflist(&CniPlugin {
+            network: "weft",
+            subnet_file: Path::new("/run/weft/subnet.env"),
+            ipam_dir: Path::new("/var/lib/cni/weft"),
+            host_local_dir: Some(Path::new("/var/lib/cni/networks/cbr0")),
+            policy_socket: Some(Path::new("/run/weft/policy.sock")),
+        });
         assert_eq!(c["plugins"][0]["type"], "weft-cni");
         assert_eq!(c["plugins"][0]["policySocket"], "/run/weft/policy.sock");
+        assert_eq!(
+            c["plugins"][0]["ipam"]["hostLocalDir"],
+            "/var/lib/cni/networks/cbr0"
+        );
         assert_eq!(
             c["plugins"][0]["ipam"]["subnetFile"],
             "/run/weft/subnet.env"

@@ -17,6 +17,7 @@
 //!   by one elected agent (where no cloud provider hands them out).
 //! - [`run`]: the agent's start-up and loop.
 //! - [`cleanup`]: `--cleanup`, removing what the agent put on the node.
+//! - [`takeover`]: what flanneld left on a node weft replaces.
 
 pub mod backend;
 pub mod cleanup;
@@ -33,3 +34,4 @@ pub mod run;
 pub mod services;
 pub mod speaker;
 pub mod subnets;
+pub mod takeover;

@@ -31,7 +31,7 @@ use crate::config::{Backend, NetConf};
 use crate::health::{self, Health};
 use crate::proxy::{NodePorts, ProxyOptions};
 use crate::reconcile::Reconciler;
-use crate::{files, masq, subnets};
+use crate::{files, masq, subnets, takeover};
 use weft_proxy::plan::NodePortAddresses;
 
 /// Everything `weft agent` is told on its command line.
@@ -45,6 +45,9 @@ pub struct Options {
     pub subnet_file: PathBuf,
     pub cni_conf_dir: PathBuf,
     pub ipam_dir: PathBuf,
+    /// host-local's reservations of the plugin that wired the node's pods
+    /// before weft, which weft-cni honours.
+    pub host_local_dir: Option<PathBuf>,
     /// Where weft-cni asks the agent to protect a new pod before it
     /// starts; `None`: pods start without waiting for their policy.
     pub policy_socket: Option<PathBuf>,
@@ -92,6 +95,8 @@ struct NodeState {
     local: LocalNode,
     conf: NetConf,
     device: Option<u32>,
+    /// The VXLAN device's name and MAC (announced in the lease).
+    vxlan_device: Option<(String, Vec<u8>)>,
     mtu: u32,
 }
 
@@ -221,9 +226,18 @@ pub async fn bootstrap<C: ClusterState>(mut opts: Options, cluster: C) -> Result
             )
         })?;
 
+    let mut vxlan_device = None;
     let (backend_data, mtu) = match &conf.backend {
         Backend::Vxlan { vni, mtu, .. } => {
-            let vtep_mac = format_mac(&backend::vxlan::vtep_mac(&opts.node, *vni));
+            let own = netlink
+                .link(&crate::config::vxlan_device_name(*vni))
+                .await?;
+            let flannels = netlink.link(&takeover::flannel_device(*vni)).await?;
+            let derived = backend::vxlan::vtep_mac(&opts.node, *vni);
+            let (name, mac) =
+                takeover::vxlan_device(own.as_ref(), flannels.as_ref(), *vni, derived);
+            let vtep_mac = format_mac(&mac);
+            vxlan_device = Some((name, mac));
             let mtu = mtu.unwrap_or(underlay.mtu.unwrap_or(1500) - backend::vxlan::OVERHEAD);
             let data = BackendData::Vxlan {
                 vni: *vni,
@@ -271,10 +285,18 @@ pub async fn bootstrap<C: ClusterState>(mut opts: Options, cluster: C) -> Result
         local,
         conf,
         device: None,
+        vxlan_device,
         mtu,
     };
     ensure_node_datapath(&netlink, &mut node).await?;
+    takeover::remove_flannel_tables().context("removing flanneld's nftables tables")?;
     ensure_cni_files(&opts, &node)?;
+    takeover::remove_flannel_cni_config(&opts.cni_conf_dir).with_context(|| {
+        format!(
+            "removing flannel's CNI configuration from {}",
+            opts.cni_conf_dir.display()
+        )
+    })?;
     cluster
         .publish_node(&NodePublication {
             node: node.local.name.clone(),
@@ -506,16 +528,20 @@ impl Problem {
 async fn ensure_node_datapath(netlink: &Netlink, node: &mut NodeState) -> Result<()> {
     sysctl::ensure("net/ipv4/ip_forward", "1")?;
     if let Backend::Vxlan { vni, port, gbp, .. } = &node.conf.backend {
+        let (name, mac) = node
+            .vxlan_device
+            .clone()
+            .context("a VXLAN node has its device chosen")?;
         let device = netlink
             .ensure_vxlan(&VxlanSpec {
-                name: crate::config::vxlan_device_name(*vni),
+                name,
                 vni: *vni,
                 port: *port,
                 local: node.local.public_ip,
                 underlay: Some(node.local.underlay_index),
                 gbp: *gbp,
                 mtu: Some(node.mtu),
-                mac: backend::vxlan::vtep_mac(&node.local.name, *vni),
+                mac,
             })
             .await?;
         let vtep = IpNet::new(node.local.subnet.network(), 32)?;
@@ -567,12 +593,13 @@ fn parse_mac(text: &str) -> Option<Vec<u8>> {
 /// (re)write.
 fn ensure_cni_files(opts: &Options, node: &NodeState) -> Result<Vec<PathBuf>> {
     let env = subnets::subnet_env(&node.conf, Some(node.local.subnet), None, node.mtu, true);
-    let conflist = files::conflist(
-        &opts.network,
-        &opts.subnet_file,
-        &opts.ipam_dir,
-        opts.policy_socket.as_deref(),
-    );
+    let conflist = files::conflist(&files::CniPlugin {
+        network: &opts.network,
+        subnet_file: &opts.subnet_file,
+        ipam_dir: &opts.ipam_dir,
+        host_local_dir: opts.host_local_dir.as_deref(),
+        policy_socket: opts.policy_socket.as_deref(),
+    });
     let conflist = serde_json::to_string_pretty(&conflist)?;
     let wanted = [
         (opts.subnet_file.clone(), env),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use weft_ipam::{Allocation, Range, RangeSet, SubnetEnv, SubnetEnvError};
+use weft_ipam::{Allocation, HostLocal, Range, RangeSet, SubnetEnv, SubnetEnvError};
 
 use crate::spec::config::{Dns, IpamConf, RangeConf};
 use crate::spec::{CniError, NetConf, RouteEntry};
@@ -42,6 +42,8 @@ pub struct Network {
     pub cluster_networks: Vec<IpNet>,
     /// Where the agent that must protect a new pod listens.
     pub policy_socket: Option<PathBuf>,
+    /// The reservations of the plugin that wired this node's pods before.
+    pub host_local: Option<HostLocal>,
 }
 
 impl Network {
@@ -64,6 +66,17 @@ impl Network {
                 path.display()
             )));
         }
+        let host_local = ipam.host_local_dir.as_ref().map(|dir| {
+            if dir.is_absolute() {
+                Ok(HostLocal::new(dir))
+            } else {
+                Err(CniError::invalid_config(format!(
+                    "ipam.hostLocalDir {} is not an absolute path: give host-local's directory of the network, e.g. /var/lib/cni/networks/cbr0",
+                    dir.display()
+                )))
+            }
+        });
+        let host_local = host_local.transpose()?;
         crate::spec::env::validate_ifname(&bridge)
             .map_err(|e| CniError::invalid_config(e.msg.replace("CNI_IFNAME", "bridge")))?;
         let subnet_env = match (&ipam.subnet_file, ranges) {
@@ -121,6 +134,7 @@ impl Network {
             dns: conf.dns.clone(),
             cluster_networks,
             policy_socket,
+            host_local,
         })
     }
 

@@ -491,3 +491,37 @@ fn a_bridge_name_taken_by_another_device_is_reported() {
         "a failed ADD kept its address"
     );
 }
+
+/// A node that moves from flannel keeps pods host-local addressed: their
+/// addresses are never handed out again, and their DEL (now weft-cni's)
+/// releases them.
+#[test]
+fn addresses_host_local_holds_are_skipped_and_released_at_del() {
+    let mut node = Node::new("hl");
+    let host_local = node.data_dir.join("host-local/cbr0");
+    std::fs::create_dir_all(&host_local).unwrap();
+    // As host-local v1.10 leaves two pods of flannel's chain.
+    std::fs::write(host_local.join("10.88.0.2"), "flannel-one\r\neth0").unwrap();
+    std::fs::write(host_local.join("10.88.0.3"), "flannel-two\r\neth0").unwrap();
+    std::fs::write(host_local.join("last_reserved_ip.0"), "10.88.0.3").unwrap();
+    let conf = node.conf(json!({"ipam": {"hostLocalDir": host_local}}));
+    let pod = node.pod("p");
+    assert_eq!(ipv4_of(&node.add("w1", &pod, &conf).json), "10.88.0.4");
+
+    let d = node.run("DEL", "flannel-one", None, &conf);
+    assert!(d.ok(), "DEL: {} {}", d.stdout, d.stderr);
+    assert!(!host_local.join("10.88.0.2").exists());
+    assert!(host_local.join("10.88.0.3").exists());
+    assert!(node.run("DEL", "w1", Some(&pod), &conf).ok());
+    assert!(host_local.join("10.88.0.3").exists());
+
+    let relative = node.conf(json!({"ipam": {"hostLocalDir": "cbr0"}}));
+    let r = node.run("ADD", "w3", Some(&pod), &relative);
+    assert!(
+        !r.ok()
+            && r.stdout
+                .contains("hostLocalDir cbr0 is not an absolute path"),
+        "{}",
+        r.stdout
+    );
+}

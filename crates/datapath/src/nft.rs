@@ -128,6 +128,8 @@ impl Family {
 
 /// nfnetlink subsystem of nftables (NFNL_SUBSYS_NFTABLES).
 pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFTA_TABLE_NAME: u16 = 1;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -141,19 +143,32 @@ const NFTA_SET_NAME: u16 = 2;
 /// change made inconsistent before giving up.
 const DUMP_ATTEMPTS: usize = 5;
 
+/// Whether table `table` of `family` exists, asked of the kernel of the
+/// calling thread's namespace.
+pub fn table_exists(family: Family, table: &str) -> Result<bool, NftError> {
+    let mut payload = nfgenmsg(family as u8);
+    push_str_attr(&mut payload, NFTA_TABLE_NAME, table);
+    object_exists(NFT_MSG_GETTABLE, &payload)
+}
+
 /// Whether chain `chain` exists in table `table` of `family`, asked of the
 /// kernel of the calling thread's namespace.
 pub fn chain_exists(family: Family, table: &str, chain: &str) -> Result<bool, NftError> {
     let mut payload = nfgenmsg(family as u8);
     push_str_attr(&mut payload, NFTA_CHAIN_TABLE, table);
     push_str_attr(&mut payload, NFTA_CHAIN_NAME, chain);
-    let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN;
+    object_exists(NFT_MSG_GETCHAIN, &payload)
+}
+
+/// Whether the object a GET request of `get` names exists.
+fn object_exists(get: u16, payload: &[u8]) -> Result<bool, NftError> {
+    let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | get;
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
     let mut sock = NfnlSocket::open().map_err(NftError::Query)?;
-    // The chain's description (if any) comes before the ACK; its presence
-    // is all we need, so the content is ignored.
+    // The object's description comes before the ACK; its presence is all
+    // we need, so the content is ignored.
     let answer = sock
-        .request(msg_type, flags, &payload, |_, _| {})
+        .request(msg_type, flags, payload, |_, _| {})
         .map_err(NftError::Query)?;
     match answer.errno {
         0 => Ok(true),

@@ -69,6 +69,21 @@ fn an_absent_table_has_no_chains() {
 }
 
 #[test]
+fn a_table_exists_even_without_chains() {
+    let mut nss = Namespaces::new("nftt");
+    let (_, ns) = nss.add("x");
+    let exists = |family, table| {
+        ns.run_in(|| nft::table_exists(family, table))
+            .unwrap()
+            .unwrap()
+    };
+    assert!(!exists(Family::Ip6, "empty"));
+    nft::apply("table ip6 empty { }", Some(&ns)).unwrap();
+    assert!(exists(Family::Ip6, "empty"));
+    assert!(!exists(Family::Ip, "empty"), "another family's table");
+}
+
+#[test]
 fn lists_the_named_sets_and_maps_of_one_table() {
     let mut nss = Namespaces::new("nfts");
     let (_, ns) = nss.add("x");

@@ -4,15 +4,19 @@
 //! - [`allocator`]: pure decisions — which address to hand out next.
 //! - [`store`]: the on-disk state and the lock that makes allocation safe
 //!   across concurrent plugin processes and across crashes.
+//! - [`host_local`]: the reference host-local plugin's reservations, which
+//!   pods wired before a node moved to weft still hold.
 //! - [`subnet_env`]: flannel's `subnet.env`, how the node agent hands a node
 //!   its pod subnet to the plugin.
 
 pub mod allocator;
+pub mod host_local;
 pub mod range;
 pub mod store;
 pub mod subnet_env;
 
 pub use allocator::{allocate, Allocation};
+pub use host_local::HostLocal;
 pub use range::{reserved_use, Range, RangeError, RangeSet};
 pub use store::{ContainerLock, Owner, Store, StoreError};
 pub use subnet_env::{SubnetEnv, SubnetEnvError};

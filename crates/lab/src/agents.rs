@@ -52,6 +52,8 @@ pub fn start(
         &dir.join("net.d").display().to_string(),
         "--ipam-dir",
         &dir.join("ipam").display().to_string(),
+        "--host-local-dir",
+        &dir.join("ipam/cbr0").display().to_string(),
         "--policy-socket",
         &dir.join("policy.sock").display().to_string(),
         "--health",

@@ -77,6 +77,12 @@ pub struct AgentArgs {
     cni_conf_dir: PathBuf,
     #[arg(long, default_value = "/var/lib/cni/weft")]
     ipam_dir: PathBuf,
+    /// The reference host-local plugin's reservations of the network that
+    /// wired this node's pods before weft (flannel's CNI chain: network
+    /// cbr0): weft-cni never hands those addresses out and releases them at
+    /// their pod's DEL. Empty: none.
+    #[arg(long, default_value = "/var/lib/cni/networks/cbr0")]
+    host_local_dir: String,
     /// Where weft-cni asks the agent to put a new pod's NetworkPolicy in
     /// place before the pod starts (ADD fails with "try again later"
     /// while the agent is down); empty: pods start without waiting.
@@ -467,6 +473,9 @@ pub fn run(a: AgentArgs) -> Result<()> {
         subnet_file: a.subnet_file,
         cni_conf_dir: a.cni_conf_dir,
         ipam_dir: a.ipam_dir,
+        host_local_dir: Some(a.host_local_dir)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
         policy_socket,
         health: a.health,
         lease_ttl: a.lease_ttl,

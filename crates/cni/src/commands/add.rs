@@ -92,8 +92,10 @@ fn reserve(
     let last: Vec<Option<IpAddr>> = (0..net.sets.len())
         .map(|i| locked.last_reserved(i))
         .collect();
-    let allocations =
-        weft_ipam::allocate(&net.sets, requested, &last, |ip| locked.is_reserved(ip))?;
+    let held_before = |ip| net.host_local.as_ref().is_some_and(|h| h.holds(ip));
+    let allocations = weft_ipam::allocate(&net.sets, requested, &last, |ip| {
+        locked.is_reserved(ip) || held_before(ip)
+    })?;
     let ips: Vec<IpAddr> = allocations.iter().map(|a| a.address.addr()).collect();
     let sets: Vec<usize> = (0..allocations.len()).collect();
     locked.reserve(owner, &ips, &sets)?;

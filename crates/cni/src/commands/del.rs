@@ -1,5 +1,6 @@
 //! DEL: remove the attachment's veth pair, hostPort rules, anti-spoofing
-//! elements and addresses.
+//! elements and addresses (also those host-local gave a pod wired before
+//! the node moved to weft).
 //! Idempotent: deleting what is already gone (or never existed, or whose
 //! namespace vanished) succeeds.
 //!
@@ -108,6 +109,9 @@ pub(super) fn teardown(
     }
     antispoof::revoke(&host_name)?;
     store.lock()?.release(owner)?;
+    if let Some(host_local) = &net.host_local {
+        host_local.release(owner)?;
+    }
     if let Some(name) = retired {
         if !spawn_reaper(&name) {
             // E.g. the binary was replaced by an upgrade: unregister here instead.

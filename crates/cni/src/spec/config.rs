@@ -70,6 +70,10 @@ pub struct IpamConf {
     pub data_dir: Option<PathBuf>,
     /// flannel's subnet.env: the node's pod subnet, MTU and masquerade choice.
     pub subnet_file: Option<PathBuf>,
+    /// The reference host-local plugin's directory of this network on the
+    /// node (flannel's: /var/lib/cni/networks/cbr0): addresses it holds
+    /// are never handed out, and are released at their pod's DEL.
+    pub host_local_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -110,9 +110,8 @@ pub fn start_agent_in(
 /// arguments, its files and log (`agent.log`) in `dir`, health on
 /// 127.0.0.1:10259.
 fn spawn_agent(ns: &NetNs, node: &str, dir: &Path, source: &[std::ffi::OsString]) -> Process {
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let child = ns
-        .command(WEFT)
+    let mut agent = ns.command(WEFT);
+    agent
         .args(["agent", "--node", node])
         .args(source)
         .arg("--subnet-file")
@@ -121,12 +120,21 @@ fn spawn_agent(ns: &NetNs, node: &str, dir: &Path, source: &[std::ffi::OsString]
         .arg(dir.join("net.d"))
         .arg("--ipam-dir")
         .arg(dir.join("ipam"))
-        .args(["--health", "127.0.0.1:10259"])
+        .arg("--host-local-dir")
+        .arg(dir.join("ipam/cbr0"))
+        .args(["--health", "127.0.0.1:10259"]);
+    spawn_logged(agent, &dir.join("agent.log"))
+}
+
+/// Starts `command` with its output into the file `log`.
+pub fn spawn_logged(mut command: Command, log: &Path) -> Process {
+    let file = std::fs::File::create(log).unwrap();
+    let child = command
         .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
         .spawn()
-        .expect("starting weft agent");
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
     Process(child)
 }
 
@@ -249,7 +257,6 @@ pub fn add_pod(cp: &ControlPlane, dir: &Path, scratch: &mut Namespaces, name: &s
 
 /// [`add_pod`] on the node whose namespace is `host` and files `dir`.
 pub fn add_pod_on(host: &NetNs, dir: &Path, scratch: &mut Namespaces, name: &str) -> Pod {
-    let (ns_name, ns) = scratch.add(name);
     let text = std::fs::read_to_string(dir.join("net.d/10-weft.conflist"))
         .expect("the agent's conflist (is the agent up?)");
     let conf = Conflist::parse(&text)
@@ -257,20 +264,34 @@ pub fn add_pod_on(host: &NetNs, dir: &Path, scratch: &mut Namespaces, name: &str
         .plugin_config(0, &Map::new())
         .unwrap();
     let plugin: PathBuf = Path::new(WEFT).with_file_name("weft-cni");
-    let netns = weft_datapath::netns::named_path(&ns_name);
     // A container, not a pod: there is no Pod in the API for the agent
     // to protect (so ADD does not wait for it).
+    wire_pod(host, &plugin, &conf, scratch, name)
+}
+
+/// A new namespace of `scratch` (its name the container ID) wired by the
+/// CNI `plugin` with `conf`, as a runtime does on `host`.
+pub fn wire_pod(
+    host: &NetNs,
+    plugin: &Path,
+    conf: &serde_json::Value,
+    scratch: &mut Namespaces,
+    name: &str,
+) -> Pod {
+    let (ns_name, ns) = scratch.add(name);
+    let netns = weft_datapath::netns::named_path(&ns_name);
     let reply = Call {
         container_id: &ns_name,
         netns: Some(&netns),
         host: Some(host),
-        ..Call::new(&plugin, "ADD")
+        ..Call::new(plugin, "ADD")
     }
-    .run(&conf)
-    .expect("running weft-cni");
+    .run(conf)
+    .unwrap_or_else(|e| panic!("running {}: {e}", plugin.display()));
     assert!(
         reply.ok(),
-        "weft-cni ADD {name}: {} {}",
+        "{} ADD {name}: {} {}",
+        plugin.display(),
         reply.stdout,
         reply.stderr
     );

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod flannel;
 pub mod kube_node;
 
 use std::io::Write;
