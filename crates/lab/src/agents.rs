@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use weft_datapath::NetNs;
 
-use crate::layout::{ControlPlane, LabState, Layout, Proxy};
+use crate::layout::{ControlPlane, LabState, Layout, Proxy, SubnetStore};
 use crate::{kube_control_plane, procs};
 
 /// The port every agent serves /healthz and /readyz on (inside its node).
@@ -38,6 +38,15 @@ pub fn start(
             state.lb_pool().to_string(),
         ],
     };
+    let leases: Vec<String> = match state.subnet_store {
+        SubnetStore::Cluster => Vec::new(),
+        SubnetStore::Etcd => vec![
+            "--etcd-endpoints".into(),
+            crate::flannel::etcd_endpoint(state),
+            "--etcd-prefix".into(),
+            crate::flannel::ETCD_PREFIX.into(),
+        ],
+    };
     let mut args: Vec<String> = [
         "agent",
         "--node",
@@ -63,6 +72,7 @@ pub fn start(
     .map(|s| s.to_string())
     .collect();
     args.extend(cluster);
+    args.extend(leases);
     if state.proxy == Proxy::KubeProxy {
         args.push("--no-proxy".into());
     }

@@ -35,7 +35,7 @@ use kube::{Api, Client};
 use weft_datapath::{netns, NetNs};
 
 use crate::control_plane::{self as peers, NodeIpam, Serving, APISERVER_PORT};
-use crate::layout::{LabState, Layout};
+use crate::layout::{LabState, Layout, SubnetStore};
 use crate::{procs, underlay};
 
 /// The control plane's port on the underlay bridge.
@@ -76,6 +76,31 @@ fn local_kubeconfig(layout: &Layout) -> PathBuf {
 /// The agents' kubeconfig ([`write_agent_kubeconfig`]).
 pub fn agent_kubeconfig(layout: &Layout) -> PathBuf {
     layout.control_plane_dir().join("agent.kubeconfig")
+}
+
+/// The admin's kubeconfig inside the lab's namespaces (dialling the API
+/// server over the underlay), for peers that need more than weft's
+/// ServiceAccount may do: flanneld patches its Node's annotations.
+pub fn admin_kubeconfig_in_lab(layout: &Layout, state: &LabState) -> Result<PathBuf> {
+    let dir = layout.control_plane_dir();
+    let path = dir.join("admin-in-lab.kubeconfig");
+    if !path.exists() {
+        let tokens = std::fs::read_to_string(dir.join("tokens.csv"))?;
+        let token = tokens
+            .split(',')
+            .next()
+            .filter(|t| !t.is_empty())
+            .context("the lab's tokens.csv holds no admin token")?;
+        std::fs::write(
+            &path,
+            peers::kubeconfig_text(
+                &server_in_lab(state),
+                &dir.join("ca.crt"),
+                &format!("token: {token}"),
+            ),
+        )?;
+    }
+    Ok(path)
 }
 
 /// The address a lab namespace dials the API server at.
@@ -130,7 +155,15 @@ pub fn start(layout: &Layout, state: &LabState, weft: &Path) -> Result<u16> {
     };
     let local = local_kubeconfig(layout);
     let args = [
-        peers::etcd_args(&dir, std::net::Ipv4Addr::LOCALHOST),
+        // flanneld and weft's agents reach etcd over the underlay when
+        // it holds the subnet leases.
+        peers::etcd_args(
+            &dir,
+            match state.subnet_store {
+                SubnetStore::Etcd => std::net::Ipv4Addr::UNSPECIFIED,
+                SubnetStore::Cluster => std::net::Ipv4Addr::LOCALHOST,
+            },
+        ),
         peers::apiserver_args(&dir, &serving),
         peers::controller_manager_args(&dir, &local, &ipam),
         peers::scheduler_args(&local),

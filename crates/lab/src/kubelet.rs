@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStatus, EnvVar, Pod, PodCondition,
     PodIP, PodSpec, PodStatus,
 };
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use weft_cni::conflist::Conflist;
 use weft_cni::invoke::Call;
 use weft_datapath::{netns, NetNs};
@@ -233,16 +233,7 @@ impl Kubelet<'_> {
         namespace: &str,
         name: &str,
     ) -> Result<Value> {
-        let conflist_path = self.layout.node_dir(node).join("net.d/10-weft.conflist");
-        let text = std::fs::read_to_string(&conflist_path).with_context(|| {
-            format!(
-                "reading {} (is the agent of {node} running?)",
-                conflist_path.display()
-            )
-        })?;
-        let conf = Conflist::parse(&text)?
-            .plugin_config(0, &Map::new())
-            .context("empty conflist")?;
+        let (plugin, conf) = self.network_config(node)?;
         // CNI_ARGS is `;`-separated `KEY=VALUE`: a value holding either
         // would smuggle in arguments (`IP=` picks the pod's address).
         if [namespace, name, uid]
@@ -254,21 +245,63 @@ impl Kubelet<'_> {
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"
         );
-        let reply = Call {
-            container_id: uid,
-            netns: Some(netns),
-            args: &args,
-            host: Some(node_ns),
-            ..Call::new(&self.plugin, verb)
+        let call = |plugin: &Path, args: &str, conf: &Value| -> Result<Value> {
+            let reply = Call {
+                container_id: uid,
+                netns: Some(netns),
+                args,
+                host: Some(node_ns),
+                ..Call::new(plugin, verb)
+            }
+            .run(conf)?;
+            if !reply.ok() {
+                bail!(
+                    "{} {verb} for pod {namespace}/{name} on {node} failed: {}",
+                    plugin.display(),
+                    reply.stdout.trim()
+                );
+            }
+            Ok(reply.json)
+        };
+        // weft-cni brings the pod's loopback up itself; for another
+        // plugin, a runtime runs CNI's loopback plugin first.
+        if plugin != self.plugin && verb == "ADD" {
+            let loopback = crate::control_plane::reference_cni_plugin("loopback")?;
+            let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+            call(&loopback, "", &conf)?;
         }
-        .run(&conf)?;
-        if !reply.ok() {
-            bail!(
-                "weft-cni {verb} for pod {namespace}/{name} on {node} failed: {}",
-                reply.stdout.trim()
-            );
+        call(&plugin, &args, &conf)
+    }
+
+    /// The plugin to run and its configuration, from the node's CNI
+    /// configuration (the first `*.conflist` by name, as a runtime takes
+    /// it): weft-cni, or what flannel's CNI plugin delegates to.
+    fn network_config(&self, node: &str) -> Result<(PathBuf, Value)> {
+        let dir = self.layout.node_dir(node).join("net.d");
+        let mut conflists: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        conflists.sort();
+        let path = conflists.first().with_context(|| {
+            format!(
+                "no CNI configuration in {} (is the agent of {node} running?)",
+                dir.display()
+            )
+        })?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let conf = Conflist::parse(&text)?
+            .plugin_config(0, &Map::new())
+            .context("empty conflist")?;
+        match conf["type"].as_str() {
+            Some("flannel") => crate::flannel::delegate(&conf),
+            _ => Ok((self.plugin.clone(), conf)),
         }
-        Ok(reply.json)
     }
 
     /// `weft lab supervise …` up to its `--`: which container, and how to

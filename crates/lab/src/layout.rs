@@ -86,6 +86,34 @@ pub struct NodeRecord {
     /// The node's kube-proxy (labs with `--proxy kube-proxy` only).
     #[serde(default)]
     pub kube_proxy_pid: Option<u32>,
+    /// What connects the node to the others (`agent_pid` is its process).
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// What runs a node's pod network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    /// `weft agent`, pods wired by weft-cni.
+    #[default]
+    Weft,
+    /// The real flanneld, pods wired as flannel's CNI chain wires them
+    /// (Kubernetes mode only): for mixed clusters and comparisons.
+    Flannel,
+}
+
+/// Where the nodes keep their subnet leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubnetStore {
+    /// The cluster's state: the lab's store, or the Nodes of its API
+    /// server (flanneld's `--kube-subnet-mgr`).
+    #[default]
+    Cluster,
+    /// The control plane's etcd in flannel's layout (`/coreos.com/network`;
+    /// Kubernetes mode only).
+    Etcd,
 }
 
 /// What implements Services on the nodes.
@@ -132,6 +160,8 @@ pub struct LabState {
     pub control_plane: ControlPlane,
     #[serde(default)]
     pub proxy: Proxy,
+    #[serde(default)]
+    pub subnet_store: SubnetStore,
 }
 
 fn default_service_cidr() -> Ipv4Net {
@@ -526,6 +556,7 @@ mod tests {
             lb_pool: None,
             control_plane: ControlPlane::Embedded,
             proxy: Proxy::Weft,
+            subnet_store: SubnetStore::Cluster,
         }
     }
 
@@ -538,6 +569,7 @@ mod tests {
             agent_pid: None,
             kubelet_pid: None,
             kube_proxy_pid: None,
+            network: Network::Weft,
         });
     }
 

@@ -9,6 +9,8 @@
 //! - [`underlay`]: the lab's L2 network, and the guard against overlapping ranges.
 //! - [`procs`]: detached processes, signalled only after checking they are ours.
 //! - [`agents`]: one `weft agent` per node.
+//! - [`flannel`]: or the real flanneld on a node, with flannel's CNI
+//!   configuration (mixed clusters, comparisons).
 //! - [`control_plane`]: Kubernetes' own etcd and kube-apiserver in a
 //!   namespace (the Kubernetes tests and `weft-bench services --kube`).
 //! - [`kube_control_plane`]: a lab's own Kubernetes control plane
@@ -42,6 +44,7 @@ pub mod agents;
 pub mod container_probes;
 pub mod control_plane;
 pub mod endpointslices;
+pub mod flannel;
 pub mod forward;
 pub mod install;
 pub mod kube_control_plane;

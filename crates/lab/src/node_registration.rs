@@ -74,6 +74,15 @@ pub async fn register(client: &Client, name: &str, ip: Ipv4Addr) -> Result<(), k
         metadata: ObjectMeta {
             name: Some(name.into()),
             labels: Some([("kubernetes.io/hostname".to_string(), name.to_string())].into()),
+            // One a kubelet sets; flanneld (`--kube-subnet-mgr`) fails on
+            // a Node without any annotation.
+            annotations: Some(
+                [(
+                    "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
+                    "true".to_string(),
+                )]
+                .into(),
+            ),
             ..ObjectMeta::default()
         },
         status: Some(status(name, ip, crate::objects::now())),

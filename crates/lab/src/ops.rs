@@ -40,8 +40,8 @@ use crate::manifest::{self, Resource};
 use crate::report::{Event, LabStatus, NodeRow, Outcome, PodRow, Report};
 use crate::services::{self, Pools};
 use crate::{
-    agents, endpointslices, kube_control_plane, kube_proxies, node_kubelet, objects, procs,
-    underlay,
+    agents, endpointslices, flannel, kube_control_plane, kube_proxies, node_kubelet, objects,
+    procs, underlay,
 };
 use cluster::Cluster;
 
@@ -98,6 +98,10 @@ pub struct UpOptions {
     pub kubernetes: bool,
     /// What implements Services (kube-proxy only with `kubernetes`).
     pub proxy: layout::Proxy,
+    /// What runs every node's pod network (flanneld only with `kubernetes`).
+    pub network: layout::Network,
+    /// Where the nodes keep their subnet leases (etcd only with `kubernetes`).
+    pub subnet_store: layout::SubnetStore,
 }
 
 fn parse_net<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T>
@@ -125,6 +129,14 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
             "--proxy kube-proxy needs --control-plane kubernetes (kube-proxy reads an API server)"
         );
     }
+    if !opts.kubernetes && opts.network == layout::Network::Flannel {
+        bail!("--network flannel needs --control-plane kubernetes (flanneld reads an API server or etcd)");
+    }
+    if !opts.kubernetes && opts.subnet_store == layout::SubnetStore::Etcd {
+        bail!(
+            "--subnet-store etcd needs --control-plane kubernetes (the lab's etcd is Kubernetes')"
+        );
+    }
     if !matches!(opts.backend.as_str(), "vxlan" | "host-gw") {
         bail!(
             "--backend {:?} is not supported: use vxlan or host-gw",
@@ -148,6 +160,7 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
         lb_pool: Some(lb_pool),
         control_plane: ControlPlane::Embedded,
         proxy: opts.proxy,
+        subnet_store: opts.subnet_store,
     };
     let ranges = underlay::Ranges {
         underlay: underlay_net,
@@ -211,7 +224,8 @@ pub fn up(opts: &UpOptions, bins: &Binaries, report: Report<'_>) -> Result<()> {
             });
         }
         for i in 1..=opts.nodes {
-            add_node_to(&layout, &mut state, &format!("node-{i}"), bins, &rt, report)?;
+            let name = format!("node-{i}");
+            add_node_to(&layout, &mut state, &name, opts.network, bins, &rt, report)?;
         }
         if opts.kubernetes {
             kubernetes::bootstrap(&layout, &mut state, bins, control_plane_started, report)?;
@@ -266,6 +280,7 @@ fn add_node_to(
     layout: &Layout,
     state: &mut LabState,
     name: &str,
+    network: layout::Network,
     bins: &Binaries,
     rt: &tokio::runtime::Runtime,
     report: Report<'_>,
@@ -297,6 +312,7 @@ fn add_node_to(
         agent_pid: None,
         kubelet_pid: None,
         kube_proxy_pid: None,
+        network,
     });
     layout.save(state)?;
     let record = start_node(layout, state, name, &ns, bins)?;
@@ -343,15 +359,28 @@ fn start_network(
     ns: &NetNs,
     bins: &Binaries,
 ) -> Result<()> {
-    record.agent_pid = Some(agents::start(layout, state, &bins.weft, &record.name, ns)?);
+    record.agent_pid = Some(match record.network {
+        layout::Network::Weft => agents::start(layout, state, &bins.weft, &record.name, ns)?,
+        layout::Network::Flannel => flannel::start(layout, state, &record.name, ns)?,
+    });
     if state.proxy == layout::Proxy::KubeProxy {
         record.kube_proxy_pid = Some(kube_proxies::start(layout, state, &record.name, ns)?);
     }
     Ok(())
 }
 
-/// Waits until every node's agent holds a subnet (it wrote its conflist
-/// then) and routes to every other node.
+/// Whether the network agent of `node` holds a subnet: weft's wrote its
+/// conflist then, flanneld its subnet.env.
+fn holds_subnet(layout: &Layout, node: &NodeRecord) -> bool {
+    let dir = layout.node_dir(&node.name);
+    match node.network {
+        layout::Network::Weft => dir.join("net.d/10-weft.conflist").is_file(),
+        layout::Network::Flannel => dir.join("subnet.env").is_file(),
+    }
+}
+
+/// Waits until every node's agent holds a subnet and routes to every
+/// other node.
 fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> {
     let rt = runtime()?;
     let deadline = Instant::now() + limit;
@@ -359,12 +388,7 @@ fn wait_ready(layout: &Layout, state: &LabState, limit: Duration) -> Result<()> 
         let missing: Vec<&str> = state
             .nodes
             .iter()
-            .filter(|n| {
-                !layout
-                    .node_dir(&n.name)
-                    .join("net.d/10-weft.conflist")
-                    .is_file()
-            })
+            .filter(|n| !holds_subnet(layout, n))
             .map(|n| n.name.as_str())
             .collect();
         if missing.is_empty() && meshed(&rt, layout, state, state.nodes.len())? {
@@ -405,6 +429,7 @@ fn meshed(
     state: &LabState,
     total: usize,
 ) -> Result<bool> {
+    let pod_network: IpNet = state.pod_cidr.parse()?;
     for node in state
         .nodes
         .iter()
@@ -412,16 +437,23 @@ fn meshed(
     {
         let ns = NetNs::open(netns::named_path(&layout.node_ns(&node.name)))?;
         let routes = rt.block_on(async { Netlink::connect_in(&ns)?.routes(false).await })?;
-        let ours = routes
+        // Routes to other nodes' subnets, weft's or flanneld's: inside the
+        // pod network and not the kernel's own (the node's bridge subnet).
+        let to_nodes = routes
             .iter()
-            .filter(|r| r.protocol == Some(weft_datapath::netlink::WEFT_ROUTE_PROTOCOL))
+            .filter(|r| r.protocol != Some(RTPROT_KERNEL))
+            .filter(|r| r.dst.is_some_and(|dst| pod_network.contains(&dst)))
             .count();
-        if ours + 1 < total {
+        if to_nodes + 1 < total {
             return Ok(false);
         }
     }
     Ok(true)
 }
+
+/// The kernel's own routes (RTPROT_KERNEL): those of an interface's
+/// addresses.
+const RTPROT_KERNEL: u8 = 2;
 
 /// What an exited agent's log says about why: its final error (the block
 /// from the last `Error:` line, without a backtrace, which would otherwise
@@ -1356,7 +1388,8 @@ pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> 
 
 /// `weft lab node add|remove|stop|start`.
 pub enum NodeAction {
-    Add,
+    /// A node whose pod network is this.
+    Add(layout::Network),
     Remove,
     Stop,
     Start,
@@ -1372,9 +1405,20 @@ pub fn node(
     layout::check_node_name(node)?;
     let mut lab = Lab::open(name)?;
     match action {
-        NodeAction::Add => {
+        NodeAction::Add(network) => {
+            if network == layout::Network::Flannel && !lab.is_kubernetes() {
+                bail!("a flannel node needs a lab with --control-plane kubernetes");
+            }
             let rt = runtime()?;
-            add_node_to(&lab.layout, &mut lab.state, node, bins, &rt, report)?;
+            add_node_to(
+                &lab.layout,
+                &mut lab.state,
+                node,
+                network,
+                bins,
+                &rt,
+                report,
+            )?;
             wait_ready(&lab.layout, &lab.state, Duration::from_secs(30))?;
             if lab.is_kubernetes() {
                 kubernetes::wait_schedulable(&lab.layout, &lab.state)?;
@@ -1468,6 +1512,10 @@ fn remove_node(lab: &mut Lab, node: &str, bins: &Binaries, report: Report<'_>) -
     }
     if let Some(pid) = record.agent_pid {
         agents::stop(&lab.layout, node, pid);
+    }
+    if lab.state.subnet_store == layout::SubnetStore::Etcd {
+        let dir = lab.layout.node_dir(node);
+        flannel::release_etcd_lease(&lab.layout, &dir)?;
     }
     netns::delete_named(&lab.layout.node_ns(node))?;
     lab.state.nodes.retain(|n| n.name != node);

@@ -25,6 +25,18 @@ pub fn spawn(
     owner: &str,
     log: &Path,
 ) -> std::io::Result<u32> {
+    spawn_with_env(ns, program, args, &[], owner, log)
+}
+
+/// [`spawn`], with `env` added to the process's environment.
+pub fn spawn_with_env(
+    ns: Option<&NetNs>,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    owner: &str,
+    log: &Path,
+) -> std::io::Result<u32> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -35,6 +47,7 @@ pub fn spawn(
     };
     let child = cmd
         .args(args)
+        .envs(env.iter().copied())
         .env(OWNER_ENV, owner)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)

@@ -112,6 +112,17 @@ pub enum LabCmd {
         /// cache; needs `--control-plane kubernetes`), to compare the two.
         #[arg(long, value_enum, default_value = "weft")]
         proxy: ProxyArg,
+        /// What runs every node's pod network: `weft agent`, or the real
+        /// flanneld v0.28.9 (from the peers cache) with pods wired as
+        /// flannel's CNI chain wires them; needs `--control-plane kubernetes`.
+        /// `weft lab node add --network` mixes the two.
+        #[arg(long, value_enum, default_value = "weft")]
+        network: NetworkArg,
+        /// Where the nodes keep their subnet leases: the cluster (the lab's
+        /// store, or the Nodes of its API server), or the lab's etcd in
+        /// flannel's layout (`--control-plane kubernetes` only).
+        #[arg(long, value_enum, default_value = "cluster")]
+        subnet_store: SubnetStoreArg,
     },
     /// Remove a lab (or all) with every namespace, process and file.
     Down {
@@ -259,6 +270,10 @@ pub enum LabCmd {
         #[arg(value_enum)]
         action: NodeActionArg,
         node: String,
+        /// What runs the added node's pod network: weft, or the real
+        /// flanneld (needs a lab with `--control-plane kubernetes`).
+        #[arg(long, value_enum, default_value = "weft")]
+        network: NetworkArg,
     },
     /// Every lab with its nodes and pods.
     Status,
@@ -268,6 +283,27 @@ pub enum LabCmd {
 pub enum ProxyArg {
     Weft,
     KubeProxy,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    Weft,
+    Flannel,
+}
+
+impl From<NetworkArg> for weft_lab::layout::Network {
+    fn from(arg: NetworkArg) -> Self {
+        match arg {
+            NetworkArg::Weft => Self::Weft,
+            NetworkArg::Flannel => Self::Flannel,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubnetStoreArg {
+    Cluster,
+    Etcd,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -341,6 +377,8 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             lb_cidr,
             control_plane,
             proxy,
+            network,
+            subnet_store,
         } => ops::up(
             &UpOptions {
                 name,
@@ -354,6 +392,11 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 proxy: match proxy {
                     ProxyArg::Weft => weft_lab::layout::Proxy::Weft,
                     ProxyArg::KubeProxy => weft_lab::layout::Proxy::KubeProxy,
+                },
+                network: network.into(),
+                subnet_store: match subnet_store {
+                    SubnetStoreArg::Cluster => weft_lab::layout::SubnetStore::Cluster,
+                    SubnetStoreArg::Etcd => weft_lab::layout::SubnetStore::Etcd,
                 },
             },
             &Binaries::beside_current_exe()?,
@@ -573,9 +616,14 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             }
             Ok(())
         }
-        LabCmd::Node { name, action, node } => {
+        LabCmd::Node {
+            name,
+            action,
+            node,
+            network,
+        } => {
             let action = match action {
-                NodeActionArg::Add => NodeAction::Add,
+                NodeActionArg::Add => NodeAction::Add(network.into()),
                 NodeActionArg::Remove => NodeAction::Remove,
                 NodeActionArg::Stop => NodeAction::Stop,
                 NodeActionArg::Start => NodeAction::Start,

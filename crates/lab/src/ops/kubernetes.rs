@@ -27,11 +27,11 @@ use weft_policy::api::ClusterNetworkPolicy;
 
 use super::cluster::Cluster;
 use super::{Binaries, Deletions, Lab};
-use crate::layout::{LabState, Layout};
+use crate::layout::{LabState, Layout, SubnetStore};
 use crate::manifest::Resource;
 use crate::objects::key;
 use crate::report::{Event, Outcome, Report};
-use crate::{install, kube_control_plane, node_kubelet};
+use crate::{flannel, install, kube_control_plane, node_kubelet};
 
 /// The field manager of the lab's writes.
 const MANAGER: &str = "weft-lab";
@@ -69,6 +69,9 @@ pub(super) fn bootstrap(
         install::apply(&client).await?;
         kube_control_plane::write_agent_kubeconfig(&client, layout, state).await
     })?;
+    if state.subnet_store == SubnetStore::Etcd {
+        flannel::put_etcd_config(layout, state)?;
+    }
     for i in 0..state.nodes.len() {
         let mut record = state.nodes[i].clone();
         let path = weft_datapath::netns::named_path(&layout.node_ns(&record.name));
