@@ -30,8 +30,10 @@ fi
 # certificate of the test that starts the Kubernetes peers; protobuf-compiler
 # and libprotobuf-dev (its well-known .proto files):
 # protoc, which the etcd client crate (etcd-client) needs to build; gcc and
-# libc6-dev: cgo, for flanneld's udp backend.
-packages=(iproute2 nftables iputils-ping containernetworking-plugins iperf3 containerd runc busybox-static openssl protobuf-compiler libprotobuf-dev gcc libc6-dev)
+# libc6-dev: cgo, for flanneld's udp backend; iptables: the only backend of
+# Debian's reference portmap plugin, which the CNI benchmark runs (weft
+# itself never uses iptables).
+packages=(iproute2 nftables iputils-ping containernetworking-plugins iperf3 containerd runc busybox-static openssl protobuf-compiler libprotobuf-dev gcc libc6-dev iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,13 @@ pub struct Args {
     /// the datapath is the same in both modes).
     #[arg(long, value_enum, default_value = "embedded")]
     control_plane: ControlPlane,
+    /// Instead: weft against the real flanneld v0.28.9 on the same
+    /// topology (two Kubernetes-mode labs, vxlan and host-gw).
+    #[arg(long)]
+    against_flannel: bool,
+    /// iperf3 runs per side in `--against-flannel` (alternating).
+    #[arg(long, default_value_t = 10)]
+    throughput_reps: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,6 +124,18 @@ pub(crate) fn up<'a>(
     nodes: u32,
     backend: &str,
 ) -> Result<(Lab<'a>, UpTimes)> {
+    up_with(weft, control_plane, name, nodes, backend, &[])
+}
+
+/// [`up`] with more `weft lab up` arguments.
+pub(crate) fn up_with<'a>(
+    weft: &'a PathBuf,
+    control_plane: ControlPlane,
+    name: &str,
+    nodes: u32,
+    backend: &str,
+    extra: &[&str],
+) -> Result<(Lab<'a>, UpTimes)> {
     let lab = Lab {
         weft,
         name: name.into(),
@@ -126,7 +145,7 @@ pub(crate) fn up<'a>(
     let nodes = nodes.to_string();
     let args = ["up", "--nodes", &nodes, "--backend", backend];
     let out = lab.run(
-        &[&args[..], &["--control-plane", control_plane.flag()]].concat(),
+        &[&args[..], &["--control-plane", control_plane.flag()], extra].concat(),
         None,
     )?;
     let total = t.elapsed().as_secs_f64();
@@ -189,7 +208,11 @@ fn deployment(replicas: u32) -> String {
 }
 
 /// Waits until a pod in each of `sources` (pod namespaces) reaches `target`.
-fn reachable_from_all(sources: &[PathBuf], target: SocketAddr, limit: Duration) -> Result<f64> {
+pub(crate) fn reachable_from_all(
+    sources: &[PathBuf],
+    target: SocketAddr,
+    limit: Duration,
+) -> Result<f64> {
     let start = Instant::now();
     let times: Vec<Result<f64>> = std::thread::scope(|s| {
         sources
@@ -222,6 +245,37 @@ fn reachable_from_all(sources: &[PathBuf], target: SocketAddr, limit: Duration) 
     times.into_iter().try_fold(0.0f64, |m, t| Ok(m.max(t?)))
 }
 
+/// Applies a netexec pod `name` pinned to `node`; the milliseconds from
+/// `apply` returning (its CNI ADD done, its server started) until a pod in
+/// each of `sources` reaches it. Includes one `get pods` to learn its
+/// address, so it is an upper bound.
+pub(crate) fn new_pod_reachable(
+    lab: &Lab,
+    name: &str,
+    node: &str,
+    sources: &[PathBuf],
+    limit: Duration,
+) -> Result<f64> {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: agnhost, args: [netexec, --http-port=8080], ports: [{{containerPort: 8080}}]}}]\n"
+    );
+    lab.run(&["apply", "-f", "-"], Some(&manifest))?;
+    let returned = Instant::now();
+    let pod = lab
+        .pods()?
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == name)
+        .with_context(|| format!("the new pod {name}"))?;
+    let target: SocketAddr = format!(
+        "{}:8080",
+        pod["status"]["podIP"].as_str().unwrap_or_default()
+    )
+    .parse()?;
+    let lookup = returned.elapsed().as_secs_f64();
+    let reach = reachable_from_all(sources, target, limit)?;
+    Ok((lookup + reach) * 1e3)
+}
+
 /// A pod's network namespace, as the lab's kubelet names it.
 pub(crate) fn netns_of(lab: &Lab, pod: &Value) -> PathBuf {
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
@@ -236,6 +290,9 @@ pub fn run(args: Args) -> Result<()> {
             "{} not found; run `cargo build --release` first",
             weft.display()
         );
+    }
+    if args.against_flannel {
+        return crate::flannel::run(weft, args.throughput_reps, args.seconds);
     }
     let mode = args.control_plane;
     let id = std::process::id() % 10_000;
@@ -297,24 +354,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         // A new pod on node-1: from ADD returned to reachable from all 10 nodes.
         for k in 0..5 {
-            let manifest = format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: late{k}}}\nspec:\n  nodeName: node-1\n  containers: [{{name: c, image: x, ports: [{{containerPort: 8080}}]}}]\n"
-            );
-            lab.run(&["apply", "-f", "-"], Some(&manifest))?;
-            let returned = Instant::now();
-            let pod = lab
-                .pods()?
-                .into_iter()
-                .find(|p| p["metadata"]["name"] == format!("late{k}"))
-                .context("late pod")?;
-            let target: SocketAddr = format!(
-                "{}:8080",
-                pod["status"]["podIP"].as_str().unwrap_or_default()
-            )
-            .parse()?;
-            let lookup = returned.elapsed().as_secs_f64();
-            let reach = reachable_from_all(&sources, target, Duration::from_secs(5))?;
-            adds.push((lookup + reach) * 1e3);
+            let name = format!("late{k}");
+            let reach = new_pod_reachable(&lab, &name, "node-1", &sources, Duration::from_secs(5))?;
+            adds.push(reach);
         }
     }
     println!(

@@ -3,6 +3,7 @@
 //! shared machines mislead; ratios from one run do not).
 
 mod cni;
+mod flannel;
 mod lab;
 mod policy;
 mod services;
