@@ -82,7 +82,22 @@ pub struct Etcd {
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> ClusterError {
-    ClusterError::Etcd(format!("{what}: {e}"))
+    let text = format!("{e:?}");
+    ClusterError::Etcd(format!("etcd: {what}: {e}{}", tls_hint(&text)))
+}
+
+/// What to do about a TLS handshake etcd or this side refused, from the
+/// error's text (the TLS library's alert names).
+fn tls_hint(error: &str) -> &'static str {
+    if error.contains("CertificateRequired") {
+        " (etcd asks for a client certificate: give --etcd-certfile and --etcd-keyfile)"
+    } else if error.contains("UnknownIssuer") || error.contains("BadSignature") {
+        " (etcd's certificate is not signed by the CA of --etcd-cafile)"
+    } else if error.contains("UnknownCA") || error.contains("BadCertificate") {
+        " (etcd does not accept the client certificate: is --etcd-certfile signed by etcd's --trusted-ca-file?)"
+    } else {
+        ""
+    }
 }
 
 impl Etcd {

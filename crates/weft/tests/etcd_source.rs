@@ -12,12 +12,13 @@ mod common;
 use std::time::Duration;
 
 use common::control_plane::ControlPlane;
+use common::lease_request;
 use etcd_client::{Client, GetOptions, PutOptions};
 use futures::StreamExt;
 use ipnet::IpNet;
 use serde_json::json;
 use weft_cluster::etcd::{Etcd, EtcdConfig};
-use weft_cluster::leases::{BackendData, LeaseRequest, SubnetLease, SubnetRange};
+use weft_cluster::leases::SubnetLease;
 use weft_cluster::{Event, EventStream, SubnetManager};
 
 const PREFIX: &str = "/coreos.com/network";
@@ -29,21 +30,6 @@ fn config(endpoints: Vec<String>) -> EtcdConfig {
         ca_file: None,
         cert_file: None,
         key_file: None,
-    }
-}
-
-fn request(node: &str, ip: &str) -> LeaseRequest {
-    let vtep_mac = format!("0a:58:c6:12:00:{}", &ip[ip.len() - 2..]);
-    LeaseRequest {
-        node: node.into(),
-        public_ip: ip.parse().unwrap(),
-        backend: json!({"vtepMAC": vtep_mac}),
-        backend_data: BackendData::Vxlan { vni: 1, vtep_mac },
-        ttl: Duration::from_secs(86400),
-        allowed: SubnetRange {
-            min: "10.244.0.0/24".parse().unwrap(),
-            max: "10.244.255.0/24".parse().unwrap(),
-        },
     }
 }
 
@@ -156,7 +142,7 @@ fn leases_follow_flannels_etcd_layout() {
 
         // A new node gets the first subnet neither reserved nor leased,
         // bound to an etcd lease of its TTL, in flannel's value.
-        let a = etcd.acquire(&request("node-a", "198.18.0.11"), first_free).await.unwrap();
+        let a = etcd.acquire(&lease_request("node-a", "198.18.0.11"), first_free).await.unwrap();
         assert_eq!(a.subnet.to_string(), "10.244.2.0/24");
         let key_a = format!("{PREFIX}/subnets/10.244.2.0-24");
         let value: serde_json::Value = serde_json::from_str(
@@ -182,7 +168,7 @@ fn leases_follow_flannels_etcd_layout() {
             0 => Some("10.244.2.0/24".parse().unwrap()),
             _ => first_free(taken),
         };
-        let got_b = b.acquire(&request("node-b", "198.18.0.13"), raced).await.unwrap();
+        let got_b = b.acquire(&lease_request("node-b", "198.18.0.13"), raced).await.unwrap();
         assert_eq!(got_b.subnet.to_string(), "10.244.3.0/24");
         assert_eq!(choices.into_inner(), 2);
         assert_eq!(said(&next(&mut leases).await), "+node-b 10.244.3.0/24");
@@ -190,7 +176,7 @@ fn leases_follow_flannels_etcd_layout() {
         // Restarted, node-a finds its lease by its public IP.
         let a_again = Etcd::connect(&config(endpoints.clone())).await.unwrap();
         let same = a_again
-            .acquire(&request("node-a", "198.18.0.11"), |_| panic!("nothing to choose"))
+            .acquire(&lease_request("node-a", "198.18.0.11"), |_| panic!("nothing to choose"))
             .await
             .unwrap();
         assert_eq!(same.subnet, a.subnet);
@@ -206,7 +192,7 @@ fn leases_follow_flannels_etcd_layout() {
         // The node the reservation is for takes it, and it stays one.
         let c = Etcd::connect(&config(endpoints.clone())).await.unwrap();
         let reserved = c
-            .acquire(&request("node-c", "198.18.0.20"), |_| panic!("it has a reservation"))
+            .acquire(&lease_request("node-c", "198.18.0.20"), |_| panic!("it has a reservation"))
             .await
             .unwrap();
         assert_eq!(reserved.subnet.to_string(), "10.244.0.0/24");
@@ -224,7 +210,7 @@ fn leases_follow_flannels_etcd_layout() {
         raw.delete(key_b.as_str(), None).await.unwrap();
         assert_eq!(said(&next(&mut leases).await), "-node-b 10.244.3.0/24");
         let d = Etcd::connect(&config(endpoints.clone())).await.unwrap();
-        let got_d = d.acquire(&request("node-d", "198.18.0.14"), first_free).await.unwrap();
+        let got_d = d.acquire(&lease_request("node-d", "198.18.0.14"), first_free).await.unwrap();
         assert_eq!(got_d.subnet.to_string(), "10.244.3.0/24");
         assert_eq!(said(&next(&mut leases).await), "+node-d 10.244.3.0/24");
         let refused = b.renew("node-b", Duration::from_secs(60)).await.unwrap_err().to_string();
@@ -237,7 +223,7 @@ fn leases_follow_flannels_etcd_layout() {
 
         // node-a at a new address: its lease of the old one goes, so peers
         // never see two leases of one node.
-        let moved = a_again.acquire(&request("node-a", "198.18.0.31"), first_free).await.unwrap();
+        let moved = a_again.acquire(&lease_request("node-a", "198.18.0.31"), first_free).await.unwrap();
         // (10.244.1.0/24 is flanneld's node's, still.)
         assert_eq!(moved.subnet.to_string(), "10.244.4.0/24");
         assert_eq!(said(&next(&mut leases).await), "-node-a 10.244.2.0/24");
@@ -254,7 +240,7 @@ fn leases_follow_flannels_etcd_layout() {
         .unwrap();
         assert_eq!(said(&next(&mut leases).await), "+node-e 10.245.7.0/24");
         let e = Etcd::connect(&config(endpoints.clone())).await.unwrap();
-        let renewed = e.acquire(&request("node-e", "198.18.0.40"), first_free).await.unwrap();
+        let renewed = e.acquire(&lease_request("node-e", "198.18.0.40"), first_free).await.unwrap();
         assert_eq!(renewed.subnet.to_string(), "10.244.2.0/24");
         assert_eq!(said(&next(&mut leases).await), "-node-e 10.245.7.0/24");
         assert_eq!(said(&next(&mut leases).await), "+node-e 10.244.2.0/24");

@@ -421,3 +421,21 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
     }
     None
 }
+
+/// A VXLAN lease request of `node` at public address `ip` (its VTEP MAC
+/// made from the address), for any subnet of 10.244.0.0/16.
+pub fn lease_request(node: &str, ip: &str) -> weft_cluster::leases::LeaseRequest {
+    use weft_cluster::leases::{BackendData, LeaseRequest, SubnetRange};
+    let vtep_mac = format!("0a:58:c6:12:00:{}", &ip[ip.len() - 2..]);
+    LeaseRequest {
+        node: node.into(),
+        public_ip: ip.parse().unwrap(),
+        backend: serde_json::json!({"vtepMAC": vtep_mac}),
+        backend_data: BackendData::Vxlan { vni: 1, vtep_mac },
+        ttl: Duration::from_secs(86400),
+        allowed: SubnetRange {
+            min: "10.244.0.0/24".parse().unwrap(),
+            max: "10.244.255.0/24".parse().unwrap(),
+        },
+    }
+}
