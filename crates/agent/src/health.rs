@@ -179,6 +179,34 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, stale: Duration) -> st
     serve_with(addr, move |path| answer(&health, path, stale)).await
 }
 
+/// Serves `/healthz` (alive) and `/readyz` (not ready: `why`) on `addr`
+/// while `work` runs — the agent's wait before it can start at all (for
+/// etcd and the network config in it): a kubelet would restart an agent
+/// that does not answer, which helps nobody. `addr` is free again when
+/// this returns.
+pub async fn while_waiting<T>(
+    addr: SocketAddr,
+    stale: Duration,
+    why: String,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let health = Arc::new(Health::default());
+    health.set_unready(why);
+    health.beat();
+    let server = tokio::spawn(serve(addr, health.clone(), stale));
+    let mut beat = tokio::time::interval(stale / 4);
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = beat.tick() => health.beat(),
+        }
+    };
+    server.abort();
+    let _ = server.await;
+    out
+}
+
 /// Answers every request on `addr` with `answer(path)`.
 async fn serve_with(
     addr: SocketAddr,

@@ -465,6 +465,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
     };
     let policy_socket = a.policy_socket();
     let etcd_alone = a.etcd_alone();
+    let (health, stale) = (a.health, a.health_stale_after);
     let options = move |net_conf| Options {
         node,
         net_conf,
@@ -508,10 +509,20 @@ pub fn run(a: AgentArgs) -> Result<()> {
         let file_conf = || file_conf.context("net-conf.json is read for this source");
         match source {
             Source::Etcd { config, kube } => {
-                let (leases, conf) = tokio::select! {
-                    ready = etcd_and_its_config(&config) => ready?,
-                    _ = &mut shutdown => return Ok(()),
+                let why = format!(
+                    "waiting for etcd at {} and the network config at {}/config",
+                    config.endpoints.join(","),
+                    config.prefix
+                );
+                let ready = async {
+                    tokio::select! {
+                        ready = etcd_and_its_config(&config) => Some(ready),
+                        _ = &mut shutdown => None,
+                    }
                 };
+                let ready = weft_agent::health::while_waiting(health, stale, why, ready).await;
+                let Some(ready) = ready else { return Ok(()) };
+                let (leases, conf) = ready?;
                 let Some(kube) = kube else {
                     return weft_agent::run::run(options(conf), leases, shutdown).await;
                 };

@@ -300,6 +300,15 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
         agent_log().contains("waiting for etcd and the network config")
     });
     assert!(waiting.is_some(), "{}", agent_log());
+    // Alive and saying why it is not ready, while it waits.
+    let healthz = common::kube_node::health(&control_plane, "/healthz").unwrap_or_default();
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let readyz = common::kube_node::health(&control_plane, "/readyz").unwrap_or_default();
+    assert!(
+        readyz.starts_with("HTTP/1.1 503")
+            && readyz.contains("waiting for etcd at http://127.0.0.1:2379"),
+        "{readyz}"
+    );
     let flannel_lease = control_plane.with_etcd(|endpoints| async move {
         let mut raw = Client::connect(&endpoints, None).await.unwrap();
         let conf = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -318,6 +327,12 @@ fn an_agent_in_etcd_mode_routes_to_flannels_nodes() {
     );
     let route = ip(&ns, &["route", "show", "10.244.7.0/24"]);
     assert!(route.contains("via 10.244.7.0"), "{route}");
+    // The agent serves its health on the same address once it runs.
+    let ready = common::wait_until(Duration::from_secs(10), || {
+        common::kube_node::health(&control_plane, "/readyz")
+            .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+    });
+    assert!(ready.is_some(), "{}", agent_log());
     let fdb = ip(&ns, &["neigh", "show", "10.244.7.0"]);
     assert!(
         fdb.contains("ca:fe:00:00:00:12"),
