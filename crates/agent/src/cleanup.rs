@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use weft_datapath::netlink::WEFT_ROUTE_PROTOCOL;
+use weft_datapath::netlink::{Link, WEFT_ROUTE_PROTOCOL};
 use weft_datapath::nft::{self, Family};
 use weft_datapath::nft_script::Script;
 use weft_datapath::Netlink;
@@ -51,13 +51,14 @@ const TABLES: [(Family, &str); 3] = [
     (Family::Ip, weft_policy::rules::TABLE),
 ];
 
-/// Whether `name` is a VXLAN device the agent makes (`weft.<VNI>`) or
-/// took over from flanneld (`flannel.<VNI>`).
-fn is_agent_device(name: &str) -> bool {
-    ["weft.", "flannel."].iter().any(|prefix| {
-        name.strip_prefix(prefix)
-            .is_some_and(|vni| !vni.is_empty() && vni.chars().all(|c| c.is_ascii_digit()))
-    })
+/// Whether `link` is a VXLAN device the agent makes (`weft.<VNI>`) or
+/// took over from flanneld (marked so; a node's flanneld keeps its own).
+fn is_agent_device(link: &Link) -> bool {
+    let weft_named = link
+        .name
+        .strip_prefix("weft.")
+        .is_some_and(|vni| !vni.is_empty() && vni.chars().all(|c| c.is_ascii_digit()));
+    weft_named || crate::takeover::is_adopted(link)
 }
 
 /// Removes it all; what was not there is no error.
@@ -77,7 +78,7 @@ pub async fn cleanup(
         }
     }
     for link in netlink.links().await? {
-        if is_agent_device(&link.name) && netlink.delete_link(&link.name).await? {
+        if is_agent_device(&link) && netlink.delete_link(&link.name).await? {
             removed.links.push(link.name);
         }
     }
@@ -115,11 +116,24 @@ mod tests {
 
     #[test]
     fn only_the_agents_own_devices_are_its_own() {
-        assert!(is_agent_device("weft.1"));
-        assert!(is_agent_device("weft.4096"));
-        assert!(is_agent_device("flannel.1"), "taken over from flanneld");
-        for other in ["weft.", "weft.x", "weft-cni0", "weft", "eth0", "flannel.x"] {
-            assert!(!is_agent_device(other), "{other}");
+        let link = |name: &str, alias: Option<&str>| Link {
+            index: 3,
+            name: name.into(),
+            mac: None,
+            mtu: None,
+            up: true,
+            controller: None,
+            kind: Some("vxlan".into()),
+            vxlan: None,
+            alias: alias.map(String::from),
+        };
+        assert!(is_agent_device(&link("weft.1", None)));
+        assert!(is_agent_device(&link("weft.4096", None)));
+        let adopted = Some(crate::takeover::ADOPTED_ALIAS);
+        assert!(is_agent_device(&link("flannel.1", adopted)));
+        assert!(!is_agent_device(&link("flannel.1", None)), "flanneld's own");
+        for other in ["weft.", "weft.x", "weft-cni0", "weft", "eth0"] {
+            assert!(!is_agent_device(&link(other, None)), "{other}");
         }
     }
 

@@ -232,7 +232,10 @@ pub async fn bootstrap<C: ClusterState>(mut opts: Options, cluster: C) -> Result
             let own = netlink
                 .link(&crate::config::vxlan_device_name(*vni))
                 .await?;
-            let flannels = netlink.link(&takeover::flannel_device(*vni)).await?;
+            let flannels = match takeover::flannel_device(*vni) {
+                Some(name) => netlink.link(&name).await?,
+                None => None,
+            };
             let derived = backend::vxlan::vtep_mac(&opts.node, *vni);
             let (name, mac) =
                 takeover::vxlan_device(own.as_ref(), flannels.as_ref(), *vni, derived);
@@ -544,6 +547,11 @@ async fn ensure_node_datapath(netlink: &Netlink, node: &mut NodeState) -> Result
                 mac,
             })
             .await?;
+        if device.name != crate::config::vxlan_device_name(*vni) && !takeover::is_adopted(&device) {
+            netlink
+                .set_alias(device.index, takeover::ADOPTED_ALIAS)
+                .await?;
+        }
         let vtep = IpNet::new(node.local.subnet.network(), 32)?;
         netlink.add_address(device.index, vtep).await?;
         node.device = Some(device.index);

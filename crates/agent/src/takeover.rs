@@ -5,7 +5,8 @@
 //! CNI configuration and subnet.env; its pods keep running on `cni0` with
 //! host-local addresses.
 //!
-//! - flanneld's device becomes weft's, MAC and all: its routes, neighbours
+//! - flanneld's device becomes weft's, MAC and all (marked with the alias
+//!   [`ADOPTED_ALIAS`], so that `--cleanup` removes it and no other): its routes, neighbours
 //!   and FDB entries carry traffic until weft's reconciler replaces them
 //!   with its own (route replacement is atomic), and the other nodes'
 //!   entries for this node stay right while its lease changes hands.
@@ -30,9 +31,23 @@ use weft_datapath::nft_script::Script;
 
 use crate::config::vxlan_device_name;
 
-/// flanneld's VXLAN device for `vni`.
-pub fn flannel_device(vni: u32) -> String {
-    format!("flannel.{vni}")
+/// flanneld's VXLAN device for `vni`; none where the name would not fit
+/// Linux's 15 characters (VNIs of 8 digits), so flanneld cannot have made
+/// one.
+pub fn flannel_device(vni: u32) -> Option<String> {
+    Some(format!("flannel.{vni}")).filter(|name| name.len() <= MAX_LINK_NAME)
+}
+
+/// The longest name Linux gives a link (IFNAMSIZ - 1).
+const MAX_LINK_NAME: usize = 15;
+
+/// The alias of a device taken over from flanneld: what says, on the node
+/// and to `weft agent --cleanup`, that it is weft's now.
+pub const ADOPTED_ALIAS: &str = "weft: taken over from flanneld";
+
+/// Whether `link` is a flanneld device weft took over.
+pub fn is_adopted(link: &Link) -> bool {
+    link.alias.as_deref() == Some(ADOPTED_ALIAS)
 }
 
 /// flanneld's nftables tables (`EnableNFTables: true`).
@@ -113,7 +128,13 @@ pub fn remove_flannel_tables() -> Result<Vec<String>, NftError> {
         }
         let mut script = Script::new(family, table);
         script.delete_table();
-        nft::apply(script.as_str(), None)?;
+        if let Err(e) = nft::apply(script.as_str(), None) {
+            // flanneld, stopping, may have deleted it in between.
+            if nft::table_exists(family, table)? {
+                return Err(e);
+            }
+            continue;
+        }
         let name = format!("{} {table}", family.word());
         tracing::info!(table = %name, "removed flanneld's nftables table");
         removed.push(name);
@@ -135,6 +156,7 @@ mod tests {
             controller: None,
             kind: Some("vxlan".into()),
             vxlan: None,
+            alias: None,
         }
     }
 
@@ -184,8 +206,12 @@ mod tests {
     }
 
     #[test]
-    fn flannels_device_is_named_by_its_vni() {
-        assert_eq!(flannel_device(1), "flannel.1");
-        assert_eq!(flannel_device(4096), "flannel.4096");
+    fn flannels_device_is_named_by_its_vni_where_the_name_fits() {
+        assert_eq!(flannel_device(1).as_deref(), Some("flannel.1"));
+        assert_eq!(
+            flannel_device(9_999_999).as_deref(),
+            Some("flannel.9999999")
+        );
+        assert_eq!(flannel_device(16_777_215), None, "the largest VNI");
     }
 }

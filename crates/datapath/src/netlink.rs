@@ -88,6 +88,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// VXLAN parameters, for a VXLAN device.
     pub vxlan: Option<VxlanInfo>,
+    /// Its alias (`ip link set DEV alias TEXT`), a note for operators.
+    pub alias: Option<String>,
 }
 
 /// What identifies a VXLAN device's tunnel.
@@ -112,10 +114,12 @@ impl Link {
             controller: None,
             kind: None,
             vxlan: None,
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::Address(a) => link.mac = Some(a.clone()),
                 LinkAttribute::Mtu(m) => link.mtu = Some(*m),
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
@@ -518,6 +522,17 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetlinkError::request(format!("set hairpin on link {index}"), e))
+    }
+
+    /// Sets link `index`'s alias to `alias`.
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("set the alias of link {index}"), e))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {

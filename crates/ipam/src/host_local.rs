@@ -66,6 +66,16 @@ impl HostLocal {
         Ok(freed)
     }
 
+    /// Takes host-local's lock, so that no host-local ADD of the old
+    /// configuration still running can take an address meanwhile; `None`
+    /// where host-local never ran (no directory).
+    pub fn lock_if_present(&self) -> Result<Option<Flock<File>>, StoreError> {
+        if !self.dir.is_dir() {
+            return Ok(None);
+        }
+        self.lock().map(Some)
+    }
+
     fn lock(&self) -> Result<Flock<File>, StoreError> {
         let path = self.dir.join("lock");
         let file = OpenOptions::new()

@@ -263,6 +263,15 @@ fn flannel_is_replaced_node_by_node_without_breaking_streams(
     for node in &nodes {
         let foreign = foreign_routes(node);
         assert!(foreign.is_empty(), "{}: {foreign:?}", node.name);
+        if backend == "vxlan" {
+            // flanneld's device is weft's now, and says so.
+            let device = ip(&node.name, &["link", "show", "flannel.1"]);
+            assert!(
+                device.contains("alias weft: taken over from flanneld"),
+                "{}: {device}",
+                node.name
+            );
+        }
         let tables = std::process::Command::new("ip")
             .args(["netns", "exec", &node.name, "nft", "list", "tables"])
             .output()
@@ -281,7 +290,8 @@ fn flannel_is_replaced_node_by_node_without_breaking_streams(
         assert!(flow.failure.is_none(), "stream {name} broke: {flow:?}");
     }
 
-    // An old pod's DEL is weft-cni's now: it releases host-local's record.
+    // An old pod's DEL is weft-cni's now: it takes the pod's interface
+    // (and so its veth pair) away, then releases host-local's record.
     let node_a = &nodes[0];
     let record = node_a.host_local_dir().join(old[0][0].ip.to_string());
     assert!(record.exists(), "host-local's record of {}", old[0][0].ip);
@@ -293,8 +303,10 @@ fn flannel_is_replaced_node_by_node_without_breaking_streams(
         .plugin_config(0, &Default::default())
         .unwrap();
     let plugin = std::path::Path::new(common::WEFT).with_file_name("weft-cni");
+    let netns = weft_datapath::netns::named_path(&container);
     let reply = Call {
         container_id: &container,
+        netns: Some(&netns),
         host: Some(&node_a.ns),
         ..Call::new(&plugin, "DEL")
     }
@@ -302,5 +314,7 @@ fn flannel_is_replaced_node_by_node_without_breaking_streams(
     .unwrap();
     assert!(reply.ok(), "DEL: {} {}", reply.stdout, reply.stderr);
     assert!(!record.exists(), "DEL left host-local's record");
+    let links = ip(&container, &["-br", "link"]);
+    assert!(!links.contains("eth0"), "DEL left the pod's eth0: {links}");
     drop(agents);
 }

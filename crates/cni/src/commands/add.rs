@@ -92,6 +92,10 @@ fn reserve(
     let last: Vec<Option<IpAddr>> = (0..net.sets.len())
         .map(|i| locked.last_reserved(i))
         .collect();
+    let _host_local = match &net.host_local {
+        Some(host_local) => host_local.lock_if_present()?,
+        None => None,
+    };
     let held_before = |ip| net.host_local.as_ref().is_some_and(|h| h.holds(ip));
     let allocations = weft_ipam::allocate(&net.sets, requested, &last, |ip| {
         locked.is_reserved(ip) || held_before(ip)

@@ -77,6 +77,12 @@ pub(super) fn teardown(
     let retired = runtime()?.block_on(async {
         let host = Netlink::connect()?;
         let Some(link) = host.link(&host_name).await? else {
+            // Not wired by weft-cni (a pod from before the node moved to
+            // weft, its host end named by that plugin), or half gone: the
+            // pod's end takes the pair with it, before its address is free.
+            if let Some(ns) = netns.and_then(|p| NetNs::open(p).ok()) {
+                Netlink::connect_in(&ns)?.delete_link(&owner.ifname).await?;
+            }
             return Ok::<_, CniError>(None);
         };
         if removal == Removal::Now {

@@ -361,6 +361,9 @@ pub fn start_etcd_agent(
     extra: &[&str],
 ) -> Process {
     let args = ["--iface", iface, "--etcd-endpoints", endpoints];
-    let args: Vec<std::ffi::OsString> = args.iter().chain(extra).map(Into::into).collect();
+    let mut args: Vec<std::ffi::OsString> = args.iter().chain(extra).map(Into::into).collect();
+    // With a kubeconfig among `extra` the agent opens its policy socket:
+    // the test's own, never the host's.
+    args.extend(["--policy-socket".into(), dir.join("policy.sock").into()]);
     spawn_agent(ns, node, dir, &args)
 }
