@@ -2,7 +2,8 @@
 //! (`weft-bench lab --against-flannel`): two labs side by side with
 //! Kubernetes' control plane, two nodes each, one running `weft agent` on
 //! every node, the other flanneld v0.28.9 with pods wired as flannel's CNI
-//! chain wires them (`weft lab up --network flannel`). For vxlan and for
+//! chain wires them and kube-proxy v1.36.3 for Services, as such clusters
+//! run (`weft lab up --network flannel --proxy kube-proxy`). For vxlan and for
 //! host-gw: pod-to-pod TCP throughput across the nodes (iperf3, runs
 //! alternating between the labs), round-trip latency over one TCP
 //! connection, the time from a pod's creation to its reachability from
@@ -37,15 +38,14 @@ const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: srv}\nspec:\n  n
 
 impl<'a> Side<'a> {
     fn up(weft: &'a PathBuf, label: &'static str, name: &str, backend: &str) -> Result<Self> {
-        let network = if label == "weft" { "weft" } else { "flannel" };
-        let (lab, _) = lab::up_with(
-            weft,
-            ControlPlane::Kubernetes,
-            name,
-            2,
-            backend,
-            &["--network", network],
-        )?;
+        // flannel's nodes as clusters run them: with kube-proxy (nftables
+        // mode) for Services, as weft's agents run their own proxy.
+        let network: &[&str] = if label == "weft" {
+            &["--network", "weft"]
+        } else {
+            &["--network", "flannel", "--proxy", "kube-proxy"]
+        };
+        let (lab, _) = lab::up_with(weft, ControlPlane::Kubernetes, name, 2, backend, network)?;
         lab.run(&["apply", "-f", "-"], Some(PODS))?;
         let pods = lab.pods()?;
         let pod = |name: &str| {
@@ -166,12 +166,20 @@ pub fn run(weft: &PathBuf, reps: usize, seconds: u32) -> Result<()> {
         let b = &backend[..1];
         let sides = [
             Side::up(weft, "weft", &format!("cw{b}{id}"), backend)?,
-            Side::up(weft, "flanneld", &format!("cf{b}{id}"), backend)?,
+            Side::up(
+                weft,
+                "flanneld + kube-proxy",
+                &format!("cf{b}{id}"),
+                backend,
+            )?,
         ];
         println!(
-            "\n## {backend}: weft vs flanneld v0.28.9, 2 nodes each (median (min–max); ratio of medians)"
+            "\n## {backend}: weft vs flanneld v0.28.9 + kube-proxy v1.36.3 (nftables), 2 nodes each (median (min–max); ratio of medians)"
         );
-        println!("{:<40} {:>26} {:>26}  ratio", "metric", "weft", "flanneld");
+        println!(
+            "{:<40} {:>26} {:>26}  ratio",
+            "metric", "weft", "flanneld + kube-proxy"
+        );
         let mut gbits = [Vec::new(), Vec::new()];
         for _ in 0..reps {
             for (side, out) in sides.iter().zip(gbits.iter_mut()) {
