@@ -1265,12 +1265,25 @@ pub fn get_nodes(name: &str) -> Result<(Vec<Node>, Vec<NodeRow>)> {
                 ready: agents::is_running(&lab.layout, &record.name, record.agent_pid)
                     && (!lab.is_kubernetes() || node.is_some_and(is_node_ready)),
                 ip: record.ip.to_string(),
-                pod_cidr: node.and_then(|n| n.spec.as_ref()?.pod_cidr.clone()),
+                pod_cidr: match lab.state.subnet_store {
+                    // The lease the node's agent holds, not node IPAM's.
+                    layout::SubnetStore::Etcd => leased_subnet(&lab.layout, &record.name),
+                    layout::SubnetStore::Cluster => {
+                        node.and_then(|n| n.spec.as_ref()?.pod_cidr.clone())
+                    }
+                },
                 backend: lab.state.backend.to_string(),
             }
         })
         .collect();
     Ok((nodes, rows))
+}
+
+/// The subnet in the subnet.env of `node`'s network agent.
+fn leased_subnet(layout: &Layout, node: &str) -> Option<String> {
+    let path = layout.node_dir(node).join("subnet.env");
+    let env = weft_ipam::SubnetEnv::read(&path).ok()?;
+    Some(env.subnet?.trunc().to_string())
 }
 
 /// Whether the Node's Ready condition is True (its kubelet reports it).

@@ -81,6 +81,15 @@ fn flannel_nodes_and_a_weft_node_mesh_and_see_a_node_leave(
         .map(|p| p["status"]["podIP"].clone())
         .collect();
     assert!(addresses.iter().all(Value::is_string), "{addresses:?}");
+    // Each node's POD-CIDR is the subnet its agent holds (with etcd, its
+    // lease there, not node IPAM's podCIDR), and so holds its pod.
+    let nodes = lab.ok(&["get", "nodes"]);
+    for (node, pod) in [("node-1", "a"), ("node-2", "b"), ("node-3", "c")] {
+        let row = nodes.lines().find(|l| l.starts_with(node)).unwrap();
+        let cidr: ipnet::Ipv4Net = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+        let ip: std::net::Ipv4Addr = lab.pod_ip(pod).parse().unwrap();
+        assert!(cidr.contains(&ip), "{pod} at {ip} on {row}");
+    }
     let mesh = lab.full_mesh();
     assert_eq!(
         mesh["results"].as_array().map(Vec::len),
