@@ -234,14 +234,10 @@ impl Subject {
     }
 }
 
+/// The `p`th percentile of `samples`, in milliseconds.
 fn percentile(samples: &[Duration], p: f64) -> f64 {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(|a, b| a.total_cmp(b));
-    if ms.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((p / 100.0) * (ms.len() - 1) as f64).round() as usize;
-    ms[idx]
+    let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    crate::lab::percentile(&ms, p)
 }
 
 /// What is compared: weft-cni, the newest reference plugins, Debian's.

@@ -18,14 +18,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use weft_datapath::NetNs;
 
-use crate::lab::{self, median, netns_of, ControlPlane, Lab};
+use crate::lab::{self, median, netns_of, percentile, ControlPlane, Lab};
 
 /// Bytes of each latency round trip.
 const WORD: usize = 64;
 
 /// One side of the comparison: a lab and the addresses in it.
 struct Side<'a> {
-    label: &'static str,
+    /// What runs its nodes' pod network (`weft lab --network`).
+    network: &'static str,
     lab: Lab<'a>,
     server_ip: String,
     client: PathBuf,
@@ -40,12 +41,13 @@ impl<'a> Side<'a> {
     fn up(weft: &'a PathBuf, label: &'static str, name: &str, backend: &str) -> Result<Self> {
         // flannel's nodes as clusters run them: with kube-proxy (nftables
         // mode) for Services, as weft's agents run their own proxy.
-        let network: &[&str] = if label == "weft" {
-            &["--network", "weft"]
+        let (network, proxy) = if label == "weft" {
+            ("weft", "weft")
         } else {
-            &["--network", "flannel", "--proxy", "kube-proxy"]
+            ("flannel", "kube-proxy")
         };
-        let (lab, _) = lab::up_with(weft, ControlPlane::Kubernetes, name, 2, backend, network)?;
+        let args = ["--network", network, "--proxy", proxy];
+        let (lab, _) = lab::up_with(weft, ControlPlane::Kubernetes, name, 2, backend, &args)?;
         lab.run(&["apply", "-f", "-"], Some(PODS))?;
         let pods = lab.pods()?;
         let pod = |name: &str| {
@@ -60,7 +62,7 @@ impl<'a> Side<'a> {
             .context("srv's address")?
             .to_string();
         Ok(Side {
-            label,
+            network,
             server: netns_of(&lab, &srv),
             client: netns_of(&lab, &cli),
             lab,
@@ -115,14 +117,9 @@ impl<'a> Side<'a> {
     /// `weft lab node add node-3` (of this side's kind), then removes it;
     /// seconds the add took.
     fn node_join(&self) -> Result<f64> {
-        let network = if self.label == "weft" {
-            "weft"
-        } else {
-            "flannel"
-        };
         let started = Instant::now();
         self.lab
-            .run(&["node", "add", "node-3", "--network", network], None)?;
+            .run(&["node", "add", "node-3", "--network", self.network], None)?;
         let took = started.elapsed().as_secs_f64();
         self.lab.run(&["node", "remove", "node-3"], None)?;
         Ok(took)
@@ -134,12 +131,6 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (median(values.to_vec()), min, max)
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
 }
 
 /// Prints one metric of both sides, median (min–max), and the ratio of

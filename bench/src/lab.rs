@@ -105,6 +105,16 @@ impl Drop for Lab<'_> {
     }
 }
 
+/// The `p`th percentile of `values` (nearest rank); NaN for none.
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((p / 100.0) * (n - 1) as f64).round() as usize],
+    }
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]

@@ -38,8 +38,8 @@ pub fn flannel_device(vni: u32) -> Option<String> {
     Some(format!("flannel.{vni}")).filter(|name| name.len() <= MAX_LINK_NAME)
 }
 
-/// The longest name Linux gives a link (IFNAMSIZ - 1).
-const MAX_LINK_NAME: usize = 15;
+/// The longest name Linux gives a link.
+const MAX_LINK_NAME: usize = libc::IFNAMSIZ - 1;
 
 /// The alias of a device taken over from flanneld: what says, on the node
 /// and to `weft agent --cleanup`, that it is weft's now.

@@ -10,14 +10,14 @@
 //! pod's DEL (the runtime then calls weft-cni, the node's plugin now). It
 //! never makes a reservation here.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
-use crate::store::{Owner, StoreError};
+use crate::store::{io, lock_file, remove_if_exists, Owner, StoreError};
 
 /// host-local's state directory of one network (`<dataDir>/<network>`,
 /// by default `/var/lib/cni/networks/cbr0` under flannel).
@@ -42,9 +42,9 @@ impl HostLocal {
     pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
         let entries = match fs::read_dir(&self.dir) {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            entries => entries.map_err(|e| error("listing", &self.dir, e))?,
+            entries => io("listing", &self.dir, entries)?,
         };
-        let _lock = self.lock()?;
+        let _lock = lock_file(&self.dir.join("lock"))?;
         let mut freed = Vec::new();
         for entry in entries.filter_map(Result::ok) {
             let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
@@ -54,12 +54,8 @@ impl HostLocal {
             let held_by_owner =
                 fs::read_to_string(&path).is_ok_and(|record| holder_matches(&record, owner));
             if held_by_owner {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => {
-                        return Err(error("removing", &path, e))
-                    }
-                    _ => freed.push(ip),
-                }
+                remove_if_exists(&path)?;
+                freed.push(ip);
             }
         }
         freed.sort();
@@ -73,19 +69,7 @@ impl HostLocal {
         if !self.dir.is_dir() {
             return Ok(None);
         }
-        self.lock().map(Some)
-    }
-
-    fn lock(&self) -> Result<Flock<File>, StoreError> {
-        let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| error("opening", &path, e))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| error("locking", &path, errno.into()))
+        lock_file(&self.dir.join("lock")).map(Some)
     }
 }
 
@@ -96,14 +80,6 @@ fn holder_matches(record: &str, owner: &Owner) -> bool {
     match record.split_once("\r\n") {
         Some((id, ifname)) => id.trim() == owner.container_id && ifname == owner.ifname,
         None => record == owner.container_id,
-    }
-}
-
-fn error(op: &'static str, path: &Path, source: std::io::Error) -> StoreError {
-    StoreError {
-        op,
-        path: path.to_path_buf(),
-        source,
     }
 }
 

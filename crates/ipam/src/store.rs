@@ -35,7 +35,7 @@ pub struct StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-fn io<T>(op: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T> {
+pub(crate) fn io<T>(op: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T> {
     r.map_err(|source| StoreError {
         op,
         path: path.to_path_buf(),
@@ -133,7 +133,7 @@ impl Store {
 }
 
 /// Opens (creating) `path` and waits for its exclusive flock.
-fn lock_file(path: &Path) -> Result<Flock<File>> {
+pub(crate) fn lock_file(path: &Path) -> Result<Flock<File>> {
     let file = io(
         "opening",
         path,
@@ -324,7 +324,7 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn remove_if_exists(path: &Path) -> Result<()> {
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != ErrorKind::NotFound => io("removing", path, Err(e)),
         _ => Ok(()),

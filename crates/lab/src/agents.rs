@@ -92,3 +92,14 @@ pub fn stop(layout: &Layout, node: &str, pid: u32) -> bool {
 pub fn is_running(layout: &Layout, node: &str, pid: Option<u32>) -> bool {
     pid.is_some_and(|p| procs::is_ours(p, &owner(layout, node)))
 }
+
+/// The subnet the network agent of the node whose files are in `node_dir`
+/// holds: the one in its subnet.env, which weft's agent and flanneld
+/// alike write.
+pub fn held_subnet(node_dir: &Path) -> Option<ipnet::Ipv4Net> {
+    let env = weft_ipam::SubnetEnv::read(&node_dir.join("subnet.env")).ok()?;
+    match env.subnet? {
+        ipnet::IpNet::V4(subnet) => Some(subnet.trunc()),
+        ipnet::IpNet::V6(_) => None,
+    }
+}

@@ -109,13 +109,10 @@ pub fn put_etcd_config(layout: &Layout, state: &LabState) -> Result<()> {
 /// subnet in its subnet.env), as removing its Node does in the other
 /// store; a node that never held one has nothing to delete.
 pub fn release_etcd_lease(layout: &Layout, node_dir: &Path) -> Result<()> {
-    let Ok(env) = SubnetEnv::read(&node_dir.join("subnet.env")) else {
+    let Some(subnet) = agents::held_subnet(node_dir) else {
         return Ok(());
     };
-    let Some(ipnet::IpNet::V4(subnet)) = env.subnet else {
-        return Ok(());
-    };
-    let key = weft_cluster::etcd::subnet_key(ETCD_PREFIX, subnet.trunc());
+    let key = weft_cluster::etcd::subnet_key(ETCD_PREFIX, subnet);
     with_etcd(layout, |mut client| async move {
         client.delete(key.as_str(), None).await?;
         Ok(())

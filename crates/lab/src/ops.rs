@@ -1267,7 +1267,10 @@ pub fn get_nodes(name: &str) -> Result<(Vec<Node>, Vec<NodeRow>)> {
                 ip: record.ip.to_string(),
                 pod_cidr: match lab.state.subnet_store {
                     // The lease the node's agent holds, not node IPAM's.
-                    layout::SubnetStore::Etcd => leased_subnet(&lab.layout, &record.name),
+                    layout::SubnetStore::Etcd => {
+                        agents::held_subnet(&lab.layout.node_dir(&record.name))
+                            .map(|subnet| subnet.to_string())
+                    }
                     layout::SubnetStore::Cluster => {
                         node.and_then(|n| n.spec.as_ref()?.pod_cidr.clone())
                     }
@@ -1277,13 +1280,6 @@ pub fn get_nodes(name: &str) -> Result<(Vec<Node>, Vec<NodeRow>)> {
         })
         .collect();
     Ok((nodes, rows))
-}
-
-/// The subnet in the subnet.env of `node`'s network agent.
-fn leased_subnet(layout: &Layout, node: &str) -> Option<String> {
-    let path = layout.node_dir(node).join("subnet.env");
-    let env = weft_ipam::SubnetEnv::read(&path).ok()?;
-    Some(env.subnet?.trunc().to_string())
 }
 
 /// Whether the Node's Ready condition is True (its kubelet reports it).
