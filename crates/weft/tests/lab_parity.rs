@@ -444,7 +444,9 @@ endpoints: {endpoints}
 /// `externalTrafficPolicy: Local` LoadBalancers' healthCheckNodePorts, as
 /// a cloud load balancer probes them: on a node with a ready local
 /// endpoint, on one without, and while the last local endpoint terminates
-/// (still serving).
+/// (still serving). The ports asked for lie in the API server's static
+/// band (30000–30085 of the default range), which its random allocations
+/// avoid: 32100 once collided with a nodePort given out earlier in the run.
 fn health_check_node_ports(lab: &Lab, seen: &mut BTreeMap<&'static str, String>) {
     lab.apply_ok(
         "apiVersion: v1
@@ -453,7 +455,7 @@ metadata: {name: lb-local}
 spec:
   type: LoadBalancer
   externalTrafficPolicy: Local
-  healthCheckNodePort: 32100
+  healthCheckNodePort: 30082
   selector: {local: only}
   ports: [{port: 80, targetPort: 8080}]
 ---
@@ -463,7 +465,7 @@ metadata: {name: lb-draining}
 spec:
   type: LoadBalancer
   externalTrafficPolicy: Local
-  healthCheckNodePort: 32101
+  healthCheckNodePort: 30083
   selector: {app: draining}
   ports: [{port: 80, targetPort: 8080}]
 ---
@@ -487,7 +489,7 @@ spec:
         }
     };
     let ready = wait_until(Duration::from_secs(10), || {
-        health("198.18.0.12", 32100) == "200" && health("198.18.0.11", 32101) == "200"
+        health("198.18.0.12", 30082) == "200" && health("198.18.0.11", 30083) == "200"
     });
     assert!(
         ready.is_some(),
@@ -498,17 +500,17 @@ spec:
         "health-check-node-port",
         format!(
             "with a local endpoint {}, without {}",
-            health("198.18.0.12", 32100),
-            health("198.18.0.11", 32100)
+            health("198.18.0.12", 30082),
+            health("198.18.0.11", 30082)
         ),
     );
     lab.kubectl_ok(&["delete", "pod", "draining", "--wait=false"]);
     wait_until(Duration::from_secs(10), || {
-        health("198.18.0.11", 32101) != "200"
+        health("198.18.0.11", 30083) != "200"
     });
     seen.insert(
         "health-check-node-port-while-terminating",
-        health("198.18.0.11", 32101),
+        health("198.18.0.11", 30083),
     );
 }
 
